@@ -1,0 +1,512 @@
+"""The queuectl command line: parse, call the library, print.
+
+Commands that need the worker, watchdog or the dashboard import them inside
+the command, so `enqueue`, `list` and `status` start as fast as click does.
+Errors the library raises on purpose (QueueError) become one line on
+stderr and exit code 1; click's usage errors exit 2.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from typing import Any
+
+import click
+
+from . import __version__
+from .errors import InvalidJob, QueueError
+from .job import STATES, iso, parse_time, shorten
+from .spool import Spool, prepare_fields
+
+
+class QueueGroup(click.Group):
+    """Turns the library's deliberate errors and OS errors into one line and exit 1."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except QueueError as exc:
+            _fail(str(exc))
+        except OSError as exc:
+            _fail(f"{exc.strerror or exc}: {exc.filename}" if exc.filename else str(exc))
+        except KeyboardInterrupt:
+            raise SystemExit(130) from None
+
+
+def _fail(message: str) -> None:
+    click.echo(f"queuectl: error: {message}", err=True)
+    raise SystemExit(1)
+
+
+def _spool(ctx: click.Context) -> Spool:
+    """The spool is opened (and created) only by commands that use it."""
+    options = ctx.find_root().obj
+    if "spool" not in options:
+        spool = Spool(options["path"], allow_shared=options["allow_shared"])
+        for warning in spool.warnings:
+            click.echo(f"queuectl: warning: {warning}", err=True)
+        options["spool"] = spool
+    return options["spool"]
+
+
+def _print_json(document: Any) -> None:
+    click.echo(json.dumps(document, indent=2, ensure_ascii=False))
+
+
+def _ago(timestamp: float | None) -> str:
+    if timestamp is None:
+        return "-"
+    return _duration(time.time() - timestamp)
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 0:
+        return "in " + _duration(-seconds)
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.1f}{unit}"
+    return f"{seconds:.1f}s"
+
+
+def _job_table(jobs: list[dict]) -> None:
+    if not jobs:
+        click.echo("no jobs")
+        return
+    width = max(10, *(len(str(job.get("id"))) for job in jobs))
+    click.echo(f"{'ID':<{width}}  {'STATE':<10}  {'ATT':>3}  {'PRI':>4}  {'UPDATED':<24}  COMMAND")
+    for job in jobs:
+        click.echo(f"{str(job.get('id')):<{width}}  {job.get('state', '?'):<10}  "
+                   f"{job.get('attempts', 0)!s:>3}  {job.get('priority', 0)!s:>4}  "
+                   f"{str(job.get('updated_at') or '-'):<24}  {shorten(job.get('command') or '-', 50)}")
+
+
+def _seconds(text: str) -> float:
+    """`90`, `90s`, `15m`, `2h`, `7d` as seconds."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+    value = text.strip().lower()
+    scale = units.get(value[-1:], None)
+    number = value[:-1] if scale else value
+    try:
+        seconds = float(number) * (scale or 1)
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is not a duration like 30s, 15m, 2h or 7d") from None
+    if seconds < 0:
+        raise click.BadParameter("a duration must not be negative")
+    return seconds
+
+
+class Duration(click.ParamType):
+    name = "DURATION"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> float:
+        return value if isinstance(value, float) else _seconds(str(value))
+
+
+@click.group(cls=QueueGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--spool", "path", metavar="PATH", envvar="QUEUECTL_SPOOL",
+              help="Spool folder [default: $QUEUECTL_SPOOL, else ~/.local/share/queuectl/spool].")
+@click.option("--allow-shared-spool", "allow_shared", is_flag=True,
+              help="Use a spool that group or others can write to (they can run commands as you).")
+@click.version_option(__version__, prog_name="queuectl")
+@click.pass_context
+def main(ctx: click.Context, path: str | None, allow_shared: bool) -> None:
+    """A background job queue for shell commands, kept in a folder of JSON files."""
+    ctx.obj = {"path": path, "allow_shared": allow_shared}
+
+
+# -- enqueue -----------------------------------------------------------------
+
+def _parse_job_argument(text: str) -> dict | str:
+    """An argument starting with `{` is a JSON job; anything else is the command itself."""
+    if not text.lstrip().startswith("{"):
+        return text
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise InvalidJob(f"invalid JSON job: {exc}") from None
+
+
+def _json_lines(stream, source: str):
+    for number, line in enumerate(stream, 1):
+        if line.strip():
+            try:
+                yield json.loads(line)
+            except ValueError as exc:
+                raise InvalidJob(f"{source} line {number}: invalid JSON: {exc}") from None
+
+
+@main.command()
+@click.argument("job", required=False)
+@click.option("--command", "-c", help="The shell command (instead of JOB).")
+@click.option("--id", "job_id", help="Job id (default: generated, sortable by time).")
+@click.option("--priority", "-p", type=int, help="Higher runs first [default: 0].")
+@click.option("--max-retries", type=click.IntRange(min=0), help="Retries after the first failure [default: config].")
+@click.option("--timeout", type=click.FloatRange(min=0), help="Seconds before the job is killed [default: config].")
+@click.option("--run-at", help="Do not start before this ISO-8601 time (local time without an offset).")
+@click.option("--delay", type=Duration(), help="Do not start before this delay (30s, 15m, 2h).")
+@click.option("--file", "-f", "file", type=click.File("r"), help="Many jobs: one JSON object per line.")
+@click.pass_context
+def enqueue(ctx, job, command, job_id, priority, max_retries, timeout, run_at, delay, file):
+    """Enqueue a job: JSON ('{"command": "make"}'), a command ('make'), or '-' for JSON lines on stdin."""
+    if sum(x is not None for x in (job, command, file)) != 1:
+        raise click.UsageError("give exactly one of JOB, --command or --file")
+    if run_at is not None and delay is not None:
+        raise click.UsageError("--run-at and --delay exclude each other")
+    options = dict(command=command if job is not None else None, id=job_id, priority=priority,
+                   max_retries=max_retries, timeout=timeout, delay=delay,
+                   run_at=iso(parse_time(run_at)) if run_at else None)
+    spool = _spool(ctx)
+    if file is not None or job == "-":
+        if job_id is not None:
+            raise click.UsageError("--id applies to a single job")
+        stream, source = (file, file.name) if file is not None else (sys.stdin, "stdin")
+        options.pop("id")
+        batch = (prepare_fields(fields, **options) for fields in _json_lines(stream, source))
+        for stored in spool.enqueue_many(batch):
+            click.echo(stored["id"])
+        return
+    fields = _parse_job_argument(job) if job is not None else command
+    options["command"] = None if job is None else command
+    click.echo(spool.enqueue(fields, **options)["id"])
+
+
+# -- inspection --------------------------------------------------------------
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
+@click.pass_context
+def status(ctx, as_json):
+    """Counts per state, live workers and recent outcomes."""
+    from .stats import summary
+    report = summary(_spool(ctx))
+    if as_json:
+        _print_json(report)
+        return
+    click.echo(f"spool       {report['spool']}")
+    for state in STATES:
+        extra = ""
+        if state == "pending" and report["scheduled"]:
+            extra = f"  ({report['scheduled']} scheduled)"
+        click.echo(f"{state:<11} {report['counts'][state]}{extra}")
+    click.echo(f"workers     {len(report['workers'])} live")
+    click.echo(f"oldest pending  {_ago(report['oldest_pending'])}")
+    next_at = report["next_scheduled"]
+    click.echo(f"next scheduled  {iso(next_at) + ' (' + _duration(next_at - time.time()) + ')' if next_at else '-'}")
+    finished = report["recent_finished"]
+    if finished:
+        click.echo(f"success rate    {report['success_rate'] * 100:.0f}% of the last {finished} finished jobs, "
+                   f"mean duration {_duration(report['mean_duration'] or 0)}")
+    else:
+        click.echo("success rate    - (no finished jobs yet)")
+
+
+@main.command("list")
+@click.option("--state", "-s", type=click.Choice(STATES), help="Only jobs in this state.")
+@click.option("--limit", "-n", type=click.IntRange(min=0), default=50, show_default=True,
+              help="At most this many jobs, newest id first.")
+@click.option("--json", "as_json", is_flag=True, help="A JSON array of job objects.")
+@click.pass_context
+def list_jobs(ctx, state, limit, as_json):
+    """Jobs: id, state, attempts, priority, last update, command."""
+    jobs = _spool(ctx).jobs(state, limit)
+    _print_json(jobs) if as_json else _job_table(jobs)
+
+
+@main.command()
+@click.argument("job_id")
+@click.option("--json", "as_json", is_flag=True, help="The job file as JSON (the default output).")
+@click.pass_context
+def show(ctx, job_id, as_json):
+    """The whole job, as stored."""
+    _print_json(_spool(ctx).get(job_id))
+
+
+@main.command()
+@click.argument("job_id")
+@click.option("--follow", "-f", is_flag=True, help="Keep printing until the job finishes.")
+@click.pass_context
+def logs(ctx, job_id, follow):
+    """The job's stdout and stderr, every attempt."""
+    spool = _spool(ctx)
+    if not follow:
+        sys.stdout.buffer.write(spool.read_log(job_id))
+        return
+    from .follow import follow_log
+    for chunk in follow_log(spool, job_id):
+        sys.stdout.buffer.write(chunk)
+        sys.stdout.buffer.flush()
+
+
+# -- changing jobs -----------------------------------------------------------
+
+@main.command()
+@click.argument("job_ids", nargs=-1, required=True)
+@click.pass_context
+def cancel(ctx, job_ids):
+    """Move pending or failed jobs to dead/ as cancelled; a running job is stopped first."""
+    spool = _spool(ctx)
+    for job_id in job_ids:
+        previous = spool.cancel(job_id)
+        if previous == "processing":
+            click.echo(f"{job_id}: stop requested; its worker moves it to dead/")
+        else:
+            click.echo(f"{job_id}: cancelled ({previous} -> dead)")
+
+
+@main.command()
+@click.argument("job_ids", nargs=-1, required=True)
+@click.pass_context
+def retry(ctx, job_ids):
+    """Run failed jobs now, without waiting for their backoff."""
+    spool = _spool(ctx)
+    for job_id in job_ids:
+        spool.retry(job_id)
+        click.echo(f"{job_id}: failed -> pending")
+
+
+@main.command()
+@click.option("--completed", is_flag=True, help="Delete completed jobs.")
+@click.option("--dead", is_flag=True, help="Delete dead jobs.")
+@click.option("--older-than", type=Duration(), help="Only jobs last changed this long ago (7d, 12h).")
+@click.pass_context
+def purge(ctx, completed, dead, older_than):
+    """Delete finished jobs and their logs."""
+    states = [state for state, chosen in (("completed", completed), ("dead", dead)) if chosen]
+    if not states:
+        raise click.UsageError("choose --completed, --dead or both")
+    removed = _spool(ctx).purge(states, older_than)
+    click.echo(f"purged {removed} job(s)")
+
+
+@main.group()
+def dlq():
+    """The dead-letter queue: jobs out of retries, invalid or cancelled."""
+
+
+@dlq.command("list")
+@click.option("--limit", "-n", type=click.IntRange(min=0), default=50, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="A JSON array of job objects.")
+@click.pass_context
+def dlq_list(ctx, limit, as_json):
+    """Dead jobs with the reason each one died."""
+    jobs = _spool(ctx).jobs("dead", limit)
+    if as_json:
+        _print_json(jobs)
+        return
+    if not jobs:
+        click.echo("the dead-letter queue is empty")
+        return
+    width = max(10, *(len(str(job.get("id"))) for job in jobs))
+    click.echo(f"{'ID':<{width}}  {'ATT':>3}  {'REASON':<40}  COMMAND")
+    for job in jobs:
+        click.echo(f"{str(job.get('id')):<{width}}  {job.get('attempts', 0)!s:>3}  "
+                   f"{shorten(job.get('last_error') or '-', 40):<40}  {shorten(job.get('command') or '-', 40)}")
+
+
+@dlq.command("retry")
+@click.argument("job_ids", nargs=-1)
+@click.option("--all", "retry_all", is_flag=True, help="Every job in the dead-letter queue.")
+@click.pass_context
+def dlq_retry(ctx, job_ids, retry_all):
+    """Move dead jobs back to pending with their attempts reset."""
+    if bool(job_ids) == retry_all:
+        raise click.UsageError("give job ids or --all")
+    spool = _spool(ctx)
+    if retry_all:
+        job_ids = [name[:-5] for name in spool.names("dead")]
+    failures = 0
+    for job_id in job_ids:
+        try:
+            spool.dlq_retry(job_id)
+        except QueueError as exc:
+            if not retry_all:
+                raise
+            failures += 1
+            click.echo(f"queuectl: skipped: {exc}", err=True)
+            continue
+        click.echo(f"{job_id}: dead -> pending")
+    if retry_all and not job_ids:
+        _fail("the dead-letter queue is empty")
+    if failures:
+        raise SystemExit(1)
+
+
+# -- configuration -----------------------------------------------------------
+
+@main.group()
+def config():
+    """Read and change config.json."""
+
+
+@config.command("get")
+@click.argument("key", required=False)
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def config_get(ctx, key, as_json):
+    """One setting, or all of them."""
+    from .config import canonical_key
+    settings = _spool(ctx).config
+    if key is None:
+        _print_settings(settings, as_json)
+        return
+    value = settings[canonical_key(key)]
+    _print_json(value) if as_json else click.echo(json.dumps(value))
+
+
+def _print_settings(settings: dict, as_json: bool) -> None:
+    if as_json:
+        _print_json(settings)
+        return
+    for name, value in sorted(settings.items()):
+        click.echo(f"{name} = {json.dumps(value)}")
+
+
+@config.command("list")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def config_list(ctx, as_json):
+    """Every setting with its current value."""
+    _print_settings(_spool(ctx).config, as_json)
+
+
+config.add_command(config_list, "show")
+
+
+@config.command("set")
+@click.argument("key")
+@click.argument("value")
+@click.pass_context
+def config_set(ctx, key, value):
+    """Change a setting; later jobs and retries use it."""
+    name, stored = _spool(ctx).set_config(key, value)
+    click.echo(f"{name} = {json.dumps(stored)}")
+
+
+# -- workers -----------------------------------------------------------------
+
+@main.group()
+def worker():
+    """Start, stop and list workers."""
+
+
+@worker.command("start")
+@click.option("--count", "-n", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Worker processes to run.")
+@click.option("--burst", is_flag=True, help="Exit when no job is due.")
+@click.pass_context
+def worker_start(ctx, count, burst):
+    """Run workers in the foreground until stopped (Ctrl-C finishes the running jobs)."""
+    from .supervisor import run_workers
+    raise SystemExit(run_workers(_spool(ctx), count=count, burst=burst))
+
+
+@worker.command("stop")
+@click.option("--now", is_flag=True, help="Stop running jobs too; they are retried later.")
+@click.option("--wait/--no-wait", default=True, show_default=True, help="Wait until the workers have exited.")
+@click.pass_context
+def worker_stop(ctx, now, wait):
+    """Ask every worker of this spool to exit after its current job."""
+    from .registry import records, request_stop
+    spool = _spool(ctx)
+    live = records(spool)
+    request_stop(spool, now=now)
+    if not live:
+        click.echo("no live workers")
+        return
+    click.echo(f"stop requested for {len(live)} worker(s)")
+    if wait:
+        while records(spool):
+            time.sleep(0.1)
+        click.echo("all workers stopped")
+
+
+@worker.command("list")
+@click.option("--json", "as_json", is_flag=True, help="A JSON array of worker records.")
+@click.pass_context
+def worker_list(ctx, as_json):
+    """Live workers: pid, host, uptime, current job."""
+    from .registry import records
+    live = records(_spool(ctx))
+    if as_json:
+        _print_json(live)
+        return
+    if not live:
+        click.echo("no live workers")
+        return
+    click.echo(f"{'PID':>7}  {'HOST':<20}  {'UPTIME':>8}  JOB")
+    for record in live:
+        click.echo(f"{record.get('pid', '?')!s:>7}  {str(record.get('host', '?')):<20}  "
+                   f"{_ago(record.get('started')):>8}  {record.get('job') or '-'}")
+
+
+@main.command()
+@click.argument("job_ids", nargs=-1)
+@click.option("--timeout", type=Duration(), help="Give up after this long (exit 1).")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@click.pass_context
+def wait(ctx, job_ids, timeout, quiet):
+    """Block until these jobs (or the whole queue) are finished; exit 1 if any is dead."""
+    from .follow import wait_for
+    spool = _spool(ctx)
+    progress = None if quiet or not sys.stderr.isatty() else _progress_printer()
+    outcome = wait_for(spool, list(job_ids), timeout=timeout, progress=progress)
+    if progress:
+        click.echo("", err=True)
+    if outcome.timed_out:
+        _fail(f"timed out with {outcome.unfinished} job(s) unfinished")
+    click.echo(f"{outcome.completed} completed, {outcome.dead} dead")
+    if outcome.dead:
+        raise SystemExit(1)
+
+
+def _progress_printer():
+    def show(done: int, total: int) -> None:
+        filled = int(30 * done / total) if total else 30
+        click.echo(f"\r[{'#' * filled}{'.' * (30 - filled)}] {done}/{total} finished", nl=False, err=True)
+    return show
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8080, show_default=True, type=click.IntRange(0, 65535))
+@click.pass_context
+def dashboard(ctx, host, port):
+    """Serve the web dashboard (Ctrl-C stops it)."""
+    from .dashboard.server import serve
+    serve(_spool(ctx), host=host, port=port)
+
+
+@main.command()
+@click.option("--repair", is_flag=True, help="Fix what is safe to fix.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def doctor(ctx, repair, as_json):
+    """Check the spool for damage; exit 1 when something is wrong."""
+    from .doctor import check
+    findings = check(_spool(ctx), repair=repair)
+    if as_json:
+        _print_json(findings)
+    else:
+        for finding in findings:
+            fixed = " [repaired]" if finding.get("repaired") else ""
+            click.echo(f"{finding['problem']}: {finding['path']} - {finding['detail']}{fixed}")
+        if not findings:
+            click.echo("spool is healthy")
+    if any(not finding.get("repaired") for finding in findings):
+        raise SystemExit(1)
+
+
+@main.command()
+@click.option("--count", "-n", type=click.IntRange(min=1), default=2, show_default=True)
+@click.option("--example", type=click.Path(exists=True, file_okay=False), default=None,
+              help="Folder of example jobs [default: spool.example/ of the source tree].")
+@click.pass_context
+def demo(ctx, count, example):
+    """Copy the example jobs into the spool, drain them with workers, print the status."""
+    from .demo import run_demo
+    spool = _spool(ctx)
+    for line in run_demo(spool, count=count, example=example):
+        click.echo(line)
+    ctx.invoke(status)

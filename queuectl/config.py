@@ -1,0 +1,113 @@
+"""config.json: the keys, their defaults and their validation.
+
+The file lives at the top of the spool and is replaced atomically on every
+change, so a reader sees either the old or the new settings. A missing file
+means all defaults; a key the file lacks takes its default.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from .errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Setting:
+    default: Any
+    parse: Callable[[str], Any]
+    check: Callable[[Any], bool]
+    help: str
+
+
+def _parse_bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(text)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _parse_number(text: str) -> float | int:
+    number = float(text)
+    return int(number) if number.is_integer() else number
+
+
+SETTINGS: dict[str, Setting] = {
+    "max_retries": Setting(3, int, lambda v: _is_int(v) and v >= 0,
+                           "retries after the first failed run (integer >= 0)"),
+    "backoff_base": Setting(2, _parse_number, lambda v: _is_number(v) and v >= 1,
+                            "retry delay is backoff_base ** attempts seconds (number >= 1)"),
+    "backoff_max": Setting(3600, _parse_number, lambda v: _is_number(v) and v >= 0,
+                           "upper bound of the retry delay in seconds (number >= 0)"),
+    "timeout": Setting(0, _parse_number, lambda v: _is_number(v) and v >= 0,
+                       "default per-job time limit in seconds, 0 = none"),
+    "kill_grace": Setting(5, _parse_number, lambda v: _is_number(v) and v >= 0,
+                          "seconds between SIGTERM and SIGKILL on timeout or stop"),
+    "durable": Setting(True, _parse_bool, lambda v: isinstance(v, bool),
+                       "fsync files and folders so an acknowledged change survives a power cut"),
+    "recovery_interval": Setting(5, _parse_number, lambda v: _is_number(v) and v > 0,
+                                 "seconds between sweeps for jobs of dead workers"),
+    "scan_interval": Setting(30, _parse_number, lambda v: _is_number(v) and v > 0,
+                             "seconds between safety rescans (for file systems without inotify)"),
+    "log_tail_lines": Setting(20, int, lambda v: _is_int(v) and v >= 0,
+                              "lines of stderr kept in each history entry"),
+}
+
+
+def canonical_key(key: str) -> str:
+    """`max-retries` and `max_retries` are the same key; unknown keys are refused."""
+    name = key.strip().replace("-", "_")
+    if name not in SETTINGS:
+        choices = ", ".join(sorted(SETTINGS))
+        raise ConfigError(f"unknown config key {key!r}; valid keys: {choices}")
+    return name
+
+
+def parse_value(key: str, text: str) -> Any:
+    """Turn the text of `config set KEY VALUE` into a checked value."""
+    name = canonical_key(key)
+    setting = SETTINGS[name]
+    try:
+        value = setting.parse(text)
+    except ValueError:
+        value = None
+    if value is None or not setting.check(value):
+        raise ConfigError(f"bad value {text!r} for {name}: {setting.help}")
+    return value
+
+
+def validate(raw: Any) -> dict[str, Any]:
+    """Defaults overlaid with the file's values; refuses unknown keys and bad values."""
+    if not isinstance(raw, dict):
+        raise ConfigError("config.json must hold a JSON object")
+    merged = {name: setting.default for name, setting in SETTINGS.items()}
+    for key, value in raw.items():
+        name = canonical_key(key)
+        if not SETTINGS[name].check(value):
+            raise ConfigError(f"bad value {value!r} for {name} in config.json: {SETTINGS[name].help}")
+        merged[name] = value
+    return merged
+
+
+def loads(text: str) -> dict[str, Any]:
+    try:
+        raw = json.loads(text)
+    except ValueError as exc:
+        raise ConfigError(f"config.json is not valid JSON: {exc}") from None
+    return validate(raw)
+
+
+def defaults() -> dict[str, Any]:
+    return {name: setting.default for name, setting in SETTINGS.items()}

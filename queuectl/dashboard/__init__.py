@@ -1,0 +1,1 @@
+"""The web dashboard: a standard-library HTTP server and one static page."""

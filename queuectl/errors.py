@@ -1,0 +1,33 @@
+"""The errors queuectl raises on purpose.
+
+Every one of them carries a message a person can act on; the CLI prints it
+on one line and exits 1. Anything else escaping is a bug.
+"""
+
+
+class QueueError(Exception):
+    """Base class: an operational error with a one-line explanation."""
+
+
+class InvalidJob(QueueError):
+    """A job (from the CLI, Python or a dropped-in file) breaks SPEC section 2."""
+
+
+class DuplicateJob(QueueError):
+    """A job with this id already exists in some state folder."""
+
+
+class JobNotFound(QueueError):
+    """No state folder holds a job with this id."""
+
+
+class ConfigError(QueueError):
+    """An unknown configuration key or a value of the wrong kind."""
+
+
+class SpoolError(QueueError):
+    """The spool cannot be used: not a directory, unsafe permissions, disk full."""
+
+
+class WrongState(QueueError):
+    """The job exists but the requested action does not apply to its state."""

@@ -1,0 +1,101 @@
+"""The few file-system operations every state change is made of.
+
+- `write_new` creates a file under a unique temporary name and fills it;
+  nobody else ever sees that name before it is complete.
+- `rename_noreplace` moves a file and fails with EEXIST instead of silently
+  replacing a file already there, so no move can destroy another job
+  (renameat2(RENAME_NOREPLACE); link + unlink where the kernel lacks it).
+- `lock_fd` takes the advisory flock that marks a job file as owned; the
+  kernel drops it when the owner dies, which is what crash recovery reads.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import fcntl
+import os
+
+_AT_FDCWD = -100
+_RENAME_NOREPLACE = 1
+_libc = ctypes.CDLL(None, use_errno=True)
+_renameat2 = getattr(_libc, "renameat2", None)
+if _renameat2 is not None:
+    _renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    _renameat2.restype = ctypes.c_int
+
+
+def rename_noreplace(src: str, dst: str) -> None:
+    """Atomically move src to dst; FileExistsError when dst exists, never an overwrite."""
+    if _renameat2 is not None:
+        if _renameat2(_AT_FDCWD, os.fsencode(src), _AT_FDCWD, os.fsencode(dst), _RENAME_NOREPLACE) == 0:
+            return
+        code = ctypes.get_errno()
+        if code not in (errno.EINVAL, errno.ENOSYS):
+            raise OSError(code, os.strerror(code), src, None, dst)
+    # The file system cannot rename without replacing: link() refuses an
+    # existing name; for an instant the job has two names, which doctor folds.
+    os.link(src, dst, follow_symlinks=False)
+    os.unlink(src)
+
+
+def fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+_temp_counter = 0
+
+
+def temp_name(directory: str, stem: str) -> str:
+    """A name in `directory` that no other process or thread will pick."""
+    global _temp_counter
+    _temp_counter += 1
+    return os.path.join(directory, f".{stem}.{os.getpid()}.{_temp_counter}.{os.urandom(3).hex()}.tmp")
+
+
+def write_new(directory: str, stem: str, data: bytes, *, durable: bool, lock: bool = False) -> tuple[str, int | None]:
+    """Write `data` to a fresh temporary file; returns its path and, with `lock`, an fd holding its flock."""
+    path = temp_name(directory, stem)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+    try:
+        if lock:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        if durable:
+            os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        os.unlink(path)
+        raise
+    if lock:
+        return path, fd
+    os.close(fd)
+    return path, None
+
+
+def lock_fd(fd: int, *, wait: bool = False) -> bool:
+    """Take the exclusive flock on fd; False when another process holds it."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
+def read_fd(fd: int, limit: int) -> bytes:
+    """Up to `limit` + 1 bytes from the start of fd (one more than allowed tells 'too big')."""
+    chunks = []
+    offset = 0
+    while offset <= limit:
+        chunk = os.pread(fd, 1 << 16, offset)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        offset += len(chunk)
+    return b"".join(chunks)

@@ -1,0 +1,201 @@
+"""The job: its fields, defaults, validation, ids and times.
+
+A job is a plain dict that round-trips through JSON, so fields this module
+does not know (users' own metadata) survive every rewrite untouched.
+`build()` is the single gate every job passes on its way into the spool,
+whether it comes from the CLI, from Python or from a file dropped into
+pending/; it either returns a complete job or raises InvalidJob with a
+sentence a person can act on.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import threading
+import time
+from datetime import datetime, timezone
+from typing import Any
+
+from .errors import InvalidJob
+
+STATES = ("pending", "processing", "completed", "failed", "dead")
+FINISHED = ("completed", "dead")
+MAX_JOB_BYTES = 1024 * 1024
+ID_PATTERN = re.compile(r"[A-Za-z0-9_\-][A-Za-z0-9._\-]{0,127}")
+
+_OPTIONAL_FIELDS = ("run_at", "timeout", "cwd", "env", "next_run_at", "started_at",
+                    "finished_at", "last_duration", "last_exit_code", "last_error", "worker")
+
+
+def is_valid_id(value: Any) -> bool:
+    return isinstance(value, str) and ID_PATTERN.fullmatch(value) is not None
+
+
+def check_id(value: Any) -> str:
+    """Ids name files, so anything that could leave the spool is refused."""
+    if not isinstance(value, str):
+        raise InvalidJob(f"id must be a string, not {type(value).__name__}")
+    if not is_valid_id(value):
+        shown = value if len(value) <= 40 else value[:40] + "..."
+        raise InvalidJob(
+            f"invalid id {shown!r}: use 1-128 characters of A-Z a-z 0-9 . _ - not starting with '.'")
+    return value
+
+
+_id_lock = threading.Lock()
+_last_id_micros = 0
+
+
+def new_id() -> str:
+    """`20261125T103000123456-4f2a`: sorts by creation time, unique across processes.
+
+    The microsecond clock is forced to increase within a process; the pid
+    suffix separates processes that read the same microsecond.
+    """
+    global _last_id_micros
+    with _id_lock:
+        micros = max(time.time_ns() // 1000, _last_id_micros + 1)
+        _last_id_micros = micros
+    stamp = datetime.fromtimestamp(micros // 1_000_000, timezone.utc).strftime("%Y%m%dT%H%M%S")
+    return f"{stamp}{micros % 1_000_000:06d}-{os.getpid() % 0x10000:04x}"
+
+
+def iso(timestamp: float) -> str:
+    """Seconds since the epoch as ISO-8601 UTC with milliseconds: `2026-11-25T10:30:00.000Z`."""
+    moment = datetime.fromtimestamp(timestamp, timezone.utc)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+def parse_time(value: str) -> float:
+    """ISO-8601 to seconds since the epoch; a time without an offset is local time."""
+    text = value.strip()
+    if text.endswith(("Z", "z")):
+        text = text[:-1] + "+00:00"
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise InvalidJob(f"invalid time {value!r}: use ISO-8601, e.g. 2026-11-25T10:30:00Z") from None
+    return moment.timestamp()
+
+
+def _time_field(job: dict, name: str) -> None:
+    value = job.get(name)
+    if value is None:
+        job[name] = None
+    elif isinstance(value, str):
+        job[name] = iso(parse_time(value))
+    else:
+        raise InvalidJob(f"{name} must be an ISO-8601 time or null")
+
+
+def _int_field(job: dict, name: str, minimum: int | None = None) -> None:
+    value = job[name]
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise InvalidJob(f"{name} must be an integer, not {json.dumps(value)[:40]}")
+    if minimum is not None and value < minimum:
+        raise InvalidJob(f"{name} must be >= {minimum}, not {value}")
+
+
+def build(fields: Any, config: dict, *, stem: str | None = None,
+          state: str = "pending", now: float | None = None) -> dict:
+    """A complete, validated job from user-supplied fields.
+
+    Missing fields take their defaults (`max_retries` from the config); a
+    missing id becomes `stem` when that is a valid id, else a new one.
+    """
+    if not isinstance(fields, dict):
+        raise InvalidJob("a job must be a JSON object")
+    job = dict(fields)
+    now = time.time() if now is None else now
+
+    if job.get("id") is None:
+        job["id"] = stem if is_valid_id(stem) else new_id()
+    check_id(job["id"])
+
+    command = job.get("command")
+    if not isinstance(command, str) or not command.strip():
+        raise InvalidJob("command must be a non-empty string")
+    if "\0" in command:
+        raise InvalidJob("command must not contain NUL characters")
+
+    job["state"] = state
+    job.setdefault("attempts", 0)
+    _int_field(job, "attempts", 0)
+    if job.get("max_retries") is None:
+        job["max_retries"] = config["max_retries"]
+    _int_field(job, "max_retries", 0)
+    job.setdefault("priority", 0)
+    _int_field(job, "priority")
+
+    for name in _OPTIONAL_FIELDS:
+        job.setdefault(name, None)
+    for name in ("run_at", "next_run_at", "started_at", "finished_at"):
+        _time_field(job, name)
+
+    timeout = job["timeout"]
+    if timeout is not None and (not isinstance(timeout, (int, float)) or isinstance(timeout, bool)
+                                or timeout < 0):
+        raise InvalidJob("timeout must be a number of seconds >= 0, or null for the config default")
+    if job["cwd"] is not None and not isinstance(job["cwd"], str):
+        raise InvalidJob("cwd must be a string")
+    env = job["env"]
+    if env is not None and (not isinstance(env, dict)
+                            or not all(isinstance(k, str) and isinstance(v, str) for k, v in env.items())):
+        raise InvalidJob("env must be an object of string values")
+    history = job.setdefault("history", [])
+    if not isinstance(history, list):
+        raise InvalidJob("history must be a list")
+
+    stamp = iso(now)
+    for name in ("created_at", "updated_at"):
+        if job.get(name) is None:
+            job[name] = stamp
+        else:
+            _time_field(job, name)
+    return job
+
+
+def loads(data: bytes) -> Any:
+    """Parse job bytes; InvalidJob (never a crash) for anything that is not JSON."""
+    if len(data) > MAX_JOB_BYTES:
+        raise InvalidJob(f"job file is {len(data)} bytes, over the 1 MiB limit")
+    try:
+        return json.loads(data.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise InvalidJob("job file is not UTF-8") from None
+    except RecursionError:
+        raise InvalidJob("job JSON is nested too deeply") from None
+    except ValueError as exc:
+        raise InvalidJob(f"invalid JSON: {exc}") from None
+
+
+def dumps(job: dict) -> bytes:
+    return (json.dumps(job, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
+
+
+def due_time(job: dict) -> float:
+    """When the job may start: its retry time, its scheduled time, or its creation."""
+    for name in ("next_run_at", "run_at", "created_at"):
+        value = job.get(name)
+        if value:
+            try:
+                return parse_time(value)
+            except InvalidJob:
+                continue
+    return 0.0
+
+
+def retry_delay(attempts: int, config: dict) -> float:
+    """Seconds before the next run after failed run number `attempts`."""
+    try:
+        delay = config["backoff_base"] ** attempts
+    except OverflowError:
+        delay = float("inf")
+    return min(delay, config["backoff_max"])
+
+
+def shorten(text: str, width: int) -> str:
+    single = " ".join(str(text).split())
+    return single if len(single) <= width else single[: width - 3] + "..."

@@ -1,0 +1,115 @@
+"""workers/: who is alive, what each worker runs, and stop or cancel requests.
+
+Each worker holds `workers/<name>.lock` (filelock) for its whole life and
+keeps `workers/<name>.json` (pid, host, start, current job, heartbeat)
+beside it. A record whose lock can be taken belongs to a dead worker.
+`worker stop` reaches every worker, on any host sharing the spool, through
+one file, `workers/stop.json`, that workers watch; a worker obeys a request
+made after it started, so a new worker is not stopped by an old request.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from typing import Any
+
+from filelock import FileLock, Timeout
+
+from .fsops import write_new
+
+STOP_FILE = "stop.json"
+
+
+def lock_path(spool, name: str) -> str:
+    return os.path.join(spool.dir("workers"), name + ".lock")
+
+
+def record_path(spool, name: str) -> str:
+    return os.path.join(spool.dir("workers"), name + ".json")
+
+
+def new_name() -> str:
+    host = "".join(c if c.isalnum() or c in "-_" else "_" for c in socket.gethostname())[:40]
+    return f"{host}-{os.getpid()}-{int(time.time() * 1000) % 10**9}"
+
+
+def is_alive(spool, name: str) -> bool:
+    """True while the worker `name` holds its lock."""
+    probe = FileLock(lock_path(spool, name), timeout=0)
+    try:
+        probe.acquire()
+    except Timeout:
+        return True
+    probe.release()
+    return False
+
+
+def write_record(spool, name: str, record: dict[str, Any]) -> None:
+    """Workers' records change on every job; they need no fsync (a power cut kills them too)."""
+    temp, _ = write_new(spool.dir("tmp"), name, json.dumps(record).encode(), durable=False)
+    os.rename(temp, record_path(spool, name))
+
+
+def remove_record(spool, name: str) -> None:
+    for path in (record_path(spool, name), lock_path(spool, name)):
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+
+
+def records(spool, *, live_only: bool = True) -> list[dict[str, Any]]:
+    """Worker records, each with `alive`; dead workers' records are dropped when live_only."""
+    found = []
+    for entry in sorted(os.listdir(spool.dir("workers"))):
+        if not entry.endswith(".json") or entry == STOP_FILE or entry.startswith("."):
+            continue
+        name = entry[: -len(".json")]
+        try:
+            with open(os.path.join(spool.dir("workers"), entry), encoding="utf-8") as handle:
+                record = json.load(handle)
+        except (OSError, ValueError):
+            continue
+        if not isinstance(record, dict):
+            continue
+        record["name"] = name
+        record["alive"] = is_alive(spool, name)
+        if record["alive"] or not live_only:
+            found.append(record)
+    return found
+
+
+def request_stop(spool, *, now: bool) -> None:
+    spool._publish_file(os.path.join("workers", STOP_FILE),
+                        json.dumps({"requested_at": time.time(), "now": now}).encode())
+
+
+def stop_request(spool) -> dict[str, Any] | None:
+    try:
+        with open(os.path.join(spool.dir("workers"), STOP_FILE), encoding="utf-8") as handle:
+            request = json.load(handle)
+    except (OSError, ValueError):
+        return None
+    return request if isinstance(request, dict) else None
+
+
+def request_cancel(spool, job_id: str) -> None:
+    spool._publish_file(os.path.join("workers", _cancel_name(job_id)), b"")
+
+
+def _cancel_name(job_id: str) -> str:
+    return f"cancel-{job_id}"
+
+
+def cancel_requested(spool, job_id: str) -> bool:
+    return os.path.exists(os.path.join(spool.dir("workers"), _cancel_name(job_id)))
+
+
+def clear_cancel(spool, job_id: str) -> None:
+    try:
+        os.unlink(os.path.join(spool.dir("workers"), _cancel_name(job_id)))
+    except FileNotFoundError:
+        pass

@@ -1,0 +1,501 @@
+"""The spool: its folders, and every way a job file enters, moves or changes.
+
+Promises:
+- a job file is in exactly one state folder at any instant; every move is
+  one rename that refuses to replace an existing file;
+- every file a reader can see is complete: it is written under a temporary
+  name, fsynced (with `durable`), then renamed into place, and with
+  `durable` the folder is fsynced too;
+- whoever moves or rewrites a job first takes the flock of its file
+  (`LockedJob`), so a worker, `cancel` and `dlq retry` never act on the
+  same file at once, and a job in processing/ without a lock holder has a
+  dead owner.
+Counting and listing read directory entries only; nothing here parses
+every file to answer a question about many jobs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import time
+from typing import Any, Iterable, Iterator
+
+from . import config as config_mod
+from . import fsops, registry
+from .errors import DuplicateJob, InvalidJob, JobNotFound, SpoolError, WrongState
+from .job import MAX_JOB_BYTES, STATES, build, check_id, dumps, iso, loads
+
+FOLDERS = ("tmp", *STATES, "logs", "workers")
+SUFFIX = ".json"
+
+
+def default_path() -> str:
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    return os.path.join(base, "queuectl", "spool")
+
+
+def resolve_path(path: str | os.PathLike | None) -> str:
+    """--spool, else $QUEUECTL_SPOOL, else the XDG data folder."""
+    chosen = os.fspath(path) if path else os.environ.get("QUEUECTL_SPOOL") or default_path()
+    return os.path.abspath(os.path.expanduser(chosen))
+
+
+def job_name(name: str) -> bool:
+    """Names that hold jobs: `*.json`, not hidden; everything else is ignored."""
+    return name.endswith(SUFFIX) and not name.startswith(".")
+
+
+class LockedJob:
+    """A job file this process owns through its flock, and may move or rewrite.
+
+    The lock lives on the file's inode: a rename keeps it, a rewrite (which
+    replaces the inode) takes the new file's lock before it becomes visible.
+    """
+
+    def __init__(self, spool: "Spool", state: str, name: str, fd: int, job: Any, raw: bytes):
+        self.spool = spool
+        self.state = state
+        self.name = name
+        self.fd = fd
+        self.job = job
+        self.raw = raw
+
+    @property
+    def path(self) -> str:
+        return os.path.join(self.spool.root, self.state, self.name)
+
+    def move(self, state: str, name: str | None = None) -> None:
+        """Rename into another folder; FileExistsError if that name is taken there."""
+        target = name or self.name
+        source_dir = os.path.join(self.spool.root, self.state)
+        target_dir = os.path.join(self.spool.root, state)
+        fsops.rename_noreplace(os.path.join(source_dir, self.name), os.path.join(target_dir, target))
+        if self.spool.durable:
+            fsops.fsync_dir(target_dir)
+            fsops.fsync_dir(source_dir)
+        self.state, self.name = state, target
+
+    def save(self) -> None:
+        """Replace the file with the current `job`, keeping ownership of the new inode."""
+        self.job["updated_at"] = iso(time.time())
+        data = dumps(self.job)
+        temp, new_fd = fsops.write_new(self.spool.dir("tmp"), self.job["id"], data,
+                                       durable=self.spool.durable, lock=True)
+        try:
+            os.rename(temp, self.path)
+        except BaseException:
+            os.close(new_fd)
+            os.unlink(temp)
+            raise
+        if self.spool.durable:
+            fsops.fsync_dir(self.spool.dir(self.state))
+        os.close(self.fd)
+        self.fd, self.raw = new_fd, data
+
+    def release(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def __enter__(self) -> "LockedJob":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release()
+
+
+class Spool:
+    """A spool folder: `Spool(path).enqueue("echo hi")`, `.get(id)`, `.counts()`."""
+
+    def __init__(self, path: str | os.PathLike | None = None, *, create: bool = True,
+                 allow_shared: bool = False):
+        self.root = resolve_path(path)
+        self.warnings: list[str] = []
+        self._config_cache: tuple[tuple, dict] | None = None
+        self._prepare(create, allow_shared)
+
+    # -- layout and safety ---------------------------------------------------
+
+    def _prepare(self, create: bool, allow_shared: bool) -> None:
+        try:
+            info = os.stat(self.root)
+        except FileNotFoundError:
+            if not create:
+                raise SpoolError(f"no spool at {self.root}") from None
+            try:
+                os.makedirs(self.root, mode=0o700)
+            except OSError as exc:
+                raise SpoolError(f"cannot create spool {self.root}: {exc.strerror}") from None
+            info = os.stat(self.root)
+        except NotADirectoryError:
+            raise SpoolError(f"spool path {self.root} is inside a file, not a directory") from None
+        if not stat.S_ISDIR(info.st_mode):
+            raise SpoolError(f"spool path {self.root} is a file, not a directory")
+        self._check_private(self.root, info, allow_shared)
+        for folder in FOLDERS:
+            path = self.dir(folder)
+            try:
+                folder_info = os.lstat(path)
+            except FileNotFoundError:
+                try:
+                    os.mkdir(path, 0o700)
+                except FileExistsError:
+                    pass
+                except OSError as exc:
+                    raise SpoolError(f"cannot create {path}: {exc.strerror}") from None
+                continue
+            if not stat.S_ISDIR(folder_info.st_mode):
+                raise SpoolError(f"{path} must be a directory (symlinks are not followed)")
+            self._check_private(path, folder_info, allow_shared)
+
+    def _check_private(self, path: str, info: os.stat_result, allow_shared: bool) -> None:
+        """Whoever can write here can run commands as the worker's user (SPEC section 8)."""
+        mode = stat.S_IMODE(info.st_mode)
+        if mode & 0o022 and not allow_shared:
+            raise SpoolError(
+                f"spool folder {path} is writable by group or others (mode {mode:04o}), so they could "
+                f"run commands as you; run 'chmod go-w {path}' or pass --allow-shared-spool")
+        if info.st_uid != os.getuid() and not allow_shared:
+            raise SpoolError(f"spool folder {path} belongs to another user (uid {info.st_uid}); "
+                             f"pass --allow-shared-spool to use it anyway")
+        if path == self.root and mode & 0o077:
+            self.warnings.append(f"spool {path} is readable by others (mode {mode:04o}); "
+                                 f"'chmod 700 {path}' keeps job commands and logs private")
+
+    def dir(self, folder: str) -> str:
+        return os.path.join(self.root, folder)
+
+    def path(self, state: str, job_id: str) -> str:
+        return os.path.join(self.root, state, check_id(job_id) + SUFFIX)
+
+    def log_path(self, job_id: str) -> str:
+        return os.path.join(self.root, "logs", check_id(job_id) + ".log")
+
+    # -- configuration -------------------------------------------------------
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """config.json with defaults, re-read only when the file changed."""
+        path = os.path.join(self.root, "config.json")
+        try:
+            info = os.stat(path)
+        except FileNotFoundError:
+            return config_mod.defaults()
+        key = (info.st_ino, info.st_mtime_ns, info.st_size)
+        if self._config_cache is None or self._config_cache[0] != key:
+            with open(path, encoding="utf-8") as handle:
+                self._config_cache = (key, config_mod.loads(handle.read()))
+        return dict(self._config_cache[1])
+
+    @property
+    def durable(self) -> bool:
+        return self.config["durable"]
+
+    def set_config(self, key: str, text: str) -> tuple[str, Any]:
+        name = config_mod.canonical_key(key)
+        value = config_mod.parse_value(name, text)
+        current = self._stored_config()
+        current[name] = value
+        self._publish_file("config.json", (json.dumps(current, indent=2) + "\n").encode())
+        return name, value
+
+    def _stored_config(self) -> dict:
+        """Only the keys the file sets, so defaults stay defaults."""
+        try:
+            with open(os.path.join(self.root, "config.json"), encoding="utf-8") as handle:
+                text = handle.read()
+        except FileNotFoundError:
+            return {}
+        config_mod.loads(text)
+        return {config_mod.canonical_key(k): v for k, v in json.loads(text).items()}
+
+    def _publish_file(self, relative: str, data: bytes) -> None:
+        """Atomically replace a spool file that is not a job (config, worker records)."""
+        temp, _ = fsops.write_new(self.dir("tmp"), os.path.basename(relative), data, durable=True)
+        os.rename(temp, os.path.join(self.root, relative))
+        fsops.fsync_dir(os.path.dirname(os.path.join(self.root, relative)))
+
+    # -- enqueue -------------------------------------------------------------
+
+    def enqueue(self, job: dict | str, **options: Any) -> dict:
+        """Enqueue one job from a dict of fields or a command string; returns the stored job."""
+        return self.enqueue_many([prepare_fields(job, **options)])[0]
+
+    def enqueue_many(self, jobs: Iterable[dict]) -> list[dict]:
+        """Validate and publish many jobs; the folder is fsynced once at the end.
+
+        Jobs are published in order; the first invalid or duplicate one stops
+        the batch with an error naming it (jobs before it are enqueued).
+        """
+        settings = self.config
+        durable = settings["durable"]
+        published: list[dict] = []
+        pending_dir, tmp_dir = self.dir("pending"), self.dir("tmp")
+        try:
+            for fields in jobs:
+                job = build(fields, settings)
+                if job["state"] != "pending" or job["attempts"] < 0:
+                    raise InvalidJob("a new job starts pending")
+                self._refuse_duplicate(job["id"])
+                temp, _ = fsops.write_new(tmp_dir, job["id"], dumps(job), durable=durable)
+                try:
+                    fsops.rename_noreplace(temp, os.path.join(pending_dir, job["id"] + SUFFIX))
+                except FileExistsError:
+                    os.unlink(temp)
+                    raise DuplicateJob(f"a job with id {job['id']!r} already exists") from None
+                published.append(job)
+        except OSError as exc:
+            raise SpoolError(f"cannot enqueue into {self.root}: {exc.strerror or exc}") from None
+        finally:
+            if durable and published:
+                fsops.fsync_dir(pending_dir)
+        return published
+
+    def _refuse_duplicate(self, job_id: str) -> None:
+        for state in STATES:
+            if os.path.lexists(os.path.join(self.root, state, job_id + SUFFIX)):
+                raise DuplicateJob(f"a job with id {job_id!r} already exists ({state})")
+
+    # -- inspection ----------------------------------------------------------
+
+    def names(self, state: str) -> list[str]:
+        """File names of the jobs in one folder (directory entries only, nothing parsed)."""
+        check_state(state)
+        try:
+            return [name for name in os.listdir(self.dir(state)) if job_name(name)]
+        except FileNotFoundError:
+            return []
+
+    def counts(self) -> dict[str, int]:
+        return {state: len(self.names(state)) for state in STATES}
+
+    def find(self, job_id: str) -> str | None:
+        """The state folder holding this id, or None."""
+        check_id(job_id)
+        for state in STATES:
+            if os.path.lexists(os.path.join(self.root, state, job_id + SUFFIX)):
+                return state
+        return None
+
+    def get(self, job_id: str) -> dict:
+        """The job with its `state` taken from its folder (the folder is the truth)."""
+        for _ in range(5):
+            state = self.find(job_id)
+            if state is None:
+                break
+            job = self.read(state, job_id + SUFFIX)
+            if job is not None:
+                return job
+        raise JobNotFound(f"no job with id {job_id!r}")
+
+    def read(self, state: str, name: str) -> dict | None:
+        """One job file as a dict; None if it moved away meanwhile.
+
+        A file that is not a job object (a half-written drop-in) is shown as a
+        stub whose `last_error` says why, rather than hidden or crashed on.
+        """
+        path = os.path.join(self.root, state, name)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+        except (FileNotFoundError, IsADirectoryError):
+            return None
+        except OSError as exc:
+            return _stub(name, state, f"cannot open: {exc.strerror}")
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                return _stub(name, state, "not a regular file")
+            data = fsops.read_fd(fd, MAX_JOB_BYTES)
+        finally:
+            os.close(fd)
+        try:
+            job = loads(data)
+        except InvalidJob as exc:
+            return _stub(name, state, str(exc))
+        if not isinstance(job, dict):
+            return _stub(name, state, "not a JSON object")
+        job["state"] = state
+        return job
+
+    def jobs(self, state: str | None = None, limit: int | None = None) -> list[dict]:
+        """Jobs newest id first (generated ids sort by creation time)."""
+        states = [check_state(state)] if state else list(STATES)
+        entries = sorted(((name, st) for st in states for name in self.names(st)), reverse=True)
+        found: list[dict] = []
+        for name, st in entries:
+            if limit is not None and len(found) >= limit:
+                break
+            job = self.read(st, name)
+            if job is not None:
+                found.append(job)
+        return found
+
+    def iter_jobs(self, state: str) -> Iterator[dict]:
+        for name in self.names(state):
+            job = self.read(state, name)
+            if job is not None:
+                yield job
+
+    def read_log(self, job_id: str, tail_bytes: int | None = None) -> bytes:
+        path = self.log_path(job_id)
+        try:
+            with open(path, "rb") as handle:
+                if tail_bytes is not None:
+                    size = os.fstat(handle.fileno()).st_size
+                    handle.seek(max(0, size - tail_bytes))
+                return handle.read()
+        except FileNotFoundError:
+            if self.find(job_id) is None:
+                raise JobNotFound(f"no job with id {job_id!r}") from None
+            return b""
+
+    # -- changing jobs -------------------------------------------------------
+
+    def lock(self, state: str, name: str) -> LockedJob | None:
+        """Own the file `state/name`; None when it is gone or another process owns it."""
+        path = os.path.join(self.root, state, name)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+        except FileNotFoundError:
+            return None
+        try:
+            if not fsops.lock_fd(fd):
+                os.close(fd)
+                return None
+            # The name may have been moved or replaced between open and lock.
+            try:
+                if os.stat(path, follow_symlinks=False).st_ino != os.fstat(fd).st_ino:
+                    os.close(fd)
+                    return None
+            except FileNotFoundError:
+                os.close(fd)
+                return None
+            raw = fsops.read_fd(fd, MAX_JOB_BYTES)
+        except BaseException:
+            os.close(fd)
+            raise
+        try:
+            job = loads(raw)
+        except InvalidJob:
+            job = None
+        return LockedJob(self, state, name, fd, job, raw)
+
+    def lock_job(self, job_id: str, allowed: tuple[str, ...], action: str) -> LockedJob:
+        """Own job `job_id`, which must be in one of `allowed`; a clear error otherwise."""
+        state = self.find(job_id)
+        if state is None:
+            raise JobNotFound(f"no job with id {job_id!r}")
+        if state not in allowed:
+            raise WrongState(f"cannot {action} job {job_id!r}: it is {state} "
+                             f"(only {' or '.join(allowed)} jobs)")
+        held = self.lock(state, job_id + SUFFIX)
+        if held is None:
+            raise WrongState(f"job {job_id!r} is busy (a worker is moving it); try again")
+        if not isinstance(held.job, dict):
+            held.release()
+            raise InvalidJob(f"job file {state}/{job_id}{SUFFIX} is not valid JSON")
+        return held
+
+    def cancel(self, job_id: str) -> str:
+        """Pending or failed job to dead/ as cancelled; returns the state it left.
+
+        A running job is stopped by its worker, which reads the cancel request.
+        """
+        state = self.find(job_id)
+        if state == "processing":
+            registry.request_cancel(self, job_id)
+            return "processing"
+        with self.lock_job(job_id, ("pending", "failed"), "cancel") as held:
+            previous = held.state
+            held.move("dead")
+            held.job.update(state="dead", last_error="cancelled", next_run_at=None)
+            held.save()
+        return previous
+
+    def retry(self, job_id: str) -> dict:
+        """A failed job due now, skipping its backoff."""
+        with self.lock_job(job_id, ("failed",), "retry") as held:
+            held.move("pending")
+            held.job.update(state="pending", next_run_at=None)
+            held.save()
+            return held.job
+
+    def dlq_retry(self, job_id: str) -> dict:
+        """A dead job back to pending with its attempts reset and today's max_retries."""
+        with self.lock_job(job_id, ("dead",), "retry") as held:
+            if not isinstance(held.job.get("command"), str) or held.job.get("invalid"):
+                raise InvalidJob(f"job {job_id!r} was never a valid job ({held.job.get('last_error')}); "
+                                 f"fix the file and enqueue it again")
+            held.move("pending")
+            held.job.update(state="pending", attempts=0, next_run_at=None, last_error=None,
+                            max_retries=self.config["max_retries"])
+            held.save()
+            return held.job
+
+    def purge(self, states: Iterable[str], older_than: float | None = None) -> int:
+        """Delete finished jobs (and their logs) last changed more than `older_than` seconds ago."""
+        cutoff = time.time() - older_than if older_than is not None else None
+        removed = 0
+        for state in states:
+            if state not in ("completed", "dead"):
+                raise WrongState(f"purge removes completed or dead jobs, not {state}")
+            for name in self.names(state):
+                path = os.path.join(self.dir(state), name)
+                try:
+                    if cutoff is not None and os.lstat(path).st_mtime > cutoff:
+                        continue
+                    os.unlink(path)
+                except FileNotFoundError:
+                    continue
+                removed += 1
+                stem = name[: -len(SUFFIX)]
+                for leftover in (os.path.join(self.dir("logs"), stem + ".log"),
+                                 os.path.join(self.dir(state), stem + ".invalid")):
+                    try:
+                        os.unlink(leftover)
+                    except FileNotFoundError:
+                        pass
+        return removed
+
+
+def _stub(name: str, state: str, reason: str) -> dict:
+    stem = name[: -len(SUFFIX)] if name.endswith(SUFFIX) else name
+    return {"id": stem, "state": state, "command": None, "last_error": f"unreadable job file: {reason}"}
+
+
+def check_state(state: str) -> str:
+    if state not in STATES:
+        raise InvalidJob(f"unknown state {state!r}; valid states: {', '.join(STATES)}")
+    return state
+
+
+def prepare_fields(job: dict | str, *, run_at: Any = None, delay: float | None = None,
+                   priority: int | None = None, timeout: float | None = None,
+                   max_retries: int | None = None, id: str | None = None,
+                   command: str | None = None) -> dict:
+    """Merge a job (dict or command string) with enqueue options; options win."""
+    if isinstance(job, str):
+        fields: dict = {"command": job}
+    elif isinstance(job, dict):
+        fields = dict(job)
+    else:
+        raise InvalidJob("a job is a JSON object or a command string")
+    if command is not None:
+        fields["command"] = command
+    if id is not None:
+        fields["id"] = id
+    if priority is not None:
+        fields["priority"] = priority
+    if timeout is not None:
+        fields["timeout"] = timeout
+    if max_retries is not None:
+        fields["max_retries"] = max_retries
+    if delay is not None:
+        if delay < 0:
+            raise InvalidJob("delay must be >= 0 seconds")
+        fields["run_at"] = iso(time.time() + delay)
+    if run_at is not None:
+        fields["run_at"] = run_at if isinstance(run_at, str) else iso(float(run_at))
+    return fields
+

@@ -1,0 +1,66 @@
+"""Shared fixtures: a private temporary spool, the CLI in-process and as a real process."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+from click.testing import CliRunner
+
+from queuectl import Spool
+from queuectl.cli import main
+
+
+@pytest.fixture
+def spool_path(tmp_path):
+    return str(tmp_path / "spool")
+
+
+@pytest.fixture
+def spool(spool_path):
+    return Spool(spool_path)
+
+
+@pytest.fixture
+def cli(spool_path):
+    """Run `queuectl --spool <tmp> ARGS...` in-process; returns click's Result."""
+    runner = CliRunner()
+
+    def invoke(*args, input=None):
+        return runner.invoke(main, ["--spool", spool_path, *args], input=input, catch_exceptions=False)
+    return invoke
+
+
+def run_queuectl(spool_path, *args, input=None, timeout=60, env=None):
+    """`python -m queuectl --spool <spool> ARGS...` as a real process."""
+    return subprocess.run([sys.executable, "-m", "queuectl", "--spool", spool_path, *args],
+                          input=input, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})})
+
+
+@pytest.fixture
+def qc(spool_path):
+    def invoke(*args, **kwargs):
+        return run_queuectl(spool_path, *args, **kwargs)
+    return invoke
+
+
+def wait_until(predicate, timeout=30.0, interval=0.02, message="condition"):
+    """Poll `predicate` until it returns a truthy value; fail the test at the deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout}s waiting for {message}")
+        time.sleep(interval)
+
+
+def read_job(spool_path, state, job_id):
+    with open(os.path.join(spool_path, state, job_id + ".json"), encoding="utf-8") as handle:
+        return json.load(handle)
