@@ -61,6 +61,9 @@ SETTINGS: dict[str, Setting] = {
                                  "seconds between sweeps for jobs of dead workers"),
     "scan_interval": Setting(30, _parse_number, lambda v: _is_number(v) and v > 0,
                              "seconds between safety rescans (for file systems without inotify)"),
+    "pass_env": Setting([], lambda text: [n.strip() for n in text.split(",") if n.strip()],
+                        lambda v: isinstance(v, list) and all(isinstance(n, str) for n in v),
+                        "names of the worker's environment variables jobs also get, comma-separated; * for all"),
     "log_tail_lines": Setting(20, int, lambda v: _is_int(v) and v >= 0,
                               "lines of stderr kept in each history entry"),
 }

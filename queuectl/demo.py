@@ -1,0 +1,51 @@
+"""`queuectl demo`: the example jobs of spool.example/, run end to end.
+
+Each job found in the example spool (in any state) is enqueued afresh,
+as its command and settings only, under a new id, so the demo can run
+again and again on the same spool; then workers drain the queue in burst
+mode.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Iterator
+
+from .errors import QueueError
+from .job import STATES
+from .supervisor import run_workers
+
+KEPT_FIELDS = ("command", "priority", "max_retries", "timeout", "cwd", "env")
+
+
+def example_folder() -> str:
+    return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "spool.example")
+
+
+def example_jobs(folder: str) -> list[dict]:
+    jobs = []
+    for state in STATES:
+        directory = os.path.join(folder, state)
+        if not os.path.isdir(directory):
+            continue
+        for name in sorted(os.listdir(directory)):
+            if not name.endswith(".json") or name.startswith("."):
+                continue
+            with open(os.path.join(directory, name), encoding="utf-8") as handle:
+                job = json.load(handle)
+            if isinstance(job.get("command"), str):
+                fields = {key: job[key] for key in KEPT_FIELDS if job.get(key) is not None}
+                jobs.append({**fields, "example": job.get("id")})
+    return jobs
+
+
+def run_demo(spool, *, count: int, example: str | None) -> Iterator[str]:
+    folder = example or example_folder()
+    if not os.path.isdir(folder):
+        raise QueueError(f"no example spool at {folder}; pass --example PATH")
+    jobs = spool.enqueue_many(example_jobs(folder))
+    yield f"enqueued {len(jobs)} example jobs from {folder} into {spool.root}"
+    yield f"running {count} worker(s) until nothing is due..."
+    run_workers(spool, count=count, burst=True)
+    yield "done; 'queuectl list' shows every job, 'queuectl logs ID' its output"

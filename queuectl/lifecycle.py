@@ -1,0 +1,230 @@
+"""The state machine of a job file, one transition per function.
+
+    pending --claim--> processing --settle--> completed | failed | dead
+    failed  --claim--> processing             (when next_run_at is due)
+    pending (dropped-in file) --adopt--> pending/<id>.json, or dead/ when invalid
+
+Every transition owns the file's flock first (`Spool.lock`). Claims move
+first and rewrite after; settles rewrite first and move after. So a crash
+at any point leaves a file that says what to do, and `recover` does it:
+in processing/ without a lock holder, a file whose `state` field is not
+"processing" is finished moving to the folder it names; one that still
+says "processing" was running when its worker died, and counts as a
+failed attempt.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import time
+
+from . import fsops
+from .errors import InvalidJob
+from .job import build, due_time, dumps, is_valid_id, iso, loads, new_id, parse_time, retry_delay
+from .runner import Outcome, describe
+from .spool import SUFFIX, LockedJob, Spool
+
+HISTORY_LIMIT = 50
+# A dropped-in file that does not parse yet may still be being written;
+# after this many seconds without change it is judged as it is.
+DROP_GRACE = 5.0
+
+
+def claim(spool: Spool, state: str, name: str, worker: str, now: float) -> LockedJob | None:
+    """Own a due job and move it into processing/; None if another worker got there first."""
+    held = spool.lock(state, name)
+    if held is None:
+        return None
+    try:
+        job = build(held.job, spool.config, stem=name[: -len(SUFFIX)], state=state)
+        if due_time(job) > now:
+            held.release()
+            return None
+        held.move("processing")
+    except InvalidJob as exc:
+        dead_letter(spool, held, str(exc))
+        held.release()
+        return None
+    except FileExistsError:
+        dead_letter(spool, held, f"duplicate id {held.name[:-len(SUFFIX)]!r}: a job with this id is already running")
+        held.release()
+        return None
+    job.update(state="processing", attempts=job["attempts"] + 1, started_at=iso(now),
+               finished_at=None, worker=worker)
+    held.job = job
+    held.save()
+    return held
+
+
+def settle(spool: Spool, held: LockedJob, outcome: Outcome, timeout: float | None) -> str:
+    """Record the run's outcome in the job and move it on; returns the new state."""
+    job = held.job
+    error = describe(outcome, timeout)
+    _record_attempt(job, outcome, error)
+    if outcome.succeeded:
+        state = "completed"
+    elif outcome.interrupted == "cancel":
+        state = "dead"
+    elif outcome.interrupted == "stop":
+        # Stopping workers is not the job's failure: it does not use a retry.
+        state = "pending"
+        job["attempts"] -= 1
+    else:
+        state = _after_failure(spool, job, outcome.finished)
+    job["state"] = state
+    held.save()
+    held.move(state)
+    return state
+
+
+def _record_attempt(job: dict, outcome: Outcome, error: str | None) -> None:
+    duration = round(outcome.finished - outcome.started, 3)
+    job.update(finished_at=iso(outcome.finished), last_duration=duration,
+               last_exit_code=outcome.exit_code, last_error=error)
+    job["history"] = (job.get("history") or [])[-(HISTORY_LIMIT - 1):] + [{
+        "attempt": job["attempts"], "worker": job.get("worker"), "started_at": job.get("started_at"),
+        "finished_at": iso(outcome.finished), "exit_code": outcome.exit_code, "signal": outcome.signal,
+        "error": error, "stderr_tail": outcome.stderr_tail,
+    }]
+
+
+def _after_failure(spool: Spool, job: dict, now: float) -> str:
+    """failed/ with its backoff while retries are left (1 + max_retries runs), else dead/."""
+    if job["attempts"] > job["max_retries"]:
+        job["next_run_at"] = None
+        return "dead"
+    job["next_run_at"] = iso(now + retry_delay(job["attempts"], spool.config))
+    return "failed"
+
+
+def dead_letter(spool: Spool, held: LockedJob | None, reason: str, *, state: str = "pending",
+                name: str | None = None) -> str:
+    """Move an invalid file to dead/<id>.invalid untouched and describe it in dead/<id>.json.
+
+    `held` is None for entries that cannot be opened safely (symlinks, FIFOs,
+    folders): they are renamed as they are, never followed.
+    """
+    name = held.name if held is not None else name
+    state = held.state if held is not None else state
+    stem = name[: -len(SUFFIX)] if name.endswith(SUFFIX) else name
+    job_id = stem if is_valid_id(stem) and spool.find(stem) in (None, state) else new_id()
+    original = job_id + ".invalid"
+    if held is not None:
+        held.move("dead", original)
+    else:
+        fsops.rename_noreplace(os.path.join(spool.dir(state), name), os.path.join(spool.dir("dead"), original))
+    raw = held.job if held is not None and isinstance(held.job, dict) else {}
+    now = iso(time.time())
+    record = {
+        "id": job_id, "command": raw.get("command") if isinstance(raw.get("command"), str) else None,
+        "state": "dead", "invalid": True, "last_error": f"invalid job: {reason}",
+        "original_name": name, "original_file": original, "attempts": 0,
+        "created_at": now, "updated_at": now, "history": [],
+    }
+    _publish(spool, "dead", job_id, record)
+    return job_id
+
+
+def _publish(spool: Spool, state: str, job_id: str, job: dict) -> None:
+    temp, _ = fsops.write_new(spool.dir("tmp"), job_id, dumps(job), durable=spool.durable)
+    try:
+        fsops.rename_noreplace(temp, os.path.join(spool.dir(state), job_id + SUFFIX))
+    except FileExistsError:
+        os.unlink(temp)
+        raise
+
+
+def is_canonical(job: object, state: str, name: str) -> bool:
+    """Written by queuectl (not a hand-made drop-in): named by its id, with the stored fields."""
+    return (isinstance(job, dict) and name == f"{job.get('id')}{SUFFIX}" and job.get("state") == state
+            and "created_at" in job and "attempts" in job and "max_retries" in job)
+
+
+def adopt(spool: Spool, name: str, *, complete: bool) -> str | None:
+    """Turn a file dropped into pending/ into a stored job (SPEC section 3).
+
+    Returns the job's file name in pending/, None when the file went to dead/,
+    is not ours to handle now, or may still be being written (`complete`
+    False and recently changed).
+    """
+    path = os.path.join(spool.dir("pending"), name)
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        return None
+    if not stat.S_ISREG(info.st_mode):
+        kind = "a symlink (not followed)" if stat.S_ISLNK(info.st_mode) else "not a regular file"
+        try:
+            dead_letter(spool, None, kind, name=name)
+        except (FileNotFoundError, FileExistsError):
+            pass
+        return None
+    held = spool.lock("pending", name)
+    if held is None:
+        return None
+    with held:
+        stem = name[: -len(SUFFIX)] if name.endswith(SUFFIX) else name
+        try:
+            if held.job is None:
+                loads(held.raw)  # raises the precise reason
+            job = build(held.job, spool.config, stem=stem)
+        except InvalidJob as exc:
+            if not complete and time.time() - info.st_mtime < DROP_GRACE:
+                return None
+            dead_letter(spool, held, str(exc))
+            return None
+        target = job["id"] + SUFFIX
+        if target != name:
+            if spool.find(job["id"]) is not None:
+                dead_letter(spool, held, f"duplicate id {job['id']!r}")
+                return None
+            try:
+                held.move("pending", target)
+            except FileExistsError:
+                dead_letter(spool, held, f"duplicate id {job['id']!r}")
+                return None
+        held.job = job
+        held.save()
+        return target
+
+
+def recover(spool: Spool) -> list[tuple[str, str]]:
+    """Settle every job in processing/ whose owner is dead; returns (id, new state) pairs."""
+    recovered = []
+    for name in spool.names("processing"):
+        held = spool.lock("processing", name)
+        if held is None:
+            continue
+        with held:
+            recovered.append((name[: -len(SUFFIX)], _recover_one(spool, held)))
+    return recovered
+
+
+def _recover_one(spool: Spool, held: LockedJob) -> str:
+    job = held.job
+    if not isinstance(job, dict):
+        dead_letter(spool, held, "unreadable file in processing/")
+        return "dead"
+    target = job.get("state")
+    if target in ("pending", "failed", "completed", "dead"):
+        held.move(target)  # an interrupted claim or settle, finished
+        return target
+    try:
+        job = build(job, spool.config, state="processing")
+    except InvalidJob as exc:
+        dead_letter(spool, held, str(exc))
+        return "dead"
+    now = time.time()
+    started = job.get("started_at")
+    outcome = Outcome(started=now, finished=now, error=f"worker {job.get('worker')} died during the run")
+    if isinstance(started, str):
+        outcome.started = min(now, parse_time(started))
+    held.job = job
+    job["attempts"] = max(job["attempts"], 1)
+    _record_attempt(job, outcome, outcome.error)
+    job["state"] = _after_failure(spool, job, now)
+    held.save()
+    held.move(job["state"])
+    return job["state"]
+

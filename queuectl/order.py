@@ -1,0 +1,69 @@
+"""The order in which a worker claims jobs, kept in memory.
+
+SPEC section 6: due jobs only; highest priority first; then earliest due
+time; then id. Each job file is parsed once when it appears (start-up scan
+or watchdog event), and its key is kept here, so a claim costs a heap pop,
+not a directory scan. Entries are removed lazily: a file that vanished or
+changed leaves a stale heap item that is skipped when popped.
+"""
+
+from __future__ import annotations
+
+import heapq
+
+
+class DueIndex:
+    def __init__(self) -> None:
+        self._ready: list[tuple[int, float, str, str]] = []       # (-priority, due, name, state)
+        self._scheduled: list[tuple[float, int, str, str]] = []   # (due, -priority, name, state)
+        self._current: dict[str, tuple[int, float, str]] = {}     # name -> (-priority, due, state)
+
+    def __len__(self) -> int:
+        return len(self._current)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._current
+
+    def add(self, state: str, name: str, priority: int, due: float, now: float) -> None:
+        key = (-priority, due, state)
+        if self._current.get(name) == key:
+            return
+        self._current[name] = key
+        if due <= now:
+            heapq.heappush(self._ready, (-priority, due, name, state))
+        else:
+            heapq.heappush(self._scheduled, (due, -priority, name, state))
+
+    def discard(self, name: str) -> None:
+        self._current.pop(name, None)
+
+    def _live(self, negative_priority: int, due: float, name: str, state: str) -> bool:
+        return self._current.get(name) == (negative_priority, due, state)
+
+    def _promote(self, now: float) -> None:
+        while self._scheduled and self._scheduled[0][0] <= now:
+            due, negative_priority, name, state = heapq.heappop(self._scheduled)
+            if self._live(negative_priority, due, name, state):
+                heapq.heappush(self._ready, (negative_priority, due, name, state))
+
+    def pop_due(self, now: float) -> tuple[str, str] | None:
+        """The best due job as (state, name), removed from the index; None if none is due."""
+        self._promote(now)
+        while self._ready:
+            negative_priority, due, name, state = heapq.heappop(self._ready)
+            if self._live(negative_priority, due, name, state):
+                del self._current[name]
+                return state, name
+        return None
+
+    def next_due(self) -> float | None:
+        """When the earliest scheduled job becomes due (stale items may make it early, never late)."""
+        while self._scheduled and not self._live(self._scheduled[0][1], self._scheduled[0][0],
+                                                   self._scheduled[0][2], self._scheduled[0][3]):
+            heapq.heappop(self._scheduled)
+        return self._scheduled[0][0] if self._scheduled else None
+
+    def clear(self) -> None:
+        self._ready.clear()
+        self._scheduled.clear()
+        self._current.clear()

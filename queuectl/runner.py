@@ -1,0 +1,181 @@
+"""Running one command: its process group, environment, log, limits and outcome.
+
+The command runs as `/bin/sh -c` in a new session (so a timeout or a stop
+can signal every process it started), with stdin from /dev/null, stdout
+appended to the job's log and stderr copied there too while its last lines
+are kept for the job's history. The job sees a small base environment, not
+the worker's: secrets in the worker's environment do not leak into jobs
+unless `pass_env` names them.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import subprocess
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+from .job import iso
+
+# What a job inherits from the worker's environment without being asked.
+BASE_ENV = ("PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "LANGUAGE", "TZ", "TMPDIR", "TERM")
+
+
+@dataclass
+class Outcome:
+    exit_code: int | None = None
+    signal: int | None = None
+    error: str | None = None
+    timed_out: bool = False
+    interrupted: str | None = None  # "stop" or "cancel": the worker ended the run on request
+    started: float = 0.0
+    finished: float = 0.0
+    stderr_tail: list[str] = field(default_factory=list)
+
+    @property
+    def succeeded(self) -> bool:
+        return self.exit_code == 0 and not self.timed_out and self.interrupted is None
+
+
+def job_environment(job: dict, attempt: int, spool_root: str, pass_env: list[str]) -> dict[str, str]:
+    source = os.environ
+    names = list(source) if "*" in pass_env else [*BASE_ENV, *pass_env]
+    env = {name: source[name] for name in names if name in source}
+    env.update({name: source[name] for name in source if name.startswith("LC_")})
+    env.setdefault("PATH", os.defpath)
+    env.update(job.get("env") or {})
+    env.update(QUEUECTL_JOB_ID=job["id"], QUEUECTL_ATTEMPT=str(attempt), QUEUECTL_SPOOL=spool_root)
+    return env
+
+
+def _signal_group(pgid: int, signum: int) -> None:
+    try:
+        os.killpg(pgid, signum)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def run(job: dict, *, log_path: str, worker: str, spool_root: str, timeout: float | None,
+        kill_grace: float, pass_env: list[str], tail_lines: int,
+        interruption: Callable[[], str | None], on_start: Callable[[int], None] = lambda pgid: None,
+        wait_step: float = 0.5) -> Outcome:
+    """Run the job's command once and say how it ended.
+
+    `interruption()` is asked every `wait_step` seconds (and whenever stderr
+    has output); when it returns "stop" or "cancel" the process group gets
+    SIGTERM, then SIGKILL after `kill_grace`, like a timeout.
+    """
+    attempt = job["attempts"]
+    outcome = Outcome(started=time.time())
+    log_fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+    try:
+        os.write(log_fd, f"=== attempt {attempt} started {iso(outcome.started)} by {worker} ===\n".encode())
+        try:
+            process = subprocess.Popen(
+                ["/bin/sh", "-c", job["command"]], stdin=subprocess.DEVNULL, stdout=log_fd,
+                stderr=subprocess.PIPE, cwd=job.get("cwd") or None, start_new_session=True,
+                env=job_environment(job, attempt, spool_root, pass_env))
+        except OSError as exc:
+            outcome.error = f"cannot start: {exc.strerror}: {exc.filename or job.get('cwd')}"
+            os.write(log_fd, f"queuectl: {outcome.error}\n".encode())
+            outcome.finished = time.time()
+            return outcome
+        on_start(process.pid)
+        _supervise(process, log_fd, outcome, timeout, kill_grace, interruption, tail_lines, wait_step)
+    finally:
+        os.close(log_fd)
+    outcome.finished = time.time()
+    return outcome
+
+
+def _supervise(process: subprocess.Popen, log_fd: int, outcome: Outcome, timeout: float | None,
+               kill_grace: float, interruption: Callable[[], str | None], tail_lines: int,
+               wait_step: float) -> None:
+    """Copy stderr to the log until the shell exits, enforcing the time limit and requests."""
+    deadline = outcome.started + timeout if timeout else None
+    kill_at = None
+    stderr = process.stderr
+    tail = b""
+    while True:
+        now = time.time()
+        if kill_at is None:
+            reason = interruption()
+            if reason:
+                outcome.interrupted = reason
+            elif deadline is not None and now >= deadline:
+                outcome.timed_out = True
+            if outcome.interrupted or outcome.timed_out:
+                _signal_group(process.pid, signal.SIGTERM)
+                kill_at = now + kill_grace
+        elif now >= kill_at:
+            _signal_group(process.pid, signal.SIGKILL)
+            kill_at = float("inf")
+        wake = min(x for x in (now + wait_step, deadline if kill_at is None else None, kill_at) if x is not None)
+        if stderr is not None:
+            ready, _, _ = select.select([stderr], [], [], max(0.0, wake - now))
+            if ready:
+                chunk = os.read(stderr.fileno(), 65536)
+                if chunk:
+                    os.write(log_fd, chunk)
+                    tail = (tail + chunk)[-8192:]
+                else:
+                    stderr.close()
+                    stderr = None
+        if stderr is None or process.poll() is not None:
+            try:
+                code = process.wait(timeout=0 if stderr is not None else max(0.0, wake - time.time()))
+            except subprocess.TimeoutExpired:
+                continue
+            if stderr is not None:
+                tail = _drain(stderr, log_fd, tail)
+            break
+    if outcome.timed_out:
+        _signal_group(process.pid, signal.SIGKILL)  # the shell is gone; its children must go too
+    if code < 0:
+        outcome.signal = -code
+    else:
+        outcome.exit_code = code
+    lines = tail.decode("utf-8", "replace").splitlines()
+    outcome.stderr_tail = lines[-tail_lines:] if tail_lines else []
+
+
+def _drain(stderr, log_fd: int, tail: bytes) -> bytes:
+    """What the shell wrote before exiting; background children may hold the pipe open."""
+    os.set_blocking(stderr.fileno(), False)
+    try:
+        while True:
+            chunk = os.read(stderr.fileno(), 65536)
+            if not chunk:
+                break
+            os.write(log_fd, chunk)
+            tail = (tail + chunk)[-8192:]
+    except BlockingIOError:
+        pass
+    stderr.close()
+    return tail
+
+
+def describe(outcome: Outcome, timeout: float | None) -> str | None:
+    """The `last_error` sentence for a run, None when it succeeded."""
+    if outcome.succeeded:
+        return None
+    if outcome.interrupted == "cancel":
+        return "cancelled while running"
+    if outcome.interrupted == "stop":
+        return "stopped by worker shutdown; retried later"
+    if outcome.timed_out:
+        return f"timed out after {timeout:g}s"
+    if outcome.error:
+        return outcome.error
+    if outcome.signal is not None:
+        try:
+            name = signal.Signals(outcome.signal).name
+        except ValueError:
+            name = str(outcome.signal)
+        return f"killed by signal {name}"
+    if outcome.exit_code == 127:
+        return "exit code 127 (command not found)"
+    return f"exit code {outcome.exit_code}"

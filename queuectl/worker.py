@@ -1,0 +1,267 @@
+"""One worker process: the claim -> run -> settle loop.
+
+The worker holds `workers/<name>.lock` for its life and keeps the order of
+due jobs in memory (order.DueIndex). watchdog tells it, from its observer
+thread, about files landing in or leaving pending/ and failed/ and about
+stop requests in workers/; the main thread applies those events, claims
+the best due job, runs it and settles it. Idle, it sleeps until an event,
+the next scheduled time, the next recovery sweep or the next safety scan:
+no busy polling. Signals: the first SIGTERM/SIGINT finishes the running
+job and exits 0; a second one (or `worker stop --now`) stops the job too,
+which goes back to pending/ without using a retry.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import signal
+import threading
+import time
+
+from filelock import FileLock, Timeout
+from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.observers import Observer
+
+from . import lifecycle, registry, runner
+from .errors import InvalidJob, SpoolError
+from .fsops import read_fd
+from .job import MAX_JOB_BYTES, due_time, loads
+from .order import DueIndex
+from .spool import SUFFIX, Spool
+
+WATCHED = ("pending", "failed", "workers")
+
+
+class _EventRelay(FileSystemEventHandler):
+    """Runs in watchdog's thread: queue what changed and wake the main loop."""
+
+    def __init__(self, worker: "Worker"):
+        self.worker = worker
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        kind = event.event_type
+        if kind in ("modified", "opened", "closed_no_write") or event.is_directory and kind != "moved":
+            return
+        if kind == "moved":
+            self._relay("gone", event.src_path)
+            self._relay("moved", event.dest_path)
+        else:
+            self._relay({"deleted": "gone"}.get(kind, kind), event.src_path)
+
+    def _relay(self, kind: str, path: bytes | str) -> None:
+        path = os.fsdecode(path)
+        folder, name = os.path.basename(os.path.dirname(path)), os.path.basename(path)
+        if folder == "workers":
+            if name == registry.STOP_FILE and kind != "gone":
+                self.worker.check_stop_request()
+            return
+        if folder in WATCHED:
+            self.worker.events.put((kind, folder, name))
+            self.worker.wake.set()
+
+
+class Worker:
+    def __init__(self, spool: Spool, *, burst: bool = False, name: str | None = None):
+        self.spool = spool
+        self.burst = burst
+        self.name = name or registry.new_name()
+        self.started = time.time()
+        self.index = DueIndex()
+        self.events: queue.SimpleQueue = queue.SimpleQueue()
+        self.wake = threading.Event()
+        self.stopping = False
+        self.stop_now = False
+        self.current: str | None = None
+        self.rechecks: dict[str, float] = {}  # dropped-in files that may still be being written
+        self.processed = 0
+
+    # -- life ----------------------------------------------------------------
+
+    def run(self) -> int:
+        lock = FileLock(registry.lock_path(self.spool, self.name), mode=0o600)
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            raise SpoolError(f"worker name {self.name} is taken by a live worker") from None
+        observer = Observer()
+        try:
+            self._install_signal_handlers()
+            relay = _EventRelay(self)
+            for folder in WATCHED:
+                observer.schedule(relay, self.spool.dir(folder), recursive=False)
+            observer.start()
+            self._write_record()
+            lifecycle.recover(self.spool)
+            self._scan()
+            self._loop()
+        finally:
+            observer.stop()
+            if observer.is_alive():
+                observer.join(timeout=2)
+            registry.remove_record(self.spool, self.name)
+            lock.release()
+        return 0
+
+    def _install_signal_handlers(self) -> None:
+        def handle(signum, frame):
+            if self.stopping:
+                self.stop_now = True
+            self.stopping = True
+            self.wake.set()
+        signal.signal(signal.SIGTERM, handle)
+        signal.signal(signal.SIGINT, handle)
+
+    def check_stop_request(self) -> None:
+        """Obey `worker stop` requests made after this worker started."""
+        request = registry.stop_request(self.spool)
+        if request and request.get("requested_at", 0) >= self.started:
+            self.stopping = True
+            self.stop_now = self.stop_now or bool(request.get("now"))
+            self.wake.set()
+
+    def _write_record(self) -> None:
+        registry.write_record(self.spool, self.name, {
+            "pid": os.getpid(), "host": os.uname().nodename, "started": self.started,
+            "job": self.current, "heartbeat": time.time(), "processed": self.processed})
+
+    # -- the loop ------------------------------------------------------------
+
+    def _loop(self) -> None:
+        settings = self.spool.config
+        now = time.time()
+        next_recovery = now + settings["recovery_interval"]
+        next_scan = now + settings["scan_interval"]
+        while not self.stopping:
+            self.wake.clear()
+            self._apply_events()
+            now = time.time()
+            if now >= next_recovery:
+                lifecycle.recover(self.spool)
+                next_recovery = now + self.spool.config["recovery_interval"]
+            if now >= next_scan:
+                self.check_stop_request()
+                self._scan()
+                next_scan = now + self.spool.config["scan_interval"]
+            self._recheck_dropins(now)
+            due = self.index.pop_due(now)
+            if due is not None:
+                self._process(*due)
+                continue
+            if self.current is not None:
+                self.current = None
+                self._write_record()
+            if self.burst and not self.rechecks and self.events.empty():
+                return
+            wake_at = min(t for t in (next_recovery, next_scan, self.index.next_due(),
+                                      min(self.rechecks.values(), default=None)) if t is not None)
+            self.wake.wait(max(0.0, wake_at - time.time()))
+
+    def _apply_events(self) -> None:
+        while True:
+            try:
+                kind, folder, name = self.events.get_nowait()
+            except queue.Empty:
+                return
+            if kind == "gone":
+                self.index.discard(name)
+                self.rechecks.pop(name, None)
+            else:
+                self._consider(folder, name, complete=kind != "created")
+
+    def _scan(self) -> None:
+        """Index every job file from a directory listing (start-up and the slow safety scan)."""
+        self.index.clear()
+        for folder in ("pending", "failed"):
+            for name in os.listdir(self.spool.dir(folder)):
+                self._consider(folder, name, complete=False)
+
+    def _consider(self, folder: str, name: str, *, complete: bool) -> None:
+        """Index a job file, or hand a dropped-in file to adoption."""
+        if name.startswith(".") or name.endswith(".tmp"):
+            return
+        job = _peek(os.path.join(self.spool.dir(folder), name)) if name.endswith(SUFFIX) else None
+        if job is False:
+            self.index.discard(name)
+            return
+        if lifecycle.is_canonical(job, folder, name):
+            try:
+                priority = int(job.get("priority") or 0)
+            except (TypeError, ValueError):
+                priority = 0
+            self.index.add(folder, name, priority, due_time(job), time.time())
+            self.rechecks.pop(name, None)
+            return
+        if folder != "pending":
+            return  # only pending/ takes drop-ins; doctor reports strays elsewhere
+        target = lifecycle.adopt(self.spool, name, complete=complete)
+        if target is not None:
+            self.rechecks.pop(name, None)
+            self._consider("pending", target, complete=True)
+        elif os.path.lexists(os.path.join(self.spool.dir("pending"), name)):
+            self.rechecks[name] = time.time() + lifecycle.DROP_GRACE
+
+    def _recheck_dropins(self, now: float) -> None:
+        for name, when in list(self.rechecks.items()):
+            if when <= now:
+                del self.rechecks[name]
+                self._consider("pending", name, complete=False)
+
+    # -- one job -------------------------------------------------------------
+
+    def _process(self, state: str, name: str) -> None:
+        now = time.time()
+        held = lifecycle.claim(self.spool, state, name, self.name, now)
+        if held is None:
+            if os.path.lexists(os.path.join(self.spool.dir(state), name)):
+                self._consider(state, name, complete=True)  # not due after all: re-read its time
+            return
+        job = held.job
+        self.current = job["id"]
+        self._write_record()
+        settings = self.spool.config
+        timeout = job.get("timeout")
+        timeout = (timeout if timeout is not None else settings["timeout"]) or None
+        try:
+            outcome = runner.run(
+                job, log_path=self.spool.log_path(job["id"]), worker=self.name, spool_root=self.spool.root,
+                timeout=timeout, kill_grace=settings["kill_grace"], pass_env=settings["pass_env"],
+                tail_lines=settings["log_tail_lines"], interruption=self._interruption(job["id"]))
+            lifecycle.settle(self.spool, held, outcome, timeout)
+        finally:
+            held.release()
+        registry.clear_cancel(self.spool, job["id"])
+        self.processed += 1
+
+    def _interruption(self, job_id: str):
+        def ask() -> str | None:
+            if self.stop_now:
+                return "stop"
+            if registry.cancel_requested(self.spool, job_id):
+                return "cancel"
+            return None
+        return ask
+
+
+def _peek(path: str):
+    """The JSON in a file; None if it is not a complete job object yet; False if it is gone."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return None  # a symlink or something stranger: adoption decides
+    try:
+        data = read_fd(fd, MAX_JOB_BYTES)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    try:
+        return loads(data)
+    except InvalidJob:
+        return None
+
+
+def main(spool_path: str, burst: bool) -> int:
+    return Worker(Spool(spool_path), burst=burst).run()
