@@ -13,6 +13,7 @@ which goes back to pending/ without using a retry.
 
 from __future__ import annotations
 
+import logging
 import os
 import queue
 import signal
@@ -31,6 +32,11 @@ from .order import DueIndex
 from .spool import SUFFIX, Spool
 
 WATCHED = ("pending", "failed", "workers")
+
+# watchdog logs this error when its reader thread sees a last event while
+# the observer is being stopped; it is harmless at shutdown.
+logging.getLogger("watchdog.observers.inotify").addFilter(
+    lambda record: "called when the thread is inactive" not in record.getMessage())
 
 
 class _EventRelay(FileSystemEventHandler):
