@@ -41,7 +41,7 @@ def claim(spool: Spool, state: str, name: str, worker: str, now: float) -> Locke
         if due_time(job) > now:
             held.release()
             return None
-        held.move("processing")
+        held.move("processing", sync=False)
     except InvalidJob as exc:
         dead_letter(spool, held, str(exc))
         held.release()
@@ -53,7 +53,7 @@ def claim(spool: Spool, state: str, name: str, worker: str, now: float) -> Locke
     job.update(state="processing", attempts=job["attempts"] + 1, started_at=iso(now),
                finished_at=None, worker=worker)
     held.job = job
-    held.save()
+    held.save(sync=False)
     return held
 
 

@@ -23,7 +23,7 @@ import time
 from typing import Any, Iterable, Iterator
 
 from . import config as config_mod
-from . import fsops, registry
+from . import fsops
 from .errors import DuplicateJob, InvalidJob, JobNotFound, SpoolError, WrongState
 from .job import MAX_JOB_BYTES, STATES, build, check_id, dumps, iso, loads
 
@@ -66,30 +66,35 @@ class LockedJob:
     def path(self) -> str:
         return os.path.join(self.spool.root, self.state, self.name)
 
-    def move(self, state: str, name: str | None = None) -> None:
-        """Rename into another folder; FileExistsError if that name is taken there."""
+    def move(self, state: str, name: str | None = None, *, sync: bool = True) -> None:
+        """Rename into another folder; FileExistsError if that name is taken there.
+
+        `sync=False` skips the fsyncs even when durable: for a claim, whose
+        loss in a power cut only means the job runs again (it was cut anyway).
+        """
         target = name or self.name
         source_dir = os.path.join(self.spool.root, self.state)
         target_dir = os.path.join(self.spool.root, state)
         fsops.rename_noreplace(os.path.join(source_dir, self.name), os.path.join(target_dir, target))
-        if self.spool.durable:
+        if sync and self.spool.durable:
             fsops.fsync_dir(target_dir)
             fsops.fsync_dir(source_dir)
         self.state, self.name = state, target
 
-    def save(self) -> None:
+    def save(self, *, sync: bool = True) -> None:
         """Replace the file with the current `job`, keeping ownership of the new inode."""
         self.job["updated_at"] = iso(time.time())
         data = dumps(self.job)
+        durable = sync and self.spool.durable
         temp, new_fd = fsops.write_new(self.spool.dir("tmp"), self.job["id"], data,
-                                       durable=self.spool.durable, lock=True)
+                                       durable=durable, lock=True)
         try:
             os.rename(temp, self.path)
         except BaseException:
             os.close(new_fd)
             os.unlink(temp)
             raise
-        if self.spool.durable:
+        if durable:
             fsops.fsync_dir(self.spool.dir(self.state))
         os.close(self.fd)
         self.fd, self.raw = new_fd, data
@@ -213,9 +218,9 @@ class Spool:
 
     def _publish_file(self, relative: str, data: bytes) -> None:
         """Atomically replace a spool file that is not a job (config, worker records)."""
-        temp, _ = fsops.write_new(self.dir("tmp"), os.path.basename(relative), data, durable=True)
-        os.rename(temp, os.path.join(self.root, relative))
-        fsops.fsync_dir(os.path.dirname(os.path.join(self.root, relative)))
+        target = os.path.join(self.root, relative)
+        fsops.publish(self.dir("tmp"), target, data, durable=True, replace=True)
+        fsops.fsync_dir(os.path.dirname(target))
 
     # -- enqueue -------------------------------------------------------------
 
@@ -224,26 +229,22 @@ class Spool:
         return self.enqueue_many([prepare_fields(job, **options)])[0]
 
     def enqueue_many(self, jobs: Iterable[dict]) -> list[dict]:
-        """Validate and publish many jobs; the folder is fsynced once at the end.
+        """Validate every job, then publish them in order; the folder is fsynced once at the end.
 
-        Jobs are published in order; the first invalid or duplicate one stops
-        the batch with an error naming it (jobs before it are enqueued).
+        An invalid job, or an id already taken, stops the batch before any job
+        is published. Only a rival process taking an id in the meantime stops
+        it midway (the jobs before that one are enqueued).
         """
         settings = self.config
         durable = settings["durable"]
+        batch = self._validate_batch(jobs, settings)
         published: list[dict] = []
         pending_dir, tmp_dir = self.dir("pending"), self.dir("tmp")
         try:
-            for fields in jobs:
-                job = build(fields, settings)
-                if job["state"] != "pending" or job["attempts"] < 0:
-                    raise InvalidJob("a new job starts pending")
-                self._refuse_duplicate(job["id"])
-                temp, _ = fsops.write_new(tmp_dir, job["id"], dumps(job), durable=durable)
+            for job, data in batch:
                 try:
-                    fsops.rename_noreplace(temp, os.path.join(pending_dir, job["id"] + SUFFIX))
+                    fsops.publish(tmp_dir, os.path.join(pending_dir, job["id"] + SUFFIX), data, durable=durable)
                 except FileExistsError:
-                    os.unlink(temp)
                     raise DuplicateJob(f"a job with id {job['id']!r} already exists") from None
                 published.append(job)
         except OSError as exc:
@@ -252,6 +253,26 @@ class Spool:
             if durable and published:
                 fsops.fsync_dir(pending_dir)
         return published
+
+    def _validate_batch(self, jobs: Iterable[dict], settings: dict) -> list[tuple[dict, bytes]]:
+        """Each job built and serialized, or the error of the first one that cannot be enqueued."""
+        batch: list[tuple[dict, bytes]] = []
+        ids: set[str] = set()
+        for fields in jobs:
+            job = build(fields, settings)
+            job_id = job["id"]
+            if job_id in ids:
+                raise DuplicateJob(f"id {job_id!r} appears twice in the batch")
+            # A generated id embeds this process's own increasing clock and its
+            # pid, so only ids the caller chose can already be taken.
+            if fields.get("id") is not None:
+                self._refuse_duplicate(job_id)
+            data = dumps(job)
+            if len(data) > MAX_JOB_BYTES:
+                raise InvalidJob(f"job {job_id!r} is {len(data)} bytes as JSON, over the 1 MiB limit")
+            ids.add(job_id)
+            batch.append((job, data))
+        return batch
 
     def _refuse_duplicate(self, job_id: str) -> None:
         for state in STATES:
@@ -404,6 +425,7 @@ class Spool:
         """
         state = self.find(job_id)
         if state == "processing":
+            from . import registry  # filelock is not needed by the commands that start fast
             registry.request_cancel(self, job_id)
             return "processing"
         with self.lock_job(job_id, ("pending", "failed"), "cancel") as held:
