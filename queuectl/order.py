@@ -63,7 +63,5 @@ class DueIndex:
             heapq.heappop(self._scheduled)
         return self._scheduled[0][0] if self._scheduled else None
 
-    def clear(self) -> None:
-        self._ready.clear()
-        self._scheduled.clear()
-        self._current.clear()
+    def names(self) -> set[str]:
+        return set(self._current)

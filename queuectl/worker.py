@@ -176,11 +176,19 @@ class Worker:
                 self._consider(folder, name, complete=kind != "created")
 
     def _scan(self) -> None:
-        """Index every job file from a directory listing (start-up and the slow safety scan)."""
-        self.index.clear()
+        """Bring the index in line with the folders (start-up and the slow safety scan).
+
+        Only files the index does not know are read, so a rescan of a big
+        queue costs two directory listings.
+        """
+        listed = set()
         for folder in ("pending", "failed"):
             for name in os.listdir(self.spool.dir(folder)):
-                self._consider(folder, name, complete=False)
+                listed.add(name)
+                if name not in self.index:
+                    self._consider(folder, name, complete=False)
+        for name in self.index.names() - listed:
+            self.index.discard(name)
 
     def _consider(self, folder: str, name: str, *, complete: bool) -> None:
         """Index a job file, or hand a dropped-in file to adoption."""
