@@ -19,10 +19,10 @@ import os
 import stat
 import time
 
-from . import fsops
+from . import fsops, registry
 from .errors import InvalidJob
 from .job import build, due_time, dumps, is_valid_id, iso, loads, new_id, parse_time, retry_delay
-from .runner import Outcome, describe
+from .runner import Outcome, describe, kill_leftovers
 from .spool import SUFFIX, LockedJob, Spool
 
 HISTORY_LIMIT = 50
@@ -198,7 +198,23 @@ def recover(spool: Spool) -> list[tuple[str, str]]:
             continue
         with held:
             recovered.append((name[: -len(SUFFIX)], _recover_one(spool, held)))
+    for record in registry.records(spool, live_only=False):
+        if not record["alive"] and not _still_running_there(spool, record.get("job")):
+            registry.remove_record(spool, record["name"])
     return recovered
+
+
+def _still_running_there(spool: Spool, job_id: object) -> bool:
+    """A dead worker's record is kept while its job waits in processing/ for recovery."""
+    return is_valid_id(job_id) and os.path.lexists(os.path.join(spool.dir("processing"), f"{job_id}{SUFFIX}"))
+
+
+def _end_leftovers(spool: Spool, job: dict) -> None:
+    """The dead worker's command may still run: stop it before the job runs again."""
+    worker = job.get("worker")
+    record = registry.read_record(spool, worker) if isinstance(worker, str) and is_valid_id(worker) else None
+    if record and record.get("job") == job["id"] and isinstance(record.get("pgid"), int):
+        kill_leftovers(record["pgid"], job["id"])
 
 
 def _recover_one(spool: Spool, held: LockedJob) -> str:
@@ -215,6 +231,7 @@ def _recover_one(spool: Spool, held: LockedJob) -> str:
     except InvalidJob as exc:
         dead_letter(spool, held, str(exc))
         return "dead"
+    _end_leftovers(spool, job)
     now = time.time()
     started = job.get("started_at")
     outcome = Outcome(started=now, finished=now, error=f"worker {job.get('worker')} died during the run")

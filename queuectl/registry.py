@@ -61,6 +61,15 @@ def remove_record(spool, name: str) -> None:
             pass
 
 
+def read_record(spool, name: str) -> dict[str, Any] | None:
+    try:
+        with open(record_path(spool, name), encoding="utf-8") as handle:
+            record = json.load(handle)
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
 def records(spool, *, live_only: bool = True) -> list[dict[str, Any]]:
     """Worker records, each with `alive`; dead workers' records are dropped when live_only."""
     found = []
@@ -68,12 +77,8 @@ def records(spool, *, live_only: bool = True) -> list[dict[str, Any]]:
         if not entry.endswith(".json") or entry == STOP_FILE or entry.startswith("."):
             continue
         name = entry[: -len(".json")]
-        try:
-            with open(os.path.join(spool.dir("workers"), entry), encoding="utf-8") as handle:
-                record = json.load(handle)
-        except (OSError, ValueError):
-            continue
-        if not isinstance(record, dict):
+        record = read_record(spool, name)
+        if record is None:
             continue
         record["name"] = name
         record["alive"] = is_alive(spool, name)

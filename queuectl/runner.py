@@ -58,6 +58,36 @@ def _signal_group(pgid: int, signum: int) -> None:
         pass
 
 
+def kill_leftovers(pgid: int, job_id: str) -> int:
+    """SIGKILL what is left of a dead worker's job; returns how many processes got it.
+
+    A process counts only if it is in the job's process group and carries
+    the job's QUEUECTL_JOB_ID, so a recycled pid is never hit.
+    """
+    marker = f"QUEUECTL_JOB_ID={job_id}".encode()
+    killed = 0
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return 0
+    for entry in entries:
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as handle:
+                fields = handle.read().rsplit(b")", 1)[1].split()
+            if int(fields[2]) != pgid:
+                continue
+            with open(f"/proc/{entry}/environ", "rb") as handle:
+                if marker not in handle.read().split(b"\0"):
+                    continue
+            os.kill(int(entry), signal.SIGKILL)
+            killed += 1
+        except (OSError, IndexError, ValueError):
+            continue
+    return killed
+
+
 def run(job: dict, *, log_path: str, worker: str, spool_root: str, timeout: float | None,
         kill_grace: float, pass_env: list[str], tail_lines: int,
         interruption: Callable[[], str | None], on_start: Callable[[int], None] = lambda pgid: None,

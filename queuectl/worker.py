@@ -79,6 +79,7 @@ class Worker:
         self.stopping = False
         self.stop_now = False
         self.current: str | None = None
+        self.current_pgid: int | None = None
         self.rechecks: dict[str, float] = {}  # dropped-in files that may still be being written
         self.processed = 0
 
@@ -129,7 +130,8 @@ class Worker:
     def _write_record(self) -> None:
         registry.write_record(self.spool, self.name, {
             "pid": os.getpid(), "host": os.uname().nodename, "started": self.started,
-            "job": self.current, "heartbeat": time.time(), "processed": self.processed})
+            "job": self.current, "pgid": self.current_pgid, "heartbeat": time.time(),
+            "processed": self.processed})
 
     # -- the loop ------------------------------------------------------------
 
@@ -232,7 +234,6 @@ class Worker:
             return
         job = held.job
         self.current = job["id"]
-        self._write_record()
         settings = self.spool.config
         timeout = job.get("timeout")
         timeout = (timeout if timeout is not None else settings["timeout"]) or None
@@ -240,12 +241,19 @@ class Worker:
             outcome = runner.run(
                 job, log_path=self.spool.log_path(job["id"]), worker=self.name, spool_root=self.spool.root,
                 timeout=timeout, kill_grace=settings["kill_grace"], pass_env=settings["pass_env"],
-                tail_lines=settings["log_tail_lines"], interruption=self._interruption(job["id"]))
+                tail_lines=settings["log_tail_lines"], interruption=self._interruption(job["id"]),
+                on_start=self._started)
             lifecycle.settle(self.spool, held, outcome, timeout)
         finally:
             held.release()
         registry.clear_cancel(self.spool, job["id"])
         self.processed += 1
+        self.current_pgid = None
+
+    def _started(self, pgid: int) -> None:
+        """Record the job's process group, so recovery can end it if this worker dies."""
+        self.current_pgid = pgid
+        self._write_record()
 
     def _interruption(self, job_id: str):
         def ask() -> str | None:
