@@ -128,13 +128,23 @@ def _parse_job_argument(text: str) -> dict | str:
         raise InvalidJob(f"invalid JSON job: {exc}") from None
 
 
-def _json_lines(stream, source: str):
-    for number, line in enumerate(stream, 1):
-        if line.strip():
+class _JsonLines:
+    """Jobs from JSON lines; `line` is the line being handled (None once all are read), so an error can name it."""
+
+    def __init__(self, stream, source: str):
+        self.stream, self.source, self.line = stream, source, None
+
+    def __iter__(self):
+        for number, text in enumerate(self.stream, 1):
+            if not text.strip():
+                continue
+            self.line = number
             try:
-                yield json.loads(line)
+                fields = json.loads(text)
             except ValueError as exc:
-                raise InvalidJob(f"{source} line {number}: invalid JSON: {exc}") from None
+                raise InvalidJob(f"invalid JSON: {exc}") from None
+            yield fields
+        self.line = None
 
 
 @main.command()
@@ -154,22 +164,24 @@ def enqueue(ctx, job, command, job_id, priority, max_retries, timeout, run_at, d
         raise click.UsageError("give exactly one of JOB, --command or --file")
     if run_at is not None and delay is not None:
         raise click.UsageError("--run-at and --delay exclude each other")
-    options = dict(command=command if job is not None else None, id=job_id, priority=priority,
-                   max_retries=max_retries, timeout=timeout, delay=delay,
+    options = dict(priority=priority, max_retries=max_retries, timeout=timeout, delay=delay,
                    run_at=iso(parse_time(run_at)) if run_at else None)
     spool = _spool(ctx)
     if file is not None or job == "-":
         if job_id is not None:
             raise click.UsageError("--id applies to a single job")
-        stream, source = (file, file.name) if file is not None else (sys.stdin, "stdin")
-        options.pop("id")
-        batch = (prepare_fields(fields, **options) for fields in _json_lines(stream, source))
-        for stored in spool.enqueue_many(batch):
-            click.echo(stored["id"])
+        reader = _JsonLines(file, file.name) if file is not None else _JsonLines(sys.stdin, "stdin")
+        try:
+            stored = spool.enqueue_many(prepare_fields(fields, **options) for fields in reader)
+        except QueueError as exc:
+            if reader.line is None:
+                raise
+            raise type(exc)(f"{reader.source} line {reader.line}: {exc} (no job enqueued)") from None
+        for job in stored:
+            click.echo(job["id"])
         return
     fields = _parse_job_argument(job) if job is not None else command
-    options["command"] = None if job is None else command
-    click.echo(spool.enqueue(fields, **options)["id"])
+    click.echo(spool.enqueue(fields, id=job_id, **options)["id"])
 
 
 # -- inspection --------------------------------------------------------------
@@ -374,7 +386,8 @@ def config_list(ctx, as_json):
 config.add_command(config_list, "show")
 
 
-@config.command("set")
+# Negative numbers are values to check and refuse with the valid range, not unknown options.
+@config.command("set", context_settings={"ignore_unknown_options": True})
 @click.argument("key")
 @click.argument("value")
 @click.pass_context

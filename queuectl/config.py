@@ -8,6 +8,7 @@ means all defaults; a key the file lacks takes its default.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -36,7 +37,8 @@ def _is_int(value: Any) -> bool:
 
 
 def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+    """Finite only: `inf` would print as JSON no other tool reads, and `nan` compares false to every bound."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _parse_number(text: str) -> float | int:
@@ -56,7 +58,7 @@ SETTINGS: dict[str, Setting] = {
     "kill_grace": Setting(5, _parse_number, lambda v: _is_number(v) and v >= 0,
                           "seconds between SIGTERM and SIGKILL on timeout or stop"),
     "durable": Setting(True, _parse_bool, lambda v: isinstance(v, bool),
-                       "fsync files and folders so an acknowledged change survives a power cut"),
+                       "fsync files and folders so an acknowledged change survives a power cut (true or false)"),
     "recovery_interval": Setting(5, _parse_number, lambda v: _is_number(v) and v > 0,
                                  "seconds between sweeps for jobs of dead workers"),
     "scan_interval": Setting(30, _parse_number, lambda v: _is_number(v) and v > 0,

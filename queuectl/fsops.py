@@ -5,6 +5,7 @@
 - `rename_noreplace` moves a file and fails with EEXIST instead of silently
   replacing a file already there, so no move can destroy another job
   (renameat2(RENAME_NOREPLACE); link + unlink where the kernel lacks it).
+- `publish` is the two together, and removes the temporary file on failure.
 - `lock_fd` takes the advisory flock that marks a job file as owned; the
   kernel drops it when the owner dies, which is what crash recovery reads.
 """
@@ -77,6 +78,21 @@ def write_new(directory: str, stem: str, data: bytes, *, durable: bool, lock: bo
         return path, fd
     os.close(fd)
     return path, None
+
+
+def publish(tmp_dir: str, target: str, data: bytes, *, durable: bool, replace: bool = False) -> None:
+    """Make `target` hold `data` in one step: written in tmp_dir, then renamed into place.
+
+    Without `replace`, an existing target raises FileExistsError and is left
+    untouched. The temporary file never outlives a failure, so an error
+    between the write and the rename leaves nothing behind in tmp/.
+    """
+    temp, _ = write_new(tmp_dir, os.path.basename(target), data, durable=durable)
+    try:
+        (os.replace if replace else rename_noreplace)(temp, target)
+    except BaseException:
+        os.unlink(temp)
+        raise
 
 
 def lock_fd(fd: int, *, wait: bool = False) -> bool:

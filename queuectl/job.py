@@ -11,6 +11,7 @@ sentence a person can act on.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import threading
@@ -136,7 +137,7 @@ def build(fields: Any, config: dict, *, stem: str | None = None,
 
     timeout = job["timeout"]
     if timeout is not None and (not isinstance(timeout, (int, float)) or isinstance(timeout, bool)
-                                or timeout < 0):
+                                or not math.isfinite(timeout) or timeout < 0):
         raise InvalidJob("timeout must be a number of seconds >= 0, or null for the config default")
     if job["cwd"] is not None and not isinstance(job["cwd"], str):
         raise InvalidJob("cwd must be a string")
