@@ -34,8 +34,11 @@ class DueIndex:
         else:
             heapq.heappush(self._scheduled, (due, -priority, name, state))
 
-    def discard(self, name: str) -> None:
-        self._current.pop(name, None)
+    def discard(self, name: str, state: str | None = None) -> None:
+        """Forget `name`; with `state`, only while it is indexed in that folder."""
+        current = self._current.get(name)
+        if current is not None and (state is None or current[2] == state):
+            del self._current[name]
 
     def _live(self, negative_priority: int, due: float, name: str, state: str) -> bool:
         return self._current.get(name) == (negative_priority, due, state)

@@ -172,8 +172,12 @@ class Worker:
             except queue.Empty:
                 return
             if kind == "gone":
-                self.index.discard(name)
-                self.rechecks.pop(name, None)
+                # watchdog holds back the "gone" half of a move out of a watched
+                # folder for a while, so it can arrive after the job came back
+                # or landed in the other folder: the folder decides.
+                if not os.path.lexists(os.path.join(self.spool.dir(folder), name)):
+                    self.index.discard(name, folder)
+                    self.rechecks.pop(name, None)
             else:
                 self._consider(folder, name, complete=kind != "created")
 
@@ -198,7 +202,7 @@ class Worker:
             return
         job = _peek(os.path.join(self.spool.dir(folder), name)) if name.endswith(SUFFIX) else None
         if job is False:
-            self.index.discard(name)
+            self.index.discard(name, folder)
             return
         if lifecycle.is_canonical(job, folder, name):
             try:
