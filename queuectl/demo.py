@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from typing import Iterator
 
 from .errors import QueueError
-from .job import STATES
+from .job import STATES, due_time
 from .supervisor import run_workers
 
 KEPT_FIELDS = ("command", "priority", "max_retries", "timeout", "cwd", "env")
@@ -40,6 +41,12 @@ def example_jobs(folder: str) -> list[dict]:
     return jobs
 
 
+def _next_retry(spool, job_ids: list[str]) -> float | None:
+    """The earliest retry time of these jobs that are in failed/; None when none is."""
+    times = [due_time(job) for job in map(spool.get, job_ids) if job["state"] == "failed"]
+    return min(times, default=None)
+
+
 def run_demo(spool, *, count: int, example: str | None) -> Iterator[str]:
     folder = example or example_folder()
     if not os.path.isdir(folder):
@@ -48,4 +55,9 @@ def run_demo(spool, *, count: int, example: str | None) -> Iterator[str]:
     yield f"enqueued {len(jobs)} example jobs from {folder} into {spool.root}"
     yield f"running {count} worker(s) until nothing is due..."
     run_workers(spool, count=count, burst=True)
+    # A burst ends when nothing is due, while failed jobs still wait for
+    # their retry time: run again then, until every demo job is finished.
+    while (retry_at := _next_retry(spool, [job["id"] for job in jobs])) is not None:
+        time.sleep(max(0.0, retry_at - time.time()))
+        run_workers(spool, count=count, burst=True)
     yield "done; 'queuectl list' shows every job, 'queuectl logs ID' its output"
