@@ -1,0 +1,487 @@
+/* queuectl dashboard: polls the JSON API every 2 s and draws the page.
+ *
+ * Job text (ids, commands, errors, logs) is only ever put into the page as
+ * text (textContent, text nodes, setAttribute on plain attributes), never
+ * parsed as HTML. Every POST carries the page's token in X-Queuectl-Token;
+ * the browser adds the Origin the server checks.
+ */
+"use strict";
+
+const REFRESH_MS = 2000;
+const THEME_KEY = "queuectl.theme";
+const DLQ_ROWS = 20;
+const LOG_TAIL_BYTES = 32 * 1024;
+const CHART_MARGIN = { left: 34, right: 6, top: 8, bottom: 20 };
+
+const view = { state: "", search: "", offset: 0, limit: 25, selected: null };
+const rendered = new Map(); // section -> the JSON it shows, to skip redrawing what did not change
+let throughputData = [];
+
+// -- theme: applied before the body is drawn, so a dark page never flashes white ----------
+
+function savedTheme() {
+  try {
+    const theme = localStorage.getItem(THEME_KEY);
+    if (theme === "dark" || theme === "light") return theme;
+  } catch (error) { /* storage disabled: fall back to the system preference */ }
+  return window.matchMedia("(prefers-color-scheme: dark)").matches ? "dark" : "light";
+}
+
+function applyTheme(theme) {
+  document.documentElement.dataset.theme = theme;
+  const toggle = document.getElementById("theme-toggle");
+  if (toggle) toggle.textContent = theme === "dark" ? "☀ light" : "☾ dark";
+}
+
+function toggleTheme() {
+  const theme = document.documentElement.dataset.theme === "dark" ? "light" : "dark";
+  try { localStorage.setItem(THEME_KEY, theme); } catch (error) { /* not remembered, still applied */ }
+  applyTheme(theme);
+  drawChart();
+}
+
+applyTheme(savedTheme());
+
+// -- small helpers ----------------------------------------------------------------------
+
+const $ = (selector) => document.querySelector(selector);
+
+/* An element with attributes and children; strings become text nodes, never HTML. */
+function h(tag, attributes = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [name, value] of Object.entries(attributes)) {
+    if (value === undefined || value === null || value === false) continue;
+    if (name.startsWith("on")) node.addEventListener(name.slice(2), value);
+    else node.setAttribute(name, value === true ? "" : String(value));
+  }
+  for (const child of children) {
+    if (child !== undefined && child !== null) node.append(child instanceof Node ? child : String(child));
+  }
+  return node;
+}
+
+function changed(section, data) {
+  const json = JSON.stringify(data);
+  if (rendered.get(section) === json) return false;
+  rendered.set(section, json);
+  return true;
+}
+
+function toMillis(value) {
+  if (typeof value === "number") return value * 1000;
+  if (typeof value === "string") return Date.parse(value);
+  return NaN;
+}
+
+function ago(value) {
+  const millis = toMillis(value);
+  if (Number.isNaN(millis)) return "–";
+  const seconds = Math.round((Date.now() - millis) / 1000);
+  const future = seconds < 0;
+  const size = Math.abs(seconds);
+  const text = size < 60 ? `${size}s` : size < 3600 ? `${Math.floor(size / 60)}m`
+    : size < 86400 ? `${Math.floor(size / 3600)}h` : `${Math.floor(size / 86400)}d`;
+  return future ? `in ${text}` : `${text} ago`;
+}
+
+/* A cell showing how long ago `value` was; refreshed on every poll by updateTimes(). */
+function timeCell(value, suffix = true) {
+  const millis = toMillis(value);
+  const title = Number.isNaN(millis) ? null : new Date(millis).toLocaleString();
+  return h("td", { "data-time": value ?? "", "data-suffix": suffix ? "1" : "", title }, "");
+}
+
+function updateTimes() {
+  for (const cell of document.querySelectorAll("[data-time]")) {
+    const text = ago(cell.dataset.time === "" ? null : numberOrText(cell.dataset.time));
+    cell.textContent = cell.dataset.suffix ? text : text.replace(" ago", "");
+  }
+}
+
+function numberOrText(text) {
+  return /^[0-9.]+$/.test(text) ? Number(text) : text;
+}
+
+function badge(state) {
+  return h("span", { class: `badge state-${state}` }, state);
+}
+
+function jobLink(id) {
+  return h("button", { type: "button", class: "link mono", title: "Show this job", onclick: () => openDetail(id) }, id);
+}
+
+function runs(job) {
+  const allowed = Number.isInteger(job.max_retries) ? 1 + job.max_retries : "?";
+  return `${job.attempts ?? 0}/${allowed}`;
+}
+
+function retryable(job) {
+  return typeof job.command === "string" && !job.invalid;
+}
+
+let toastTimer = null;
+function toast(message, isError = false) {
+  const box = $("#toast");
+  box.textContent = message;
+  box.classList.toggle("error", isError);
+  box.hidden = false;
+  clearTimeout(toastTimer);
+  toastTimer = setTimeout(() => { box.hidden = true; }, 4000);
+}
+
+// -- talking to the server ----------------------------------------------------------
+
+async function request(path, options = {}) {
+  const response = await fetch(path, { cache: "no-store", ...options });
+  const body = await response.json().catch(() => ({}));
+  if (!response.ok) throw new Error(body.error || `${response.status} ${response.statusText}`);
+  return body;
+}
+
+function post(path) {
+  const token = document.querySelector('meta[name="queuectl-token"]').content;
+  return request(path, { method: "POST", headers: { "X-Queuectl-Token": token } });
+}
+
+function jobsUrl() {
+  const query = new URLSearchParams({ offset: view.offset, limit: view.limit });
+  if (view.state) query.set("state", view.state);
+  if (view.search) query.set("q", view.search);
+  return `/api/jobs?${query}`;
+}
+
+const jobPath = (id) => `/api/jobs/${encodeURIComponent(id)}`;
+
+// -- drawing ------------------------------------------------------------------------
+
+function renderStatus(status) {
+  $("#spool").textContent = status.spool;
+  for (const [state, count] of Object.entries(status.counts)) {
+    const cell = document.querySelector(`[data-count="${state}"]`);
+    if (cell) cell.textContent = count.toLocaleString();
+  }
+  $("#worker-count").textContent = status.workers.length;
+  $("#dlq-count").textContent = status.counts.dead.toLocaleString();
+  renderWorkers(status.workers);
+  throughputData = status.throughput;
+  drawChart();
+}
+
+function renderWorkers(workers) {
+  $("#workers-empty").hidden = workers.length > 0;
+  $("#workers").hidden = workers.length === 0;
+  if (!changed("workers", workers)) return;
+  $("#workers tbody").replaceChildren(...workers.map((worker) => h("tr", {},
+    h("td", { class: "mono", title: worker.host }, worker.name),
+    h("td", { class: "mono" }, worker.pid),
+    timeCell(worker.started, false),
+    h("td", {}, worker.job ? jobLink(worker.job) : h("span", { class: "muted" }, "idle")))));
+}
+
+function renderJobs(page) {
+  const last = Math.min(page.offset + page.jobs.length, page.total);
+  $("#page-info").textContent = page.total
+    ? `${(page.offset + 1).toLocaleString()}–${last.toLocaleString()} of ${page.total.toLocaleString()}`
+    : "";
+  $("#newer").disabled = page.offset === 0;
+  $("#older").disabled = page.offset + page.limit >= page.total;
+  $("#jobs-empty").hidden = page.jobs.length > 0;
+  if (!changed("jobs", [page, view.selected])) return;
+  $("#jobs tbody").replaceChildren(...page.jobs.map((job) => h("tr", { class: job.id === view.selected ? "selected" : null },
+    h("td", {}, jobLink(job.id)),
+    h("td", {}, badge(job.state)),
+    h("td", { class: "num" }, runs(job)),
+    h("td", { class: "num" }, job.priority ?? 0),
+    timeCell(job.updated_at),
+    h("td", { class: "command mono", title: job.command ?? job.last_error },
+      job.command ?? h("em", { class: "muted" }, "not a valid job")))));
+}
+
+function renderDlq(page) {
+  $("#dlq-empty").hidden = page.total > 0;
+  $("#dlq").hidden = page.total === 0;
+  $("#retry-all").disabled = page.total === 0;
+  const more = $("#dlq-more");
+  more.hidden = page.total <= page.jobs.length;
+  more.textContent = `…and ${(page.total - page.jobs.length).toLocaleString()} more: filter the jobs by "dead" to page through them.`;
+  if (!changed("dlq", page.jobs)) return;
+  $("#dlq tbody").replaceChildren(...page.jobs.map((job) => h("tr", {},
+    h("td", {}, jobLink(job.id)),
+    h("td", { class: "num" }, runs(job)),
+    h("td", { class: "error-text", title: job.last_error }, job.last_error ?? ""),
+    timeCell(job.updated_at),
+    h("td", { class: "actions" }, retryable(job)
+      ? h("button", { type: "button", class: "small", "data-retry": job.id, onclick: (event) => retry(job.id, event.currentTarget) }, "Retry")
+      : h("span", { class: "muted", title: "Never a valid job: fix the file and enqueue it again" }, "invalid")))));
+}
+
+function niceCeiling(value) {
+  if (value <= 4) return 4;
+  const step = 10 ** Math.floor(Math.log10(value));
+  for (const factor of [1, 2, 2.5, 5, 10]) if (factor * step >= value) return factor * step;
+  return 10 * step;
+}
+
+function clock(seconds) {
+  return new Date(seconds * 1000).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
+}
+
+function drawChart() {
+  const canvas = $("#chart");
+  if (!canvas) return;
+  const ratio = window.devicePixelRatio || 1;
+  const width = canvas.clientWidth;
+  const height = canvas.clientHeight;
+  canvas.width = Math.round(width * ratio);
+  canvas.height = Math.round(height * ratio);
+  const context = canvas.getContext("2d");
+  context.scale(ratio, ratio);
+  const style = getComputedStyle(document.documentElement);
+  const color = (name) => style.getPropertyValue(name).trim();
+  const buckets = throughputData;
+  const { left, right, top, bottom } = CHART_MARGIN;
+  const plotWidth = width - left - right, plotHeight = height - top - bottom;
+  const peak = niceCeiling(Math.max(0, ...buckets.map((b) => b.completed + b.failed)));
+  const y = (value) => top + plotHeight - (value / peak) * plotHeight;
+
+  context.font = "11px system-ui, sans-serif";
+  context.textBaseline = "middle";
+  context.textAlign = "right";
+  for (let line = 0; line <= 4; line++) {
+    const value = (peak / 4) * line;
+    context.fillStyle = color("--grid");
+    context.fillRect(left, Math.round(y(value)), plotWidth, 1);
+    context.fillStyle = color("--muted");
+    context.fillText(Number.isInteger(value) ? value : value.toFixed(1), left - 6, y(value));
+  }
+  if (!buckets.length) return;
+  const slot = plotWidth / buckets.length;
+  const barWidth = Math.max(1, slot - 2);
+  buckets.forEach((bucket, index) => {
+    const x = left + index * slot + (slot - barWidth) / 2;
+    context.fillStyle = color("--ok");
+    context.fillRect(x, y(bucket.completed), barWidth, y(0) - y(bucket.completed));
+    context.fillStyle = color("--bad");
+    context.fillRect(x, y(bucket.completed + bucket.failed), barWidth, y(0) - y(bucket.failed));
+  });
+  context.fillStyle = color("--muted");
+  context.textBaseline = "alphabetic";
+  context.textAlign = "center";
+  for (let index = 0; index < buckets.length; index += 10) {
+    context.fillText(clock(buckets[index].minute), left + index * slot + slot / 2, height - 4);
+  }
+  context.textAlign = "right";
+  context.fillText("now", width - right, height - 4);
+  showReadout(null);
+}
+
+function showReadout(index) {
+  const readout = $("#chart-readout");
+  const legend = (completed, failed) => [
+    h("span", { class: "swatch ok" }), ` ${completed.toLocaleString()} completed  `,
+    h("span", { class: "swatch bad" }), ` ${failed.toLocaleString()} failed`];
+  if (index === null) {
+    const completed = throughputData.reduce((sum, b) => sum + b.completed, 0);
+    const failed = throughputData.reduce((sum, b) => sum + b.failed, 0);
+    readout.replaceChildren("Last hour: ", ...legend(completed, failed));
+  } else {
+    const bucket = throughputData[index];
+    readout.replaceChildren(`${clock(bucket.minute)}: `, ...legend(bucket.completed, bucket.failed));
+  }
+}
+
+function chartHover(event) {
+  if (!throughputData.length) return;
+  const canvas = event.currentTarget;
+  const box = canvas.getBoundingClientRect();
+  const plotWidth = box.width - CHART_MARGIN.left - CHART_MARGIN.right;
+  const index = Math.floor(((event.clientX - box.left - CHART_MARGIN.left) / plotWidth) * throughputData.length);
+  showReadout(index >= 0 && index < throughputData.length ? index : null);
+}
+
+// -- the job drawer -------------------------------------------------------------------
+
+const DETAIL_FIELDS = [
+  ["attempts", (job) => runs(job)], ["priority"], ["created_at"], ["updated_at"], ["run_at"],
+  ["next_run_at"], ["started_at"], ["finished_at"], ["last_duration", (job) => job.last_duration == null ? null : `${job.last_duration} s`],
+  ["last_exit_code"], ["last_error"], ["worker"], ["timeout"], ["cwd"],
+];
+
+function openDetail(id) {
+  view.selected = id;
+  $("#detail").hidden = false;
+  rendered.delete("detail");
+  rendered.delete("jobs");
+  refresh();
+}
+
+function closeDetail() {
+  view.selected = null;
+  $("#detail").hidden = true;
+  rendered.delete("jobs");
+  refresh();
+}
+
+async function renderDetail(id) {
+  let job, log;
+  try {
+    [job, log] = await Promise.all([request(jobPath(id)), request(`${jobPath(id)}/log?tail=${LOG_TAIL_BYTES}`)]);
+  } catch (error) {
+    if (view.selected !== id) return;
+    $("#detail-title").textContent = id;
+    $("#detail-error").textContent = error.message;
+    $("#detail-error").hidden = false;
+    return;
+  }
+  if (view.selected !== id) return;
+  $("#detail-error").hidden = true;
+  if (!changed("detail", [job, log])) return;
+  $("#detail-title").textContent = job.id;
+  const state = $("#detail-state");
+  state.textContent = job.state;
+  state.className = `badge state-${job.state}`;
+  const retryButton = $("#detail-retry");
+  retryButton.hidden = !(job.state === "dead" && retryable(job));
+  retryButton.disabled = false;
+  $("#detail-command").textContent = job.command ?? "(not a valid job)";
+  $("#detail-fields").replaceChildren(...DETAIL_FIELDS.flatMap(([field, show]) => {
+    const value = show ? show(job) : job[field];
+    if (value === null || value === undefined || value === "") return [];
+    return [h("dt", {}, field.replaceAll("_", " ")), h("dd", { class: "mono" }, typeof value === "object" ? JSON.stringify(value) : value)];
+  }));
+  const pane = $("#detail-log");
+  const atBottom = pane.scrollTop + pane.clientHeight >= pane.scrollHeight - 4;
+  pane.textContent = log.text || "(no output yet)";
+  if (atBottom) pane.scrollTop = pane.scrollHeight;
+  $("#log-info").textContent = log.truncated
+    ? `last ${Math.round(LOG_TAIL_BYTES / 1024)} KiB of ${(log.size / 1024).toFixed(0)} KiB` : "";
+  const history = Array.isArray(job.history) ? job.history : [];
+  $("#history tbody").replaceChildren(...history.slice().reverse().map((entry) => h("tr", {},
+    h("td", { class: "num" }, entry.attempt ?? ""),
+    h("td", { class: "mono", title: entry.worker ?? "" }, entry.started_at ?? ""),
+    h("td", { class: "num" }, entry.exit_code ?? (entry.signal ? `sig ${entry.signal}` : "")),
+    h("td", { class: "error-text" }, entry.error ?? ""))));
+}
+
+// -- actions ------------------------------------------------------------------------
+
+async function retry(id, button) {
+  if (button) button.disabled = true;
+  try {
+    await post(`${jobPath(id)}/retry`);
+    toast(`Job ${id} is pending again.`);
+  } catch (error) {
+    toast(`Could not retry ${id}: ${error.message}`, true);
+    if (button) button.disabled = false;
+  }
+  rendered.delete("dlq");
+  refresh();
+}
+
+async function retryAll() {
+  if (!window.confirm("Move every job of the dead-letter queue back to pending?")) return;
+  const button = $("#retry-all");
+  button.disabled = true;
+  let retried = 0, skipped = 0, next = "";
+  const errors = [];
+  try {
+    // The server retries one time-boxed batch per call and says where to go on.
+    do {
+      const batch = await post(`/api/dlq/retry-all?after=${encodeURIComponent(next)}`);
+      retried += batch.retried;
+      skipped += batch.skipped;
+      errors.push(...batch.errors);
+      next = batch.next;
+      button.textContent = `Retrying… ${retried}`;
+    } while (next);
+    toast(skipped ? `Retried ${retried}; skipped ${skipped}: ${errors[0]}` : `Retried ${retried} jobs.`, skipped > 0);
+  } catch (error) {
+    toast(`Retry all stopped after ${retried}: ${error.message}`, true);
+  } finally {
+    button.textContent = "Retry all";
+    button.disabled = false;
+    rendered.delete("dlq");
+    refresh();
+  }
+}
+
+function setFilter(state) {
+  view.state = state;
+  view.offset = 0;
+  for (const button of document.querySelectorAll("#state-filter button")) {
+    button.setAttribute("aria-pressed", String(button.dataset.state === state));
+  }
+  refresh();
+}
+
+// -- the refresh loop: one poll at a time; an action asks for one more right away ---------
+
+let timer = null;
+let running = false;
+let again = false;
+
+async function refreshOnce() {
+  try {
+    renderStatus(await request("/api/status"));
+    renderJobs(await request(jobsUrl()));
+    renderDlq(await request(`/api/jobs?state=dead&limit=${DLQ_ROWS}`));
+    if (view.selected) await renderDetail(view.selected);
+    updateTimes();
+    const connection = $("#connection");
+    connection.textContent = `live · ${new Date().toLocaleTimeString()}`;
+    connection.className = "connection live";
+  } catch (error) {
+    const connection = $("#connection");
+    connection.textContent = `offline: ${error.message}`;
+    connection.className = "connection offline";
+  }
+}
+
+async function refresh() {
+  if (running) { again = true; return; }
+  running = true;
+  clearTimeout(timer);
+  try {
+    do {
+      again = false;
+      if (!document.hidden) await refreshOnce();
+    } while (again);
+  } finally {
+    running = false;
+    timer = setTimeout(refresh, REFRESH_MS);
+  }
+}
+
+function start() {
+  applyTheme(document.documentElement.dataset.theme);
+  $("#theme-toggle").addEventListener("click", toggleTheme);
+  for (const card of document.querySelectorAll(".card[data-state]")) {
+    card.addEventListener("click", () => setFilter(card.dataset.state));
+  }
+  for (const button of document.querySelectorAll("#state-filter button")) {
+    button.addEventListener("click", () => setFilter(button.dataset.state));
+  }
+  let searchTimer = null;
+  $("#search").addEventListener("input", (event) => {
+    clearTimeout(searchTimer);
+    searchTimer = setTimeout(() => {
+      view.search = event.target.value.trim();
+      view.offset = 0;
+      refresh();
+    }, 200);
+  });
+  $("#newer").addEventListener("click", () => { view.offset = Math.max(0, view.offset - view.limit); refresh(); });
+  $("#older").addEventListener("click", () => { view.offset += view.limit; refresh(); });
+  $("#retry-all").addEventListener("click", retryAll);
+  $("#detail-close").addEventListener("click", closeDetail);
+  $("#detail-retry").addEventListener("click", (event) => retry(view.selected, event.currentTarget));
+  document.addEventListener("keydown", (event) => { if (event.key === "Escape" && view.selected) closeDetail(); });
+  const chart = $("#chart");
+  chart.addEventListener("mousemove", chartHover);
+  chart.addEventListener("mouseleave", () => showReadout(null));
+  window.addEventListener("resize", drawChart);
+  document.addEventListener("visibilitychange", () => { if (!document.hidden) refresh(); });
+  refresh();
+}
+
+document.addEventListener("DOMContentLoaded", start);
