@@ -242,13 +242,13 @@ class Spool:
         pending_dir, tmp_dir = self.dir("pending"), self.dir("tmp")
         try:
             for job, data in batch:
-                try:
-                    fsops.publish(tmp_dir, os.path.join(pending_dir, job["id"] + SUFFIX), data, durable=durable)
-                except FileExistsError:
-                    raise DuplicateJob(f"a job with id {job['id']!r} already exists") from None
+                fsops.publish(tmp_dir, os.path.join(pending_dir, job["id"] + SUFFIX), data, durable=durable)
                 published.append(job)
+        except FileExistsError:
+            raise DuplicateJob(f"a job with id {job['id']!r} already exists{_enqueued_before(published)}") from None
         except OSError as exc:
-            raise SpoolError(f"cannot enqueue into {self.root}: {exc.strerror or exc}") from None
+            raise SpoolError(f"cannot enqueue into {self.root}: {exc.strerror or exc}"
+                             f"{_enqueued_before(published)}") from None
         finally:
             if durable and published:
                 fsops.fsync_dir(pending_dir)
@@ -479,6 +479,11 @@ class Spool:
                     except FileNotFoundError:
                         pass
         return removed
+
+
+def _enqueued_before(published: list[dict]) -> str:
+    """Said by an error midway through a batch, so a re-run does not enqueue those jobs twice."""
+    return f"; the first {len(published)} job(s) of the batch were enqueued" if published else ""
 
 
 def _stub(name: str, state: str, reason: str) -> dict:

@@ -13,6 +13,8 @@ from click.testing import CliRunner
 
 from queuectl import Spool
 from queuectl.cli import main
+from queuectl.config import defaults
+from queuectl.job import build, dumps
 
 
 @pytest.fixture
@@ -64,3 +66,22 @@ def wait_until(predicate, timeout=30.0, interval=0.02, message="condition"):
 def read_job(spool_path, state, job_id):
     with open(os.path.join(spool_path, state, job_id + ".json"), encoding="utf-8") as handle:
         return json.load(handle)
+
+
+def spool_files(spool_path):
+    """Every file under the spool with its bytes: compare before and after to show nothing was lost or changed."""
+    found = {}
+    for folder, _, names in os.walk(spool_path):
+        for name in names:
+            path = os.path.join(folder, name)
+            with open(path, "rb") as handle:
+                found[os.path.relpath(path, spool_path)] = handle.read()
+    return found
+
+
+def put_job(spool_path, state, job_id, **fields):
+    """A complete job file written straight into a state folder, as a worker would leave it there."""
+    job = build({"command": "echo hi", "id": job_id, **fields}, defaults(), state=state)
+    with open(os.path.join(Spool(spool_path).dir(state), job_id + ".json"), "wb") as handle:
+        handle.write(dumps(job))
+    return job
