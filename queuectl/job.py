@@ -66,7 +66,8 @@ def new_id() -> str:
 def iso(timestamp: float) -> str:
     """Seconds since the epoch as ISO-8601 UTC with milliseconds: `2026-11-25T10:30:00.000Z`."""
     moment = datetime.fromtimestamp(timestamp, timezone.utc)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+    # strftime writes year 1 as "1", which fromisoformat cannot read back.
+    return f"{moment.year:04d}" + moment.strftime("-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
 
 
 def parse_time(value: str) -> float:
@@ -75,10 +76,12 @@ def parse_time(value: str) -> float:
     if text.endswith(("Z", "z")):
         text = text[:-1] + "+00:00"
     try:
-        moment = datetime.fromisoformat(text)
-    except ValueError:
-        raise InvalidJob(f"invalid time {value!r}: use ISO-8601, e.g. 2026-11-25T10:30:00Z") from None
-    return moment.timestamp()
+        timestamp = datetime.fromisoformat(text).timestamp()
+        iso(timestamp)  # an offset can push a valid local time outside the years UTC can write
+    except (ValueError, OverflowError, OSError):
+        raise InvalidJob(f"invalid time {value!r}: use ISO-8601 between the years 1 and 9999, "
+                         f"e.g. 2026-11-25T10:30:00Z") from None
+    return timestamp
 
 
 def _time_field(job: dict, name: str) -> None:
@@ -142,9 +145,12 @@ def build(fields: Any, config: dict, *, stem: str | None = None,
     if job["cwd"] is not None and not isinstance(job["cwd"], str):
         raise InvalidJob("cwd must be a string")
     env = job["env"]
+    if job["cwd"] is not None and "\0" in job["cwd"]:
+        raise InvalidJob("cwd must not contain NUL characters")
     if env is not None and (not isinstance(env, dict)
-                            or not all(isinstance(k, str) and isinstance(v, str) for k, v in env.items())):
-        raise InvalidJob("env must be an object of string values")
+                            or not all(_env_name(k) and isinstance(v, str) and "\0" not in v
+                                       for k, v in env.items())):
+        raise InvalidJob("env must be an object of string values; names not empty, without '=' or NUL")
     history = job.setdefault("history", [])
     if not isinstance(history, list):
         raise InvalidJob("history must be a list")
@@ -155,7 +161,19 @@ def build(fields: Any, config: dict, *, stem: str | None = None,
             job[name] = stamp
         else:
             _time_field(job, name)
+    # Every writer stores the job with dumps(): what it cannot write is refused here, not in a worker.
+    try:
+        dumps(job)
+    except UnicodeEncodeError:
+        raise InvalidJob("job text must be valid Unicode (it holds a lone surrogate)") from None
+    except RecursionError:
+        raise InvalidJob("job JSON is nested too deeply") from None
     return job
+
+
+def _env_name(name: Any) -> bool:
+    """What execve() accepts as a variable name."""
+    return isinstance(name, str) and name != "" and "=" not in name and "\0" not in name
 
 
 def loads(data: bytes) -> Any:
@@ -191,7 +209,8 @@ def due_time(job: dict) -> float:
 def retry_delay(attempts: int, config: dict) -> float:
     """Seconds before the next run after failed run number `attempts`."""
     try:
-        delay = config["backoff_base"] ** attempts
+        # In floats: an integer power of a huge `attempts` from a hand-made file would take hours.
+        delay = float(config["backoff_base"]) ** attempts
     except OverflowError:
         delay = float("inf")
     return min(delay, config["backoff_max"])
