@@ -27,7 +27,20 @@ if _renameat2 is not None:
 
 
 def rename_noreplace(src: str, dst: str) -> None:
-    """Atomically move src to dst; FileExistsError when dst exists, never an overwrite."""
+    """Atomically move src to dst; FileExistsError when dst exists, never an overwrite.
+
+    A dst that is already src itself (a link + unlink move cut between its
+    two steps) is not in the way: dropping the old name finishes that move.
+    """
+    try:
+        _rename_noreplace(src, dst)
+    except FileExistsError:
+        if not os.path.samestat(os.lstat(src), os.lstat(dst)):
+            raise
+        os.unlink(src)
+
+
+def _rename_noreplace(src: str, dst: str) -> None:
     if _renameat2 is not None:
         if _renameat2(_AT_FDCWD, os.fsencode(src), _AT_FDCWD, os.fsencode(dst), _RENAME_NOREPLACE) == 0:
             return
