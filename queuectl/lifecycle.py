@@ -21,7 +21,7 @@ import time
 
 from . import fsops, registry
 from .errors import InvalidJob
-from .job import build, due_time, dumps, is_valid_id, iso, loads, new_id, parse_time, retry_delay
+from .job import STATES, build, due_time, dumps, is_valid_id, iso, loads, new_id, parse_time, retry_delay
 from .runner import Outcome, describe, kill_leftovers
 from .spool import SUFFIX, LockedJob, Spool
 
@@ -74,7 +74,17 @@ def settle(spool: Spool, held: LockedJob, outcome: Outcome, timeout: float | Non
         state = _after_failure(spool, job, outcome.finished)
     job["state"] = state
     held.save()
-    held.move(state)
+    return _move_on(spool, held, state)
+
+
+def _move_on(spool: Spool, held: LockedJob, state: str) -> str:
+    """Move the job to `state`; if another job has its id there, that one stays and this one is dead-lettered."""
+    try:
+        held.move(state)
+    except FileExistsError:
+        dead_letter(spool, held, f"duplicate id {held.name[:-len(SUFFIX)]!r}: {state}/ already holds a job "
+                                 f"with this id (this file is kept beside it)")
+        return "dead"
     return state
 
 
@@ -108,22 +118,44 @@ def dead_letter(spool: Spool, held: LockedJob | None, reason: str, *, state: str
     name = held.name if held is not None else name
     state = held.state if held is not None else state
     stem = name[: -len(SUFFIX)] if name.endswith(SUFFIX) else name
-    job_id = stem if is_valid_id(stem) and spool.find(stem) in (None, state) else new_id()
+    job_id = stem if id_is_free(spool, stem, state) else new_id()
     original = job_id + ".invalid"
     if held is not None:
         held.move("dead", original)
     else:
         fsops.rename_noreplace(os.path.join(spool.dir(state), name), os.path.join(spool.dir("dead"), original))
-    raw = held.job if held is not None and isinstance(held.job, dict) else {}
+    write_dead_record(spool, job_id, reason, held.job if held is not None else None, name)
+    return job_id
+
+
+def id_is_free(spool: Spool, stem: str, state: str) -> bool:
+    """Whether a file in `state` named after `stem` may keep that id in dead/: no other job has it.
+
+    The kept bytes of an earlier invalid file count too, or the rename onto
+    dead/<id>.invalid would fail every time the file is looked at again.
+    """
+    if not is_valid_id(stem) or os.path.lexists(os.path.join(spool.dir("dead"), stem + ".invalid")):
+        return False
+    return not any(os.path.lexists(os.path.join(spool.dir(other), stem + SUFFIX))
+                   for other in STATES if other != state)
+
+
+def write_dead_record(spool: Spool, job_id: str, reason: str, raw: object, original_name: str) -> None:
+    """dead/<id>.json: why the bytes kept untouched in dead/<id>.invalid are not a job."""
+    command = raw.get("command") if isinstance(raw, dict) else None
     now = iso(time.time())
     record = {
-        "id": job_id, "command": raw.get("command") if isinstance(raw.get("command"), str) else None,
-        "state": "dead", "invalid": True, "last_error": f"invalid job: {reason}",
-        "original_name": name, "original_file": original, "attempts": 0,
+        "id": job_id, "command": printable(command) if isinstance(command, str) else None,
+        "state": "dead", "invalid": True, "last_error": printable(f"invalid job: {reason}"),
+        "original_name": printable(original_name), "original_file": job_id + ".invalid", "attempts": 0,
         "created_at": now, "updated_at": now, "history": [],
     }
     _publish(spool, "dead", job_id, record)
-    return job_id
+
+
+def printable(text: str) -> str:
+    """Text that can be stored as UTF-8: undecodable bytes of a file name and lone surrogates become escapes."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _publish(spool: Spool, state: str, job_id: str, job: dict) -> None:
@@ -193,6 +225,10 @@ def recover(spool: Spool) -> list[tuple[str, str]]:
     """Settle every job in processing/ whose owner is dead; returns (id, new state) pairs."""
     recovered = []
     for name in spool.names("processing"):
+        if os.path.islink(os.path.join(spool.dir("processing"), name)):
+            dead_letter(spool, None, "a symlink (not followed)", state="processing", name=name)
+            recovered.append((name[: -len(SUFFIX)], "dead"))
+            continue
         held = spool.lock("processing", name)
         if held is None:
             continue
@@ -224,8 +260,7 @@ def _recover_one(spool: Spool, held: LockedJob) -> str:
         return "dead"
     target = job.get("state")
     if target in ("pending", "failed", "completed", "dead"):
-        held.move(target)  # an interrupted claim or settle, finished
-        return target
+        return _move_on(spool, held, target)  # an interrupted claim or settle, finished
     try:
         job = build(job, spool.config, state="processing")
     except InvalidJob as exc:
@@ -242,6 +277,5 @@ def _recover_one(spool: Spool, held: LockedJob) -> str:
     _record_attempt(job, outcome, outcome.error)
     job["state"] = _after_failure(spool, job, now)
     held.save()
-    held.move(job["state"])
-    return job["state"]
+    return _move_on(spool, held, job["state"])
 
