@@ -100,7 +100,14 @@ def run(job: dict, *, log_path: str, worker: str, spool_root: str, timeout: floa
     """
     attempt = job["attempts"]
     outcome = Outcome(started=time.time())
-    log_fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+    try:
+        # O_NONBLOCK: a FIFO planted as the log fails at once instead of blocking the worker.
+        log_fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
+                         | os.O_NONBLOCK, 0o600)
+    except OSError as exc:
+        outcome.error = f"cannot open its log {log_path}: {exc.strerror}"
+        outcome.finished = time.time()
+        return outcome
     try:
         os.write(log_fd, f"=== attempt {attempt} started {iso(outcome.started)} by {worker} ===\n".encode())
         try:
