@@ -361,7 +361,8 @@ class Spool:
     def read_log(self, job_id: str, tail_bytes: int | None = None) -> bytes:
         path = self.log_path(job_id)
         try:
-            with open(path, "rb") as handle:
+            # Never through a symlink: a log is the spool's own file, or nothing.
+            with open(os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC), "rb") as handle:
                 if tail_bytes is not None:
                     size = os.fstat(handle.fileno()).st_size
                     handle.seek(max(0, size - tail_bytes))
@@ -385,14 +386,16 @@ class Spool:
                 os.close(fd)
                 return None
             # The name may have been moved or replaced between open and lock.
+            info = os.fstat(fd)
             try:
-                if os.stat(path, follow_symlinks=False).st_ino != os.fstat(fd).st_ino:
+                if os.stat(path, follow_symlinks=False).st_ino != info.st_ino:
                     os.close(fd)
                     return None
             except FileNotFoundError:
                 os.close(fd)
                 return None
-            raw = fsops.read_fd(fd, MAX_JOB_BYTES)
+            # A folder or a FIFO has no job to read: its owner moves it aside unread.
+            raw = fsops.read_fd(fd, MAX_JOB_BYTES) if stat.S_ISREG(info.st_mode) else b""
         except BaseException:
             os.close(fd)
             raise
