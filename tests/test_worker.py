@@ -1,0 +1,437 @@
+"""Workers end to end: real `queuectl worker start` processes on real temporary spools.
+
+Every wait polls with a deadline; nothing sleeps a fixed time. Settings are
+short (FAST_SETTINGS) so retries, kill grace and recovery take about a second.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import signal
+import time
+
+from conftest import run_queuectl, wait_until
+from queuectl import Spool
+from queuectl.demo import example_folder, example_jobs
+from queuectl.job import iso
+from workers_util import (append_id, configure, enqueue, process_alive, read_lines, seconds, show,
+                          wait_for_running, wait_for_state, workers)  # noqa: F401  (workers is a fixture)
+
+
+def marker_then(marker, command: str) -> str:
+    """Write the job's pid to `marker` (so a test knows it runs and can find it), then run `command`."""
+    return f"echo $$ > '{marker}'; {command}"
+
+
+# -- outcomes ------------------------------------------------------------------
+
+def test_a_successful_job_runs_once_and_completes(spool_path, workers):
+    job_id = enqueue(spool_path, "echo hello; echo oops >&2")
+
+    assert workers.start("--burst").wait() == 0
+
+    job = Spool(spool_path).get(job_id)
+    assert job["state"] == "completed"
+    assert job["attempts"] == 1
+    assert job["last_exit_code"] == 0 and job["last_error"] is None
+    assert [entry["exit_code"] for entry in job["history"]] == [0]
+    assert job["history"][0]["stderr_tail"] == ["oops"]
+    assert seconds(job["started_at"]) <= seconds(job["finished_at"])
+    header, *output = Spool(spool_path).read_log(job_id).decode().splitlines()
+    assert header.startswith("=== attempt 1 started ") and header.endswith(f" by {job['worker']} ===")
+    assert output == ["hello", "oops"]
+    assert os.listdir(os.path.join(spool_path, "processing")) == []
+
+
+def test_a_failing_job_is_retried_with_backoff_then_dead(spool_path, workers):
+    """max_retries counts retries: 1 + 2 runs, waiting backoff_base ** attempt seconds between them."""
+    job_id = enqueue(spool_path, 'echo "run $QUEUECTL_ATTEMPT"; echo "failing $QUEUECTL_ATTEMPT" >&2; exit 3',
+                     max_retries=2)
+    workers.start()
+
+    job = wait_for_state(spool_path, job_id, "dead")
+
+    assert job["attempts"] == 3
+    assert job["last_exit_code"] == 3 and job["last_error"] == "exit code 3"
+    assert job["next_run_at"] is None
+    history = job["history"]
+    assert [entry["attempt"] for entry in history] == [1, 2, 3]
+    assert [entry["stderr_tail"] for entry in history] == [["failing 1"], ["failing 2"], ["failing 3"]]
+    for previous, following in zip(history, history[1:]):
+        waited = seconds(following["started_at"]) - seconds(previous["finished_at"])
+        expected = 1.5 ** previous["attempt"]
+        # Times are stored to the millisecond; the upper bound only says the
+        # worker woke on its timer, not on some slow rescan.
+        assert expected - 0.002 <= waited <= expected + 1.5, (previous, following)
+    log = Spool(spool_path).read_log(job_id).decode()
+    headers = [line for line in log.splitlines() if line.startswith("=== attempt")]
+    assert [header.split()[2] for header in headers] == ["1", "2", "3"]
+    assert log.index("run 1") < log.index("=== attempt 2") < log.index("run 2") < log.index("=== attempt 3")
+
+    listing = run_queuectl(spool_path, "dlq", "list")
+    assert job_id in listing.stdout and "exit code 3" in listing.stdout
+
+
+def test_every_kind_of_failure_is_a_failure(spool_path, workers, tmp_path):
+    jobs = {
+        "exit-code": ("exit 3", "exit code 3"),
+        "not-found": ("no-such-command-queuectl-test", "exit code 127 (command not found)"),
+        "signal": ("kill -KILL $$", "killed by signal SIGKILL"),
+    }
+    for job_id, (command, _) in jobs.items():
+        enqueue(spool_path, {"id": job_id, "command": command, "max_retries": 0})
+    enqueue(spool_path, {"id": "bad-cwd", "command": "true", "max_retries": 0, "cwd": str(tmp_path / "missing")})
+
+    assert workers.start("--burst").wait() == 0
+
+    spool = Spool(spool_path)
+    for job_id, (_, error) in jobs.items():
+        job = spool.get(job_id)
+        assert (job["state"], job["attempts"], job["last_error"]) == ("dead", 1, error)
+    assert spool.get("not-found")["last_exit_code"] == 127
+    assert spool.get("signal")["history"][0]["signal"] == signal.SIGKILL
+    bad_cwd = spool.get("bad-cwd")
+    assert bad_cwd["state"] == "dead" and bad_cwd["last_error"].startswith("cannot start")
+
+
+def test_a_timeout_kills_the_job_and_its_grandchildren(spool_path, workers, tmp_path):
+    """The shell dies on SIGTERM; a grandchild that ignores it must still go (SIGKILL to the group)."""
+    stubborn = tmp_path / "stubborn.pid"
+    obeying = tmp_path / "obeying.pid"
+    enqueue(spool_path, {"id": "stubborn", "timeout": 1, "max_retries": 0,
+                         "command": f"(trap '' TERM; exec sleep 1000) & echo $! > '{stubborn}'; wait"})
+    enqueue(spool_path, {"id": "everyone-ignores-term", "timeout": 1, "max_retries": 0,
+                         "command": f"trap '' TERM; sleep 1000 & echo $! > '{obeying}'; wait; wait"})
+    workers.start("-n", "2")
+
+    for job_id, pid_file in (("stubborn", stubborn), ("everyone-ignores-term", obeying)):
+        job = wait_for_state(spool_path, job_id, "dead")
+        assert job["last_error"] == "timed out after 1s"
+        assert job["attempts"] == 1
+        pid = int(pid_file.read_text())
+        wait_until(lambda: not process_alive(pid), timeout=5, message=f"grandchild {pid} of {job_id} to die")
+
+
+# -- order and time --------------------------------------------------------------
+
+def test_priority_first_then_fifo_then_id(spool_path, workers, tmp_path):
+    order = tmp_path / "order.txt"
+    priorities = {"low": -1, "top": 9, "high-a": 5, "high-b": 5}
+    created = []
+    for job_id in ["fifo-3rd", "low", "high-b", "fifo-1st", "top", "high-a", "fifo-2nd"]:
+        # Ties in priority go by creation time (stored to the millisecond), so
+        # each job is created in a later millisecond than the one before.
+        wait_until(lambda: not created or iso(time.time()) > created[-1], message="the next millisecond")
+        job = Spool(spool_path).enqueue({"id": job_id, "command": append_id(order),
+                                         "priority": priorities.get(job_id, 0)})
+        created.append(job["created_at"])
+
+    assert workers.start("--burst").wait() == 0
+
+    assert read_lines(order) == ["top", "high-b", "high-a", "fifo-3rd", "fifo-1st", "fifo-2nd", "low"]
+
+
+def test_same_priority_and_time_goes_by_id(spool_path, workers, tmp_path):
+    order = tmp_path / "order.txt"
+    stamp = "2020-01-01T00:00:00.000Z"
+    lines = "\n".join(json.dumps({"id": job_id, "command": append_id(order), "created_at": stamp})
+                      for job_id in ("c", "a", "b"))
+    assert run_queuectl(spool_path, "enqueue", "-", input=lines).returncode == 0
+
+    assert workers.start("--burst").wait() == 0
+
+    assert read_lines(order) == ["a", "b", "c"]
+
+
+def test_scheduled_jobs_do_not_start_early(spool_path, workers, tmp_path):
+    order = tmp_path / "order.txt"
+    run_at = iso(time.time() + 1.5)
+    at = run_queuectl(spool_path, "enqueue", "--id", "at", "--run-at", run_at, append_id(order))
+    delayed = run_queuectl(spool_path, "enqueue", "--id", "delayed", "--delay", "1s", append_id(order))
+    assert at.returncode == 0 and delayed.returncode == 0, at.stderr + delayed.stderr
+    enqueue(spool_path, {"id": "now", "command": append_id(order)})
+    workers.start()
+
+    jobs = {job_id: wait_for_state(spool_path, job_id, "completed") for job_id in ("at", "delayed", "now")}
+
+    assert jobs["at"]["run_at"] == run_at
+    for job in jobs.values():
+        assert job["attempts"] == 1
+        if job["run_at"]:
+            assert seconds(job["started_at"]) >= seconds(job["run_at"]), job
+    assert seconds(jobs["delayed"]["run_at"]) >= seconds(jobs["delayed"]["created_at"]) + 0.99
+    assert read_lines(order)[0] == "now"
+
+
+def test_burst_exits_when_nothing_is_due(spool_path, workers):
+    later = enqueue(spool_path, "true", delay=3600)
+
+    assert workers.start("--burst").wait() == 0
+
+    assert Spool(spool_path).get(later)["attempts"] == 0
+    assert Spool(spool_path).find(later) == "pending"
+
+
+# -- many workers ----------------------------------------------------------------
+
+def test_four_workers_run_800_jobs_exactly_once(spool_path, workers, tmp_path):
+    ran = tmp_path / "ran.txt"
+    jobs = Spool(spool_path).enqueue_many({"command": append_id(ran)} for _ in range(800))
+    ids = [job["id"] for job in jobs]
+
+    supervisor = workers.start("-n", "4", "--burst")
+
+    assert supervisor.wait(timeout=120) == 0, supervisor.stderr()
+    runs = collections.Counter(read_lines(ran))
+    assert set(runs) == set(ids)
+    assert [job_id for job_id, count in runs.items() if count != 1] == []
+    spool = Spool(spool_path)
+    assert spool.counts() == {"pending": 0, "processing": 0, "completed": 800, "failed": 0, "dead": 0}
+    assert len({job["worker"] for job in spool.iter_jobs("completed")}) > 1
+
+
+# -- crashes -----------------------------------------------------------------------
+
+def crash_on_first_attempt(marker) -> str:
+    """First attempt: record its pid and hang; later attempts succeed at once."""
+    return (f'if [ "$QUEUECTL_ATTEMPT" = 1 ]; then echo $$ > \'{marker}\'; exec sleep 30; fi; '
+            f'echo "attempt $QUEUECTL_ATTEMPT ok"')
+
+
+def test_a_new_worker_recovers_the_job_of_a_killed_worker(spool_path, workers, tmp_path):
+    marker = tmp_path / "first-attempt.pid"
+    job_id = enqueue(spool_path, crash_on_first_attempt(marker), max_retries=1)
+    first = workers.start()
+    leftover = int(wait_for_running(spool_path, job_id, marker))
+    killed_name = Spool(spool_path).get(job_id)["worker"]
+
+    first.send(signal.SIGKILL)
+    assert first.wait() == -signal.SIGKILL
+    assert Spool(spool_path).find(job_id) == "processing"
+    second = workers.start()
+
+    job = wait_for_state(spool_path, job_id, "completed")
+    assert job["attempts"] == 2
+    assert job["history"][0]["error"] == f"worker {killed_name} died during the run"
+    assert job["history"][0]["worker"] == killed_name
+    assert job["history"][1]["exit_code"] == 0 and job["worker"] != killed_name
+    assert "attempt 2 ok" in Spool(spool_path).read_log(job_id).decode()
+    wait_until(lambda: not process_alive(leftover), timeout=5, message="the killed worker's job to be ended")
+    assert second.running()
+
+
+def test_a_running_worker_recovers_a_dead_workers_job(spool_path, workers, tmp_path):
+    marker = tmp_path / "first-attempt.pid"
+    job_id = enqueue(spool_path, crash_on_first_attempt(marker), max_retries=0)
+    doomed = workers.start()
+    wait_for_running(spool_path, job_id, marker)
+    doomed_name = Spool(spool_path).get(job_id)["worker"]
+    survivor = workers.start()
+    survivor_name = workers.record_of(survivor)["name"]
+
+    doomed.send(signal.SIGKILL)
+
+    # No retries left: recovery counts the interrupted run and dead-letters it.
+    job = wait_for_state(spool_path, job_id, "dead", timeout=15)
+    assert job["attempts"] == 1
+    assert job["last_error"] == f"worker {doomed_name} died during the run"
+    assert survivor.running()
+    assert survivor_name != doomed_name
+    assert [r["name"] for r in workers.live_records()] == [survivor_name]
+
+
+# -- stopping -------------------------------------------------------------------------
+
+def test_sigterm_lets_the_running_job_finish(spool_path, workers, tmp_path):
+    marker = tmp_path / "running"
+    job_id = enqueue(spool_path, marker_then(marker, "sleep 1; echo finished"))
+    waiting = enqueue(spool_path, "true", priority=-1)
+    worker = workers.start()
+    wait_for_running(spool_path, job_id, marker)
+
+    worker.send(signal.SIGTERM)
+
+    assert worker.wait() == 0
+    job = Spool(spool_path).get(job_id)
+    assert (job["state"], job["attempts"], job["last_exit_code"]) == ("completed", 1, 0)
+    assert "finished" in Spool(spool_path).read_log(job_id).decode()
+    assert Spool(spool_path).find(waiting) == "pending"
+    assert workers.live_records() == []
+
+
+def test_sigterm_to_several_workers_lets_every_running_job_finish(spool_path, workers, tmp_path):
+    markers = [tmp_path / "running-1", tmp_path / "running-2"]
+    ids = [enqueue(spool_path, marker_then(marker, "sleep 1")) for marker in markers]
+    supervisor = workers.start("-n", "2")
+    for job_id, marker in zip(ids, markers):
+        wait_for_running(spool_path, job_id, marker)
+
+    supervisor.send(signal.SIGTERM)
+
+    assert supervisor.wait() == 0
+    assert [Spool(spool_path).find(job_id) for job_id in ids] == ["completed", "completed"]
+
+
+def test_a_second_signal_stops_the_job_without_using_a_retry(spool_path, workers, tmp_path):
+    marker = tmp_path / "running"
+    job_id = enqueue(spool_path, marker_then(marker, "exec sleep 30"), max_retries=0)
+    worker = workers.start()
+    pid = int(wait_for_running(spool_path, job_id, marker))
+
+    worker.send(signal.SIGTERM)
+    # Signals sent too close together may merge into one: repeat until it acts.
+    wait_until(lambda: worker.send(signal.SIGINT) or not worker.running(), interval=0.2,
+               message="the worker to stop")
+
+    assert worker.wait() == 0
+    job = Spool(spool_path).get(job_id)
+    assert (job["state"], job["attempts"]) == ("pending", 0)
+    assert job["last_error"] == "stopped by worker shutdown; retried later"
+    assert not process_alive(pid)
+
+
+def test_worker_stop_from_another_process(spool_path, workers, tmp_path):
+    marker = tmp_path / "running"
+    job_id = enqueue(spool_path, marker_then(marker, "sleep 1"))
+    worker = workers.start()
+    wait_for_running(spool_path, job_id, marker)
+
+    stop = run_queuectl(spool_path, "worker", "stop", timeout=30)
+
+    assert stop.returncode == 0, stop.stderr
+    assert "stop requested for 1 worker(s)" in stop.stdout
+    assert worker.wait() == 0
+    assert Spool(spool_path).find(job_id) == "completed"
+    # A request applies to workers started before it, not to later ones.
+    later = workers.start("--burst")
+    enqueue(spool_path, "true")
+    assert later.wait() == 0
+    assert Spool(spool_path).counts()["completed"] == 2
+
+
+def test_worker_stop_now_stops_the_running_job(spool_path, workers, tmp_path):
+    marker = tmp_path / "running"
+    job_id = enqueue(spool_path, marker_then(marker, "exec sleep 30"))
+    worker = workers.start()
+    pid = int(wait_for_running(spool_path, job_id, marker))
+
+    stop = run_queuectl(spool_path, "worker", "stop", "--now", timeout=30)
+
+    assert stop.returncode == 0, stop.stderr
+    assert worker.wait() == 0
+    job = Spool(spool_path).get(job_id)
+    assert (job["state"], job["attempts"]) == ("pending", 0)
+    assert not process_alive(pid)
+
+
+def test_worker_list_shows_pid_and_current_job(spool_path, workers, tmp_path):
+    marker = tmp_path / "running"
+    job_id = enqueue(spool_path, marker_then(marker, "exec sleep 30"))
+    worker = workers.start()
+    wait_for_running(spool_path, job_id, marker)
+
+    listing = run_queuectl(spool_path, "worker", "list")
+    as_json = run_queuectl(spool_path, "worker", "list", "--json")
+
+    rows = [line.split() for line in listing.stdout.splitlines()[1:]]
+    assert [(row[0], row[-1]) for row in rows] == [(str(worker.pid), job_id)]
+    records = json.loads(as_json.stdout)
+    assert [(record["pid"], record["job"]) for record in records] == [(worker.pid, job_id)]
+
+
+# -- commands that act on running workers ----------------------------------------------
+
+def test_retry_runs_a_failed_job_now(spool_path, workers):
+    configure(spool_path, backoff_base=1000)
+    job_id = enqueue(spool_path, '[ "$QUEUECTL_ATTEMPT" -ge 2 ]', max_retries=1)
+    workers.start()
+    failed = wait_for_state(spool_path, job_id, "failed")
+    assert seconds(failed["next_run_at"]) > time.time() + 900
+
+    retry = run_queuectl(spool_path, "retry", job_id)
+
+    assert retry.returncode == 0, retry.stderr
+    job = wait_for_state(spool_path, job_id, "completed")
+    assert job["attempts"] == 2 and job["next_run_at"] is None
+
+
+def test_cancel_stops_a_running_job(spool_path, workers, tmp_path):
+    marker = tmp_path / "running"
+    job_id = enqueue(spool_path, marker_then(marker, "exec sleep 30"))
+    workers.start()
+    pid = int(wait_for_running(spool_path, job_id, marker))
+
+    cancel = run_queuectl(spool_path, "cancel", job_id)
+
+    assert cancel.returncode == 0, cancel.stderr
+    job = wait_for_state(spool_path, job_id, "dead")
+    assert job["last_error"] == "cancelled while running"
+    assert job["attempts"] == 1
+    assert not process_alive(pid)
+    assert not os.path.exists(os.path.join(spool_path, "workers", f"cancel-{job_id}"))
+    assert "cancelled" in run_queuectl(spool_path, "dlq", "list").stdout
+
+
+def test_wait_for_jobs(spool_path, workers):
+    ok = [enqueue(spool_path, "true") for _ in range(2)]
+    timed_out = run_queuectl(spool_path, "wait", "--timeout", "0.2")
+    assert timed_out.returncode == 1 and "timed out with 2 job(s) unfinished" in timed_out.stderr
+    failing = enqueue(spool_path, "false", max_retries=0)
+    workers.start()
+
+    some = run_queuectl(spool_path, "wait", *ok, timeout=30)
+    everything = run_queuectl(spool_path, "wait", timeout=30)
+
+    assert some.returncode == 0 and "2 completed, 0 dead" in some.stdout
+    assert everything.returncode == 1 and "2 completed, 1 dead" in everything.stdout
+    assert Spool(spool_path).find(failing) == "dead"
+
+
+def test_logs_follow_ends_when_the_job_finishes(spool_path, workers, tmp_path):
+    marker = tmp_path / "running"
+    job_id = enqueue(spool_path, marker_then(marker, "echo first; echo to-stderr >&2; sleep 1; echo last"))
+    workers.start()
+    wait_for_running(spool_path, job_id, marker)
+
+    follow = run_queuectl(spool_path, "logs", "--follow", job_id, timeout=30)
+
+    assert follow.returncode == 0, follow.stderr
+    assert Spool(spool_path).find(job_id) == "completed"
+    assert follow.stdout.startswith("=== attempt 1 started")
+    assert follow.stdout.endswith("last\n")
+    assert "first\n" in follow.stdout and "to-stderr\n" in follow.stdout
+
+
+def test_job_environment_cwd_and_secrets(spool_path, workers, tmp_path):
+    report = ('printf "%s|%s|%s|%s|%s\\n" "$QUEUECTL_JOB_ID" "$QUEUECTL_ATTEMPT" "$(pwd)" '
+              '"$GREETING" "${SECRET_TOKEN-unset}"')
+    worker_env = {"SECRET_TOKEN": "s3cret", "GREETING": "from-worker"}
+    enqueue(spool_path, {"id": "plain", "command": report, "cwd": str(tmp_path), "env": {"GREETING": "hi"}})
+    assert workers.start("--burst", env=worker_env).wait() == 0
+    passed = run_queuectl(spool_path, "config", "set", "pass_env", "SECRET_TOKEN")
+    assert passed.returncode == 0, passed.stderr
+    enqueue(spool_path, {"id": "passed", "command": report})
+    assert workers.start("--burst", env=worker_env).wait() == 0
+
+    spool = Spool(spool_path)
+    assert spool.read_log("plain").decode().splitlines()[1] == f"plain|1|{tmp_path}|hi|unset"
+    assert spool.read_log("passed").decode().splitlines()[1] == f"passed|1|{os.getcwd()}||s3cret"
+
+
+# -- the demo ---------------------------------------------------------------------------------
+
+def test_demo_runs_every_example_job_to_the_end(spool_path, workers):
+    """Some examples fail on purpose: the demo waits for their retries too."""
+    examples = example_jobs(example_folder())
+    assert examples, f"no example jobs in {example_folder()}"
+    configure(spool_path, backoff_base=1)
+
+    demo = run_queuectl(spool_path, "demo", timeout=120)
+
+    assert demo.returncode == 0, demo.stderr
+    counts = Spool(spool_path).counts()
+    assert counts["completed"] + counts["dead"] == len(examples), counts
+    assert counts["dead"] >= 1 and counts["completed"] >= 1
+    assert "done;" in demo.stdout
