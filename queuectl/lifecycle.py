@@ -207,10 +207,12 @@ def adopt(spool: Spool, name: str, *, complete: bool) -> str | None:
             dead_letter(spool, held, str(exc))
             return None
         target = job["id"] + SUFFIX
+        # A file named after its id has no rename to refuse it: its id may
+        # still belong to a job in another folder.
+        if not id_is_free(spool, job["id"], "pending"):
+            dead_letter(spool, held, f"duplicate id {job['id']!r}")
+            return None
         if target != name:
-            if spool.find(job["id"]) is not None:
-                dead_letter(spool, held, f"duplicate id {job['id']!r}")
-                return None
             try:
                 held.move("pending", target)
             except FileExistsError:
