@@ -198,3 +198,21 @@ def test_shorten_makes_one_line_of_bounded_width():
     assert shorten("echo   a\nb", 20) == "echo a b"
     assert shorten("x" * 100, 10) == "xxxxxxx..."
     assert json.dumps(shorten("y" * 5, 5)) == '"yyyyy"'
+
+
+@pytest.mark.parametrize("value", [{1, 2}, object(), b"bytes"])
+def test_fields_from_python_must_be_json_values(value):
+    with pytest.raises(InvalidJob, match="job fields must be JSON values"):
+        build({"command": "x", "tags": value}, CONFIG)
+
+
+def test_a_job_that_contains_itself_is_refused():
+    fields = {"command": "x"}
+    fields["self"] = fields
+    with pytest.raises(InvalidJob):
+        build(fields, CONFIG)
+
+
+def test_a_lone_surrogate_is_refused():
+    with pytest.raises(InvalidJob, match="valid Unicode"):
+        build({"command": "echo \udc80"}, CONFIG)
