@@ -91,7 +91,7 @@ class Worker:
             lock.acquire(timeout=0)
         except Timeout:
             raise SpoolError(f"worker name {self.name} is taken by a live worker") from None
-        observer = Observer()
+        observer = _new_observer()
         try:
             self._install_signal_handlers()
             relay = _EventRelay(self)
@@ -267,6 +267,15 @@ class Worker:
                 return "cancel"
             return None
         return ask
+
+
+def _new_observer():
+    """With inotify, a file renamed in from an unwatched folder (tmp/) comes as a move, not a creation,
+    so a dropped-in file that does not parse is judged at once instead of after DROP_GRACE."""
+    try:
+        return Observer(generate_full_events=True)
+    except TypeError:  # polling and the other platforms' observers see no renames anyway
+        return Observer()
 
 
 def _peek(path: str):
