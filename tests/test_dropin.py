@@ -158,7 +158,13 @@ def test_invalid_files_go_to_dead_with_their_bytes_and_reason(spool_path, watchi
         else:
             move_in(spool_path, name, data)
 
-    records = {job_id: wait_for_state(spool_path, job_id, "dead") for _, job_id, _ in INVALID.values()}
+    # Their close or rename events come before the marker job's: judged at once, not after a grace time.
+    run_marker_job(spool_path)
+
+    spool = Spool(spool_path)
+    assert {job_id: spool.find(job_id) for _, job_id, _ in INVALID.values()} == {
+        job_id: "dead" for _, job_id, _ in INVALID.values()}
+    records = {job_id: spool.get(job_id) for _, job_id, _ in INVALID.values()}
 
     for name, (data, job_id, reason) in INVALID.items():
         with open(os.path.join(spool_path, "dead", job_id + ".invalid"), "rb") as handle:
@@ -166,7 +172,7 @@ def test_invalid_files_go_to_dead_with_their_bytes_and_reason(spool_path, watchi
         record = records[job_id]
         assert record["invalid"] is True and record["original_name"] == name
         assert record["last_error"].startswith("invalid job: ") and reason in record["last_error"], record
-    assert Spool(spool_path).find("taken") == "pending"
+    assert spool.find("taken") == "pending"
     assert os.listdir(os.path.join(spool_path, "pending")) == ["taken.json"]
     listed = {job["id"]: job["last_error"] for job in json.loads(
         run_queuectl(spool_path, "dlq", "list", "--json", "--limit", "100").stdout)}
