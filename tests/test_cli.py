@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -194,6 +195,20 @@ def test_bad_input_gets_one_line_and_loses_nothing(cli, spool_path, args, exit_c
     put_job(spool_path, "completed", "existing", owner="me")
     before = spool_files(spool_path)
     assert_refused(cli(*args), exit_code, fragment)
+    assert spool_files(spool_path) == before
+
+
+@pytest.mark.parametrize("args, input", [(["enqueue", "echo hi"], None), (["enqueue", "-"], '{"command": "a"}\n'),
+                                         (["config", "set", "timeout", "5"], None)])
+def test_a_full_disk_gets_one_line_and_loses_nothing(cli, spool_path, monkeypatch, args, input):
+    put_job(spool_path, "pending", "existing")
+    before = spool_files(spool_path)
+
+    def disk_full(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    monkeypatch.setattr(os, "fsync", disk_full)
+    assert_refused(cli(*args, input=input), 1, "No space left on device")
+    monkeypatch.undo()
     assert spool_files(spool_path) == before
 
 
