@@ -55,6 +55,7 @@ from .snapshot import FAILURES, Scanner, Snapshot, recent_durations, throughput
 
 TOKEN_HEADER = "X-Queuectl-Token"
 PAGE_SIZE, PAGE_SIZE_MAX = 25, 200
+HEAP_PAGES_END = 1000  # pages ending before this come from a heap, deeper ones from one sort
 LOG_TAIL, LOG_TAIL_MAX = 64 * 1024, 1024 * 1024
 TEXT_CLIP = 300  # characters of command and error in listings; the detail view has the rest
 RETRY_ALL_BUDGET = 0.1  # seconds of retrying per call, so a huge DLQ never makes one slow call
@@ -276,10 +277,10 @@ class DashboardHandler(BaseHTTPRequestHandler):
         folder_of = {name: folder for folder in ([state] if state else STATES)
                      for name in spool.names(folder)
                      if not search or search in name[: -len(SUFFIX)].lower()}
-        # Newest id first; only the requested page is read from disk. A heap
-        # is cheapest for the first pages, one sort for deep ones.
+        # Newest id first; only the requested page is read from disk.
         end = offset + limit
-        newest = heapq.nlargest(end, folder_of) if end <= 1000 else sorted(folder_of, reverse=True)
+        newest = (heapq.nlargest(end, folder_of) if end <= HEAP_PAGES_END
+                  else sorted(folder_of, reverse=True))
         page = newest[offset:end]
         jobs = [job_summary(job) for name in page if (job := spool.read(folder_of[name], name))]
         self._send_json(200, {"total": len(folder_of), "offset": offset, "limit": limit, "jobs": jobs})

@@ -11,11 +11,12 @@ const REFRESH_MS = 2000;
 const THEME_KEY = "queuectl.theme";
 const DLQ_ROWS = 20;
 const LOG_TAIL_BYTES = 32 * 1024;
-const CHART_MARGIN = { left: 34, right: 6, top: 8, bottom: 20 };
+const CHART_MARGIN = { right: 6, top: 8, bottom: 20 }; // the left one fits the widest y label
 
 const view = { state: "", search: "", offset: 0, limit: 25, selected: null };
 const rendered = new Map(); // section -> the JSON it shows, to skip redrawing what did not change
 let throughputData = [];
+let chartPlot = { left: 0, width: 1 }; // where the bars are, for reading the mouse position
 
 // -- theme: applied before the body is drawn, so a dark page never flashes white ----------
 
@@ -110,9 +111,12 @@ function jobLink(id) {
   return h("button", { type: "button", class: "link mono", title: "Show this job", onclick: () => openDetail(id) }, id);
 }
 
+function allowedRuns(job) {
+  return Number.isInteger(job.max_retries) ? 1 + job.max_retries : "?";
+}
+
 function runs(job) {
-  const allowed = Number.isInteger(job.max_retries) ? 1 + job.max_retries : "?";
-  return `${job.attempts ?? 0}/${allowed}`;
+  return `${job.attempts ?? 0}/${allowedRuns(job)}`;
 }
 
 function retryable(job) {
@@ -215,11 +219,14 @@ function renderDlq(page) {
       : h("span", { class: "muted", title: "Never a valid job: fix the file and enqueue it again" }, "invalid")))));
 }
 
-function niceCeiling(value) {
-  if (value <= 4) return 4;
-  const step = 10 ** Math.floor(Math.log10(value));
-  for (const factor of [1, 2, 2.5, 5, 10]) if (factor * step >= value) return factor * step;
-  return 10 * step;
+/* The top of the y axis: four gridline steps of 1, 2 or 5 times a power of ten (whole jobs). */
+function axisTop(peak) {
+  const wanted = Math.max(1, peak) / 4;
+  let power = 1;
+  while (true) {
+    for (const factor of [1, 2, 5]) if (factor * power >= wanted) return 4 * factor * power;
+    power *= 10;
+  }
 }
 
 function clock(seconds) {
@@ -239,12 +246,14 @@ function drawChart() {
   const style = getComputedStyle(document.documentElement);
   const color = (name) => style.getPropertyValue(name).trim();
   const buckets = throughputData;
-  const { left, right, top, bottom } = CHART_MARGIN;
+  const peak = axisTop(Math.max(0, ...buckets.map((b) => b.completed + b.failed)));
+  context.font = "11px system-ui, sans-serif";
+  const { right, top, bottom } = CHART_MARGIN;
+  const left = Math.ceil(context.measureText(peak.toLocaleString()).width) + 12;
   const plotWidth = width - left - right, plotHeight = height - top - bottom;
-  const peak = niceCeiling(Math.max(0, ...buckets.map((b) => b.completed + b.failed)));
+  chartPlot = { left, width: plotWidth };
   const y = (value) => top + plotHeight - (value / peak) * plotHeight;
 
-  context.font = "11px system-ui, sans-serif";
   context.textBaseline = "middle";
   context.textAlign = "right";
   for (let line = 0; line <= 4; line++) {
@@ -252,7 +261,7 @@ function drawChart() {
     context.fillStyle = color("--grid");
     context.fillRect(left, Math.round(y(value)), plotWidth, 1);
     context.fillStyle = color("--muted");
-    context.fillText(Number.isInteger(value) ? value : value.toFixed(1), left - 6, y(value));
+    context.fillText(value.toLocaleString(), left - 6, y(value));
   }
   if (!buckets.length) return;
   const slot = plotWidth / buckets.length;
@@ -294,15 +303,14 @@ function chartHover(event) {
   if (!throughputData.length) return;
   const canvas = event.currentTarget;
   const box = canvas.getBoundingClientRect();
-  const plotWidth = box.width - CHART_MARGIN.left - CHART_MARGIN.right;
-  const index = Math.floor(((event.clientX - box.left - CHART_MARGIN.left) / plotWidth) * throughputData.length);
+  const index = Math.floor(((event.clientX - box.left - chartPlot.left) / chartPlot.width) * throughputData.length);
   showReadout(index >= 0 && index < throughputData.length ? index : null);
 }
 
 // -- the job drawer -------------------------------------------------------------------
 
 const DETAIL_FIELDS = [
-  ["attempts", (job) => runs(job)], ["priority"], ["created_at"], ["updated_at"], ["run_at"],
+  ["runs", (job) => `${job.attempts ?? 0} of ${allowedRuns(job)} allowed`], ["priority"], ["created_at"], ["updated_at"], ["run_at"],
   ["next_run_at"], ["started_at"], ["finished_at"], ["last_duration", (job) => job.last_duration == null ? null : `${job.last_duration} s`],
   ["last_exit_code"], ["last_error"], ["worker"], ["timeout"], ["cwd"],
 ];
@@ -356,6 +364,8 @@ async function renderDetail(id) {
   $("#log-info").textContent = log.truncated
     ? `last ${Math.round(LOG_TAIL_BYTES / 1024)} KiB of ${(log.size / 1024).toFixed(0)} KiB` : "";
   const history = Array.isArray(job.history) ? job.history : [];
+  $("#history").hidden = history.length === 0;
+  $("#history-empty").hidden = history.length > 0;
   $("#history tbody").replaceChildren(...history.slice().reverse().map((entry) => h("tr", {},
     h("td", { class: "num" }, entry.attempt ?? ""),
     h("td", { class: "mono", title: entry.worker ?? "" }, entry.started_at ?? ""),

@@ -1,0 +1,178 @@
+"""The dashboard page in headless Chromium (Debian's /usr/bin/chromium, driven by playwright).
+
+Without chromium or playwright these tests are skipped, unless
+QUEUECTL_REQUIRE_BROWSER=1 (set by CI), which makes them fail instead.
+Screenshots go to the test's tmp_path.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+
+from conftest import wait_until
+from dashboard_support import exists, live_worker, place, running_dashboard
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+XSS = "<script>alert(1)</script>"
+
+
+def browser_missing(reason: str) -> None:
+    if os.environ.get("QUEUECTL_REQUIRE_BROWSER") == "1":
+        pytest.fail(f"{reason}, and QUEUECTL_REQUIRE_BROWSER=1 requires the browser tests")
+    pytest.skip(f"{reason}: install Debian's chromium (apt-get install chromium) to run the browser tests")
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not (os.path.exists(CHROMIUM) or shutil.which("chromium")):
+        browser_missing(f"no chromium at {CHROMIUM}")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        browser_missing("the playwright package is not installed (pip install -e '.[test]')")
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+def on_dialog(dialog, problems: list) -> None:
+    """Retry-all asks for confirmation: say yes. Any other dialog (an injected alert) is a failure."""
+    if dialog.type == "confirm":
+        dialog.accept()
+    else:
+        problems.append(f"unexpected {dialog.type}: {dialog.message}")
+        dialog.dismiss()
+
+
+@pytest.fixture
+def page(browser, dashboard):
+    """The dashboard open in a fresh profile (localStorage starts empty); fails on any page error.
+
+    It depends on `dashboard` so the server outlives the page's last poll.
+    """
+    context = browser.new_context(viewport={"width": 1360, "height": 1000}, color_scheme="light")
+    tab = context.new_page()
+    problems = []
+    tab.on("console", lambda message: problems.append(message.text) if message.type == "error" else None)
+    tab.on("pageerror", lambda error: problems.append(str(error)))
+    tab.on("dialog", lambda dialog: on_dialog(dialog, problems))
+    tab.goto(dashboard.url)
+    yield tab
+    context.close()
+    assert problems == [], "the page reported errors (a CSP violation shows up here too)"
+
+
+@pytest.fixture
+def queue(spool):
+    """A spool with a job in every state, one of them carrying markup in its command."""
+    place(spool, "pending", "p1")
+    place(spool, "pending", "p2")
+    place(spool, "pending", "p3", command="sleep 60", priority=5)
+    place(spool, "processing", "r1", command="make report")
+    place(spool, "completed", "c1", last_duration=1.2, history=[{"attempt": 1, "exit_code": 0}])
+    with open(spool.log_path("c1"), "w") as handle:
+        handle.write("=== attempt 1 ===\nbuilding the report\ndone\n")
+    place(spool, "failed", "f1", command="curl http://example.invalid", attempts=1, last_error="exit code 6")
+    place(spool, "dead", "dead-xss", command=XSS, attempts=4, last_error="exit code 1")
+    place(spool, "dead", "dead-backup", command="tar czf /backup.tgz /home", attempts=4, last_error="exit code 2")
+    place(spool, "dead", "dead-invalid", command=None)
+    return spool
+
+
+@pytest.fixture
+def dashboard(queue):
+    with live_worker(queue, "worker-1", "r1"), running_dashboard(queue) as server:
+        yield server
+
+
+def test_page_shows_counts_workers_and_escaped_jobs(page, tmp_path):
+    from playwright.sync_api import expect
+    expect(page.locator('[data-count="pending"]')).to_have_text("3")
+    expect(page.locator('[data-count="processing"]')).to_have_text("1")
+    expect(page.locator('[data-count="completed"]')).to_have_text("1")
+    expect(page.locator('[data-count="failed"]')).to_have_text("1")
+    expect(page.locator('[data-count="dead"]')).to_have_text("3")
+    expect(page.locator("#worker-count")).to_have_text("1")
+    expect(page.locator("#workers tbody")).to_contain_text("worker-1")
+    expect(page.locator("#workers tbody")).to_contain_text("r1")
+    # The markup is shown as text, not run: no script element, no alert dialog (the fixture checks).
+    expect(page.locator("#jobs tbody")).to_contain_text(XSS)
+    expect(page.locator("#dlq tbody")).to_contain_text("dead-xss")
+    assert page.locator("#jobs tbody script, #dlq tbody script").count() == 0
+    expect(page.locator("#connection")).to_contain_text("live")
+    assert page.locator("#chart").bounding_box()["height"] > 100
+    page.screenshot(path=str(tmp_path / "dashboard-light.png"), full_page=True)
+
+
+def test_retry_button_moves_a_dead_job_back_to_pending(page, queue):
+    from playwright.sync_api import expect
+    page.locator('[data-retry="dead-backup"]').click()
+    wait_until(lambda: exists(queue, "pending", "dead-backup"), timeout=10, message="dead-backup in pending/")
+    assert not exists(queue, "dead", "dead-backup")
+    expect(page.locator("#toast")).to_contain_text("dead-backup is pending again")
+    expect(page.locator('[data-count="dead"]')).to_have_text("2")
+    expect(page.locator('[data-count="pending"]')).to_have_text("4")
+    expect(page.locator('[data-retry="dead-backup"]')).to_have_count(0)
+    # A job that was never valid has no retry button.
+    expect(page.locator("#dlq tbody tr", has_text="dead-invalid")).to_contain_text("invalid")
+    expect(page.locator('[data-retry="dead-invalid"]')).to_have_count(0)
+
+
+def test_retry_all_after_confirming(page, queue):
+    from playwright.sync_api import expect
+    page.locator("#retry-all").click()
+    wait_until(lambda: queue.counts()["dead"] == 1, timeout=10, message="the valid dead jobs retried")
+    expect(page.locator("#toast")).to_contain_text("Retried 2; skipped 1")
+    expect(page.locator('[data-count="dead"]')).to_have_text("1")
+
+
+def test_job_detail_shows_the_log(page, tmp_path):
+    from playwright.sync_api import expect
+    page.locator("#jobs tbody button", has_text="c1").click()
+    drawer = page.locator("#detail")
+    expect(drawer).to_be_visible()
+    expect(page.locator("#detail-title")).to_have_text("c1")
+    expect(page.locator("#detail-log")).to_contain_text("building the report")
+    expect(page.locator("#detail-fields")).to_contain_text("1.2 s")
+    page.screenshot(path=str(tmp_path / "dashboard-detail.png"))
+    page.keyboard.press("Escape")
+    expect(drawer).to_be_hidden()
+
+
+def test_filter_search_and_paging(page):
+    from playwright.sync_api import expect
+    page.locator("#state-filter button", has_text="dead").click()
+    expect(page.locator("#jobs tbody tr")).to_have_count(3)
+    page.locator("#search").fill("BACKUP")
+    expect(page.locator("#jobs tbody tr")).to_have_count(1)
+    expect(page.locator("#page-info")).to_have_text("1–1 of 1")
+    page.locator('.card[data-state="pending"]').click()
+    page.locator("#search").fill("")
+    expect(page.locator("#jobs tbody tr")).to_have_count(3)
+    expect(page.locator('#state-filter button[aria-pressed="true"]')).to_have_text("pending")
+
+
+def test_theme_toggle_is_remembered(page, tmp_path):
+    from playwright.sync_api import expect
+    html = page.locator("html")
+    expect(html).to_have_attribute("data-theme", "light")  # the system preference at first
+    light_background = page.evaluate("getComputedStyle(document.body).backgroundColor")
+    page.locator("#theme-toggle").click()
+    expect(html).to_have_attribute("data-theme", "dark")
+    assert page.evaluate("localStorage.getItem('queuectl.theme')") == "dark"
+    assert page.evaluate("getComputedStyle(document.body).backgroundColor") != light_background
+    page.reload()
+    expect(html).to_have_attribute("data-theme", "dark")
+    expect(page.locator('[data-count="dead"]')).to_have_text("3")
+    page.screenshot(path=str(tmp_path / "dashboard-dark.png"), full_page=True)
+    page.locator("#theme-toggle").click()
+    page.reload()
+    expect(html).to_have_attribute("data-theme", "light")
