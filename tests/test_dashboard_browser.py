@@ -2,22 +2,27 @@
 
 Without chromium or playwright these tests are skipped, unless
 QUEUECTL_REQUIRE_BROWSER=1 (set by CI), which makes them fail instead.
-Screenshots go to the test's tmp_path.
+QUEUECTL_TEST_CHROMIUM names another chromium binary. Screenshots go to
+the test's tmp_path.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
 
 import pytest
 
 from conftest import wait_until
 from dashboard_support import exists, live_worker, place, running_dashboard
 
+try:
+    from playwright.sync_api import expect, sync_playwright
+except ImportError:  # the `browser` fixture skips (or fails in CI) with the reason
+    expect = sync_playwright = None
+
 pytestmark = pytest.mark.browser
 
-CHROMIUM = "/usr/bin/chromium"
+CHROMIUM = os.environ.get("QUEUECTL_TEST_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 XSS = "<script>alert(1)</script>"
@@ -31,11 +36,9 @@ def browser_missing(reason: str) -> None:
 
 @pytest.fixture(scope="module")
 def browser():
-    if not (os.path.exists(CHROMIUM) or shutil.which("chromium")):
+    if not os.access(CHROMIUM, os.X_OK):
         browser_missing(f"no chromium at {CHROMIUM}")
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
+    if sync_playwright is None:
         browser_missing("the playwright package is not installed (pip install -e '.[test]')")
     with sync_playwright() as playwright:
         chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
@@ -94,7 +97,6 @@ def dashboard(queue):
 
 
 def test_page_shows_counts_workers_and_escaped_jobs(page, tmp_path):
-    from playwright.sync_api import expect
     expect(page.locator('[data-count="pending"]')).to_have_text("3")
     expect(page.locator('[data-count="processing"]')).to_have_text("1")
     expect(page.locator('[data-count="completed"]')).to_have_text("1")
@@ -113,7 +115,6 @@ def test_page_shows_counts_workers_and_escaped_jobs(page, tmp_path):
 
 
 def test_retry_button_moves_a_dead_job_back_to_pending(page, queue):
-    from playwright.sync_api import expect
     page.locator('[data-retry="dead-backup"]').click()
     wait_until(lambda: exists(queue, "pending", "dead-backup"), timeout=10, message="dead-backup in pending/")
     assert not exists(queue, "dead", "dead-backup")
@@ -127,7 +128,6 @@ def test_retry_button_moves_a_dead_job_back_to_pending(page, queue):
 
 
 def test_retry_all_after_confirming(page, queue):
-    from playwright.sync_api import expect
     page.locator("#retry-all").click()
     wait_until(lambda: queue.counts()["dead"] == 1, timeout=10, message="the valid dead jobs retried")
     expect(page.locator("#toast")).to_contain_text("Retried 2; skipped 1")
@@ -135,7 +135,6 @@ def test_retry_all_after_confirming(page, queue):
 
 
 def test_job_detail_shows_the_log(page, tmp_path):
-    from playwright.sync_api import expect
     page.locator("#jobs tbody button", has_text="c1").click()
     drawer = page.locator("#detail")
     expect(drawer).to_be_visible()
@@ -148,7 +147,6 @@ def test_job_detail_shows_the_log(page, tmp_path):
 
 
 def test_filter_search_and_paging(page):
-    from playwright.sync_api import expect
     page.locator("#state-filter button", has_text="dead").click()
     expect(page.locator("#jobs tbody tr")).to_have_count(3)
     page.locator("#search").fill("BACKUP")
@@ -161,7 +159,6 @@ def test_filter_search_and_paging(page):
 
 
 def test_theme_toggle_is_remembered(page, tmp_path):
-    from playwright.sync_api import expect
     html = page.locator("html")
     expect(html).to_have_attribute("data-theme", "light")  # the system preference at first
     light_background = page.evaluate("getComputedStyle(document.body).backgroundColor")

@@ -262,7 +262,7 @@ class DashboardHandler(BaseHTTPRequestHandler):
         spool = self.server.spool
         snapshot = self.server.scanner.scan()
         now = time.time()
-        self._send_json(200, {"spool": spool.root, "now": now, "counts": snapshot.counts(),
+        self._send_json(200, {"spool": spool.root, "now": now, "counts": snapshot.counts,
                               "workers": registry.records(spool),
                               "throughput": throughput(snapshot, now)})
 
@@ -407,7 +407,7 @@ def prometheus_text(snapshot: Snapshot, workers: int, durations: list[float]) ->
         lines.extend([f"# HELP {name} {help_text}", f"# TYPE {name} {kind}", *samples])
 
     metric("queuectl_jobs", "gauge", "Jobs in each state folder.",
-           [f'queuectl_jobs{{state="{state}"}} {count}' for state, count in snapshot.counts().items()])
+           [f'queuectl_jobs{{state="{state}"}} {count}' for state, count in snapshot.counts.items()])
     metric("queuectl_workers", "gauge", "Live workers (holding their lock).",
            [f"queuectl_workers {workers}"])
     seen = snapshot.settles_seen
