@@ -74,33 +74,27 @@ function toMillis(value) {
   return NaN;
 }
 
-function ago(value) {
-  const millis = toMillis(value);
+function ago(millis) {
   if (Number.isNaN(millis)) return "–";
   const seconds = Math.round((Date.now() - millis) / 1000);
-  const future = seconds < 0;
   const size = Math.abs(seconds);
   const text = size < 60 ? `${size}s` : size < 3600 ? `${Math.floor(size / 60)}m`
     : size < 86400 ? `${Math.floor(size / 3600)}h` : `${Math.floor(size / 86400)}d`;
-  return future ? `in ${text}` : `${text} ago`;
+  return seconds < 0 ? `in ${text}` : `${text} ago`;
 }
 
-/* A cell showing how long ago `value` was; refreshed on every poll by updateTimes(). */
+/* A cell saying how long ago `value` was; updateTimes() keeps it current on every poll. */
 function timeCell(value, suffix = true) {
   const millis = toMillis(value);
   const title = Number.isNaN(millis) ? null : new Date(millis).toLocaleString();
-  return h("td", { "data-time": value ?? "", "data-suffix": suffix ? "1" : "", title }, "");
+  return h("td", { "data-time": millis, "data-suffix": suffix ? "ago" : "", title });
 }
 
 function updateTimes() {
   for (const cell of document.querySelectorAll("[data-time]")) {
-    const text = ago(cell.dataset.time === "" ? null : numberOrText(cell.dataset.time));
+    const text = ago(Number(cell.dataset.time));
     cell.textContent = cell.dataset.suffix ? text : text.replace(" ago", "");
   }
-}
-
-function numberOrText(text) {
-  return /^[0-9.]+$/.test(text) ? Number(text) : text;
 }
 
 function badge(state) {
