@@ -305,9 +305,8 @@ def test_worker_stop_from_another_process(spool_path, workers, tmp_path):
     assert worker.wait() == 0
     assert Spool(spool_path).find(job_id) == "completed"
     # A request applies to workers started before it, not to later ones.
-    later = workers.start("--burst")
     enqueue(spool_path, "true")
-    assert later.wait() == 0
+    assert workers.start("--burst").wait() == 0
     assert Spool(spool_path).counts()["completed"] == 2
 
 
