@@ -21,7 +21,8 @@ import threading
 import time
 
 from filelock import FileLock, Timeout
-from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.events import (DirMovedEvent, FileClosedEvent, FileCreatedEvent, FileDeletedEvent,
+                             FileMovedEvent, FileSystemEvent, FileSystemEventHandler)
 from watchdog.observers import Observer
 
 from . import lifecycle, registry, runner
@@ -32,6 +33,11 @@ from .order import DueIndex
 from .spool import SUFFIX, Spool
 
 WATCHED = ("pending", "failed", "workers")
+# Only the events _EventRelay acts on. watchdog turns this list into the
+# inotify mask, so the kernel no longer queues an open and a close for every
+# read of a job file: those cost the watchdog threads CPU on every claim, and
+# a start-up scan of a big queue overflowed inotify's queue with them.
+RELAYED_EVENTS = [FileCreatedEvent, FileMovedEvent, DirMovedEvent, FileDeletedEvent, FileClosedEvent]
 
 # watchdog logs this error when its reader thread sees a last event while
 # the observer is being stopped; it is harmless at shutdown.
@@ -96,7 +102,7 @@ class Worker:
             self._install_signal_handlers()
             relay = _EventRelay(self)
             for folder in WATCHED:
-                observer.schedule(relay, self.spool.dir(folder), recursive=False)
+                observer.schedule(relay, self.spool.dir(folder), recursive=False, event_filter=RELAYED_EVENTS)
             observer.start()
             self._write_record()
             lifecycle.recover(self.spool)
