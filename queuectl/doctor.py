@@ -1,0 +1,410 @@
+"""`queuectl doctor`: find what a crash, a full disk or a hand edit left in the spool; repair what is safe.
+
+Promises:
+- a check without `repair` changes nothing;
+- a repair never deletes a job's bytes: a duplicate or an invalid file goes
+  to dead/ untouched, as dead/<id>.invalid beside a record saying why;
+- whatever moves or rewrites a job holds its flock first (`Spool.lock`), so
+  a job a live worker owns is never touched, and doctor may run beside
+  workers;
+- only proven garbage is removed: a second name of one file, temporary
+  files nobody holds, dead workers' records, and logs of vanished jobs
+  untouched for a day.
+Each finding is a dict: `problem`, `path` (relative to the spool),
+`detail`, `repaired`.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import time
+from typing import Any
+
+from . import fsops, lifecycle, registry
+from .errors import ConfigError, InvalidJob
+from .job import MAX_JOB_BYTES, STATES, build, is_valid_id, loads, new_id
+from .spool import FOLDERS, SUFFIX, Spool
+
+# When one id sits in two folders, the copy further along is kept: a job in
+# processing/ is running or is recovery's to settle; a completed copy proves
+# the job ran, and running it again is the one outcome the queue must never
+# cause; a dead copy was given up on or cancelled on purpose (`dlq retry`
+# can undo that, nothing can undo a second run); a failed copy carries an
+# attempt a pending one does not. Every interrupted move (claim, settle,
+# retry, cancel, dlq retry) lands on this side or loses nothing by it.
+KEEP_ORDER = ("processing", "completed", "dead", "failed", "pending")
+TEMP_AGE = 60.0          # a write takes milliseconds; older temporary files were left by a crash
+ORPHAN_LOG_AGE = 86400.0  # a log younger than a day may belong to a job an operator is still looking for
+INVALID = ".invalid"
+
+
+def check(spool: Spool, *, repair: bool = False) -> list[dict[str, Any]]:
+    """Every problem found in the spool, each marked `repaired` when `repair` fixed it."""
+    return _Doctor(spool, repair).run()
+
+
+class _Doctor:
+    def __init__(self, spool: Spool, repair: bool):
+        self.spool = spool
+        self.repair = repair
+        self.findings: list[dict[str, Any]] = []
+
+    def run(self) -> list[dict[str, Any]]:
+        self._permissions()
+        try:
+            self.spool.config
+        except ConfigError as exc:
+            # Every repair writes with the config's settings: fix it first.
+            self._add("invalid-config", "config.json", str(exc))
+            return self.findings
+        # Listed before any repair, so a file a repair moved is not judged again in its new place.
+        listings = {state: sorted(os.listdir(self.spool.dir(state))) for state in ("pending", "failed",
+                                                                                    "completed", "dead")}
+        # Before recovery, which drops dead workers' records itself once their jobs are recovered.
+        dead_workers = [record for record in registry.records(self.spool, live_only=False) if not record["alive"]]
+        for state, names in listings.items():
+            for name in names:
+                self._entry(state, name)
+        self._duplicates()
+        self._dead_without_record()
+        self._orphaned_jobs()
+        self._stray_temp_files()
+        self._orphan_logs()
+        self._stale_workers(dead_workers)
+        return self.findings
+
+    def _add(self, problem: str, path: str, detail: str, repaired: bool = False) -> dict[str, Any]:
+        finding = {"problem": problem, "path": lifecycle.printable(path), "detail": lifecycle.printable(detail),
+                   "repaired": repaired}
+        self.findings.append(finding)
+        return finding
+
+    # -- permissions ---------------------------------------------------------
+
+    def _permissions(self) -> None:
+        """SPEC section 8: whoever can write the spool can run commands as its owner."""
+        for relative in (".", *FOLDERS, "config.json"):
+            path = os.path.normpath(os.path.join(self.spool.root, relative))
+            try:
+                info = os.lstat(path)
+            except FileNotFoundError:
+                continue
+            shown = os.path.relpath(path, self.spool.root)
+            if info.st_uid != os.getuid():
+                self._add("foreign-owner", shown, f"belongs to uid {info.st_uid}, not to you; "
+                                                  f"chown it or run queuectl as its owner")
+            mode = stat.S_IMODE(info.st_mode)
+            if mode & 0o022 and not stat.S_ISLNK(info.st_mode):
+                finding = self._add("shared-permissions", shown,
+                                    f"mode {mode:04o}: group or others can write here and so run commands as you")
+                if self.repair:
+                    _chmod_nofollow(path, mode & ~0o022)
+                    finding["repaired"] = True
+
+    # -- files in the state folders -------------------------------------------
+
+    def _entry(self, state: str, name: str) -> None:
+        """One entry of pending/, failed/, completed/ or dead/: an invalid file, or a state field gone stale."""
+        if name.startswith(".") or state == "dead" and name.endswith(INVALID):
+            return
+        if state == "pending" and name.endswith(".tmp"):
+            return
+        raw, unreadable = _read_entry(os.path.join(self.spool.dir(state), name))
+        if raw is None and unreadable is None:
+            return  # gone meanwhile
+        stem = name[: -len(SUFFIX)] if name.endswith(SUFFIX) else None
+        reason = unreadable or self._invalid_because(raw, state, stem)
+        if reason is None and state == "pending":
+            return  # a valid job, or a valid drop-in that a worker adopts (and names and fills in)
+        fields = loads(raw) if reason is None else None
+        if reason is None and fields.get("id") not in (None, stem):
+            reason = f"its id {fields.get('id')!r} does not match its file name (a job is stored as <id>.json)"
+        if reason is not None:
+            self._invalid(state, name, reason)
+        elif fields.get("state") != state:
+            self._state_mismatch(state, name, fields.get("state"))
+
+    def _invalid_because(self, raw: bytes, state: str, stem: str | None) -> str | None:
+        """Why these bytes are not a job (None when they are one, or a dead-letter record)."""
+        try:
+            fields = loads(raw)
+            if state == "dead" and isinstance(fields, dict) and fields.get("invalid") is True:
+                return None  # describes kept bytes, which need not have a command
+            build(fields, self.spool.config, stem=stem, state=state)
+        except InvalidJob as exc:
+            return str(exc)
+        return None
+
+    def _invalid(self, state: str, name: str, reason: str) -> None:
+        finding = self._add("invalid-file", f"{state}/{name}", reason)
+        if not self.repair:
+            return
+        path = os.path.join(self.spool.dir(state), name)
+        if state == "pending":
+            # Adoption is what a worker would do, and it waits for a file still being written.
+            lifecycle.adopt(self.spool, name, complete=False)
+            finding["repaired"] = not os.path.lexists(path)
+            finding["detail"] += ("; moved to dead/ with its bytes kept" if finding["repaired"]
+                                  else "; left alone: it may still be being written, try again in a few seconds")
+            return
+        if not stat.S_ISREG(os.lstat(path).st_mode):
+            job_id = lifecycle.dead_letter(self.spool, None, reason, state=state, name=name)
+        else:
+            held = self.spool.lock(state, name)
+            if held is None:
+                finding["detail"] += "; busy (another process holds it), try again"
+                return
+            with held:
+                job_id = lifecycle.dead_letter(self.spool, held, reason)
+        finding["repaired"] = True
+        finding["detail"] += f"; moved to dead/{job_id}{INVALID} with its bytes kept"
+
+    def _state_mismatch(self, state: str, name: str, written: Any) -> None:
+        finding = self._add("state-mismatch", f"{state}/{name}",
+                            f"its state field says {written!r}; the folder is the truth")
+        if not self.repair:
+            return
+        held = self.spool.lock(state, name)
+        if held is None:
+            finding["detail"] += "; busy (another process holds it), try again"
+            return
+        with held:
+            if isinstance(held.job, dict) and held.job.get("state") != state:
+                held.job["state"] = state
+                held.save()
+        finding["repaired"] = True
+        finding["detail"] += f"; rewritten as {state!r}"
+
+    # -- one id in two folders -------------------------------------------------
+
+    def _duplicates(self) -> None:
+        holders: dict[str, list[str]] = {}
+        for state in STATES:
+            for name in self.spool.names(state):
+                holders.setdefault(name, []).append(state)
+        for name, states in sorted(holders.items()):
+            if len(states) > 1:
+                keep = min(states, key=KEEP_ORDER.index)
+                for state in sorted(states, key=KEEP_ORDER.index)[1:]:
+                    self._fold(name, state, keep)
+
+    def _fold(self, name: str, state: str, keep: str) -> None:
+        path, kept = os.path.join(self.spool.dir(state), name), os.path.join(self.spool.dir(keep), name)
+        try:
+            info = os.lstat(path)
+            same_file = os.path.samestat(info, os.lstat(kept))
+        except FileNotFoundError:
+            return  # moved on meanwhile
+        job_id = name[: -len(SUFFIX)]
+        if same_file:
+            detail = (f"the same file as {keep}/{name} under a second name (a move cut between link and "
+                      f"unlink); {keep}/ is kept")
+        else:
+            detail = f"id {job_id!r} is also in {keep}/, which is kept"
+        finding = self._add("duplicate-id", f"{state}/{name}", detail)
+        if not self.repair:
+            return
+        if not stat.S_ISREG(info.st_mode):
+            new = lifecycle.dead_letter(self.spool, None, f"duplicate id {job_id!r}", state=state, name=name)
+            finding.update(repaired=True, detail=detail + f"; moved to dead/{new}{INVALID}")
+            return
+        held = self.spool.lock(state, name)
+        if held is None:
+            finding["detail"] += "; busy (a live process owns it), try again"
+            return
+        with held:
+            if same_file:
+                os.unlink(path)  # the bytes stay under the kept name
+                fsops.fsync_dir(self.spool.dir(state))
+                finding["detail"] += "; the extra name is removed, no bytes are"
+            else:
+                new = lifecycle.dead_letter(self.spool, held, f"duplicate id {job_id!r}: {keep}/ holds the copy kept")
+                finding["detail"] += f"; moved to dead/{new}{INVALID} with its bytes kept"
+        finding["repaired"] = True
+
+    # -- dead/<id>.invalid without its record -----------------------------------
+
+    def _dead_without_record(self) -> None:
+        dead = self.spool.dir("dead")
+        for name in sorted(os.listdir(dead)):
+            stem = name[: -len(INVALID)]
+            if not name.endswith(INVALID) or name.startswith(".") or os.path.lexists(os.path.join(dead, stem + SUFFIX)):
+                continue
+            raw, unreadable = _read_entry(os.path.join(dead, name))
+            if raw is None and unreadable is None:
+                continue
+            reason = unreadable or self._invalid_because(raw, "dead", None) or (
+                "its bytes are a valid job: set aside as a duplicate id, or its record was lost")
+            finding = self._add("missing-dead-record", f"dead/{name}",
+                                f"kept bytes without dead/{stem}{SUFFIX} to say why: {reason}")
+            if not self.repair:
+                continue
+            job_id = stem
+            if not is_valid_id(stem) or self.spool.find(stem) is not None:
+                job_id = new_id()  # the id is someone else's now: the bytes take a new one
+                fsops.rename_noreplace(os.path.join(dead, name), os.path.join(dead, job_id + INVALID))
+            fields = _loads_or_none(raw)
+            lifecycle.write_dead_record(self.spool, job_id, reason, fields, name)
+            finding["repaired"] = True
+            finding["detail"] += f"; record dead/{job_id}{SUFFIX} written"
+
+    # -- processing/ without a live owner --------------------------------------
+
+    def _orphaned_jobs(self) -> None:
+        orphans = {}
+        for name in self.spool.names("processing"):
+            if os.path.islink(os.path.join(self.spool.dir("processing"), name)):
+                detail = "a symlink in processing/"
+            else:
+                held = self.spool.lock("processing", name)
+                if held is None:
+                    continue  # its worker is alive (or it just moved on)
+                with held:
+                    job = held.job
+                written = job.get("state") if isinstance(job, dict) else None
+                if not isinstance(job, dict):
+                    detail = "not a readable job (recovery moves it to dead/)"
+                elif written in ("pending", "failed", "completed", "dead"):
+                    detail = f"a move to {written}/ was cut short by a crash"
+                else:
+                    detail = "its worker died during the run (the attempt counts)"
+            orphans[name[: -len(SUFFIX)]] = self._add("orphaned-job", f"processing/{name}",
+                                                      f"no live worker owns it: {detail}")
+        if not (self.repair and orphans):
+            return
+        for job_id, state in lifecycle.recover(self.spool):
+            if job_id in orphans:
+                orphans[job_id]["repaired"] = True
+                orphans[job_id]["detail"] += f"; recovered to {state}/"
+
+    # -- leftovers ---------------------------------------------------------------
+
+    def _stray_temp_files(self) -> None:
+        """tmp/ holds files being written; one older than TEMP_AGE that nobody holds was left by a crash.
+
+        It was never a visible job: an enqueue cut before its rename was never
+        acknowledged, and a rewrite cut short left the job's previous version
+        in place.
+        """
+        now = time.time()
+        for name in sorted(os.listdir(self.spool.dir("tmp"))):
+            path = os.path.join(self.spool.dir("tmp"), name)
+            try:
+                info = os.lstat(path)
+            except FileNotFoundError:
+                continue
+            age = now - info.st_mtime
+            if age < TEMP_AGE or _in_use(path, info):
+                continue
+            if stat.S_ISDIR(info.st_mode):
+                self._add("stray-temp", f"tmp/{name}", "a folder queuectl did not make; remove it by hand")
+                continue
+            finding = self._add("stray-temp", f"tmp/{name}",
+                                f"left {age:.0f}s ago by an interrupted write; it was never a visible job")
+            if self.repair:
+                try:
+                    os.unlink(path)
+                except FileNotFoundError:
+                    pass
+                finding["repaired"] = True
+
+    def _orphan_logs(self) -> None:
+        now = time.time()
+        for name in sorted(os.listdir(self.spool.dir("logs"))):
+            stem = name[: -len(".log")]
+            if not name.endswith(".log") or name.startswith(".") or self._job_exists(stem):
+                continue
+            path = os.path.join(self.spool.dir("logs"), name)
+            try:
+                age = now - os.lstat(path).st_mtime
+            except FileNotFoundError:
+                continue
+            finding = self._add("orphan-log", f"logs/{name}", "no job has this id (purged or deleted by hand?)")
+            if not self.repair:
+                continue
+            if age < ORPHAN_LOG_AGE:
+                finding["detail"] += "; kept: written less than a day ago, delete it by hand if unwanted"
+                continue
+            os.unlink(path)
+            finding["repaired"] = True
+
+    def _job_exists(self, stem: str) -> bool:
+        """Asked twice: a job moving between folders can be missed by one look at each folder."""
+        if not is_valid_id(stem):
+            return False
+        return self.spool.find(stem) is not None or self.spool.find(stem) is not None
+
+    def _stale_workers(self, dead_workers: list[dict[str, Any]]) -> None:
+        """Records (and lock files) of workers that no longer hold their lock."""
+        for record in dead_workers:
+            finding = self._add("stale-worker", f"workers/{record['name']}.json",
+                                f"worker pid {record.get('pid')} on {record.get('host')} is gone")
+            if self.repair:
+                registry.remove_record(self.spool, record["name"])
+                finding["repaired"] = True
+        now = time.time()
+        recorded = {entry[: -len(SUFFIX)] for entry in os.listdir(self.spool.dir("workers")) if entry.endswith(SUFFIX)}
+        for entry in sorted(os.listdir(self.spool.dir("workers"))):
+            name = entry[: -len(".lock")]
+            if not entry.endswith(".lock") or name in recorded:
+                continue
+            path = os.path.join(self.spool.dir("workers"), entry)
+            try:
+                # A starting worker takes its lock an instant before writing its record.
+                if now - os.lstat(path).st_mtime < TEMP_AGE or registry.is_alive(self.spool, name):
+                    continue
+            except FileNotFoundError:
+                continue
+            finding = self._add("stale-worker", f"workers/{entry}", "lock file of a worker that is gone")
+            if self.repair:
+                registry.remove_record(self.spool, name)
+                finding["repaired"] = True
+
+
+def _read_entry(path: str) -> tuple[bytes | None, str | None]:
+    """The bytes of a spool entry, never through a symlink: (bytes, None), (None, why unreadable), or (None, None) if gone."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None, None
+    except OSError as exc:
+        return None, "a symlink (never followed)" if os.path.islink(path) else f"cannot be read: {exc.strerror}"
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None, "not a regular file (a folder, FIFO or device)"
+        return fsops.read_fd(fd, MAX_JOB_BYTES), None
+    finally:
+        os.close(fd)
+
+
+def _loads_or_none(raw: bytes | None) -> Any:
+    if raw is None:
+        return None
+    try:
+        return loads(raw)
+    except InvalidJob:
+        return None
+
+
+def _in_use(path: str, info: os.stat_result) -> bool:
+    """A temporary file being written is flocked by its writer (a rewrite) or is younger than TEMP_AGE."""
+    if not stat.S_ISREG(info.st_mode):
+        return False
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return True
+    try:
+        return not fsops.lock_fd(fd)
+    finally:
+        os.close(fd)
+
+
+def _chmod_nofollow(path: str, mode: int) -> None:
+    """chmod through a descriptor opened without following symlinks: a name swapped meanwhile is not changed."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        os.fchmod(fd, mode)
+    finally:
+        os.close(fd)
