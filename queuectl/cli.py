@@ -498,7 +498,8 @@ def dashboard(ctx, host, port):
 def doctor(ctx, repair, as_json):
     """Check the spool for damage; exit 1 when something is wrong."""
     from .doctor import check
-    findings = check(_spool(ctx), repair=repair)
+    # The doctor opens a spool others can write to, if only to report it and, with --repair, close it.
+    findings = check(Spool(ctx.find_root().obj["path"], allow_shared=True), repair=repair)
     if as_json:
         _print_json(findings)
     else:
