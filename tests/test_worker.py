@@ -25,6 +25,21 @@ def marker_then(marker, command: str) -> str:
     return f"echo $$ > '{marker}'; {command}"
 
 
+def start_running(spool_path, workers, tmp_path, command: str, **options):
+    """Enqueue `command`, start one worker and wait until it runs the job; returns (worker, job id, job pid)."""
+    marker = tmp_path / "running"
+    job_id = enqueue(spool_path, marker_then(marker, command), **options)
+    worker = workers.start()
+    return worker, job_id, int(wait_for_running(spool_path, job_id, marker))
+
+
+def assert_back_in_pending_with_no_attempt_used(spool_path, job_id: str, pid: int) -> None:
+    job = Spool(spool_path).get(job_id)
+    assert (job["state"], job["attempts"]) == ("pending", 0)
+    assert job["last_error"] == "stopped by worker shutdown; retried later"
+    assert not process_alive(pid)
+
+
 # -- outcomes ------------------------------------------------------------------
 
 def test_a_successful_job_runs_once_and_completes(spool_path, workers):
@@ -242,14 +257,25 @@ def test_a_running_worker_recovers_a_dead_workers_job(spool_path, workers, tmp_p
     assert [r["name"] for r in workers.live_records()] == [survivor_name]
 
 
+def test_the_supervisor_restarts_a_worker_that_died(spool_path, workers):
+    supervisor = workers.start("-n", "2")
+    victim = workers.wait_ready(2)[0]["pid"]
+
+    os.kill(victim, signal.SIGKILL)
+
+    wait_until(lambda: len(workers.live_records()) == 2 and victim not in {r["pid"] for r in workers.live_records()},
+               message="a new worker in place of the killed one")
+    assert supervisor.running()
+    assert f"worker {victim} exited with -9; restarting it" in supervisor.stderr()
+    job_id = enqueue(spool_path, "true")
+    wait_for_state(spool_path, job_id, "completed")
+
+
 # -- stopping -------------------------------------------------------------------------
 
 def test_sigterm_lets_the_running_job_finish(spool_path, workers, tmp_path):
-    marker = tmp_path / "running"
-    job_id = enqueue(spool_path, marker_then(marker, "sleep 1; echo finished"))
     waiting = enqueue(spool_path, "true", priority=-1)
-    worker = workers.start()
-    wait_for_running(spool_path, job_id, marker)
+    worker, job_id, _ = start_running(spool_path, workers, tmp_path, "sleep 1; echo finished")
 
     worker.send(signal.SIGTERM)
 
@@ -275,10 +301,7 @@ def test_sigterm_to_several_workers_lets_every_running_job_finish(spool_path, wo
 
 
 def test_a_second_signal_stops_the_job_without_using_a_retry(spool_path, workers, tmp_path):
-    marker = tmp_path / "running"
-    job_id = enqueue(spool_path, marker_then(marker, "exec sleep 30"), max_retries=0)
-    worker = workers.start()
-    pid = int(wait_for_running(spool_path, job_id, marker))
+    worker, job_id, pid = start_running(spool_path, workers, tmp_path, "exec sleep 30", max_retries=0)
 
     worker.send(signal.SIGTERM)
     # Signals sent too close together may merge into one: repeat until it acts.
@@ -286,17 +309,11 @@ def test_a_second_signal_stops_the_job_without_using_a_retry(spool_path, workers
                message="the worker to stop")
 
     assert worker.wait() == 0
-    job = Spool(spool_path).get(job_id)
-    assert (job["state"], job["attempts"]) == ("pending", 0)
-    assert job["last_error"] == "stopped by worker shutdown; retried later"
-    assert not process_alive(pid)
+    assert_back_in_pending_with_no_attempt_used(spool_path, job_id, pid)
 
 
 def test_worker_stop_from_another_process(spool_path, workers, tmp_path):
-    marker = tmp_path / "running"
-    job_id = enqueue(spool_path, marker_then(marker, "sleep 1"))
-    worker = workers.start()
-    wait_for_running(spool_path, job_id, marker)
+    worker, job_id, _ = start_running(spool_path, workers, tmp_path, "sleep 1")
 
     stop = run_queuectl(spool_path, "worker", "stop", timeout=30)
 
@@ -311,25 +328,17 @@ def test_worker_stop_from_another_process(spool_path, workers, tmp_path):
 
 
 def test_worker_stop_now_stops_the_running_job(spool_path, workers, tmp_path):
-    marker = tmp_path / "running"
-    job_id = enqueue(spool_path, marker_then(marker, "exec sleep 30"))
-    worker = workers.start()
-    pid = int(wait_for_running(spool_path, job_id, marker))
+    worker, job_id, pid = start_running(spool_path, workers, tmp_path, "exec sleep 30")
 
     stop = run_queuectl(spool_path, "worker", "stop", "--now", timeout=30)
 
     assert stop.returncode == 0, stop.stderr
     assert worker.wait() == 0
-    job = Spool(spool_path).get(job_id)
-    assert (job["state"], job["attempts"]) == ("pending", 0)
-    assert not process_alive(pid)
+    assert_back_in_pending_with_no_attempt_used(spool_path, job_id, pid)
 
 
 def test_worker_list_shows_pid_and_current_job(spool_path, workers, tmp_path):
-    marker = tmp_path / "running"
-    job_id = enqueue(spool_path, marker_then(marker, "exec sleep 30"))
-    worker = workers.start()
-    wait_for_running(spool_path, job_id, marker)
+    worker, job_id, _ = start_running(spool_path, workers, tmp_path, "exec sleep 30")
 
     listing = run_queuectl(spool_path, "worker", "list")
     as_json = run_queuectl(spool_path, "worker", "list", "--json")
@@ -357,10 +366,7 @@ def test_retry_runs_a_failed_job_now(spool_path, workers):
 
 
 def test_cancel_stops_a_running_job(spool_path, workers, tmp_path):
-    marker = tmp_path / "running"
-    job_id = enqueue(spool_path, marker_then(marker, "exec sleep 30"))
-    workers.start()
-    pid = int(wait_for_running(spool_path, job_id, marker))
+    _, job_id, pid = start_running(spool_path, workers, tmp_path, "exec sleep 30")
 
     cancel = run_queuectl(spool_path, "cancel", job_id)
 
@@ -389,10 +395,7 @@ def test_wait_for_jobs(spool_path, workers):
 
 
 def test_logs_follow_ends_when_the_job_finishes(spool_path, workers, tmp_path):
-    marker = tmp_path / "running"
-    job_id = enqueue(spool_path, marker_then(marker, "echo first; echo to-stderr >&2; sleep 1; echo last"))
-    workers.start()
-    wait_for_running(spool_path, job_id, marker)
+    _, job_id, _ = start_running(spool_path, workers, tmp_path, "echo first; echo to-stderr >&2; sleep 1; echo last")
 
     follow = run_queuectl(spool_path, "logs", "--follow", job_id, timeout=30)
 
