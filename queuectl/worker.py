@@ -13,6 +13,7 @@ which goes back to pending/ without using a retry.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import queue
@@ -278,10 +279,28 @@ class Worker:
 def _new_observer():
     """With inotify, a file renamed in from an unwatched folder (tmp/) comes as a move, not a creation,
     so a dropped-in file that does not parse is judged at once instead of after DROP_GRACE."""
+    _deliver_moves_at_once()
     try:
         return Observer(generate_full_events=True)
     except TypeError:  # polling and the other platforms' observers see no renames anyway
         return Observer()
+
+
+def _deliver_moves_at_once() -> None:
+    """Stop watchdog holding each IN_MOVED_FROM for 0.5 s to pair it with its IN_MOVED_TO.
+
+    Its queue is first in, first out, so a claim (a move out of pending/ into
+    the unwatched processing/) held back every later event of pending/ for
+    half a second: a job enqueued on idle workers waited ~0.5 s to start.
+    _EventRelay needs no pairing (a move is "gone" at its source and "moved"
+    at its destination either way), so the hold only costs latency.
+    """
+    for module, holder in (("watchdog.observers.inotify_move_event_grouper", "InotifyMoveEventGrouper"),
+                           ("watchdog.observers.inotify_buffer", "InotifyBuffer")):  # older watchdog
+        try:
+            getattr(importlib.import_module(module), holder).delay = 0.0
+        except (ImportError, AttributeError):
+            continue
 
 
 def _peek(path: str):
