@@ -128,3 +128,32 @@ def read_fd(fd: int, limit: int) -> bytes:
         chunks.append(chunk)
         offset += len(chunk)
     return b"".join(chunks)
+
+
+def open_for_writing(info: os.stat_result) -> bool:
+    """Whether a process we can inspect has this file (by device and inode) open for writing.
+
+    Reads /proc; where it is missing or hidden the answer is False, and the
+    caller falls back on the file's age alone.
+    """
+    try:
+        pids = [entry for entry in os.listdir("/proc") if entry.isdigit()]
+    except OSError:
+        return False
+    for pid in pids:
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                target = os.stat(f"/proc/{pid}/fd/{fd}")
+                if (target.st_dev, target.st_ino) != (info.st_dev, info.st_ino):
+                    continue
+                with open(f"/proc/{pid}/fdinfo/{fd}", encoding="ascii") as handle:
+                    flags = next(int(line.split()[1], 8) for line in handle if line.startswith("flags:"))
+            except (OSError, StopIteration, ValueError):
+                continue
+            if flags & (os.O_WRONLY | os.O_RDWR):
+                return True
+    return False

@@ -202,8 +202,8 @@ def adopt(spool: Spool, name: str, *, complete: bool) -> str | None:
                 loads(held.raw)  # raises the precise reason
             job = build(held.job, spool.config, stem=stem)
         except InvalidJob as exc:
-            if not complete and time.time() - info.st_mtime < DROP_GRACE:
-                return None
+            if not complete and (time.time() - info.st_mtime < DROP_GRACE or fsops.open_for_writing(info)):
+                return None  # still being written: judged when closed, or later
             dead_letter(spool, held, str(exc))
             return None
         target = job["id"] + SUFFIX

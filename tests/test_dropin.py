@@ -199,3 +199,19 @@ def test_a_drop_in_reusing_a_finished_jobs_id_is_a_duplicate(spool_path, watchin
         assert handle.read() == job_bytes(command="echo again")
     assert Spool(spool_path).get("done") == original
     assert read_lines(ran) == ["done"]
+
+
+def test_a_quiet_file_still_open_for_writing_is_not_judged_by_its_age(spool):
+    """A writer that pauses longer than the grace period keeps its file out of dead/."""
+    from queuectl import lifecycle
+    path = pending(spool.root, "slow.json")
+    with open(path, "wb") as handle:
+        handle.write(b'{"command": "echo sl')
+        handle.flush()
+        old = os.stat(path).st_mtime - 10 * lifecycle.DROP_GRACE
+        os.utime(path, (old, old))
+        assert lifecycle.adopt(spool, "slow.json", complete=False) is None
+        assert os.path.exists(path) and os.listdir(os.path.join(spool.root, "dead")) == []
+        handle.write(b'ow"}')
+    assert lifecycle.adopt(spool, "slow.json", complete=False) == "slow.json"
+    assert spool.get("slow")["command"] == "echo slow"
