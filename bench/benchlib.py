@@ -152,16 +152,7 @@ class Workers:
         wait_for(lambda: len(self.pids()) >= self.count, timeout, "workers to register")
 
     def pids(self) -> list[int]:
-        found = []
-        folder = self.spool.dir("workers")
-        for name in os.listdir(folder):
-            if name.endswith(".json") and name != "stop.json" and not name.startswith("."):
-                try:
-                    with open(os.path.join(folder, name), encoding="utf-8") as handle:
-                        found.append(json.load(handle)["pid"])
-                except (OSError, ValueError, KeyError):
-                    continue
-        return found
+        return worker_pids(self.spool)
 
     def memory_kb(self) -> list[tuple[int, int]]:
         """(VmRSS, VmHWM) in kB of each worker process."""
@@ -188,6 +179,20 @@ class Workers:
         self.stop()
 
 
+def worker_pids(spool: Spool) -> list[int]:
+    """The pids in the workers' records (a worker writes its record once it watches pending/)."""
+    found = []
+    folder = spool.dir("workers")
+    for name in os.listdir(folder):
+        if name.endswith(".json") and name != "stop.json" and not name.startswith("."):
+            try:
+                with open(os.path.join(folder, name), encoding="utf-8") as handle:
+                    found.append(json.load(handle)["pid"])
+            except (OSError, ValueError, KeyError):
+                continue
+    return found
+
+
 def process_memory_kb(pid: int) -> tuple[int, int]:
     fields = {}
     with open(f"/proc/{pid}/status", encoding="ascii") as handle:
@@ -196,21 +201,6 @@ def process_memory_kb(pid: int) -> tuple[int, int]:
             if key in ("VmRSS", "VmHWM"):
                 fields[key] = int(value.split()[0])
     return fields.get("VmRSS", 0), fields.get("VmHWM", 0)
-
-
-def descendants(pid: int) -> list[int]:
-    """pid and every process below it (from /proc/<pid>/task/*/children)."""
-    found, todo = [], [pid]
-    while todo:
-        current = todo.pop()
-        found.append(current)
-        try:
-            for task in os.listdir(f"/proc/{current}/task"):
-                with open(f"/proc/{current}/task/{task}/children", encoding="ascii") as handle:
-                    todo.extend(int(child) for child in handle.read().split())
-        except OSError:
-            continue
-    return found
 
 
 def table(header: list[str], rows: list[list[str]]) -> list[str]:

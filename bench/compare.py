@@ -1,0 +1,624 @@
+"""queuectl beside task-spooler, nq and RQ (issue 5): `python bench/compare.py [--install] [--out FILE]`.
+
+The same work for every system, measured the same way, in one run, beside
+the baseline `seq N | xargs -P2 -I{} sh -c true` (no queue at all):
+
+- throughput: 2 gate jobs hold both workers while N+K trivial jobs are
+  enqueued; the time from opening the gate to the last job done gives jobs/s;
+- enqueue cost from a shell: K enqueues, one client process each (while the
+  gate holds the workers, so no job runs meanwhile);
+- pick-up latency of one job on idle workers, from the enqueue call to the
+  job's own `date +%s%N` (p50, p95, max over --tries): through the system's
+  in-process API where it has one, and through its shell client;
+- memory (VmRSS) of the idle workers and their server, found by a marker in
+  their environment.
+
+Systems: queuectl (2 workers); task-spooler (`tsp`, 2 slots, its own socket);
+nq (no worker pool: every job is its own waiting process and jobs run one at
+a time, so it is measured as it is); RQ on a real Redis started here on
+127.0.0.1 (2 `rq worker` processes, jobs call subprocess.run(['true']) from a
+module on PYTHONPATH). A system that is not installed is skipped with a
+message; `--install` installs them (apt-get for tsp, nq and redis-server; rq
+and redis into a throwaway venv in the run's temporary folder).
+
+Then scale runs of queuectl alone: one worker's claim rate and memory with
+100, 10,000 and 100,000 jobs pending; `status` and `list --limit 20` on
+100,000 jobs; enqueue rate with `durable` on and off. `--chart FILE.png`
+draws jobs/s by system (a PNG written with zlib and struct).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+import zlib
+
+import benchlib as lib
+
+MARKER = "QUEUECTL_BENCH_SYSTEM"
+
+
+def gate_command(gate: str, slot: int) -> str:
+    """A job that says it runs, then waits until the gate file appears."""
+    return f"touch {gate}.running-{slot}; while [ ! -e {gate} ]; do sleep 0.002; done"
+
+
+class System:
+    """One queue under test; subclasses say how to start it, enqueue into it and know it is done."""
+
+    name = ""
+    slots = 2
+    needs: tuple[str, ...] = ()
+
+    def __init__(self, workdir: str):
+        self.workdir = os.path.join(workdir, self.name)
+        os.makedirs(self.workdir)
+        self.marker = f"{self.name}-{uuid.uuid4().hex[:8]}"
+        self.env = {**os.environ, MARKER: self.marker}
+        self.processes: list[subprocess.Popen] = []
+
+    @classmethod
+    def missing(cls) -> str | None:
+        absent = [tool for tool in cls.needs if shutil.which(tool) is None]
+        return f"not installed ({', '.join(absent)}); --install installs it" if absent else None
+
+    def start(self) -> None: ...
+    def stop(self) -> None:
+        for process in self.processes:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGTERM)
+        for process in self.processes:
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+        for pid in marked_pids(self.marker):  # daemons that left their parent
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+    def spawn(self, argv: list[str], **options) -> subprocess.Popen:
+        process = subprocess.Popen(argv, env=self.env, start_new_session=True, stdin=subprocess.DEVNULL,
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **options)
+        self.processes.append(process)
+        return process
+
+    def shell_enqueue(self, command: str) -> list[str]: ...
+    def enqueue(self, command: str) -> None:
+        """The in-process API where there is one, else the shell client."""
+        subprocess.run(self.shell_enqueue(command), env=self.env, check=True, stdout=subprocess.DEVNULL)
+
+    def enqueue_many(self, count: int) -> None:
+        for _ in range(count):
+            self.enqueue("true")
+
+    def wait_done(self, total: int) -> None: ...
+
+    def pids(self) -> set[int]:
+        """Its workers, daemons and server: marked, or started here (redis-server rewrites its environ)."""
+        return set(marked_pids(self.marker)) | {process.pid for process in self.processes if process.poll() is None}
+
+    def memory_kb(self) -> int:
+        return sum(lib.process_memory_kb(pid)[0] for pid in self.pids())
+
+    def processes_named(self) -> str:
+        names = sorted(process_name(pid) for pid in self.pids())
+        return ", ".join(f"{names.count(name)}x {name}" for name in sorted(set(names))) or "none"
+
+
+class Queuectl(System):
+    name = "queuectl"
+
+    def start(self) -> None:
+        self.spool = lib.new_spool(os.path.join(self.workdir, "spool"))
+        self.spawn(lib.queuectl_argv(self.spool.root) + ["worker", "start", "-n", "2"])
+        lib.wait_for(lambda: len(lib.worker_pids(self.spool)) >= 2, 60, "queuectl workers")
+
+    def shell_enqueue(self, command: str) -> list[str]:
+        return lib.queuectl_argv(self.spool.root) + ["enqueue", command]
+
+    def enqueue(self, command: str) -> None:
+        self.spool.enqueue(command)
+
+    def enqueue_many(self, count: int) -> None:
+        self.spool.enqueue_many([{"command": "true"}] * count)
+
+    def wait_done(self, total: int) -> None:
+        lib.wait_for(lambda: lib.count_files(self.spool.dir("completed")) >= total, 600, "queuectl jobs")
+
+
+class TaskSpooler(System):
+    name = "task-spooler"
+    needs = ("tsp",)
+
+    def start(self) -> None:
+        self.env.update(TS_SOCKET=os.path.join(self.workdir, "socket"), TS_SLOTS="2", TS_MAXFINISHED="1000000",
+                        TMPDIR=self.workdir)
+        subprocess.run(["tsp", "-S", "2"], env=self.env, check=True)  # starts its server
+
+    def shell_enqueue(self, command: str) -> list[str]:
+        return ["tsp", "sh", "-c", command]
+
+    def enqueue_many(self, count: int) -> None:
+        for _ in range(count):
+            subprocess.run(["tsp", "true"], env=self.env, check=True, stdout=subprocess.DEVNULL)
+
+    def wait_done(self, total: int) -> None:
+        def finished() -> bool:
+            listing = subprocess.run(["tsp", "-l"], env=self.env, capture_output=True, text=True).stdout
+            states = [line.split()[1] for line in listing.splitlines()[1:] if line.strip()]
+            return states.count("finished") >= total
+        subprocess.run(["tsp", "-w"], env=self.env, stdout=subprocess.DEVNULL)
+        lib.wait_for(finished, 600, "tsp jobs", interval=0.02)
+
+    def stop(self) -> None:
+        subprocess.run(["tsp", "-K"], env=self.env, stderr=subprocess.DEVNULL)
+        super().stop()
+
+
+class Nq(System):
+    name = "nq"
+    slots = 1  # nq runs one job at a time
+    needs = ("nq",)
+
+    def start(self) -> None:
+        self.env["NQDIR"] = os.path.join(self.workdir, "queue")
+        os.makedirs(self.env["NQDIR"])
+
+    def shell_enqueue(self, command: str) -> list[str]:
+        return ["nq", "-q", "sh", "-c", command]
+
+    def enqueue_many(self, count: int) -> None:
+        for _ in range(count):
+            subprocess.run(["nq", "-q", "true"], env=self.env, check=True)
+
+    def wait_done(self, total: int) -> None:
+        subprocess.run(["nq", "-w"], env=self.env, check=True, stdout=subprocess.DEVNULL)
+
+
+RQ_JOBS = """import subprocess
+
+def true():
+    subprocess.run(['true'])
+
+def shell(command):
+    subprocess.run(command, shell=True)
+"""
+
+RQ_CLIENT = """import sys, time
+from redis import Redis
+from rq import Queue, Worker
+import benchjobs
+redis = Redis.from_url(sys.argv[1])
+queue = Queue("bench", connection=redis)
+if len(sys.argv) > 2:  # one job from a shell
+    queue.enqueue(benchjobs.shell, sys.argv[2])
+    raise SystemExit
+for line in sys.stdin:
+    verb, _, argument = line.rstrip("\\n").partition(" ")
+    if verb == "ready":
+        while len(Worker.all(connection=redis)) < int(argument):
+            time.sleep(0.05)
+    elif verb == "shell":
+        queue.enqueue(benchjobs.shell, argument)
+    elif verb == "many":
+        for _ in range(int(argument)):
+            queue.enqueue(benchjobs.true)
+    elif verb == "done":
+        while queue.finished_job_registry.count < int(argument):
+            time.sleep(0.005)
+    print("ok", flush=True)
+"""
+
+
+class Rq(System):
+    name = "rq"
+    needs = ("redis-server",)
+    python = ""  # the Python that can import rq: set by main()
+
+    @classmethod
+    def missing(cls) -> str | None:
+        if shutil.which("redis-server") is None:
+            return "not installed (redis-server); --install installs it"
+        if not cls.python:
+            return "rq is not importable; --install puts rq and redis into a throwaway venv"
+        return None
+
+    def start(self) -> None:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        self.url = f"redis://127.0.0.1:{port}/0"
+        self.spawn(["redis-server", "--bind", "127.0.0.1", "--port", str(port), "--save", "",
+                    "--appendonly", "no", "--dir", self.workdir])
+        with open(os.path.join(self.workdir, "benchjobs.py"), "w", encoding="utf-8") as handle:
+            handle.write(RQ_JOBS)
+        self.client_script = os.path.join(self.workdir, "client.py")
+        with open(self.client_script, "w", encoding="utf-8") as handle:
+            handle.write(RQ_CLIENT)
+        self.env["PYTHONPATH"] = self.workdir
+        lib.wait_for(self._redis_up, 30, "redis-server")
+        rq = os.path.join(os.path.dirname(self.python), "rq")
+        for _ in range(2):
+            self.spawn([rq, "worker", "-q", "-u", self.url, "bench"], cwd=self.workdir)
+        unmarked = {name: value for name, value in self.env.items() if name != MARKER}  # not a worker
+        self.client = subprocess.Popen([self.python, self.client_script, self.url], env=unmarked, text=True,
+                                       stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=self.workdir)
+        self._ask("ready 2")
+
+    def _redis_up(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", int(self.url.rsplit(":", 1)[1].split("/")[0])), 1) as conn:
+                conn.sendall(b"PING\r\n")
+                return conn.recv(16).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    def _ask(self, line: str) -> None:
+        self.client.stdin.write(line + "\n")
+        self.client.stdin.flush()
+        if self.client.stdout.readline().strip() != "ok":
+            raise RuntimeError(f"rq client failed on {line!r}")
+
+    def shell_enqueue(self, command: str) -> list[str]:
+        return [self.python, self.client_script, self.url, command]
+
+    def enqueue(self, command: str) -> None:
+        self._ask(f"shell {command}")  # the client's own round trip is < 0.1 ms of this
+
+    def enqueue_many(self, count: int) -> None:
+        self._ask(f"many {count}")
+
+    def wait_done(self, total: int) -> None:
+        self._ask(f"done {total}")
+
+    def stop(self) -> None:
+        self.client.stdin.close()
+        self.client.wait(timeout=10)
+        super().stop()
+
+
+SYSTEMS = (Queuectl, TaskSpooler, Nq, Rq)
+
+
+def marked_pids(marker: str) -> list[int]:
+    """Processes whose environment carries this system's marker (its workers, server and daemons)."""
+    needle = f"{MARKER}={marker}".encode()
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and int(entry) != os.getpid():
+            try:
+                with open(f"/proc/{entry}/environ", "rb") as handle:
+                    if needle in handle.read().split(b"\0"):
+                        found.append(int(entry))
+            except OSError:
+                continue
+    return found
+
+
+def process_name(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as handle:
+            argv = handle.read().split(b"\0")
+    except OSError:
+        return "?"
+    words = [os.path.basename(word.decode(errors="replace")) for word in argv if word]
+    if words and words[0].startswith("python") and len(words) > 2:
+        return " ".join(words[:4]) if words[1] == "-m" else " ".join(words[1:3])
+    return " ".join(words[:2])
+
+
+# -- measurements -------------------------------------------------------------
+
+def measure(system: System, jobs: int, shell_jobs: int, tries: int) -> dict:
+    stamps = os.path.join(system.workdir, "stamps")
+    os.makedirs(stamps)
+    result: dict = {}
+    system.start()
+    try:
+        time.sleep(1.0)  # idle: start-up work done
+        result["memory_kb"] = system.memory_kb()
+        result["processes"] = system.processes_named()
+        result["latency_api"] = pickup(system, stamps, tries, shell=False)
+        result["latency_shell"] = pickup(system, stamps, tries, shell=True)
+        gate = os.path.join(system.workdir, "gate")
+        for slot in range(system.slots):
+            system.enqueue(gate_command(gate, slot))
+        lib.wait_for(lambda: os.path.exists(f"{gate}.running-0"), 60, f"{system.name} gate job")
+        before = time.perf_counter()
+        for _ in range(shell_jobs):
+            subprocess.run(system.shell_enqueue("true"), env=system.env, check=True, stdout=subprocess.DEVNULL)
+        result["enqueue_shell"] = (time.perf_counter() - before) / shell_jobs
+        system.enqueue_many(jobs)
+        opened = time.perf_counter()
+        with open(gate, "w"):
+            pass
+        latency_jobs = sum(len(result[kind] or []) for kind in ("latency_api", "latency_shell"))
+        system.wait_done(latency_jobs + system.slots + shell_jobs + jobs)
+        result["rate"] = (jobs + shell_jobs) / (time.perf_counter() - opened)
+    finally:
+        system.stop()
+    return result
+
+
+def pickup(system: System, stamps: str, tries: int, *, shell: bool) -> list[float] | None:
+    if not shell and type(system).enqueue is System.enqueue:
+        return None  # no in-process API: the shell row says it
+    latencies = []
+    for attempt in range(tries):
+        stamp = os.path.join(stamps, f"{'shell' if shell else 'api'}-{attempt}")
+        before = time.time()
+        if shell:
+            subprocess.run(system.shell_enqueue(lib.stamp_command(stamp)), env=system.env, check=True,
+                           stdout=subprocess.DEVNULL)
+        else:
+            system.enqueue(lib.stamp_command(stamp))
+        lib.wait_for(lambda: os.path.exists(stamp), 30, f"{system.name} job", interval=0.0005)
+        latencies.append(lib.read_stamp(stamp) - before)
+        time.sleep(0.05)  # the job settles; the workers are idle again
+    return latencies
+
+
+def shell_process_cost(count: int) -> float:
+    """Seconds per `sh -c true` started from here: the floor of any one-process-per-job client."""
+    before = time.perf_counter()
+    for _ in range(count):
+        subprocess.run(["sh", "-c", "true"], check=True)
+    return (time.perf_counter() - before) / count
+
+
+def idle_xargs_kb() -> int:
+    process = subprocess.Popen(["xargs", "-P2", "-I{}", "sh", "-c", "true"], stdin=subprocess.PIPE)
+    try:
+        time.sleep(0.2)
+        return lib.process_memory_kb(process.pid)[0]
+    finally:
+        process.stdin.close()
+        process.wait()
+
+
+def comparison(workdir: str, systems: list[type[System]], jobs: int, shell_jobs: int, tries: int,
+               repeat: int) -> tuple[list[str], dict[str, float]]:
+    rates: dict[str, list[float]] = {"xargs": []}
+    measured: dict[str, list[dict]] = {}
+    notes = []
+    for attempt in range(repeat):
+        rates["xargs"].append(lib.xargs_rate(jobs + shell_jobs))
+        for kind in systems:
+            reason = kind.missing()
+            if reason:
+                if attempt == 0:
+                    notes.append(f"- {kind.name}: skipped, {reason}")
+                    print(f"compare: {kind.name} skipped: {reason}", file=sys.stderr)
+                continue
+            result = measure(kind(os.path.join(workdir, f"run-{attempt}")), jobs, shell_jobs, tries)
+            measured.setdefault(kind.name, []).append(result)
+            rates.setdefault(kind.name, []).append(result["rate"])
+    stamps = os.path.join(workdir, "baseline-stamps")
+    os.makedirs(stamps)
+    spawn = lib.spawn_latency(stamps, tries)
+    sh_cost = shell_process_cost(shell_jobs)
+    xargs_kb = idle_xargs_kb()
+    base_rate = lib.median(rates["xargs"])
+
+    def latency_cells(values):
+        if values is None:
+            return ["(no API)", "", "", ""]
+        return [f"{lib.median(values) * 1e3:.1f} ms", f"{lib.quantile(values, 0.95) * 1e3:.1f} ms",
+                f"{max(values) * 1e3:.1f} ms", f"{lib.quantile(values, 0.95) / lib.quantile(spawn, 0.95):.1f}x"]
+
+    throughput_rows = [["xargs -P2 (baseline)", f"{base_rate:.0f}", "100 %", f"{sh_cost * 1e3:.2f} ms", "1.0x",
+                        lib.mb(xargs_kb), "1.0x", "xargs"]]
+    latency_rows = [["xargs (baseline): `sh -c date` spawned", "", *latency_cells(spawn)]]
+    for name, results in measured.items():
+        rate = lib.median(rates[name])
+        cost = lib.median([result["enqueue_shell"] for result in results])
+        memory = lib.median([result["memory_kb"] for result in results])
+        throughput_rows.append([name, f"{rate:.0f}", f"{rate / base_rate:.0%}", f"{cost * 1e3:.2f} ms",
+                                f"{cost / sh_cost:.1f}x", lib.mb(memory), f"{memory / xargs_kb:.1f}x",
+                                results[0]["processes"]])
+        for kind, label in (("latency_api", "in-process API"), ("latency_shell", "shell client")):
+            values = [value for result in results if result[kind] for value in result[kind]]
+            latency_rows.append([name, label, *latency_cells(values or None)])
+    lines = [f"### Comparison: {jobs} + {shell_jobs} trivial jobs through 2 workers, median of {repeat} runs", "",
+             *notes, "" if notes else None,
+             *lib.table(["system", "jobs/s", "vs xargs", "enqueue from a shell (per job)", "vs `sh -c true`",
+                         "idle memory (VmRSS, sum)", "vs idle xargs", "idle processes"], throughput_rows), "",
+             f"### Pick-up latency on idle workers: enqueue call to the job's own start, {tries} tries "
+             f"x {repeat} runs", "",
+             *lib.table(["system", "enqueued through", "p50", "p95", "max", "p95 vs baseline"], latency_rows), ""]
+    return [line for line in lines if line is not None], {name: lib.median(values) for name, values in rates.items()}
+
+
+# -- queuectl at scale ----------------------------------------------------------
+
+def scale(workdir: str, sizes: list[int], claims: int, enqueue_jobs: int) -> list[str]:
+    rows, base = [], None
+    biggest = None
+    for size in sizes:
+        path = os.path.join(workdir, f"scale-{size}")
+        run = lib.claim_run(path, size, min(claims, size))
+        base = base or run["rate"]
+        rows.append([f"{size:,}", f"{run['rate']:.0f}", f"{run['rate'] / base:.0%}", f"{run['startup']:.2f} s",
+                     lib.mb(run["rss_kb"]), lib.mb(run["hwm_kb"])])
+        if biggest is not None:
+            shutil.rmtree(biggest)
+        biggest = path
+    lines = [f"### queuectl at scale: one worker, first {claims} jobs after start-up (durable off)", "",
+             *lib.table(["pending", "claims/s", f"vs {sizes[0]:,}", "start-up to first job", "VmRSS", "VmHWM"], rows),
+             ""]
+    lines += cli_times(biggest, max(sizes))
+    shutil.rmtree(biggest)
+    lines += enqueue_rates(workdir, enqueue_jobs)
+    return lines
+
+
+def cli_times(spool_path: str, size: int, repeat: int = 3) -> list[str]:
+    commands = {"queuectl --version (start-up floor)": ["--version"], "queuectl status": ["status"],
+                "queuectl list --limit 20": ["list", "--limit", "20"]}
+    times: dict[str, list[float]] = {label: [] for label in commands}
+    for _ in range(repeat):
+        for label, args in commands.items():
+            before = time.perf_counter()
+            subprocess.run(lib.queuectl_argv(spool_path) + args, check=True, stdout=subprocess.DEVNULL)
+            times[label].append(time.perf_counter() - before)
+    floor = lib.median(times["queuectl --version (start-up floor)"])
+    rows = [[label, f"{lib.median(values) * 1e3:.0f} ms", f"{lib.median(values) / floor:.1f}x"]
+            for label, values in times.items()]
+    return [f"### CLI on a spool of {size:,} jobs (median of {repeat})", "",
+            *lib.table(["command", "wall time", "vs start-up floor"], rows), ""]
+
+
+def enqueue_rates(workdir: str, count: int) -> list[str]:
+    rows = []
+    for durable in (True, False):
+        spool = lib.new_spool(os.path.join(workdir, f"enqueue-{durable}"), durable=durable)
+        before = time.perf_counter()
+        for _ in range(count):
+            spool.enqueue("true")
+        single = count / (time.perf_counter() - before)
+        before = time.perf_counter()
+        spool.enqueue_many([{"command": "true"}] * count)
+        batch = count / (time.perf_counter() - before)
+        raw = raw_publish_rate(os.path.join(workdir, f"raw-{durable}"), count, durable)
+        rows.append([f"durable {'on' if durable else 'off'}", f"{single:.0f}", f"{batch:.0f}", f"{raw:.0f}",
+                     f"{single / raw:.0%}"])
+        shutil.rmtree(spool.root)
+    return [f"### Enqueue rate in-process, {count} jobs", "",
+            "Baseline: a raw loop of open, write, (fsync file), rename, (fsync folder) of the same bytes.", "",
+            *lib.table(["setting", "`Spool.enqueue` jobs/s", "`enqueue_many` jobs/s", "raw loop /s",
+                        "enqueue vs raw"], rows), ""]
+
+
+def raw_publish_rate(folder: str, count: int, durable: bool) -> float:
+    os.makedirs(folder)
+    data = b'{"command": "true"}\n' * 20
+    before = time.perf_counter()
+    for number in range(count):
+        temp = os.path.join(folder, f".{number}.tmp")
+        descriptor = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        os.write(descriptor, data)
+        if durable:
+            os.fsync(descriptor)
+        os.close(descriptor)
+        os.rename(temp, os.path.join(folder, f"{number}.json"))
+        if durable:
+            directory = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+            os.fsync(directory)
+            os.close(directory)
+    rate = count / (time.perf_counter() - before)
+    shutil.rmtree(folder)
+    return rate
+
+
+# -- set-up ---------------------------------------------------------------------
+
+def install(workdir: str) -> str:
+    """apt-get the peers (as root) and a throwaway venv with rq; returns that venv's Python."""
+    if shutil.which("apt-get") and os.geteuid() == 0:
+        subprocess.run(["apt-get", "update", "-qq"], check=True)
+        subprocess.run(["apt-get", "install", "-y", "-qq", "task-spooler", "nq", "redis-server"], check=True,
+                       env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+    else:
+        print("compare: not root or no apt-get: install task-spooler, nq and redis-server yourself", file=sys.stderr)
+    venv = os.path.join(workdir, "rq-venv")
+    subprocess.run([sys.executable, "-m", "venv", venv], check=True)
+    python = os.path.join(venv, "bin", "python")
+    subprocess.run([python, "-m", "pip", "install", "-q", "rq", "redis"], check=True)
+    return python
+
+
+def rq_python(workdir: str, wanted: bool, given: str | None) -> str:
+    if wanted:
+        return install(workdir)
+    if given:
+        return given
+    probe = subprocess.run([sys.executable, "-c", "import rq, redis"], capture_output=True)
+    return sys.executable if probe.returncode == 0 else ""
+
+
+def chart(path: str, rates: dict[str, float]) -> None:
+    """Horizontal bars of jobs/s, one per system, in a PNG made with zlib and struct (no labels: see the table)."""
+    colours = [(90, 90, 90), (40, 110, 200), (230, 140, 30), (60, 160, 80), (200, 60, 60), (140, 90, 180)]
+    width, bar, gap = 600, 30, 12
+    height = gap + len(rates) * (bar + gap)
+    top = max(rates.values())
+    pixels = [[(255, 255, 255)] * width for _ in range(height)]
+    for index, value in enumerate(rates.values()):
+        length = max(1, int((width - 2 * gap) * value / top))
+        for row in range(gap + index * (bar + gap), gap + index * (bar + gap) + bar):
+            pixels[row][gap:gap + length] = [colours[index % len(colours)]] * length
+    raw = b"".join(b"\0" + bytes(channel for pixel in line for channel in pixel) for line in pixels)
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    with open(path, "wb") as handle:
+        handle.write(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(raw, 9)) + chunk(b"IEND", b""))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--jobs", type=int, default=500, help="trivial jobs enqueued in bulk per run [500]")
+    parser.add_argument("--shell-jobs", type=int, default=30, help="jobs enqueued one shell process each [30]")
+    parser.add_argument("--tries", type=int, default=30, help="pick-up latency tries per run [30]")
+    parser.add_argument("--repeat", type=int, default=1, help="runs of every system [1]")
+    parser.add_argument("--systems", default=",".join(kind.name for kind in SYSTEMS),
+                        help="comma-separated subset [all]")
+    parser.add_argument("--scale", default="100,10000,100000", help="pending-queue sizes for queuectl ('' to skip)")
+    parser.add_argument("--claims", type=int, default=100, help="jobs measured per scale run [100]")
+    parser.add_argument("--enqueue-jobs", type=int, default=500, help="jobs per enqueue-rate row [500]")
+    parser.add_argument("--install", action="store_true", help="install the peers first (apt-get, pip in a venv)")
+    parser.add_argument("--rq-python", help="a Python that imports rq and redis (instead of --install's venv)")
+    parser.add_argument("--chart", metavar="PNG", help="also draw jobs/s by system")
+    parser.add_argument("--dir", default=None, help="where the temporary spools and queues go")
+    parser.add_argument("--out", help="also write the report (markdown) to this file")
+    args = parser.parse_args()
+    chosen = [kind for kind in SYSTEMS if kind.name in args.systems.split(",")]
+    workdir = tempfile.mkdtemp(prefix="qc-compare-", dir=args.dir)
+    started = time.time()
+    try:
+        Rq.python = rq_python(workdir, args.install, args.rq_python)
+        lines = ["## queuectl beside task-spooler, nq and RQ (`bench/compare.py`)", "", *lib.machine(),
+                 f"- spools and queues in: {lib.file_system(workdir)}", f"- versions: {versions()}", ""]
+        table_lines, rates = comparison(workdir, chosen, args.jobs, args.shell_jobs, args.tries, args.repeat)
+        lines += table_lines
+        if args.scale:
+            lines += scale(workdir, [int(size) for size in args.scale.split(",")], args.claims, args.enqueue_jobs)
+        if args.chart:
+            chart(args.chart, rates)
+            lines += [f"Chart: `{args.chart}` (bars top to bottom: {', '.join(rates)})", ""]
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    lines.append(f"(run took {time.time() - started:.0f} s: `{' '.join(['python', *sys.argv])}`)")
+    lib.emit(lines, args.out)
+
+
+def versions() -> str:
+    found = []
+    for package in ("task-spooler", "nq", "redis-server"):
+        probe = subprocess.run(["dpkg-query", "-W", "-f", "${Version}", package], capture_output=True, text=True)
+        if probe.returncode == 0 and probe.stdout:
+            found.append(f"{package} {probe.stdout}")
+    if Rq.python:
+        probe = subprocess.run([Rq.python, "-c", "import rq, redis; print(rq.__version__, redis.__version__)"],
+                               capture_output=True, text=True)
+        if probe.returncode == 0:
+            rq_version, redis_py = probe.stdout.split()
+            found.append(f"rq {rq_version} (redis-py {redis_py})")
+    return ", ".join(found) or "no peers"
+
+
+if __name__ == "__main__":
+    main()
