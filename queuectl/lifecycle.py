@@ -31,10 +31,22 @@ HISTORY_LIMIT = 50
 DROP_GRACE = 5.0
 
 
+# When one file (or one id) is found in two folders, the copy further along
+# is kept: a job in processing/ is running or is recovery's to settle; a
+# completed copy proves the job ran, and running it again is the one
+# outcome the queue must never cause; a dead copy was given up on or
+# cancelled on purpose (`dlq retry` can undo that, nothing can undo a second
+# run); a failed copy carries an attempt a pending one does not.
+KEEP_ORDER = ("processing", "completed", "dead", "failed", "pending")
+
+
 def claim(spool: Spool, state: str, name: str, worker: str, now: float) -> LockedJob | None:
     """Own a due job and move it into processing/; None if another worker got there first."""
     held = spool.lock(state, name)
     if held is None:
+        return None
+    if finish_cut_move(spool, held):
+        held.release()
         return None
     try:
         job = build(held.job, spool.config, stem=name[: -len(SUFFIX)], state=state)
@@ -196,6 +208,8 @@ def adopt(spool: Spool, name: str, *, complete: bool) -> str | None:
     if held is None:
         return None
     with held:
+        if finish_cut_move(spool, held):
+            return None
         stem = name[: -len(SUFFIX)] if name.endswith(SUFFIX) else name
         try:
             if held.job is None:
@@ -221,6 +235,32 @@ def adopt(spool: Spool, name: str, *, complete: bool) -> str | None:
         held.job = job
         held.save()
         return target
+
+
+def finish_cut_move(spool: Spool, held: LockedJob) -> bool:
+    """Finish a link + unlink move cut between its steps, which left this file under a second name.
+
+    Of the two names, the one further along (KEEP_ORDER) stays, as if the
+    move had gone that way: a cancel cut short is a cancel, not a run.
+    Returns True when `held`'s own name was the one dropped.
+    """
+    mine = os.fstat(held.fd)
+    if mine.st_nlink < 2:
+        return False
+    stem = held.name[: -len(SUFFIX)] if held.name.endswith(SUFFIX) else held.name
+    names = [(other, os.path.join(spool.dir(other), held.name)) for other in STATES if other != held.state]
+    names.append(("dead", os.path.join(spool.dir("dead"), stem + ".invalid")))  # a dead-letter move
+    for other, other_path in names:
+        try:
+            if not os.path.samestat(mine, os.lstat(other_path)):
+                continue
+        except FileNotFoundError:
+            continue
+        if KEEP_ORDER.index(other) < KEEP_ORDER.index(held.state):
+            os.unlink(held.path)
+            return True
+        os.unlink(other_path)
+    return False
 
 
 def recover(spool: Spool) -> list[tuple[str, str]]:
