@@ -194,14 +194,14 @@ class Worker:
         Only files the index does not know are read, so a rescan of a big
         queue costs two directory listings.
         """
-        listed = set()
-        for folder in ("pending", "failed"):
-            for name in os.listdir(self.spool.dir(folder)):
-                listed.add(name)
+        listings = {folder: os.listdir(self.spool.dir(folder)) for folder in ("pending", "failed")}
+        # Forget vanished files first: a drop-in adopted below gets a name the listing does not have.
+        for name in self.index.names() - set().union(*listings.values()):
+            self.index.discard(name)
+        for folder, names in listings.items():
+            for name in names:
                 if name not in self.index:
                     self._consider(folder, name, complete=False)
-        for name in self.index.names() - listed:
-            self.index.discard(name)
 
     def _consider(self, folder: str, name: str, *, complete: bool) -> None:
         """Index a job file, or hand a dropped-in file to adoption."""
