@@ -26,14 +26,6 @@ from .errors import ConfigError, InvalidJob
 from .job import MAX_JOB_BYTES, STATES, build, is_valid_id, loads, new_id
 from .spool import FOLDERS, SUFFIX, Spool
 
-# When one id sits in two folders, the copy further along is kept: a job in
-# processing/ is running or is recovery's to settle; a completed copy proves
-# the job ran, and running it again is the one outcome the queue must never
-# cause; a dead copy was given up on or cancelled on purpose (`dlq retry`
-# can undo that, nothing can undo a second run); a failed copy carries an
-# attempt a pending one does not. Every interrupted move (claim, settle,
-# retry, cancel, dlq retry) lands on this side or loses nothing by it.
-KEEP_ORDER = ("processing", "completed", "dead", "failed", "pending")
 TEMP_AGE = 60.0          # a write takes milliseconds; older temporary files were left by a crash
 ORPHAN_LOG_AGE = 86400.0  # a log younger than a day may belong to a job an operator is still looking for
 INVALID = ".invalid"
@@ -63,10 +55,13 @@ class _Doctor:
                                                                                     "completed", "dead")}
         # Before recovery, which drops dead workers' records itself once their jobs are recovered.
         dead_workers = [record for record in registry.records(self.spool, live_only=False) if not record["alive"]]
-        for state, names in listings.items():
-            for name in names:
-                self._entry(state, name)
+        stale = [(state, name, written) for state, names in listings.items() for name in names
+                 for written in [self._entry(state, name)] if written is not None]
+        # Before a rewrite, which makes a new file: one file under two names must still look like one.
         self._duplicates()
+        for state, name, written in stale:
+            if os.path.lexists(os.path.join(self.spool.dir(state), name)):
+                self._state_mismatch(state, name, written)
         self._dead_without_record()
         self._orphaned_jobs()
         self._stray_temp_files()
@@ -104,26 +99,33 @@ class _Doctor:
 
     # -- files in the state folders -------------------------------------------
 
-    def _entry(self, state: str, name: str) -> None:
-        """One entry of pending/, failed/, completed/ or dead/: an invalid file, or a state field gone stale."""
+    def _entry(self, state: str, name: str) -> Any:
+        """Judge one entry of pending/, failed/, completed/ or dead/; an invalid file is dealt with at once.
+
+        Returns the state field of a valid job when it disagrees with the
+        folder (a move cut before its rewrite), else None.
+        """
         if name.startswith(".") or state == "dead" and name.endswith(INVALID):
-            return
+            return None
         if state == "pending" and name.endswith(".tmp"):
-            return
+            return None
         raw, unreadable = _read_entry(os.path.join(self.spool.dir(state), name))
         if raw is None and unreadable is None:
-            return  # gone meanwhile
+            return None  # gone meanwhile
         stem = name[: -len(SUFFIX)] if name.endswith(SUFFIX) else None
         reason = unreadable or self._invalid_because(raw, state, stem)
-        if reason is None and state == "pending":
-            return  # a valid job, or a valid drop-in that a worker adopts (and names and fills in)
         fields = loads(raw) if reason is None else None
         if reason is None and fields.get("id") not in (None, stem):
+            if state == "pending":
+                return None  # a drop-in, which a worker renames after its id
             reason = f"its id {fields.get('id')!r} does not match its file name (a job is stored as <id>.json)"
         if reason is not None:
             self._invalid(state, name, reason)
-        elif fields.get("state") != state:
-            self._state_mismatch(state, name, fields.get("state"))
+            return None
+        written = fields.get("state")
+        if written == state or state == "pending" and written is None:
+            return None  # (in pending/, a drop-in that a worker fills in)
+        return written
 
     def _invalid_because(self, raw: bytes, state: str, stem: str | None) -> str | None:
         """Why these bytes are not a job (None when they are one, or a dead-letter record)."""
@@ -185,8 +187,8 @@ class _Doctor:
                 holders.setdefault(name, []).append(state)
         for name, states in sorted(holders.items()):
             if len(states) > 1:
-                keep = min(states, key=KEEP_ORDER.index)
-                for state in sorted(states, key=KEEP_ORDER.index)[1:]:
+                keep = min(states, key=lifecycle.KEEP_ORDER.index)
+                for state in sorted(states, key=lifecycle.KEEP_ORDER.index)[1:]:
                     self._fold(name, state, keep)
 
     def _fold(self, name: str, state: str, keep: str) -> None:
