@@ -137,7 +137,7 @@ def depth(workdir: str, small: int, big: int, claims: int, repeat_small: int, re
                      f"{lib.median([run['startup'] for run in runs]):.2f} s",
                      lib.mb(lib.median([run["rss_kb"] for run in runs])),
                      lib.mb(max(run["hwm_kb"] for run in runs))])
-    return [f"### c. One worker with a deep queue: claim+settle rate of the first {claims} jobs after start-up", "",
+    return [f"### c. One worker with a deep queue: claim+settle rate of jobs 21 to {claims} after start-up", "",
             f"Targets: rate with {big:,} pending >= 80 % of the rate with {small} pending; memory <= 60 MB. "
             f"Durable off (the fsyncs are measured in a.); medians of {repeat_small} runs ({small}) and "
             f"{repeat_big} runs ({big:,}). Start-up scan = worker spawn to its first job's start "

@@ -220,11 +220,12 @@ def emit(lines: list[str], out: str | None) -> None:
 
 # -- measurements both scripts make -------------------------------------------
 
-def claim_run(spool_path: str, depth: int, claims: int) -> dict:
+def claim_run(spool_path: str, depth: int, claims: int, warm_up: int = 20) -> dict:
     """One worker on a spool of `depth` pending `true` jobs, stopped after `claims` of them.
 
-    The claim rate counts only the jobs after start-up, from the job files'
-    own timestamps (first start to last finish); the start-up scan time is
+    The claim rate counts the jobs after the first `warm_up` ones (which pay
+    for the worker's first-time work whatever the depth), from the job files'
+    own timestamps: first start to last finish. The start-up scan time is
     from the worker's spawn to its first job's start. Memory is read while
     the worker still holds its index of the pending jobs.
     """
@@ -239,10 +240,10 @@ def claim_run(spool_path: str, depth: int, claims: int) -> dict:
         spawned = workers.started
     ids = sorted(name[:-5] for name in set(os.listdir(spool.dir("completed"))) - done_before
                  if name.endswith(".json"))
-    times = job_times(spool, "completed", ids)
-    first_start = min(start for start, _ in times)
-    last_finish = max(finish for _, finish in times)
-    return {"depth": depth, "rate": len(ids) / (last_finish - first_start), "startup": first_start - spawned,
+    times = sorted(job_times(spool, "completed", ids))
+    measured = times[warm_up:]
+    rate = len(measured) / (max(finish for _, finish in measured) - measured[0][0])
+    return {"depth": depth, "rate": rate, "startup": times[0][0] - spawned,
             "rss_kb": memory[0], "hwm_kb": memory[1]}
 
 

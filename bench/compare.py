@@ -455,7 +455,7 @@ def scale(workdir: str, sizes: list[int], claims: int, enqueue_jobs: int) -> lis
         if biggest is not None:
             shutil.rmtree(biggest)
         biggest = path
-    lines = [f"### queuectl at scale: one worker, first {claims} jobs after start-up (durable off)", "",
+    lines = [f"### queuectl at scale: one worker, jobs 21 to {claims} after start-up (durable off)", "",
              *lib.table(["pending", "claims/s", f"vs {sizes[0]:,}", "start-up to first job", "VmRSS", "VmHWM"], rows),
              ""]
     lines += cli_times(biggest, max(sizes))
