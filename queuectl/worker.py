@@ -109,6 +109,11 @@ class Worker:
             lifecycle.recover(self.spool)
             self._scan()
             self._loop()
+        except OSError as exc:
+            # A full or read-only disk: stop, in one line. A job this worker held is
+            # in processing/ unlocked, so the next worker's recovery moves it on.
+            raise SpoolError(f"worker {self.name} stopped: cannot write to the spool {self.spool.root}: "
+                             f"{exc.strerror or exc}") from None
         finally:
             observer.stop()
             if observer.is_alive():
