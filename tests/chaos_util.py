@@ -191,6 +191,9 @@ def sweep(setup: Callable[[int], str], prepare: Callable[[str], object], act: Ca
 class _NoObserver:
     """Stands in for watchdog's Observer: a burst worker finds its work by scanning."""
 
+    def __init__(self, *args, **kwargs) -> None:
+        pass
+
     def schedule(self, *args, **kwargs) -> None:
         pass
 
