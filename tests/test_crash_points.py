@@ -15,6 +15,7 @@ names.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from dataclasses import dataclass, field
@@ -45,6 +46,9 @@ class Operation:
     ids: set[str] = field(default_factory=lambda: {"job"})
     may_lack: set[str] = frozenset()              # never acknowledged, so absence is allowed
     kept_bytes: bytes | None = None               # an invalid file whose bytes must survive in dead/
+    # Where a move is link + unlink, a drop-in's rename cut short leaves its bytes under two names, and
+    # the second may be set aside as a duplicate: a spare copy of the job's own bytes, never a loss.
+    spare_copy: bool = False
 
 
 def claimed(spool: Spool):
@@ -79,9 +83,12 @@ def owned_by_a_dead_worker(spool_path: str) -> None:
     os.waitpid(pid, 0)
 
 
+THE_COPY = b'{"id": "job", "command": "echo the copy"}'
+
+
 def duplicated(spool_path: str) -> None:
     put_job(spool_path, "completed", "job", command="true")
-    put_job(spool_path, "pending", "job", command="echo the copy")
+    drop("job.json", THE_COPY)(spool_path)
 
 
 def past() -> str:
@@ -120,7 +127,7 @@ OPERATIONS = {
     "dlq-retry": Operation(setup=lambda path: put_job(path, "dead", "job", command="true", attempts=4),
                            act=lambda spool, _: spool.dlq_retry("job"), finals=FINISHED),
     "adopt-renamed": Operation(setup=drop("drop.json", b'{"id": "job", "command": "true"}'),
-                               act=lambda spool, _: lifecycle.adopt(spool, "drop.json", complete=True)),
+                               act=lambda spool, _: lifecycle.adopt(spool, "drop.json", complete=True), spare_copy=True),
     "adopt-in-place": Operation(setup=drop("job.json", b'{"command": "true"}'),
                                 act=lambda spool, _: lifecycle.adopt(spool, "job.json", complete=True)),
     "adopt-invalid": Operation(setup=drop("job.json", b'{"command": 42}'), finals=("dead",),
@@ -131,7 +138,8 @@ OPERATIONS = {
                             drop("drop.json", b'{"id": "job", "command": "echo twice"}')(path)),
         act=lambda spool, _: lifecycle.adopt(spool, "drop.json", complete=True),
         kept_bytes=b'{"id": "job", "command": "echo twice"}'),
-    "doctor-duplicate": Operation(setup=duplicated, act=lambda spool, _: check(spool, repair=True)),
+    "doctor-duplicate": Operation(setup=duplicated, act=lambda spool, _: check(spool, repair=True),
+                                  kept_bytes=THE_COPY, spare_copy=True),
 }
 # Operations that move files, crashed again as on a file system without renameat2.
 MOVING = ("claim-pending", "settle-completed", "settle-failed", "recover", "cancel-pending", "dlq-retry",
@@ -148,7 +156,7 @@ def fresh_spool(base, step: int, operation: Operation) -> str:
     return spool_path
 
 
-def assert_recovers(spool_path: str, operation: Operation) -> None:
+def assert_recovers(spool_path: str, operation: Operation, link_fallback: bool) -> None:
     """Both roads from a crash state end with every job once, valid, in a state the operation allows."""
     repaired_first = copy_spool(spool_path, spool_path + "-doctor")
 
@@ -157,7 +165,7 @@ def assert_recovers(spool_path: str, operation: Operation) -> None:
     # is the truth, so it is dead), kept bytes whose record was cut off. Nothing is lost or doubled.
     assert_intact(spool_path, operation.ids, may_lack=operation.may_lack, allowed_states=operation.finals,
                   tolerate=("state-field", "missing-record"))
-    assert_healthy_after_repair(spool_path, operation)
+    assert_healthy_after_repair(spool_path, operation, link_fallback)
 
     check(Spool(repaired_first), repair=True)
     assert check(Spool(repaired_first)) == []
@@ -165,21 +173,25 @@ def assert_recovers(spool_path: str, operation: Operation) -> None:
     assert_intact(repaired_first, operation.ids, may_lack=operation.ids,
                   allowed_states=("pending", "completed", "failed", "dead"), tolerate=("drop-in",))
     next_worker(repaired_first)
-    assert_healthy_after_repair(repaired_first, operation)
+    assert_healthy_after_repair(repaired_first, operation, link_fallback)
 
 
-def assert_healthy_after_repair(spool_path: str, operation: Operation) -> None:
+def assert_healthy_after_repair(spool_path: str, operation: Operation, link_fallback: bool) -> None:
     findings = check(Spool(spool_path), repair=True)
     assert [finding for finding in findings if not finding["repaired"]] == []
     assert check(Spool(spool_path)) == []
     assert_intact(spool_path, operation.ids, may_lack=operation.may_lack, allowed_states=operation.finals)
-    if operation.kept_bytes is not None:
-        kept = []
-        for name in os.listdir(os.path.join(spool_path, "dead")):
-            if name.endswith(".invalid"):
-                with open(os.path.join(spool_path, "dead", name), "rb") as handle:
-                    kept.append(handle.read())
-        assert kept == [operation.kept_bytes]
+    kept = []
+    for name in os.listdir(os.path.join(spool_path, "dead")):
+        if name.endswith(".invalid"):
+            with open(os.path.join(spool_path, "dead", name), "rb") as handle:
+                kept.append(handle.read())
+    expected = [] if operation.kept_bytes is None else [operation.kept_bytes]
+    if not (link_fallback and operation.spare_copy):
+        assert kept == expected  # only what was invalid to begin with is set aside, and only once
+        return
+    assert set(expected) <= set(kept) and len(kept) <= len(expected) + 1
+    assert all(data in expected or json.loads(data)["id"] == "job" for data in kept)
 
 
 @pytest.mark.parametrize("name, link_fallback", [(name, False) for name in OPERATIONS]
@@ -191,7 +203,7 @@ def test_a_crash_at_any_step_loses_no_job(name, link_fallback, memory_folder):
 
     def judge(spool_path: str) -> None:
         crashed.append(spool_path)
-        assert_recovers(spool_path, operation)
+        assert_recovers(spool_path, operation, link_fallback)
 
     steps, finished = sweep(lambda step: fresh_spool(memory_folder, step, operation),
                             lambda spool_path: operation.prepare(Spool(spool_path)),
@@ -199,4 +211,36 @@ def test_a_crash_at_any_step_loses_no_job(name, link_fallback, memory_folder):
                             judge, link_fallback=link_fallback)
 
     assert steps >= 2 and len(crashed) == steps
-    assert_recovers(finished, operation)  # and the operation run to its end is fine too
+    assert_recovers(finished, operation, link_fallback)  # and the operation run to its end is fine too
+
+
+@pytest.mark.parametrize("cut", ["claim", "settle"])
+def test_a_job_whose_folder_already_holds_its_id_is_set_aside_not_crashed_on(spool_path, cut):
+    """A hand-made copy is already in completed/. A cut claim goes back to pending/, runs, and its settle
+    finds completed/ taken; a cut settle is finished by recovery, which finds the same. Either way the
+    run's record goes to dead/ beside it, bytes kept, instead of the move failing forever and crashing
+    every worker that tries it."""
+    put_job(spool_path, "completed", "job", command="echo the first")
+    put_job(spool_path, "pending", "job", command="echo the second")
+    os.rename(os.path.join(spool_path, "pending", "job.json"), os.path.join(spool_path, "processing", "job.json"))
+    if cut == "settle":  # rewritten as completed, not moved yet
+        held = Spool(spool_path).lock("processing", "job.json")
+        with held:
+            held.job["state"] = "completed"
+            held.save()
+    else:
+        put_job(spool_path, "pending", "other", command="true")
+
+    next_worker(spool_path)
+
+    found = assert_intact(spool_path, {"job"} | ({"other"} if cut == "claim" else set()),
+                          allowed_states=("completed",))
+    assert Spool(spool_path).get("job")["command"] == "echo the first"
+    [(set_aside, data)] = [(job_id, json.loads(read_kept(spool_path, job_id))) for job_id in found.kept]
+    assert data["command"] == "echo the second"
+    assert "duplicate id 'job'" in Spool(spool_path).get(set_aside)["last_error"]
+
+
+def read_kept(spool_path: str, job_id: str) -> bytes:
+    with open(os.path.join(spool_path, "dead", job_id + ".invalid"), "rb") as handle:
+        return handle.read()
