@@ -13,7 +13,7 @@ from typing import Any
 
 from . import registry
 from .errors import InvalidJob
-from .job import parse_time
+from .job import STATES, parse_time
 
 SAMPLE = 500
 
@@ -29,8 +29,9 @@ def _time(value: Any) -> float | None:
 
 def summary(spool) -> dict[str, Any]:
     now = time.time()
-    counts = spool.counts()
-    pending_names = sorted(spool.names("pending"))
+    names = {state: spool.names(state) for state in STATES}  # each folder listed once: half the cost at 100k
+    counts = {state: len(found) for state, found in names.items()}
+    pending_names = sorted(names["pending"])
     scheduled = 0
     oldest_pending = next_scheduled = None
     for name in pending_names[:SAMPLE]:
@@ -46,7 +47,7 @@ def summary(spool) -> dict[str, Any]:
         if created is not None:
             oldest_pending = created if oldest_pending is None else min(oldest_pending, created)
 
-    finished = sorted(((name, state) for state in ("completed", "dead") for name in spool.names(state)),
+    finished = sorted(((name, state) for state in ("completed", "dead") for name in names[state]),
                       reverse=True)[:SAMPLE]
     succeeded = 0
     durations = []
