@@ -114,6 +114,7 @@ def fill_pending(spool: Spool, count: int, command: str = "true", prefix: str = 
     for job_id in ids:
         with open(os.path.join(pending, job_id + ".json"), "w", encoding="utf-8") as handle:
             handle.write(head + job_id + tail)
+    os.sync()  # the write-back of the new files must not run during the measurement that follows
     return ids
 
 
