@@ -162,21 +162,13 @@ def write_dead_record(spool: Spool, job_id: str, reason: str, raw: object, origi
         "original_name": printable(original_name), "original_file": job_id + ".invalid", "attempts": 0,
         "created_at": now, "updated_at": now, "history": [],
     }
-    _publish(spool, "dead", job_id, record)
+    fsops.publish(spool.dir("tmp"), os.path.join(spool.dir("dead"), job_id + SUFFIX), dumps(record),
+                  durable=spool.durable)
 
 
 def printable(text: str) -> str:
     """Text that can be stored as UTF-8: undecodable bytes of a file name and lone surrogates become escapes."""
     return text.encode("utf-8", "backslashreplace").decode("utf-8")
-
-
-def _publish(spool: Spool, state: str, job_id: str, job: dict) -> None:
-    temp, _ = fsops.write_new(spool.dir("tmp"), job_id, dumps(job), durable=spool.durable)
-    try:
-        fsops.rename_noreplace(temp, os.path.join(spool.dir(state), job_id + SUFFIX))
-    except FileExistsError:
-        os.unlink(temp)
-        raise
 
 
 def is_canonical(job: object, state: str, name: str) -> bool:

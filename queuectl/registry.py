@@ -16,9 +16,7 @@ import socket
 import time
 from typing import Any
 
-from filelock import FileLock, Timeout
-
-from .fsops import write_new
+from .fsops import publish
 
 STOP_FILE = "stop.json"
 
@@ -38,6 +36,8 @@ def new_name() -> str:
 
 def is_alive(spool, name: str) -> bool:
     """True while the worker `name` holds its lock."""
+    from filelock import FileLock, Timeout  # 18 ms of start-up that `status` without workers need not pay
+
     probe = FileLock(lock_path(spool, name), timeout=0)
     try:
         probe.acquire()
@@ -49,8 +49,7 @@ def is_alive(spool, name: str) -> bool:
 
 def write_record(spool, name: str, record: dict[str, Any]) -> None:
     """Workers' records change on every job; they need no fsync (a power cut kills them too)."""
-    temp, _ = write_new(spool.dir("tmp"), name, json.dumps(record).encode(), durable=False)
-    os.rename(temp, record_path(spool, name))
+    publish(spool.dir("tmp"), record_path(spool, name), json.dumps(record).encode(), durable=False, replace=True)
 
 
 def remove_record(spool, name: str) -> None:
