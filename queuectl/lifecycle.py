@@ -269,22 +269,9 @@ def recover(spool: Spool) -> list[tuple[str, str]]:
         with held:
             recovered.append((name[: -len(SUFFIX)], _recover_one(spool, held)))
     for record in registry.records(spool, live_only=False):
-        if not record["alive"] and not _still_running_there(spool, record.get("job")):
+        if not record["alive"]:
             registry.remove_record(spool, record["name"])
     return recovered
-
-
-def _still_running_there(spool: Spool, job_id: object) -> bool:
-    """A dead worker's record is kept while its job waits in processing/ for recovery."""
-    return is_valid_id(job_id) and os.path.lexists(os.path.join(spool.dir("processing"), f"{job_id}{SUFFIX}"))
-
-
-def _end_leftovers(spool: Spool, job: dict) -> None:
-    """The dead worker's command may still run: stop it before the job runs again."""
-    worker = job.get("worker")
-    record = registry.read_record(spool, worker) if isinstance(worker, str) and is_valid_id(worker) else None
-    if record and record.get("job") == job["id"] and isinstance(record.get("pgid"), int):
-        kill_leftovers(record["pgid"], job["id"])
 
 
 def _recover_one(spool: Spool, held: LockedJob) -> str:
@@ -300,7 +287,7 @@ def _recover_one(spool: Spool, held: LockedJob) -> str:
     except InvalidJob as exc:
         dead_letter(spool, held, str(exc))
         return "dead"
-    _end_leftovers(spool, job)
+    kill_leftovers(job["id"], spool.root)  # the dead worker's command may still run
     now = time.time()
     started = job.get("started_at")
     outcome = Outcome(started=now, finished=now, error=f"worker {job.get('worker')} died during the run")

@@ -69,6 +69,16 @@ def read_record(spool, name: str) -> dict[str, Any] | None:
     return record if isinstance(record, dict) else None
 
 
+def _running_jobs(spool) -> dict[str, str]:
+    """Worker name -> the id of the job it runs, read from processing/ (the folder is the truth)."""
+    running = {}
+    for name in spool.names("processing"):
+        job = spool.read("processing", name)
+        if job and isinstance(job.get("worker"), str):
+            running[job["worker"]] = job.get("id")
+    return running
+
+
 def records(spool, *, live_only: bool = True) -> list[dict[str, Any]]:
     """Worker records, each with `alive`; dead workers' records are dropped when live_only."""
     found = []
@@ -83,6 +93,9 @@ def records(spool, *, live_only: bool = True) -> list[dict[str, Any]]:
         record["alive"] = is_alive(spool, name)
         if record["alive"] or not live_only:
             found.append(record)
+    running = _running_jobs(spool) if found else {}
+    for record in found:
+        record["job"] = running.get(record["name"])
     return found
 
 

@@ -58,13 +58,15 @@ def _signal_group(pgid: int, signum: int) -> None:
         pass
 
 
-def kill_leftovers(pgid: int, job_id: str) -> int:
+def kill_leftovers(job_id: str, spool_root: str) -> int:
     """SIGKILL what is left of a dead worker's job; returns how many processes got it.
 
-    A process counts only if it is in the job's process group and carries
-    the job's QUEUECTL_JOB_ID, so a recycled pid is never hit.
+    A process counts only if its environment carries the job's
+    QUEUECTL_JOB_ID and QUEUECTL_SPOOL, which every process the command
+    started inherits, so a recycled pid is never hit and the worker needs
+    to write nothing down per job.
     """
-    marker = f"QUEUECTL_JOB_ID={job_id}".encode()
+    markers = {f"QUEUECTL_JOB_ID={job_id}".encode(), f"QUEUECTL_SPOOL={spool_root}".encode()}
     killed = 0
     try:
         entries = os.listdir("/proc")
@@ -74,24 +76,19 @@ def kill_leftovers(pgid: int, job_id: str) -> int:
         if not entry.isdigit():
             continue
         try:
-            with open(f"/proc/{entry}/stat", "rb") as handle:
-                fields = handle.read().rsplit(b")", 1)[1].split()
-            if int(fields[2]) != pgid:
-                continue
             with open(f"/proc/{entry}/environ", "rb") as handle:
-                if marker not in handle.read().split(b"\0"):
+                if not markers <= set(handle.read().split(b"\0")):
                     continue
             os.kill(int(entry), signal.SIGKILL)
             killed += 1
-        except (OSError, IndexError, ValueError):
+        except OSError:
             continue
     return killed
 
 
 def run(job: dict, *, log_path: str, worker: str, spool_root: str, timeout: float | None,
         kill_grace: float, pass_env: list[str], tail_lines: int,
-        interruption: Callable[[], str | None], on_start: Callable[[int], None] = lambda pgid: None,
-        wait_step: float = 0.5) -> Outcome:
+        interruption: Callable[[], str | None], wait_step: float = 0.5) -> Outcome:
     """Run the job's command once and say how it ended.
 
     `interruption()` is asked every `wait_step` seconds (and whenever stderr
@@ -120,7 +117,6 @@ def run(job: dict, *, log_path: str, worker: str, spool_root: str, timeout: floa
             os.write(log_fd, f"queuectl: {outcome.error}\n".encode())
             outcome.finished = time.time()
             return outcome
-        on_start(process.pid)
         _supervise(process, log_fd, outcome, timeout, kill_grace, interruption, tail_lines, wait_step)
     finally:
         os.close(log_fd)

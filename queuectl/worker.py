@@ -85,10 +85,7 @@ class Worker:
         self.wake = threading.Event()
         self.stopping = False
         self.stop_now = False
-        self.current: str | None = None
-        self.current_pgid: int | None = None
         self.rechecks: dict[str, float] = {}  # dropped-in files that may still be being written
-        self.processed = 0
 
     # -- life ----------------------------------------------------------------
 
@@ -140,10 +137,9 @@ class Worker:
             self.wake.set()
 
     def _write_record(self) -> None:
+        """Written once: the job a worker runs is read from processing/, not from here."""
         registry.write_record(self.spool, self.name, {
-            "pid": os.getpid(), "host": os.uname().nodename, "started": self.started,
-            "job": self.current, "pgid": self.current_pgid, "heartbeat": time.time(),
-            "processed": self.processed})
+            "pid": os.getpid(), "host": os.uname().nodename, "started": self.started})
 
     # -- the loop ------------------------------------------------------------
 
@@ -168,9 +164,6 @@ class Worker:
             if due is not None:
                 self._process(*due)
                 continue
-            if self.current is not None:
-                self.current = None
-                self._write_record()
             if self.burst and not self.rechecks and self.events.empty():
                 return
             wake_at = min(t for t in (next_recovery, next_scan, self.index.next_due(),
@@ -249,7 +242,6 @@ class Worker:
                 self._consider(state, name, complete=True)  # not due after all: re-read its time
             return
         job = held.job
-        self.current = job["id"]
         settings = self.spool.config
         timeout = job.get("timeout")
         timeout = (timeout if timeout is not None else settings["timeout"]) or None
@@ -257,19 +249,11 @@ class Worker:
             outcome = runner.run(
                 job, log_path=self.spool.log_path(job["id"]), worker=self.name, spool_root=self.spool.root,
                 timeout=timeout, kill_grace=settings["kill_grace"], pass_env=settings["pass_env"],
-                tail_lines=settings["log_tail_lines"], interruption=self._interruption(job["id"]),
-                on_start=self._started)
+                tail_lines=settings["log_tail_lines"], interruption=self._interruption(job["id"]))
             lifecycle.settle(self.spool, held, outcome, timeout)
         finally:
             held.release()
         registry.clear_cancel(self.spool, job["id"])
-        self.processed += 1
-        self.current_pgid = None
-
-    def _started(self, pgid: int) -> None:
-        """Record the job's process group, so recovery can end it if this worker dies."""
-        self.current_pgid = pgid
-        self._write_record()
 
     def _interruption(self, job_id: str):
         def ask() -> str | None:

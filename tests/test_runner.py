@@ -167,13 +167,15 @@ def test_a_background_child_holding_stderr_does_not_hold_up_the_run(run, tmp_pat
 
 
 def test_kill_leftovers_ends_only_the_jobs_processes(tmp_path):
+    spool_root = str(tmp_path / "spool")
     group = subprocess.Popen(["/bin/sh", "-c", "sleep 30 & exec sleep 30"], start_new_session=True,
-                             env={"PATH": os.defpath, "QUEUECTL_JOB_ID": "job-1"})
+                             env={"PATH": os.defpath, "QUEUECTL_JOB_ID": "job-1", "QUEUECTL_SPOOL": spool_root})
     try:
         wait_until(lambda: len(_group_members(group.pid)) == 2, message="both sleeps to start")
 
-        assert runner.kill_leftovers(group.pid, "job-2") == 0
-        assert runner.kill_leftovers(group.pid, "job-1") == 2
+        assert runner.kill_leftovers("job-2", spool_root) == 0
+        assert runner.kill_leftovers("job-1", spool_root + "-other") == 0
+        assert runner.kill_leftovers("job-1", spool_root) == 2
 
         assert group.wait(timeout=10) == -signal.SIGKILL
         wait_until(lambda: not [pid for pid in _group_members(group.pid) if process_alive(pid)],
