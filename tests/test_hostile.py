@@ -198,9 +198,11 @@ def hostile_entries(pending: str, secret) -> dict[str, bytes | None]:
     for name, data in files.items():
         with open(os.path.join(pending, name), "wb") as handle:
             handle.write(data)
+        os.utime(os.path.join(pending, name), (1_000_000_000, 1_000_000_000))  # long complete: judged at once
     odd_name = os.path.join(os.fsencode(pending), b"odd \xff\n name.json")
     with open(odd_name, "wb") as handle:
         handle.write(b"{")
+    os.utime(odd_name, (1_000_000_000, 1_000_000_000))
     files["odd \udcff\n name.json"] = b"{"
     os.symlink(secret, os.path.join(pending, "link-to-file.json"))
     os.symlink(secret.parent, os.path.join(pending, "link-to-folder.json"))
