@@ -55,12 +55,21 @@ def exists(spool, state: str, job_id: str) -> bool:
 
 @contextmanager
 def live_worker(spool, name: str, job: str | None) -> Iterator[None]:
-    """A worker record whose lock is held, as a running worker keeps it."""
+    """A worker record whose lock is held, as a running worker keeps it.
+
+    The job it runs is known the way workers tell it: the job file in
+    processing/ names the worker.
+    """
     lock = FileLock(registry.lock_path(spool, name))
     lock.acquire()
-    now = time.time()
-    registry.write_record(spool, name, {"pid": os.getpid(), "host": "testhost", "started": now - 90,
-                                        "job": job, "heartbeat": now})
+    if job is not None:
+        path = os.path.join(spool.dir("processing"), job + ".json")
+        with open(path, "rb") as handle:
+            running = json.loads(handle.read())
+        running["worker"] = name
+        with open(path, "wb") as handle:
+            handle.write(dumps(running))
+    registry.write_record(spool, name, {"pid": os.getpid(), "host": "testhost", "started": time.time() - 90})
     try:
         yield
     finally:
