@@ -65,11 +65,13 @@ def new_id() -> str:
 
 def iso(timestamp: float) -> str:
     """Seconds since the epoch as ISO-8601 UTC with milliseconds: `2026-11-25T10:30:00.000Z`."""
-    m = datetime.fromtimestamp(timestamp, timezone.utc)
+    # Whole milliseconds first, rounded: a time read back from this text gives the same text.
+    millis = round(timestamp * 1000)
+    m = datetime.fromtimestamp(millis // 1000, timezone.utc)
     # Formatted by hand: strftime is slower (a worker stamps a dozen times per job)
     # and writes year 1 as "1", which fromisoformat cannot read back.
     return (f"{m.year:04d}-{m.month:02d}-{m.day:02d}T{m.hour:02d}:{m.minute:02d}:{m.second:02d}."
-            f"{m.microsecond // 1000:03d}Z")
+            f"{millis % 1000:03d}Z")
 
 
 def parse_time(value: str) -> float:
