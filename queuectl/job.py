@@ -16,7 +16,7 @@ import os
 import re
 import threading
 import time
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from .errors import InvalidJob
@@ -63,10 +63,15 @@ def new_id() -> str:
     return f"{stamp}{micros % 1_000_000:06d}-{os.getpid() % 0x10000:04x}"
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
 def iso(timestamp: float) -> str:
     """Seconds since the epoch as ISO-8601 UTC with milliseconds: `2026-11-25T10:30:00.000Z`."""
-    # Whole milliseconds first, rounded: a time read back from this text gives the same text.
-    millis = round(timestamp * 1000)
+    # Truncated, never rounded up: a time stamped now must not lie in the future (a job would
+    # not be due yet). parse_time returns the float just at or above a text's exact time, so
+    # what this text reads back as truncates to the same text.
+    millis = math.floor(timestamp * 1000)
     m = datetime.fromtimestamp(millis // 1000, timezone.utc)
     # Formatted by hand: strftime is slower (a worker stamps a dozen times per job)
     # and writes year 1 as "1", which fromisoformat cannot read back.
@@ -80,12 +85,15 @@ def parse_time(value: str) -> float:
     if text.endswith(("Z", "z")):
         text = text[:-1] + "+00:00"
     try:
-        timestamp = datetime.fromisoformat(text).timestamp()
-        iso(timestamp)  # an offset can push a valid local time outside the years UTC can write
+        moment = datetime.fromisoformat(text)
+        since_epoch = (moment if moment.tzinfo else moment.astimezone()) - _EPOCH
+        iso(moment.timestamp())  # an offset can push a valid local time outside the years UTC can write
     except (ValueError, OverflowError, OSError):
         raise InvalidJob(f"invalid time {value!r}: use ISO-8601 between the years 1 and 9999, "
                          f"e.g. 2026-11-25T10:30:00Z") from None
-    return timestamp
+    exact = since_epoch // timedelta(microseconds=1)
+    timestamp = exact / 1_000_000
+    return timestamp if timestamp * 1_000_000 >= exact else math.nextafter(timestamp, math.inf)
 
 
 def _time_field(job: dict, name: str) -> None:
