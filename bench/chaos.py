@@ -20,7 +20,7 @@ import tempfile
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
 
-from chaos_util import dump, run_chaos, worker_pid  # noqa: E402
+from chaos_util import dump, run_chaos  # noqa: E402
 from workers_util import WorkerProcesses  # noqa: E402
 
 from queuectl.doctor import check  # noqa: E402
@@ -45,13 +45,12 @@ def main() -> int:
             workers.kill_all()
         print(report.summary())
         print(dump(report))
-        strangers = [name for names in report.died.values() for name in names
-                     if worker_pid(name) not in report.killed_pids]
         crashes = workers.tracebacks()
         check(workers.spool, repair=True)
         unrepaired = check(workers.spool)
         print(f"worker tracebacks: {len(crashes)}; doctor after repair: {unrepaired or 'healthy'}")
-        failed = report.lost or report.stuck or report.unexplained_repeats or strangers or crashes or unrepaired
+        failed = (report.lost or report.stuck or report.unexplained_repeats or report.unknown_killers
+                  or crashes or unrepaired)
     return 1 if failed else 0
 
 

@@ -17,7 +17,6 @@
 from __future__ import annotations
 
 import collections
-import errno
 import json
 import os
 import pathlib
@@ -123,12 +122,11 @@ STEPS = ((os, "write"), (os, "fsync"), (os, "rename"), (os, "replace"), (os, "li
 
 
 def crash_at(step: int, prepare: Callable[[], object], act: Callable[[object], object], *,
-             torn: bool = False, link_fallback: bool = False) -> bool:
+             link_fallback: bool = False) -> bool:
     """Fork; the child runs `prepare()`, then `act(prepared)` and dies at its `step`-th file-system step.
 
     Returns True if the child died there, False if `act` finished in fewer
-    steps (the sweep is over). With `torn`, a write that is the chosen step
-    writes half its bytes first. With `link_fallback` the child moves files
+    steps (the sweep is over). With `link_fallback` the child moves files
     as on a file system without renameat2 (link, then unlink).
     """
     pid = os.fork()
@@ -138,7 +136,7 @@ def crash_at(step: int, prepare: Callable[[], object], act: Callable[[object], o
             if link_fallback:
                 fsops._renameat2 = None
             prepared = prepare()
-            _arm(step, torn)
+            _arm(step)
             act(prepared)
             code = 0
         except BaseException:
@@ -152,16 +150,14 @@ def crash_at(step: int, prepare: Callable[[], object], act: Callable[[object], o
     return code == CRASHED
 
 
-def _arm(step: int, torn: bool) -> None:
+def _arm(step: int) -> None:
     calls = 0
 
-    def counted(original, name):
+    def counted(original):
         def call(*args, **kwargs):
             nonlocal calls
             calls += 1
             if calls == step:
-                if torn and name == "write" and len(args[1]) > 1:
-                    original(args[0], bytes(args[1])[: len(args[1]) // 2])
                 os._exit(CRASHED)
             return original(*args, **kwargs)
         return call
@@ -169,7 +165,7 @@ def _arm(step: int, torn: bool) -> None:
     for module, name in STEPS:
         original = getattr(module, name)
         if original is not None:
-            setattr(module, name, counted(original, name))
+            setattr(module, name, counted(original))
 
 
 def sweep(setup: Callable[[int], str], prepare: Callable[[str], object], act: Callable[[str, object], object],
@@ -237,21 +233,6 @@ def copy_spool(source: str, target: str) -> str:
     return target
 
 
-# -- faults of the disk ------------------------------------------------------------
-
-def failing(original: Callable, error: int, when: Callable[[], bool]) -> Callable:
-    """`original`, except that it raises OSError(error) while `when()` is true."""
-    def call(*args, **kwargs):
-        if when():
-            raise OSError(error, os.strerror(error))
-        return original(*args, **kwargs)
-    return call
-
-
-def disk_full(*args, **kwargs):
-    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-
-
 # -- the chaos run -------------------------------------------------------------------
 
 @dataclass
@@ -279,8 +260,14 @@ class ChaosReport:
 
     @property
     def unexplained_repeats(self) -> list[str]:
-        """Ids that ran twice though no worker was killed while running them."""
-        return sorted(job_id for job_id in self.repeats if job_id not in self.died)
+        """Ids that ran more often than once plus once for each worker that died running them."""
+        return sorted(job_id for job_id, count in self.repeats.items() if count > 1 + len(self.died.get(job_id, [])))
+
+    @property
+    def unknown_killers(self) -> list[str]:
+        """Workers that job histories say died mid-run, though this run did not kill them."""
+        return sorted(name for names in self.died.values() for name in names
+                      if worker_pid(name) not in self.killed_pids)
 
     @property
     def expected_ids(self) -> list[str]:
@@ -289,9 +276,10 @@ class ChaosReport:
     def summary(self) -> str:
         dead = sum(state == "dead" for state in self.states.values())
         return (f"jobs {self.jobs}, kills {self.kills}, completed {len(self.states) - dead - len(self.stuck)}, "
-                f"dead {dead} (by design: {self.jobs // FAIL_EVERY}), lost {len(self.lost)}, "
+                f"dead {dead} (by design: {len(range(0, self.jobs, FAIL_EVERY))}), lost {len(self.lost)}, "
                 f"stuck {len(self.stuck)}, jobs whose worker died mid-run {len(self.died)}, "
-                f"repeats {len(self.repeats)} (unexplained {len(self.unexplained_repeats)}), "
+                f"repeats {len(self.repeats)} ({sum(self.repeats.values()) - len(self.repeats)} extra runs, "
+                f"unexplained {len(self.unexplained_repeats)}), "
                 f"{self.seconds:.1f}s")
 
 

@@ -17,7 +17,7 @@ import time
 import pytest
 
 from chaos_util import assert_intact
-from conftest import put_job, run_queuectl
+from conftest import put_job
 from queuectl import Spool, lifecycle, registry
 from queuectl.doctor import check
 from queuectl.job import iso

@@ -26,7 +26,7 @@ from queuectl import Spool, lifecycle
 from queuectl.config import defaults
 from queuectl.doctor import check
 from queuectl.errors import InvalidJob
-from queuectl.job import MAX_JOB_BYTES, build, dumps, loads
+from queuectl.job import MAX_JOB_BYTES, build, dumps, iso, loads, parse_time
 from workers_util import workers  # noqa: F401  (a fixture)
 
 BOUNDED = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -89,6 +89,15 @@ def test_build_gives_a_complete_job_or_invalidjob_and_keeps_unknown_fields(job_f
         if key not in KNOWN:
             assert job[key] == value
     assert job["id"] == job_fields.get("id") or job_fields.get("id") is None
+
+
+@BOUNDED
+@given(st.floats(min_value=-6e10, max_value=2.5e11))
+def test_a_stored_time_reads_back_as_itself_and_never_later(timestamp):
+    """Else a job stamped now is not due yet (a burst worker left it behind) or drifts on each rewrite."""
+    text = iso(timestamp)
+    assert iso(parse_time(text)) == text
+    assert parse_time(text) <= timestamp + 1e-6 * max(1.0, abs(timestamp) / 1e9)
 
 
 @BOUNDED

@@ -15,7 +15,7 @@ import sys
 
 import pytest
 
-from chaos_util import FAIL_EVERY, chaos_id, run_chaos, worker_pid
+from chaos_util import FAIL_EVERY, chaos_id, run_chaos
 from conftest import wait_until
 from queuectl import Spool
 from queuectl.doctor import check
@@ -88,12 +88,10 @@ def test_chaos_sigkill_a_worker_every_200ms_loses_nothing(spool_path, workers, t
         assert report.states[job_id] == ("dead" if number % FAIL_EVERY == 0 else "completed"), job_id
         if report.states[job_id] == "completed":
             assert report.runs[job_id] >= 1, f"{job_id} completed without running"
-    # At-least-once, and only where a worker died: every repeat is a job whose
-    # history names a worker that this test killed while it ran the job.
+    # At-least-once, and only where a worker died: a job runs again once for each worker
+    # that its history says died running it, and each of those is one this test killed.
     assert report.unexplained_repeats == []
-    killers = {name for names in report.died.values() for name in names}
-    assert {worker_pid(name) for name in killers} <= report.killed_pids
-    assert len(killers) <= report.kills
-    assert all(report.runs[job_id] <= 1 + len(report.died[job_id]) for job_id in report.repeats)
+    assert report.unknown_killers == []
+    assert len({name for names in report.died.values() for name in names}) <= report.kills
     check(workers.spool, repair=True)  # the records of the workers killed at the end
     assert check(workers.spool) == []
