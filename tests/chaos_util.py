@@ -243,7 +243,7 @@ class ChaosReport:
     runs: collections.Counter = field(default_factory=collections.Counter)  # id -> times its command ran
     states: dict[str, str] = field(default_factory=dict)
     died: dict[str, list[str]] = field(default_factory=dict)  # id -> workers that died running it
-    running_when_killed: set[str] = field(default_factory=set)  # from the victims' worker records
+    running_when_killed: set[str] = field(default_factory=set)  # in processing/ under a victim's name
     seconds: float = 0.0
 
     @property
@@ -277,7 +277,8 @@ class ChaosReport:
         dead = sum(state == "dead" for state in self.states.values())
         return (f"jobs {self.jobs}, kills {self.kills}, completed {len(self.states) - dead - len(self.stuck)}, "
                 f"dead {dead} (by design: {len(range(0, self.jobs, FAIL_EVERY))}), lost {len(self.lost)}, "
-                f"stuck {len(self.stuck)}, jobs whose worker died mid-run {len(self.died)}, "
+                f"stuck {len(self.stuck)}, jobs whose worker died mid-run {len(self.died)} "
+                f"(seen in processing/ under a worker just before its kill: {len(self.running_when_killed)}), "
                 f"repeats {len(self.repeats)} ({sum(self.repeats.values()) - len(self.repeats)} extra runs, "
                 f"unexplained {len(self.unexplained_repeats)}), "
                 f"{self.seconds:.1f}s")
@@ -327,18 +328,23 @@ def run_chaos(workers: WorkerProcesses, *, jobs: int, worker_count: int, kill_ev
             break
         time.sleep(kill_every)
         victim = live.pop(rng.randrange(len(live)))
-        record = next((r for r in registry.records(spool) if r.get("pid") == victim.pid), None)
+        running = _running_under(spool, victim.pid)
         victim.popen.kill()
         victim.popen.wait()
         report.kills += 1
         report.killed_pids.add(victim.pid)
-        if record and record.get("job"):
-            report.running_when_killed.add(record["job"])
+        report.running_when_killed.update(running)
         live.append(workers.start())
     report.seconds = time.monotonic() - started
     workers.kill_all()
     _tally(spool, report, ran_file)
     return report
+
+
+def _running_under(spool: Spool, pid: int) -> list[str]:
+    """The jobs in processing/ claimed by the worker with this pid (its record gives its name)."""
+    names = {record["name"] for record in registry.records(spool) if record.get("pid") == pid}
+    return [job["id"] for job in spool.iter_jobs("processing") if job.get("worker") in names]
 
 
 def _tally(spool: Spool, report: ChaosReport, ran_file: str) -> None:
