@@ -10,6 +10,13 @@ Promises:
 - only proven garbage is removed: a second name of one file, temporary
   files nobody holds, dead workers' records, and logs of vanished jobs
   untouched for a day.
+Decisions: of one id in two folders, the copy further along is kept
+(processing > completed > dead > failed > pending, see lifecycle.KEEP_ORDER:
+never a second run); the same file under two names (a link + unlink move
+cut short) loses its extra name; a state field is rewritten to its folder
+(the folder is the truth), except in processing/, where it tells recovery
+how to finish; valid drop-ins in pending/ are left to the workers; a log
+of a vanished job is only reported while younger than a day.
 Each finding is a dict: `problem`, `path` (relative to the spool),
 `detail`, `repaired`.
 """
