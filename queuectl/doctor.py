@@ -290,7 +290,7 @@ class _Doctor:
     # -- leftovers ---------------------------------------------------------------
 
     def _stray_temp_files(self) -> None:
-        """tmp/ holds files being written; one older than TEMP_AGE that nobody holds was left by a crash.
+        """tmp/ holds files being written; one older than TEMP_AGE that no live process holds was left by a crash.
 
         It was never a visible job: an enqueue cut before its rename was never
         acknowledged, and a rewrite cut short left the job's previous version
@@ -397,7 +397,7 @@ def _loads_or_none(raw: bytes | None) -> Any:
 
 
 def _in_use(path: str, info: os.stat_result) -> bool:
-    """A temporary file being written is flocked by its writer (a rewrite) or is younger than TEMP_AGE."""
+    """Whether a live process still has this temporary file: flocked (a rewrite) or open for writing."""
     if not stat.S_ISREG(info.st_mode):
         return False
     try:
@@ -405,7 +405,7 @@ def _in_use(path: str, info: os.stat_result) -> bool:
     except FileNotFoundError:
         return True
     try:
-        return not fsops.lock_fd(fd)
+        return not fsops.lock_fd(fd) or fsops.open_for_writing(info)
     finally:
         os.close(fd)
 

@@ -273,17 +273,20 @@ def test_only_old_temporary_files_nobody_holds_are_removed(spool_path):
     write(os.path.join(tmp, ".left.123.tmp"), b"half a job", mtime=AN_HOUR_AGO)
     write(os.path.join(tmp, ".fresh.456.tmp"), b"being written")
     write(os.path.join(tmp, ".held.789.tmp"), b"being rewritten", mtime=AN_HOUR_AGO)
+    write(os.path.join(tmp, ".open.321.tmp"), b"a writer that stalled", mtime=AN_HOUR_AGO)
     os.mkdir(os.path.join(tmp, "a-folder"))
     os.utime(os.path.join(tmp, "a-folder"), (AN_HOUR_AGO, AN_HOUR_AGO))
     holder = os.open(os.path.join(tmp, ".held.789.tmp"), os.O_RDONLY)
+    writer = os.open(os.path.join(tmp, ".open.321.tmp"), os.O_WRONLY | os.O_APPEND)
     try:
         fcntl.flock(holder, fcntl.LOCK_EX)
         findings = check(spool, repair=True)
     finally:
         os.close(holder)
+        os.close(writer)
 
     assert problems(findings) == [("stray-temp", "tmp/.left.123.tmp", True), ("stray-temp", "tmp/a-folder", False)]
-    assert sorted(os.listdir(tmp)) == [".fresh.456.tmp", ".held.789.tmp", "a-folder"]
+    assert sorted(os.listdir(tmp)) == [".fresh.456.tmp", ".held.789.tmp", ".open.321.tmp", "a-folder"]
 
 
 def test_logs_of_vanished_jobs_are_removed_only_after_a_day(spool_path, spool, qc):
