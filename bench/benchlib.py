@@ -2,7 +2,7 @@
 baseline, spools built fast, worker processes and their memory.
 
 Nothing here asserts a target: the scripts print figures and ratios, and
-RESULTS-workers.md says which targets they meet.
+RESULTS.md says which targets they meet.
 """
 
 from __future__ import annotations
