@@ -310,7 +310,3 @@ def _peek(path: str):
         return loads(data)
     except InvalidJob:
         return None
-
-
-def main(spool_path: str, burst: bool) -> int:
-    return Worker(Spool(spool_path), burst=burst).run()
