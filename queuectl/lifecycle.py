@@ -85,7 +85,7 @@ def settle(spool: Spool, held: LockedJob, outcome: Outcome, timeout: float | Non
     else:
         state = _after_failure(spool, job, outcome.finished)
     job["state"] = state
-    held.save()
+    held.save(moving_on=True)
     return _move_on(spool, held, state)
 
 
@@ -297,6 +297,6 @@ def _recover_one(spool: Spool, held: LockedJob) -> str:
     job["attempts"] = max(job["attempts"], 1)
     _record_attempt(job, outcome, outcome.error)
     job["state"] = _after_failure(spool, job, now)
-    held.save()
+    held.save(moving_on=True)
     return _move_on(spool, held, job["state"])
 

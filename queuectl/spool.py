@@ -81,8 +81,12 @@ class LockedJob:
             fsops.fsync_dir(source_dir)
         self.state, self.name = state, target
 
-    def save(self, *, sync: bool = True) -> None:
-        """Replace the file with the current `job`, keeping ownership of the new inode."""
+    def save(self, *, sync: bool = True, moving_on: bool = False) -> None:
+        """Replace the file with the current `job`, keeping ownership of the new inode.
+
+        `moving_on`: a `move` follows at once and fsyncs this folder, so
+        the rename here needs no folder fsync of its own.
+        """
         self.job["updated_at"] = iso(time.time())
         data = dumps(self.job)
         durable = sync and self.spool.durable
@@ -94,7 +98,7 @@ class LockedJob:
             os.close(new_fd)
             os.unlink(temp)
             raise
-        if durable:
+        if durable and not moving_on:
             fsops.fsync_dir(self.spool.dir(self.state))
         os.close(self.fd)
         self.fd, self.raw = new_fd, data
