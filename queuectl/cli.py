@@ -261,10 +261,15 @@ def cancel(ctx, job_ids):
     spool = _spool(ctx)
     for job_id in job_ids:
         previous = spool.cancel(job_id)
-        if previous == "processing":
+        if previous != "processing":
+            click.echo(f"{job_id}: cancelled ({previous} -> dead)")
+            continue
+        from .follow import wait_settled
+        settled = wait_settled(spool, job_id, timeout=spool.config["kill_grace"] + 5)
+        if settled is None:
             click.echo(f"{job_id}: stop requested; its worker moves it to dead/")
         else:
-            click.echo(f"{job_id}: cancelled ({previous} -> dead)")
+            click.echo(f"{job_id}: stopped and cancelled (running -> {settled})")
 
 
 @main.command()

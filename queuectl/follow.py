@@ -85,3 +85,21 @@ def follow_log(spool, job_id: str) -> Iterator[bytes]:
             return
         else:
             time.sleep(POLL)
+
+
+def wait_settled(spool, job_id: str, timeout: float) -> str | None:
+    """After a cancel request: the state the running job settles in, or None.
+
+    None when no live worker owns the job (its flock is free: recovery will
+    settle it) or when `timeout` passes first.
+    """
+    deadline = time.monotonic() + timeout
+    while spool.find(job_id) == "processing":
+        unowned = spool.lock("processing", job_id + ".json")
+        if unowned is not None:
+            unowned.release()
+            return None
+        if time.monotonic() >= deadline:
+            return None
+        time.sleep(POLL)
+    return spool.find(job_id)

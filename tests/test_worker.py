@@ -12,7 +12,7 @@ import os
 import signal
 import time
 
-from conftest import run_queuectl, wait_until
+from conftest import read_job, run_queuectl, wait_until
 from queuectl import Spool
 from queuectl.demo import example_folder, example_jobs
 from queuectl.job import iso
@@ -371,7 +371,8 @@ def test_cancel_stops_a_running_job(spool_path, workers, tmp_path):
     cancel = run_queuectl(spool_path, "cancel", job_id)
 
     assert cancel.returncode == 0, cancel.stderr
-    job = wait_for_state(spool_path, job_id, "dead")
+    assert cancel.stdout == f"{job_id}: stopped and cancelled (running -> dead)\n"
+    job = read_job(spool_path, "dead", job_id)  # already there when cancel returns
     assert job["last_error"] == "cancelled while running"
     assert job["attempts"] == 1
     assert not process_alive(pid)
