@@ -160,23 +160,28 @@ class _Doctor:
         if not stat.S_ISREG(os.lstat(path).st_mode):
             job_id = lifecycle.dead_letter(self.spool, None, reason, state=state, name=name)
         else:
-            held = self.spool.lock(state, name)
+            held = self._own(finding, state, name)
             if held is None:
-                finding["detail"] += "; busy (another process holds it), try again"
                 return
             with held:
                 job_id = lifecycle.dead_letter(self.spool, held, reason)
         finding["repaired"] = True
         finding["detail"] += f"; moved to dead/{job_id}{INVALID} with its bytes kept"
 
+    def _own(self, finding: dict, state: str, name: str):
+        """The file's lock, or None with the finding saying another process holds it."""
+        held = self.spool.lock(state, name)
+        if held is None:
+            finding["detail"] += "; busy (another process holds it), try again"
+        return held
+
     def _state_mismatch(self, state: str, name: str, written: Any) -> None:
         finding = self._add("state-mismatch", f"{state}/{name}",
                             f"its state field says {written!r}; the folder is the truth")
         if not self.repair:
             return
-        held = self.spool.lock(state, name)
+        held = self._own(finding, state, name)
         if held is None:
-            finding["detail"] += "; busy (another process holds it), try again"
             return
         with held:
             if isinstance(held.job, dict) and held.job.get("state") != state:
@@ -218,9 +223,8 @@ class _Doctor:
             new = lifecycle.dead_letter(self.spool, None, f"duplicate id {job_id!r}", state=state, name=name)
             finding.update(repaired=True, detail=detail + f"; moved to dead/{new}{INVALID}")
             return
-        held = self.spool.lock(state, name)
+        held = self._own(finding, state, name)
         if held is None:
-            finding["detail"] += "; busy (a live process owns it), try again"
             return
         with held:
             if same_file:
