@@ -263,8 +263,11 @@ def test_the_supervisor_restarts_a_worker_that_died(spool_path, workers):
 
     os.kill(victim, signal.SIGKILL)
 
-    wait_until(lambda: len(workers.live_records()) == 2 and victim not in {r["pid"] for r in workers.live_records()},
-               message="a new worker in place of the killed one")
+    def replaced() -> bool:
+        pids = {record["pid"] for record in workers.live_records()}  # one look, not two racing ones
+        return len(pids) == 2 and victim not in pids
+
+    wait_until(replaced, message="a new worker in place of the killed one")
     assert supervisor.running()
     assert f"worker {victim} exited with -9; restarting it" in supervisor.stderr()
     job_id = enqueue(spool_path, "true")
