@@ -147,8 +147,10 @@ class WorkerProcesses:
 
     def wait_ready(self, count: int = 1) -> list[dict]:
         """Wait until `count` workers hold their locks and watch the spool."""
-        return wait_until(lambda: len(self.live_records()) >= count and self.live_records(),
-                          message=f"{count} live worker(s)")
+        def ready() -> list[dict] | None:
+            records = self.live_records()
+            return records if len(records) >= count else None
+        return wait_until(ready, message=f"{count} live worker(s)")
 
     def record_of(self, process: WorkerProcess) -> dict:
         return wait_until(lambda: next((r for r in self.live_records() if r.get("pid") == process.pid), None),
