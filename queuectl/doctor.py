@@ -294,11 +294,12 @@ class _Doctor:
     # -- leftovers ---------------------------------------------------------------
 
     def _stray_temp_files(self) -> None:
-        """tmp/ holds files being written; one older than TEMP_AGE that no live process holds was left by a crash.
+        """tmp/ holds files being written and workers' spares; one older than TEMP_AGE that no live process
+        holds was left by a crash.
 
-        It was never a visible job: an enqueue cut before its rename was never
-        acknowledged, and a rewrite cut short left the job's previous version
-        in place.
+        It is never a job's current file: an enqueue cut before its rename was
+        never acknowledged, a rewrite cut short left the job's previous version
+        in place, and a dead worker's spares hold versions already replaced.
         """
         now = time.time()
         for name in sorted(os.listdir(self.spool.dir("tmp"))):
@@ -314,7 +315,8 @@ class _Doctor:
                 self._add("stray-temp", f"tmp/{name}", "a folder queuectl did not make; remove it by hand")
                 continue
             finding = self._add("stray-temp", f"tmp/{name}",
-                                f"left {age:.0f}s ago by an interrupted write; it was never a visible job")
+                                f"left {age:.0f}s ago by an interrupted write or a dead worker; "
+                                "never a job's current file")
             if self.repair:
                 try:
                     os.unlink(path)

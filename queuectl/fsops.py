@@ -8,17 +8,22 @@
 - `publish` is the two together, and removes the temporary file on failure.
 - `lock_fd` takes the advisory flock that marks a job file as owned; the
   kernel drops it when the owner dies, which is what crash recovery reads.
+- `Spare` rewrites a file by swapping a private, already written file into
+  its place (renameat2(RENAME_EXCHANGE)), so a rewrite creates no inode.
 """
 
 from __future__ import annotations
 
+import collections
 import ctypes
 import errno
 import fcntl
 import os
+import time
 
 _AT_FDCWD = -100
 _RENAME_NOREPLACE = 1
+_RENAME_EXCHANGE = 2
 _libc = ctypes.CDLL(None, use_errno=True)
 _renameat2 = getattr(_libc, "renameat2", None)
 if _renameat2 is not None:
@@ -41,16 +46,24 @@ def rename_noreplace(src: str, dst: str) -> None:
 
 
 def _rename_noreplace(src: str, dst: str) -> None:
-    if _renameat2 is not None:
-        if _renameat2(_AT_FDCWD, os.fsencode(src), _AT_FDCWD, os.fsencode(dst), _RENAME_NOREPLACE) == 0:
-            return
-        code = ctypes.get_errno()
-        if code not in (errno.EINVAL, errno.ENOSYS):
-            raise OSError(code, os.strerror(code), src, None, dst)
+    if _renameat2_flags(src, dst, _RENAME_NOREPLACE):
+        return
     # The file system cannot rename without replacing: link() refuses an
     # existing name; for an instant the job has two names, which doctor folds.
     os.link(src, dst, follow_symlinks=False)
     os.unlink(src)
+
+
+def _renameat2_flags(src: str, dst: str, flags: int) -> bool:
+    """renameat2 with `flags`; False when the kernel or the file system does not support them."""
+    if _renameat2 is None:
+        return False
+    if _renameat2(_AT_FDCWD, os.fsencode(src), _AT_FDCWD, os.fsencode(dst), flags) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+        return False
+    raise OSError(code, os.strerror(code), src, None, dst)
 
 
 def fsync_dir(path: str) -> None:
@@ -106,6 +119,108 @@ def publish(tmp_dir: str, target: str, data: bytes, *, durable: bool, replace: b
     except BaseException:
         os.unlink(temp)
         raise
+
+
+class Spare:
+    """Files in a temporary folder that rewrites swap into the place of the file they replace.
+
+    `swap` writes the new contents into a spare, then exchanges the two
+    names in one atomic step (renameat2(RENAME_EXCHANGE)): the target's
+    name now holds the new inode, complete, and the old inode rests under
+    the spare's name until it is reused. Nothing is created or freed per
+    rewrite. That matters on ext4 without a journal, where each file
+    creation scans past every inode freed in the last minutes: a create +
+    rename-over rewrite cost ~550 us there against ~18 us for a swap, and
+    a job is rewritten twice per run.
+
+    A reader may have opened the old inode just before the swap, so it is
+    written again only after QUARANTINE seconds out of sight (`Spool.read`
+    also checks that what it read was still under its name). An old inode
+    that has another name as well (a link + unlink move cut between its
+    steps) is never a spare, and a resting one that somebody wrote to or
+    linked meanwhile (a dropped-in file whose writer kept it open) is
+    thrown away, not reused.
+
+    Ownership travels with the inodes: the caller's locked fd of the old
+    inode becomes a resting spare's, and the spare's locked fd is returned
+    as the owner of the new one, so the file under the target name is
+    never unlocked. Used by one thread at a time (a worker's main loop).
+    """
+
+    QUARANTINE = 0.05
+    LIMIT = 128
+
+    def __init__(self, directory: str):
+        self.directory = directory
+        self.resting: collections.deque[tuple[float, str, int, tuple[int, int, int]]] = collections.deque()
+        self.usable = _renameat2 is not None
+
+    def swap(self, held_fd: int, target: str, data: bytes, *, durable: bool) -> int | None:
+        """Make `target` hold `data`; returns the locked fd that owns it now, and keeps `held_fd`.
+
+        None when this file system cannot exchange names: nothing changed,
+        `held_fd` stays the caller's, and spares are no longer used.
+        """
+        if not self.usable:
+            return None
+        path, owner = self._take()
+        try:
+            write_fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            try:
+                view, offset = memoryview(data), 0
+                while offset < len(data):
+                    offset += os.pwrite(write_fd, view[offset:], offset)
+                os.ftruncate(write_fd, len(data))
+                if durable:
+                    os.fsync(write_fd)
+            finally:
+                os.close(write_fd)
+            exchanged = _renameat2_flags(path, target, _RENAME_EXCHANGE)
+        except BaseException:
+            _discard(path, owner)
+            raise
+        if not exchanged:
+            _discard(path, owner)
+            self.close()
+            self.usable = False
+            return None
+        seen = _signature(held_fd)
+        if seen[2] != 1:  # the old inode has another name too (a cut link + unlink move): not a spare
+            _discard(path, held_fd)
+        else:
+            self.resting.append((time.monotonic(), path, held_fd, seen))
+            if len(self.resting) > self.LIMIT:
+                _discard(*self.resting.popleft()[1:3])
+        return owner
+
+    def _take(self) -> tuple[str, int]:
+        """A spare's path and locked fd: a rested one nobody touched, else a new file."""
+        now = time.monotonic()
+        while self.resting and self.resting[0][0] + self.QUARANTINE <= now:
+            _, path, fd, seen = self.resting.popleft()
+            if _signature(fd) == seen:
+                return path, fd
+            _discard(path, fd)
+        path, fd = write_new(self.directory, "spare", b"", durable=False, lock=True)
+        return path, fd
+
+    def close(self) -> None:
+        """Remove the spares (old versions of jobs, never a visible one)."""
+        while self.resting:
+            _discard(*self.resting.popleft()[1:3])
+
+
+def _signature(fd: int) -> tuple[int, int, int]:
+    info = os.fstat(fd)
+    return info.st_size, info.st_mtime_ns, info.st_nlink
+
+
+def _discard(path: str, fd: int) -> None:
+    os.close(fd)
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
 
 
 def lock_fd(fd: int, *, wait: bool = False) -> bool:

@@ -90,17 +90,20 @@ class LockedJob:
         self.job["updated_at"] = iso(time.time())
         data = dumps(self.job)
         durable = sync and self.spool.durable
-        temp, new_fd = fsops.write_new(self.spool.dir("tmp"), self.job["id"], data,
-                                       durable=durable, lock=True)
-        try:
-            os.rename(temp, self.path)
-        except BaseException:
-            os.close(new_fd)
-            os.unlink(temp)
-            raise
+        spare = self.spool.spare
+        new_fd = spare.swap(self.fd, self.path, data, durable=durable) if spare is not None else None
+        if new_fd is None:
+            temp, new_fd = fsops.write_new(self.spool.dir("tmp"), self.job["id"], data,
+                                           durable=durable, lock=True)
+            try:
+                os.rename(temp, self.path)
+            except BaseException:
+                os.close(new_fd)
+                os.unlink(temp)
+                raise
+            os.close(self.fd)
         if durable and not moving_on:
             fsops.fsync_dir(self.spool.dir(self.state))
-        os.close(self.fd)
         self.fd, self.raw = new_fd, data
 
     def release(self) -> None:
@@ -123,6 +126,9 @@ class Spool:
         self.root = resolve_path(path)
         self.warnings: list[str] = []
         self._config_cache: tuple[tuple, dict] | None = None
+        # Set by a long-lived process that rewrites many jobs (a worker):
+        # rewrites then swap it in instead of creating a file each time.
+        self.spare: fsops.Spare | None = None
         self._prepare(create, allow_shared)
 
     # -- layout and safety ---------------------------------------------------
@@ -329,9 +335,17 @@ class Spool:
         except OSError as exc:
             return _stub(name, state, f"cannot open: {exc.strerror}")
         try:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
                 return _stub(name, state, "not a regular file")
             data = fsops.read_fd(fd, MAX_JOB_BYTES)
+            # A worker's rewrite swaps a new inode in and, later, reuses the old
+            # one for another job (fsops.Spare): only bytes read while the inode
+            # was still under this name are this job's.
+            if os.stat(path, follow_symlinks=False).st_ino != info.st_ino:
+                return None
+        except FileNotFoundError:
+            return None
         finally:
             os.close(fd)
         try:

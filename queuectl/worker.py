@@ -1,77 +1,33 @@
 """One worker process: the claim -> run -> settle loop.
 
 The worker holds `workers/<name>.lock` for its life and keeps the order of
-due jobs in memory (order.DueIndex). watchdog tells it, from its observer
-thread, about files landing in or leaving pending/ and failed/ and about
-stop requests in workers/; the main thread applies those events, claims
-the best due job, runs it and settles it. Idle, it sleeps until an event,
-the next scheduled time, the next recovery sweep or the next safety scan:
-no busy polling. Signals: the first SIGTERM/SIGINT finishes the running
-job and exits 0; a second one (or `worker stop --now`) stops the job too,
-which goes back to pending/ without using a retry.
+due jobs in memory (order.DueIndex). Each time round its loop it reads what
+changed in pending/, failed/ and workers/ (watch.FolderWatch: files landing
+or leaving, stop requests), claims the best due job, runs it and settles
+it. Idle, it sleeps until a change, the next scheduled time, the next
+recovery sweep or the next safety scan: no busy polling. Signals: the
+first SIGTERM/SIGINT finishes the running job and exits 0; a second one
+(or `worker stop --now`) stops the job too, which goes back to pending/
+without using a retry.
 """
 
 from __future__ import annotations
 
-import importlib
-import logging
 import os
-import queue
 import signal
-import threading
 import time
 
 from filelock import FileLock, Timeout
-from watchdog.events import (DirMovedEvent, FileClosedEvent, FileCreatedEvent, FileDeletedEvent,
-                             FileMovedEvent, FileSystemEvent, FileSystemEventHandler)
-from watchdog.observers import Observer
 
 from . import lifecycle, registry, runner
 from .errors import InvalidJob, SpoolError
-from .fsops import read_fd
+from .fsops import Spare, read_fd
 from .job import MAX_JOB_BYTES, due_time, loads
 from .order import DueIndex
 from .spool import SUFFIX, Spool
+from .watch import RESCAN, FolderWatch
 
 WATCHED = ("pending", "failed", "workers")
-# Only the events _EventRelay acts on. watchdog turns this list into the
-# inotify mask, so the kernel no longer queues an open and a close for every
-# read of a job file: those cost the watchdog threads CPU on every claim, and
-# a start-up scan of a big queue overflowed inotify's queue with them.
-RELAYED_EVENTS = [FileCreatedEvent, FileMovedEvent, DirMovedEvent, FileDeletedEvent, FileClosedEvent]
-
-# watchdog logs this error when its reader thread sees a last event while
-# the observer is being stopped; it is harmless at shutdown.
-logging.getLogger("watchdog.observers.inotify").addFilter(
-    lambda record: "called when the thread is inactive" not in record.getMessage())
-
-
-class _EventRelay(FileSystemEventHandler):
-    """Runs in watchdog's thread: queue what changed and wake the main loop."""
-
-    def __init__(self, worker: "Worker"):
-        self.worker = worker
-
-    def on_any_event(self, event: FileSystemEvent) -> None:
-        kind = event.event_type
-        if kind in ("modified", "opened", "closed_no_write") or event.is_directory and kind != "moved":
-            return
-        if kind == "moved":
-            self._relay("gone", event.src_path)
-            self._relay("moved", event.dest_path)
-        else:
-            self._relay({"deleted": "gone"}.get(kind, kind), event.src_path)
-
-    def _relay(self, kind: str, path: bytes | str) -> None:
-        path = os.fsdecode(path)
-        folder, name = os.path.basename(os.path.dirname(path)), os.path.basename(path)
-        if folder == "workers":
-            if name == registry.STOP_FILE and kind != "gone":
-                self.worker.check_stop_request()
-            return
-        if folder in WATCHED:
-            self.worker.events.put((kind, folder, name))
-            self.worker.wake.set()
 
 
 class Worker:
@@ -81,8 +37,7 @@ class Worker:
         self.name = name or registry.new_name()
         self.started = time.time()
         self.index = DueIndex()
-        self.events: queue.SimpleQueue = queue.SimpleQueue()
-        self.wake = threading.Event()
+        self.watch: FolderWatch | None = None
         self.stopping = False
         self.stop_now = False
         self.rechecks: dict[str, float] = {}  # dropped-in files that may still be being written
@@ -95,14 +50,11 @@ class Worker:
             lock.acquire(timeout=0)
         except Timeout:
             raise SpoolError(f"worker name {self.name} is taken by a live worker") from None
-        observer = _new_observer()
         try:
+            self.watch = FolderWatch({folder: self.spool.dir(folder) for folder in WATCHED})
             self._install_signal_handlers()
-            relay = _EventRelay(self)
-            for folder in WATCHED:
-                observer.schedule(relay, self.spool.dir(folder), recursive=False, event_filter=RELAYED_EVENTS)
-            observer.start()
             self._write_record()
+            self.spool.spare = Spare(self.spool.dir("tmp"))
             lifecycle.recover(self.spool)
             self._scan()
             self._loop()
@@ -112,9 +64,11 @@ class Worker:
             raise SpoolError(f"worker {self.name} stopped: cannot write to the spool {self.spool.root}: "
                              f"{exc.strerror or exc}") from None
         finally:
-            observer.stop()
-            if observer.is_alive():
-                observer.join(timeout=2)
+            if self.watch is not None:
+                self.watch.close()
+            if self.spool.spare is not None:
+                self.spool.spare.close()
+                self.spool.spare = None
             registry.remove_record(self.spool, self.name)
             lock.release()
         return 0
@@ -124,7 +78,7 @@ class Worker:
             if self.stopping:
                 self.stop_now = True
             self.stopping = True
-            self.wake.set()
+            self.watch.wake()
         signal.signal(signal.SIGTERM, handle)
         signal.signal(signal.SIGINT, handle)
 
@@ -134,7 +88,6 @@ class Worker:
         if request and request.get("requested_at", 0) >= self.started:
             self.stopping = True
             self.stop_now = self.stop_now or bool(request.get("now"))
-            self.wake.set()
 
     def _write_record(self) -> None:
         """Written once: the job a worker runs is read from processing/, not from here."""
@@ -149,7 +102,6 @@ class Worker:
         next_recovery = now + settings["recovery_interval"]
         next_scan = now + settings["scan_interval"]
         while not self.stopping:
-            self.wake.clear()
             self._apply_events()
             now = time.time()
             if now >= next_recovery:
@@ -164,27 +116,30 @@ class Worker:
             if due is not None:
                 self._process(*due)
                 continue
-            if self.burst and not self.rechecks and self.events.empty():
+            if self.burst and not self.rechecks and not self._apply_events():
                 return
             wake_at = min(t for t in (next_recovery, next_scan, self.index.next_due(),
                                       min(self.rechecks.values(), default=None)) if t is not None)
-            self.wake.wait(max(0.0, wake_at - time.time()))
+            self.watch.wait(wake_at - time.time())
 
-    def _apply_events(self) -> None:
-        while True:
-            try:
-                kind, folder, name = self.events.get_nowait()
-            except queue.Empty:
-                return
-            if kind == "gone":
-                # watchdog holds back the "gone" half of a move out of a watched
-                # folder for a while, so it can arrive after the job came back
-                # or landed in the other folder: the folder decides.
+    def _apply_events(self) -> bool:
+        """Bring the index and the stop flags up to date with what changed; False if nothing did."""
+        changes = self.watch.changes()
+        for kind, folder, name in changes:
+            if (kind, folder, name) == RESCAN:
+                self._scan()
+            elif folder == "workers":
+                if name == registry.STOP_FILE and kind != "gone":
+                    self.check_stop_request()
+            elif kind == "gone":
+                # A name can leave and come back (a stopped job returns to pending/)
+                # within one batch of changes: the folder decides.
                 if not os.path.lexists(os.path.join(self.spool.dir(folder), name)):
                     self.index.discard(name, folder)
                     self.rechecks.pop(name, None)
             else:
                 self._consider(folder, name, complete=kind != "created")
+        return bool(changes)
 
     def _scan(self) -> None:
         """Bring the index in line with the folders (start-up and the slow safety scan).
@@ -257,39 +212,13 @@ class Worker:
 
     def _interruption(self, job_id: str):
         def ask() -> str | None:
+            self._apply_events()  # a `worker stop --now` arrives as a change in workers/
             if self.stop_now:
                 return "stop"
             if registry.cancel_requested(self.spool, job_id):
                 return "cancel"
             return None
         return ask
-
-
-def _new_observer():
-    """With inotify, a file renamed in from an unwatched folder (tmp/) comes as a move, not a creation,
-    so a dropped-in file that does not parse is judged at once instead of after DROP_GRACE."""
-    _deliver_moves_at_once()
-    try:
-        return Observer(generate_full_events=True)
-    except TypeError:  # polling and the other platforms' observers see no renames anyway
-        return Observer()
-
-
-def _deliver_moves_at_once() -> None:
-    """Stop watchdog holding each IN_MOVED_FROM for 0.5 s to pair it with its IN_MOVED_TO.
-
-    Its queue is first in, first out, so a claim (a move out of pending/ into
-    the unwatched processing/) held back every later event of pending/ for
-    half a second: a job enqueued on idle workers waited ~0.5 s to start.
-    _EventRelay needs no pairing (a move is "gone" at its source and "moved"
-    at its destination either way), so the hold only costs latency.
-    """
-    for module, holder in (("watchdog.observers.inotify_move_event_grouper", "InotifyMoveEventGrouper"),
-                           ("watchdog.observers.inotify_buffer", "InotifyBuffer")):  # older watchdog
-        try:
-            getattr(importlib.import_module(module), holder).delay = 0.0
-        except (ImportError, AttributeError):
-            continue
 
 
 def _peek(path: str):

@@ -117,8 +117,8 @@ def assert_intact(spool_path: str, expected: set[str], *, may_lack: set[str] = f
 
 # -- crashing at a chosen step ---------------------------------------------------
 
-STEPS = ((os, "write"), (os, "fsync"), (os, "rename"), (os, "replace"), (os, "link"), (os, "unlink"),
-         (fsops, "_renameat2"))
+STEPS = ((os, "write"), (os, "pwrite"), (os, "ftruncate"), (os, "fsync"), (os, "rename"), (os, "replace"),
+         (os, "link"), (os, "unlink"), (fsops, "_renameat2"))
 
 
 def crash_at(step: int, prepare: Callable[[], object], act: Callable[[object], object], *,
@@ -184,34 +184,12 @@ def sweep(setup: Callable[[int], str], prepare: Callable[[str], object], act: Ca
     raise AssertionError(f"the operation did not finish within {limit} steps")
 
 
-class _NoObserver:
-    """Stands in for watchdog's Observer: a burst worker finds its work by scanning."""
-
-    def __init__(self, *args, **kwargs) -> None:
-        pass
-
-    def schedule(self, *args, **kwargs) -> None:
-        pass
-
-    def start(self) -> None:
-        pass
-
-    def stop(self) -> None:
-        pass
-
-    def is_alive(self) -> bool:
-        return False
-
-
 def next_worker(spool_path: str) -> None:
     """What the next worker does: recover, adopt, claim, run and settle every due job (burst mode)."""
     handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGINT)}
-    real_observer = worker_module.Observer
-    worker_module.Observer = _NoObserver
     try:
         assert worker_module.Worker(Spool(spool_path), burst=True).run() == 0
     finally:
-        worker_module.Observer = real_observer
         for signum, handler in handlers.items():
             signal.signal(signum, handler)
 

@@ -2,8 +2,8 @@
 
 For each operation (enqueue, claim, settle, retry, cancel, dlq retry, adopt,
 recover, and doctor's own repairs) a forked child performs it and dies by
-os._exit at its 1st, 2nd, 3rd ... file-system step (write, fsync, rename,
-link, unlink), still holding its flocks, until the operation completes
+os._exit at its 1st, 2nd, 3rd ... file-system step (write, pwrite,
+ftruncate, fsync, rename, renameat2, link, unlink), still holding its flocks, until the operation completes
 without reaching the step. Every state left behind is then handed both
 - to the next worker (recovery, adoption, then running what is due), and
 - to `doctor --repair` (on a copy, then the next worker too),
@@ -27,6 +27,7 @@ from chaos_util import assert_intact, copy_spool, memory_folder, next_worker, sw
 from conftest import put_job
 from queuectl import Spool, lifecycle
 from queuectl.doctor import check
+from queuectl.fsops import Spare
 from queuectl.job import iso
 from queuectl.runner import Outcome
 
@@ -51,8 +52,14 @@ class Operation:
     spare_copy: bool = False
 
 
+def as_worker(spool: Spool) -> Spool:
+    """A spool as a worker uses it: its rewrites swap in spare files (fsops.Spare)."""
+    spool.spare = Spare(spool.dir("tmp"))
+    return spool
+
+
 def claimed(spool: Spool):
-    return lifecycle.claim(spool, "pending", "job.json", "crasher", time.time())
+    return lifecycle.claim(as_worker(spool), "pending", "job.json", "crasher", time.time())
 
 
 def ran(spool: Spool, held, **outcome) -> str:
@@ -103,7 +110,7 @@ OPERATIONS = {
     "claim-pending": Operation(setup=pending_job, act=lambda spool, _: claimed(spool)),
     "claim-failed": Operation(
         setup=lambda path: put_job(path, "failed", "job", command="true", attempts=1, next_run_at=past()),
-        act=lambda spool, _: lifecycle.claim(spool, "failed", "job.json", "crasher", time.time())),
+        act=lambda spool, _: lifecycle.claim(as_worker(spool), "failed", "job.json", "crasher", time.time())),
     "settle-completed": Operation(setup=pending_job, prepare=claimed,
                                   act=lambda spool, held: ran(spool, held, exit_code=0)),
     "settle-failed": Operation(setup=pending_job, prepare=claimed,
@@ -114,7 +121,7 @@ OPERATIONS = {
                                 act=lambda spool, held: ran(spool, held, signal=15, interrupted="stop")),
     "settle-cancelled": Operation(setup=pending_job, prepare=claimed, finals=FINISHED,
                                   act=lambda spool, held: ran(spool, held, signal=15, interrupted="cancel")),
-    "recover": Operation(setup=owned_by_a_dead_worker, act=lambda spool, _: lifecycle.recover(spool)),
+    "recover": Operation(setup=owned_by_a_dead_worker, act=lambda spool, _: lifecycle.recover(as_worker(spool))),
     "retry": Operation(
         setup=lambda path: put_job(path, "failed", "job", command="true", attempts=1,
                                    next_run_at=iso(time.time() + 3600)),
@@ -127,16 +134,16 @@ OPERATIONS = {
     "dlq-retry": Operation(setup=lambda path: put_job(path, "dead", "job", command="true", attempts=4),
                            act=lambda spool, _: spool.dlq_retry("job"), finals=FINISHED),
     "adopt-renamed": Operation(setup=drop("drop.json", b'{"id": "job", "command": "true"}'),
-                               act=lambda spool, _: lifecycle.adopt(spool, "drop.json", complete=True), spare_copy=True),
+                               act=lambda spool, _: lifecycle.adopt(as_worker(spool), "drop.json", complete=True), spare_copy=True),
     "adopt-in-place": Operation(setup=drop("job.json", b'{"command": "true"}'),
-                                act=lambda spool, _: lifecycle.adopt(spool, "job.json", complete=True)),
+                                act=lambda spool, _: lifecycle.adopt(as_worker(spool), "job.json", complete=True)),
     "adopt-invalid": Operation(setup=drop("job.json", b'{"command": 42}'), finals=("dead",),
-                               act=lambda spool, _: lifecycle.adopt(spool, "job.json", complete=True),
+                               act=lambda spool, _: lifecycle.adopt(as_worker(spool), "job.json", complete=True),
                                kept_bytes=b'{"command": 42}'),
     "adopt-duplicate": Operation(
         setup=lambda path: (put_job(path, "completed", "job", command="true"),
                             drop("drop.json", b'{"id": "job", "command": "echo twice"}')(path)),
-        act=lambda spool, _: lifecycle.adopt(spool, "drop.json", complete=True),
+        act=lambda spool, _: lifecycle.adopt(as_worker(spool), "drop.json", complete=True),
         kept_bytes=b'{"id": "job", "command": "echo twice"}'),
     "doctor-duplicate": Operation(setup=duplicated, act=lambda spool, _: check(spool, repair=True),
                                   kept_bytes=THE_COPY, spare_copy=True),
