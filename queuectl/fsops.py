@@ -150,8 +150,14 @@ class Spare:
     QUARANTINE = 0.05
     LIMIT = 128
 
-    def __init__(self, directory: str):
+    def __init__(self, directory: str, visible_in: tuple[str, ...] = ()):
         self.directory = directory
+        # The folders whose names the swapped-out inodes may have had. Durable,
+        # an inode is reused only after they were fsynced: otherwise a power cut
+        # could bring back a stale name (a claim's rename is not fsynced) on top
+        # of another job's bytes.
+        self.visible_in = visible_in
+        self.synced_at = float("-inf")
         self.resting: collections.deque[tuple[float, str, int, tuple[int, int, int]]] = collections.deque()
         self.usable = _renameat2 is not None
 
@@ -163,7 +169,7 @@ class Spare:
         """
         if not self.usable:
             return None
-        path, owner = self._take()
+        path, owner = self._take(durable)
         try:
             write_fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
             try:
@@ -193,10 +199,14 @@ class Spare:
                 _discard(*self.resting.popleft()[1:3])
         return owner
 
-    def _take(self) -> tuple[str, int]:
+    def _take(self, durable: bool) -> tuple[str, int]:
         """A spare's path and locked fd: a rested one nobody touched, else a new file."""
         now = time.monotonic()
         while self.resting and self.resting[0][0] + self.QUARANTINE <= now:
+            if durable and self.resting[0][0] >= self.synced_at:
+                for folder in self.visible_in:
+                    fsync_dir(folder)
+                self.synced_at = now
             _, path, fd, seen = self.resting.popleft()
             if _signature(fd) == seen:
                 return path, fd

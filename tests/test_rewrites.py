@@ -106,6 +106,29 @@ def test_an_inode_with_a_second_name_never_becomes_a_spare(worker_spool, monkeyp
     assert backup.read_bytes() == original
 
 
+@pytest.mark.parametrize("durable", [True, False])
+def test_durable_reuse_waits_for_the_old_names_to_be_synced_away(spool, monkeypatch, durable):
+    """A claim's rename is not fsynced: after a power cut its old name could come back, so a durable
+    worker fsyncs the folders before writing another job's bytes into that inode."""
+    monkeypatch.setattr(Spare, "QUARANTINE", 0.0)
+    spool.set_config("durable", "true" if durable else "false")
+    spool.spare = Spare(spool.dir("tmp"), (spool.dir("pending"),))
+    synced = []
+    real_fsync_dir = fsops.fsync_dir
+    monkeypatch.setattr(fsops, "fsync_dir", lambda path: (synced.append(path), real_fsync_dir(path)))
+    first, second = spool.enqueue("true"), spool.enqueue("true")
+    synced.clear()
+    held = spool.lock("pending", first["id"] + ".json")
+    with held:
+        held.save(moving_on=True)  # no folder fsync of its own: only the spare's
+    assert synced == []
+    held = spool.lock("pending", second["id"] + ".json")
+    with held:
+        held.save(moving_on=True)  # reuses the first job's old inode
+    assert synced == ([spool.dir("pending")] if durable else [])
+    spool.spare.close()
+
+
 def test_a_read_that_raced_a_rewrite_is_not_taken_for_the_job(spool, monkeypatch):
     job = spool.enqueue("echo old")
     path = job_path(spool, job)
