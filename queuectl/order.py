@@ -2,7 +2,7 @@
 
 SPEC section 6: due jobs only; highest priority first; then earliest due
 time; then id. Each job file is parsed once when it appears (start-up scan
-or watchdog event), and its key is kept here, so a claim costs a heap pop,
+or inotify change), and its key is kept here, so a claim costs a heap pop,
 not a directory scan. Entries are removed lazily: a file that vanished or
 changed leaves a stale heap item that is skipped when popped.
 """
