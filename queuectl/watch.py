@@ -16,11 +16,15 @@ and the folders must be listed again.
 from __future__ import annotations
 
 import collections
+import ctypes
+import errno
 import importlib
 import logging
 import os
 import select
 import struct
+
+from .errors import SpoolError
 
 RESCAN = ("rescan", "", "")
 
@@ -37,7 +41,11 @@ class FolderWatch:
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         try:
             self._source = _InotifySource(folders)
-        except (ImportError, OSError, AttributeError):  # no inotify here: watchdog's observer
+        except OSError as exc:  # inotify is there but refused (its limits): say which
+            os.close(self._wake_r)
+            os.close(self._wake_w)
+            raise SpoolError(f"cannot watch the spool: {exc.strerror}") from None
+        except Exception:  # watchdog has no inotify bindings here: its observer instead
             self._source = _ObserverSource(folders, self.wake)
 
     def wake(self) -> None:
@@ -78,15 +86,16 @@ class _InotifySource:
         mask = flags.IN_CREATE | flags.IN_MOVE | flags.IN_DELETE | flags.IN_CLOSE_WRITE | flags.IN_ONLYDIR
         self.fd = inotify.inotify_init()
         if self.fd < 0:
-            raise OSError("inotify_init failed")
+            raise _inotify_error("inotify_init", "fs.inotify.max_user_instances")
         os.set_blocking(self.fd, False)
         os.set_inheritable(self.fd, False)
         self._folders: dict[int, str] = {}
         for folder, path in folders.items():
             wd = inotify.inotify_add_watch(self.fd, os.fsencode(path), mask)
             if wd < 0:
+                error = _inotify_error(f"watching {path}", "fs.inotify.max_user_watches")
                 os.close(self.fd)
-                raise OSError(f"cannot watch {path}")
+                raise error
             self._folders[wd] = folder
 
     def changes(self) -> list[tuple[str, str, str]]:
@@ -113,6 +122,12 @@ class _InotifySource:
 
     def close(self) -> None:
         os.close(self.fd)
+
+
+def _inotify_error(action: str, limit: str) -> OSError:
+    code = ctypes.get_errno()
+    hint = f" (raise the sysctl {limit})" if code in (errno.EMFILE, errno.ENOSPC) else ""
+    return OSError(code, f"{action}: {os.strerror(code)}{hint}")
 
 
 class _ObserverSource:

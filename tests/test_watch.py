@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import os
 import threading
 import time
@@ -10,6 +12,7 @@ import pytest
 
 from conftest import wait_until
 from queuectl import watch as watch_module
+from queuectl.errors import SpoolError
 from queuectl.watch import RESCAN, FolderWatch
 
 
@@ -113,3 +116,14 @@ def test_changes_lost_by_the_kernel_ask_for_a_rescan(tmp_path):
         assert RESCAN in watch.changes()
     finally:
         watch.close()
+
+
+def test_an_inotify_limit_is_one_clear_error(tmp_path, monkeypatch):
+    inotify = pytest.importorskip("watchdog.observers.inotify_c")
+
+    def refuse(fd, path, mask):
+        ctypes.set_errno(errno.ENOSPC)
+        return -1
+    monkeypatch.setattr(inotify, "inotify_add_watch", refuse)
+    with pytest.raises(SpoolError, match="No space left on device.*fs.inotify.max_user_watches"):
+        FolderWatch({"pending": str(tmp_path)})
