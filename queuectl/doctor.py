@@ -386,9 +386,10 @@ def _read_entry(path: str) -> tuple[bytes | None, str | None]:
     except OSError as exc:
         return None, "a symlink (never followed)" if os.path.islink(path) else f"cannot be read: {exc.strerror}"
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
             return None, "not a regular file (a folder, FIFO or device)"
-        return fsops.read_fd(fd, MAX_JOB_BYTES), None
+        return fsops.read_named(fd, path, MAX_JOB_BYTES, info), None
     finally:
         os.close(fd)
 

@@ -134,8 +134,8 @@ class Spare:
     a job is rewritten twice per run.
 
     A reader may have opened the old inode just before the swap, so it is
-    written again only after QUARANTINE seconds out of sight (`Spool.read`
-    also checks that what it read was still under its name). An old inode
+    written again only after QUARANTINE seconds out of sight (and readers
+    check that what they read was still under its name: `read_named`). An old inode
     that has another name as well (a link + unlink move cut between its
     steps) is never a spare, and a resting one that somebody wrote to or
     linked meanwhile (a dropped-in file whose writer kept it open) is
@@ -253,6 +253,21 @@ def read_fd(fd: int, limit: int) -> bytes:
         chunks.append(chunk)
         offset += len(chunk)
     return b"".join(chunks)
+
+
+def read_named(fd: int, path: str, limit: int, info: os.stat_result) -> bytes | None:
+    """`read_fd`, kept only if `path` still names the inode read (`info`, its fstat); None if not.
+
+    A worker's rewrite swaps a new inode in and, 50 ms later, may reuse the
+    old one for another job (`Spare`): bytes read after the inode left its
+    name may belong to another job.
+    """
+    data = read_fd(fd, limit)
+    try:
+        still = os.stat(path, follow_symlinks=False)
+    except FileNotFoundError:
+        return None
+    return data if (still.st_dev, still.st_ino) == (info.st_dev, info.st_ino) else None
 
 
 def open_for_writing(info: os.stat_result) -> bool:

@@ -338,16 +338,11 @@ class Spool:
             info = os.fstat(fd)
             if not stat.S_ISREG(info.st_mode):
                 return _stub(name, state, "not a regular file")
-            data = fsops.read_fd(fd, MAX_JOB_BYTES)
-            # A worker's rewrite swaps a new inode in and, later, reuses the old
-            # one for another job (fsops.Spare): only bytes read while the inode
-            # was still under this name are this job's.
-            if os.stat(path, follow_symlinks=False).st_ino != info.st_ino:
-                return None
-        except FileNotFoundError:
-            return None
+            data = fsops.read_named(fd, path, MAX_JOB_BYTES, info)
         finally:
             os.close(fd)
+        if data is None:
+            return None
         try:
             job = loads(data)
         except InvalidJob as exc:

@@ -13,7 +13,9 @@ import os
 
 import pytest
 
+from conftest import put_job
 from queuectl import Spool, fsops, spool as spool_module
+from queuectl.doctor import check
 from queuectl.fsops import Spare
 
 
@@ -148,6 +150,28 @@ def test_a_read_that_raced_a_rewrite_is_not_taken_for_the_job(spool, monkeypatch
     monkeypatch.setattr(spool_module.fsops, "read_fd", read_then_rewritten)
     assert spool.read("pending", job["id"] + ".json") is None
     assert spool.get(job["id"])["command"] == "echo new"
+
+
+def test_doctor_does_not_judge_bytes_read_after_their_inode_was_reused(spool, spool_path, monkeypatch):
+    done, other = (put_job(spool_path, "completed", job_id) for job_id in ("done", "other"))
+    assert check(spool) == []
+    path = job_path(spool, done, "completed")
+    real_read = fsops.read_fd
+
+    def read_of_a_reused_inode(fd, limit):
+        data = real_read(fd, limit)
+        if os.fstat(fd).st_ino == os.stat(path).st_ino:
+            # The worker swapped the file out and wrote another job into its old inode.
+            replacement = os.path.join(spool.dir("tmp"), "replacement")
+            with open(replacement, "wb") as handle:
+                handle.write(data)
+            os.rename(replacement, path)
+            with open(job_path(spool, other, "completed"), "rb") as handle:
+                return handle.read()
+        return data
+
+    monkeypatch.setattr(fsops, "read_fd", read_of_a_reused_inode)
+    assert check(spool) == []
 
 
 def test_where_names_cannot_be_exchanged_rewrites_create_a_file(worker_spool, monkeypatch):
