@@ -135,11 +135,11 @@ class Spare:
 
     A reader may have opened the old inode just before the swap, so it is
     written again only after QUARANTINE seconds out of sight (and readers
-    check that what they read was still under its name: `read_named`). An old inode
-    that has another name as well (a link + unlink move cut between its
-    steps) is never a spare, and a resting one that somebody wrote to or
-    linked meanwhile (a dropped-in file whose writer kept it open) is
-    thrown away, not reused.
+    check that what they read was still under its name: `read_named`).
+    An old inode that has another name as well (a link + unlink move cut
+    between its steps) is never a spare, and a resting one that somebody
+    wrote to or linked meanwhile (a dropped-in file whose writer kept it
+    open) is thrown away, not reused.
 
     Ownership travels with the inodes: the caller's locked fd of the old
     inode becomes a resting spare's, and the spare's locked fd is returned
