@@ -121,6 +121,10 @@ def publish(tmp_dir: str, target: str, data: bytes, *, durable: bool, replace: b
         raise
 
 
+# "~" is not allowed in ids, so no job's temporary file is ever taken for a spare.
+SPARE_STEM = "spare~"
+
+
 class Spare:
     """Files in a temporary folder that rewrites swap into the place of the file they replace.
 
@@ -211,13 +215,44 @@ class Spare:
             if _signature(fd) == seen:
                 return path, fd
             _discard(path, fd)
-        path, fd = write_new(self.directory, "spare", b"", durable=False, lock=True)
+        path, fd = write_new(self.directory, SPARE_STEM, b"", durable=False, lock=True)
         return path, fd
 
     def close(self) -> None:
         """Remove the spares (old versions of jobs, never a visible one)."""
         while self.resting:
             _discard(*self.resting.popleft()[1:3])
+
+
+def remove_dead_spares(directory: str, min_age: float = 1.0) -> int:
+    """Delete the spares of processes that are gone; returns how many.
+
+    A live owner holds the flock of every spare it has, except for the
+    instant between creating one and locking it, which `min_age` covers.
+    """
+    removed = 0
+    prefix = f".{SPARE_STEM}."
+    for name in os.listdir(directory):
+        if not name.startswith(prefix):
+            continue
+        path = os.path.join(directory, name)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError:
+            continue
+        try:
+            info = os.fstat(fd)
+            if time.time() - info.st_mtime < min_age or not lock_fd(fd):
+                continue
+            try:
+                if os.path.samestat(info, os.stat(path, follow_symlinks=False)):
+                    os.unlink(path)
+                    removed += 1
+            except FileNotFoundError:
+                pass
+        finally:
+            os.close(fd)
+    return removed
 
 
 def _signature(fd: int) -> tuple[int, int, int]:

@@ -256,7 +256,7 @@ def finish_cut_move(spool: Spool, held: LockedJob) -> bool:
 
 
 def recover(spool: Spool) -> list[tuple[str, str]]:
-    """Settle every job in processing/ whose owner is dead; returns (id, new state) pairs."""
+    """Settle every job in processing/ whose owner is dead, and clear its leftovers; returns (id, new state) pairs."""
     recovered = []
     for name in spool.names("processing"):
         if os.path.islink(os.path.join(spool.dir("processing"), name)):
@@ -271,6 +271,7 @@ def recover(spool: Spool) -> list[tuple[str, str]]:
     for record in registry.records(spool, live_only=False):
         if not record["alive"]:
             registry.remove_record(spool, record["name"])
+    fsops.remove_dead_spares(spool.dir("tmp"))  # a killed worker's replaced versions of jobs
     return recovered
 
 

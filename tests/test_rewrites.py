@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import json
 import os
+import time
 
 import pytest
 
 from conftest import put_job
-from queuectl import Spool, fsops, spool as spool_module
+from queuectl import Spool, fsops, lifecycle, spool as spool_module
 from queuectl.doctor import check
 from queuectl.fsops import Spare
 
@@ -183,6 +184,31 @@ def test_where_names_cannot_be_exchanged_rewrites_create_a_file(worker_spool, mo
     assert worker_spool.get(job["id"])["note"] == "rewritten"
     assert not worker_spool.spare.usable
     assert os.listdir(worker_spool.dir("tmp")) == []
+
+
+def test_recovery_removes_the_spares_of_a_worker_that_died(spool):
+    pid = os.fork()
+    if pid == 0:  # a worker that rewrites two jobs and is killed before it can tidy up
+        try:
+            spool.spare = Spare(spool.dir("tmp"))
+            for job in (spool.enqueue("true"), spool.enqueue("true")):
+                rewrite(spool, job, note="x")
+        finally:
+            os._exit(0)
+    os.waitpid(pid, 0)
+    dead_ones = set(os.listdir(spool.dir("tmp")))
+    assert len(dead_ones) >= 2
+    spool.spare = Spare(spool.dir("tmp"))  # a live worker's spares must stay
+    rewrite(spool, spool.enqueue("true"), note="y")
+    live_ones = set(os.listdir(spool.dir("tmp"))) - dead_ones
+    an_hour_ago = time.time() - 3600
+    for name in dead_ones | live_ones:
+        os.utime(os.path.join(spool.dir("tmp"), name), (an_hour_ago, an_hour_ago))
+
+    lifecycle.recover(spool)
+
+    assert set(os.listdir(spool.dir("tmp"))) == live_ones
+    spool.spare.close()
 
 
 def test_closing_removes_the_spares(worker_spool):
