@@ -19,18 +19,13 @@ from __future__ import annotations
 import collections
 import json
 import os
-import pathlib
 import random
 import re
-import shutil
 import signal
 import subprocess
-import tempfile
 import time
 from dataclasses import dataclass, field
 from typing import Callable
-
-import pytest
 
 from queuectl import Spool, fsops, lifecycle, registry
 from queuectl import worker as worker_module
@@ -192,17 +187,6 @@ def next_worker(spool_path: str) -> None:
     finally:
         for signum, handler in handlers.items():
             signal.signal(signum, handler)
-
-
-@pytest.fixture
-def memory_folder(tmp_path):
-    """A folder in RAM (tmpfs) where there is one: fsync is still called there, but costs nothing."""
-    if not os.path.isdir("/dev/shm"):
-        yield tmp_path
-        return
-    folder = tempfile.mkdtemp(prefix="queuectl-test-", dir="/dev/shm")
-    yield pathlib.Path(folder)
-    shutil.rmtree(folder, ignore_errors=True)
 
 
 def copy_spool(source: str, target: str) -> str:

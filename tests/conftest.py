@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import pathlib
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 
 import pytest
@@ -85,3 +88,27 @@ def put_job(spool_path, state, job_id, **fields):
     with open(os.path.join(Spool(spool_path).dir(state), job_id + ".json"), "wb") as handle:
         handle.write(dumps(job))
     return job
+
+
+@pytest.fixture
+def workers(spool_path, tmp_path):
+    """Start real workers with `workers.start(...)`; none of them, nor their jobs, outlives the test."""
+    from workers_util import WorkerProcesses  # it imports this module's helpers
+
+    processes = WorkerProcesses(spool_path, tmp_path)
+    yield processes
+    processes.kill_all()
+    crashes = processes.tracebacks()
+    if crashes:
+        pytest.fail("a worker crashed:\n" + "\n".join(crashes), pytrace=False)
+
+
+@pytest.fixture
+def memory_folder(tmp_path):
+    """A folder in RAM (tmpfs) where there is one: fsync is still called there, but costs nothing."""
+    if not os.path.isdir("/dev/shm"):
+        yield tmp_path
+        return
+    folder = tempfile.mkdtemp(prefix="queuectl-test-", dir="/dev/shm")
+    yield pathlib.Path(folder)
+    shutil.rmtree(folder, ignore_errors=True)

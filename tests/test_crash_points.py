@@ -23,7 +23,7 @@ from typing import Callable
 
 import pytest
 
-from chaos_util import assert_intact, copy_spool, memory_folder, next_worker, sweep  # noqa: F401 (fixture)
+from chaos_util import assert_intact, copy_spool, next_worker, sweep
 from conftest import put_job
 from queuectl import Spool, lifecycle
 from queuectl.doctor import check

@@ -22,7 +22,7 @@ from chaos_util import assert_intact, census
 from conftest import run_queuectl, wait_until
 from queuectl import Spool
 from queuectl.doctor import check
-from workers_util import read_lines, workers  # noqa: F401  (workers is a fixture)
+from workers_util import read_lines
 
 FAULTS = {"ENOSPC": "No space left on device", "EROFS": "Read-only file system"}
 

@@ -21,7 +21,7 @@ from conftest import put_job
 from queuectl import Spool, lifecycle, registry
 from queuectl.doctor import check
 from queuectl.job import iso
-from workers_util import enqueue, wait_for_state, workers  # noqa: F401  (workers is a fixture)
+from workers_util import enqueue, wait_for_state
 
 AN_HOUR_AGO = time.time() - 3600
 TWO_DAYS_AGO = time.time() - 2 * 86400

@@ -9,7 +9,7 @@ import pytest
 
 from conftest import run_queuectl, wait_until
 from queuectl import Spool
-from workers_util import append_id, enqueue, read_lines, show, wait_for_state, workers  # noqa: F401
+from workers_util import append_id, enqueue, read_lines, show, wait_for_state
 
 
 def pending(spool_path, name: str) -> str:

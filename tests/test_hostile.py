@@ -27,7 +27,6 @@ from queuectl.config import defaults
 from queuectl.doctor import check
 from queuectl.errors import InvalidJob
 from queuectl.job import MAX_JOB_BYTES, build, dumps, iso, loads, parse_time
-from workers_util import workers  # noqa: F401  (a fixture)
 
 BOUNDED = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 FILES = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])

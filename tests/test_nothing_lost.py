@@ -19,7 +19,7 @@ from chaos_util import FAIL_EVERY, chaos_id, run_chaos
 from conftest import wait_until
 from queuectl import Spool
 from queuectl.doctor import check
-from workers_util import append_id, read_lines, workers  # noqa: F401  (workers is a fixture)
+from workers_util import append_id, read_lines
 
 
 def appending_jobs(count: int, ran_file, prefix: str) -> list[dict]:

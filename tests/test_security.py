@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from conftest import put_job, run_queuectl
 from queuectl import InvalidJob, Spool
 from queuectl.job import is_valid_id
-from workers_util import enqueue, read_lines, workers  # noqa: F401  (workers is a fixture)
+from workers_util import enqueue, read_lines
 
 ESCAPES = ["../x", "../../etc/passwd", "/etc/passwd", "a/b", "a\0b", "", ".", "..", ".hidden", "x" * 129,
            "a b", "caf\u00e9", "x\n", "..%2f", "~root"]

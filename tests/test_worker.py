@@ -16,8 +16,8 @@ from conftest import read_job, run_queuectl, wait_until
 from queuectl import Spool
 from queuectl.demo import example_folder, example_jobs
 from queuectl.job import iso
-from workers_util import (append_id, configure, enqueue, process_alive, read_lines, seconds, show,
-                          wait_for_running, wait_for_state, workers)  # noqa: F401  (workers is a fixture)
+from workers_util import (append_id, configure, enqueue, process_alive, read_lines, seconds, wait_for_running,
+                          wait_for_state)
 
 
 def marker_then(marker, command: str) -> str:

@@ -190,17 +190,6 @@ class WorkerProcesses:
         return found
 
 
-@pytest.fixture
-def workers(spool_path, tmp_path):
-    """Start real workers with `workers.start(...)`; none of them, nor their jobs, outlives the test."""
-    processes = WorkerProcesses(spool_path, tmp_path)
-    yield processes
-    processes.kill_all()
-    crashes = processes.tracebacks()
-    if crashes:
-        pytest.fail("a worker crashed:\n" + "\n".join(crashes), pytrace=False)
-
-
 def show(spool_path: str, job_id: str) -> dict:
     """`queuectl show ID` as a user runs it."""
     result = run_queuectl(spool_path, "show", job_id)
