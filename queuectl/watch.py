@@ -23,6 +23,10 @@ import logging
 import os
 import select
 import struct
+from typing import Callable
+
+from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.observers import Observer
 
 from .errors import SpoolError
 
@@ -130,37 +134,35 @@ def _inotify_error(action: str, limit: str) -> OSError:
     return OSError(code, f"{action}: {os.strerror(code)}{hint}")
 
 
-class _ObserverSource:
-    """watchdog's observer threads, for systems without inotify."""
+class _ObserverSource(FileSystemEventHandler):
+    """watchdog's observer threads, for systems without inotify: its events become changes."""
 
     fd = None
 
-    def __init__(self, folders: dict[str, str], wake):
-        from watchdog.events import FileSystemEventHandler
-        from watchdog.observers import Observer
-
-        queued: collections.deque = collections.deque()
-        self._queued = queued
-
-        class Relay(FileSystemEventHandler):
-            def on_any_event(self, event) -> None:
-                kind = event.event_type
-                if kind not in ("created", "moved", "deleted", "closed") or event.is_directory and kind != "moved":
-                    return
-                paths = [("gone", event.src_path), ("moved", event.dest_path)] if kind == "moved" \
-                    else [({"deleted": "gone"}.get(kind, kind), event.src_path)]
-                for change, path in paths:
-                    path = os.fsdecode(path)
-                    folder = next((name for name, watched in folders.items()
-                                   if watched == os.path.dirname(path)), None)
-                    if folder is not None:
-                        queued.append((change, folder, os.path.basename(path)))
-                wake()
-
+    def __init__(self, folders: dict[str, str], wake: Callable[[], None]):
+        self._folders = {path: folder for folder, path in folders.items()}
+        self._wake = wake
+        self._queued: collections.deque[tuple[str, str, str]] = collections.deque()
         self._observer = Observer()
         for path in folders.values():
-            self._observer.schedule(Relay(), path, recursive=False)
+            self._observer.schedule(self, path, recursive=False)
         self._observer.start()
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        """Runs in watchdog's thread."""
+        kind = event.event_type
+        if kind not in ("created", "moved", "deleted", "closed") or event.is_directory and kind != "moved":
+            return
+        if kind == "moved":
+            paths = [("gone", event.src_path), ("moved", event.dest_path)]
+        else:
+            paths = [("gone" if kind == "deleted" else kind, event.src_path)]
+        for change, path in paths:
+            path = os.fsdecode(path)
+            folder = self._folders.get(os.path.dirname(path))
+            if folder is not None:
+                self._queued.append((change, folder, os.path.basename(path)))
+        self._wake()
 
     def changes(self) -> list[tuple[str, str, str]]:
         found = []
