@@ -30,7 +30,7 @@ from typing import Any
 
 from . import fsops, lifecycle, registry
 from .errors import ConfigError, InvalidJob
-from .job import MAX_JOB_BYTES, STATES, build, is_valid_id, loads, new_id
+from .job import STATES, build, is_valid_id, loads, new_id
 from .spool import FOLDERS, SUFFIX, Spool
 
 TEMP_AGE = 60.0          # a write takes milliseconds; older temporary files were left by a crash
@@ -116,7 +116,7 @@ class _Doctor:
             return None
         if state == "pending" and name.endswith(".tmp"):
             return None
-        raw, unreadable = _read_entry(os.path.join(self.spool.dir(state), name))
+        raw, unreadable = self.spool.read_raw(state, name)
         if raw is None and unreadable is None:
             return None  # gone meanwhile
         stem = name[: -len(SUFFIX)] if name.endswith(SUFFIX) else None
@@ -210,7 +210,7 @@ class _Doctor:
             same_file = os.path.samestat(info, os.lstat(kept))
         except FileNotFoundError:
             return  # moved on meanwhile
-        job_id = name[: -len(SUFFIX)]
+        job_id = name.removesuffix(SUFFIX)
         if same_file:
             detail = (f"the same file as {keep}/{name} under a second name (a move cut between link and "
                       f"unlink); {keep}/ is kept")
@@ -244,7 +244,7 @@ class _Doctor:
             stem = name[: -len(INVALID)]
             if not name.endswith(INVALID) or name.startswith(".") or os.path.lexists(os.path.join(dead, stem + SUFFIX)):
                 continue
-            raw, unreadable = _read_entry(os.path.join(dead, name))
+            raw, unreadable = self.spool.read_raw("dead", name)
             if raw is None and unreadable is None:
                 continue
             reason = unreadable or self._invalid_because(raw, "dead", None) or (
@@ -282,7 +282,7 @@ class _Doctor:
                     detail = f"a move to {written}/ was cut short by a crash"
                 else:
                     detail = "its worker died during the run (the attempt counts)"
-            orphans[name[: -len(SUFFIX)]] = self._add("orphaned-job", f"processing/{name}",
+            orphans[name.removesuffix(SUFFIX)] = self._add("orphaned-job", f"processing/{name}",
                                                       f"no live worker owns it: {detail}")
         if not (self.repair and orphans):
             return
@@ -359,8 +359,9 @@ class _Doctor:
                 registry.remove_record(self.spool, record["name"])
                 finding["repaired"] = True
         now = time.time()
-        recorded = {entry[: -len(SUFFIX)] for entry in os.listdir(self.spool.dir("workers")) if entry.endswith(SUFFIX)}
-        for entry in sorted(os.listdir(self.spool.dir("workers"))):
+        entries = sorted(os.listdir(self.spool.dir("workers")))
+        recorded = {entry.removesuffix(SUFFIX) for entry in entries if entry.endswith(SUFFIX)}
+        for entry in entries:
             name = entry[: -len(".lock")]
             if not entry.endswith(".lock") or name in recorded:
                 continue
@@ -375,23 +376,6 @@ class _Doctor:
             if self.repair:
                 registry.remove_record(self.spool, name)
                 finding["repaired"] = True
-
-
-def _read_entry(path: str) -> tuple[bytes | None, str | None]:
-    """The bytes of a spool entry, never through a symlink: (bytes, None), (None, why unreadable), or (None, None) if gone."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return None, None
-    except OSError as exc:
-        return None, "a symlink (never followed)" if os.path.islink(path) else f"cannot be read: {exc.strerror}"
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            return None, "not a regular file (a folder, FIFO or device)"
-        return fsops.read_named(fd, path, MAX_JOB_BYTES, info), None
-    finally:
-        os.close(fd)
 
 
 def _loads_or_none(raw: bytes | None) -> Any:

@@ -91,11 +91,7 @@ def write_new(directory: str, stem: str, data: bytes, *, durable: bool, lock: bo
     try:
         if lock:
             fcntl.flock(fd, fcntl.LOCK_EX)
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        if durable:
-            os.fsync(fd)
+        _write_all(fd, data, durable)
     except BaseException:
         os.close(fd)
         os.unlink(path)
@@ -106,19 +102,34 @@ def write_new(directory: str, stem: str, data: bytes, *, durable: bool, lock: bo
     return path, None
 
 
-def publish(tmp_dir: str, target: str, data: bytes, *, durable: bool, replace: bool = False) -> None:
+def _write_all(fd: int, data: bytes, durable: bool) -> None:
+    """Write `data` at fd's offset (a fresh fd: the start), fsynced when `durable`."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+    if durable:
+        os.fsync(fd)
+
+
+def publish(tmp_dir: str, target: str, data: bytes, *, durable: bool, replace: bool = False,
+            lock: bool = False) -> int | None:
     """Make `target` hold `data` in one step: written in tmp_dir, then renamed into place.
 
     Without `replace`, an existing target raises FileExistsError and is left
     untouched. The temporary file never outlives a failure, so an error
-    between the write and the rename leaves nothing behind in tmp/.
+    between the write and the rename leaves nothing behind in tmp/. With
+    `lock`, returns an fd holding the new file's flock, taken before the
+    file became visible.
     """
-    temp, _ = write_new(tmp_dir, os.path.basename(target), data, durable=durable)
+    temp, fd = write_new(tmp_dir, os.path.basename(target), data, durable=durable, lock=lock)
     try:
         (os.replace if replace else rename_noreplace)(temp, target)
     except BaseException:
+        if fd is not None:
+            os.close(fd)
         os.unlink(temp)
         raise
+    return fd
 
 
 # "~" is not allowed in ids, so no job's temporary file is ever taken for a spare.
@@ -177,12 +188,8 @@ class Spare:
         try:
             write_fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
             try:
-                view, offset = memoryview(data), 0
-                while offset < len(data):
-                    offset += os.pwrite(write_fd, view[offset:], offset)
                 os.ftruncate(write_fd, len(data))
-                if durable:
-                    os.fsync(write_fd)
+                _write_all(write_fd, data, durable)
             finally:
                 os.close(write_fd)
             exchanged = _renameat2_flags(path, target, _RENAME_EXCHANGE)
@@ -224,13 +231,13 @@ class Spare:
             _discard(*self.resting.popleft()[1:3])
 
 
-def remove_dead_spares(directory: str, min_age: float = 1.0) -> int:
-    """Delete the spares of processes that are gone; returns how many.
+# A live owner holds the flock of every spare it has, except for the instant
+# between creating one and locking it, which this age covers.
+SPARE_MIN_AGE = 1.0
 
-    A live owner holds the flock of every spare it has, except for the
-    instant between creating one and locking it, which `min_age` covers.
-    """
-    removed = 0
+
+def remove_dead_spares(directory: str) -> None:
+    """Delete the spares of processes that are gone (nobody holds their flock)."""
     prefix = f".{SPARE_STEM}."
     for name in os.listdir(directory):
         if not name.startswith(prefix):
@@ -242,17 +249,15 @@ def remove_dead_spares(directory: str, min_age: float = 1.0) -> int:
             continue
         try:
             info = os.fstat(fd)
-            if time.time() - info.st_mtime < min_age or not lock_fd(fd):
+            if time.time() - info.st_mtime < SPARE_MIN_AGE or not lock_fd(fd):
                 continue
             try:
                 if os.path.samestat(info, os.stat(path, follow_symlinks=False)):
                     os.unlink(path)
-                    removed += 1
             except FileNotFoundError:
                 pass
         finally:
             os.close(fd)
-    return removed
 
 
 def _signature(fd: int) -> tuple[int, int, int]:
@@ -268,10 +273,10 @@ def _discard(path: str, fd: int) -> None:
         pass
 
 
-def lock_fd(fd: int, *, wait: bool = False) -> bool:
+def lock_fd(fd: int) -> bool:
     """Take the exclusive flock on fd; False when another process holds it."""
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         return False
     return True

@@ -49,7 +49,7 @@ def claim(spool: Spool, state: str, name: str, worker: str, now: float) -> Locke
         held.release()
         return None
     try:
-        job = build(held.job, spool.config, stem=name[: -len(SUFFIX)], state=state)
+        job = build(held.job, spool.config, stem=name.removesuffix(SUFFIX), state=state)
         if due_time(job) > now:
             held.release()
             return None
@@ -59,7 +59,8 @@ def claim(spool: Spool, state: str, name: str, worker: str, now: float) -> Locke
         held.release()
         return None
     except FileExistsError:
-        dead_letter(spool, held, f"duplicate id {held.name[:-len(SUFFIX)]!r}: a job with this id is already running")
+        dead_letter(spool, held,
+                    f"duplicate id {held.name.removesuffix(SUFFIX)!r}: a job with this id is already running")
         held.release()
         return None
     job.update(state="processing", attempts=job["attempts"] + 1, started_at=iso(now),
@@ -94,7 +95,7 @@ def _move_on(spool: Spool, held: LockedJob, state: str) -> str:
     try:
         held.move(state)
     except FileExistsError:
-        dead_letter(spool, held, f"duplicate id {held.name[:-len(SUFFIX)]!r}: {state}/ already holds a job "
+        dead_letter(spool, held, f"duplicate id {held.name.removesuffix(SUFFIX)!r}: {state}/ already holds a job "
                                  f"with this id (this file is kept beside it)")
         return "dead"
     return state
@@ -102,11 +103,12 @@ def _move_on(spool: Spool, held: LockedJob, state: str) -> str:
 
 def _record_attempt(job: dict, outcome: Outcome, error: str | None) -> None:
     duration = round(outcome.finished - outcome.started, 3)
-    job.update(finished_at=iso(outcome.finished), last_duration=duration,
+    finished_at = iso(outcome.finished)
+    job.update(finished_at=finished_at, last_duration=duration,
                last_exit_code=outcome.exit_code, last_error=error)
     job["history"] = (job.get("history") or [])[-(HISTORY_LIMIT - 1):] + [{
         "attempt": job["attempts"], "worker": job.get("worker"), "started_at": job.get("started_at"),
-        "finished_at": iso(outcome.finished), "exit_code": outcome.exit_code, "signal": outcome.signal,
+        "finished_at": finished_at, "exit_code": outcome.exit_code, "signal": outcome.signal,
         "error": error, "stderr_tail": outcome.stderr_tail,
     }]
 
@@ -129,7 +131,7 @@ def dead_letter(spool: Spool, held: LockedJob | None, reason: str, *, state: str
     """
     name = held.name if held is not None else name
     state = held.state if held is not None else state
-    stem = name[: -len(SUFFIX)] if name.endswith(SUFFIX) else name
+    stem = name.removesuffix(SUFFIX)
     job_id = stem if id_is_free(spool, stem, state) else new_id()
     original = job_id + ".invalid"
     if held is not None:
@@ -202,7 +204,7 @@ def adopt(spool: Spool, name: str, *, complete: bool) -> str | None:
     with held:
         if finish_cut_move(spool, held):
             return None
-        stem = name[: -len(SUFFIX)] if name.endswith(SUFFIX) else name
+        stem = name.removesuffix(SUFFIX)
         try:
             if held.job is None:
                 loads(held.raw)  # raises the precise reason
@@ -239,7 +241,7 @@ def finish_cut_move(spool: Spool, held: LockedJob) -> bool:
     mine = os.fstat(held.fd)
     if mine.st_nlink < 2:
         return False
-    stem = held.name[: -len(SUFFIX)] if held.name.endswith(SUFFIX) else held.name
+    stem = held.name.removesuffix(SUFFIX)
     names = [(other, os.path.join(spool.dir(other), held.name)) for other in STATES if other != held.state]
     names.append(("dead", os.path.join(spool.dir("dead"), stem + ".invalid")))  # a dead-letter move
     for other, other_path in names:
@@ -261,13 +263,13 @@ def recover(spool: Spool) -> list[tuple[str, str]]:
     for name in spool.names("processing"):
         if os.path.islink(os.path.join(spool.dir("processing"), name)):
             dead_letter(spool, None, "a symlink (not followed)", state="processing", name=name)
-            recovered.append((name[: -len(SUFFIX)], "dead"))
+            recovered.append((name.removesuffix(SUFFIX), "dead"))
             continue
         held = spool.lock("processing", name)
         if held is None:
             continue
         with held:
-            recovered.append((name[: -len(SUFFIX)], _recover_one(spool, held)))
+            recovered.append((name.removesuffix(SUFFIX), _recover_one(spool, held)))
     for record in registry.records(spool, live_only=False):
         if not record["alive"]:
             registry.remove_record(spool, record["name"])

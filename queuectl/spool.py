@@ -93,14 +93,7 @@ class LockedJob:
         spare = self.spool.spare
         new_fd = spare.swap(self.fd, self.path, data, durable=durable) if spare is not None else None
         if new_fd is None:
-            temp, new_fd = fsops.write_new(self.spool.dir("tmp"), self.job["id"], data,
-                                           durable=durable, lock=True)
-            try:
-                os.rename(temp, self.path)
-            except BaseException:
-                os.close(new_fd)
-                os.unlink(temp)
-                raise
+            new_fd = fsops.publish(self.spool.dir("tmp"), self.path, data, durable=durable, replace=True, lock=True)
             os.close(self.fd)
         if durable and not moving_on:
             fsops.fsync_dir(self.spool.dir(self.state))
@@ -285,9 +278,9 @@ class Spool:
         return batch
 
     def _refuse_duplicate(self, job_id: str) -> None:
-        for state in STATES:
-            if os.path.lexists(os.path.join(self.root, state, job_id + SUFFIX)):
-                raise DuplicateJob(f"a job with id {job_id!r} already exists ({state})")
+        state = self.find(job_id)
+        if state is not None:
+            raise DuplicateJob(f"a job with id {job_id!r} already exists ({state})")
 
     # -- inspection ----------------------------------------------------------
 
@@ -327,20 +320,9 @@ class Spool:
         A file that is not a job object (a half-written drop-in) is shown as a
         stub whose `last_error` says why, rather than hidden or crashed on.
         """
-        path = os.path.join(self.root, state, name)
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
-        except (FileNotFoundError, IsADirectoryError):
-            return None
-        except OSError as exc:
-            return _stub(name, state, f"cannot open: {exc.strerror}")
-        try:
-            info = os.fstat(fd)
-            if not stat.S_ISREG(info.st_mode):
-                return _stub(name, state, "not a regular file")
-            data = fsops.read_named(fd, path, MAX_JOB_BYTES, info)
-        finally:
-            os.close(fd)
+        data, unreadable = self.read_raw(state, name)
+        if unreadable is not None:
+            return _stub(name, state, unreadable)
         if data is None:
             return None
         try:
@@ -351,6 +333,27 @@ class Spool:
             return _stub(name, state, "not a JSON object")
         job["state"] = state
         return job
+
+    def read_raw(self, state: str, name: str) -> tuple[bytes | None, str | None]:
+        """The bytes of `state/name`, never through a symlink.
+
+        (bytes, None); (None, why it cannot be read); (None, None) when it is
+        gone, or moved away while being read.
+        """
+        path = os.path.join(self.root, state, name)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+        except FileNotFoundError:
+            return None, None
+        except OSError as exc:
+            return None, "a symlink (never followed)" if os.path.islink(path) else f"cannot be read: {exc.strerror}"
+        try:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
+                return None, "not a regular file (a folder, FIFO or device)"
+            return fsops.read_named(fd, path, MAX_JOB_BYTES, info), None
+        finally:
+            os.close(fd)
 
     def jobs(self, state: str | None = None, limit: int | None = None) -> list[dict]:
         """Jobs newest id first (generated ids sort by creation time)."""
@@ -487,7 +490,7 @@ class Spool:
                 except FileNotFoundError:
                     continue
                 removed += 1
-                stem = name[: -len(SUFFIX)]
+                stem = name.removesuffix(SUFFIX)
                 for leftover in (os.path.join(self.dir("logs"), stem + ".log"),
                                  os.path.join(self.dir(state), stem + ".invalid")):
                     try:
@@ -503,7 +506,7 @@ def _enqueued_before(published: list[dict]) -> str:
 
 
 def _stub(name: str, state: str, reason: str) -> dict:
-    stem = name[: -len(SUFFIX)] if name.endswith(SUFFIX) else name
+    stem = name.removesuffix(SUFFIX)
     return {"id": stem, "state": state, "command": None, "last_error": f"unreadable job file: {reason}"}
 
 

@@ -2,9 +2,9 @@
 
 For each operation (enqueue, claim, settle, retry, cancel, dlq retry, adopt,
 recover, and doctor's own repairs) a forked child performs it and dies by
-os._exit at its 1st, 2nd, 3rd ... file-system step (write, pwrite,
-ftruncate, fsync, rename, renameat2, link, unlink), still holding its flocks, until the operation completes
-without reaching the step. Every state left behind is then handed both
+os._exit at its 1st, 2nd, 3rd ... file-system step (write, ftruncate,
+fsync, rename, renameat2, link, unlink), still holding its flocks, until
+the operation completes without reaching the step. Every state left behind is then handed both
 - to the next worker (recovery, adoption, then running what is due), and
 - to `doctor --repair` (on a copy, then the next worker too),
 and each job must end as one valid file in one folder, in a state the

@@ -276,7 +276,7 @@ class DashboardHandler(BaseHTTPRequestHandler):
         spool = self.server.spool
         folder_of = {name: folder for folder in ([state] if state else STATES)
                      for name in spool.names(folder)
-                     if not search or search in name[: -len(SUFFIX)].lower()}
+                     if not search or search in name.removesuffix(SUFFIX).lower()}
         # Newest id first; only the requested page is read from disk.
         end = offset + limit
         newest = (heapq.nlargest(end, folder_of) if end <= HEAP_PAGES_END
@@ -314,7 +314,7 @@ class DashboardHandler(BaseHTTPRequestHandler):
         """
         after = _text_param(query, "after")
         spool = self.server.spool
-        dead = sorted(name[: -len(SUFFIX)] for name in spool.names("dead"))
+        dead = sorted(name.removesuffix(SUFFIX) for name in spool.names("dead"))
         deadline = time.monotonic() + RETRY_ALL_BUDGET
         retried, skipped, errors, cursor = 0, 0, [], None
         for job_id in dead[bisect.bisect_right(dead, after):]:
