@@ -157,7 +157,11 @@ class _Doctor:
             finding["detail"] += ("; moved to dead/ with its bytes kept" if finding["repaired"]
                                   else "; left alone: it may still be being written, try again in a few seconds")
             return
-        if not stat.S_ISREG(os.lstat(path).st_mode):
+        try:
+            regular = stat.S_ISREG(os.lstat(path).st_mode)
+        except FileNotFoundError:
+            return  # moved away since it was read: its new place is judged on its own
+        if not regular:
             job_id = lifecycle.dead_letter(self.spool, None, reason, state=state, name=name)
         else:
             held = self._own(finding, state, name)
