@@ -15,6 +15,7 @@ import sys
 import time
 
 from .spool import Spool
+from .worker import Worker, stop_signals
 
 RESTART_DELAY = 1.0
 
@@ -26,7 +27,6 @@ def run_workers(spool: Spool, *, count: int, burst: bool) -> int:
 
 
 def _run_child(spool: Spool, burst: bool) -> int:
-    from .worker import Worker
     return Worker(spool, burst=burst).run()
 
 
@@ -39,8 +39,10 @@ class Supervisor:
         self.signals = 0
 
     def run(self) -> int:
-        signal.signal(signal.SIGTERM, self._forward)
-        signal.signal(signal.SIGINT, self._forward)
+        with stop_signals(self._forward):
+            return self._supervise()
+
+    def _supervise(self) -> int:
         for slot in range(self.count):
             self._spawn(slot)
         failures = 0

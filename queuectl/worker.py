@@ -13,9 +13,11 @@ without using a retry.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import time
+from typing import Callable, Iterator
 
 from filelock import FileLock, Timeout
 
@@ -28,6 +30,18 @@ from .spool import SUFFIX, Spool
 from .watch import RESCAN, FolderWatch
 
 WATCHED = ("pending", "failed", "workers")
+
+
+@contextlib.contextmanager
+def stop_signals(handler: Callable) -> Iterator[None]:
+    """SIGTERM and SIGINT go to `handler` inside the block, and to whatever took them before after it:
+    `queuectl demo` runs workers several times in one process."""
+    previous = {signum: signal.signal(signum, handler) for signum in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for signum, handler_before in previous.items():
+            signal.signal(signum, handler_before)
 
 
 class Worker:
@@ -52,13 +66,13 @@ class Worker:
             raise SpoolError(f"worker name {self.name} is taken by a live worker") from None
         try:
             self.watch = FolderWatch({folder: self.spool.dir(folder) for folder in WATCHED})
-            self._install_signal_handlers()
-            self._write_record()
-            visible_in = tuple(self.spool.dir(folder) for folder in ("pending", "failed", "processing"))
-            self.spool.spare = Spare(self.spool.dir("tmp"), visible_in)
-            lifecycle.recover(self.spool)
-            self._scan()
-            self._loop()
+            with stop_signals(self._on_signal):
+                self._write_record()
+                visible_in = tuple(self.spool.dir(folder) for folder in ("pending", "failed", "processing"))
+                self.spool.spare = Spare(self.spool.dir("tmp"), visible_in)
+                lifecycle.recover(self.spool)
+                self._scan()
+                self._loop()
         except OSError as exc:
             # A full or read-only disk: stop, in one line. A job this worker held is
             # in processing/ unlocked, so the next worker's recovery moves it on.
@@ -74,14 +88,11 @@ class Worker:
             lock.release()
         return 0
 
-    def _install_signal_handlers(self) -> None:
-        def handle(signum, frame):
-            if self.stopping:
-                self.stop_now = True
-            self.stopping = True
-            self.watch.wake()
-        signal.signal(signal.SIGTERM, handle)
-        signal.signal(signal.SIGINT, handle)
+    def _on_signal(self, signum, frame) -> None:
+        if self.stopping:
+            self.stop_now = True
+        self.stopping = True
+        self.watch.wake()
 
     def check_stop_request(self) -> None:
         """Obey `worker stop` requests made after this worker started."""

@@ -21,7 +21,6 @@ import json
 import os
 import random
 import re
-import signal
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -181,12 +180,7 @@ def sweep(setup: Callable[[int], str], prepare: Callable[[str], object], act: Ca
 
 def next_worker(spool_path: str) -> None:
     """What the next worker does: recover, adopt, claim, run and settle every due job (burst mode)."""
-    handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        assert worker_module.Worker(Spool(spool_path), burst=True).run() == 0
-    finally:
-        for signum, handler in handlers.items():
-            signal.signal(signum, handler)
+    assert worker_module.Worker(Spool(spool_path), burst=True).run() == 0
 
 
 def copy_spool(source: str, target: str) -> str:

@@ -1,0 +1,38 @@
+"""Workers and the supervisor take SIGTERM/SIGINT only while they run.
+
+`queuectl demo` runs workers several times in one process: a handler left
+behind by a finished worker wrote to its closed wake-up pipe on the next
+Ctrl-C (or, with a supervisor, swallowed it).
+"""
+
+from __future__ import annotations
+
+import signal
+
+from queuectl import Spool
+from queuectl.supervisor import Supervisor
+from queuectl.worker import Worker
+
+
+def marker(signum, frame):
+    raise AssertionError("only installed to be given back")
+
+
+def test_a_worker_gives_the_signals_back(spool_path):
+    before = {signum: signal.signal(signum, marker) for signum in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        assert Worker(Spool(spool_path), burst=True).run() == 0
+        assert signal.getsignal(signal.SIGTERM) is marker and signal.getsignal(signal.SIGINT) is marker
+    finally:
+        for signum, handler in before.items():
+            signal.signal(signum, handler)
+
+
+def test_a_supervisor_gives_the_signals_back(spool_path):
+    before = {signum: signal.signal(signum, marker) for signum in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        assert Supervisor(Spool(spool_path), 2, burst=True).run() == 0
+        assert signal.getsignal(signal.SIGTERM) is marker and signal.getsignal(signal.SIGINT) is marker
+    finally:
+        for signum, handler in before.items():
+            signal.signal(signum, handler)
