@@ -68,16 +68,13 @@ def follow_log(spool, job_id: str) -> Iterator[bytes]:
     """The log as it grows, until the job is finished and everything is printed."""
     if spool.find(job_id) is None:
         raise JobNotFound(f"no job with id {job_id!r}")
-    path = spool.log_path(job_id)
     offset = 0
     while True:
-        finished = spool.find(job_id) in FINISHED
-        try:
-            with open(path, "rb") as handle:
-                handle.seek(offset)
-                chunk = handle.read()
-        except FileNotFoundError:
-            chunk = b""
+        state = spool.find(job_id)
+        if state is None:
+            raise JobNotFound(f"job {job_id!r} disappeared (purged?)")
+        finished = state in FINISHED
+        chunk = spool.read_log(job_id, offset=offset)
         if chunk:
             offset += len(chunk)
             yield chunk

@@ -374,14 +374,15 @@ class Spool:
             if job is not None:
                 yield job
 
-    def read_log(self, job_id: str, tail_bytes: int | None = None) -> bytes:
+    def read_log(self, job_id: str, tail_bytes: int | None = None, offset: int = 0) -> bytes:
+        """The job's log from byte `offset`, or its last `tail_bytes`."""
         path = self.log_path(job_id)
         try:
             # Never through a symlink: a log is the spool's own file, or nothing.
             with open(os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC), "rb") as handle:
                 if tail_bytes is not None:
-                    size = os.fstat(handle.fileno()).st_size
-                    handle.seek(max(0, size - tail_bytes))
+                    offset = max(0, os.fstat(handle.fileno()).st_size - tail_bytes)
+                handle.seek(offset)
                 return handle.read()
         except FileNotFoundError:
             if self.find(job_id) is None:

@@ -88,11 +88,12 @@ def untouched(secret) -> bool:
     return secret.read_text() == "the password\n" and os.stat(secret).st_mtime == 1_000_000_000
 
 
-def test_logs_never_reads_through_a_symlink(spool_path, spool, secret, qc):
+@pytest.mark.parametrize("follow", [[], ["--follow"]], ids=["logs", "logs --follow"])
+def test_logs_never_reads_through_a_symlink(spool_path, spool, secret, qc, follow):
     put_job(spool_path, "completed", "job")
     os.symlink(secret, spool.log_path("job"))
 
-    result = qc("logs", "job")
+    result = qc("logs", *follow, "job")
 
     assert result.returncode == 1 and "the password" not in result.stdout + result.stderr
     assert result.stderr.count("\n") == 1
