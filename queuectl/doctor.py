@@ -61,7 +61,7 @@ class _Doctor:
         listings = {state: sorted(os.listdir(self.spool.dir(state))) for state in ("pending", "failed",
                                                                                     "completed", "dead")}
         # Before recovery, which drops dead workers' records itself once their jobs are recovered.
-        dead_workers = [record for record in registry.records(self.spool, live_only=False) if not record["alive"]]
+        dead_workers = registry.dead_records(self.spool)
         stale = [(state, name, written) for state, names in listings.items() for name in names
                  for written in [self._entry(state, name)] if written is not None]
         # Before a rewrite, which makes a new file: one file under two names must still look like one.

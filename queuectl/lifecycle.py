@@ -270,9 +270,8 @@ def recover(spool: Spool) -> list[tuple[str, str]]:
             continue
         with held:
             recovered.append((name.removesuffix(SUFFIX), _recover_one(spool, held)))
-    for record in registry.records(spool, live_only=False):
-        if not record["alive"]:
-            registry.remove_record(spool, record["name"])
+    for record in registry.dead_records(spool):
+        registry.remove_record(spool, record["name"])
     fsops.remove_dead_spares(spool.dir("tmp"))  # a killed worker's replaced versions of jobs
     return recovered
 

@@ -1,8 +1,9 @@
 """workers/: who is alive, what each worker runs, and stop or cancel requests.
 
 Each worker holds `workers/<name>.lock` (filelock) for its whole life and
-keeps `workers/<name>.json` (pid, host, start, current job, heartbeat)
-beside it. A record whose lock can be taken belongs to a dead worker.
+keeps `workers/<name>.json` (pid, host, start; written once) beside it. A
+record whose lock can be taken belongs to a dead worker; the job a worker
+runs is read from the `worker` field of the files in processing/.
 `worker stop` reaches every worker, on any host sharing the spool, through
 one file, `workers/stop.json`, that workers watch; a worker obeys a request
 made after it started, so a new worker is not stopped by an old request.
@@ -14,7 +15,7 @@ import json
 import os
 import socket
 import time
-from typing import Any
+from typing import Any, Iterator
 
 from .fsops import publish
 
@@ -48,7 +49,7 @@ def is_alive(spool, name: str) -> bool:
 
 
 def write_record(spool, name: str, record: dict[str, Any]) -> None:
-    """Workers' records change on every job; they need no fsync (a power cut kills them too)."""
+    """A worker's record is written once, at its start; it needs no fsync (a power cut kills the worker too)."""
     publish(spool.dir("tmp"), record_path(spool, name), json.dumps(record).encode(), durable=False, replace=True)
 
 
@@ -80,23 +81,27 @@ def _running_jobs(spool) -> dict[str, str]:
 
 
 def records(spool, *, live_only: bool = True) -> list[dict[str, Any]]:
-    """Worker records, each with `alive`; dead workers' records are dropped when live_only."""
-    found = []
-    for entry in sorted(os.listdir(spool.dir("workers"))):
-        if not entry.endswith(".json") or entry == STOP_FILE or entry.startswith("."):
-            continue
-        name = entry[: -len(".json")]
-        record = read_record(spool, name)
-        if record is None:
-            continue
-        record["name"] = name
-        record["alive"] = is_alive(spool, name)
-        if record["alive"] or not live_only:
-            found.append(record)
+    """Worker records, each with `alive` and the `job` it runs; dead workers' records are dropped when live_only."""
+    found = [record for record in _all_records(spool) if record["alive"] or not live_only]
     running = _running_jobs(spool) if found else {}
     for record in found:
         record["job"] = running.get(record["name"])
     return found
+
+
+def dead_records(spool) -> list[dict[str, Any]]:
+    """The records of workers that are gone (for recovery and doctor to remove); processing/ is not read."""
+    return [record for record in _all_records(spool) if not record["alive"]]
+
+
+def _all_records(spool) -> Iterator[dict[str, Any]]:
+    for entry in sorted(os.listdir(spool.dir("workers"))):
+        if not entry.endswith(".json") or entry == STOP_FILE or entry.startswith("."):
+            continue
+        name = entry.removesuffix(".json")
+        record = read_record(spool, name)
+        if record is not None:
+            yield {**record, "name": name, "alive": is_alive(spool, name)}
 
 
 def request_stop(spool, *, now: bool) -> None:
