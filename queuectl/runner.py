@@ -130,15 +130,16 @@ def _supervise(process: subprocess.Popen, log_fd: int, outcome: Outcome, timeout
     """Copy stderr to the log until the shell exits, enforcing the time limit and requests."""
     deadline = outcome.started + timeout if timeout else None
     kill_at = None
+    ask_at = outcome.started  # every wait_step, not at each chunk of stderr
     stderr = process.stderr
     tail = b""
     while True:
         now = time.time()
         if kill_at is None:
-            reason = interruption()
-            if reason:
-                outcome.interrupted = reason
-            elif deadline is not None and now >= deadline:
+            if now >= ask_at:
+                outcome.interrupted = interruption()
+                ask_at = now + wait_step
+            if not outcome.interrupted and deadline is not None and now >= deadline:
                 outcome.timed_out = True
             if outcome.interrupted or outcome.timed_out:
                 _signal_group(process.pid, signal.SIGTERM)
@@ -146,7 +147,7 @@ def _supervise(process: subprocess.Popen, log_fd: int, outcome: Outcome, timeout
         elif now >= kill_at:
             _signal_group(process.pid, signal.SIGKILL)
             kill_at = float("inf")
-        wake = min(x for x in (now + wait_step, deadline if kill_at is None else None, kill_at) if x is not None)
+        wake = min(x for x in ((ask_at, deadline) if kill_at is None else (now + wait_step, kill_at)) if x is not None)
         if stderr is not None:
             ready, _, _ = select.select([stderr], [], [], max(0.0, wake - now))
             if ready:
