@@ -25,7 +25,7 @@ import sys
 import tempfile
 import time
 
-from benchlib import machine
+from benchlib import file_system, machine
 
 from queuectl import Spool
 from queuectl.config import defaults
@@ -35,20 +35,6 @@ from queuectl.stats import summary
 # Modules an enqueue, list or status must never pay for at start-up.
 HEAVY_MODULES = ("watchdog", "queuectl.worker", "queuectl.supervisor", "queuectl.dashboard",
                  "queuectl.runner", "http.server")
-
-
-def file_system(path: str) -> str:
-    """The type and mount point of the file system holding `path` (longest matching mount)."""
-    best = ("?", "")
-    try:
-        with open("/proc/mounts", encoding="utf-8") as handle:
-            for line in handle:
-                _, mount, kind, *_ = line.split()
-                if (path == mount or path.startswith(mount.rstrip("/") + "/")) and len(mount) > len(best[1]):
-                    best = (kind, mount)
-    except OSError:
-        pass
-    return f"{best[0]} (mounted at {best[1] or '?'})"
 
 
 def queuectl_command() -> list[str]:

@@ -259,20 +259,20 @@ def job_created(spool: Spool, job_id: str) -> float:
 
 def file_system(path: str) -> str:
     """The type and mount point of the file system holding `path` (the longest matching mount)."""
-    best = ("?", "")
+    best = ("?", "", "")
     path = os.path.realpath(path)
     with open("/proc/mounts", encoding="utf-8") as handle:
         for line in handle:
-            _, mount, kind, options, *_ = line.split()
+            device, mount, kind, *_ = line.split()
             if (path == mount or path.startswith(mount.rstrip("/") + "/")) and len(mount) >= len(best[1]):
-                best = (kind, mount)
+                best = (kind, mount, device)
+    kind, mount, device = best
     journal = ""
-    if best[0] == "ext4":
+    if kind == "ext4":
         try:
-            device = os.path.basename(os.path.realpath(next(
-                line.split()[0] for line in open("/proc/mounts", encoding="utf-8") if line.split()[1] == best[1])))
-            with open(f"/sys/fs/ext4/{device}/journal_task", encoding="ascii") as handle:
+            with open(f"/sys/fs/ext4/{os.path.basename(os.path.realpath(device))}/journal_task",
+                      encoding="ascii") as handle:
                 journal = " without a journal" if handle.read().strip() == "<none>" else " with a journal"
-        except (OSError, StopIteration):
+        except OSError:
             pass
-    return f"{path}: {best[0]}{journal} (mounted at {best[1]})"
+    return f"{path}: {kind}{journal} (mounted at {mount or '?'})"
