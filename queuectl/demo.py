@@ -15,6 +15,7 @@ from typing import Iterator
 
 from .errors import QueueError
 from .job import STATES, due_time
+from .spool import job_name
 from .supervisor import run_workers
 
 KEPT_FIELDS = ("command", "priority", "max_retries", "timeout", "cwd", "env")
@@ -31,7 +32,7 @@ def example_jobs(folder: str) -> list[dict]:
         if not os.path.isdir(directory):
             continue
         for name in sorted(os.listdir(directory)):
-            if not name.endswith(".json") or name.startswith("."):
+            if not job_name(name):
                 continue
             with open(os.path.join(directory, name), encoding="utf-8") as handle:
                 job = json.load(handle)

@@ -1,4 +1,4 @@
-"""The figures of `status` (and the dashboard), at a bounded cost.
+"""The figures of `status`, at a bounded cost.
 
 Counts come from directory listings. Figures that need job contents read
 a bounded sample, so `status` stays fast on a spool of any size: the
