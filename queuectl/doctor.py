@@ -232,9 +232,11 @@ class _Doctor:
             return
         with held:
             if same_file:
-                os.unlink(path)  # the bytes stay under the kept name
-                fsops.fsync_dir(self.spool.dir(state))
-                finding["detail"] += "; the extra name is removed, no bytes are"
+                # Decided again under the lock: the kept name may have moved on meanwhile,
+                # and then this name is the job's only one.
+                if lifecycle.finish_cut_move(self.spool, held):
+                    fsops.fsync_dir(self.spool.dir(state))
+                    finding["detail"] += "; the extra name is removed, no bytes are"
             else:
                 new = lifecycle.dead_letter(self.spool, held, f"duplicate id {job_id!r}: {keep}/ holds the copy kept")
                 finding["detail"] += f"; moved to dead/{new}{INVALID} with its bytes kept"
