@@ -21,7 +21,7 @@ import time
 
 from . import fsops, registry
 from .errors import InvalidJob
-from .job import STATES, build, due_time, dumps, is_valid_id, iso, loads, new_id, parse_time, retry_delay
+from .job import STATES, build, due_time, dumps, is_valid_id, iso, new_id, parse_time, retry_delay
 from .runner import Outcome, describe, kill_leftovers
 from .spool import SUFFIX, LockedJob, Spool
 
@@ -206,8 +206,8 @@ def adopt(spool: Spool, name: str, *, complete: bool) -> str | None:
             return None
         stem = name.removesuffix(SUFFIX)
         try:
-            if held.job is None:
-                loads(held.raw)  # raises the precise reason
+            if held.unreadable is not None:
+                raise InvalidJob(held.unreadable)
             job = build(held.job, spool.config, stem=stem)
         except InvalidJob as exc:
             if not complete and (time.time() - info.st_mtime < DROP_GRACE or fsops.open_for_writing(info)):

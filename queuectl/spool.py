@@ -54,13 +54,13 @@ class LockedJob:
     replaces the inode) takes the new file's lock before it becomes visible.
     """
 
-    def __init__(self, spool: "Spool", state: str, name: str, fd: int, job: Any, raw: bytes):
+    def __init__(self, spool: "Spool", state: str, name: str, fd: int, job: Any, unreadable: str | None):
         self.spool = spool
         self.state = state
         self.name = name
         self.fd = fd
-        self.job = job
-        self.raw = raw
+        self.job = job  # None when the file is not JSON: `unreadable` says why
+        self.unreadable = unreadable
 
     @property
     def path(self) -> str:
@@ -97,7 +97,7 @@ class LockedJob:
             os.close(self.fd)
         if durable and not moving_on:
             fsops.fsync_dir(self.spool.dir(self.state))
-        self.fd, self.raw = new_fd, data
+        self.fd = new_fd
 
     def release(self) -> None:
         if self.fd >= 0:
@@ -417,10 +417,9 @@ class Spool:
             os.close(fd)
             raise
         try:
-            job = loads(raw)
-        except InvalidJob:
-            job = None
-        return LockedJob(self, state, name, fd, job, raw)
+            return LockedJob(self, state, name, fd, loads(raw), None)
+        except InvalidJob as exc:
+            return LockedJob(self, state, name, fd, None, str(exc))
 
     def lock_job(self, job_id: str, allowed: tuple[str, ...], action: str) -> LockedJob:
         """Own job `job_id`, which must be in one of `allowed`; a clear error otherwise."""
