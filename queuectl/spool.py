@@ -78,7 +78,8 @@ class LockedJob:
         fsops.rename_noreplace(os.path.join(source_dir, self.name), os.path.join(target_dir, target))
         if sync and self.spool.durable:
             fsops.fsync_dir(target_dir)
-            fsops.fsync_dir(source_dir)
+            if source_dir != target_dir:  # a rename within pending/ (adopting a drop-in)
+                fsops.fsync_dir(source_dir)
         self.state, self.name = state, target
 
     def save(self, *, sync: bool = True, moving_on: bool = False) -> None:
