@@ -120,8 +120,7 @@ class _Doctor:
         if raw is None and unreadable is None:
             return None  # gone meanwhile
         stem = name[: -len(SUFFIX)] if name.endswith(SUFFIX) else None
-        reason = unreadable or self._invalid_because(raw, state, stem)
-        fields = loads(raw) if reason is None else None
+        fields, reason = (None, unreadable) if unreadable else self._judge(raw, state, stem)
         if reason is None and fields.get("id") not in (None, stem):
             if state == "pending":
                 return None  # a drop-in, which a worker renames after its id
@@ -134,16 +133,20 @@ class _Doctor:
             return None  # (in pending/, a drop-in that a worker fills in)
         return written
 
-    def _invalid_because(self, raw: bytes, state: str, stem: str | None) -> str | None:
-        """Why these bytes are not a job (None when they are one, or a dead-letter record)."""
+    def _judge(self, raw: bytes, state: str, stem: str | None) -> tuple[Any, str | None]:
+        """The parsed bytes (None if not JSON) and why they are not a job (None when they are one,
+        or a dead-letter record)."""
         try:
             fields = loads(raw)
-            if state == "dead" and isinstance(fields, dict) and fields.get("invalid") is True:
-                return None  # describes kept bytes, which need not have a command
+        except InvalidJob as exc:
+            return None, str(exc)
+        if state == "dead" and isinstance(fields, dict) and fields.get("invalid") is True:
+            return fields, None  # describes kept bytes, which need not have a command
+        try:
             build(fields, self.spool.config, stem=stem, state=state)
         except InvalidJob as exc:
-            return str(exc)
-        return None
+            return fields, str(exc)
+        return fields, None
 
     def _invalid(self, state: str, name: str, reason: str) -> None:
         finding = self._add("invalid-file", f"{state}/{name}", reason)
@@ -253,8 +256,8 @@ class _Doctor:
             raw, unreadable = self.spool.read_raw("dead", name)
             if raw is None and unreadable is None:
                 continue
-            reason = unreadable or self._invalid_because(raw, "dead", None) or (
-                "its bytes are a valid job: set aside as a duplicate id, or its record was lost")
+            fields, reason = (None, unreadable) if unreadable else self._judge(raw, "dead", None)
+            reason = reason or "its bytes are a valid job: set aside as a duplicate id, or its record was lost"
             finding = self._add("missing-dead-record", f"dead/{name}",
                                 f"kept bytes without dead/{stem}{SUFFIX} to say why: {reason}")
             if not self.repair:
@@ -263,7 +266,6 @@ class _Doctor:
             if not is_valid_id(stem) or self.spool.find(stem) is not None:
                 job_id = new_id()  # the id is someone else's now: the bytes take a new one
                 fsops.rename_noreplace(os.path.join(dead, name), os.path.join(dead, job_id + INVALID))
-            fields = _loads_or_none(raw)
             lifecycle.write_dead_record(self.spool, job_id, reason, fields, name)
             finding["repaired"] = True
             finding["detail"] += f"; record dead/{job_id}{SUFFIX} written"
@@ -382,15 +384,6 @@ class _Doctor:
             if self.repair:
                 registry.remove_record(self.spool, name)
                 finding["repaired"] = True
-
-
-def _loads_or_none(raw: bytes | None) -> Any:
-    if raw is None:
-        return None
-    try:
-        return loads(raw)
-    except InvalidJob:
-        return None
 
 
 def _in_use(path: str, info: os.stat_result) -> bool:
