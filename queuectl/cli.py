@@ -265,7 +265,7 @@ def cancel(ctx, job_ids):
             click.echo(f"{job_id}: cancelled ({previous} -> dead)")
             continue
         from .follow import wait_settled
-        settled = wait_settled(spool, job_id, timeout=spool.config["kill_grace"] + 5)
+        settled = wait_settled(spool, job_id)
         if settled is None:
             click.echo(f"{job_id}: stop requested; its worker moves it to dead/")
         else:
@@ -426,7 +426,7 @@ def worker_start(ctx, count, burst):
 @click.pass_context
 def worker_stop(ctx, now, wait):
     """Ask every worker of this spool to exit after its current job."""
-    from .registry import records, request_stop
+    from .registry import records, request_stop, wait_stopped
     spool = _spool(ctx)
     live = records(spool)
     request_stop(spool, now=now)
@@ -435,8 +435,7 @@ def worker_stop(ctx, now, wait):
         return
     click.echo(f"stop requested for {len(live)} worker(s)")
     if wait:
-        while records(spool):
-            time.sleep(0.1)
+        wait_stopped(spool, [record["name"] for record in live])
         click.echo("all workers stopped")
 
 

@@ -13,6 +13,7 @@ from typing import Callable, Iterator
 from .errors import JobNotFound
 from .job import FINISHED, check_id
 
+SETTLE_MARGIN = 5.0
 POLL = 0.1
 ACTIVE = ("pending", "processing", "failed")
 
@@ -84,13 +85,15 @@ def follow_log(spool, job_id: str) -> Iterator[bytes]:
             time.sleep(POLL)
 
 
-def wait_settled(spool, job_id: str, timeout: float) -> str | None:
+def wait_settled(spool, job_id: str) -> str | None:
     """After a cancel request: the state the running job settles in, or None.
 
     None when no live worker owns the job (its flock is free: recovery will
-    settle it) or when `timeout` passes first.
+    settle it) or when it is not settled `kill_grace` plus SETTLE_MARGIN
+    seconds later (the worker notices the request within a second, then
+    gives the job kill_grace to exit).
     """
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + spool.config["kill_grace"] + SETTLE_MARGIN
     while spool.find(job_id) == "processing":
         unowned = spool.lock("processing", job_id + ".json")
         if unowned is not None:

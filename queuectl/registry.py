@@ -104,6 +104,12 @@ def _all_records(spool) -> Iterator[dict[str, Any]]:
             yield {**record, "name": name, "alive": is_alive(spool, name)}
 
 
+def wait_stopped(spool, names: list[str], poll: float = 0.1) -> None:
+    """Until none of these workers holds its lock (a worker started meanwhile is not waited for)."""
+    while any(is_alive(spool, name) for name in names):
+        time.sleep(poll)
+
+
 def request_stop(spool, *, now: bool) -> None:
     spool._publish_file(os.path.join("workers", STOP_FILE),
                         json.dumps({"requested_at": time.time(), "now": now}).encode())
