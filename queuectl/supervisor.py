@@ -35,7 +35,7 @@ class Supervisor:
         self.spool = spool
         self.count = count
         self.burst = burst
-        self.children: dict[int, int] = {}  # pid -> slot
+        self.children: set[int] = set()
         self.signals = 0
 
     def run(self) -> int:
@@ -43,8 +43,8 @@ class Supervisor:
             return self._supervise()
 
     def _supervise(self) -> int:
-        for slot in range(self.count):
-            self._spawn(slot)
+        for _ in range(self.count):
+            self._spawn()
         failures = 0
         while self.children:
             try:
@@ -53,9 +53,9 @@ class Supervisor:
                 break
             except InterruptedError:
                 continue
-            slot = self.children.pop(pid, None)
-            if slot is None:
+            if pid not in self.children:
                 continue
+            self.children.discard(pid)
             code = os.waitstatus_to_exitcode(status)
             if code == 0:
                 continue
@@ -65,10 +65,10 @@ class Supervisor:
             print(f"queuectl: worker {pid} exited with {code}; restarting it", file=sys.stderr)
             time.sleep(RESTART_DELAY)
             if not self.signals:
-                self._spawn(slot)
+                self._spawn()
         return 1 if failures else 0
 
-    def _spawn(self, slot: int) -> None:
+    def _spawn(self) -> None:
         pid = os.fork()
         if pid == 0:
             code = 1
@@ -83,7 +83,7 @@ class Supervisor:
                 sys.stdout.flush()
                 sys.stderr.flush()
                 os._exit(code)
-        self.children[pid] = slot
+        self.children.add(pid)
 
     def _forward(self, signum, frame) -> None:
         self.signals += 1

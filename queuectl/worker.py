@@ -145,8 +145,10 @@ class Worker:
                     self.check_stop_request()
             elif kind == "gone":
                 # A name can leave and come back (a stopped job returns to pending/)
-                # within one batch of changes: the folder decides.
-                if not os.path.lexists(os.path.join(self.spool.dir(folder), name)):
+                # within one batch of changes: the folder decides. (A job this worker
+                # claimed has left the index already: no need to look.)
+                known = name in self.index or name in self.rechecks
+                if known and not os.path.lexists(os.path.join(self.spool.dir(folder), name)):
                     self.index.discard(name, folder)
                     self.rechecks.pop(name, None)
             else:
@@ -205,8 +207,7 @@ class Worker:
         now = time.time()
         held = lifecycle.claim(self.spool, state, name, self.name, now)
         if held is None:
-            if os.path.lexists(os.path.join(self.spool.dir(state), name)):
-                self._consider(state, name, complete=True)  # not due after all: re-read its time
+            self._consider(state, name, complete=True)  # not due after all (re-read its time), or gone
             return
         job = held.job
         settings = self.spool.config
