@@ -334,9 +334,12 @@ class _Doctor:
 
     def _orphan_logs(self) -> None:
         now = time.time()
+        # One listing of each folder instead of a lookup per log; only the few logs
+        # without a job in it are looked up again, one by one.
+        listed = {name.removesuffix(SUFFIX) for state in STATES for name in self.spool.names(state)}
         for name in sorted(os.listdir(self.spool.dir("logs"))):
             stem = name[: -len(".log")]
-            if not name.endswith(".log") or name.startswith(".") or self._job_exists(stem):
+            if not name.endswith(".log") or name.startswith(".") or stem in listed or self._job_exists(stem):
                 continue
             path = os.path.join(self.spool.dir("logs"), name)
             try:
