@@ -95,23 +95,32 @@ def parse_value(key: str, text: str) -> Any:
 
 def validate(raw: Any) -> dict[str, Any]:
     """Defaults overlaid with the file's values; refuses unknown keys and bad values."""
+    return {**defaults(), **_settings_in(raw)}
+
+
+def _settings_in(raw: Any) -> dict[str, Any]:
     if not isinstance(raw, dict):
         raise ConfigError("config.json must hold a JSON object")
-    merged = {name: setting.default for name, setting in SETTINGS.items()}
+    found = {}
     for key, value in raw.items():
         name = canonical_key(key)
         if not SETTINGS[name].check(value):
             raise ConfigError(f"bad value {value!r} for {name} in config.json: {SETTINGS[name].help}")
-        merged[name] = value
-    return merged
+        found[name] = value
+    return found
 
 
-def loads(text: str) -> dict[str, Any]:
+def stored(text: str) -> dict[str, Any]:
+    """Only the settings the file's text sets (checked, keys in canonical form): defaults stay defaults."""
     try:
         raw = json.loads(text)
     except ValueError as exc:
         raise ConfigError(f"config.json is not valid JSON: {exc}") from None
-    return validate(raw)
+    return _settings_in(raw)
+
+
+def loads(text: str) -> dict[str, Any]:
+    return {**defaults(), **stored(text)}
 
 
 def defaults() -> dict[str, Any]:

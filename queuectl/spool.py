@@ -217,8 +217,7 @@ class Spool:
                 text = handle.read()
         except FileNotFoundError:
             return {}
-        config_mod.loads(text)
-        return {config_mod.canonical_key(k): v for k, v in json.loads(text).items()}
+        return config_mod.stored(text)
 
     def _publish_file(self, relative: str, data: bytes) -> None:
         """Atomically replace a spool file that is not a job (config, worker records)."""
