@@ -13,11 +13,12 @@ import signal
 import time
 
 from conftest import read_job, run_queuectl, wait_until
-from queuectl import Spool
+from queuectl import Spool, doctor
+from queuectl.config import defaults
 from queuectl.demo import example_folder, example_jobs
 from queuectl.job import iso
-from workers_util import (append_id, configure, enqueue, process_alive, read_lines, seconds, wait_for_running,
-                          wait_for_state)
+from workers_util import (FAST_SETTINGS, append_id, configure, enqueue, process_alive, read_lines, seconds,
+                          wait_for_running, wait_for_state)
 
 
 def marker_then(marker, command: str) -> str:
@@ -189,6 +190,53 @@ def test_burst_exits_when_nothing_is_due(spool_path, workers):
     assert Spool(spool_path).find(later) == "pending"
 
 
+# -- wake-ups: timers and changes, not the slow sweeps ------------------------------
+
+def test_a_timer_wakes_an_idle_worker_for_a_scheduled_job(spool_path, workers):
+    """With sweeps and rescans a minute apart, a job due in 1.5 s starts on time, not at the next sweep."""
+    configure(spool_path, recovery_interval=60, scan_interval=60)
+    workers.start()
+    workers.wait_ready()
+    run_at = iso(time.time() + 1.5)
+    job_id = enqueue(spool_path, "true", run_at=run_at)
+
+    job = wait_for_state(spool_path, job_id, "completed", timeout=20)
+
+    assert job["run_at"] == run_at and job["attempts"] == 1
+    assert seconds(job["run_at"]) <= seconds(job["started_at"]) <= seconds(job["run_at"]) + 10, job
+
+
+def test_a_timer_wakes_an_idle_worker_for_a_retry(spool_path, workers, tmp_path):
+    """A job that fails once is retried when its backoff (2 s) ends, not at the next sweep a minute later."""
+    marker = tmp_path / "failed-once"
+    configure(spool_path, recovery_interval=60, scan_interval=60, backoff_base=2)
+    workers.start()
+    workers.wait_ready()
+    job_id = enqueue(spool_path, f"if [ -e '{marker}' ]; then echo ok; else touch '{marker}'; exit 1; fi",
+                     max_retries=1)
+
+    job = wait_for_state(spool_path, job_id, "completed", timeout=20)
+
+    assert job["attempts"] == 2
+    first, second = job["history"]
+    assert (first["exit_code"], second["exit_code"]) == (1, 0)
+    waited = seconds(second["started_at"]) - seconds(first["finished_at"])
+    assert 2 - 0.002 <= waited <= 10, job["history"]
+
+
+def test_a_file_written_into_pending_wakes_an_idle_worker(spool_path, workers):
+    """A change wakes the worker at once: nothing else would before the safety scan five minutes later."""
+    configure(spool_path, recovery_interval=300, scan_interval=300)
+    workers.start()
+    workers.wait_ready()
+
+    with open(os.path.join(spool_path, "pending", "x.json"), "w", encoding="utf-8") as handle:
+        handle.write('{"command": "true"}')
+
+    job = wait_for_state(spool_path, "x", "completed", timeout=20)
+    assert job["attempts"] == 1 and job["last_exit_code"] == 0
+
+
 # -- many workers ----------------------------------------------------------------
 
 def test_four_workers_run_800_jobs_exactly_once(spool_path, workers, tmp_path):
@@ -255,6 +303,32 @@ def test_a_running_worker_recovers_a_dead_workers_job(spool_path, workers, tmp_p
     assert survivor.running()
     assert survivor_name != doomed_name
     assert [r["name"] for r in workers.live_records()] == [survivor_name]
+
+
+def test_a_dead_workers_job_is_back_within_10_seconds_with_the_default_settings(spool_path, workers, tmp_path):
+    """SPEC section 6: default settings, another worker running: the killed worker's job leaves processing/
+    within 10 s, with the attempt counted and the death in its history."""
+    configure(spool_path, **{key: defaults()[key] for key in FAST_SETTINGS})  # undo the fixture's fast settings
+    processes = [workers.start(), workers.start()]
+    workers.wait_ready(2)
+    marker = tmp_path / "first-attempt.pid"
+    job_id = enqueue(spool_path, crash_on_first_attempt(marker), max_retries=1)
+    wait_for_running(spool_path, job_id, marker)
+    doomed_name = Spool(spool_path).get(job_id)["worker"]
+    doomed = next(process for process in processes if workers.record_of(process)["name"] == doomed_name)
+    survivor = next(process for process in processes if process is not doomed)
+
+    doomed.send(signal.SIGKILL)
+    assert doomed.wait() == -signal.SIGKILL
+
+    wait_until(lambda: Spool(spool_path).find(job_id) != "processing", timeout=10,
+               message="the dead worker's job to leave processing/")
+    job = wait_for_state(spool_path, job_id, "completed")
+    assert job["attempts"] == 2
+    assert job["history"][0]["error"] == f"worker {doomed_name} died during the run"
+    assert job["history"][0]["worker"] == doomed_name
+    assert job["worker"] == workers.record_of(survivor)["name"]
+    assert survivor.running()
 
 
 def test_the_supervisor_restarts_a_worker_that_died(spool_path, workers):
@@ -350,6 +424,70 @@ def test_worker_list_shows_pid_and_current_job(spool_path, workers, tmp_path):
     assert [(row[0], row[-1]) for row in rows] == [(str(worker.pid), job_id)]
     records = json.loads(as_json.stdout)
     assert [(record["pid"], record["job"]) for record in records] == [(worker.pid, job_id)]
+
+
+# -- the config, as workers apply it --------------------------------------------------------
+
+def test_the_config_timeout_applies_to_a_job_without_its_own(spool_path, workers):
+    """A job whose timeout is null runs under the config's `timeout`: stopped after 1 s, not after 30."""
+    configured = run_queuectl(spool_path, "config", "set", "timeout", "1")
+    assert configured.returncode == 0, configured.stderr
+    job_id = enqueue(spool_path, "sleep 30", max_retries=0)
+    assert Spool(spool_path).get(job_id)["timeout"] is None
+    workers.start()
+
+    job = wait_for_state(spool_path, job_id, "dead", timeout=15)
+
+    assert job["last_error"] == "timed out after 1s"
+    assert job["attempts"] == 1 and job["timeout"] is None
+    assert job["last_duration"] < 10
+
+
+def test_a_config_change_applies_to_later_jobs_not_earlier_ones(spool_path, workers):
+    """SPEC section 5: max_retries is read at enqueue (the earlier job keeps 3 retries); the backoff at each
+    retry (backoff_max 0 makes the earlier job's retries immediate)."""
+    earlier = enqueue(spool_path, "exit 1")
+    for key, value in (("max_retries", "0"), ("backoff_max", "0")):
+        configured = run_queuectl(spool_path, "config", "set", key, value)
+        assert configured.returncode == 0, configured.stderr
+    later = enqueue(spool_path, "exit 1")
+    workers.start()
+
+    earlier_job = wait_for_state(spool_path, earlier, "dead", timeout=15)
+    later_job = wait_for_state(spool_path, later, "dead", timeout=15)
+
+    assert (earlier_job["max_retries"], earlier_job["attempts"]) == (3, 4)
+    assert [entry["attempt"] for entry in earlier_job["history"]] == [1, 2, 3, 4]
+    for previous, following in zip(earlier_job["history"], earlier_job["history"][1:]):
+        assert seconds(following["started_at"]) - seconds(previous["finished_at"]) < 1, earlier_job["history"]
+    assert (later_job["max_retries"], later_job["attempts"]) == (0, 1)
+    assert len(later_job["history"]) == 1
+
+
+def assert_file_mirrors_its_folder(spool_path, state: str, job_id: str) -> None:
+    """The raw file (not Spool.get, which could fill the state in) says the folder it is in; doctor agrees."""
+    raw = read_job(spool_path, state, job_id)
+    assert raw["state"] == state
+    assert seconds(raw["updated_at"]) >= seconds(raw["created_at"])
+    assert seconds(raw["updated_at"]) >= seconds(raw["finished_at"])  # stamped by the settle, not before
+    assert doctor.check(Spool(spool_path)) == []
+
+
+def test_the_state_field_mirrors_the_folder_after_every_worker_move(spool_path, workers):
+    """SPEC section 1: after the worker settles a job into failed/ and later into dead/, the file's own
+    state field names that folder, and doctor finds nothing to report."""
+    configure(spool_path, backoff_base=1000)  # failed/ keeps the job until `retry`
+    job_id = enqueue(spool_path, "exit 2", max_retries=1)
+    workers.start()
+
+    wait_for_state(spool_path, job_id, "failed")
+    assert_file_mirrors_its_folder(spool_path, "failed", job_id)
+
+    retry = run_queuectl(spool_path, "retry", job_id)
+    assert retry.returncode == 0, retry.stderr
+    wait_for_state(spool_path, job_id, "dead")
+    assert_file_mirrors_its_folder(spool_path, "dead", job_id)
+    assert read_job(spool_path, "dead", job_id)["attempts"] == 2
 
 
 # -- commands that act on running workers ----------------------------------------------
