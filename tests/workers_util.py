@@ -54,8 +54,15 @@ def read_lines(path) -> list[str]:
 def wait_for_state(spool_path: str, job_id: str, *states: str, timeout: float = 30.0) -> dict:
     """The job, once its file is in one of `states`."""
     spool = Spool(spool_path)
-    wait_until(lambda: spool.find(job_id) in states, timeout=timeout,
-               message=f"job {job_id} to reach {'/'.join(states)} (it is {spool.find(job_id)})")
+    seen = []
+
+    def arrived():
+        seen.append(spool.find(job_id))
+        return seen[-1] in states
+    try:
+        wait_until(arrived, timeout=timeout, message=f"job {job_id} to reach {'/'.join(states)}")
+    except pytest.fail.Exception as exc:
+        pytest.fail(f"{exc} (it is {seen[-1]})", pytrace=False)
     return spool.get(job_id)
 
 
