@@ -6,6 +6,7 @@ import errno
 import json
 import os
 import shutil
+import stat
 import subprocess
 import sys
 
@@ -62,6 +63,24 @@ def test_the_spool_comes_from_the_environment(tmp_path):
     path = str(tmp_path / "from-env")
     result = CliRunner().invoke(main, ["enqueue", "echo hi"], env={"QUEUECTL_SPOOL": path})
     assert result.exit_code == 0 and pending_ids(path) == [result.stdout.strip()]
+
+
+def test_the_spool_flag_wins_over_the_environment(tmp_path):
+    flag, env = str(tmp_path / "from-flag"), str(tmp_path / "from-env")
+    result = CliRunner().invoke(main, ["--spool", flag, "enqueue", "echo hi"], env={"QUEUECTL_SPOOL": env})
+    assert result.exit_code == 0 and pending_ids(flag) == [result.stdout.strip()]
+    assert not os.path.exists(env)
+
+
+@pytest.mark.parametrize("env, where", [({"XDG_DATA_HOME": "xdg"}, "xdg/queuectl/spool"),
+                                        ({"XDG_DATA_HOME": None, "HOME": "home"}, "home/.local/share/queuectl/spool")],
+                         ids=["XDG_DATA_HOME", "HOME"])
+def test_by_default_the_spool_is_a_private_folder_in_the_users_data(tmp_path, env, where):
+    env = {name: str(tmp_path / value) if value else None for name, value in env.items()}
+    result = CliRunner().invoke(main, ["enqueue", "echo hi"], env={"QUEUECTL_SPOOL": None, **env})
+    path = str(tmp_path / where)
+    assert result.exit_code == 0 and pending_ids(path) == [result.stdout.strip()]
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o700
 
 
 # -- enqueue ------------------------------------------------------------------

@@ -126,6 +126,20 @@ def test_generated_ids_sort_by_creation_time(spool):
     assert [job["id"] for job in spool.jobs("pending")] == ids[::-1]
 
 
+@pytest.mark.parametrize("durable", [True, False])
+def test_a_durable_enqueue_syncs_pending_before_it_returns(spool, monkeypatch, durable):
+    """SPEC section 1: with durable on, the folder is fsynced too, so an acknowledged job survives a power cut."""
+    spool.set_config("durable", "true" if durable else "false")
+    synced, written = [], []
+    real_fsync_dir, real_fsync = fsops.fsync_dir, os.fsync
+    monkeypatch.setattr(fsops, "fsync_dir", lambda path: (synced.append(path), real_fsync_dir(path)))
+    monkeypatch.setattr(os, "fsync", lambda fd: (written.append(fd), real_fsync(fd)))
+    spool.enqueue("true")
+    spool.enqueue_many([{"command": "true"}, {"command": "true"}])
+    assert synced == ([spool.dir("pending")] * 2 if durable else [])
+    assert len(written) == (3 + 2 if durable else 0)  # each file, and the folder through fsync_dir
+
+
 def test_enqueue_many_publishes_in_order(spool):
     jobs = spool.enqueue_many([{"command": f"echo {n}"} for n in range(20)] + [{"command": "x", "id": "named"}])
     assert [job["command"] for job in jobs[:20]] == [f"echo {n}" for n in range(20)]
