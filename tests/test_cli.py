@@ -274,7 +274,9 @@ def test_status(cli, busy_spool):
     assert "pending     2  (1 scheduled)" in lines
     assert {"processing  1", "completed   1", "failed      1", "dead        1", "workers     0 live"} <= set(lines)
     assert any(line.startswith("next scheduled  2096-") for line in lines)
-    assert any(line.startswith("success rate    50% of the last 2 finished jobs") for line in lines)
+    assert any(line.startswith("success rate    50% of the last 2 finished jobs, mean duration 2.0s")
+               for line in lines)
+    assert any(line.startswith("oldest pending  ") and line.endswith("s") for line in lines)
 
 
 def test_status_json(cli, busy_spool):
@@ -283,6 +285,9 @@ def test_status_json(cli, busy_spool):
     assert report["spool"] == busy_spool and report["workers"] == [] and report["scheduled"] == 1
     assert report["counts"] == {"pending": 2, "processing": 1, "completed": 1, "failed": 1, "dead": 1}
     assert report["success_rate"] == 0.5 and report["next_scheduled"] == 4_000_000_000
+    assert report["mean_duration"] == 2.0
+    waiting = parse_time(read_job(busy_spool, "pending", "waiting")["created_at"])
+    assert report["oldest_pending"] == pytest.approx(waiting, abs=0.001)
 
 
 def test_status_of_a_new_spool_creates_it(cli, spool_path):

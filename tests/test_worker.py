@@ -9,6 +9,7 @@ from __future__ import annotations
 import collections
 import json
 import os
+import re
 import signal
 import time
 
@@ -414,16 +415,20 @@ def test_worker_stop_now_stops_the_running_job(spool_path, workers, tmp_path):
     assert_back_in_pending_with_no_attempt_used(spool_path, job_id, pid)
 
 
-def test_worker_list_shows_pid_and_current_job(spool_path, workers, tmp_path):
+def test_worker_list_shows_pid_host_uptime_and_current_job(spool_path, workers, tmp_path):
     worker, job_id, _ = start_running(spool_path, workers, tmp_path, "exec sleep 30")
 
     listing = run_queuectl(spool_path, "worker", "list")
     as_json = run_queuectl(spool_path, "worker", "list", "--json")
 
+    assert listing.stdout.splitlines()[0].split() == ["PID", "HOST", "UPTIME", "JOB"]
     rows = [line.split() for line in listing.stdout.splitlines()[1:]]
-    assert [(row[0], row[-1]) for row in rows] == [(str(worker.pid), job_id)]
+    assert [(row[0], row[1], row[-1]) for row in rows] == [(str(worker.pid), os.uname().nodename, job_id)]
+    assert re.fullmatch(r"\d+(\.\d+)?[smhd]", rows[0][2])
     records = json.loads(as_json.stdout)
-    assert [(record["pid"], record["job"]) for record in records] == [(worker.pid, job_id)]
+    assert [(record["pid"], record["host"], record["job"]) for record in records] == [
+        (worker.pid, os.uname().nodename, job_id)]
+    assert 0 < time.time() - records[0]["started"] < 60
 
 
 # -- the config, as workers apply it --------------------------------------------------------
