@@ -114,6 +114,16 @@ def test_page_shows_counts_workers_and_escaped_jobs(page, tmp_path):
     page.screenshot(path=str(tmp_path / "dashboard-light.png"), full_page=True)
 
 
+def test_the_page_follows_the_spool_without_a_click(page, queue):
+    """SPEC section 7: live refresh. Jobs arriving and leaving outside the page show up by themselves."""
+    expect(page.locator('[data-count="pending"]')).to_have_text("3")
+    place(queue, "pending", "arrived", command="echo from elsewhere")
+    os.rename(os.path.join(queue.dir("failed"), "f1.json"), os.path.join(queue.dir("dead"), "f1.json"))
+    expect(page.locator('[data-count="pending"]')).to_have_text("4", timeout=15_000)
+    expect(page.locator('[data-count="failed"]')).to_have_text("0", timeout=15_000)
+    expect(page.locator("#jobs tbody")).to_contain_text("echo from elsewhere", timeout=15_000)
+
+
 def test_retry_button_moves_a_dead_job_back_to_pending(page, queue):
     page.locator('[data-retry="dead-backup"]').click()
     wait_until(lambda: exists(queue, "pending", "dead-backup"), timeout=10, message="dead-backup in pending/")
