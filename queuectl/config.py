@@ -41,6 +41,26 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
+def _is_command(value: Any) -> bool:
+    return isinstance(value, str) and "\0" not in value
+
+
+def _is_keep(value: Any) -> bool:
+    from .retention import valid_keep
+
+    return valid_keep(value)
+
+
+def _parse_bytes(text: str) -> int:
+    """`1048576`, `512k`, `10M`, `1G` as a number of bytes."""
+    value = text.strip().lower().removesuffix("b")
+    scale = {"k": 1024, "m": 1024 ** 2, "g": 1024 ** 3}.get(value[-1:], 1)
+    number = float(value[:-1] if scale > 1 else value) * scale
+    if not number.is_integer():
+        raise ValueError(text)
+    return int(number)
+
+
 def _parse_number(text: str) -> float | int:
     number = float(text)
     return int(number) if number.is_integer() else number
@@ -68,6 +88,21 @@ SETTINGS: dict[str, Setting] = {
                         "names of the worker's environment variables jobs also get, comma-separated; * for all"),
     "log_tail_lines": Setting(20, int, lambda v: _is_int(v) and v >= 0,
                               "lines of stderr kept in each history entry"),
+    # Completion hooks and retention (README "Completion hooks", "Retention").
+    "on_success": Setting("", str, lambda v: _is_command(v),
+                          "hook command run after a job completes (\"\" = none)"),
+    "on_failure": Setting("", str, lambda v: _is_command(v),
+                          "hook command run after a failed run that will be retried (\"\" = none)"),
+    "on_dead": Setting("", str, lambda v: _is_command(v),
+                       "hook command run after a job goes to dead/ (\"\" = none)"),
+    "hook_timeout": Setting(60, _parse_number, lambda v: _is_number(v) and v > 0,
+                            "seconds a completion hook may run before it is killed (number > 0)"),
+    "keep_completed": Setting("", str.strip, lambda v: _is_keep(v),
+                              "completed jobs kept: an age (7d), a count (1000), both (7d,1000), \"\" = all"),
+    "keep_dead": Setting("", str.strip, lambda v: _is_keep(v),
+                         "dead jobs kept: an age (30d), a count (1000), both (30d,1000), \"\" = all"),
+    "max_log_bytes": Setting(0, _parse_bytes, lambda v: _is_int(v) and v >= 0,
+                             "cap of each job's log in bytes (10M, 512k), 0 = none; head and tail are kept"),
 }
 
 

@@ -26,6 +26,7 @@ FINISHED = ("completed", "dead")
 MAX_JOB_BYTES = 1024 * 1024
 ID_PATTERN = re.compile(r"[A-Za-z0-9_\-][A-Za-z0-9._\-]{0,127}")
 
+HOOK_FIELDS = ("on_success", "on_failure", "on_dead")
 _OPTIONAL_FIELDS = ("run_at", "timeout", "cwd", "env", "next_run_at", "started_at",
                     "finished_at", "last_duration", "last_exit_code", "last_error", "worker")
 
@@ -163,6 +164,10 @@ def build(fields: Any, config: dict, *, stem: str | None = None,
                             or not all(_env_name(k) and isinstance(v, str) and "\0" not in v
                                        for k, v in env.items())):
         raise InvalidJob("env must be an object of string values; names not empty, without '=' or NUL")
+    for name in HOOK_FIELDS:  # completion hooks (README "Completion hooks"); absent = the config default
+        hook = job.get(name)
+        if hook is not None and (not isinstance(hook, str) or "\0" in hook):
+            raise InvalidJob(f"{name} must be a command string (\"\" for none) or null")
     history = job.setdefault("history", [])
     if not isinstance(history, list):
         raise InvalidJob("history must be a list")

@@ -19,7 +19,7 @@ import os
 import stat
 import time
 
-from . import fsops, registry
+from . import fsops, hooks, registry
 from .errors import InvalidJob
 from .job import STATES, build, due_time, dumps, is_valid_id, iso, new_id, parse_time, retry_delay
 from .runner import Outcome, describe, kill_leftovers
@@ -86,6 +86,8 @@ def settle(spool: Spool, held: LockedJob, outcome: Outcome, timeout: float | Non
     else:
         state = _after_failure(spool, job, outcome.finished)
     job["state"] = state
+    # The hook counts as started in the same write as the outcome: at most once (hooks.py).
+    hooks.plan(job, state, spool.config)
     held.save(moving_on=True)
     return _move_on(spool, held, state)
 

@@ -88,8 +88,10 @@ def kill_leftovers(job_id: str, spool_root: str) -> int:
 
 def run(job: dict, *, log_path: str, worker: str, spool_root: str, timeout: float | None,
         kill_grace: float, pass_env: list[str], tail_lines: int,
-        interruption: Callable[[], str | None], wait_step: float = 0.5) -> Outcome:
+        interruption: Callable[[], str | None], wait_step: float = 0.5, header: str | None = None) -> Outcome:
     """Run the job's command once and say how it ended.
+
+    `header` starts the log line written before the run (a completion hook's, hooks.run).
 
     `interruption()` is asked every `wait_step` seconds (and whenever stderr
     has output); when it returns "stop" or "cancel" the process group gets
@@ -106,7 +108,8 @@ def run(job: dict, *, log_path: str, worker: str, spool_root: str, timeout: floa
         outcome.finished = time.time()
         return outcome
     try:
-        os.write(log_fd, f"=== attempt {attempt} started {iso(outcome.started)} by {worker} ===\n".encode())
+        header = header or f"=== attempt {attempt} started"
+        os.write(log_fd, f"{header} {iso(outcome.started)} by {worker} ===\n".encode())
         try:
             process = subprocess.Popen(
                 ["/bin/sh", "-c", job["command"]], stdin=subprocess.DEVNULL, stdout=log_fd,

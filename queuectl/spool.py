@@ -27,7 +27,7 @@ from . import fsops
 from .errors import DuplicateJob, InvalidJob, JobNotFound, SpoolError, WrongState
 from .job import MAX_JOB_BYTES, STATES, build, check_id, dumps, iso, loads
 
-FOLDERS = ("tmp", *STATES, "logs", "workers")
+FOLDERS = ("tmp", *STATES, "logs", "workers", "schedules")
 SUFFIX = ".json"
 
 

@@ -69,4 +69,18 @@ def summary(spool) -> dict[str, Any]:
         "recent_finished": len(finished),
         "success_rate": succeeded / len(finished) if finished else None,
         "mean_duration": sum(durations) / len(durations) if durations else None,
+        "schedules": _schedules(spool),
     }
+
+
+def _schedules(spool) -> list[dict[str, Any]]:
+    """The next run of each schedule (README "Recurring jobs"); cronsim is imported only if one exists."""
+    import os
+
+    try:
+        if not any(name.endswith(".json") for name in os.listdir(spool.dir("schedules"))):
+            return []
+    except FileNotFoundError:
+        return []
+    from .schedules import upcoming
+    return upcoming(spool)

@@ -21,7 +21,7 @@ from typing import Callable, Iterator
 
 from filelock import FileLock, Timeout
 
-from . import lifecycle, registry, runner
+from . import hooks, lifecycle, registry, retention, runner, schedules
 from .errors import InvalidJob, SpoolError
 from .fsops import Spare, read_fd
 from .job import MAX_JOB_BYTES, due_time, loads
@@ -29,7 +29,7 @@ from .order import DueIndex
 from .spool import SUFFIX, Spool
 from .watch import RESCAN, FolderWatch
 
-WATCHED = ("pending", "failed", "workers")
+WATCHED = ("pending", "failed", "workers", "schedules")
 
 
 @contextlib.contextmanager
@@ -55,6 +55,8 @@ class Worker:
         self.stopping = False
         self.stop_now = False
         self.rechecks: dict[str, float] = {}  # dropped-in files that may still be being written
+        self.next_schedule = 0.0  # when a schedule's next slot is due (schedules.sweep)
+        self.pruner = retention.Pruner(spool)
 
     # -- life ----------------------------------------------------------------
 
@@ -68,7 +70,8 @@ class Worker:
             self.watch = FolderWatch({folder: self.spool.dir(folder) for folder in WATCHED})
             with stop_signals(self._on_signal):
                 self._write_record()
-                visible_in = tuple(self.spool.dir(folder) for folder in ("pending", "failed", "processing"))
+                visible_in = tuple(self.spool.dir(folder) for folder in
+                                   ("pending", "failed", "processing", "completed", "dead"))
                 self.spool.spare = Spare(self.spool.dir("tmp"), visible_in)
                 lifecycle.recover(self.spool)
                 self._scan()
@@ -118,7 +121,12 @@ class Worker:
             now = time.time()
             if now >= next_recovery:
                 lifecycle.recover(self.spool)
+                self.pruner.sweep(now)  # a bounded batch (retention.py)
                 next_recovery = now + self.spool.config["recovery_interval"]
+                self.next_schedule = min(self.next_schedule, now)  # schedules changed on other hosts
+            if now >= self.next_schedule:
+                upcoming = schedules.sweep(self.spool, self.name, now)
+                self.next_schedule = upcoming if upcoming is not None else float("inf")
             if now >= next_scan:
                 self.check_stop_request()
                 self._scan()
@@ -130,7 +138,7 @@ class Worker:
                 continue
             if self.burst and not self.rechecks and not self._apply_events():
                 return
-            wake_at = min(t for t in (next_recovery, next_scan, self.index.next_due(),
+            wake_at = min(t for t in (next_recovery, next_scan, self.index.next_due(), self.next_schedule,
                                       min(self.rechecks.values(), default=None)) if t is not None)
             self.watch.wait(wake_at - time.time())
 
@@ -140,6 +148,8 @@ class Worker:
         for kind, folder, name in changes:
             if (kind, folder, name) == RESCAN:
                 self._scan()
+            elif folder == "schedules":
+                self.next_schedule = 0.0  # a schedule added, changed or removed here
             elif folder == "workers":
                 if name == registry.STOP_FILE and kind != "gone":
                     self.check_stop_request()
@@ -218,7 +228,12 @@ class Worker:
                 job, log_path=self.spool.log_path(job["id"]), worker=self.name, spool_root=self.spool.root,
                 timeout=timeout, kill_grace=settings["kill_grace"], pass_env=settings["pass_env"],
                 tail_lines=settings["log_tail_lines"], interruption=self._interruption(job["id"]))
-            lifecycle.settle(self.spool, held, outcome, timeout)
+            state = lifecycle.settle(self.spool, held, outcome, timeout)
+            if hooks.planned(held.job, state):
+                hooks.run(self.spool, held, worker=self.name, timeout=settings["hook_timeout"],
+                          kill_grace=settings["kill_grace"], pass_env=settings["pass_env"],
+                          interruption=lambda: "stop" if self.stop_now else None)
+            retention.cap_log(self.spool.log_path(job["id"]), settings["max_log_bytes"], self.spool.dir("tmp"))
         finally:
             held.release()
         registry.clear_cancel(self.spool, job["id"])
