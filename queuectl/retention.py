@@ -27,7 +27,6 @@ import time
 from typing import Any
 
 from . import fsops, registry
-from .errors import ConfigError
 from .spool import SUFFIX
 
 BATCH = 2000       # entries stat-ed or deleted per sweep at most

@@ -353,8 +353,8 @@ def next_slot(schedule: dict, after: float) -> int | None:
     return next(iter(slots_between(schedule, after, after + 60 * 366 * 86400)), None)
 
 
-def due_slots(schedule: dict, start: float, now: float) -> list[int]:
-    """The slots to fire now: late ones within `grace`, and missed ones by policy."""
+def due_slots(schedule: dict, start: float, now: float) -> list[tuple[int, bool]]:
+    """(slot, catch_up) of the slots to fire now, ascending: late ones within `grace`, missed ones by policy."""
     grace = schedule["grace"]
     if start < now - grace - 86400 and _too_many(schedule, start, now):
         start = now - grace - 86400
@@ -369,7 +369,7 @@ def due_slots(schedule: dict, start: float, now: float) -> list[int]:
                 del missed[0]
     policy = schedule["missed"]
     catch_up = missed[-1:] if policy == "once" else missed[-CATCH_UP_CAP:] if policy == "all" else []
-    return catch_up + on_time
+    return [(slot, True) for slot in catch_up] + [(slot, False) for slot in on_time]
 
 
 def _too_many(schedule: dict, start: float, now: float) -> bool:
@@ -409,28 +409,33 @@ def sweep(spool, worker: str, now: float | None = None) -> float | None:
         schedule = _load_for_sweep(spool, file_name, name, now)
         if schedule is None:
             continue
-        directory = fired_dir(spool, name)
         try:
-            os.mkdir(directory, 0o700)
-        except FileExistsError:
-            pass
-        names = _slot_names(directory)
-        _publish_leftovers(spool, name, directory, names)
-        if schedule["paused"]:
-            continue
-        last = _last_slot(names)
-        start = max(t for t in (last, _time(schedule["created_at"]), _time(schedule["resumed_at"]),
-                                _mtime_if_new(spool, file_name, schedule)) if t is not None)
-        for slot in due_slots(schedule, start, now):
-            fire(spool, worker, name, schedule, slot)
-            last = slot
-        following = next_slot(schedule, max(now, last or 0))
+            following = _sweep_one(spool, worker, file_name, name, schedule, now)
+        except InvalidJob:
+            continue  # the config changed under a valid schedule (a job it can no longer build)
         if following is not None:
             upcoming = following if upcoming is None else min(upcoming, following)
-        if len(names) > KEEP_MARKERS + KEEP_MARKERS // 5:
-            prune_markers(spool, directory)
-        _remove_stale_claims(directory, now)
     return upcoming
+
+
+def _sweep_one(spool, worker: str, file_name: str, name: str, schedule: dict, now: float) -> int | None:
+    """One schedule's part of the sweep; returns its next slot."""
+    directory = fired_dir(spool, name)
+    _ensure_dir(directory)
+    names = _slot_names(directory)
+    _publish_leftovers(spool, name, directory, names)
+    if schedule["paused"]:
+        return None
+    last = _last_slot(names)
+    start = max(t for t in (last, _time(schedule["created_at"]), _time(schedule["resumed_at"]),
+                            _mtime_if_new(spool, file_name, schedule)) if t is not None)
+    for slot, catch_up in due_slots(schedule, start, now):
+        fire(spool, worker, name, schedule, slot, catch_up=catch_up)
+        last = slot
+    if len(names) > KEEP_MARKERS + KEEP_MARKERS // 5:
+        prune_markers(spool, directory)
+    _remove_stale_claims(directory, now)
+    return next_slot(schedule, max(now, last or 0))
 
 
 def _time(value: Any) -> float | None:
@@ -467,18 +472,24 @@ def _load_for_sweep(spool, file_name: str, name: str, now: float) -> dict | None
         return None
 
 
-def fire(spool, worker: str, name: str, schedule: dict, slot: int) -> bool:
-    """Claim `slot` and publish its job; False when another worker claimed it first."""
+def fire(spool, worker: str, name: str, schedule: dict, slot: int, *, catch_up: bool = False) -> bool:
+    """Claim `slot` and publish its job; False when another worker claimed it first.
+
+    `catch_up`: the slot was missed (run by the `once` or `all` policy); the job says so.
+    """
     directory = fired_dir(spool, name)
     slot_name = slot_text(slot)
     target = os.path.join(directory, slot_name)
     if os.path.lexists(target):
         return False
     fields = {**schedule["job"], "id": job_id(name, slot), "schedule": name, "slot": iso(slot)}
+    if catch_up:
+        fields["catch_up"] = True
     job = build(fields, spool.config)
     durable = spool.durable
     token = f"{worker}.{os.getpid()}.{os.urandom(6).hex()}"
     claim = os.path.join(directory, f".claim-{token}")
+    _ensure_dir(directory)
     os.mkdir(claim, 0o700)
     try:
         _write(os.path.join(claim, "owner"), json.dumps({"worker": worker, "token": token,
@@ -501,6 +512,13 @@ def fire(spool, worker: str, name: str, schedule: dict, slot: int) -> bool:
         fsops.fsync_dir(directory)
     publish_claimed(spool, name, slot_name)
     return True
+
+
+def _ensure_dir(path: str) -> None:
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        pass
 
 
 def _write(path: str, data: bytes, durable: bool) -> None:
