@@ -62,6 +62,17 @@ def planned(job: dict, state: str) -> bool:
             and hook.get("attempt") == job.get("attempts") and hook.get("finished_at") is None)
 
 
+def running_elsewhere(spool, job: dict) -> bool:
+    """Whether the job's hook is marked started by a worker that is still alive."""
+    hook = job.get("hook")
+    worker = job.get("worker")
+    if not (isinstance(hook, dict) and hook.get("status") == "started" and isinstance(worker, str)):
+        return False
+    from . import registry
+
+    return registry.is_alive(spool, worker)
+
+
 def run(spool, held, *, worker: str, timeout: float | None, kill_grace: float, pass_env: list[str],
         interruption: Callable[[], str | None]) -> None:
     """Run the hook `plan` marked in `held.job` (still owned), then record how it went."""

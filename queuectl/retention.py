@@ -26,8 +26,8 @@ import re
 import time
 from typing import Any
 
-from . import fsops, registry
-from .spool import SUFFIX
+from . import fsops, lifecycle
+from .spool import id_of
 
 BATCH = 2000       # entries stat-ed or deleted per sweep at most
 BUDGET = 0.05      # seconds of one sweep spent on retention at most
@@ -138,37 +138,8 @@ class Pruner:
         return deleted
 
     def _delete(self, state: str, name: str, age: float | None, now: float) -> int:
-        """Delete one finished job (file, log, kept invalid bytes) if it is still finished and idle.
-
-        `age`: the job was chosen for being older than this, which is checked again under its lock.
-        """
-        held = self.spool.lock(state, name)
-        if held is None:
-            return 0  # gone, or owned: a worker running its hook, a `dlq retry`
-        with held:
-            job = held.job if isinstance(held.job, dict) else {}
-            hook = job.get("hook")
-            if (isinstance(hook, dict) and hook.get("status") == "started" and isinstance(job.get("worker"), str)
-                    and registry.is_alive(self.spool, job["worker"])):
-                return 0
-            info = os.fstat(held.fd)
-            if age is not None and now - info.st_mtime < age:
-                return 0  # chosen by its age, and changed since the listing (a retried job came back)
-            try:
-                if not os.path.samestat(info, os.lstat(held.path)):
-                    return 0
-                os.unlink(held.path)
-            except FileNotFoundError:
-                return 0
-        stem = name.removesuffix(SUFFIX)
-        for leftover in (os.path.join(self.spool.dir("logs"), stem + ".log"),
-                         os.path.join(self.spool.dir(state), stem + ".invalid")):
-            try:
-                os.unlink(leftover)
-            except FileNotFoundError:
-                pass
-        return 1
-
+        """`age`: the job was chosen for being older than this, which is checked again under its lock."""
+        return int(lifecycle.delete_finished(self.spool, state, id_of(name), older_than=age))
 
 
 def _doomed(stats: list[tuple[float, str]], age: float | None, count: int | None,
