@@ -10,9 +10,10 @@ Promises (README "Retention"):
   (as `purge` does), so a job whose worker still runs its completion hook
   is skipped, and so is one whose hook is `started` while its worker is
   alive (a flock may not reach another host);
-- a sweep does a bounded amount of work (BATCH files listed, stat-ed or
-  deleted, at most BUDGET seconds): a worker with 100,000 finished jobs to
-  prune still claims jobs between sweeps (bench/bench_retention.py);
+- a sweep does a bounded amount of work (one listing of the folder when a
+  new round starts, then at most BATCH units: a stat is 1, a deletion
+  DELETE_COST; and at most BUDGET seconds): a worker with 100,000 finished
+  jobs to prune still claims jobs between sweeps (bench/bench_retention.py);
 - `cap_log` keeps a log over `max_log_bytes` as its head and its tail with
   one marker line between; the worker applies it after each attempt (and
   its hook), when it alone writes that log.
@@ -29,7 +30,8 @@ from typing import Any
 from . import fsops, lifecycle
 from .spool import id_of
 
-BATCH = 2000       # entries stat-ed or deleted per sweep at most
+BATCH = 10_000     # work units per sweep at most: a stat costs 1, a deletion DELETE_COST
+DELETE_COST = 10   # a deletion locks, reads and unlinks two files: about ten stats' worth
 BUDGET = 0.05      # seconds of one sweep spent on retention at most
 RESCAN_EVERY = 60  # seconds between listings once a folder is within its limits
 _AGE = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")
@@ -132,7 +134,7 @@ class Pruner:
                 work["stats"] = []
         deleted = 0
         while work["doomed"] and budget[0] > 0 and time.monotonic() < deadline:
-            budget[0] -= 1
+            budget[0] -= DELETE_COST
             name, by_count = work["doomed"].pop()
             deleted += self._delete(state, name, None if by_count else age, now)
         return deleted
