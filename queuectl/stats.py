@@ -74,13 +74,6 @@ def summary(spool) -> dict[str, Any]:
 
 
 def _schedules(spool) -> list[dict[str, Any]]:
-    """The next run of each schedule (README "Recurring jobs"); cronsim is imported only if one exists."""
-    import os
-
-    try:
-        if not any(name.endswith(".json") for name in os.listdir(spool.dir("schedules"))):
-            return []
-    except FileNotFoundError:
-        return []
+    """The next run of each schedule (README "Recurring jobs"); the cron parser loads only for cron schedules."""
     from .schedules import upcoming
     return upcoming(spool)

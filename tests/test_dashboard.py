@@ -104,6 +104,19 @@ def test_status_sees_changes_at_once(spool, dashboard):
     assert (counts["pending"], counts["completed"]) == (0, 1)
 
 
+def test_status_lists_schedules_soonest_first(spool, dashboard):
+    from queuectl import schedules
+    assert get(dashboard, "/api/status").json()["schedules"] == []
+    schedules.add(spool, "yearly", {"cron": "0 0 1 1 *", "tz": "Europe/Berlin", "job": {"command": "<b>x</b>"}})
+    schedules.add(spool, "often", {"every": "10s", "job": {"command": "true"}})
+    schedules.add(spool, "held", {"every": "10s", "paused": True, "job": {"command": "true"}})
+    listed = get(dashboard, "/api/status").json()["schedules"]
+    assert [entry["name"] for entry in listed] == ["often", "yearly", "held"]
+    assert listed[1]["cron"] == "0 0 1 1 *" and listed[1]["tz"] == "Europe/Berlin"
+    assert listed[1]["command"] == "<b>x</b>" and listed[1]["next_run"].endswith("T23:00:00.000Z")
+    assert listed[2]["paused"] is True and listed[2]["next_run"] is None
+
+
 # -- job listings ---------------------------------------------------------------------
 
 

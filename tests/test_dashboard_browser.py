@@ -114,6 +114,24 @@ def test_page_shows_counts_workers_and_escaped_jobs(page, tmp_path):
     page.screenshot(path=str(tmp_path / "dashboard-light.png"), full_page=True)
 
 
+def test_schedules_show_their_next_run_as_text(page, queue, tmp_path):
+    from queuectl import schedules
+    expect(page.locator("#schedules-empty")).to_be_visible()
+    schedules.add(queue, "xss", {"every": "1h", "job": {"command": XSS}})
+    schedules.add(queue, "nightly", {"cron": "30 2 * * *", "tz": "Europe/Berlin", "paused": True,
+                                     "job": {"command": "backup"}})
+    rows = page.locator("#schedules tbody tr")
+    expect(rows).to_have_count(2, timeout=15_000)
+    expect(rows.nth(0)).to_contain_text("xss")
+    expect(rows.nth(0)).to_contain_text("every 3600s")
+    expect(rows.nth(0)).to_contain_text("in ")
+    expect(rows.nth(0)).to_contain_text(XSS)
+    expect(rows.nth(1)).to_contain_text("30 2 * * * (Europe/Berlin)")
+    expect(rows.nth(1)).to_contain_text("paused")
+    assert page.locator("#schedules tbody script").count() == 0
+    page.screenshot(path=str(tmp_path / "dashboard-schedules.png"), full_page=True)
+
+
 def test_the_page_follows_the_spool_without_a_click(page, queue):
     """SPEC section 7: live refresh. Jobs arriving and leaving outside the page show up by themselves."""
     expect(page.locator('[data-count="pending"]')).to_have_text("3")

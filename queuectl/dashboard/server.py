@@ -4,7 +4,7 @@ Routes (GET unless marked POST):
 
     /                               the page (static/index.html carrying this process's token)
     /static/<file>                  app.js, style.css, favicon.svg
-    /api/status                     counts per state, live workers, settles per minute (last hour)
+    /api/status                     counts per state, live workers, schedules, settles per minute (last hour)
     /api/jobs?state=&q=&offset=&limit=   a page of jobs, newest id first; q matches part of the id
     /api/jobs/<id>                  the whole job
     /api/jobs/<id>/log?tail=BYTES   the end of its log
@@ -51,6 +51,7 @@ from .. import lifecycle, registry
 from ..errors import InvalidJob, JobNotFound, QueueError, WrongState
 from ..job import STATES, is_valid_id
 from ..spool import SUFFIX, id_of
+from ..schedules import upcoming as upcoming_schedules
 from .snapshot import FAILURES, Scanner, Snapshot, recent_durations, throughput
 
 TOKEN_HEADER = "X-Queuectl-Token"
@@ -264,6 +265,7 @@ class DashboardHandler(BaseHTTPRequestHandler):
         now = time.time()
         self._send_json(200, {"spool": spool.root, "now": now, "counts": snapshot.counts,
                               "workers": registry.records(spool),
+                              "schedules": upcoming_schedules(spool),
                               "throughput": throughput(snapshot, now)})
 
     def _jobs(self, query: dict) -> None:

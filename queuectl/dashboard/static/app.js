@@ -161,6 +161,7 @@ function renderStatus(status) {
   $("#worker-count").textContent = status.workers.length;
   $("#dlq-count").textContent = status.counts.dead.toLocaleString();
   renderWorkers(status.workers);
+  renderSchedules(status.schedules || []);
   throughputData = status.throughput;
   drawChart();
 }
@@ -174,6 +175,23 @@ function renderWorkers(workers) {
     h("td", { class: "mono" }, worker.pid),
     timeCell(worker.started, false),
     h("td", {}, worker.job ? jobLink(worker.job) : h("span", { class: "muted" }, "idle")))));
+}
+
+function scheduleWhen(schedule) {
+  if (schedule.cron) return schedule.tz ? `${schedule.cron} (${schedule.tz})` : schedule.cron;
+  return `every ${schedule.every}s`;
+}
+
+function renderSchedules(schedules) {
+  $("#schedules-empty").hidden = schedules.length > 0;
+  $("#schedules").hidden = schedules.length === 0;
+  if (!changed("schedules", schedules)) return;
+  $("#schedules tbody").replaceChildren(...schedules.map((schedule) => h("tr", {},
+    h("td", { class: "mono" }, schedule.name),
+    h("td", { class: "mono" }, scheduleWhen(schedule)),
+    schedule.paused ? h("td", { class: "muted" }, "paused") : timeCell(schedule.next_run),
+    schedule.last_slot ? timeCell(schedule.last_slot) : h("td", { class: "muted" }, "–"),
+    h("td", { class: "mono", title: schedule.command ?? "" }, schedule.command ?? ""))));
 }
 
 function renderJobs(page) {
