@@ -505,8 +505,9 @@ def fire(spool, worker: str, name: str, schedule: dict, slot: int, *, catch_up: 
             shutil.rmtree(claim, ignore_errors=True)
             raise
         shutil.rmtree(claim, ignore_errors=True)
-        # A network file system may retry a rename that succeeded and report ENOENT.
-        if exc.errno != errno.ENOENT or _owner_token(target) != token:
+        # A network file system may retry a rename that succeeded and report ENOENT
+        # (or EEXIST): the token in `owner` says whose claim the slot's folder is.
+        if _owner_token(target) != token:
             return False
     if durable:
         fsops.fsync_dir(directory)

@@ -276,3 +276,28 @@ def test_missed_policies_after_every_worker_stopped(spool_path, workers, qc):
     assert len(gap("once")) >= 4
     assert gap("all") == [] and len(catch_ups("all")) >= 5  # every missed slot, once each
     assert catch_ups("all")[0] == last["all"] + 1
+
+
+def test_a_retried_rename_that_reports_enoent_after_succeeding_still_counts_as_the_claim(spool, monkeypatch):
+    """NFS may resend a rename whose reply was lost: the second try fails, the first one happened."""
+    import errno as errno_module
+    schedules.add(spool, "nfs", {"every": "1s", "grace": 3600, "job": {"command": "true"}})
+    real_rename = os.rename
+
+    def rename_then_enoent(source, target):
+        real_rename(source, target)
+        if os.path.basename(source).startswith(".claim-"):
+            raise FileNotFoundError(errno_module.ENOENT, "No such file or directory", source)
+    monkeypatch.setattr(schedules.os, "rename", rename_then_enoent)
+    slot = int(time.time())
+    assert schedules.fire(spool, "w1", "nfs", schedules.get(spool, "nfs"), slot) is True
+    assert spool.find(schedules.job_id("nfs", slot)) == "pending"
+    # someone else's claim of the next slot, seen as EEXIST, is not taken for ours
+    other = os.path.join(schedules.fired_dir(spool, "nfs"), schedules.slot_text(slot + 1))
+    os.mkdir(other)
+    with open(os.path.join(other, "owner"), "w") as handle:
+        handle.write('{"token": "someone-else"}')
+    monkeypatch.setattr(schedules.os.path, "lexists", lambda path: False)  # past the cheap pre-check
+    claimed = schedules.fire(spool, "w1", "nfs", schedules.get(spool, "nfs"), slot + 1)
+    monkeypatch.undo()
+    assert claimed is False and spool.find(schedules.job_id("nfs", slot + 1)) is None
