@@ -20,6 +20,8 @@ from .errors import InvalidJob, QueueError
 from .job import STATES, iso, parse_time, shorten
 from .spool import Spool, prepare_fields
 
+DEFAULT_LIMIT = 50  # rows a listing shows unless told otherwise
+
 
 class QueueGroup(click.Group):
     """Turns the library's deliberate errors and OS errors into one line and exit 1."""
@@ -214,16 +216,43 @@ def status(ctx, as_json):
         click.echo("success rate    - (no finished jobs yet)")
 
 
+def _limit_options(command):
+    """--limit N (0 for all) and --all, shared by the listings."""
+    command = click.option("--all", "show_all", is_flag=True, help="Every job (the same as --limit 0).")(command)
+    return click.option("--limit", "-n", type=click.IntRange(min=0), default=DEFAULT_LIMIT, show_default=True,
+                        help="At most this many jobs, newest id first; 0 for all.")(command)
+
+
+def _listing(ctx: click.Context, state: str | None, limit: int, show_all: bool, noun: str) -> tuple[list[dict], str]:
+    """A page of jobs, and the line that says rows were cut ("" when none were).
+
+    The line goes to stderr after the rows, so `--json` keeps stdout one JSON document.
+    """
+    limit = None if show_all or limit == 0 else limit
+    jobs, total = _spool(ctx).newest(state, limit)
+    if limit is None or total <= limit:
+        return jobs, ""
+    return jobs, f"queuectl: showing {len(jobs)} of {total} {noun}; --limit 0 for all"
+
+
+def _note(line: str) -> None:
+    if line:
+        click.echo(line, err=True)
+
+
 @main.command("list")
 @click.option("--state", "-s", type=click.Choice(STATES), help="Only jobs in this state.")
-@click.option("--limit", "-n", type=click.IntRange(min=0), default=50, show_default=True,
-              help="At most this many jobs, newest id first.")
+@_limit_options
 @click.option("--json", "as_json", is_flag=True, help="A JSON array of job objects.")
 @click.pass_context
-def list_jobs(ctx, state, limit, as_json):
-    """Jobs: id, state, attempts, priority, last update, command."""
-    jobs = _spool(ctx).jobs(state, limit)
+def list_jobs(ctx, state, limit, show_all, as_json):
+    """Jobs: id, state, attempts, priority, last update, command.
+
+    When rows were cut by --limit, a line on stderr says how many jobs there are.
+    """
+    jobs, cut = _listing(ctx, state, limit, show_all, f"{state} jobs" if state else "jobs")
     _print_json(jobs) if as_json else _job_table(jobs)
+    _note(cut)
 
 
 @main.command()
@@ -303,23 +332,23 @@ def dlq():
 
 
 @dlq.command("list")
-@click.option("--limit", "-n", type=click.IntRange(min=0), default=50, show_default=True)
+@_limit_options
 @click.option("--json", "as_json", is_flag=True, help="A JSON array of job objects.")
 @click.pass_context
-def dlq_list(ctx, limit, as_json):
-    """Dead jobs with the reason each one died."""
-    jobs = _spool(ctx).jobs("dead", limit)
+def dlq_list(ctx, limit, show_all, as_json):
+    """Dead jobs with the reason each one died (a line on stderr says when rows were cut)."""
+    jobs, cut = _listing(ctx, "dead", limit, show_all, "dead jobs")
     if as_json:
         _print_json(jobs)
-        return
-    if not jobs:
+    elif not jobs:
         click.echo("the dead-letter queue is empty")
-        return
-    width = max(10, *(len(str(job.get("id"))) for job in jobs))
-    click.echo(f"{'ID':<{width}}  {'ATT':>3}  {'REASON':<40}  COMMAND")
-    for job in jobs:
-        click.echo(f"{str(job.get('id')):<{width}}  {job.get('attempts', 0)!s:>3}  "
-                   f"{shorten(job.get('last_error') or '-', 40):<40}  {shorten(job.get('command') or '-', 40)}")
+    else:
+        width = max(10, *(len(str(job.get("id"))) for job in jobs))
+        click.echo(f"{'ID':<{width}}  {'ATT':>3}  {'REASON':<40}  COMMAND")
+        for job in jobs:
+            click.echo(f"{str(job.get('id')):<{width}}  {job.get('attempts', 0)!s:>3}  "
+                       f"{shorten(job.get('last_error') or '-', 40):<40}  {shorten(job.get('command') or '-', 40)}")
+    _note(cut)
 
 
 @dlq.command("retry")
@@ -327,27 +356,46 @@ def dlq_list(ctx, limit, as_json):
 @click.option("--all", "retry_all", is_flag=True, help="Every job in the dead-letter queue.")
 @click.pass_context
 def dlq_retry(ctx, job_ids, retry_all):
-    """Move dead jobs back to pending with their attempts reset."""
+    """Move dead jobs back to pending with their attempts reset.
+
+    With --all, records of files that were never valid jobs cannot be
+    retried: each is skipped with a line on stderr, and the exit code is 0
+    when every other dead job was retried. Exit 1 when a dead job could not
+    be retried, or when there was nothing to retry (no dead job, or only
+    invalid records).
+    """
     if bool(job_ids) == retry_all:
         raise click.UsageError("give job ids or --all")
     spool = _spool(ctx)
     if retry_all:
-        job_ids = [name[:-5] for name in spool.names("dead")]
-    failures = 0
+        job_ids = sorted(name[:-5] for name in spool.names("dead"))
+    retried = invalid = failures = 0
     for job_id in job_ids:
         try:
             spool.dlq_retry(job_id)
+        except InvalidJob as exc:
+            if not retry_all:
+                raise
+            invalid += 1  # nothing to retry: the record keeps a file that was never a job
+            click.echo(f"queuectl: skipped: {exc}", err=True)
+            continue
         except QueueError as exc:
             if not retry_all:
                 raise
             failures += 1
-            click.echo(f"queuectl: skipped: {exc}", err=True)
+            click.echo(f"queuectl: error: {exc}", err=True)
             continue
+        retried += 1
         click.echo(f"{job_id}: dead -> pending")
     if retry_all and not job_ids:
         _fail("the dead-letter queue is empty")
+    if invalid:
+        click.echo(f"queuectl: retried {retried} dead job(s); skipped {invalid} invalid record(s), "
+                   f"which cannot be retried", err=True)
     if failures:
         raise SystemExit(1)
+    if not retried:
+        _fail("nothing to retry: the dead-letter queue holds only invalid records")
 
 
 # -- configuration -----------------------------------------------------------

@@ -357,6 +357,14 @@ class Spool:
 
     def jobs(self, state: str | None = None, limit: int | None = None) -> list[dict]:
         """Jobs newest id first (generated ids sort by creation time)."""
+        return self.newest(state, limit)[0]
+
+    def newest(self, state: str | None = None, limit: int | None = None) -> tuple[list[dict], int]:
+        """(up to `limit` jobs newest id first, how many jobs the listing held).
+
+        The total comes from the directory listing the page is chosen from,
+        so telling the reader that rows were cut costs no extra file read.
+        """
         states = [check_state(state)] if state else list(STATES)
         entries = sorted(((name, st) for st in states for name in self.names(st)), reverse=True)
         found: list[dict] = []
@@ -366,7 +374,7 @@ class Spool:
             job = self.read(st, name)
             if job is not None:
                 found.append(job)
-        return found
+        return found, len(entries)
 
     def iter_jobs(self, state: str) -> Iterator[dict]:
         for name in self.names(state):
