@@ -9,6 +9,7 @@ stderr and exit code 1; click's usage errors exit 2.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from typing import Any
@@ -130,6 +131,17 @@ def _parse_job_argument(text: str) -> dict | str:
         raise InvalidJob(f"invalid JSON job: {exc}") from None
 
 
+def _env_pairs(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> dict[str, str]:
+    """--env KEY=VALUE options as a dict; a later KEY wins."""
+    pairs: dict[str, str] = {}
+    for value in values:
+        name, equals, text = value.partition("=")
+        if not equals or not name:
+            raise click.BadParameter(f"{value!r} is not KEY=VALUE")
+        pairs[name] = text
+    return pairs
+
+
 class _JsonLines:
     """Jobs from JSON lines; `line` is the line being handled (None once all are read), so an error can name it."""
 
@@ -158,16 +170,26 @@ class _JsonLines:
 @click.option("--timeout", type=click.FloatRange(min=0), help="Seconds before the job is killed [default: config].")
 @click.option("--run-at", help="Do not start before this ISO-8601 time (local time without an offset).")
 @click.option("--delay", type=Duration(), help="Do not start before this delay (30s, 15m, 2h).")
+@click.option("--cwd", metavar="DIR", help="Run the command in this folder (a relative one is taken from here).")
+@click.option("--env", "env", metavar="KEY=VALUE", multiple=True, callback=_env_pairs,
+              help="Set a variable in the job's environment (repeatable).")
 @click.option("--file", "-f", "file", type=click.File("r"), help="Many jobs: one JSON object per line.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print the stored job as JSON instead of its id (a JSON array for - or --file).")
 @click.pass_context
-def enqueue(ctx, job, command, job_id, priority, max_retries, timeout, run_at, delay, file):
-    """Enqueue a job: JSON ('{"command": "make"}'), a command ('make'), or '-' for JSON lines on stdin."""
+def enqueue(ctx, job, command, job_id, priority, max_retries, timeout, run_at, delay, cwd, env, file, as_json):
+    """Enqueue a job: JSON ('{"command": "make"}'), a command ('make'), or '-' for JSON lines on stdin.
+
+    Options apply to every job of a batch and win over the JSON's fields;
+    --env adds to the job's own env object.
+    """
     if sum(x is not None for x in (job, command, file)) != 1:
         raise click.UsageError("give exactly one of JOB, --command or --file")
     if run_at is not None and delay is not None:
         raise click.UsageError("--run-at and --delay exclude each other")
     options = dict(priority=priority, max_retries=max_retries, timeout=timeout, delay=delay,
-                   run_at=iso(parse_time(run_at)) if run_at else None)
+                   run_at=iso(parse_time(run_at)) if run_at else None, env=env,
+                   cwd=os.path.abspath(os.path.expanduser(cwd)) if cwd else None)
     spool = _spool(ctx)
     if file is not None or job == "-":
         if job_id is not None:
@@ -179,11 +201,15 @@ def enqueue(ctx, job, command, job_id, priority, max_retries, timeout, run_at, d
             if reader.line is None:
                 raise
             raise type(exc)(f"{reader.source} line {reader.line}: {exc} (no job enqueued)") from None
+        if as_json:
+            _print_json(stored)
+            return
         for job in stored:
             click.echo(job["id"])
         return
     fields = _parse_job_argument(job) if job is not None else command
-    click.echo(spool.enqueue(fields, id=job_id, **options)["id"])
+    stored = spool.enqueue(fields, id=job_id, **options)
+    _print_json(stored) if as_json else click.echo(stored["id"])
 
 
 # -- inspection --------------------------------------------------------------

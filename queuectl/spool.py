@@ -527,8 +527,14 @@ def check_state(state: str) -> str:
 def prepare_fields(job: dict | str, *, run_at: Any = None, delay: float | None = None,
                    priority: int | None = None, timeout: float | None = None,
                    max_retries: int | None = None, id: str | None = None,
-                   command: str | None = None) -> dict:
-    """Merge a job (dict or command string) with enqueue options; options win."""
+                   command: str | None = None, cwd: str | None = None,
+                   env: dict[str, str] | None = None) -> dict:
+    """Merge a job (dict or command string) with enqueue options; options win.
+
+    `env` adds to the job's own `env` object (a name in both takes the
+    option's value); a job `env` that is not an object is left for
+    validation to refuse.
+    """
     if isinstance(job, str):
         fields: dict = {"command": job}
     elif isinstance(job, dict):
@@ -545,6 +551,12 @@ def prepare_fields(job: dict | str, *, run_at: Any = None, delay: float | None =
         fields["timeout"] = timeout
     if max_retries is not None:
         fields["max_retries"] = max_retries
+    if cwd is not None:
+        fields["cwd"] = cwd
+    if env:
+        own = fields.get("env")
+        if own is None or isinstance(own, dict):
+            fields["env"] = {**(own or {}), **env}
     if delay is not None:
         if delay < 0:
             raise InvalidJob("delay must be >= 0 seconds")

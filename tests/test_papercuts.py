@@ -1,0 +1,68 @@
+"""The first hour's papercuts (issue 11): enqueue --cwd/--env/--json, --spool after the subcommand,
+cancel's message, and the listings' --limit 0 / --all (see also test_cli.py)."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+from click.testing import CliRunner
+from conftest import put_job, read_job, spool_files
+
+from queuectl import Spool
+from queuectl.cli import main
+
+
+# -- enqueue --cwd, --env, --json ---------------------------------------------------
+
+def test_enqueue_with_cwd_env_and_json(cli, spool_path, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    os.mkdir(tmp_path / "work")
+    result = cli("enqueue", "--cwd", "work", "--env", "A=1", "--env", "B=x=y", "--env", "EMPTY=", "--json",
+                 '{"id": "j", "command": "pwd", "env": {"A": "0", "KEEP": "k"}}')
+    assert result.exit_code == 0, result.output
+    stored = json.loads(result.stdout)  # one JSON document: the job as stored
+    assert stored == read_job(spool_path, "pending", "j")
+    assert stored["cwd"] == str(tmp_path / "work")  # a relative folder is taken from where enqueue ran
+    assert stored["env"] == {"A": "1", "KEEP": "k", "B": "x=y", "EMPTY": ""}
+
+
+def test_enqueue_command_form_takes_the_options_too(cli, spool_path):
+    result = cli("enqueue", "-c", "make", "--cwd", "/srv", "--env", "MODE=fast")
+    job = read_job(spool_path, "pending", result.stdout.strip())
+    assert (job["command"], job["cwd"], job["env"]) == ("make", "/srv", {"MODE": "fast"})
+
+
+def test_enqueue_batch_json_is_one_array(cli, spool_path):
+    lines = '{"id": "a", "command": "x"}\n{"id": "b", "command": "y", "env": {"K": "v"}}\n'
+    result = cli("enqueue", "-", "--json", "--env", "Z=1", input=lines)
+    assert result.exit_code == 0, result.output
+    stored = json.loads(result.stdout)
+    assert [job["id"] for job in stored] == ["a", "b"]
+    assert [job["env"] for job in stored] == [{"Z": "1"}, {"K": "v", "Z": "1"}]
+    assert stored == [read_job(spool_path, "pending", job_id) for job_id in ("a", "b")]
+
+
+@pytest.mark.parametrize("pair", ["NOEQUALS", "=value"])
+def test_a_malformed_env_pair_is_a_usage_error(cli, spool_path, pair):
+    Spool(spool_path)
+    before = spool_files(spool_path)
+    result = cli("enqueue", "--env", pair, "echo hi")
+    assert result.exit_code == 2 and result.stdout == "" and "is not KEY=VALUE" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert spool_files(spool_path) == before
+
+
+def test_an_env_name_the_job_format_refuses_is_refused(cli, spool_path):
+    result = cli("enqueue", "--env", "A\0B=1", "echo hi")
+    assert result.exit_code in (1, 2) and os.listdir(os.path.join(spool_path, "pending")) == []
+
+
+def test_a_job_runs_in_its_cwd_with_its_env(qc, spool_path, tmp_path):
+    os.mkdir(tmp_path / "here")
+    job_id = qc("enqueue", "--cwd", str(tmp_path / "here"), "--env", "GREETING=hello there",
+                'pwd; echo "$GREETING"').stdout.strip()
+    assert qc("worker", "start", "--burst").returncode == 0
+    assert read_job(spool_path, "completed", job_id)["state"] == "completed"
+    assert qc("logs", job_id).stdout.splitlines()[1:] == [str(tmp_path / "here"), "hello there"]
