@@ -602,3 +602,30 @@ def demo(ctx, count, example):
     for line in run_demo(spool, count=count, example=example):
         click.echo(line)
     ctx.invoke(status)
+
+
+# -- root options after the subcommand ----------------------------------------
+
+def _set_root(name: str):
+    """A subcommand's --spool / --allow-shared-spool sets the root's value; given twice, the later one wins."""
+    def callback(ctx: click.Context, param: click.Parameter, value: Any) -> None:
+        if value:
+            ctx.find_root().obj[name] = value
+    return callback
+
+
+def _accept_root_options(group: click.Group) -> None:
+    """`queuectl list --spool X` works as `queuectl --spool X list` does, in every (nested) command."""
+    for command in group.commands.values():
+        command.params.extend([
+            click.Option(["--spool"], metavar="PATH", expose_value=False, callback=_set_root("path"),
+                         help="Spool folder (as `queuectl --spool PATH`)."),
+            click.Option(["--allow-shared-spool"], is_flag=True, expose_value=False,
+                         callback=_set_root("allow_shared"),
+                         help="As `queuectl --allow-shared-spool`."),
+        ])
+        if isinstance(command, click.Group):
+            _accept_root_options(command)
+
+
+_accept_root_options(main)

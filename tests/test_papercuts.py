@@ -66,3 +66,47 @@ def test_a_job_runs_in_its_cwd_with_its_env(qc, spool_path, tmp_path):
     assert qc("worker", "start", "--burst").returncode == 0
     assert read_job(spool_path, "completed", job_id)["state"] == "completed"
     assert qc("logs", job_id).stdout.splitlines()[1:] == [str(tmp_path / "here"), "hello there"]
+
+
+# -- --spool wherever a user types it -------------------------------------------------
+
+def _queuectl(*args, input=None):
+    """The CLI with no --spool before the subcommand, and a $QUEUECTL_SPOOL that must not be used."""
+    return CliRunner().invoke(main, list(args), input=input, catch_exceptions=False,
+                              env={"QUEUECTL_SPOOL": "/nonexistent/not-this-one"})
+
+
+def test_spool_after_the_subcommand(spool_path):
+    put_job(spool_path, "dead", "broken", last_error="exit code 2")
+    put_job(spool_path, "pending", "waiting")
+    listed = _queuectl("list", "--spool", spool_path, "--json")
+    assert listed.exit_code == 0, listed.output
+    assert [job["id"] for job in json.loads(listed.stdout)] == ["waiting", "broken"]
+    assert json.loads(_queuectl("dlq", "list", "--spool", spool_path, "--json").stdout)[0]["id"] == "broken"
+    assert _queuectl("config", "set", "--spool", spool_path, "max-retries", "7").exit_code == 0
+    assert Spool(spool_path).config["max_retries"] == 7
+    assert _queuectl("dlq", "--spool", spool_path, "retry", "broken").stdout == "broken: dead -> pending\n"
+    assert _queuectl("enqueue", "echo hi", "--spool", spool_path).exit_code == 0
+    assert len(os.listdir(os.path.join(spool_path, "pending"))) == 3
+
+
+def test_worker_start_takes_spool_after_the_subcommand(spool_path):
+    put_job(spool_path, "pending", "quick", command="true")
+    result = _queuectl("worker", "start", "--burst", "--spool", spool_path)
+    assert result.exit_code == 0, result.output
+    assert read_job(spool_path, "completed", "quick")["state"] == "completed"
+
+
+def test_the_subcommands_spool_wins(spool_path, tmp_path):
+    other = str(tmp_path / "other")
+    result = _queuectl("--spool", other, "enqueue", "--spool", spool_path, "echo hi")
+    assert result.exit_code == 0
+    assert len(os.listdir(os.path.join(spool_path, "pending"))) == 1 and not os.path.exists(other)
+
+
+def test_allow_shared_spool_after_the_subcommand(spool_path):
+    Spool(spool_path)
+    os.chmod(spool_path, 0o770)
+    refused = _queuectl("status", "--spool", spool_path)
+    assert refused.exit_code == 1 and "--allow-shared-spool" in refused.stderr
+    assert _queuectl("status", "--spool", spool_path, "--allow-shared-spool").exit_code == 0
