@@ -617,6 +617,8 @@ def _set_root(name: str):
 def _accept_root_options(group: click.Group) -> None:
     """`queuectl list --spool X` works as `queuectl --spool X list` does, in every (nested) command."""
     for command in group.commands.values():
+        if any(param.name == "spool" for param in command.params):
+            continue  # an alias (config show) is the same command object
         command.params.extend([
             click.Option(["--spool"], metavar="PATH", expose_value=False, callback=_set_root("path"),
                          help="Spool folder (as `queuectl --spool PATH`)."),
