@@ -486,12 +486,17 @@ def worker():
 @worker.command("start")
 @click.option("--count", "-n", type=click.IntRange(min=1), default=1, show_default=True,
               help="Worker processes to run.")
-@click.option("--burst", is_flag=True, help="Exit when no job is due.")
+@click.option("--burst", is_flag=True,
+              help="Exit as soon as no job is due now: jobs scheduled for later and failed jobs waiting "
+                   "for their retry time do not keep the workers running.")
+@click.option("--until-empty", is_flag=True,
+              help="Exit once every job is finished: pending/ (scheduled jobs included), failed/ (waiting "
+                   "retries included) and processing/ hold no job.")
 @click.pass_context
-def worker_start(ctx, count, burst):
+def worker_start(ctx, count, burst, until_empty):
     """Run workers in the foreground until stopped (Ctrl-C finishes the running jobs)."""
     from .supervisor import run_workers
-    raise SystemExit(run_workers(_spool(ctx), count=count, burst=burst))
+    raise SystemExit(run_workers(_spool(ctx), count=count, burst=burst, until_empty=until_empty))
 
 
 @worker.command("stop")

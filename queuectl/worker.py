@@ -45,9 +45,13 @@ def stop_signals(handler: Callable) -> Iterator[None]:
 
 
 class Worker:
-    def __init__(self, spool: Spool, *, burst: bool = False, name: str | None = None):
+    def __init__(self, spool: Spool, *, burst: bool = False, until_empty: bool = False, name: str | None = None):
         self.spool = spool
-        self.burst = burst
+        # burst: exit once no job is due now. until_empty: exit once pending/,
+        # failed/ and processing/ hold no job (scheduled jobs and waiting retries
+        # keep it alive) - see README "Commands".
+        self.burst = burst or until_empty
+        self.until_empty = until_empty
         self.name = name or registry.new_name()
         self.started = time.time()
         self.index = DueIndex()
@@ -129,7 +133,10 @@ class Worker:
                 self._process(*due)
                 continue
             if self.burst and not self.rechecks and not self._apply_events():
-                return
+                # The index holds every job of pending/ and failed/; one running
+                # elsewhere may still fail and come back to failed/.
+                if not self.until_empty or not (len(self.index) or self.spool.names("processing")):
+                    return
             wake_at = min(t for t in (next_recovery, next_scan, self.index.next_due(),
                                       min(self.rechecks.values(), default=None)) if t is not None)
             self.watch.wait(wake_at - time.time())

@@ -8,7 +8,7 @@ import os
 
 import pytest
 from click.testing import CliRunner
-from conftest import put_job, read_job, spool_files
+from conftest import put_job, read_job, spool_files, wait_until
 
 from queuectl import Spool
 from queuectl.cli import main
@@ -110,3 +110,48 @@ def test_allow_shared_spool_after_the_subcommand(spool_path):
     refused = _queuectl("status", "--spool", spool_path)
     assert refused.exit_code == 1 and "--allow-shared-spool" in refused.stderr
     assert _queuectl("status", "--spool", spool_path, "--allow-shared-spool").exit_code == 0
+
+
+# -- worker start --burst and --until-empty ---------------------------------------------
+
+def test_burst_exits_while_a_retry_waits_and_until_empty_waits_for_it(qc, spool_path, tmp_path):
+    marker = tmp_path / "failed-once"
+    for key, value in (("backoff_base", "1.5"), ("recovery_interval", "1")):
+        qc("config", "set", key, value)
+    flaky = qc("enqueue", "--id", "flaky", f"test -e {marker} || {{ touch {marker}; exit 1; }}")
+    later = qc("enqueue", "--id", "later", "--delay", "1s", "true")
+    assert flaky.returncode == later.returncode == 0
+    burst = qc("worker", "start", "--burst")
+    assert burst.returncode == 0, burst.stderr
+    # Nothing was due any more: the retry waits in failed/, the scheduled job in pending/.
+    assert read_job(spool_path, "failed", "flaky")["attempts"] == 1
+    assert os.path.exists(os.path.join(spool_path, "pending", "later.json"))
+    drained = qc("worker", "start", "--until-empty")
+    assert drained.returncode == 0, drained.stderr
+    assert read_job(spool_path, "completed", "flaky")["attempts"] == 2
+    assert read_job(spool_path, "completed", "later")["state"] == "completed"
+    for folder in ("pending", "failed", "processing"):
+        assert os.listdir(os.path.join(spool_path, folder)) == []
+
+
+def test_until_empty_with_several_workers(qc, spool_path):
+    for index in range(4):
+        qc("enqueue", "--id", f"j{index}", "--delay", "1s", "true")
+    drained = qc("worker", "start", "--count", "2", "--until-empty")
+    assert drained.returncode == 0, drained.stderr
+    assert sorted(os.listdir(os.path.join(spool_path, "completed"))) == [f"j{index}.json" for index in range(4)]
+
+
+def test_until_empty_waits_for_a_job_another_worker_runs(workers, spool_path, tmp_path):
+    started, release, marker = tmp_path / "started", tmp_path / "release", tmp_path / "failed-once"
+    Spool(spool_path).enqueue(
+        f"touch {started}; while ! test -e {release}; do sleep 0.05; done; "
+        f"test -e {marker} || {{ touch {marker}; exit 1; }}", id="slow")
+    workers.start()
+    wait_until(started.exists, message="the job to start")
+    drainer = workers.start("--until-empty")
+    workers.record_of(drainer)
+    # The job is in processing/ and may still fail and come back: the drainer must not leave now.
+    release.touch()
+    assert drainer.wait() == 0
+    assert read_job(spool_path, "completed", "slow")["attempts"] == 2
