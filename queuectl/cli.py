@@ -575,6 +575,25 @@ def dashboard(ctx, host, port):
 
 
 @main.command()
+@click.option("--output", "-o", metavar="FILE", type=click.Path(dir_okay=False, writable=True),
+              help="Write FILE atomically (a temporary file renamed over it) instead of printing: "
+                   "for node_exporter's textfile collector.")
+@click.pass_context
+def metrics(ctx, output):
+    """The Prometheus text of the dashboard's /metrics, without a server.
+
+    Counters count the settled jobs in the spool now (a dashboard adds the
+    arrivals it sees); the duration summary reads the latest settled jobs only.
+    """
+    from .metrics import render, write_file
+    text = render(_spool(ctx))
+    if output is None:
+        click.echo(text, nl=False)
+    else:
+        write_file(output, text)
+
+
+@main.command()
 @click.option("--repair", is_flag=True, help="Fix what is safe to fix.")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context

@@ -50,7 +50,7 @@ def test_version(cli):
 COMMANDS = [[], ["enqueue"], ["status"], ["list"], ["show"], ["logs"], ["cancel"], ["retry"], ["purge"], ["dlq"],
             ["dlq", "list"], ["dlq", "retry"], ["config"], ["config", "get"], ["config", "set"], ["config", "list"],
             ["config", "show"], ["worker"], ["worker", "start"], ["worker", "stop"], ["worker", "list"], ["wait"],
-            ["dashboard"]]
+            ["dashboard"], ["metrics"]]
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=lambda command: " ".join(command) or "queuectl")
