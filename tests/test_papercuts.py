@@ -155,3 +155,31 @@ def test_until_empty_waits_for_a_job_another_worker_runs(workers, spool_path, tm
     release.touch()
     assert drainer.wait() == 0
     assert read_job(spool_path, "completed", "slow")["attempts"] == 2
+
+
+# -- cancel tells the truth ---------------------------------------------------------------
+
+@pytest.mark.parametrize("state", ["completed", "dead"])
+def test_cancel_of_a_finished_job_says_which_jobs_can_be_cancelled(cli, spool_path, state):
+    put_job(spool_path, state, "over")
+    result = cli("cancel", "over")
+    assert result.exit_code == 1 and result.stdout == ""
+    assert result.stderr == (f"queuectl: error: cannot cancel job 'over': it is {state} already "
+                             f"(pending, failed or running jobs can be cancelled)\n")
+
+
+def test_cancel_of_a_job_claimed_while_cancelling_asks_its_worker(spool_path):
+    """The job was pending when cancel looked and in processing/ when it came to lock it."""
+    from queuectl import lifecycle
+
+    put_job(spool_path, "processing", "raced", attempts=1)
+    spool = Spool(spool_path)
+    real_find = spool.find
+    looks = []
+
+    def find(job_id):
+        looks.append(job_id)
+        return "pending" if len(looks) == 1 else real_find(job_id)
+    spool.find = find
+    assert lifecycle.cancel(spool, "raced") == "processing"
+    assert "cancel-raced" in os.listdir(os.path.join(spool_path, "workers"))
