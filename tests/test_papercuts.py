@@ -68,6 +68,19 @@ def test_a_job_runs_in_its_cwd_with_its_env(qc, spool_path, tmp_path):
     assert qc("logs", job_id).stdout.splitlines()[1:] == [str(tmp_path / "here"), "hello there"]
 
 
+# -- listings: --limit 0 / --all, and a note on stderr when rows were cut (see also test_cli.py) ----
+
+def test_dlq_list_says_when_rows_were_cut(cli, spool_path):
+    for number in range(3):
+        put_job(spool_path, "dead", f"d{number}", last_error="exit code 1")
+    cut = cli("dlq", "list", "--json", "--limit", "2")
+    assert [job["id"] for job in json.loads(cut.stdout)] == ["d2", "d1"]
+    assert cut.stderr == "queuectl: showing 2 of 3 dead jobs; --limit 0 for all\n"
+    for every in (["--all"], ["--limit", "0"]):
+        whole = cli("dlq", "list", *every)
+        assert len(whole.stdout.splitlines()) == 4 and whole.stderr == ""
+
+
 # -- --spool wherever a user types it -------------------------------------------------
 
 def _queuectl(*args, input=None):
