@@ -48,7 +48,7 @@ import os
 import stat
 import threading
 import time
-from typing import Iterable
+from typing import Callable, Iterable
 
 from . import fsops, registry
 from .errors import InvalidJob, WrongState
@@ -101,13 +101,19 @@ def claim(spool: Spool, state: str, job_id: str, worker: str, now: float) -> Loc
     return held
 
 
+Settled = Callable[[dict, str], None]
+
+
 def settle(spool: Spool, held: LockedJob, outcome: Outcome, timeout: float | None,
-           commit: "GroupCommit | None" = None) -> str:
+           commit: "GroupCommit | None" = None, then: Settled | None = None) -> str:
     """Record the run's outcome in the job and move it on; returns the state it goes to.
 
     "Record, then move". Settle takes over `held`: it releases it, or hands
     it to `commit`, which makes the outcome durable together with other
     settles a moment later, while the worker goes on with its next job.
+    `then(job, state)` is called once the job is in its final folder (and,
+    with `durable`, on disk there) and no longer locked: from the commit's
+    thread when there is one, so it must be quick and must not raise.
     """
     try:
         job = held.job
@@ -126,17 +132,18 @@ def settle(spool: Spool, held: LockedJob, outcome: Outcome, timeout: float | Non
         job["state"] = state
         if commit is not None:
             held.stage()
-            commit.submit(held, state)
+            commit.submit(held, state, then)
             return state
         held.save(moving_on=True)
-        return _move_on(spool, held, state)
+        final = _move_on(spool, held, state)
+        held.release()
+        if then is not None:
+            then(job, final)
+        return final
     except BaseException:
-        if commit is not None and not commit.owns(held):
+        if commit is None or not commit.owns(held):
             held.release()
         raise
-    finally:
-        if commit is None:
-            held.release()
 
 
 def _move_on(spool: Spool, held: LockedJob, state: str, *, sync: bool = True) -> str:
@@ -172,20 +179,20 @@ class GroupCommit:
 
     def __init__(self, spool: Spool):
         self.spool = spool
-        self._queue: list[tuple[LockedJob, str]] = []
-        self._busy: list[tuple[LockedJob, str]] = []
+        self._queue: list[tuple[LockedJob, str, Settled | None]] = []
+        self._busy: list[tuple[LockedJob, str, Settled | None]] = []
         self._wake = threading.Condition()
         self._closing = False
         self.error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="queuectl-commit", daemon=True)
         self._thread.start()
 
-    def submit(self, held: LockedJob, state: str) -> None:
-        """Take over `held` (staged, locked) and move it to `state` in the next group."""
+    def submit(self, held: LockedJob, state: str, then: Settled | None = None) -> None:
+        """Take over `held` (staged, locked) and move it to `state` in the next group; then `then`."""
         with self._wake:
             if self.error is not None:
                 raise self.error
-            self._queue.append((held, state))
+            self._queue.append((held, state, then))
             self._wake.notify()
 
     def owns(self, held: LockedJob) -> bool:
@@ -214,28 +221,33 @@ class GroupCommit:
             except BaseException as exc:  # noqa: BLE001 - handed to the worker's thread
                 with self._wake:
                     self.error = exc
-                    for held, _ in self._busy + self._queue:
+                    for held, _, _ in self._busy + self._queue:
                         held.release()
                     self._busy, self._queue = [], []
                 return
             with self._wake:
                 self._busy = []
 
-    def _commit(self, group: list[tuple[LockedJob, str]]) -> None:
+    def _commit(self, group: list[tuple[LockedJob, str, Settled | None]]) -> None:
         durable = self.spool.durable
         if durable:
-            for held, _ in group:
+            for held, _, _ in group:
                 os.fsync(held.staged[1])
         touched = set()
-        for held, state in group:
+        finals = []
+        for held, state, _ in group:
             held.publish_staged(durable=False)
             touched.add(held.state)
-            touched.add(_move_on(self.spool, held, state, sync=False))
+            finals.append(_move_on(self.spool, held, state, sync=False))
+            touched.add(finals[-1])
         if durable:
             for folder in sorted(touched, key=lambda name: name == "processing"):  # processing/ last
                 fsops.fsync_dir(self.spool.dir(folder))
-        for held, _ in group:
+        for held, _, _ in group:
             held.release()
+        for (held, _, then), final in zip(group, finals):
+            if then is not None:
+                then(held.job, final)
 
 
 def _record_attempt(job: dict, outcome: Outcome, error: str | None) -> None:
