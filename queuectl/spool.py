@@ -73,6 +73,7 @@ class LockedJob:
         self.fd = fd
         self.job = job  # None when the file is not JSON: `unreadable` says why
         self.unreadable = unreadable
+        self.staged: tuple[str, int] | None = None  # (path in tmp/, its locked fd): see stage()
 
     @property
     def path(self) -> str:
@@ -103,16 +104,46 @@ class LockedJob:
         `moving_on`: a `move` follows at once and fsyncs this folder, so
         the rename here needs no folder fsync of its own.
         """
-        self.job["updated_at"] = iso(time.time())
         durable = sync and self.spool.durable
-        new_fd = fsops.publish(self.spool.dir("tmp"), self.path, dumps(self.job), durable=durable,
-                               replace=True, lock=True)
-        os.close(self.fd)
-        self.fd = new_fd
+        self.stage()
+        self.publish_staged(durable=durable)
         if durable and not moving_on:
             fsops.fsync_dir(self.spool.dir(self.state))
 
+    def stage(self) -> None:
+        """Write the current `job` into a new file in tmp/, locked, not visible yet and not fsynced."""
+        self.job["updated_at"] = iso(time.time())
+        path, fd = fsops.write_new(self.spool.dir("tmp"), self.name, dumps(self.job), durable=False, lock=True)
+        self.staged = (path, fd)
+
+    def publish_staged(self, *, durable: bool) -> None:
+        """Put the staged file under the job's name (fsynced first when `durable`); it owns the job now."""
+        assert self.staged is not None, "stage() first"
+        path, fd = self.staged
+        self.staged = None
+        try:
+            if durable:
+                os.fsync(fd)
+            os.replace(path, self.path)
+        except BaseException:
+            os.close(fd)
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+            raise
+        os.close(self.fd)
+        self.fd = fd
+
     def release(self) -> None:
+        if self.staged is not None:  # staged but never published: not a job's file, nobody else saw it
+            path, fd = self.staged
+            self.staged = None
+            os.close(fd)
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1

@@ -56,6 +56,7 @@ class Worker:
         self.started = time.time()
         self.index = DueIndex()
         self.watch: FolderWatch | None = None
+        self.commit: lifecycle.GroupCommit | None = None
         self.stopping = False
         self.stop_now = False
         self.rechecks: dict[str, float] = {}  # dropped-in files that may still be being written
@@ -70,22 +71,31 @@ class Worker:
             raise SpoolError(f"worker name {self.name} is taken by a live worker") from None
         try:
             self.watch = FolderWatch({folder: self.spool.dir(folder) for folder in WATCHED})
+            self.commit = lifecycle.GroupCommit(self.spool)
             with stop_signals(self._on_signal):
                 self._write_record()
                 lifecycle.recover(self.spool)
                 self._scan()
                 self._loop()
+                self._close_commit()
         except OSError as exc:
             # A full or read-only disk: stop, in one line. A job this worker held is
             # in processing/ unlocked, so the next worker's recovery moves it on.
             raise SpoolError(f"worker {self.name} stopped: cannot write to the spool {self.spool.root}: "
                              f"{exc.strerror or exc}") from None
         finally:
+            self._close_commit()
             if self.watch is not None:
                 self.watch.close()
             registry.remove_record(self.spool, self.name)
             lock.release()
         return 0
+
+    def _close_commit(self) -> None:
+        """Every settle this worker made reaches the disk before it gives up its lock."""
+        commit, self.commit = self.commit, None
+        if commit is not None:
+            commit.close()
 
     def _on_signal(self, signum, frame) -> None:
         if self.stopping:
@@ -221,9 +231,10 @@ class Worker:
                 job, log_path=self.spool.log_path(job["id"]), worker=self.name, spool_root=self.spool.root,
                 timeout=timeout, kill_grace=settings["kill_grace"], pass_env=settings["pass_env"],
                 tail_lines=settings["log_tail_lines"], interruption=self._interruption(job["id"]))
-            lifecycle.settle(self.spool, held, outcome, timeout)
-        finally:
+        except BaseException:
             held.release()
+            raise
+        lifecycle.settle(self.spool, held, outcome, timeout, self.commit)  # owns `held` from here
         registry.clear_cancel(self.spool, job["id"])
 
     def _interruption(self, job_id: str):
