@@ -30,6 +30,7 @@ from .spool import SUFFIX, Spool, file_name, id_of
 from .watch import RESCAN, FolderWatch
 
 WATCHED = ("pending", "failed", "workers")
+DRAIN_POLL = 0.2  # seconds between looks at processing/ while `--until-empty` waits for jobs there
 
 
 @contextlib.contextmanager
@@ -137,12 +138,17 @@ class Worker:
             if due is not None:
                 self._process(*due)
                 continue
+            running: list[str] = []
             if self.burst and not self.rechecks and not self._apply_events():
                 # The index holds every job of pending/ and failed/; one running
-                # elsewhere may still fail and come back to failed/.
-                if not self.until_empty or not (len(self.index) or self.spool.names("processing")):
+                # (elsewhere, or being settled by this worker's commit thread) may
+                # still fail and come back to failed/.
+                running = self.spool.names("processing") if self.until_empty else []
+                if not self.until_empty or not (len(self.index) or running):
                     return
-            wake_at = min(t for t in (next_recovery, next_scan, self.index.next_due(),
+            # A job leaving processing/ for completed/ or dead/ wakes nobody: look again soon.
+            drain_poll = time.time() + DRAIN_POLL if running else None
+            wake_at = min(t for t in (next_recovery, next_scan, self.index.next_due(), drain_poll,
                                       min(self.rechecks.values(), default=None)) if t is not None)
             self.watch.wait(wake_at - time.time())
 
