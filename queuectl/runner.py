@@ -1,7 +1,8 @@
 """Running one command: its process group, environment, log, limits and outcome.
 
 The command runs as `/bin/sh -c` in a new session (so a timeout or a stop
-can signal every process it started), with stdin from /dev/null, stdout
+can signal every process it started, and nothing it started in the
+background outlives it: see `_end_group`), with stdin from /dev/null, stdout
 appended to the job's log and stderr copied there too while its last lines
 are kept for the job's history. The job sees a small base environment, not
 the worker's: secrets in the worker's environment do not leak into jobs
