@@ -155,8 +155,9 @@ class Worker:
                     return
             # A job leaving processing/ for completed/ or dead/ wakes nobody: look again soon.
             drain_poll = time.time() + DRAIN_POLL if running else None
-            wake_at = min(t for t in (next_recovery, next_scan, self.index.next_due(), drain_poll, self.next_schedule,
-                                      min(self.rechecks.values(), default=None)) if t is not None)
+            wake_at = min(t for t in (next_recovery, next_scan, self.index.next_due(), drain_poll,
+                                      self.next_schedule, min(self.rechecks.values(), default=None))
+                          if t is not None)
             self.watch.wait(wake_at - time.time())
 
     def _apply_events(self) -> bool:
