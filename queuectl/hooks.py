@@ -6,10 +6,13 @@ Promises:
   to dead/ (out of retries, or cancelled while running); the job's own
   field wins, else the config default of the same name; "" means none;
 - at most once per outcome: `plan` puts `hook: {..., "status": "started"}`
-  into the very write that records the outcome (lifecycle.settle), so once
-  the outcome is on disk the hook counts as started. A worker that dies
-  before or during the hook leaves `status: started` with no `finished_at`
-  and the hook is never run again; nothing else changes in the job;
+  into the very write that records the outcome (lifecycle.settle, which
+  settles such a job at once, not in the worker's group commit, and keeps
+  its lock), so once the outcome is on disk the hook counts as started.
+  A worker that dies before or during the hook leaves `status: started`
+  with no `finished_at`, and the hook is never run again; nothing else
+  changes in the job. Outcomes recorded by recovery (the worker died
+  during the run) run no hook;
 - the hook runs as `/bin/sh -c` with the job's environment plus
   QUEUECTL_JOB_ID, QUEUECTL_STATE, QUEUECTL_EXIT_CODE, QUEUECTL_ATTEMPT,
   QUEUECTL_LOG, QUEUECTL_ERROR, QUEUECTL_HOOK, QUEUECTL_SPOOL; its output
