@@ -18,6 +18,7 @@ import subprocess
 import sys
 from datetime import datetime, timezone
 from importlib import resources
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
@@ -299,3 +300,23 @@ def test_the_patterns_mean_the_same_to_an_ecma_262_engine():
                             capture_output=True, text=True, timeout=60, check=True)
     python = [[re.search(pattern, probe) is not None for probe in probes] for pattern in patterns]
     assert json.loads(result.stdout) == python
+
+
+def test_the_example_spool_jobs_match_the_schema():
+    """What queuectl writes matches its own schema (the record of an invalid file with no command aside)."""
+    root = Path(__file__).resolve().parent.parent / "spool.example"
+    checked = 0
+    for path in sorted(root.glob("*/*.json")):
+        job = json.loads(path.read_text(encoding="utf-8"))
+        if path.parent.name == "dead" and job.get("invalid") and job.get("command") is None:
+            continue
+        assert not [error.message for error in VALIDATOR.iter_errors(job)], path
+        checked += 1
+    assert checked >= 8
+
+
+def test_the_spool_format_document_names_every_field_of_the_schema():
+    """A field added to the schema is described in docs/spool-format.md too."""
+    document = (Path(__file__).resolve().parent.parent / "docs" / "spool-format.md").read_text(encoding="utf-8")
+    missing = [name for name in SCHEMA["properties"] if f"`{name}`" not in document]
+    assert missing == []
