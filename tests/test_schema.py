@@ -84,9 +84,9 @@ BAD_CHARACTERS = ["\n", "\x00", "/", " ", "=", ".", "\u3000", "\ufeff", "é", "\
 
 
 @st.composite
-def inserted(draw, valid: st.SearchStrategy) -> str:
-    """A valid string with one bad character added before, inside or after it."""
-    text, bad = draw(valid), draw(st.sampled_from(BAD_CHARACTERS))
+def inserted(draw, valid: st.SearchStrategy, characters: list[str] = BAD_CHARACTERS) -> str:
+    """A valid string with one (maybe) bad character added before, inside or after it."""
+    text, bad = draw(valid), draw(st.sampled_from(characters))
     cut = draw(st.sampled_from([0, len(text) // 2, len(text)]))
     return text[:cut] + bad + text[cut:]
 
@@ -102,20 +102,24 @@ def near_miss_envs(draw) -> dict:
     if draw(st.booleans()):
         env[draw(either(st.sampled_from(["", "A=B", "\x00"]), inserted(env_names)))] = draw(env_values)
     else:
-        env[draw(env_names)] = draw(either(inserted(env_values), scalars, json_values))
+        env[draw(env_names)] = draw(either(inserted(env_values, ["\x00"]), scalars, json_values))
     return env
 
 
 MUTATED_FIELDS = {
     "id": either(any_value, near_miss_ids),
     "command": either(any_value, st.text(st.sampled_from(PYTHON_WHITESPACE + "\ufeff\u200b"), max_size=3),
-                      inserted(valid_commands)),
+                      # Where Python's idea of white space and ECMA-262's \s differ.
+                      st.text(st.sampled_from("\x1c\x1d\x1e\x1f\x85\ufeff \t"), min_size=1, max_size=2),
+                      inserted(valid_commands, ["\x00"])),
     "attempts": either(st.integers(), any_value),
     "max_retries": either(st.integers(), any_value),
     "priority": any_value,
+    # Around the largest float (1.8e308), where queuectl stops reading a number of seconds.
     "timeout": either(st.floats(allow_nan=False, allow_infinity=False), any_value,
+                      st.integers(min_value=10 ** 307, max_value=10 ** 310),
                       st.sampled_from([10 ** 400, -0.0, 1.7976931348623157e308])),
-    "cwd": either(any_value, inserted(env_values)),
+    "cwd": either(any_value, inserted(env_values, ["\x00"])),
     "env": either(any_value, near_miss_envs()),
     "history": any_value,
     **{name: any_value for name in TIME_FIELDS},
@@ -227,6 +231,7 @@ def test_what_is_not_an_object_is_refused_by_both(value):
     {"command": "true", "id": "x" * 129},
     {"command": "true", "id": "a/b"},
     {"command": " \t\u3000\x1c"},                     # white space as Python counts it
+    {"command": "\x1f\x85"},                          # ... which ECMA-262's \s does not
     {"command": "echo\x00hi"},
     {"command": "true", "cwd": "/tmp\x00"},
     {"command": "true", "env": {"A=B": "1"}},
@@ -248,7 +253,7 @@ def test_known_hard_cases_are_refused_by_both(job):
 
 
 @pytest.mark.parametrize("job", [
-    {"command": "\ufeffx"},                           # not white space to Python
+    {"command": "\ufeff"},                            # not white space to Python (it is to ECMA-262's \s)
     {"command": "true", "id": None, "max_retries": None, "run_at": None, "timeout": None, "env": None},
     {"command": "true", "id": "_a.b-c", "env": {"\n": ""}, "timeout": -0.0, "priority": -5},
     {"command": "true", "state": 42, "mine": {"any": ["thing"]}},
