@@ -68,6 +68,7 @@ VALID_FIELDS = {
     "env": st.none() | st.dictionaries(env_names, env_values, max_size=3),
     "history": st.lists(json_values, max_size=2),
     "state": json_values,
+    **{name: st.none() | env_values for name in ("on_success", "on_failure", "on_dead")},
     **{name: st.none() | valid_times for name in TIME_FIELDS},
 }
 
@@ -122,6 +123,7 @@ MUTATED_FIELDS = {
     "cwd": either(any_value, inserted(env_values, ["\x00"])),
     "env": either(any_value, near_miss_envs()),
     "history": any_value,
+    **{name: either(any_value, inserted(env_values, ["\x00"])) for name in ("on_success", "on_failure", "on_dead")},
     **{name: any_value for name in TIME_FIELDS},
 }
 
@@ -312,6 +314,8 @@ def test_the_example_spool_jobs_match_the_schema():
     root = Path(__file__).resolve().parent.parent / "spool.example"
     checked = 0
     for path in sorted(root.glob("*/*.json")):
+        if path.parent.name == "schedules":
+            continue  # schedules/<name>.json is a schedule, not a job (docs/spool-format.md)
         job = json.loads(path.read_text(encoding="utf-8"))
         if path.parent.name == "dead" and job.get("invalid") and job.get("command") is None:
             continue
