@@ -42,8 +42,6 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 OUT_DIR = os.path.join(HERE, "out")
 
 FS_KINDS = ("tmpfs", "ext4-journal", "tmp")
-FS_LABELS = {"tmpfs": "tmpfs", "ext4-journal": "ext4 with a journal (loop image)",
-             "tmp": "/tmp (this machine: ext4 without a journal)"}
 EXT4_IMAGE_SIZE = 4 << 30  # sparse: only what the runs write takes disk space
 
 
@@ -63,10 +61,6 @@ def chosen_file_systems(kinds: list[str] | None) -> list[str]:
         if kind not in FS_KINDS and not os.path.isabs(kind):
             raise SystemExit(f"--fs: {kind!r} is neither one of {', '.join(FS_KINDS)} nor an absolute path")
     return chosen
-
-
-def fs_label(kind: str) -> str:
-    return FS_LABELS.get(kind, kind)
 
 
 @contextlib.contextmanager
@@ -341,7 +335,8 @@ def process_memory_kb(pid: int) -> tuple[int, int]:
 
 def table(header: list[str], rows: list[list[str]]) -> list[str]:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    # A `|` inside a cell (`seq N | xargs`) would end the cell: escaped.
+    lines += ["| " + " | ".join(str(cell).replace("|", "\\|") for cell in row) + " |" for row in rows]
     return lines
 
 
@@ -411,3 +406,36 @@ def describe_fs(path: str) -> str:
         except OSError:
             pass
     return f"{path}: {kind}{journal} (mounted at {mount or '?'})"
+
+
+# -- results for the charts -------------------------------------------------------
+
+class Results:
+    """The figures of one script's run, written to bench/out/NAME.json for charts.py.
+
+    Rows are flat dicts; every row names its file system (`fs`, a --fs kind)
+    and its section, so a chart can pick what it draws.
+    """
+
+    def __init__(self, name: str):
+        self.name = name
+        self.data: dict = {"bench": name, "started": datetime.datetime.now(datetime.timezone.utc).isoformat(
+            timespec="seconds"), "command": " ".join(["python", *sys.argv]), "machine": machine(),
+            "file_systems": {}, "rows": []}
+
+    def file_system(self, kind: str, folder: str) -> str:
+        described = describe_fs(folder)
+        self.data["file_systems"][kind] = described.split(": ", 1)[-1]
+        return described
+
+    def add(self, **row) -> None:
+        self.data["rows"].append(row)
+
+    def save(self, path: str | None = None) -> str:
+        path = path or os.path.join(OUT_DIR, f"{self.name}.json")
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        self.data["finished"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+        with open(path + ".part", "w", encoding="utf-8") as handle:
+            json.dump(self.data, handle, indent=1)
+        os.replace(path + ".part", path)
+        return path
