@@ -240,11 +240,13 @@ def main() -> None:
     parser.add_argument("--only", choices=("startup", "enqueue", "status"), action="append",
                         help="run only these parts (repeatable)")
     lib.add_fs_option(parser)
+    parser.add_argument("--out", help="also write the report (markdown) to this file")
     parser.add_argument("--json", help=f"where the figures go [{os.path.join(lib.OUT_DIR, 'spool.json')}]")
     args = parser.parse_args()
     parts = args.only or ["startup", "enqueue", "status"]
     results = lib.Results("spool")
-    report = ["Machine:", *lib.machine(), f"- command: `{' '.join([os.path.basename(sys.executable), *sys.argv])}`",
+    started = time.time()
+    report = ["## Spool and CLI benchmarks (`bench/bench_spool.py`)", "", "Machine:", *lib.machine(), f"- command: `{' '.join([os.path.basename(sys.executable), *sys.argv])}`",
               ""]
     for fs in lib.chosen_file_systems(args.fs):
         with lib.file_system(fs) as workdir:
@@ -256,7 +258,8 @@ def main() -> None:
             if "status" in parts:
                 report += bench_status(fs, workdir, args.status_jobs, max(5, args.repeat // 6), results) + [""]
         results.save(args.json)
-    print("\n".join(report))
+    report.append(f"(run took {time.time() - started:.0f} s)")
+    lib.emit(report, args.out)
 
 
 if __name__ == "__main__":

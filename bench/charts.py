@@ -23,6 +23,7 @@ import argparse
 import json
 import os
 import sys
+import textwrap
 
 import matplotlib
 
@@ -60,7 +61,9 @@ def colour(name: str, index: int) -> str:
 def subtitle(data: dict) -> str:
     cpus = next((line.split(": ", 1)[1] for line in data.get("machine", []) if line.startswith("- nproc")), "?")
     load = next((line.split(": ", 1)[1] for line in data.get("machine", []) if "load average" in line), "?")
-    return f"{data.get('started', '?').replace('T', ' ').removesuffix('+00:00')} UTC, {cpus} CPUs, load average at start {load}"
+    return textwrap.fill(f"{data.get('started', '?').replace('T', ' ').removesuffix('+00:00')} UTC, {cpus} CPUs, "
+                         f"load average at start {load}; `{data.get('command', '?').replace('python ', '', 1)}`",
+                         width=150)
 
 
 def grouped_bars(ax, groups: list[str], series: list[str], value, label, colour_of) -> None:
@@ -123,11 +126,12 @@ def _compare_latency(data, kinds, systems, by, out_dir) -> str:
         for key, how in paths:
             if any(((by.get((system, kind)) or {}).get("latency") or {}).get(key) for kind in kinds):
                 categories.append((system, key, f"{system}: {how}" if key != "spawn" else f"{system}: {how}"))
-    fig, axes = plt.subplots(1, len(kinds), figsize=(5.2 * len(kinds) + 2.5, 0.45 * len(categories) + 2.2),
-                             sharey=True, squeeze=False, layout="constrained")
+    fig, axes = plt.subplots(len(kinds), 1, figsize=(10, (0.4 * len(categories) + 1.1) * len(kinds) + 0.8),
+                             sharex=True, squeeze=False, layout="constrained")
+    axes = [row[0] for row in axes]
     height = 0.38
-    for ax, kind in zip(axes[0], kinds):
-        top = 0.0
+    top = 1.0
+    for ax, kind in zip(axes, kinds):
         for offset, (quantile, shade) in enumerate((("p50", 1.0), ("p95", 0.45))):
             ys, widths, texts, colours = [], [], [], []
             for position, (system, key, _) in enumerate(categories):
@@ -144,20 +148,20 @@ def _compare_latency(data, kinds, systems, by, out_dir) -> str:
                            linewidth=0.4, hatch="" if quantile == "p50" else "//", label=quantile)
             ax.bar_label(bars, labels=texts, padding=2, fontsize=7)
         ax.set_xscale("log")
-        ax.set_xlim(0.5, max(top, 1.0) * 4)
         ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:g}"))
-        ax.set_xlabel("ms from the enqueue call to the job's start (log scale)")
-        ax.set_title(fs_tick(kind, data).replace("\n", " "), fontsize=10)
+        ax.set_title(f"on {fs_tick(kind, data).replace(chr(10), ' ')}", fontsize=10)
         ax.grid(axis="x", alpha=0.3, which="both")
         ax.set_axisbelow(True)
-    axes[0][0].set_yticks(range(len(categories)))
-    axes[0][0].set_yticklabels([tick for _, _, tick in categories], fontsize=8)
-    axes[0][0].invert_yaxis()
+        ax.set_yticks(range(len(categories)))
+        ax.set_yticklabels([tick for _, _, tick in categories], fontsize=8)
+        ax.set_ylim(len(categories) - 0.5, -0.5)  # first category on top
+    axes[0].set_xlim(0.5, top * 4)
+    axes[-1].set_xlabel("milliseconds from the enqueue call to the job's start (log scale)")
     handles = [plt.Rectangle((0, 0), 1, 1, facecolor="#999999", edgecolor="#333333"),
                plt.Rectangle((0, 0), 1, 1, facecolor="#999999", alpha=0.45, hatch="//", edgecolor="#333333")]
-    axes[0][-1].legend(handles, ["p50 (solid)", "p95 (hatched)"], loc="lower right", fontsize=8)
-    fig.suptitle("Pick-up latency on idle workers: enqueue call to the job's own `date +%s%N`, "
-                 f"lower is better ({subtitle(data)})", fontsize=10)
+    axes[0].legend(handles, ["p50 (solid)", "p95 (hatched)"], loc="upper right", fontsize=8)
+    fig.suptitle("Pick-up latency on idle workers: from the enqueue call to the job's own start time, "
+                 f"lower is better\n{subtitle(data)}", fontsize=10)
     return _save(fig, out_dir, "compare-pickup-latency.png")
 
 
