@@ -410,6 +410,19 @@ def describe_fs(path: str) -> str:
 
 # -- results for the charts -------------------------------------------------------
 
+def short_command() -> str:
+    """This script's command line without the folders: what a chart or report needs to say how it was run."""
+    words, skip = ["python", os.path.basename(sys.argv[0])], False
+    for word in sys.argv[1:]:
+        if skip:
+            skip = False
+        elif word in ("--out", "--json", "--rq-python"):
+            skip = True
+        else:
+            words.append(word)
+    return " ".join(words)
+
+
 class Results:
     """The figures of one script's run, written to bench/out/NAME.json for charts.py.
 
@@ -420,7 +433,7 @@ class Results:
     def __init__(self, name: str):
         self.name = name
         self.data: dict = {"bench": name, "started": datetime.datetime.now(datetime.timezone.utc).isoformat(
-            timespec="seconds"), "command": " ".join(["python", *sys.argv]), "machine": machine(),
+            timespec="seconds"), "command": short_command(), "machine": machine(),
             "file_systems": {}, "rows": []}
 
     def file_system(self, kind: str, folder: str) -> str:
