@@ -1,16 +1,45 @@
-"""The state machine of a job file, one transition per function.
+"""The state machine of a job file: every transition, one function each.
 
-    pending --claim--> processing --settle--> completed | failed | dead
-    failed  --claim--> processing             (when next_run_at is due)
-    pending (dropped-in file) --adopt--> pending/<id>.json, or dead/ when invalid
+Every edge a job file can take, and the function that takes it:
 
-Every transition owns the file's flock first (`Spool.lock`). Claims move
-first and rewrite after; settles rewrite first and move after. So a crash
-at any point leaves a file that says what to do, and `recover` does it:
-in processing/ without a lock holder, a file whose `state` field is not
-"processing" is finished moving to the folder it names; one that still
-says "processing" was running when its worker died, and counts as a
-failed attempt.
+    (enqueue in spool.py)  ----------------------------> pending
+    pending (a drop-in)    --adopt--------------------->  pending/<id>.json
+    pending (a drop-in)    --adopt: not a valid job---->  dead    (bytes kept as <id>.invalid)
+    pending                --claim-------------------->  processing
+    failed                 --claim: next_run_at due--->  processing
+    processing             --settle: exit 0----------->  completed
+    processing             --settle: retries left----->  failed
+    processing             --settle: out of retries--->  dead
+    processing             --settle: cancelled-------->  dead
+    processing             --settle: stopped on purpose> pending (the run uses no attempt)
+    processing             --recover: worker died----->  failed, or dead when out of retries
+    processing             --recover: claim cut short->  pending or failed (where it came from)
+    processing             --recover: settle cut short>  the folder its `state` field names
+    pending, failed        --cancel------------------->  dead
+    failed                 --retry-------------------->  pending
+    dead                   --dlq_retry---------------->  pending
+    completed, dead        --purge-------------------->  (deleted with its log)
+
+Every transition owns the file's flock first (`Spool.lock`) and makes one
+rename per move (`LockedJob.move`), never a copy. It writes the job's new
+fields in one of two orders, and the order is what makes a crash at any
+point repairable:
+
+- "move, then record" (claim, cancel, retry, dlq_retry, adopt): the file
+  reaches its new folder first, with its old contents; a crash before the
+  rewrite leaves a job whose `state` field lags behind its folder. In
+  processing/ that is an interrupted claim, which `recover` undoes; in
+  other folders the folder is the truth and doctor rewrites the field.
+- "record, then move" (settle, recover): the outcome is written into the
+  file while it is still in processing/ and locked, then the file moves;
+  a crash between leaves processing/ID.json whose `state` names where it
+  was going, and `recover` finishes the move.
+
+`recover` handles every file in processing/ whose owner is dead: one whose
+`state` field is not "processing" is moved on to the folder it names; one
+that still says "processing" was running when its worker died, and counts
+as a failed attempt. Functions take job ids; only `adopt` takes a file
+name, because a dropped-in file is not named after an id yet.
 """
 
 from __future__ import annotations
@@ -18,12 +47,13 @@ from __future__ import annotations
 import os
 import stat
 import time
+from typing import Iterable
 
 from . import fsops, registry
-from .errors import InvalidJob
+from .errors import InvalidJob, WrongState
 from .job import STATES, build, due_time, dumps, is_valid_id, iso, new_id, parse_time, retry_delay
 from .runner import Outcome, describe, kill_leftovers
-from .spool import SUFFIX, LockedJob, Spool
+from .spool import SUFFIX, LockedJob, Spool, file_name, id_of
 
 HISTORY_LIMIT = 50
 # A dropped-in file that does not parse yet may still be being written;
@@ -40,16 +70,16 @@ DROP_GRACE = 5.0
 KEEP_ORDER = ("processing", "completed", "dead", "failed", "pending")
 
 
-def claim(spool: Spool, state: str, name: str, worker: str, now: float) -> LockedJob | None:
-    """Own a due job and move it into processing/; None if another worker got there first."""
-    held = spool.lock(state, name)
+def claim(spool: Spool, state: str, job_id: str, worker: str, now: float) -> LockedJob | None:
+    """Own a due job of `state` and move it into processing/; None if another worker got there first."""
+    held = spool.lock(state, file_name(job_id))
     if held is None:
         return None
     if finish_cut_move(spool, held):
         held.release()
         return None
     try:
-        job = build(held.job, spool.config, stem=name.removesuffix(SUFFIX), state=state)
+        job = build(held.job, spool.config, stem=job_id, state=state)
         if due_time(job) > now:
             held.release()
             return None
@@ -60,7 +90,7 @@ def claim(spool: Spool, state: str, name: str, worker: str, now: float) -> Locke
         return None
     except FileExistsError:
         dead_letter(spool, held,
-                    f"duplicate id {held.name.removesuffix(SUFFIX)!r}: a job with this id is already running")
+                    f"duplicate id {job_id!r}: a job with this id is already running")
         held.release()
         return None
     job.update(state="processing", attempts=job["attempts"] + 1, started_at=iso(now),
@@ -95,7 +125,7 @@ def _move_on(spool: Spool, held: LockedJob, state: str) -> str:
     try:
         held.move(state)
     except FileExistsError:
-        dead_letter(spool, held, f"duplicate id {held.name.removesuffix(SUFFIX)!r}: {state}/ already holds a job "
+        dead_letter(spool, held, f"duplicate id {id_of(held.name)!r}: {state}/ already holds a job "
                                  f"with this id (this file is kept beside it)")
         return "dead"
     return state
@@ -131,7 +161,7 @@ def dead_letter(spool: Spool, held: LockedJob | None, reason: str, *, state: str
     """
     name = held.name if held is not None else name
     state = held.state if held is not None else state
-    stem = name.removesuffix(SUFFIX)
+    stem = id_of(name)
     job_id = stem if id_is_free(spool, stem, state) else new_id()
     original = job_id + ".invalid"
     if held is not None:
@@ -180,7 +210,7 @@ def is_canonical(job: object, state: str, name: str) -> bool:
 
 
 def adopt(spool: Spool, name: str, *, complete: bool) -> str | None:
-    """Turn a file dropped into pending/ into a stored job (SPEC section 3).
+    """Turn a file dropped into pending/ into a stored job (README, Dropping jobs in from any tool).
 
     Returns the job's file name in pending/, None when the file went to dead/,
     is not ours to handle now, or may still be being written (`complete`
@@ -204,7 +234,7 @@ def adopt(spool: Spool, name: str, *, complete: bool) -> str | None:
     with held:
         if finish_cut_move(spool, held):
             return None
-        stem = name.removesuffix(SUFFIX)
+        stem = id_of(name)
         try:
             if held.unreadable is not None:
                 raise InvalidJob(held.unreadable)
@@ -241,7 +271,7 @@ def finish_cut_move(spool: Spool, held: LockedJob) -> bool:
     mine = os.fstat(held.fd)
     if mine.st_nlink < 2:
         return False
-    stem = held.name.removesuffix(SUFFIX)
+    stem = id_of(held.name)
     names = [(other, os.path.join(spool.dir(other), held.name)) for other in STATES if other != held.state]
     names.append(("dead", os.path.join(spool.dir("dead"), stem + ".invalid")))  # a dead-letter move
     for other, other_path in names:
@@ -263,16 +293,15 @@ def recover(spool: Spool) -> list[tuple[str, str]]:
     for name in spool.names("processing"):
         if os.path.islink(os.path.join(spool.dir("processing"), name)):
             dead_letter(spool, None, "a symlink (not followed)", state="processing", name=name)
-            recovered.append((name.removesuffix(SUFFIX), "dead"))
+            recovered.append((id_of(name), "dead"))
             continue
         held = spool.lock("processing", name)
         if held is None:
             continue
         with held:
-            recovered.append((name.removesuffix(SUFFIX), _recover_one(spool, held)))
+            recovered.append((id_of(name), _recover_one(spool, held)))
     for record in registry.dead_records(spool):
         registry.remove_record(spool, record["name"])
-    fsops.remove_dead_spares(spool.dir("tmp"))  # a killed worker's replaced versions of jobs
     return recovered
 
 
@@ -302,3 +331,78 @@ def _recover_one(spool: Spool, held: LockedJob) -> str:
     held.save(moving_on=True)
     return _move_on(spool, held, job["state"])
 
+
+# -- transitions an operator asks for -------------------------------------------
+
+def cancel(spool: Spool, job_id: str) -> str:
+    """A pending or failed job to dead/ as cancelled; returns the state it left.
+
+    A running job is not moved here: its worker reads the cancel request,
+    stops the command and settles the job in dead/ ("processing" is returned).
+    """
+    state = spool.find(job_id)
+    if state == "processing":
+        registry.request_cancel(spool, job_id)
+        return "processing"
+    if state in ("completed", "dead"):
+        raise WrongState(f"cannot cancel job {job_id!r}: it is {state} already "
+                         f"(pending, failed or running jobs can be cancelled)")
+    with spool.lock_job(job_id, ("pending", "failed"), "cancel") as held:
+        previous = held.state
+        held.move("dead")
+        held.job.update(state="dead", last_error="cancelled", next_run_at=None)
+        held.save()
+    return previous
+
+
+def retry(spool: Spool, job_id: str) -> dict:
+    """A failed job due now, skipping its backoff."""
+    with spool.lock_job(job_id, ("failed",), "retry") as held:
+        held.move("pending")
+        held.job.update(state="pending", next_run_at=None)
+        held.save()
+        return held.job
+
+
+# What `dlq_retry` resets: the count and the latest run. Everything else is
+# the job's own (its max_retries included: a job that asked for no retries
+# keeps asking for none).
+RUN_FIELDS = ("next_run_at", "started_at", "finished_at", "last_duration", "last_exit_code", "last_error",
+              "worker")
+
+
+def dlq_retry(spool: Spool, job_id: str) -> dict:
+    """A dead job back to pending with `attempts` and the run fields reset; its own fields kept."""
+    with spool.lock_job(job_id, ("dead",), "retry") as held:
+        if not isinstance(held.job.get("command"), str) or held.job.get("invalid"):
+            raise InvalidJob(f"job {job_id!r} was never a valid job ({held.job.get('last_error')}); "
+                             f"fix the file and enqueue it again")
+        held.move("pending")
+        held.job.update(dict.fromkeys(RUN_FIELDS), state="pending", attempts=0)
+        held.save()
+        return held.job
+
+
+def purge(spool: Spool, states: Iterable[str], older_than: float | None = None) -> int:
+    """Delete finished jobs (and their logs) last changed more than `older_than` seconds ago."""
+    cutoff = time.time() - older_than if older_than is not None else None
+    removed = 0
+    for state in states:
+        if state not in ("completed", "dead"):
+            raise WrongState(f"purge removes completed or dead jobs, not {state}")
+        for name in spool.names(state):
+            path = os.path.join(spool.dir(state), name)
+            try:
+                if cutoff is not None and os.lstat(path).st_mtime > cutoff:
+                    continue
+                os.unlink(path)
+            except FileNotFoundError:
+                continue
+            removed += 1
+            for leftover in (os.path.join(spool.dir("logs"), id_of(name) + ".log"),
+                             os.path.join(spool.dir(state), id_of(name) + ".invalid")):
+                try:
+                    os.unlink(leftover)
+                except FileNotFoundError:
+                    pass
+    return removed

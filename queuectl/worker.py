@@ -23,10 +23,10 @@ from filelock import FileLock, Timeout
 
 from . import lifecycle, registry, runner
 from .errors import InvalidJob, SpoolError
-from .fsops import Spare, read_fd
+from .fsops import open_nofollow, read_fd
 from .job import MAX_JOB_BYTES, due_time, loads
 from .order import DueIndex
-from .spool import SUFFIX, Spool
+from .spool import SUFFIX, Spool, file_name, id_of
 from .watch import RESCAN, FolderWatch
 
 WATCHED = ("pending", "failed", "workers")
@@ -68,8 +68,6 @@ class Worker:
             self.watch = FolderWatch({folder: self.spool.dir(folder) for folder in WATCHED})
             with stop_signals(self._on_signal):
                 self._write_record()
-                visible_in = tuple(self.spool.dir(folder) for folder in ("pending", "failed", "processing"))
-                self.spool.spare = Spare(self.spool.dir("tmp"), visible_in)
                 lifecycle.recover(self.spool)
                 self._scan()
                 self._loop()
@@ -81,9 +79,6 @@ class Worker:
         finally:
             if self.watch is not None:
                 self.watch.close()
-            if self.spool.spare is not None:
-                self.spool.spare.close()
-                self.spool.spare = None
             registry.remove_record(self.spool, self.name)
             lock.release()
         return 0
@@ -147,9 +142,9 @@ class Worker:
                 # A name can leave and come back (a stopped job returns to pending/)
                 # within one batch of changes: the folder decides. (A job this worker
                 # claimed has left the index already: no need to look.)
-                known = name in self.index or name in self.rechecks
+                known = id_of(name) in self.index or name in self.rechecks
                 if known and not os.path.lexists(os.path.join(self.spool.dir(folder), name)):
-                    self.index.discard(name, folder)
+                    self.index.discard(id_of(name), folder)
                     self.rechecks.pop(name, None)
             else:
                 self._consider(folder, name, complete=kind != "created")
@@ -162,12 +157,13 @@ class Worker:
         queue costs two directory listings.
         """
         listings = {folder: os.listdir(self.spool.dir(folder)) for folder in ("pending", "failed")}
-        # Forget vanished files first: a drop-in adopted below gets a name the listing does not have.
-        for name in self.index.names() - set().union(*listings.values()):
-            self.index.discard(name)
+        # Forget vanished jobs first: a drop-in adopted below gets a name the listing does not have.
+        listed = {id_of(name) for names in listings.values() for name in names if name.endswith(SUFFIX)}
+        for job_id in self.index.ids() - listed:
+            self.index.discard(job_id)
         for folder, names in listings.items():
             for name in names:
-                if name not in self.index:
+                if not name.endswith(SUFFIX) or id_of(name) not in self.index:
                     self._consider(folder, name, complete=False)
 
     def _consider(self, folder: str, name: str, *, complete: bool) -> None:
@@ -176,14 +172,14 @@ class Worker:
             return
         job = _peek(os.path.join(self.spool.dir(folder), name)) if name.endswith(SUFFIX) else None
         if job is False:
-            self.index.discard(name, folder)
+            self.index.discard(id_of(name), folder)
             return
         if lifecycle.is_canonical(job, folder, name):
             try:
                 priority = int(job.get("priority") or 0)
             except (TypeError, ValueError):
                 priority = 0
-            self.index.add(folder, name, priority, due_time(job), time.time())
+            self.index.add(folder, job["id"], priority, due_time(job), time.time())
             self.rechecks.pop(name, None)
             return
         if folder != "pending":
@@ -203,11 +199,11 @@ class Worker:
 
     # -- one job -------------------------------------------------------------
 
-    def _process(self, state: str, name: str) -> None:
+    def _process(self, state: str, job_id: str) -> None:
         now = time.time()
-        held = lifecycle.claim(self.spool, state, name, self.name, now)
+        held = lifecycle.claim(self.spool, state, job_id, self.name, now)
         if held is None:
-            self._consider(state, name, complete=True)  # not due after all (re-read its time), or gone
+            self._consider(state, file_name(job_id), complete=True)  # not due after all (re-read its time), or gone
             return
         job = held.job
         settings = self.spool.config
@@ -237,7 +233,7 @@ class Worker:
 def _peek(path: str):
     """The JSON in a file; None if it is not a complete job object yet; False if it is gone."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        fd = open_nofollow(path)
     except FileNotFoundError:
         return False
     except OSError:
