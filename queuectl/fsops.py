@@ -19,18 +19,37 @@ older version at worst, however long it takes.
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import fcntl
 import os
+from typing import Any
 
 _AT_FDCWD = -100
 _RENAME_NOREPLACE = 1
-_libc = ctypes.CDLL(None, use_errno=True)
-_renameat2 = getattr(_libc, "renameat2", None)
-if _renameat2 is not None:
-    _renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
-    _renameat2.restype = ctypes.c_int
+_libc_renameat2: Any = None  # libc's renameat2 through ctypes, loaded by the first move
+
+
+def _renameat2(src: bytes, dst: bytes, flags: int) -> int:
+    """renameat2(2) through libc: 0, or the errno it failed with (ENOSYS where libc lacks it).
+
+    ctypes is imported here, at the first move, not with the module: it is
+    most of what importing fsops would cost, and commands that only read the
+    spool (list, status, show) never move a file.
+    """
+    global _libc_renameat2
+    if _libc_renameat2 is None:
+        import ctypes
+        function = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
+        if function is None:
+            _libc_renameat2 = False
+        else:
+            function.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+            function.restype = ctypes.c_int
+            _libc_renameat2 = (function, ctypes.get_errno)
+    if _libc_renameat2 is False:
+        return errno.ENOSYS
+    function, get_errno = _libc_renameat2
+    return 0 if function(_AT_FDCWD, src, _AT_FDCWD, dst, flags) == 0 else get_errno()
 
 
 def rename_noreplace(src: str, dst: str) -> None:
@@ -58,11 +77,11 @@ def _rename_noreplace(src: str, dst: str) -> None:
 
 def _renameat2_flags(src: str, dst: str, flags: int) -> bool:
     """renameat2 with `flags`; False when the kernel or the file system does not support them."""
-    if _renameat2 is None:
+    if _renameat2 is None:  # tests set it so, to move files as where renameat2 is missing
         return False
-    if _renameat2(_AT_FDCWD, os.fsencode(src), _AT_FDCWD, os.fsencode(dst), flags) == 0:
+    code = _renameat2(os.fsencode(src), os.fsencode(dst), flags)
+    if code == 0:
         return True
-    code = ctypes.get_errno()
     if code in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
         return False
     raise OSError(code, os.strerror(code), src, None, dst)
