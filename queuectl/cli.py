@@ -21,8 +21,43 @@ from .job import STATES, iso, parse_time, shorten
 from .spool import Spool, id_of, prepare_fields
 
 
-class QueueGroup(click.Group):
+def _show_help(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    if value and not ctx.resilient_parsing:
+        click.echo(ctx.get_help(), color=ctx.color)
+        ctx.exit()
+
+
+def _show_version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    if value and not ctx.resilient_parsing:
+        click.echo(f"queuectl, version {__version__}", color=ctx.color)
+        ctx.exit()
+
+
+class _Command(click.Command):
+    """A command whose -h/--help option has its text in plain English.
+
+    click's own help and version options translate their text through
+    gettext, whose first lookup imports locale: start-up time every command
+    would pay, for a help text nobody asked for.
+    """
+
+    _plain_help: click.Option | None = None
+
+    def get_help_option(self, ctx: click.Context) -> click.Option | None:
+        names = self.get_help_option_names(ctx)
+        if not names or not self.add_help_option:
+            return None
+        if self._plain_help is None:  # one object: click orders eager callbacks by identity
+            self._plain_help = click.Option(names, is_flag=True, is_eager=True, expose_value=False,
+                                            callback=_show_help, help="Show this message and exit.")
+        return self._plain_help
+
+
+class QueueGroup(_Command, click.Group):
     """Turns the library's deliberate errors and OS errors into one line and exit 1."""
+
+    command_class = _Command
+    group_class = type  # subgroups (worker, config, dlq) are QueueGroups too
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -97,6 +132,15 @@ def _seconds(text: str) -> float:
     return seconds
 
 
+class _ExistingFolder(click.ParamType):
+    """click.Path(exists=True, file_okay=False), built when a value comes: its constructor calls gettext."""
+
+    name = "directory"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> Any:
+        return click.Path(exists=True, file_okay=False).convert(value, param, ctx)
+
+
 class Duration(click.ParamType):
     name = "DURATION"
 
@@ -109,7 +153,8 @@ class Duration(click.ParamType):
               help="Spool folder [default: $QUEUECTL_SPOOL, else ~/.local/share/queuectl/spool].")
 @click.option("--allow-shared-spool", "allow_shared", is_flag=True,
               help="Use a spool that group or others can write to (they can run commands as you).")
-@click.version_option(__version__, prog_name="queuectl")
+@click.option("--version", is_flag=True, is_eager=True, expose_value=False, callback=_show_version,
+              help="Show the version and exit.")
 @click.pass_context
 def main(ctx: click.Context, path: str | None, allow_shared: bool) -> None:
     """A background job queue for shell commands, kept in a folder of JSON files."""
@@ -522,7 +567,7 @@ def doctor(ctx, repair, as_json):
 
 @main.command()
 @click.option("--count", "-n", type=click.IntRange(min=1), default=2, show_default=True)
-@click.option("--example", type=click.Path(exists=True, file_okay=False), default=None,
+@click.option("--example", type=_ExistingFolder(), default=None,
               help="Folder of example jobs [default: spool.example/ of the source tree].")
 @click.pass_context
 def demo(ctx, count, example):
