@@ -46,6 +46,8 @@ QUICK = {
                 "--enqueue-jobs", "400"],
 }
 CLICK = "python -c 'import click'"
+# The full run: each script's defaults, but three runs of every system in compare.py (its default is one).
+FULL = {"spool": [], "worker": [], "compare": ["--repeat", "3"]}
 SCRIPTS = {"spool": "bench_spool.py", "worker": "bench_worker.py", "compare": "compare.py"}
 
 
@@ -167,7 +169,7 @@ def main() -> int:
     timings: dict[str, float] = {}
     ok = True
     for name in args.only or list(SCRIPTS):
-        extra = QUICK[name] if args.quick else []
+        extra = QUICK[name] if args.quick else FULL[name]
         if name == "compare":
             extra = [*extra, "--chart"] + (["--install"] if args.install else []) + \
                 (["--rq-python", args.rq_python] if args.rq_python else [])
