@@ -216,7 +216,7 @@ def draw_startup(data: dict, out_dir: str) -> list[str]:
         row = by[(command, kind)]
         return f"{row['median_s'] * 1000:.0f}\n{row['vs_click']:.2f}x"
 
-    palette = ["#c7c7c7", "#7f7f7f", "#1f77b4", "#6baed6", "#9ecae1"]
+    palette = ["#d9d9d9", "#7f7f7f", "#1f77b4", "#9ecae1", "#2ca02c", "#98df8a", "#9467bd"]
     grouped_bars(ax, kinds, commands, value, label, lambda name, index: palette[index % len(palette)])
     for position, kind in enumerate(kinds):
         click = by.get(("python -c 'import click'", kind))
