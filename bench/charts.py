@@ -185,10 +185,10 @@ def draw_worker(data: dict, out_dir: str) -> list[str]:
     grouped_bars(ax, kinds, systems, value, label, colour)
     for position, kind in enumerate(kinds):
         base = by.get(("xargs -P2", kind))
-        if base:
+        if base and kind != "tmp":  # on /tmp (no journal) the issue asks for the figure, not a target
             ax.hlines(0.6 * base["jobs_per_s"], position - 0.42, position + 0.42, colors="#d62728",
                       linestyles="dashed", linewidth=1)
-    ax.plot([], [], color="#d62728", linestyle="dashed", label="target: 60 % of xargs")
+    ax.plot([], [], color="#d62728", linestyle="dashed", label="target (tmpfs, journaled ext4):\n60 % of xargs, durable on")
     ax.set_xticklabels([fs_tick(kind, data) for kind in kinds])
     ax.set_xlabel("file system holding the spool")
     ax.set_ylabel("throughput (jobs per second, whole run)")
