@@ -5,7 +5,9 @@
 - `rename_noreplace` moves a file and fails with EEXIST instead of silently
   replacing a file already there, so no move can destroy another job
   (renameat2(RENAME_NOREPLACE); link + unlink where the kernel lacks it).
-- `publish` is the two together, and removes the temporary file on failure.
+- `publish` writes a new file and gives it its name in one step (a link
+  that refuses an existing name, or a rename over the old version), and
+  removes the temporary file on failure.
 - `lock_fd` takes the advisory flock that marks a job file as owned; the
   kernel drops it when the owner dies, which is what crash recovery reads.
 - `open_nofollow` is the one way the spool opens a file it did not just
@@ -19,6 +21,7 @@ older version at worst, however long it takes.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import os
@@ -144,13 +147,36 @@ def publish(tmp_dir: str, target: str, data: bytes, *, durable: bool, replace: b
     """
     temp, fd = write_new(tmp_dir, os.path.basename(target), data, durable=durable, lock=lock)
     try:
-        (os.replace if replace else rename_noreplace)(temp, target)
+        (os.replace if replace else _link_new)(temp, target)
     except BaseException:
         if fd is not None:
             os.close(fd)
-        os.unlink(temp)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temp)
         raise
     return fd
+
+
+def _link_new(temp: str, target: str) -> None:
+    """Give a fresh temporary file its final name; FileExistsError when the name is taken.
+
+    link() refuses an existing name as renameat2(RENAME_NOREPLACE) does, and
+    needs no ctypes, which an enqueue would otherwise load at start-up. A
+    crash between the link and the unlink leaves only a second name in tmp/,
+    which doctor removes (the file under `target` is complete either way).
+    """
+    try:
+        os.link(temp, target, follow_symlinks=False)
+    except FileExistsError:
+        if not os.path.samestat(os.lstat(temp), os.lstat(target)):
+            raise
+        # A link retried by an NFS client reports EEXIST after it succeeded.
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOSYS, errno.EMLINK):
+            raise
+        rename_noreplace(temp, target)  # a file system without hard links
+        return
+    os.unlink(temp)
 
 
 def open_nofollow(path: str, flags: int = os.O_RDONLY) -> int:
