@@ -7,7 +7,8 @@ machines while the ratios carry over:
 1. start-up: `queuectl enqueue`, `list` and `status` as whole processes
    against `python -c 'import click'` (target: enqueue <= 1.15x), plus which
    heavy modules each command imports (`-X importtime`; ctypes is loaded
-   only by commands that move a file, locale by none);
+   only by commands that move a file, locale by none), and, where valgrind
+   is installed, the instructions each runs (the same whatever the load);
 2. `Spool.enqueue` jobs/s with `durable` on (target >= 1,500/s) and off
    (target >= 10,000/s) against a raw open/write/fsync/rename loop;
 3. `status` on a spool of 100,000 jobs (target < 0.5 s).
@@ -24,6 +25,7 @@ import argparse
 import itertools
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -118,7 +120,39 @@ def bench_startup(fs: str, workdir: str, repeat: int, results: lib.Results) -> l
                      f"{len(modules)} modules; heavy ones: {', '.join(heavy) or 'none'}; " +
                      "; ".join(f"{name} {'imported' if name in modules else 'not imported'}"
                                for name in ("filelock", "ctypes", "locale")))
+    if shutil.which("valgrind"):
+        lines += ["", *instruction_counts(spool, fast, environment, fs, results)]
     return lines
+
+
+def instruction_counts(spool: str, fast: str, environment: dict[str, str], fs: str,
+                       results: lib.Results) -> list[str]:
+    """User-space instructions of each process (valgrind's callgrind): the start-up cost, whatever the load.
+
+    Wall times on a busy machine swing by tens of percent; an instruction
+    count is the same from run to run (hash seed fixed), so it shows what an
+    import change saves. It leaves out the kernel's part (exec, page faults,
+    fsync), which the wall times above include.
+    """
+    env = dict(environment, PYTHONHASHSEED="0")
+    queuectl = queuectl_command()
+    commands = {"python -c 'import click'": [sys.executable, "-c", "import click"],
+                "queuectl enqueue 'echo hi'": [*queuectl, "--spool", spool, "enqueue", "echo hi"],
+                "queuectl enqueue 'echo hi' (durable off)": [*queuectl, "--spool", fast, "enqueue", "echo hi"],
+                "queuectl list": [*queuectl, "--spool", spool, "list"],
+                "queuectl --version": [*queuectl, "--version"]}
+    counts = {}
+    for label, argv in commands.items():
+        subprocess.run(argv, env=env, capture_output=True, check=True)  # bytecode cached
+        run = subprocess.run(["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", *argv], env=env,
+                             capture_output=True, text=True, check=True)
+        counts[label] = int(run.stderr.rsplit("Collected :", 1)[1].split()[0])
+    click = counts["python -c 'import click'"]
+    for label, count in counts.items():
+        results.add(fs=fs, section="instructions", command=label, instructions=count, vs_click=count / click)
+    return [f"Instructions on {fs} (`valgrind --tool=callgrind`, one run each, the same commands):",
+            "", "| fs | command | instructions | ÷ import click |", "|---|---|---:|---:|",
+            *[f"| {fs} | `{label}` | {count / 1e6:.1f} M | {count / click:.3f}× |" for label, count in counts.items()]]
 
 
 CHUNK = 200  # jobs per turn: the ways of publishing take turns, so a busy disk slows them all alike
