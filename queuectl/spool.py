@@ -73,6 +73,7 @@ class LockedJob:
         self.fd = fd
         self.job = job  # None when the file is not JSON: `unreadable` says why
         self.unreadable = unreadable
+        self.staged: tuple[str, int] | None = None  # (path in tmp/, its locked fd): see stage()
 
     @property
     def path(self) -> str:
@@ -103,16 +104,46 @@ class LockedJob:
         `moving_on`: a `move` follows at once and fsyncs this folder, so
         the rename here needs no folder fsync of its own.
         """
-        self.job["updated_at"] = iso(time.time())
         durable = sync and self.spool.durable
-        new_fd = fsops.publish(self.spool.dir("tmp"), self.path, dumps(self.job), durable=durable,
-                               replace=True, lock=True)
-        os.close(self.fd)
-        self.fd = new_fd
+        self.stage()
+        self.publish_staged(durable=durable)
         if durable and not moving_on:
             fsops.fsync_dir(self.spool.dir(self.state))
 
+    def stage(self) -> None:
+        """Write the current `job` into a new file in tmp/, locked, not visible yet and not fsynced."""
+        self.job["updated_at"] = iso(time.time())
+        path, fd = fsops.write_new(self.spool.dir("tmp"), self.name, dumps(self.job), durable=False, lock=True)
+        self.staged = (path, fd)
+
+    def publish_staged(self, *, durable: bool) -> None:
+        """Put the staged file under the job's name (fsynced first when `durable`); it owns the job now."""
+        assert self.staged is not None, "stage() first"
+        path, fd = self.staged
+        self.staged = None
+        try:
+            if durable:
+                os.fsync(fd)
+            os.replace(path, self.path)
+        except BaseException:
+            os.close(fd)
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+            raise
+        os.close(self.fd)
+        self.fd = fd
+
     def release(self) -> None:
+        if self.staged is not None:  # staged but never published: not a job's file, nobody else saw it
+            path, fd = self.staged
+            self.staged = None
+            os.close(fd)
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
@@ -367,6 +398,14 @@ class Spool:
 
     def jobs(self, state: str | None = None, limit: int | None = None) -> list[dict]:
         """Jobs newest id first (generated ids sort by creation time)."""
+        return self.newest(state, limit)[0]
+
+    def newest(self, state: str | None = None, limit: int | None = None) -> tuple[list[dict], int]:
+        """(up to `limit` jobs newest id first, how many jobs the listing held).
+
+        The total comes from the directory listing the page is chosen from,
+        so telling the reader that rows were cut costs no extra file read.
+        """
         states = [check_state(state)] if state else list(STATES)
         entries = sorted(((name, st) for st in states for name in self.names(st)), reverse=True)
         found: list[dict] = []
@@ -376,7 +415,7 @@ class Spool:
             job = self.read(st, name)
             if job is not None:
                 found.append(job)
-        return found
+        return found, len(entries)
 
     def iter_jobs(self, state: str) -> Iterator[dict]:
         for name in self.names(state):
@@ -466,8 +505,14 @@ def check_state(state: str) -> str:
 def prepare_fields(job: dict | str, *, run_at: Any = None, delay: float | None = None,
                    priority: int | None = None, timeout: float | None = None,
                    max_retries: int | None = None, id: str | None = None,
-                   command: str | None = None) -> dict:
-    """Merge a job (dict or command string) with enqueue options; options win."""
+                   command: str | None = None, cwd: str | None = None,
+                   env: dict[str, str] | None = None) -> dict:
+    """Merge a job (dict or command string) with enqueue options; options win.
+
+    `env` adds to the job's own `env` object (a name in both takes the
+    option's value); a job `env` that is not an object is left for
+    validation to refuse.
+    """
     if isinstance(job, str):
         fields: dict = {"command": job}
     elif isinstance(job, dict):
@@ -484,6 +529,12 @@ def prepare_fields(job: dict | str, *, run_at: Any = None, delay: float | None =
         fields["timeout"] = timeout
     if max_retries is not None:
         fields["max_retries"] = max_retries
+    if cwd is not None:
+        fields["cwd"] = cwd
+    if env:
+        own = fields.get("env")
+        if own is None or isinstance(own, dict):
+            fields["env"] = {**(own or {}), **env}
     if delay is not None:
         if delay < 0:
             raise InvalidJob("delay must be >= 0 seconds")

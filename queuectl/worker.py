@@ -30,6 +30,7 @@ from .spool import SUFFIX, Spool, file_name, id_of
 from .watch import RESCAN, FolderWatch
 
 WATCHED = ("pending", "failed", "workers")
+DRAIN_POLL = 0.2  # seconds between looks at processing/ while `--until-empty` waits for jobs there
 
 
 @contextlib.contextmanager
@@ -45,13 +46,18 @@ def stop_signals(handler: Callable) -> Iterator[None]:
 
 
 class Worker:
-    def __init__(self, spool: Spool, *, burst: bool = False, name: str | None = None):
+    def __init__(self, spool: Spool, *, burst: bool = False, until_empty: bool = False, name: str | None = None):
         self.spool = spool
-        self.burst = burst
+        # burst: exit once no job is due now. until_empty: exit once pending/,
+        # failed/ and processing/ hold no job (scheduled jobs and waiting retries
+        # keep it alive) - see README "Commands".
+        self.burst = burst or until_empty
+        self.until_empty = until_empty
         self.name = name or registry.new_name()
         self.started = time.time()
         self.index = DueIndex()
         self.watch: FolderWatch | None = None
+        self.commit: lifecycle.GroupCommit | None = None
         self.stopping = False
         self.stop_now = False
         self.rechecks: dict[str, float] = {}  # dropped-in files that may still be being written
@@ -66,22 +72,31 @@ class Worker:
             raise SpoolError(f"worker name {self.name} is taken by a live worker") from None
         try:
             self.watch = FolderWatch({folder: self.spool.dir(folder) for folder in WATCHED})
+            self.commit = lifecycle.GroupCommit(self.spool)
             with stop_signals(self._on_signal):
                 self._write_record()
                 lifecycle.recover(self.spool)
                 self._scan()
                 self._loop()
+                self._close_commit()
         except OSError as exc:
             # A full or read-only disk: stop, in one line. A job this worker held is
             # in processing/ unlocked, so the next worker's recovery moves it on.
             raise SpoolError(f"worker {self.name} stopped: cannot write to the spool {self.spool.root}: "
                              f"{exc.strerror or exc}") from None
         finally:
+            self._close_commit()
             if self.watch is not None:
                 self.watch.close()
             registry.remove_record(self.spool, self.name)
             lock.release()
         return 0
+
+    def _close_commit(self) -> None:
+        """Every settle this worker made reaches the disk before it gives up its lock."""
+        commit, self.commit = self.commit, None
+        if commit is not None:
+            commit.close()
 
     def _on_signal(self, signum, frame) -> None:
         if self.stopping:
@@ -123,9 +138,17 @@ class Worker:
             if due is not None:
                 self._process(*due)
                 continue
+            running: list[str] = []
             if self.burst and not self.rechecks and not self._apply_events():
-                return
-            wake_at = min(t for t in (next_recovery, next_scan, self.index.next_due(),
+                # The index holds every job of pending/ and failed/; one running
+                # (elsewhere, or being settled by this worker's commit thread) may
+                # still fail and come back to failed/.
+                running = self.spool.names("processing") if self.until_empty else []
+                if not self.until_empty or not (len(self.index) or running):
+                    return
+            # A job leaving processing/ for completed/ or dead/ wakes nobody: look again soon.
+            drain_poll = time.time() + DRAIN_POLL if running else None
+            wake_at = min(t for t in (next_recovery, next_scan, self.index.next_due(), drain_poll,
                                       min(self.rechecks.values(), default=None)) if t is not None)
             self.watch.wait(wake_at - time.time())
 
@@ -214,9 +237,10 @@ class Worker:
                 job, log_path=self.spool.log_path(job["id"]), worker=self.name, spool_root=self.spool.root,
                 timeout=timeout, kill_grace=settings["kill_grace"], pass_env=settings["pass_env"],
                 tail_lines=settings["log_tail_lines"], interruption=self._interruption(job["id"]))
-            lifecycle.settle(self.spool, held, outcome, timeout)
-        finally:
+        except BaseException:
             held.release()
+            raise
+        lifecycle.settle(self.spool, held, outcome, timeout, self.commit)  # owns `held` from here
         registry.clear_cancel(self.spool, job["id"])
 
     def _interruption(self, job_id: str):

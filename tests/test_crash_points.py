@@ -60,6 +60,26 @@ def ran(spool: Spool, held, **outcome) -> str:
     return lifecycle.settle(spool, held, Outcome(started=now, finished=now, **outcome), None)
 
 
+def ran_in_a_group(spool: Spool, held, **outcome) -> None:
+    """A worker's settle: staged, then published and made durable by the group commit's thread."""
+    commit = lifecycle.GroupCommit(spool)
+    now = time.time()
+    lifecycle.settle(spool, held, Outcome(started=now, finished=now, **outcome), None, commit)
+    commit.close()
+
+
+def two_claimed(spool: Spool):
+    return [lifecycle.claim(spool, "pending", job_id, "crasher", time.time()) for job_id in ("a", "b")]
+
+
+def ran_two_in_a_group(spool: Spool, helds) -> None:
+    commit = lifecycle.GroupCommit(spool)
+    now = time.time()
+    for held, code in zip(helds, (0, 1)):
+        lifecycle.settle(spool, held, Outcome(started=now, finished=now, exit_code=code), None, commit)
+    commit.close()
+
+
 def drop(name: str, data: bytes) -> Callable[[str], None]:
     """A file dropped into pending/ a minute ago: complete, so it is judged at once."""
     def setup(spool_path: str) -> None:
@@ -108,6 +128,13 @@ OPERATIONS = {
                                   act=lambda spool, held: ran(spool, held, exit_code=0)),
     "settle-failed": Operation(setup=pending_job, prepare=claimed,
                                act=lambda spool, held: ran(spool, held, exit_code=1)),
+    "settle-completed-group": Operation(setup=pending_job, prepare=claimed,
+                                        act=lambda spool, held: ran_in_a_group(spool, held, exit_code=0)),
+    "settle-failed-group": Operation(setup=pending_job, prepare=claimed,
+                                     act=lambda spool, held: ran_in_a_group(spool, held, exit_code=1)),
+    "settle-two-in-a-group": Operation(
+        setup=lambda path: [put_job(path, "pending", job_id, command="true") for job_id in ("a", "b")],
+        prepare=two_claimed, act=ran_two_in_a_group, ids={"a", "b"}, finals=("completed", "failed")),
     "settle-dead": Operation(setup=lambda path: pending_job(path, max_retries=0), prepare=claimed,
                              act=lambda spool, held: ran(spool, held, exit_code=1), finals=("dead",)),
     "settle-stopped": Operation(setup=pending_job, prepare=claimed,
@@ -142,7 +169,7 @@ OPERATIONS = {
                                   kept_bytes=THE_COPY, spare_copy=True),
 }
 # Operations that move files, crashed again as on a file system without renameat2.
-MOVING = ("claim-pending", "settle-completed", "settle-failed", "recover", "cancel-pending", "dlq-retry",
+MOVING = ("claim-pending", "settle-completed", "settle-failed", "settle-completed-group", "recover", "cancel-pending", "dlq-retry",
           "adopt-renamed", "adopt-invalid", "doctor-duplicate")
 
 
