@@ -135,13 +135,22 @@ def _seconds(text: str) -> float:
     return seconds
 
 
-class _ExistingFolder(click.ParamType):
-    """click.Path(exists=True, file_okay=False), built when a value comes: its constructor calls gettext."""
+class _Path(click.ParamType):
+    """click.Path, built when a value comes: its constructor translates its name through gettext.
 
-    name = "directory"
+    Built in a decorator, it would make every command import locale at start-up.
+    """
+
+    def __init__(self, **options: Any):
+        self.options = options
+        self.name = ("directory" if options.get("file_okay") is False else
+                     "file" if options.get("dir_okay") is False else "path")
 
     def convert(self, value: Any, param: Any, ctx: Any) -> Any:
-        return click.Path(exists=True, file_okay=False).convert(value, param, ctx)
+        return click.Path(**self.options).convert(value, param, ctx)
+
+    def shell_complete(self, ctx: click.Context, param: click.Parameter, incomplete: str) -> list:
+        return click.Path(**self.options).shell_complete(ctx, param, incomplete)
 
 
 class Duration(click.ParamType):
@@ -624,7 +633,7 @@ def dashboard(ctx, host, port):
 
 
 @main.command()
-@click.option("--output", "-o", metavar="FILE", type=click.Path(dir_okay=False, writable=True),
+@click.option("--output", "-o", metavar="FILE", type=_Path(dir_okay=False, writable=True),
               help="Write FILE atomically (a temporary file renamed over it) instead of printing: "
                    "for node_exporter's textfile collector.")
 @click.pass_context
@@ -665,7 +674,7 @@ def doctor(ctx, repair, as_json):
 
 @main.command()
 @click.option("--count", "-n", type=click.IntRange(min=1), default=2, show_default=True)
-@click.option("--example", type=_ExistingFolder(), default=None,
+@click.option("--example", type=_Path(exists=True, file_okay=False), default=None,
               help="Folder of example jobs [default: spool.example/ of the source tree].")
 @click.pass_context
 def demo(ctx, count, example):
