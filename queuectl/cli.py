@@ -62,6 +62,12 @@ class QueueGroup(_Command, click.Group):
     command_class = _Command
     group_class = type  # subgroups (worker, config, dlq) are QueueGroups too
 
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        command = super().get_command(ctx, cmd_name)
+        if command is not None:
+            _accept_root_options(command)
+        return command
+
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
@@ -696,20 +702,18 @@ def _set_root(name: str):
     return callback
 
 
-def _accept_root_options(group: click.Group) -> None:
-    """`queuectl list --spool X` works as `queuectl --spool X list` does, in every (nested) command."""
-    for command in group.commands.values():
-        if any(param.name == "spool" for param in command.params):
-            continue  # an alias (config show) is the same command object
-        command.params.extend([
-            click.Option(["--spool"], metavar="PATH", expose_value=False, callback=_set_root("path"),
-                         help="Spool folder (as `queuectl --spool PATH`)."),
-            click.Option(["--allow-shared-spool"], is_flag=True, expose_value=False,
-                         callback=_set_root("allow_shared"),
-                         help="As `queuectl --allow-shared-spool`."),
-        ])
-        if isinstance(command, click.Group):
-            _accept_root_options(command)
+def _accept_root_options(command: click.Command) -> None:
+    """`queuectl list --spool X` works as `queuectl --spool X list` does, in every (nested) command.
 
-
-_accept_root_options(main)
+    QueueGroup.get_command adds them to the command it looks up: built for
+    every command at import, they would cost every start-up.
+    """
+    if any(param.name == "spool" for param in command.params):
+        return  # done already (an alias, config show, is the same command object)
+    command.params.extend([
+        click.Option(["--spool"], metavar="PATH", expose_value=False, callback=_set_root("path"),
+                     help="Spool folder (as `queuectl --spool PATH`)."),
+        click.Option(["--allow-shared-spool"], is_flag=True, expose_value=False,
+                     callback=_set_root("allow_shared"),
+                     help="As `queuectl --allow-shared-spool`."),
+    ])
