@@ -11,7 +11,8 @@ needed by queuectl itself):
 - worker.json -> worker-throughput.png (queuectl durable on and off beside
   xargs, with the 60 % line, per file system);
 - spool.json -> spool-startup.png (process start-up of the everyday
-  commands divided by `python -c 'import click'`, with the 1.15x line).
+  commands divided by `python -c 'import click'`, with the 1.15x line) and
+  spool-startup-instructions.png (the same processes in instructions).
 
 Every bar carries its value; the titles say what was measured, the axes
 their units. Files are written to --out-dir (default: bench/).
@@ -231,7 +232,44 @@ def draw_startup(data: dict, out_dir: str) -> list[str]:
     fig.suptitle("Process start-up of everyday commands; labels: ms and ratio to `python -c 'import click'`, "
                  "lower is better", fontsize=11)
     ax.set_title(subtitle(data), fontsize=8, color="#555555")
-    return [_save(fig, out_dir, "spool-startup.png")]
+    drawn = [_save(fig, out_dir, "spool-startup.png")]
+    counted = [row for row in data["rows"] if row.get("section") == "instructions"]
+    if counted:
+        drawn.append(_draw_instructions(data, counted, palette, out_dir))
+    return drawn
+
+
+def _draw_instructions(data: dict, rows: list[dict], palette: list[str], out_dir: str) -> str:
+    """The same processes in instructions (callgrind): what the code costs, whatever the machine's load."""
+    kinds = file_systems(data, rows)
+    click = "python -c 'import click'"
+    commands = [command for command in dict.fromkeys(row["command"] for row in rows) if command != click]
+    by = {(row["command"], row["fs"]): row for row in rows}
+    fig, ax = plt.subplots(figsize=(11, 5.5), layout="constrained")
+    colours = {"queuectl enqueue 'echo hi'": palette[2], "queuectl enqueue 'echo hi' (durable off)": palette[3],
+               "queuectl list": palette[4]}
+
+    def value(command, kind):
+        row = by.get((command, kind))
+        return (row["vs_click"] - 1) * 100 if row else None
+
+    def label(command, kind):
+        row = by[(command, kind)]
+        return f"+{(row['vs_click'] - 1) * 100:.1f} %\n{row['instructions'] / 1e6:.0f} M"
+
+    grouped_bars(ax, kinds, commands, value, label, lambda name, index: colours.get(name, palette[6]))
+    ax.axhline(15, color="#d62728", linestyle="dashed", linewidth=1, label="target for enqueue: +15 % (1.15x)")
+    ax.set_ylim(0, 20)
+    ax.set_xticklabels([f"{fs_tick(kind, data)}\nimport click: "
+                        f"{by[(click, kind)]['instructions'] / 1e6:.0f} M" if (click, kind) in by else fs_tick(kind, data)
+                        for kind in kinds])
+    ax.set_xlabel("file system holding the spool and the bytecode cache")
+    ax.set_ylabel("instructions beyond `python -c 'import click'` (%)")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8)
+    fig.suptitle("Start-up in instructions (valgrind callgrind: the same whatever the load; the kernel's part "
+                 "left out), lower is better", fontsize=11)
+    ax.set_title(subtitle(data), fontsize=8, color="#555555")
+    return _save(fig, out_dir, "spool-startup-instructions.png")
 
 
 def _save(fig, out_dir: str, name: str) -> str:

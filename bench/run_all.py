@@ -142,7 +142,8 @@ def report(kinds: list[str], timings: dict[str, float], command: str) -> str:
              f"({', '.join(f'{name} {seconds:.0f} s' for name, seconds in timings.items())}).", "",
              *lib.machine(), "", "## Targets", "", *targets(kinds), "",
              "Charts: [jobs/s](../compare-jobs-per-s.png), [pick-up latency](../compare-pickup-latency.png), "
-             "[worker throughput](../worker-throughput.png), [start-up](../spool-startup.png).", ""]
+             "[worker throughput](../worker-throughput.png), [start-up](../spool-startup.png), "
+             "[start-up in instructions](../spool-startup-instructions.png).", ""]
     pieces = {}
     for name in ("spool", "worker", "compare"):
         path = os.path.join(OUT, f"{name}.md")
