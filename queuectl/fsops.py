@@ -137,11 +137,13 @@ def _write_all(fd: int, data: bytes, durable: bool) -> None:
 
 def publish(tmp_dir: str, target: str, data: bytes, *, durable: bool, replace: bool = False,
             lock: bool = False) -> int | None:
-    """Make `target` hold `data` in one step: written in tmp_dir, then renamed into place.
+    """Make `target` hold `data` in one step: written in tmp_dir, then put in place.
 
-    Without `replace`, an existing target raises FileExistsError and is left
-    untouched. The temporary file never outlives a failure, so an error
-    between the write and the rename leaves nothing behind in tmp/. With
+    With `replace` the new file is renamed over the old version. Without it,
+    it is linked under the new name: an existing target raises
+    FileExistsError and is left untouched. The temporary file never outlives
+    a failure, so an error between the write and that step leaves nothing
+    behind in tmp/. With
     `lock`, returns an fd holding the new file's flock, taken before the
     file became visible.
     """
