@@ -26,7 +26,10 @@ import os
 import sys
 import textwrap
 
-import matplotlib
+try:
+    import matplotlib
+except ImportError as exc:
+    raise SystemExit(f"charts: matplotlib is missing ({exc}): pip install -e '.[bench]'") from None
 
 matplotlib.use("Agg")  # files only: no display needed
 

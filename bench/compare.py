@@ -562,7 +562,10 @@ def main() -> None:
     chosen = [kind for kind in SYSTEMS if kind.name in args.systems.split(",")]
     kinds = lib.chosen_file_systems(args.fs)
     if args.chart:
-        import charts  # fails now, not after the whole run, when matplotlib is missing
+        try:
+            import charts  # fails now, not after the whole run, when matplotlib is missing
+        except ImportError as exc:
+            raise SystemExit(f"compare: --chart needs matplotlib ({exc}): pip install -e '.[bench]'") from None
     setup = tempfile.mkdtemp(prefix="qc-compare-setup-")
     started = time.time()
     record = lib.Results("compare")

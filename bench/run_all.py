@@ -24,6 +24,7 @@ a throwaway venv).
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import re
@@ -172,6 +173,9 @@ def main() -> int:
     if "ext4-journal" in kinds and os.geteuid() != 0:
         print("run_all: --fs ext4-journal needs root (mkfs.ext4, a loop mount): run it with sudo, "
               "or name other --fs kinds", file=sys.stderr)
+        return 2
+    if importlib.util.find_spec("matplotlib") is None:
+        print("run_all: the charts need matplotlib: pip install -e '.[bench]'", file=sys.stderr)
         return 2
     os.makedirs(OUT, exist_ok=True)
     fs_args = [argument for kind in kinds for argument in ("--fs", kind)]
