@@ -25,6 +25,7 @@ import tempfile
 import time
 
 import benchlib as lib
+
 from queuectl.config import defaults
 from queuectl.job import build, dumps
 

@@ -28,7 +28,7 @@ Promises:
 from __future__ import annotations
 
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from . import runner
 from .job import iso

@@ -117,7 +117,7 @@ class Pruner:
         work = self.work.get(state)
         if work is None or (not work["names"] and not work["doomed"] and now >= work["rescan_at"]):
             names = self.spool.names(state)
-            if age is None and len(names) <= count:  # within its count: nothing to stat
+            if age is None and count is not None and len(names) <= count:  # within its count: nothing to stat
                 self.work[state] = {"names": [], "stats": [], "doomed": [], "rescan_at": now + RESCAN_EVERY}
                 return 0
             work = self.work[state] = {"names": names, "stats": [], "doomed": [], "rescan_at": now + RESCAN_EVERY}

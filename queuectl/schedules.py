@@ -31,8 +31,9 @@ import re
 import shutil
 import stat
 import time
+from collections.abc import Iterator
 from datetime import datetime, timezone
-from typing import Any, Iterator
+from typing import Any
 
 from . import fsops
 from .errors import DuplicateJob, InvalidJob, JobNotFound

@@ -8,12 +8,12 @@ import os
 import shlex
 import signal
 
-
 from conftest import read_job, wait_until
+from workers_util import configure, enqueue, read_lines, wait_for_state
+
 from queuectl import Spool
 from queuectl.config import defaults
 from queuectl.job import build, dumps
-from workers_util import configure, enqueue, read_lines, wait_for_state
 
 
 def _env_dump(path) -> str:

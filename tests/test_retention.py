@@ -8,11 +8,11 @@ import os
 import time
 
 import pytest
-
 from conftest import put_job, wait_until
+from workers_util import configure, enqueue, wait_for_state
+
 from queuectl import Spool, retention
 from queuectl.lifecycle import purge
-from workers_util import configure, enqueue, wait_for_state
 
 
 def _age(spool_path, state, job_id, seconds):
@@ -63,7 +63,7 @@ def test_count_keeps_the_newest_and_never_touches_unfinished_jobs(spool_path):
     configure(spool_path, keep_completed="3", keep_dead="0")
     _prune_all(spool)
     assert sorted(spool.names("completed")) == [c + ".json" for c in completed[-3:]]
-    assert spool.names("dead") == []
+    assert spool.names("dead") == [] and not {d + ".log" for d in dead} & set(os.listdir(spool.dir("logs")))
     for state, ids in others.items():
         assert sorted(spool.names(state)) == [i + ".json" for i in ids]  # old, but not finished
     logs = set(os.listdir(spool.dir("logs")))

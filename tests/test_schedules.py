@@ -9,12 +9,12 @@ import time
 from datetime import datetime, timezone
 
 import pytest
-
 from conftest import wait_until
+from workers_util import append_id, read_lines
+
 from queuectl import Spool, schedules
 from queuectl.errors import DuplicateJob, InvalidJob
 from queuectl.job import parse_time
-from workers_util import append_id, configure, read_lines
 
 
 def _jobs_of(spool: Spool, name: str) -> dict[str, dict]:
