@@ -413,11 +413,20 @@ def worker():
 @click.option("--count", "-n", type=click.IntRange(min=1), default=1, show_default=True,
               help="Worker processes to run.")
 @click.option("--burst", is_flag=True, help="Exit when no job is due.")
+@click.option("--quiet", "-q", is_flag=True, help="No banner and no line per job on stderr (errors only).")
+@click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True,
+              help="Lines on stderr for people, or one JSON object per line.")
 @click.pass_context
-def worker_start(ctx, count, burst):
-    """Run workers in the foreground until stopped (Ctrl-C finishes the running jobs)."""
+def worker_start(ctx, count, burst, quiet, log_format):
+    """Run workers in the foreground until stopped.
+
+    Ctrl-C, SIGTERM or SIGHUP finishes the running jobs, a second one (or
+    SIGQUIT) stops them. Prints a banner and one line per job start and end.
+    """
+    from .events import EventLog
     from .supervisor import run_workers
-    raise SystemExit(run_workers(_spool(ctx), count=count, burst=burst))
+    log = EventLog(log_format, quiet=quiet)
+    raise SystemExit(run_workers(_spool(ctx), count=count, burst=burst, log=log))
 
 
 @worker.command("stop")

@@ -91,9 +91,10 @@ def run(job: dict, *, log_path: str, worker: str, spool_root: str, timeout: floa
         interruption: Callable[[], str | None], wait_step: float = 0.5) -> Outcome:
     """Run the job's command once and say how it ended.
 
-    `interruption()` is asked every `wait_step` seconds (and whenever stderr
-    has output); when it returns "stop" or "cancel" the process group gets
-    SIGTERM, then SIGKILL after `kill_grace`, like a timeout.
+    `interruption()` is asked every `wait_step` seconds for the whole run,
+    the kill grace included (the worker does its periodic duties there,
+    such as recovery); when it returns "stop" or "cancel" the process group
+    gets SIGTERM, then SIGKILL after `kill_grace`, like a timeout.
     """
     attempt = job["attempts"]
     outcome = Outcome(started=time.time())
@@ -135,10 +136,12 @@ def _supervise(process: subprocess.Popen, log_fd: int, outcome: Outcome, timeout
     tail = b""
     while True:
         now = time.time()
+        if now >= ask_at:
+            asked = interruption()
+            ask_at = now + wait_step
+            if kill_at is None:
+                outcome.interrupted = asked
         if kill_at is None:
-            if now >= ask_at:
-                outcome.interrupted = interruption()
-                ask_at = now + wait_step
             if not outcome.interrupted and deadline is not None and now >= deadline:
                 outcome.timed_out = True
             if outcome.interrupted or outcome.timed_out:
@@ -147,7 +150,7 @@ def _supervise(process: subprocess.Popen, log_fd: int, outcome: Outcome, timeout
         elif now >= kill_at:
             _signal_group(process.pid, signal.SIGKILL)
             kill_at = float("inf")
-        wake = min(x for x in ((ask_at, deadline) if kill_at is None else (now + wait_step, kill_at)) if x is not None)
+        wake = min(x for x in (ask_at, deadline if kill_at is None else kill_at) if x is not None)
         if stderr is not None:
             ready, _, _ = select.select([stderr], [], [], max(0.0, wake - now))
             if ready:

@@ -5,16 +5,26 @@ due jobs in memory (order.DueIndex). Each time round its loop it reads what
 changed in pending/, failed/ and workers/ (watch.FolderWatch: files landing
 or leaving, stop requests), claims the best due job, runs it and settles
 it. Idle, it sleeps until a change, the next scheduled time, the next
-recovery sweep or the next safety scan: no busy polling. Signals: the
-first SIGTERM/SIGINT finishes the running job and exits 0; a second one
-(or `worker stop --now`) stops the job too, which goes back to pending/
-without using a retry.
+recovery sweep or the next safety scan: no busy polling. Recovery
+(`lifecycle.recover`) runs every `recovery_interval` whatever the worker
+does: between jobs from the loop, during a job from the runner's
+`interruption` call (every 0.5 s, in this same thread, so nothing here is
+shared between threads; the sweep skips the worker's own job because its
+flock is held through another open file description).
+
+Signals: the first SIGTERM, SIGINT or SIGHUP finishes the running job and
+exits 0; a second one, SIGQUIT, or `worker stop --now` stops the job too,
+which goes back to pending/ without using a retry. A worker forked by a
+supervisor also stops as for SIGTERM when the supervisor is gone, however
+it died: it watches the read end of a pipe whose write end only the
+supervisor holds (see supervisor.py).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import select
 import signal
 import time
 from typing import Callable, Iterator
@@ -22,6 +32,7 @@ from typing import Callable, Iterator
 from filelock import FileLock, Timeout
 
 from . import lifecycle, registry, runner
+from .events import EventLog
 from .errors import InvalidJob, SpoolError
 from .fsops import Spare, read_fd
 from .job import MAX_JOB_BYTES, due_time, loads
@@ -30,13 +41,17 @@ from .spool import SUFFIX, Spool
 from .watch import RESCAN, FolderWatch
 
 WATCHED = ("pending", "failed", "workers")
+# What a terminal or an init system sends to end a process: a graceful stop
+# (finish the running job), except SIGQUIT (Ctrl-\\), which stops it now.
+GRACEFUL_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+STOP_SIGNALS = (*GRACEFUL_SIGNALS, signal.SIGQUIT)
 
 
 @contextlib.contextmanager
 def stop_signals(handler: Callable) -> Iterator[None]:
-    """SIGTERM and SIGINT go to `handler` inside the block, and to whatever took them before after it:
+    """STOP_SIGNALS go to `handler` inside the block, and to whatever took them before after it:
     `queuectl demo` runs workers several times in one process."""
-    previous = {signum: signal.signal(signum, handler) for signum in (signal.SIGTERM, signal.SIGINT)}
+    previous = {signum: signal.signal(signum, handler) for signum in STOP_SIGNALS}
     try:
         yield
     finally:
@@ -45,11 +60,17 @@ def stop_signals(handler: Callable) -> Iterator[None]:
 
 
 class Worker:
-    def __init__(self, spool: Spool, *, burst: bool = False, name: str | None = None):
+    """One worker; `log` None is quiet; `supervisor_fd` is the read end of the supervisor's pipe, if any."""
+
+    def __init__(self, spool: Spool, *, burst: bool = False, name: str | None = None,
+                 log: EventLog | None = None, supervisor_fd: int | None = None):
         self.spool = spool
         self.burst = burst
         self.name = name or registry.new_name()
+        self.log = log
+        self.supervisor_fd = supervisor_fd
         self.started = time.time()
+        self.next_recovery = self.started
         self.index = DueIndex()
         self.watch: FolderWatch | None = None
         self.stopping = False
@@ -70,7 +91,7 @@ class Worker:
                 self._write_record()
                 visible_in = tuple(self.spool.dir(folder) for folder in ("pending", "failed", "processing"))
                 self.spool.spare = Spare(self.spool.dir("tmp"), visible_in)
-                lifecycle.recover(self.spool)
+                self._recover_if_due(time.time())
                 self._scan()
                 self._loop()
         except OSError as exc:
@@ -89,10 +110,27 @@ class Worker:
         return 0
 
     def _on_signal(self, signum, frame) -> None:
-        if self.stopping:
-            self.stop_now = True
+        now = self.stopping or signum == signal.SIGQUIT
+        if self.log is not None and not self.stop_now:
+            what = "stopping the running job" if now else "finishing the running job"
+            self.log.stopping(self.name, f"{signal.Signals(signum).name}: {what}, then exiting")
+        self.stop_now = self.stop_now or now
         self.stopping = True
         self.watch.wake()
+
+    def _check_supervisor(self) -> None:
+        """Stop as for SIGTERM once the supervisor is gone: its pipe then reads as end-of-file."""
+        if self.supervisor_fd is None or not select.select([self.supervisor_fd], [], [], 0)[0]:
+            return
+        self.supervisor_fd = None  # noticed once; the worker is on its way out
+        self.stopping = True
+        if self.log is not None:
+            self.log.stopping(self.name, "the supervisor is gone: finishing the running job, then exiting")
+
+    def _recover_if_due(self, now: float) -> None:
+        if now >= self.next_recovery:
+            lifecycle.recover(self.spool)
+            self.next_recovery = time.time() + self.spool.config["recovery_interval"]
 
     def check_stop_request(self) -> None:
         """Obey `worker stop` requests made after this worker started."""
@@ -109,16 +147,14 @@ class Worker:
     # -- the loop ------------------------------------------------------------
 
     def _loop(self) -> None:
-        settings = self.spool.config
-        now = time.time()
-        next_recovery = now + settings["recovery_interval"]
-        next_scan = now + settings["scan_interval"]
-        while not self.stopping:
+        next_scan = time.time() + self.spool.config["scan_interval"]
+        while True:
+            self._check_supervisor()
+            if self.stopping:
+                return
             self._apply_events()
             now = time.time()
-            if now >= next_recovery:
-                lifecycle.recover(self.spool)
-                next_recovery = now + self.spool.config["recovery_interval"]
+            self._recover_if_due(now)
             if now >= next_scan:
                 self.check_stop_request()
                 self._scan()
@@ -130,9 +166,9 @@ class Worker:
                 continue
             if self.burst and not self.rechecks and not self._apply_events():
                 return
-            wake_at = min(t for t in (next_recovery, next_scan, self.index.next_due(),
+            wake_at = min(t for t in (self.next_recovery, next_scan, self.index.next_due(),
                                       min(self.rechecks.values(), default=None)) if t is not None)
-            self.watch.wait(wake_at - time.time())
+            self.watch.wait(wake_at - time.time(), also=() if self.supervisor_fd is None else (self.supervisor_fd,))
 
     def _apply_events(self) -> bool:
         """Bring the index and the stop flags up to date with what changed; False if nothing did."""
@@ -213,18 +249,26 @@ class Worker:
         settings = self.spool.config
         timeout = job.get("timeout")
         timeout = (timeout if timeout is not None else settings["timeout"]) or None
+        attempt = job["attempts"]
+        if self.log is not None:
+            self.log.job_started(self.name, job)
         try:
             outcome = runner.run(
                 job, log_path=self.spool.log_path(job["id"]), worker=self.name, spool_root=self.spool.root,
                 timeout=timeout, kill_grace=settings["kill_grace"], pass_env=settings["pass_env"],
                 tail_lines=settings["log_tail_lines"], interruption=self._interruption(job["id"]))
-            lifecycle.settle(self.spool, held, outcome, timeout)
+            state = lifecycle.settle(self.spool, held, outcome, timeout)
         finally:
             held.release()
+        if self.log is not None:
+            self.log.job_ended(self.name, held.job, attempt, outcome, state)
         registry.clear_cancel(self.spool, job["id"])
 
     def _interruption(self, job_id: str):
         def ask() -> str | None:
+            # The loop's duties that cannot wait for the job to end.
+            self._check_supervisor()
+            self._recover_if_due(time.time())
             self._apply_events()  # a `worker stop --now` arrives as a change in workers/
             if self.stop_now:
                 return "stop"
