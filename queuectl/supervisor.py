@@ -92,33 +92,43 @@ class Supervisor:
         return 1 if failures else 0
 
     def _spawn(self) -> None:
-        pid = os.fork()
-        if pid == 0:
-            code = 1
-            try:
-                read_end, write_end = self.lifeline
-                os.close(write_end)  # now only the supervisor holds it
-                os.setpgid(0, 0)
-                for signum in STOP_SIGNALS:  # not the supervisor's handler, until the worker sets its own
-                    signal.signal(signum, signal.SIG_DFL)
-                code = Worker(self.spool, burst=self.burst, log=self.log, supervisor_fd=read_end).run()
-            except BaseException as exc:  # a child must never return into the parent's code
-                self.notices.error(f"worker failed: {exc}")
-            finally:
-                for stream in (sys.stdout, sys.stderr):
-                    try:
-                        stream.flush()
-                    except (OSError, ValueError):
-                        pass
-                os._exit(code)
-        self.children.add(pid)
+        # Blocked across the fork: a stop signal then never runs this process's
+        # handler in the child, nor kills a child that has no handler yet; the
+        # worker unblocks them once its own handler is in place (stop_signals).
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+        try:
+            pid = os.fork()
+        except BaseException:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+            raise
+        if pid != 0:
+            self.children.add(pid)  # before a blocked signal is let in: it is forwarded to this child too
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+            return
+        code = 1
+        try:
+            read_end, write_end = self.lifeline
+            os.close(write_end)  # now only the supervisor holds it
+            os.setpgid(0, 0)
+            for signum in STOP_SIGNALS:  # the supervisor's handler is not the child's
+                signal.signal(signum, signal.SIG_DFL)
+            code = Worker(self.spool, burst=self.burst, log=self.log, supervisor_fd=read_end).run()
+        except BaseException as exc:  # a child must never return into the parent's code
+            self.notices.error(f"worker failed: {exc}")
+        finally:
+            for stream in (sys.stdout, sys.stderr):
+                try:
+                    stream.flush()
+                except (OSError, ValueError):
+                    pass
+            os._exit(code)
 
     def _forward(self, signum, frame) -> None:
         self.signals += 1
         forwarded = signal.SIGQUIT if signum == signal.SIGQUIT else signal.SIGTERM
         if self.log is not None:
-            self.log.stopping(f"supervisor {os.getpid()}",
-                              f"{signal.Signals(signum).name}: sending {forwarded.name} to {len(self.children)} workers")
+            self.log.stopping(f"supervisor {os.getpid()}", f"{signal.Signals(signum).name}: "
+                              f"sending {forwarded.name} to {len(self.children)} workers")
         for pid in list(self.children):
             try:
                 os.kill(pid, forwarded)

@@ -50,13 +50,22 @@ STOP_SIGNALS = (*GRACEFUL_SIGNALS, signal.SIGQUIT)
 @contextlib.contextmanager
 def stop_signals(handler: Callable) -> Iterator[None]:
     """STOP_SIGNALS go to `handler` inside the block, and to whatever took them before after it:
-    `queuectl demo` runs workers several times in one process."""
+    `queuectl demo` runs workers several times in one process.
+
+    They are unblocked inside: a supervisor forks its children with them
+    blocked, so one sent while a child starts waits for its handler instead
+    of killing it. On the way out they are blocked while the handlers are
+    put back, then the mask is restored (a child exits with them blocked).
+    """
     previous = {signum: signal.signal(signum, handler) for signum in STOP_SIGNALS}
+    mask = signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
     try:
         yield
     finally:
+        signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
         for signum, handler_before in previous.items():
             signal.signal(signum, handler_before)
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
 
 
 class Worker:
