@@ -34,20 +34,23 @@ RESTART_DELAY = 1.0
 MODE = "local"
 
 
-def run_workers(spool: Spool, *, count: int, burst: bool, log: EventLog | None = None) -> int:
-    """Run `count` workers until they are stopped (or, with `burst`, until nothing is due); `log` None is silent."""
+def run_workers(spool: Spool, *, count: int, burst: bool, until_empty: bool = False,
+                log: EventLog | None = None) -> int:
+    """Run `count` workers until stopped (or, with `burst`/`until_empty`, until done); `log` None is silent."""
     if log is not None:
         log.banner(spool.root, mode=MODE, workers=count, pid=os.getpid())
     if count == 1:
-        return Worker(spool, burst=burst, log=log).run()
-    return Supervisor(spool, count, burst, log).run()
+        return Worker(spool, burst=burst, until_empty=until_empty, log=log).run()
+    return Supervisor(spool, count, burst, until_empty, log).run()
 
 
 class Supervisor:
-    def __init__(self, spool: Spool, count: int, burst: bool, log: EventLog | None = None):
+    def __init__(self, spool: Spool, count: int, burst: bool, until_empty: bool = False,
+                 log: EventLog | None = None):
         self.spool = spool
         self.count = count
-        self.burst = burst
+        self.burst = burst or until_empty
+        self.until_empty = until_empty
         self.log = log
         self.notices = log or EventLog()  # a crashed worker is reported even when the rest is silent
         self.children: set[int] = set()
@@ -112,7 +115,8 @@ class Supervisor:
             os.setpgid(0, 0)
             for signum in STOP_SIGNALS:  # the supervisor's handler is not the child's
                 signal.signal(signum, signal.SIG_DFL)
-            code = Worker(self.spool, burst=self.burst, log=self.log, supervisor_fd=read_end).run()
+            code = Worker(self.spool, burst=self.burst, until_empty=self.until_empty, log=self.log,
+                          supervisor_fd=read_end).run()
         except BaseException as exc:  # a child must never return into the parent's code
             self.notices.error(f"worker failed: {exc}")
         finally:

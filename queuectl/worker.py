@@ -34,13 +34,14 @@ from filelock import FileLock, Timeout
 from . import lifecycle, registry, runner
 from .events import EventLog
 from .errors import InvalidJob, SpoolError
-from .fsops import Spare, read_fd
+from .fsops import open_nofollow, read_fd
 from .job import MAX_JOB_BYTES, due_time, loads
 from .order import DueIndex
-from .spool import SUFFIX, Spool
+from .spool import SUFFIX, Spool, file_name, id_of
 from .watch import RESCAN, FolderWatch
 
 WATCHED = ("pending", "failed", "workers")
+DRAIN_POLL = 0.2  # seconds between looks at processing/ while `--until-empty` waits for jobs there
 # What a terminal or an init system sends to end a process: a graceful stop
 # (finish the running job), except SIGQUIT (Ctrl-\\), which stops it now.
 GRACEFUL_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
@@ -71,10 +72,14 @@ def stop_signals(handler: Callable) -> Iterator[None]:
 class Worker:
     """One worker; `log` None is quiet; `supervisor_fd` is the read end of the supervisor's pipe, if any."""
 
-    def __init__(self, spool: Spool, *, burst: bool = False, name: str | None = None,
+    def __init__(self, spool: Spool, *, burst: bool = False, until_empty: bool = False, name: str | None = None,
                  log: EventLog | None = None, supervisor_fd: int | None = None):
         self.spool = spool
-        self.burst = burst
+        # burst: exit once no job is due now. until_empty: exit once pending/,
+        # failed/ and processing/ hold no job (scheduled jobs and waiting retries
+        # keep it alive) - see README "Commands".
+        self.burst = burst or until_empty
+        self.until_empty = until_empty
         self.name = name or registry.new_name()
         self.log = log
         self.supervisor_fd = supervisor_fd
@@ -82,6 +87,7 @@ class Worker:
         self.next_recovery = self.started
         self.index = DueIndex()
         self.watch: FolderWatch | None = None
+        self.commit: lifecycle.GroupCommit | None = None
         self.stopping = False
         self.stop_now = False
         self.rechecks: dict[str, float] = {}  # dropped-in files that may still be being written
@@ -96,27 +102,37 @@ class Worker:
             raise SpoolError(f"worker name {self.name} is taken by a live worker") from None
         try:
             self.watch = FolderWatch({folder: self.spool.dir(folder) for folder in WATCHED})
+            # The commit's thread starts with the stop signals blocked and keeps them so:
+            # they reach this thread, which runs the handler and wakes its own select.
+            mask = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+            try:
+                self.commit = lifecycle.GroupCommit(self.spool)
+            finally:
+                signal.pthread_sigmask(signal.SIG_SETMASK, mask)
             with stop_signals(self._on_signal):
                 self._write_record()
-                visible_in = tuple(self.spool.dir(folder) for folder in ("pending", "failed", "processing"))
-                self.spool.spare = Spare(self.spool.dir("tmp"), visible_in)
                 self._recover_if_due(time.time())
                 self._scan()
                 self._loop()
+                self._close_commit()
         except OSError as exc:
             # A full or read-only disk: stop, in one line. A job this worker held is
             # in processing/ unlocked, so the next worker's recovery moves it on.
             raise SpoolError(f"worker {self.name} stopped: cannot write to the spool {self.spool.root}: "
                              f"{exc.strerror or exc}") from None
         finally:
+            self._close_commit()
             if self.watch is not None:
                 self.watch.close()
-            if self.spool.spare is not None:
-                self.spool.spare.close()
-                self.spool.spare = None
             registry.remove_record(self.spool, self.name)
             lock.release()
         return 0
+
+    def _close_commit(self) -> None:
+        """Every settle this worker made reaches the disk before it gives up its lock."""
+        commit, self.commit = self.commit, None
+        if commit is not None:
+            commit.close()
 
     def _on_signal(self, signum, frame) -> None:
         now = self.stopping or signum == signal.SIGQUIT
@@ -173,9 +189,17 @@ class Worker:
             if due is not None:
                 self._process(*due)
                 continue
+            running: list[str] = []
             if self.burst and not self.rechecks and not self._apply_events():
-                return
-            wake_at = min(t for t in (self.next_recovery, next_scan, self.index.next_due(),
+                # The index holds every job of pending/ and failed/; one running
+                # (elsewhere, or being settled by this worker's commit thread) may
+                # still fail and come back to failed/.
+                running = self.spool.names("processing") if self.until_empty else []
+                if not self.until_empty or not (len(self.index) or running):
+                    return
+            # A job leaving processing/ for completed/ or dead/ wakes nobody: look again soon.
+            drain_poll = time.time() + DRAIN_POLL if running else None
+            wake_at = min(t for t in (self.next_recovery, next_scan, self.index.next_due(), drain_poll,
                                       min(self.rechecks.values(), default=None)) if t is not None)
             self.watch.wait(wake_at - time.time(), also=() if self.supervisor_fd is None else (self.supervisor_fd,))
 
@@ -192,9 +216,9 @@ class Worker:
                 # A name can leave and come back (a stopped job returns to pending/)
                 # within one batch of changes: the folder decides. (A job this worker
                 # claimed has left the index already: no need to look.)
-                known = name in self.index or name in self.rechecks
+                known = id_of(name) in self.index or name in self.rechecks
                 if known and not os.path.lexists(os.path.join(self.spool.dir(folder), name)):
-                    self.index.discard(name, folder)
+                    self.index.discard(id_of(name), folder)
                     self.rechecks.pop(name, None)
             else:
                 self._consider(folder, name, complete=kind != "created")
@@ -207,12 +231,13 @@ class Worker:
         queue costs two directory listings.
         """
         listings = {folder: os.listdir(self.spool.dir(folder)) for folder in ("pending", "failed")}
-        # Forget vanished files first: a drop-in adopted below gets a name the listing does not have.
-        for name in self.index.names() - set().union(*listings.values()):
-            self.index.discard(name)
+        # Forget vanished jobs first: a drop-in adopted below gets a name the listing does not have.
+        listed = {id_of(name) for names in listings.values() for name in names if name.endswith(SUFFIX)}
+        for job_id in self.index.ids() - listed:
+            self.index.discard(job_id)
         for folder, names in listings.items():
             for name in names:
-                if name not in self.index:
+                if not name.endswith(SUFFIX) or id_of(name) not in self.index:
                     self._consider(folder, name, complete=False)
 
     def _consider(self, folder: str, name: str, *, complete: bool) -> None:
@@ -221,14 +246,14 @@ class Worker:
             return
         job = _peek(os.path.join(self.spool.dir(folder), name)) if name.endswith(SUFFIX) else None
         if job is False:
-            self.index.discard(name, folder)
+            self.index.discard(id_of(name), folder)
             return
         if lifecycle.is_canonical(job, folder, name):
             try:
                 priority = int(job.get("priority") or 0)
             except (TypeError, ValueError):
                 priority = 0
-            self.index.add(folder, name, priority, due_time(job), time.time())
+            self.index.add(folder, job["id"], priority, due_time(job), time.time())
             self.rechecks.pop(name, None)
             return
         if folder != "pending":
@@ -248,11 +273,11 @@ class Worker:
 
     # -- one job -------------------------------------------------------------
 
-    def _process(self, state: str, name: str) -> None:
+    def _process(self, state: str, job_id: str) -> None:
         now = time.time()
-        held = lifecycle.claim(self.spool, state, name, self.name, now)
+        held = lifecycle.claim(self.spool, state, job_id, self.name, now)
         if held is None:
-            self._consider(state, name, complete=True)  # not due after all (re-read its time), or gone
+            self._consider(state, file_name(job_id), complete=True)  # not due after all (re-read its time), or gone
             return
         job = held.job
         settings = self.spool.config
@@ -266,11 +291,14 @@ class Worker:
                 job, log_path=self.spool.log_path(job["id"]), worker=self.name, spool_root=self.spool.root,
                 timeout=timeout, kill_grace=settings["kill_grace"], pass_env=settings["pass_env"],
                 tail_lines=settings["log_tail_lines"], interruption=self._interruption(job["id"]))
-            state = lifecycle.settle(self.spool, held, outcome, timeout)
-        finally:
+        except BaseException:
             held.release()
+            raise
+        state = lifecycle.settle(self.spool, held, outcome, timeout, self.commit)  # owns `held` from here
         if self.log is not None:
-            self.log.job_ended(self.name, held.job, attempt, outcome, state)
+            # Now, not when the commit's thread has moved it: a worker's lines stay in
+            # order (this job's end before the next one's start).
+            self.log.job_ended(self.name, job, attempt, outcome, state)
         registry.clear_cancel(self.spool, job["id"])
 
     def _interruption(self, job_id: str):
@@ -290,7 +318,7 @@ class Worker:
 def _peek(path: str):
     """The JSON in a file; None if it is not a complete job object yet; False if it is gone."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        fd = open_nofollow(path)
     except FileNotFoundError:
         return False
     except OSError:

@@ -47,11 +47,11 @@ from importlib import resources
 from typing import Any, Callable
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from .. import registry
+from .. import lifecycle, metrics, registry
 from ..errors import InvalidJob, JobNotFound, QueueError, WrongState
 from ..job import STATES, is_valid_id
-from ..spool import SUFFIX
-from .snapshot import FAILURES, Scanner, Snapshot, recent_durations, throughput
+from ..spool import id_of
+from .snapshot import Scanner, throughput
 
 TOKEN_HEADER = "X-Queuectl-Token"
 PAGE_SIZE, PAGE_SIZE_MAX = 25, 200
@@ -75,7 +75,6 @@ SECURITY_HEADERS = {
 HOST_HEADER = re.compile(r"(\[[0-9a-f:.]+\]|[^:\[\]/@\s]+)(?::(\d{1,5}))?")
 LIST_FIELDS = ("id", "state", "attempts", "max_retries", "priority", "created_at", "updated_at",
                "run_at", "next_run_at", "finished_at", "last_exit_code", "worker", "invalid")
-DURATION_QUANTILES = (0.5, 0.9, 0.99)
 
 
 class HttpError(Exception):
@@ -251,10 +250,9 @@ class DashboardHandler(BaseHTTPRequestHandler):
         self._send(200, self.server.static[name], STATIC_TYPES[name], {"Cache-Control": "no-cache"})
 
     def _metrics(self, query: dict) -> None:
-        spool = self.server.spool
-        snapshot = self.server.scanner.scan()
-        text = prometheus_text(snapshot, len(registry.records(spool)), recent_durations(spool, snapshot))
-        self._send(200, text.encode(), "text/plain; version=0.0.4; charset=utf-8")
+        # The long-lived scanner counts the settles seen between scrapes (queuectl/metrics.py).
+        text = metrics.render(self.server.spool, self.server.scanner)
+        self._send(200, text.encode(), metrics.CONTENT_TYPE)
 
     # -- API -------------------------------------------------------------------
 
@@ -276,7 +274,7 @@ class DashboardHandler(BaseHTTPRequestHandler):
         spool = self.server.spool
         folder_of = {name: folder for folder in ([state] if state else STATES)
                      for name in spool.names(folder)
-                     if not search or search in name.removesuffix(SUFFIX).lower()}
+                     if not search or search in id_of(name).lower()}
         # Newest id first; only the requested page is read from disk.
         end = offset + limit
         newest = (heapq.nlargest(end, folder_of) if end <= HEAP_PAGES_END
@@ -303,7 +301,7 @@ class DashboardHandler(BaseHTTPRequestHandler):
         self._send_json(200, {"id": job_id, "size": size, "truncated": truncated, "text": text})
 
     def _retry(self, query: dict, job_id: str) -> None:
-        job = self.server.spool.dlq_retry(_checked_id(job_id))
+        job = lifecycle.dlq_retry(self.server.spool, _checked_id(job_id))
         self._send_json(200, {"job": job_summary(job)})
 
     def _retry_all(self, query: dict) -> None:
@@ -314,7 +312,7 @@ class DashboardHandler(BaseHTTPRequestHandler):
         """
         after = _text_param(query, "after")
         spool = self.server.spool
-        dead = sorted(name.removesuffix(SUFFIX) for name in spool.names("dead"))
+        dead = sorted(id_of(name) for name in spool.names("dead"))
         deadline = time.monotonic() + RETRY_ALL_BUDGET
         retried, skipped, errors, cursor = 0, 0, [], None
         for job_id in dead[bisect.bisect_right(dead, after):]:
@@ -322,7 +320,7 @@ class DashboardHandler(BaseHTTPRequestHandler):
                 break  # after at least one job, so every call makes progress
             cursor = job_id
             try:
-                spool.dlq_retry(job_id)
+                lifecycle.dlq_retry(spool, job_id)
                 retried += 1
             except QueueError as exc:
                 skipped += 1
@@ -398,37 +396,3 @@ def job_summary(job: dict) -> dict:
         value = job.get(field)
         summary[field] = value[:TEXT_CLIP] if isinstance(value, str) else value
     return summary
-
-
-def prometheus_text(snapshot: Snapshot, workers: int, durations: list[float]) -> str:
-    lines: list[str] = []
-
-    def metric(name: str, kind: str, help_text: str, samples: list[str]) -> None:
-        lines.extend([f"# HELP {name} {help_text}", f"# TYPE {name} {kind}", *samples])
-
-    metric("queuectl_jobs", "gauge", "Jobs in each state folder.",
-           [f'queuectl_jobs{{state="{state}"}} {count}' for state, count in snapshot.counts.items()])
-    metric("queuectl_workers", "gauge", "Live workers (holding their lock).",
-           [f"queuectl_workers {workers}"])
-    seen = snapshot.settles_seen
-    metric("queuectl_completions_total", "counter",
-           "Jobs seen in completed/: those there when the dashboard started plus each arrival since.",
-           [f"queuectl_completions_total {seen['completed']}"])
-    metric("queuectl_failures_total", "counter",
-           "Failed runs seen in failed/ or dead/: those there when the dashboard started "
-           "plus each arrival since.",
-           [f"queuectl_failures_total {sum(seen[state] for state in FAILURES)}"])
-    ordered = sorted(durations)
-    quantiles = [
-        f'queuectl_job_duration_seconds{{quantile="{q}"}} '
-        f'{_number(ordered[min(len(ordered) - 1, int(q * len(ordered)))]) if ordered else "NaN"}'
-        for q in DURATION_QUANTILES]
-    metric("queuectl_job_duration_seconds", "summary",
-           f"Duration of the last run of the {len(ordered)} jobs that settled last.",
-           [*quantiles, f"queuectl_job_duration_seconds_sum {_number(sum(ordered))}",
-            f"queuectl_job_duration_seconds_count {len(ordered)}"])
-    return "\n".join(lines) + "\n"
-
-
-def _number(value: float) -> str:
-    return repr(float(value))
