@@ -99,6 +99,9 @@ class Supervisor:
         # handler in the child, nor kills a child that has no handler yet; the
         # worker unblocks them once its own handler is in place (stop_signals).
         mask = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+        if self.signals:  # asked to stop before this fork: no new worker (checked while blocked: no race)
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+            return
         try:
             pid = os.fork()
         except BaseException:

@@ -8,9 +8,9 @@ it. Idle, it sleeps until a change, the next scheduled time, the next
 recovery sweep or the next safety scan: no busy polling. Recovery
 (`lifecycle.recover`) runs every `recovery_interval` whatever the worker
 does: between jobs from the loop, during a job from the runner's
-`interruption` call (every 0.5 s, in this same thread, so nothing here is
-shared between threads; the sweep skips the worker's own job because its
-flock is held through another open file description).
+`interruption` call (every 0.5 s, in this same thread; the sweep skips
+the worker's own job because its flock is held through another open file
+description).
 
 Signals: the first SIGTERM, SIGINT or SIGHUP finishes the running job and
 exits 0; a second one, SIGQUIT, or `worker stop --now` stops the job too,

@@ -91,7 +91,11 @@ def test_the_unit_stops_with_the_running_job_finished(spool_path, workers, tmp_p
                 except ProcessLookupError:
                     pass
 
-        assert main.wait(timeout=60) == 0, main.stderr.read().decode()
+        try:
+            main.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            main.kill()
+        assert main.wait() == 0, main.stderr.read().decode()
         wait_until(lambda: not any(process_alive(pid) for pid in service_processes),
                    message="every process of the service to exit")
     finally:
@@ -114,3 +118,10 @@ def test_the_unit_waits_longer_than_the_kill_grace_and_restarts_on_failure():
     assert seconds > 5, "TimeoutStopSec must exceed kill_grace (5 s) plus the longest job waited for"
     assert service["Restart"] == ["on-failure"]
     assert service["KillMode"] == ["mixed"]
+
+
+def test_the_readme_shows_the_unit_as_it_is():
+    readme = (UNIT.parent.parent / "README.md").read_text(encoding="utf-8")
+    shown = readme.split("```ini\n", 1)[1].split("```", 1)[0]
+    unit_lines = {line.strip() for line in UNIT.read_text(encoding="utf-8").splitlines()}
+    assert [line for line in shown.splitlines() if line.strip() not in unit_lines] == []

@@ -7,6 +7,7 @@ Ctrl-C (or, with a supervisor, swallowed it).
 
 from __future__ import annotations
 
+import os
 import signal
 
 from queuectl import Spool
@@ -36,3 +37,19 @@ def test_a_supervisor_gives_the_signals_back(spool_path):
     finally:
         for signum, handler in before.items():
             signal.signal(signum, handler)
+
+
+def test_a_supervisor_asked_to_stop_forks_no_new_worker(spool_path):
+    """A stop that arrives between two forks was forwarded to the children forked so far: a later fork
+    would start a worker nobody asked to stop (it kept `systemctl stop` waiting)."""
+    supervisor = Supervisor(Spool(spool_path), 2, burst=False)
+    supervisor.lifeline = os.pipe2(os.O_CLOEXEC)
+    try:
+        supervisor.signals = 1
+        supervisor._spawn()
+        assert supervisor.children == set()
+    finally:
+        for fd in supervisor.lifeline:
+            os.close(fd)  # a worker forked by mistake sees its supervisor gone and exits
+        for pid in supervisor.children:
+            os.waitpid(pid, 0)
