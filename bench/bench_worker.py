@@ -184,7 +184,8 @@ def output_cost(workdir: str, jobs: int, repeat: int) -> list[str]:
             shutil.rmtree(path)
     line_cost = _line_cost(os.path.join(workdir, "lines.log"))
     quiet, logged = lib.median(rates["quiet"]), lib.median(rates["logged"])
-    pairs = [f"{1 - l / q:+.1%}" for q, l in zip(rates["quiet"], rates["logged"])]
+    pair_costs = [1 - l / q for q, l in zip(rates["quiet"], rates["logged"])]
+    pairs = [f"{cost:+.1%}" for cost in pair_costs]
     cpu_quiet, cpu_logged = lib.median(cpu["quiet"]), lib.median(cpu["logged"])
     rows = [[label, f"{lib.median(rates[key]):.0f}", ", ".join(f"{r:.0f}" for r in rates[key]),
              f"{lib.median(cpu[key]):.2f} s", ", ".join(f"{c:.2f}" for c in cpu[key])]
@@ -199,8 +200,8 @@ def output_cost(workdir: str, jobs: int, repeat: int) -> list[str]:
             "CPU is the user + system time of the workers and their jobs (`RUSAGE_CHILDREN` of the bench around "
             "each run): on a shared, loaded machine it moves far less than wall-clock throughput.", "",
             f"Cost in CPU per job (logged/quiet - 1): {cpu_logged / cpu_quiet - 1:+.1%} of the medians. "
-            f"Cost in throughput (1 - logged/quiet): {1 - logged / quiet:+.1%} of the medians; "
-            f"per pair {', '.join(pairs)}. "
+            f"Cost in throughput (1 - logged/quiet): {lib.median(pair_costs):+.1%} as the median of the "
+            f"alternating pairs ({', '.join(pairs)}); {1 - logged / quiet:+.1%} between the medians. "
             f"Lines written per logged run: {', '.join(map(str, lines_written))} "
             f"(banner + 2 per job).", "",
             f"Direct cost, in-process: a job's two lines (`EventLog.job_started` + `job_ended`, text, to a file) "
