@@ -37,10 +37,12 @@ MODE = "local"
 def run_workers(spool: Spool, *, count: int, burst: bool, until_empty: bool = False,
                 log: EventLog | None = None) -> int:
     """Run `count` workers until stopped (or, with `burst`/`until_empty`, until done); `log` None is silent."""
-    if log is not None:
-        log.banner(spool.root, mode=MODE, workers=count, pid=os.getpid())
-    if count == 1:
-        return Worker(spool, burst=burst, until_empty=until_empty, log=log).run()
+    def announce() -> None:
+        if log is not None:
+            log.banner(spool.root, mode=MODE, workers=count, pid=os.getpid())
+    if count == 1:  # the banner once the worker is up: a spool it cannot use gets only the error
+        return Worker(spool, burst=burst, until_empty=until_empty, log=log, announce=announce).run()
+    announce()
     return Supervisor(spool, count, burst, until_empty, log).run()
 
 

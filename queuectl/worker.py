@@ -70,10 +70,12 @@ def stop_signals(handler: Callable) -> Iterator[None]:
 
 
 class Worker:
-    """One worker; `log` None is quiet; `supervisor_fd` is the read end of the supervisor's pipe, if any."""
+    """One worker; `log` None is quiet; `supervisor_fd` is the read end of the supervisor's pipe, if any;
+    `announce` is called once the worker holds its lock and its record is written."""
 
     def __init__(self, spool: Spool, *, burst: bool = False, until_empty: bool = False, name: str | None = None,
-                 log: EventLog | None = None, supervisor_fd: int | None = None):
+                 log: EventLog | None = None, supervisor_fd: int | None = None,
+                 announce: Callable[[], None] | None = None):
         self.spool = spool
         # burst: exit once no job is due now. until_empty: exit once pending/,
         # failed/ and processing/ hold no job (scheduled jobs and waiting retries
@@ -83,6 +85,7 @@ class Worker:
         self.name = name or registry.new_name()
         self.log = log
         self.supervisor_fd = supervisor_fd
+        self.announce = announce
         self.started = time.time()
         self.next_recovery = self.started
         self.index = DueIndex()
@@ -111,6 +114,8 @@ class Worker:
                 signal.pthread_sigmask(signal.SIG_SETMASK, mask)
             with stop_signals(self._on_signal):
                 self._write_record()
+                if self.announce is not None:
+                    self.announce()
                 self._recover_if_due(time.time())
                 self._scan()
                 self._loop()
