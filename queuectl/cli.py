@@ -509,7 +509,8 @@ def worker_start(ctx, count, burst, until_empty, quiet, log_format):
     from .events import EventLog
     from .supervisor import run_workers
     log = EventLog(log_format, quiet=quiet)
-    raise SystemExit(run_workers(_spool(ctx), count=count, burst=burst, until_empty=until_empty, log=log))
+    raise SystemExit(run_workers(_spool(ctx), count=count, burst=burst, until_empty=until_empty, log=log,
+                                 then_exit=True))
 
 
 @worker.command("stop")

@@ -35,8 +35,15 @@ MODE = "local"
 
 
 def run_workers(spool: Spool, *, count: int, burst: bool, until_empty: bool = False,
-                log: EventLog | None = None) -> int:
-    """Run `count` workers until stopped (or, with `burst`/`until_empty`, until done); `log` None is silent."""
+                log: EventLog | None = None, then_exit: bool = False) -> int:
+    """Run `count` workers until stopped (or, with `burst`/`until_empty`, until done); `log` None is silent.
+
+    `then_exit`: the caller exits once this returns (`worker start`), so the
+    stop signals are left blocked: one that arrives while the process exits
+    is dropped instead of ending a clean exit with -15 or a KeyboardInterrupt.
+    """
+    if then_exit:
+        signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)  # the workers' handlers unblock them inside
     def announce() -> None:
         if log is not None:
             log.banner(spool.root, mode=MODE, workers=count, pid=os.getpid())

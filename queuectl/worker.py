@@ -55,8 +55,10 @@ def stop_signals(handler: Callable) -> Iterator[None]:
 
     They are unblocked inside: a supervisor forks its children with them
     blocked, so one sent while a child starts waits for its handler instead
-    of killing it. On the way out they are blocked while the handlers are
-    put back, then the mask is restored (a child exits with them blocked).
+    of killing it. On the way out they are blocked, one that arrived
+    meanwhile is dropped (it asked the block's owner to stop, which it is
+    doing), the handlers are put back, then the mask is restored (a child
+    exits with them blocked).
     """
     previous = {signum: signal.signal(signum, handler) for signum in STOP_SIGNALS}
     mask = signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
@@ -64,6 +66,8 @@ def stop_signals(handler: Callable) -> Iterator[None]:
         yield
     finally:
         signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+        while signal.sigtimedwait(STOP_SIGNALS, 0) is not None:
+            pass
         for signum, handler_before in previous.items():
             signal.signal(signum, handler_before)
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
@@ -103,16 +107,18 @@ class Worker:
             lock.acquire(timeout=0)
         except Timeout:
             raise SpoolError(f"worker name {self.name} is taken by a live worker") from None
-        try:
-            self.watch = FolderWatch({folder: self.spool.dir(folder) for folder in WATCHED})
-            # The commit's thread starts with the stop signals blocked and keeps them so:
-            # they reach this thread, which runs the handler and wakes its own select.
-            mask = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+        # Taken until the clean-up is done: a stop signal that arrives while the
+        # worker leaves is one more request to stop, not a crash or a KeyboardInterrupt.
+        with stop_signals(self._on_signal):
             try:
-                self.commit = lifecycle.GroupCommit(self.spool)
-            finally:
-                signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-            with stop_signals(self._on_signal):
+                self.watch = FolderWatch({folder: self.spool.dir(folder) for folder in WATCHED})
+                # The commit's thread starts with the stop signals blocked and keeps them so:
+                # they reach this thread, which runs the handler and wakes its own select.
+                mask = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+                try:
+                    self.commit = lifecycle.GroupCommit(self.spool)
+                finally:
+                    signal.pthread_sigmask(signal.SIG_SETMASK, mask)
                 self._write_record()
                 if self.announce is not None:
                     self.announce()
@@ -120,17 +126,18 @@ class Worker:
                 self._scan()
                 self._loop()
                 self._close_commit()
-        except OSError as exc:
-            # A full or read-only disk: stop, in one line. A job this worker held is
-            # in processing/ unlocked, so the next worker's recovery moves it on.
-            raise SpoolError(f"worker {self.name} stopped: cannot write to the spool {self.spool.root}: "
-                             f"{exc.strerror or exc}") from None
-        finally:
-            self._close_commit()
-            if self.watch is not None:
-                self.watch.close()
-            registry.remove_record(self.spool, self.name)
-            lock.release()
+            except OSError as exc:
+                # A full or read-only disk: stop, in one line. A job this worker held is
+                # in processing/ unlocked, so the next worker's recovery moves it on.
+                raise SpoolError(f"worker {self.name} stopped: cannot write to the spool {self.spool.root}: "
+                                 f"{exc.strerror or exc}") from None
+            finally:
+                self._close_commit()
+                watch, self.watch = self.watch, None  # the handler no longer wakes it
+                if watch is not None:
+                    watch.close()
+                registry.remove_record(self.spool, self.name)
+                lock.release()
         return 0
 
     def _close_commit(self) -> None:
@@ -146,7 +153,8 @@ class Worker:
             self.log.stopping(self.name, f"{signal.Signals(signum).name}: {what}, then exiting")
         self.stop_now = self.stop_now or now
         self.stopping = True
-        self.watch.wake()
+        if self.watch is not None:
+            self.watch.wake()
 
     def _check_supervisor(self) -> None:
         """Stop as for SIGTERM once the supervisor is gone: its pipe then reads as end-of-file."""

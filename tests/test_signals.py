@@ -12,7 +12,7 @@ import signal
 
 from queuectl import Spool
 from queuectl.supervisor import Supervisor
-from queuectl.worker import Worker
+from queuectl.worker import Worker, stop_signals
 
 
 def marker(signum, frame):
@@ -53,3 +53,20 @@ def test_a_supervisor_asked_to_stop_forks_no_new_worker(spool_path):
             os.close(fd)  # a worker forked by mistake sees its supervisor gone and exits
         for pid in supervisor.children:
             os.waitpid(pid, 0)
+
+
+def test_a_stop_signal_that_arrives_while_a_worker_leaves_is_not_passed_on():
+    """One more SIGTERM while a worker cleans up asked it to stop, which it is doing: it must not reach
+    the handler put back after it (SIG_DFL in the CLI, which would end a clean exit with -15)."""
+    received = []
+    before = signal.signal(signal.SIGTERM, lambda signum, frame: received.append(signum))
+    try:
+        with stop_signals(lambda signum, frame: None):
+            # Stands for a signal that lands while the block is being left (it is blocked then).
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+            os.kill(os.getpid(), signal.SIGTERM)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
+        assert received == []
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
+        signal.signal(signal.SIGTERM, before)

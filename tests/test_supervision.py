@@ -142,3 +142,21 @@ def test_closing_the_terminal_lets_the_running_job_finish(spool_path, workers, t
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+@pytest.mark.parametrize("count", [1, 2])
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_storm_of_stop_signals_still_ends_in_a_clean_exit(spool_path, workers, tmp_path, signum, count):
+    """An impatient operator or init system repeats the signal until the process is gone: every one that
+    lands while the workers clean up and the process exits must be taken as a stop, not kill it."""
+    marker = tmp_path / "running"
+    job_id = enqueue(spool_path, marker_then(marker, "sleep 0.3"))
+    worker = workers.start("-n", str(count), "--quiet")
+    wait_for_running(spool_path, job_id, marker)
+
+    wait_until(lambda: worker.send(signum) or not worker.running(), interval=0.002,
+               message="the workers to exit under the signals")
+
+    assert worker.wait() == 0, worker.stderr()
+    assert Spool(spool_path).find(job_id) in ("completed", "pending")  # finished, or stopped by a later signal
+    assert nothing_in_processing(spool_path)
