@@ -199,7 +199,7 @@ def output_cost(fs: str, workdir: str, jobs: int, repeat: int, record: lib.Resul
             shutil.rmtree(path)
     line_cost = _line_cost(os.path.join(workdir, "lines.log"))
     quiet, logged = lib.median(rates["quiet"]), lib.median(rates["logged"])
-    pair_costs = [1 - l / q for q, l in zip(rates["quiet"], rates["logged"])]
+    pair_costs = [1 - lg / q for q, lg in zip(rates["quiet"], rates["logged"], strict=True)]
     pairs = [f"{cost:+.1%}" for cost in pair_costs]
     cpu_quiet, cpu_logged = lib.median(cpu["quiet"]), lib.median(cpu["logged"])
     rows = [[label, f"{lib.median(rates[key]):.0f}", ", ".join(f"{r:.0f}" for r in rates[key]),
@@ -264,10 +264,12 @@ def recovery_while_busy(fs: str, workdir: str, rounds: int, record: lib.Results)
         spool = lib.new_spool(path)
         first = spool.enqueue("exec sleep 3600")["id"]
         pair = [lib.Workers(spool, 1)]
-        lib.wait_for(lambda: spool.find(first) == "processing", 60, "the first job to start")
+        lib.wait_for(lambda spool=spool, first=first: spool.find(first) == "processing", 60,
+                     "the first job to start")
         second = spool.enqueue("exec sleep 3600")["id"]
         pair.append(lib.Workers(spool, 1))
-        lib.wait_for(lambda: spool.find(second) == "processing", 60, "the second job to start")
+        lib.wait_for(lambda spool=spool, second=second: spool.find(second) == "processing", 60,
+                     "the second job to start")
         doomed_name = spool.get(first)["worker"]
         doomed_pid = registry.read_record(spool, doomed_name)["pid"]
         try:
@@ -275,8 +277,8 @@ def recovery_while_busy(fs: str, workdir: str, rounds: int, record: lib.Results)
             time.sleep(random.uniform(0, spool.config["recovery_interval"]))
             os.kill(doomed_pid, signal.SIGKILL)
             killed = time.time()
-            lib.wait_for(lambda: spool.find(first) != "processing", 60, "the dead worker's job to leave processing/",
-                         interval=0.01)
+            lib.wait_for(lambda spool=spool, first=first: spool.find(first) != "processing", 60,
+                         "the dead worker's job to leave processing/", interval=0.01)
             results.append((time.time() - killed, spool.find(first), spool.find(second)))
         finally:
             for workers in pair:

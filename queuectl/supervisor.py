@@ -122,6 +122,7 @@ class Supervisor:
             return
         code = 1
         try:
+            assert self.lifeline is not None  # run() opens it before the first fork
             read_end, write_end = self.lifeline
             os.close(write_end)  # now only the supervisor holds it
             os.setpgid(0, 0)

@@ -32,8 +32,8 @@ from typing import Callable, Iterator
 from filelock import FileLock, Timeout
 
 from . import lifecycle, registry, runner
-from .events import EventLog
 from .errors import InvalidJob, SpoolError
+from .events import EventLog
 from .fsops import open_nofollow, read_fd
 from .job import MAX_JOB_BYTES, due_time, loads
 from .order import DueIndex

@@ -18,8 +18,9 @@ import subprocess
 import sys
 
 from conftest import wait_until
-from queuectl import Spool
 from workers_util import enqueue, process_alive, wait_for_running
+
+from queuectl import Spool
 
 UNIT = pathlib.Path(__file__).resolve().parent.parent / "contrib" / "queuectl-worker.service"
 

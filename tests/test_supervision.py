@@ -18,10 +18,10 @@ import sys
 import termios
 
 import pytest
-
 from conftest import wait_until
-from queuectl import Spool
 from workers_util import enqueue, process_alive, wait_for_running, wait_for_state
+
+from queuectl import Spool
 
 
 def marker_then(marker, command: str) -> str:
@@ -64,7 +64,7 @@ def test_workers_finish_their_jobs_and_exit_when_the_supervisor_is_killed(spool_
     ids = [enqueue(spool_path, marker_then(marker, "sleep 1; echo finished")) for marker in markers]
     supervisor = workers.start("-n", "2")
     children = [record["pid"] for record in workers.wait_ready(2)]
-    for job_id, marker in zip(ids, markers):
+    for job_id, marker in zip(ids, markers, strict=True):
         wait_for_running(spool_path, job_id, marker)
 
     if target == "pid":

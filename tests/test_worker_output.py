@@ -9,8 +9,9 @@ import subprocess
 import sys
 
 from conftest import wait_until
-from queuectl import Spool
 from workers_util import enqueue, wait_for_state
+
+from queuectl import Spool
 
 STAMP = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z"
 
