@@ -70,3 +70,16 @@ def test_a_stop_signal_that_arrives_while_a_worker_leaves_is_not_passed_on():
     finally:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
         signal.signal(signal.SIGTERM, before)
+
+
+def test_worker_start_in_process_leaves_the_signals_as_it_found_them(spool_path):
+    """Only the program itself keeps the stop signals blocked on its way out; an in-process caller (here
+    click's CliRunner) would otherwise start every later command with SIGTERM blocked."""
+    from click.testing import CliRunner
+
+    from queuectl.cli import main
+    from queuectl.worker import STOP_SIGNALS
+
+    result = CliRunner().invoke(main, ["--spool", spool_path, "worker", "start", "--burst", "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert signal.pthread_sigmask(signal.SIG_BLOCK, []) & set(STOP_SIGNALS) == set()
