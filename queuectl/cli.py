@@ -61,6 +61,14 @@ class QueueGroup(_Command, click.Group):
 
     command_class = _Command
     group_class = type  # subgroups (worker, config, dlq) are QueueGroups too
+    owns_process = False
+
+    def main(self, args: Any = None, *rest: Any, **options: Any) -> Any:
+        # Arguments from sys.argv: this is the program, and the process ends with
+        # the command (`worker start` relies on it). An in-process caller, such as
+        # click's CliRunner, passes its arguments and keeps its process as it was.
+        self.owns_process = args is None
+        return super().main(args, *rest, **options)
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         command = super().get_command(ctx, cmd_name)
@@ -559,11 +567,22 @@ def worker():
 @click.option("--until-empty", is_flag=True,
               help="Exit once every job is finished: pending/ (scheduled jobs included), failed/ (waiting "
                    "retries included) and processing/ hold no job.")
+@click.option("--quiet", "-q", is_flag=True, help="No banner and no line per job on stderr (errors only).")
+@click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True,
+              help="Lines on stderr for people, or one JSON object per line.")
 @click.pass_context
-def worker_start(ctx, count, burst, until_empty):
-    """Run workers in the foreground until stopped (Ctrl-C finishes the running jobs)."""
+def worker_start(ctx, count, burst, until_empty, quiet, log_format):
+    """Run workers in the foreground until stopped.
+
+    Ctrl-C, SIGTERM or SIGHUP finishes the running jobs, a second one (or
+    SIGQUIT) stops them. Prints a banner and one line per job start and end.
+    """
+    from .events import EventLog
     from .supervisor import run_workers
-    raise SystemExit(run_workers(_spool(ctx), count=count, burst=burst, until_empty=until_empty))
+    log = EventLog(log_format, quiet=quiet)
+    then_exit = getattr(ctx.find_root().command, "owns_process", False)
+    raise SystemExit(run_workers(_spool(ctx), count=count, burst=burst, until_empty=until_empty, log=log,
+                                 then_exit=then_exit))
 
 
 @worker.command("stop")

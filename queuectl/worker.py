@@ -5,16 +5,26 @@ due jobs in memory (order.DueIndex). Each time round its loop it reads what
 changed in pending/, failed/ and workers/ (watch.FolderWatch: files landing
 or leaving, stop requests), claims the best due job, runs it and settles
 it. Idle, it sleeps until a change, the next scheduled time, the next
-recovery sweep or the next safety scan: no busy polling. Signals: the
-first SIGTERM/SIGINT finishes the running job and exits 0; a second one
-(or `worker stop --now`) stops the job too, which goes back to pending/
-without using a retry.
+recovery sweep or the next safety scan: no busy polling. Recovery
+(`lifecycle.recover`) runs every `recovery_interval` whatever the worker
+does: between jobs from the loop, during a job from the runner's
+`interruption` call (every 0.5 s, in this same thread; the sweep skips
+the worker's own job because its flock is held through another open file
+description).
+
+Signals: the first SIGTERM, SIGINT or SIGHUP finishes the running job and
+exits 0; a second one, SIGQUIT, or `worker stop --now` stops the job too,
+which goes back to pending/ without using a retry. A worker forked by a
+supervisor also stops as for SIGTERM when the supervisor is gone, however
+it died: it watches the read end of a pipe whose write end only the
+supervisor holds (see supervisor.py).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import select
 import signal
 import time
 from typing import Callable, Iterator
@@ -23,6 +33,7 @@ from filelock import FileLock, Timeout
 
 from . import hooks, lifecycle, registry, retention, runner, schedules
 from .errors import InvalidJob, SpoolError
+from .events import EventLog
 from .fsops import open_nofollow, read_fd
 from .job import MAX_JOB_BYTES, due_time, loads
 from .order import DueIndex
@@ -31,22 +42,44 @@ from .watch import RESCAN, FolderWatch
 
 WATCHED = ("pending", "failed", "workers", "schedules")
 DRAIN_POLL = 0.2  # seconds between looks at processing/ while `--until-empty` waits for jobs there
+# What a terminal or an init system sends to end a process: a graceful stop
+# (finish the running job), except SIGQUIT (Ctrl-\\), which stops it now.
+GRACEFUL_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+STOP_SIGNALS = (*GRACEFUL_SIGNALS, signal.SIGQUIT)
 
 
 @contextlib.contextmanager
 def stop_signals(handler: Callable) -> Iterator[None]:
-    """SIGTERM and SIGINT go to `handler` inside the block, and to whatever took them before after it:
-    `queuectl demo` runs workers several times in one process."""
-    previous = {signum: signal.signal(signum, handler) for signum in (signal.SIGTERM, signal.SIGINT)}
+    """STOP_SIGNALS go to `handler` inside the block, and to whatever took them before after it:
+    `queuectl demo` runs workers several times in one process.
+
+    They are unblocked inside: a supervisor forks its children with them
+    blocked, so one sent while a child starts waits for its handler instead
+    of killing it. On the way out they are blocked, one that arrived
+    meanwhile is dropped (it asked the block's owner to stop, which it is
+    doing), the handlers are put back, then the mask is restored (a child
+    exits with them blocked).
+    """
+    previous = {signum: signal.signal(signum, handler) for signum in STOP_SIGNALS}
+    mask = signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
     try:
         yield
     finally:
+        signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+        while signal.sigtimedwait(STOP_SIGNALS, 0) is not None:
+            pass
         for signum, handler_before in previous.items():
             signal.signal(signum, handler_before)
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
 
 
 class Worker:
-    def __init__(self, spool: Spool, *, burst: bool = False, until_empty: bool = False, name: str | None = None):
+    """One worker; `log` None is quiet; `supervisor_fd` is the read end of the supervisor's pipe, if any;
+    `announce` is called once the worker holds its lock and its record is written."""
+
+    def __init__(self, spool: Spool, *, burst: bool = False, until_empty: bool = False, name: str | None = None,
+                 log: EventLog | None = None, supervisor_fd: int | None = None,
+                 announce: Callable[[], None] | None = None):
         self.spool = spool
         # burst: exit once no job is due now. until_empty: exit once pending/,
         # failed/ and processing/ hold no job (scheduled jobs and waiting retries
@@ -54,7 +87,11 @@ class Worker:
         self.burst = burst or until_empty
         self.until_empty = until_empty
         self.name = name or registry.new_name()
+        self.log = log
+        self.supervisor_fd = supervisor_fd
+        self.announce = announce
         self.started = time.time()
+        self.next_recovery = self.started
         self.index = DueIndex()
         self.watch: FolderWatch | None = None
         self.commit: lifecycle.GroupCommit | None = None
@@ -72,26 +109,37 @@ class Worker:
             lock.acquire(timeout=0)
         except Timeout:
             raise SpoolError(f"worker name {self.name} is taken by a live worker") from None
-        try:
-            self.watch = FolderWatch({folder: self.spool.dir(folder) for folder in WATCHED})
-            self.commit = lifecycle.GroupCommit(self.spool)
-            with stop_signals(self._on_signal):
+        # Taken until the clean-up is done: a stop signal that arrives while the
+        # worker leaves is one more request to stop, not a crash or a KeyboardInterrupt.
+        with stop_signals(self._on_signal):
+            try:
+                self.watch = FolderWatch({folder: self.spool.dir(folder) for folder in WATCHED})
+                # The commit's thread starts with the stop signals blocked and keeps them so:
+                # they reach this thread, which runs the handler and wakes its own select.
+                mask = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+                try:
+                    self.commit = lifecycle.GroupCommit(self.spool)
+                finally:
+                    signal.pthread_sigmask(signal.SIG_SETMASK, mask)
                 self._write_record()
-                lifecycle.recover(self.spool)
+                if self.announce is not None:
+                    self.announce()
+                self._recover_if_due(time.time())
                 self._scan()
                 self._loop()
                 self._close_commit()
-        except OSError as exc:
-            # A full or read-only disk: stop, in one line. A job this worker held is
-            # in processing/ unlocked, so the next worker's recovery moves it on.
-            raise SpoolError(f"worker {self.name} stopped: cannot write to the spool {self.spool.root}: "
-                             f"{exc.strerror or exc}") from None
-        finally:
-            self._close_commit()
-            if self.watch is not None:
-                self.watch.close()
-            registry.remove_record(self.spool, self.name)
-            lock.release()
+            except OSError as exc:
+                # A full or read-only disk: stop, in one line. A job this worker held is
+                # in processing/ unlocked, so the next worker's recovery moves it on.
+                raise SpoolError(f"worker {self.name} stopped: cannot write to the spool {self.spool.root}: "
+                                 f"{exc.strerror or exc}") from None
+            finally:
+                self._close_commit()
+                watch, self.watch = self.watch, None  # the handler no longer wakes it
+                if watch is not None:
+                    watch.close()
+                registry.remove_record(self.spool, self.name)
+                lock.release()
         return 0
 
     def _close_commit(self) -> None:
@@ -101,10 +149,36 @@ class Worker:
             commit.close()
 
     def _on_signal(self, signum, frame) -> None:
-        if self.stopping:
-            self.stop_now = True
+        now = self.stopping or signum == signal.SIGQUIT
+        if self.log is not None and not self.stop_now:
+            what = "stopping the running job" if now else "finishing the running job"
+            self.log.stopping(self.name, f"{signal.Signals(signum).name}: {what}, then exiting")
+        self.stop_now = self.stop_now or now
         self.stopping = True
-        self.watch.wake()
+        if self.watch is not None:
+            self.watch.wake()
+
+    def _check_supervisor(self) -> None:
+        """Stop as for SIGTERM once the supervisor is gone: its pipe then reads as end-of-file."""
+        if self.supervisor_fd is None or not select.select([self.supervisor_fd], [], [], 0)[0]:
+            return
+        self.supervisor_fd = None  # noticed once; the worker is on its way out
+        self.stopping = True
+        if self.log is not None:
+            self.log.stopping(self.name, "the supervisor is gone: finishing the running job, then exiting")
+
+    def _recover_if_due(self, now: float) -> None:
+        if now >= self.next_recovery:
+            lifecycle.recover(self.spool)
+            self.pruner.sweep(now)  # a bounded batch (retention.py)
+            self.next_recovery = time.time() + self.spool.config["recovery_interval"]
+            self.next_schedule = min(self.next_schedule, now)  # schedules changed on other hosts
+
+    def _schedules_if_due(self, now: float) -> None:
+        """Enqueue the schedules' due slots (schedules.py); also asked during a run, like recovery."""
+        if now >= self.next_schedule:
+            upcoming = schedules.sweep(self.spool, self.name, now)
+            self.next_schedule = upcoming if upcoming is not None else float("inf")
 
     def check_stop_request(self) -> None:
         """Obey `worker stop` requests made after this worker started."""
@@ -121,21 +195,15 @@ class Worker:
     # -- the loop ------------------------------------------------------------
 
     def _loop(self) -> None:
-        settings = self.spool.config
-        now = time.time()
-        next_recovery = now + settings["recovery_interval"]
-        next_scan = now + settings["scan_interval"]
-        while not self.stopping:
+        next_scan = time.time() + self.spool.config["scan_interval"]
+        while True:
+            self._check_supervisor()
+            if self.stopping:
+                return
             self._apply_events()
             now = time.time()
-            if now >= next_recovery:
-                lifecycle.recover(self.spool)
-                self.pruner.sweep(now)  # a bounded batch (retention.py)
-                next_recovery = now + self.spool.config["recovery_interval"]
-                self.next_schedule = min(self.next_schedule, now)  # schedules changed on other hosts
-            if now >= self.next_schedule:
-                upcoming = schedules.sweep(self.spool, self.name, now)
-                self.next_schedule = upcoming if upcoming is not None else float("inf")
+            self._recover_if_due(now)
+            self._schedules_if_due(now)
             if now >= next_scan:
                 self.check_stop_request()
                 self._scan()
@@ -155,10 +223,10 @@ class Worker:
                     return
             # A job leaving processing/ for completed/ or dead/ wakes nobody: look again soon.
             drain_poll = time.time() + DRAIN_POLL if running else None
-            wake_at = min(t for t in (next_recovery, next_scan, self.index.next_due(), drain_poll,
+            wake_at = min(t for t in (self.next_recovery, next_scan, self.index.next_due(), drain_poll,
                                       self.next_schedule, min(self.rechecks.values(), default=None))
                           if t is not None)
-            self.watch.wait(wake_at - time.time())
+            self.watch.wait(wake_at - time.time(), also=() if self.supervisor_fd is None else (self.supervisor_fd,))
 
     def _apply_events(self) -> bool:
         """Bring the index and the stop flags up to date with what changed; False if nothing did."""
@@ -242,6 +310,9 @@ class Worker:
         settings = self.spool.config
         timeout = job.get("timeout")
         timeout = (timeout if timeout is not None else settings["timeout"]) or None
+        attempt = job["attempts"]
+        if self.log is not None:
+            self.log.job_started(self.name, job)
         try:
             outcome = runner.run(
                 job, log_path=self.spool.log_path(job["id"]), worker=self.name, spool_root=self.spool.root,
@@ -252,6 +323,10 @@ class Worker:
             held.release()
             raise
         state = lifecycle.settle(self.spool, held, outcome, timeout, self.commit)  # owns `held` from here
+        if self.log is not None:
+            # Now, not when the commit's thread has moved it: a worker's lines stay in
+            # order (this job's end before the next one's start).
+            self.log.job_ended(self.name, job, attempt, outcome, state)
         # An outcome with a completion hook is settled at once and stays locked (lifecycle.settle);
         # any other is the commit thread's now, and `held` is not looked at again.
         if hooks.planned(held.job, state) and held.fd >= 0:
@@ -266,6 +341,10 @@ class Worker:
 
     def _interruption(self, job_id: str):
         def ask() -> str | None:
+            # The loop's duties that cannot wait for the job to end.
+            self._check_supervisor()
+            self._recover_if_due(time.time())
+            self._schedules_if_due(time.time())
             self._apply_events()  # a `worker stop --now` arrives as a change in workers/
             if self.stop_now:
                 return "stop"
