@@ -3,6 +3,13 @@
     pending --claim--> processing --settle--> completed | failed | dead
     failed  --claim--> processing             (when next_run_at is due)
     pending (dropped-in file) --adopt--> pending/<id>.json, or dead/ when invalid
+    pending --dependency_died--> dead       (a job named in its `after` is dead or gone)
+
+A job of a group with a limit holds a slot (workflow.take_slot) from just
+before its claim until its run ends; recovery frees a dead worker's slot
+before moving its job on. A unique key is released while its job is still
+in a live folder, just before the move to completed/ or dead/
+(workflow.release_key), so nobody can take the key over in between.
 
 Every transition owns the file's flock first (`Spool.lock`). Claims move
 first and rewrite after; settles rewrite first and move after. So a crash
@@ -19,7 +26,7 @@ import os
 import stat
 import time
 
-from . import fsops, registry
+from . import fsops, registry, workflow
 from .errors import InvalidJob
 from .job import STATES, build, due_time, dumps, is_valid_id, iso, new_id, parse_time, retry_delay
 from .runner import Outcome, describe, kill_leftovers
@@ -92,6 +99,8 @@ def settle(spool: Spool, held: LockedJob, outcome: Outcome, timeout: float | Non
 
 def _move_on(spool: Spool, held: LockedJob, state: str) -> str:
     """Move the job to `state`; if another job has its id there, that one stays and this one is dead-lettered."""
+    if state in ("completed", "dead"):
+        workflow.release_key(spool, held.job)
     try:
         held.move(state)
     except FileExistsError:
@@ -257,6 +266,31 @@ def finish_cut_move(spool: Spool, held: LockedJob) -> bool:
     return False
 
 
+def dependency_died(spool: Spool, name: str, dep: str, dep_state: str | None) -> bool:
+    """A pending job waiting for `dep`, which is dead (or in no folder), goes to dead/ naming it.
+
+    The dependency's state is judged again under the job's lock, so a
+    `dlq retry` of the dependency just before leaves the job waiting.
+    False when the job is not (or no longer) to be moved.
+    """
+    held = spool.lock("pending", name)
+    if held is None:
+        return False
+    with held:
+        job = held.job
+        if not isinstance(job, dict) or dep not in (job.get("after") or []):
+            return False
+        dep_state = spool.find(dep)
+        if dep_state not in ("dead", None):
+            return False
+        reason = (f"dependency {dep} is dead" if dep_state == "dead"
+                  else f"dependency {dep} does not exist (never enqueued, or purged)")
+        job.update(state="dead", last_error=reason, next_run_at=None)
+        held.save(moving_on=True)
+        _move_on(spool, held, "dead")
+        return True
+
+
 def recover(spool: Spool) -> list[tuple[str, str]]:
     """Settle every job in processing/ whose owner is dead, and clear its leftovers; returns (id, new state) pairs."""
     recovered = []
@@ -270,6 +304,7 @@ def recover(spool: Spool) -> list[tuple[str, str]]:
             continue
         with held:
             recovered.append((name.removesuffix(SUFFIX), _recover_one(spool, held)))
+    workflow.free_orphan_slots(spool)  # a worker killed between taking a slot and claiming its job
     for record in registry.dead_records(spool):
         registry.remove_record(spool, record["name"])
     fsops.remove_dead_spares(spool.dir("tmp"))  # a killed worker's replaced versions of jobs
@@ -283,6 +318,7 @@ def _recover_one(spool: Spool, held: LockedJob) -> str:
         return "dead"
     target = job.get("state")
     if target in ("pending", "failed", "completed", "dead"):
+        workflow.free_job_slots(spool, job)  # no command runs: cut before the run, or after it
         return _move_on(spool, held, target)  # an interrupted claim or settle, finished
     try:
         job = build(job, spool.config, state="processing")
@@ -290,6 +326,7 @@ def _recover_one(spool: Spool, held: LockedJob) -> str:
         dead_letter(spool, held, str(exc))
         return "dead"
     kill_leftovers(job["id"], spool.root)  # the dead worker's command may still run
+    workflow.free_job_slots(spool, job, leftovers=True)
     now = time.time()
     started = job.get("started_at")
     outcome = Outcome(started=now, finished=now, error=f"worker {job.get('worker')} died during the run")

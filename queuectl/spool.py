@@ -227,16 +227,22 @@ class Spool:
 
     # -- enqueue -------------------------------------------------------------
 
-    def enqueue(self, job: dict | str, **options: Any) -> dict:
-        """Enqueue one job from a dict of fields or a command string; returns the stored job."""
-        return self.enqueue_many([prepare_fields(job, **options)])[0]
+    def enqueue(self, job: dict | str, *, if_absent: bool = False, **options: Any) -> dict:
+        """Enqueue one job from a dict of fields or a command string; returns the stored job.
 
-    def enqueue_many(self, jobs: Iterable[dict]) -> list[dict]:
+        With `if_absent`, a job whose unique key a live job holds is not
+        enqueued, and that job is returned instead.
+        """
+        return self.enqueue_many([prepare_fields(job, **options)], if_absent=if_absent)[0]
+
+    def enqueue_many(self, jobs: Iterable[dict], *, if_absent: bool = False) -> list[dict]:
         """Validate every job, then publish them in order; the folder is fsynced once at the end.
 
-        An invalid job, or an id already taken, stops the batch before any job
-        is published. Only a rival process taking an id in the meantime stops
-        it midway (the jobs before that one are enqueued).
+        An invalid job, an id already taken or an `after` naming no job stops
+        the batch before any job is published. Only a rival process taking an
+        id, or a live job holding a `unique_key`, stops it midway (the jobs
+        before that one are enqueued); with `if_absent` the holder of the key
+        takes the place of the job in the returned list instead.
         """
         settings = self.config
         durable = settings["durable"]
@@ -245,10 +251,16 @@ class Spool:
         pending_dir, tmp_dir = self.dir("pending"), self.dir("tmp")
         try:
             for job, data in batch:
+                if job.get("unique_key") is not None:
+                    existing = self._publish_unique(job, data, durable, if_absent)
+                    published.append(existing or job)
+                    continue
                 fsops.publish(tmp_dir, os.path.join(pending_dir, job["id"] + SUFFIX), data, durable=durable)
                 published.append(job)
         except FileExistsError:
             raise DuplicateJob(f"a job with id {job['id']!r} already exists{_enqueued_before(published)}") from None
+        except DuplicateJob as exc:  # a unique key held by a live job
+            raise DuplicateJob(f"{exc}{_enqueued_before(published)}") from None
         except OSError as exc:
             raise SpoolError(f"cannot enqueue into {self.root}: {exc.strerror or exc}"
                              f"{_enqueued_before(published)}") from None
@@ -256,6 +268,27 @@ class Spool:
             if durable and published:
                 fsops.fsync_dir(pending_dir)
         return published
+
+    def _publish_unique(self, job: dict, data: bytes, durable: bool, if_absent: bool) -> dict | None:
+        """Take the job's key, then publish it (README.md, "Unique keys"); the holder's job when `if_absent`."""
+        from . import workflow
+        try:
+            created = workflow.take_key(self, job["unique_key"], job["id"])
+        except workflow.KeyTaken as exc:
+            if not if_absent:
+                raise
+            try:
+                return self.get(exc.holder)
+            except JobNotFound:
+                return {"id": exc.holder}
+        try:
+            fsops.publish(self.dir("tmp"), os.path.join(self.dir("pending"), job["id"] + SUFFIX), data,
+                          durable=durable)
+        except BaseException:
+            if created:
+                workflow.release_key(self, job)
+            raise
+        return None
 
     def _validate_batch(self, jobs: Iterable[dict], settings: dict) -> list[tuple[dict, bytes]]:
         """Each job built and serialized, or the error of the first one that cannot be enqueued."""
@@ -270,6 +303,9 @@ class Spool:
             # pid, so only ids the caller chose can already be taken.
             if fields.get("id") is not None:
                 self._refuse_duplicate(job_id)
+            if job.get("after"):
+                from .workflow import check_dependencies_exist
+                check_dependencies_exist(self, job["after"], ids)
             data = dumps(job)
             if len(data) > MAX_JOB_BYTES:
                 raise InvalidJob(f"job {job_id!r} is {len(data)} bytes as JSON, over the 1 MiB limit")
@@ -519,7 +555,8 @@ def check_state(state: str) -> str:
 def prepare_fields(job: dict | str, *, run_at: Any = None, delay: float | None = None,
                    priority: int | None = None, timeout: float | None = None,
                    max_retries: int | None = None, id: str | None = None,
-                   command: str | None = None) -> dict:
+                   command: str | None = None, after: list[str] | None = None,
+                   group: str | None = None, unique: str | None = None) -> dict:
     """Merge a job (dict or command string) with enqueue options; options win."""
     if isinstance(job, str):
         fields: dict = {"command": job}
@@ -537,6 +574,12 @@ def prepare_fields(job: dict | str, *, run_at: Any = None, delay: float | None =
         fields["timeout"] = timeout
     if max_retries is not None:
         fields["max_retries"] = max_retries
+    if after:
+        fields["after"] = list(after)
+    if group is not None:
+        fields["group"] = group
+    if unique is not None:
+        fields["unique_key"] = unique
     if delay is not None:
         if delay < 0:
             raise InvalidJob("delay must be >= 0 seconds")

@@ -21,7 +21,7 @@ from typing import Callable, Iterator
 
 from filelock import FileLock, Timeout
 
-from . import lifecycle, registry, runner
+from . import lifecycle, registry, runner, workflow
 from .errors import InvalidJob, SpoolError
 from .fsops import Spare, read_fd
 from .job import MAX_JOB_BYTES, due_time, loads
@@ -29,7 +29,9 @@ from .order import DueIndex
 from .spool import SUFFIX, Spool
 from .watch import RESCAN, FolderWatch
 
-WATCHED = ("pending", "failed", "workers")
+# completed/ and dead/ wake jobs waiting for a dependency; groups/ and the spool's
+# top (its `paused` file) bring limits and pauses (workflow.Gate).
+WATCHED = ("pending", "failed", "workers", "completed", "dead")
 
 
 @contextlib.contextmanager
@@ -55,6 +57,7 @@ class Worker:
         self.stopping = False
         self.stop_now = False
         self.rechecks: dict[str, float] = {}  # dropped-in files that may still be being written
+        self.gate = workflow.Gate(spool, self._readd)  # dependencies, groups, pauses
 
     # -- life ----------------------------------------------------------------
 
@@ -65,7 +68,9 @@ class Worker:
         except Timeout:
             raise SpoolError(f"worker name {self.name} is taken by a live worker") from None
         try:
-            self.watch = FolderWatch({folder: self.spool.dir(folder) for folder in WATCHED})
+            folders = {folder: self.spool.dir(folder) for folder in WATCHED}
+            folders.update(groups=workflow.groups_dir(self.spool), spool=self.spool.root)
+            self.watch = FolderWatch(folders)
             with stop_signals(self._on_signal):
                 self._write_record()
                 visible_in = tuple(self.spool.dir(folder) for folder in ("pending", "failed", "processing"))
@@ -124,14 +129,17 @@ class Worker:
                 self._scan()
                 next_scan = now + self.spool.config["scan_interval"]
             self._recheck_dropins(now)
-            due = self.index.pop_due(now)
+            self.gate.unpark(now)
+            # A paused spool starts nothing: one stat, just before the claim.
+            due = None if self.gate.spool_paused() else self.index.pop_due(now)
             if due is not None:
                 self._process(*due)
                 continue
             if self.burst and not self.rechecks and not self._apply_events():
                 return
             wake_at = min(t for t in (next_recovery, next_scan, self.index.next_due(),
-                                      min(self.rechecks.values(), default=None)) if t is not None)
+                                      min(self.rechecks.values(), default=None), self.gate.next_wake(now))
+                          if t is not None)
             self.watch.wait(wake_at - time.time())
 
     def _apply_events(self) -> bool:
@@ -143,15 +151,19 @@ class Worker:
             elif folder == "workers":
                 if name == registry.STOP_FILE and kind != "gone":
                     self.check_stop_request()
+            elif folder not in ("pending", "failed"):
+                self.gate.changed(kind, folder, name)
             elif kind == "gone":
                 # A name can leave and come back (a stopped job returns to pending/)
                 # within one batch of changes: the folder decides. (A job this worker
                 # claimed has left the index already: no need to look.)
-                known = name in self.index or name in self.rechecks
+                known = name in self.index or name in self.rechecks or name in self.gate
                 if known and not os.path.lexists(os.path.join(self.spool.dir(folder), name)):
                     self.index.discard(name, folder)
                     self.rechecks.pop(name, None)
+                    self.gate.forget(name)
             else:
+                self.gate.changed(kind, folder, name)
                 self._consider(folder, name, complete=kind != "created")
         return bool(changes)
 
@@ -163,12 +175,16 @@ class Worker:
         """
         listings = {folder: os.listdir(self.spool.dir(folder)) for folder in ("pending", "failed")}
         # Forget vanished files first: a drop-in adopted below gets a name the listing does not have.
-        for name in self.index.names() - set().union(*listings.values()):
+        listed = set().union(*listings.values())
+        for name in self.index.names() - listed:
             self.index.discard(name)
+        for name in self.gate.names() - listed:
+            self.gate.forget(name)
         for folder, names in listings.items():
             for name in names:
-                if name not in self.index:
+                if name not in self.index and name not in self.gate:
                     self._consider(folder, name, complete=False)
+        self.gate.recheck()
 
     def _consider(self, folder: str, name: str, *, complete: bool) -> None:
         """Index a job file, or hand a dropped-in file to adoption."""
@@ -183,8 +199,12 @@ class Worker:
                 priority = int(job.get("priority") or 0)
             except (TypeError, ValueError):
                 priority = 0
-            self.index.add(folder, name, priority, due_time(job), time.time())
             self.rechecks.pop(name, None)
+            due = due_time(job)
+            if self.gate.hold(folder, name, job, priority, due):
+                self.index.discard(name)  # waits for a dependency, or went to dead/
+                return
+            self.index.add(folder, name, priority, due, time.time())
             return
         if folder != "pending":
             return  # only pending/ takes drop-ins; doctor reports strays elsewhere
@@ -203,10 +223,18 @@ class Worker:
 
     # -- one job -------------------------------------------------------------
 
+    def _readd(self, folder: str, name: str, priority: int, due: float) -> None:
+        """A job the gate held back may start now (its dependencies completed, its group has room)."""
+        self.index.add(folder, name, priority, due, time.time())
+
     def _process(self, state: str, name: str) -> None:
+        slot = self.gate.admit(state, name, self.name)
+        if slot is None:
+            return  # its group is full or paused: parked until a slot frees
         now = time.time()
         held = lifecycle.claim(self.spool, state, name, self.name, now)
         if held is None:
+            slot.release()
             self._consider(state, name, complete=True)  # not due after all (re-read its time), or gone
             return
         job = held.job
@@ -218,8 +246,10 @@ class Worker:
                 job, log_path=self.spool.log_path(job["id"]), worker=self.name, spool_root=self.spool.root,
                 timeout=timeout, kill_grace=settings["kill_grace"], pass_env=settings["pass_env"],
                 tail_lines=settings["log_tail_lines"], interruption=self._interruption(job["id"]))
+            slot.release()  # the command has ended: the group may start another
             lifecycle.settle(self.spool, held, outcome, timeout)
         finally:
+            slot.release()
             held.release()
         registry.clear_cancel(self.spool, job["id"])
 

@@ -1,0 +1,711 @@
+"""Workflows: dependencies (`after`), groups with a concurrency limit, pause and resume, unique keys.
+
+Promises, across every process and every host that shares the spool:
+- a group with a limit of N never has more than N jobs holding a slot, and a
+  job of a group runs only while it holds one; a slot is one symlink
+  `groups/NAME/slot-K` created with symlink() (EEXIST decides who gets it),
+  whose text names the job and the worker;
+- while a job with a unique key is pending, processing or failed, no other job
+  can take the key: the key is one symlink `unique/<sha256(key)>` naming the
+  job, created before the job is published;
+- a paused spool (a file `paused` at its top) or group (`groups/NAME.paused`)
+  starts nothing new; a claim looks for the file right before it claims;
+- a job whose `after` names a job that is not completed is not started; its
+  dependency dying sends it to dead/ (lifecycle.dependency_died).
+Every state is a file or a symlink that `ls -l` shows and a person may create
+or delete by hand (README.md, "The spool"). Only symlink(), link-free unlink
+and rename are used: no flock, no inotify and no renameat2 flag is needed
+for correctness, so it holds on network file systems. A worker's own view
+(`Gate`) keeps waiting and parked jobs in memory so a claim never rescans
+completed/.
+Fails with QueueError subclasses carrying one line a person can act on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import heapq
+import json
+import os
+import re
+import time
+from typing import Any, Callable, Iterator
+
+from . import registry
+from .errors import DuplicateJob, InvalidJob, JobNotFound, QueueError, SpoolError
+from .job import is_valid_id, iso
+
+PAUSE_FILE = "paused"
+GROUPS = "groups"
+UNIQUE = "unique"
+GROUP_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
+MAX_KEY = 256
+MAX_AFTER = 1000
+LIVE = ("pending", "processing", "failed")
+# A key whose job is in no folder may belong to an enqueue that has taken the
+# key and not yet published the job; only after this long is it a crash's leftover.
+KEY_GRACE = 60.0
+# Held for milliseconds by whoever takes over a stale key; one older than this
+# was left by a crash, and only `doctor --repair` removes it (two processes
+# breaking one lock at once could both believe they hold it).
+LOCK_GRACE = 60.0
+# How often a worker looks again at jobs parked behind a full or paused group,
+# or at a paused spool, when no change in a watched folder woke it first
+# (another host's changes raise no inotify event here).
+PARK_POLL = 1.0
+
+
+class KeyTaken(DuplicateJob):
+    """The unique key is held by a live job: `holder` is its id."""
+
+    def __init__(self, message: str, holder: str):
+        super().__init__(message)
+        self.holder = holder
+
+
+# -- validation (job.build calls these) ---------------------------------------
+
+def check_group(name: Any) -> str:
+    if not isinstance(name, str) or not GROUP_PATTERN.fullmatch(name):
+        raise InvalidJob(f"invalid group {str(name)[:40]!r}: use 1-64 characters of A-Z a-z 0-9 _ -")
+    return name
+
+
+def check_fields(job: dict) -> None:
+    """`after`, `group` and `unique_key` of a job, as job.build() stores them (missing ones stay missing)."""
+    after = job.get("after")
+    if after is not None:
+        if isinstance(after, str):
+            after = job["after"] = [after]
+        if not isinstance(after, list) or not all(is_valid_id(dep) for dep in after):
+            raise InvalidJob("after must be a list of job ids")
+        if len(after) > MAX_AFTER:
+            raise InvalidJob(f"after names {len(after)} jobs, over the limit of {MAX_AFTER}")
+        if job.get("id") in after:
+            raise InvalidJob("a job cannot wait for itself (after names its own id)")
+        job["after"] = list(dict.fromkeys(after))
+    if job.get("group") is not None:
+        check_group(job["group"])
+    key = job.get("unique_key")
+    if key is not None and (not isinstance(key, str) or not key or len(key) > MAX_KEY or "\0" in key):
+        raise InvalidJob(f"unique_key must be a non-empty string of at most {MAX_KEY} characters")
+
+
+# -- small file helpers ----------------------------------------------------------
+
+def _folder(spool, name: str) -> str:
+    path = os.path.join(spool.root, name)
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        pass
+    return path
+
+
+def _readlink(path: str) -> str | None:
+    try:
+        return os.readlink(path)
+    except (FileNotFoundError, OSError):
+        return None
+
+
+def _unlink(path: str) -> bool:
+    try:
+        os.unlink(path)
+        return True
+    except FileNotFoundError:
+        return False
+
+
+def _fsync_dir(spool, path: str) -> None:
+    if spool.durable:
+        from .fsops import fsync_dir
+        fsync_dir(path)
+
+
+# -- pause -----------------------------------------------------------------------
+
+def pause_path(spool, group: str | None = None) -> str:
+    if group is None:
+        return os.path.join(spool.root, PAUSE_FILE)
+    return os.path.join(spool.root, GROUPS, check_group(group) + ".paused")
+
+
+def is_paused(spool, group: str | None = None) -> bool:
+    """One stat: whether the spool (or the group) is paused."""
+    return os.path.lexists(pause_path(spool, group))
+
+
+def pause(spool, group: str | None = None) -> bool:
+    """Create the pause file; False when it was there already."""
+    if group is not None:
+        _folder(spool, GROUPS)
+    path = pause_path(spool, group)
+    if os.path.lexists(path):
+        return False
+    record = {"paused_at": iso(time.time()), "by": f"{os.environ.get('USER', '?')}@{os.uname().nodename}"}
+    from .fsops import publish
+    try:
+        publish(spool.dir("tmp"), path, json.dumps(record).encode() + b"\n", durable=spool.durable)
+    except FileExistsError:
+        return False
+    return True
+
+
+def resume(spool, group: str | None = None) -> bool:
+    """Remove the pause file; False when it was not there."""
+    return _unlink(pause_path(spool, group))
+
+
+def paused_groups(spool) -> list[str]:
+    return sorted(name.removesuffix(".paused") for name in _listdir(os.path.join(spool.root, GROUPS))
+                  if name.endswith(".paused") and GROUP_PATTERN.fullmatch(name.removesuffix(".paused")))
+
+
+def _listdir(path: str) -> list[str]:
+    try:
+        return os.listdir(path)
+    except FileNotFoundError:
+        return []
+
+
+# -- groups ----------------------------------------------------------------------
+
+def limit_path(spool, group: str) -> str:
+    return os.path.join(spool.root, GROUPS, check_group(group) + ".json")
+
+
+def set_limit(spool, group: str, limit: int | None) -> None:
+    """Write groups/NAME.json ({"limit": N}); None removes it (no limit)."""
+    _folder(spool, GROUPS)
+    path = limit_path(spool, group)
+    if limit is None:
+        _unlink(path)
+        return
+    if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
+        raise InvalidJob("a group's limit is an integer >= 1")
+    from .fsops import publish
+    publish(spool.dir("tmp"), path, json.dumps({"limit": limit}).encode() + b"\n",
+            durable=spool.durable, replace=True)
+
+
+def read_limit(spool, group: str) -> int | None:
+    """The group's limit; None when it has none (or its file is not valid: said by `group list`)."""
+    try:
+        with open(limit_path(spool, group), encoding="utf-8") as handle:
+            limit = json.load(handle).get("limit")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return limit if isinstance(limit, int) and not isinstance(limit, bool) and limit >= 1 else None
+
+
+def groups_dir(spool) -> str:
+    """groups/, created when first needed (a worker watches it)."""
+    return _folder(spool, GROUPS)
+
+
+def slot_dir(spool, group: str) -> str:
+    return os.path.join(spool.root, GROUPS, group)
+
+
+def slot_names(spool, group: str) -> list[str]:
+    return sorted(name for name in _listdir(slot_dir(spool, group)) if name.startswith("slot-"))
+
+
+def _slot_text(job_id: str, worker: str) -> str:
+    # The nonce makes each taking unique, so a sweep can tell the slot it
+    # judged from one taken again under the same name meanwhile.
+    return json.dumps({"job": job_id, "worker": worker, "taken_at": iso(time.time()),
+                       "nonce": os.urandom(4).hex()})
+
+
+def read_slot(path: str) -> dict | None:
+    text = _readlink(path)
+    if text is None:
+        return None
+    try:
+        holder = json.loads(text)
+    except ValueError:
+        return {"text": text}
+    return holder if isinstance(holder, dict) else {"text": text}
+
+
+class Slot:
+    """One slot this process holds (or no slot, for a job without a limited group)."""
+
+    def __init__(self, path: str | None = None, text: str | None = None):
+        self.path, self.text = path, text
+
+    def release(self) -> None:
+        """Free the slot. Nobody else removes a live worker's slot (see `free_orphan_slots`)."""
+        if self.path is not None:
+            _unlink(self.path)
+            self.path = None
+
+
+NO_SLOT = Slot()
+
+
+def take_slot(spool, group: str, limit: int, job_id: str, worker: str) -> Slot | None:
+    """A free slot of the group for this job, or None when all `limit` are held."""
+    folder = slot_dir(spool, group)
+    try:
+        taken = set(os.listdir(folder))
+    except FileNotFoundError:
+        _folder(spool, GROUPS)
+        _folder(spool, os.path.join(GROUPS, group))
+        taken = set()
+    if len([name for name in taken if name.startswith("slot-")]) >= limit:
+        return None
+    text = _slot_text(job_id, worker)
+    for number in range(limit):
+        name = f"slot-{number}"
+        if name in taken:
+            continue
+        path = os.path.join(folder, name)
+        try:
+            os.symlink(text, path)
+            return Slot(path, text)
+        except FileExistsError:
+            if _readlink(path) == text:  # a retried call that had succeeded (network file systems)
+                return Slot(path, text)
+    return None
+
+
+def free_orphan_slots(spool, *, repair: bool = True) -> list[dict[str, Any]]:
+    """Free slots whose worker is dead and whose job is not in processing/ under that worker.
+
+    A dead worker's job still in processing/ is recovery's: `free_job_slots`
+    frees its slot under the job's flock, before the job moves on. Here a
+    slot is renamed aside first and removed only if it is still the one
+    judged (its text carries a nonce), so a slot taken again meanwhile under
+    the same name is put back, not lost.
+    """
+    found = []
+    root = os.path.join(spool.root, GROUPS)
+    for group in _listdir(root):
+        if not GROUP_PATTERN.fullmatch(group) or not os.path.isdir(os.path.join(root, group)):
+            continue
+        for name in slot_names(spool, group):
+            path = os.path.join(root, group, name)
+            text = _readlink(path)
+            holder = read_slot(path)
+            if text is None or holder is None:
+                continue
+            worker, job_id = holder.get("worker"), holder.get("job")
+            if _alive(spool, worker):
+                continue
+            if isinstance(job_id, str) and is_valid_id(job_id) and spool.find(job_id) == "processing":
+                job = spool.read("processing", job_id + ".json")
+                if job is None or job.get("worker") == worker:
+                    continue  # recovery frees it when it moves the job on
+            finding = {"problem": "orphan-slot", "path": os.path.relpath(path, spool.root),
+                       "detail": f"held for job {job_id} by worker {worker}, which is gone", "repaired": False}
+            if repair:
+                finding["repaired"] = _remove_if(spool, path, text)
+            found.append(finding)
+    return found
+
+
+def _remove_if(spool, path: str, text: str) -> bool:
+    """Remove the symlink at `path` if it still reads `text`; put back anything else taken aside."""
+    aside = os.path.join(spool.dir("tmp"), f".freeing.{os.getpid()}.{os.urandom(4).hex()}.tmp")
+    try:
+        os.rename(path, aside)
+    except FileNotFoundError:
+        return False
+    if _readlink(aside) == text:
+        _unlink(aside)
+        return True
+    try:
+        os.link(aside, path, follow_symlinks=False)  # not ours to free: put it back
+    except FileExistsError:
+        pass  # taken again in this instant: the holder of `aside` releases nothing, its job ends anyway
+    _unlink(aside)
+    return False
+
+
+def free_job_slots(spool, job: dict, *, leftovers: bool = False) -> None:
+    """Free the slots a dead worker held for this job (called by recovery, under the job's flock).
+
+    With `leftovers` the dead worker's command was just sent SIGKILL: the
+    slot frees only once none of its processes is left (a signal is
+    delivered later than kill() returns), so the group never runs N + 1.
+    """
+    group = job.get("group")
+    if not isinstance(group, str) or not GROUP_PATTERN.fullmatch(group):
+        return
+    mine = []
+    for name in slot_names(spool, group):
+        path = os.path.join(slot_dir(spool, group), name)
+        holder = read_slot(path)
+        if holder and holder.get("job") == job.get("id") and not _alive(spool, holder.get("worker")):
+            mine.append(path)
+    if mine and leftovers:
+        from .runner import kill_leftovers
+        deadline = time.monotonic() + 10.0
+        while kill_leftovers(job["id"], spool.root) and time.monotonic() < deadline:
+            time.sleep(0.01)
+    for path in mine:
+        _unlink(path)
+
+
+def _alive(spool, worker: Any) -> bool:
+    """registry.is_alive, for a name read from a slot (checked first: it becomes a path)."""
+    return is_valid_id(worker) and registry.is_alive(spool, worker)
+
+
+def groups(spool) -> list[dict[str, Any]]:
+    """Every group with a limit, a pause or slots: name, limit, running (jobs in processing/), slots, paused."""
+    root = os.path.join(spool.root, GROUPS)
+    names = set()
+    for entry in _listdir(root):
+        stem = entry.removesuffix(".json").removesuffix(".paused")
+        if GROUP_PATTERN.fullmatch(stem):
+            names.add(stem)
+    running: dict[str, int] = {}
+    for name in spool.names("processing"):
+        job = spool.read("processing", name)
+        if job and isinstance(job.get("group"), str):
+            running[job["group"]] = running.get(job["group"], 0) + 1
+    names.update(running)
+    return [{"name": name, "limit": read_limit(spool, name), "running": running.get(name, 0),
+             "slots": len(slot_names(spool, name)), "paused": is_paused(spool, name)}
+            for name in sorted(names)]
+
+
+# -- unique keys -------------------------------------------------------------------
+
+def key_path(spool, key: str) -> str:
+    return os.path.join(spool.root, UNIQUE, hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest())
+
+
+def _holder_state(spool, holder: str) -> str | None:
+    return spool.find(holder) if is_valid_id(holder) else None
+
+
+def _stale(spool, path: str, holder: str) -> bool:
+    """The key's job is over (completed, dead) or never appeared within KEY_GRACE."""
+    state = _holder_state(spool, holder)
+    if state in LIVE:
+        return False
+    if state is not None:
+        return True
+    try:
+        return time.time() - os.lstat(path).st_mtime > KEY_GRACE
+    except FileNotFoundError:
+        return True
+
+
+def take_key(spool, key: str, job_id: str, *, locked: bool = False) -> bool:
+    """Hold `key` for `job_id`; True when this call created the key, False when it named the job already.
+
+    Raises KeyTaken naming the live job that holds it. symlink() is the
+    arbiter: of processes creating the key at once exactly one succeeds. A
+    stale key (its job finished, or never published) is removed only under
+    `<hash>.lock` (created the same way) after judging it again there, so two
+    processes that both judged it stale cannot both replace it; `locked`
+    says the caller holds that lock already (key_held_for).
+    """
+    folder = _folder(spool, UNIQUE)
+    path = key_path(spool, key)
+    for _ in range(50):
+        try:
+            os.symlink(job_id, path)
+            _fsync_dir(spool, folder)
+            return True
+        except FileExistsError:
+            pass
+        holder = _readlink(path)
+        if holder is None:
+            continue  # freed meanwhile: try again
+        if holder == job_id:
+            return False  # ours (a retried call that had succeeded, or a job re-taking its own key)
+        if not _stale(spool, path, holder):
+            raise KeyTaken(f"unique key {key!r} is held by job {holder} ({_holder_state(spool, holder)})", holder)
+        if locked:
+            _unlink(path)  # judged under the lock: nobody else removes a stale key now
+            continue
+        with _takeover_lock(path):
+            if _readlink(path) == holder and _stale(spool, path, holder):
+                _unlink(path)
+        # Loop: the create decides, also against a plain enqueue that saw the key free.
+    raise SpoolError(f"unique key {key!r} keeps changing hands; try again")
+
+
+@contextlib.contextmanager
+def key_held_for(spool, job: dict) -> Iterator[None]:
+    """Inside the block the job holds its unique key (if it has one) and no take-over runs.
+
+    For a dead job coming back (`dlq retry`): it looks stale to others until
+    it is in pending/, so the key is taken and the job moved under the
+    take-over lock. KeyTaken when a live job holds the key.
+    """
+    key = job.get("unique_key")
+    if not isinstance(key, str) or not key:
+        yield
+        return
+    _folder(spool, UNIQUE)
+    with _takeover_lock(key_path(spool, key)):
+        take_key(spool, key, job["id"], locked=True)
+        yield
+
+
+class _takeover_lock:
+    def __init__(self, path: str):
+        self.lock = path + ".lock"
+
+    def __enter__(self) -> None:
+        deadline = time.monotonic() + 5.0
+        while True:
+            try:
+                os.symlink(f"{os.uname().nodename}:{os.getpid()}", self.lock)
+                return
+            except FileExistsError:
+                pass
+            if time.monotonic() > deadline:
+                raise SpoolError(f"the unique key {os.path.basename(self.lock)} is being taken over "
+                                 f"(if no enqueue runs, 'queuectl doctor --repair' removes the stale lock)")
+            time.sleep(0.01)
+
+    def __exit__(self, *exc: Any) -> None:
+        _unlink(self.lock)
+
+
+def release_key(spool, job: Any) -> None:
+    """Free the job's unique key, if the key names this job.
+
+    Called while the job is still in a live folder and locked (before a
+    move to completed/ or dead/): nobody takes over a live job's key, so the
+    key read here cannot change before it is removed.
+    """
+    if not isinstance(job, dict) or not isinstance(job.get("unique_key"), str) or not job["unique_key"]:
+        return
+    path = key_path(spool, job["unique_key"])
+    if _readlink(path) == job.get("id"):
+        _unlink(path)
+
+
+def stale_keys(spool, *, repair: bool) -> list[dict[str, Any]]:
+    """Keys whose job is over or missing past the grace time, and take-over locks left by a crash."""
+    found = []
+    folder = os.path.join(spool.root, UNIQUE)
+    now = time.time()
+    for name in sorted(_listdir(folder)):
+        path = os.path.join(folder, name)
+        if name.endswith(".lock"):
+            try:
+                old = now - os.lstat(path).st_mtime > LOCK_GRACE
+            except FileNotFoundError:
+                continue
+            if old:
+                found.append({"problem": "stale-key-lock", "path": os.path.relpath(path, spool.root),
+                              "detail": "a take-over of a unique key was cut short",
+                              "repaired": repair and _unlink(path)})
+            continue
+        holder = _readlink(path)
+        if holder is None or not _stale(spool, path, holder):
+            continue
+        state = _holder_state(spool, holder)
+        finding = {"problem": "stale-key", "path": os.path.relpath(path, spool.root),
+                   "detail": f"held by job {holder}, which is {state or 'missing'}", "repaired": False}
+        if repair:
+            with _takeover_lock(path):
+                if _readlink(path) == holder and _stale(spool, path, holder):
+                    finding["repaired"] = _unlink(path)
+        found.append(finding)
+    return found
+
+
+# -- dependencies ------------------------------------------------------------------
+
+def dependency_states(spool, job: dict) -> list[tuple[str, str | None]]:
+    """(id, state) of each job this one waits for; state None when no folder holds it."""
+    return [(dep, spool.find(dep) if is_valid_id(dep) else None) for dep in job.get("after") or []]
+
+
+def waiting_on(spool, job: dict) -> list[dict[str, Any]]:
+    """For display: the dependencies of a pending job that are not completed yet ([] when none)."""
+    if job.get("state") != "pending" or not job.get("after"):
+        return []
+    return [{"id": dep, "state": state or "missing"} for dep, state in dependency_states(spool, job)
+            if state != "completed"]
+
+
+def annotate(spool, job: dict) -> dict:
+    """The job with `waiting_on` (derived, never stored) when it is pending and waits for others."""
+    waits = waiting_on(spool, job)
+    if waits:
+        job["waiting_on"] = waits
+    return job
+
+
+def check_dependencies_exist(spool, after: list[str], earlier: set[str]) -> None:
+    """At enqueue: every id in `after` must name a job already in the spool (or earlier in the batch)."""
+    for dep in after:
+        if dep not in earlier and spool.find(dep) is None:
+            raise JobNotFound(f"after: no job with id {dep!r} (a job can only wait for one that exists)")
+
+
+# -- a worker's view ---------------------------------------------------------------
+
+class Gate:
+    """What a worker keeps in memory to start only what may start, without rescanning folders per claim.
+
+    - waiting: pending jobs whose `after` is not all completed, keyed by the
+      ids they wait for; a change in completed/ or dead/ (or a safety scan)
+      looks at those ids only;
+    - parked: jobs of a full or paused group, per group, in claim order; a
+      settle anywhere, a change in groups/ or PARK_POLL puts back as many as
+      the group has free slots.
+    `add(folder, name, priority, due)` puts a job back into the worker's order.
+    """
+
+    def __init__(self, spool, add: Callable[[str, str, int, float], None]):
+        self.spool = spool
+        self.add = add
+        self.group_of: dict[str, tuple[str, int, float]] = {}           # name -> (group, priority, due)
+        self.waiting: dict[str, tuple[str, int, float, set[str]]] = {}  # name -> (folder, priority, due, ids)
+        self.waiters: dict[str, set[str]] = {}                          # id -> names waiting for it
+        self.parked: dict[str, list[tuple[int, float, str, str]]] = {}  # group -> heap of (-pri, due, name, folder)
+        self.full: set[str] = set()
+        self.poked = False
+        self.next_poll = 0.0
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.waiting or name in self.group_of
+
+    def names(self) -> set[str]:
+        return set(self.waiting) | set(self.group_of)
+
+    def forget(self, name: str) -> None:
+        self.group_of.pop(name, None)
+        entry = self.waiting.pop(name, None)
+        if entry is not None:
+            for dep in entry[3]:
+                names = self.waiters.get(dep)
+                if names is not None:
+                    names.discard(name)
+                    if not names:
+                        del self.waiters[dep]
+
+    def hold(self, folder: str, name: str, job: dict, priority: int, due: float) -> bool:
+        """Note the job's group; True when it must not enter the order now (it waits, or went to dead/)."""
+        self.forget(name)
+        group = job.get("group")
+        if isinstance(group, str) and GROUP_PATTERN.fullmatch(group):
+            self.group_of[name] = (group, priority, due)
+        after = job.get("after")
+        if folder != "pending" or not after or not isinstance(after, list):
+            return False
+        unfinished = set()
+        for dep, state in dependency_states(self.spool, job):
+            if state == "dead" or state is None:
+                self._dependency_died(name, dep, state)
+                return True
+            if state != "completed":
+                unfinished.add(dep)
+        if not unfinished:
+            return False
+        self.waiting[name] = (folder, priority, due, unfinished)
+        for dep in unfinished:
+            self.waiters.setdefault(dep, set()).add(name)
+        return True
+
+    def _dependency_died(self, name: str, dep: str, state: str | None) -> None:
+        from . import lifecycle
+        self.forget(name)
+        lifecycle.dependency_died(self.spool, name, dep, state)
+
+    def changed(self, kind: str, folder: str, name: str) -> None:
+        """A change in a watched folder (see worker.WATCHED)."""
+        if kind == "gone":
+            return
+        if folder != "pending" or kind == "moved":
+            self.poked = True  # a settle, a give-back, a limit or a pause changed: a slot may be free
+        if folder in ("completed", "dead") and name.endswith(".json"):
+            self._landed(name.removesuffix(".json"), folder)
+
+    def _landed(self, dep: str, state: str | None) -> None:
+        """Job `dep` is completed, dead or gone (None): wake what waited for it."""
+        waiting = self.waiters.pop(dep, None)
+        for waiter in waiting or ():
+            entry = self.waiting.get(waiter)
+            if entry is None:
+                continue
+            if state != "completed":
+                self._dependency_died(waiter, dep, state)
+                continue
+            entry[3].discard(dep)
+            if not entry[3]:
+                del self.waiting[waiter]
+                self.add(entry[0], waiter, entry[1], entry[2])
+
+    def recheck(self) -> None:
+        """The safety scan: look at every id something waits for (changes from other hosts raise no event)."""
+        for dep in list(self.waiters):
+            state = self.spool.find(dep) if is_valid_id(dep) else None
+            if state in ("completed", "dead", None):
+                self._landed(dep, state)
+
+    # -- groups and pause, at claim time --
+
+    def spool_paused(self) -> bool:
+        return os.path.lexists(os.path.join(self.spool.root, PAUSE_FILE))
+
+    def admit(self, state: str, name: str, worker: str) -> Slot | None:
+        """A slot for the job about to be claimed (NO_SLOT when its group has no limit); None: it was parked."""
+        entry = self.group_of.get(name)
+        if entry is None:
+            return NO_SLOT
+        group, priority, due = entry
+        if group in self.full or is_paused(self.spool, group):
+            self._park(group, priority, due, name, state)
+            return None
+        limit = read_limit(self.spool, group)
+        if limit is None:
+            return NO_SLOT
+        slot = take_slot(self.spool, group, limit, name.removesuffix(".json"), worker)
+        if slot is None:
+            self.full.add(group)
+            self._park(group, priority, due, name, state)
+        return slot
+
+    def _park(self, group: str, priority: int, due: float, name: str, state: str) -> None:
+        heapq.heappush(self.parked.setdefault(group, []), (-priority, due, name, state))
+
+    def unpark(self, now: float) -> None:
+        """Put back as many parked jobs per group as it has free slots (after a settle, a change or PARK_POLL)."""
+        if not self.parked or (not self.poked and now < self.next_poll):
+            return
+        self.poked = False
+        self.next_poll = now + PARK_POLL
+        for group in list(self.parked):
+            if is_paused(self.spool, group):
+                continue
+            limit = read_limit(self.spool, group)
+            free = len(self.parked[group]) if limit is None else limit - len(slot_names(self.spool, group))
+            if free <= 0:
+                self.full.add(group)
+                continue
+            self.full.discard(group)
+            heap = self.parked[group]
+            for _ in range(min(free, len(heap))):
+                negative_priority, due, name, state = heapq.heappop(heap)
+                if self.group_of.get(name, (None,))[0] == group:
+                    self.add(state, name, -negative_priority, due)
+            if not heap:
+                del self.parked[group]
+
+    def next_wake(self, now: float) -> float | None:
+        """When to look again at parked jobs or a paused spool, if nothing wakes the worker before."""
+        if self.parked or self.spool_paused():
+            return max(now, self.next_poll) if self.parked else now + PARK_POLL
+        return None
+
+
+def iter_group_jobs(spool, state: str, group: str) -> Iterator[dict]:
+    for job in spool.iter_jobs(state):
+        if job.get("group") == group:
+            yield job
