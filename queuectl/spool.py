@@ -485,6 +485,8 @@ class Spool:
             return "processing"
         with self.lock_job(job_id, ("pending", "failed"), "cancel") as held:
             previous = held.state
+            from .workflow import release_key
+            release_key(self, held.job)  # while the job is still live: see workflow.release_key
             held.move("dead")
             held.job.update(state="dead", last_error="cancelled", next_run_at=None)
             held.save()
@@ -504,7 +506,9 @@ class Spool:
             if not isinstance(held.job.get("command"), str) or held.job.get("invalid"):
                 raise InvalidJob(f"job {job_id!r} was never a valid job ({held.job.get('last_error')}); "
                                  f"fix the file and enqueue it again")
-            held.move("pending")
+            from .workflow import key_held_for
+            with key_held_for(self, held.job):  # its unique key again, or KeyTaken
+                held.move("pending")
             held.job.update(state="pending", attempts=0, next_run_at=None, last_error=None,
                             max_retries=self.config["max_retries"])
             held.save()
