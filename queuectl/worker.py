@@ -23,10 +23,10 @@ from filelock import FileLock, Timeout
 
 from . import lifecycle, registry, runner, workflow
 from .errors import InvalidJob, SpoolError
-from .fsops import Spare, read_fd
+from .fsops import open_nofollow, read_fd
 from .job import MAX_JOB_BYTES, due_time, loads
 from .order import DueIndex
-from .spool import SUFFIX, Spool
+from .spool import SUFFIX, Spool, file_name, id_of
 from .watch import RESCAN, FolderWatch
 
 # completed/ and dead/ wake jobs waiting for a dependency; groups/ and the spool's
@@ -54,6 +54,7 @@ class Worker:
         self.started = time.time()
         self.index = DueIndex()
         self.watch: FolderWatch | None = None
+        self.commit: lifecycle.GroupCommit | None = None
         self.stopping = False
         self.stop_now = False
         self.rechecks: dict[str, float] = {}  # dropped-in files that may still be being written
@@ -71,27 +72,31 @@ class Worker:
             folders = {folder: self.spool.dir(folder) for folder in WATCHED}
             folders.update(groups=workflow.groups_dir(self.spool), spool=self.spool.root)
             self.watch = FolderWatch(folders)
+            self.commit = lifecycle.GroupCommit(self.spool)
             with stop_signals(self._on_signal):
                 self._write_record()
-                visible_in = tuple(self.spool.dir(folder) for folder in ("pending", "failed", "processing"))
-                self.spool.spare = Spare(self.spool.dir("tmp"), visible_in)
                 lifecycle.recover(self.spool)
                 self._scan()
                 self._loop()
+                self._close_commit()
         except OSError as exc:
             # A full or read-only disk: stop, in one line. A job this worker held is
             # in processing/ unlocked, so the next worker's recovery moves it on.
             raise SpoolError(f"worker {self.name} stopped: cannot write to the spool {self.spool.root}: "
                              f"{exc.strerror or exc}") from None
         finally:
+            self._close_commit()
             if self.watch is not None:
                 self.watch.close()
-            if self.spool.spare is not None:
-                self.spool.spare.close()
-                self.spool.spare = None
             registry.remove_record(self.spool, self.name)
             lock.release()
         return 0
+
+    def _close_commit(self) -> None:
+        """Every settle this worker made reaches the disk before it gives up its lock."""
+        commit, self.commit = self.commit, None
+        if commit is not None:
+            commit.close()
 
     def _on_signal(self, signum, frame) -> None:
         if self.stopping:
@@ -157,11 +162,11 @@ class Worker:
                 # A name can leave and come back (a stopped job returns to pending/)
                 # within one batch of changes: the folder decides. (A job this worker
                 # claimed has left the index already: no need to look.)
-                known = name in self.index or name in self.rechecks or name in self.gate
+                known = id_of(name) in self.index or name in self.rechecks or id_of(name) in self.gate
                 if known and not os.path.lexists(os.path.join(self.spool.dir(folder), name)):
-                    self.index.discard(name, folder)
+                    self.index.discard(id_of(name), folder)
                     self.rechecks.pop(name, None)
-                    self.gate.forget(name)
+                    self.gate.forget(id_of(name))
             else:
                 self.gate.changed(kind, folder, name)
                 self._consider(folder, name, complete=kind != "created")
@@ -174,15 +179,15 @@ class Worker:
         queue costs two directory listings.
         """
         listings = {folder: os.listdir(self.spool.dir(folder)) for folder in ("pending", "failed")}
-        # Forget vanished files first: a drop-in adopted below gets a name the listing does not have.
-        listed = set().union(*listings.values())
-        for name in self.index.names() - listed:
-            self.index.discard(name)
-        for name in self.gate.names() - listed:
-            self.gate.forget(name)
+        # Forget vanished jobs first: a drop-in adopted below gets a name the listing does not have.
+        listed = {id_of(name) for names in listings.values() for name in names if name.endswith(SUFFIX)}
+        for job_id in self.index.ids() - listed:
+            self.index.discard(job_id)
+        for job_id in self.gate.names() - listed:
+            self.gate.forget(job_id)
         for folder, names in listings.items():
             for name in names:
-                if name not in self.index and name not in self.gate:
+                if not name.endswith(SUFFIX) or (id_of(name) not in self.index and id_of(name) not in self.gate):
                     self._consider(folder, name, complete=False)
         self.gate.recheck()
 
@@ -192,7 +197,7 @@ class Worker:
             return
         job = _peek(os.path.join(self.spool.dir(folder), name)) if name.endswith(SUFFIX) else None
         if job is False:
-            self.index.discard(name, folder)
+            self.index.discard(id_of(name), folder)
             return
         if lifecycle.is_canonical(job, folder, name):
             try:
@@ -201,10 +206,10 @@ class Worker:
                 priority = 0
             self.rechecks.pop(name, None)
             due = due_time(job)
-            if self.gate.hold(folder, name, job, priority, due):
-                self.index.discard(name)  # waits for a dependency, or went to dead/
+            if self.gate.hold(folder, job["id"], job, priority, due):
+                self.index.discard(job["id"])  # waits for a dependency, or went to dead/
                 return
-            self.index.add(folder, name, priority, due, time.time())
+            self.index.add(folder, job["id"], priority, due, time.time())
             return
         if folder != "pending":
             return  # only pending/ takes drop-ins; doctor reports strays elsewhere
@@ -223,19 +228,19 @@ class Worker:
 
     # -- one job -------------------------------------------------------------
 
-    def _readd(self, folder: str, name: str, priority: int, due: float) -> None:
+    def _readd(self, folder: str, job_id: str, priority: int, due: float) -> None:
         """A job the gate held back may start now (its dependencies completed, its group has room)."""
-        self.index.add(folder, name, priority, due, time.time())
+        self.index.add(folder, job_id, priority, due, time.time())
 
-    def _process(self, state: str, name: str) -> None:
-        slot = self.gate.admit(state, name, self.name)
+    def _process(self, state: str, job_id: str) -> None:
+        slot = self.gate.admit(state, job_id, self.name)
         if slot is None:
             return  # its group is full or paused: parked until a slot frees
         now = time.time()
-        held = lifecycle.claim(self.spool, state, name, self.name, now)
+        held = lifecycle.claim(self.spool, state, job_id, self.name, now)
         if held is None:
             slot.release()
-            self._consider(state, name, complete=True)  # not due after all (re-read its time), or gone
+            self._consider(state, file_name(job_id), complete=True)  # not due after all (re-read its time), or gone
             return
         job = held.job
         settings = self.spool.config
@@ -246,11 +251,12 @@ class Worker:
                 job, log_path=self.spool.log_path(job["id"]), worker=self.name, spool_root=self.spool.root,
                 timeout=timeout, kill_grace=settings["kill_grace"], pass_env=settings["pass_env"],
                 tail_lines=settings["log_tail_lines"], interruption=self._interruption(job["id"]))
-            slot.release()  # the command has ended: the group may start another
-            lifecycle.settle(self.spool, held, outcome, timeout)
-        finally:
-            slot.release()
+        except BaseException:
             held.release()
+            raise
+        finally:
+            slot.release()  # the command has ended: the group may start another
+        lifecycle.settle(self.spool, held, outcome, timeout, self.commit)  # owns `held` from here
         registry.clear_cancel(self.spool, job["id"])
 
     def _interruption(self, job_id: str):
@@ -267,7 +273,7 @@ class Worker:
 def _peek(path: str):
     """The JSON in a file; None if it is not a complete job object yet; False if it is gone."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        fd = open_nofollow(path)
     except FileNotFoundError:
         return False
     except OSError:

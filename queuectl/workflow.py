@@ -559,16 +559,17 @@ class Gate:
     - parked: jobs of a full or paused group, per group, in claim order; a
       settle anywhere, a change in groups/ or PARK_POLL puts back as many as
       the group has free slots.
-    `add(folder, name, priority, due)` puts a job back into the worker's order.
+    `add(folder, job_id, priority, due)` puts a job back into the worker's order.
+    Jobs are known by id, as in the worker's order.DueIndex.
     """
 
     def __init__(self, spool, add: Callable[[str, str, int, float], None]):
         self.spool = spool
         self.add = add
-        self.group_of: dict[str, tuple[str, int, float]] = {}           # name -> (group, priority, due)
-        self.waiting: dict[str, tuple[str, int, float, set[str]]] = {}  # name -> (folder, priority, due, ids)
-        self.waiters: dict[str, set[str]] = {}                          # id -> names waiting for it
-        self.parked: dict[str, list[tuple[int, float, str, str]]] = {}  # group -> heap of (-pri, due, name, folder)
+        self.group_of: dict[str, tuple[str, int, float]] = {}           # id -> (group, priority, due)
+        self.waiting: dict[str, tuple[str, int, float, set[str]]] = {}  # id -> (folder, priority, due, ids)
+        self.waiters: dict[str, set[str]] = {}                          # id -> ids waiting for it
+        self.parked: dict[str, list[tuple[int, float, str, str]]] = {}  # group -> heap of (-pri, due, id, folder)
         self.full: set[str] = set()
         self.poked = False
         self.next_poll = 0.0
@@ -591,6 +592,7 @@ class Gate:
                         del self.waiters[dep]
 
     def hold(self, folder: str, name: str, job: dict, priority: int, due: float) -> bool:
+        """`name` is the job's id."""
         """Note the job's group; True when it must not enter the order now (it waits, or went to dead/)."""
         self.forget(name)
         group = job.get("group")
@@ -602,7 +604,7 @@ class Gate:
         unfinished = set()
         for dep, state in dependency_states(self.spool, job):
             if state == "dead" or state is None:
-                self._dependency_died(name, dep, state)
+                self._dependency_died(name, dep)
                 return True
             if state != "completed":
                 unfinished.add(dep)
@@ -613,10 +615,10 @@ class Gate:
             self.waiters.setdefault(dep, set()).add(name)
         return True
 
-    def _dependency_died(self, name: str, dep: str, state: str | None) -> None:
+    def _dependency_died(self, job_id: str, dep: str) -> None:
         from . import lifecycle
-        self.forget(name)
-        lifecycle.dependency_died(self.spool, name, dep, state)
+        self.forget(job_id)
+        lifecycle.dependency_died(self.spool, job_id, dep)  # a rescan looks again if it was not moved
 
     def changed(self, kind: str, folder: str, name: str) -> None:
         """A change in a watched folder (see worker.WATCHED)."""
@@ -635,7 +637,7 @@ class Gate:
             if entry is None:
                 continue
             if state != "completed":
-                self._dependency_died(waiter, dep, state)
+                self._dependency_died(waiter, dep)
                 continue
             entry[3].discard(dep)
             if not entry[3]:
@@ -654,22 +656,22 @@ class Gate:
     def spool_paused(self) -> bool:
         return os.path.lexists(os.path.join(self.spool.root, PAUSE_FILE))
 
-    def admit(self, state: str, name: str, worker: str) -> Slot | None:
+    def admit(self, state: str, job_id: str, worker: str) -> Slot | None:
         """A slot for the job about to be claimed (NO_SLOT when its group has no limit); None: it was parked."""
-        entry = self.group_of.get(name)
+        entry = self.group_of.get(job_id)
         if entry is None:
             return NO_SLOT
         group, priority, due = entry
         if group in self.full or is_paused(self.spool, group):
-            self._park(group, priority, due, name, state)
+            self._park(group, priority, due, job_id, state)
             return None
         limit = read_limit(self.spool, group)
         if limit is None:
             return NO_SLOT
-        slot = take_slot(self.spool, group, limit, name.removesuffix(".json"), worker)
+        slot = take_slot(self.spool, group, limit, job_id, worker)
         if slot is None:
             self.full.add(group)
-            self._park(group, priority, due, name, state)
+            self._park(group, priority, due, job_id, state)
         return slot
 
     def _park(self, group: str, priority: int, due: float, name: str, state: str) -> None:

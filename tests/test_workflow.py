@@ -13,7 +13,7 @@ import time
 import pytest
 
 from conftest import run_queuectl, wait_until
-from queuectl import Spool, workflow
+from queuectl import Spool, lifecycle, workflow
 from workers_util import configure, enqueue, read_lines, wait_for_state
 
 # Each run takes its own flock, then counts the runs whose flock is held (the
@@ -133,7 +133,7 @@ def test_a_dead_dependency_kills_its_dependents_and_retrying_it_does_not_revive_
         job = wait_for_state(spool_path, job_id, "dead")
         assert job["last_error"] == f"dependency {cause} is dead"
         assert job["attempts"] == 0
-    spool.dlq_retry("build")
+    lifecycle.dlq_retry(spool, "build")
     wait_until(lambda: len(spool.get("build")["history"]) >= 2, message="the retried dependency to run again")
     assert spool.find("test") == "dead" and spool.find("ship") == "dead"
 
@@ -145,12 +145,12 @@ def test_dlq_retry_of_a_dependent_waits_for_its_dependency(spool_path, tmp_path,
     enqueue(spool_path, {"id": "second", "command": "true", "after": ["first"]})
     workers.start()
     wait_for_state(spool_path, "second", "dead")
-    spool.dlq_retry("second")  # its dependency is still dead: back to dead/
+    lifecycle.dlq_retry(spool, "second")  # its dependency is still dead: back to dead/
     wait_for_state(spool_path, "second", "dead")
     gate.touch()
-    spool.dlq_retry("first")
+    lifecycle.dlq_retry(spool, "first")
     wait_for_state(spool_path, "first", "completed")
-    spool.dlq_retry("second")
+    lifecycle.dlq_retry(spool, "second")
     wait_for_state(spool_path, "second", "completed")
 
 
