@@ -284,3 +284,54 @@ def test_a_slot_left_by_a_dead_worker_is_freed(spool_path, workers, qc):
     job = enqueue(spool_path, {"command": "true", "group": "g"})
     wait_for_state(spool_path, job, "completed")
     assert qc("doctor").returncode == 0
+
+
+# -- the dashboard -------------------------------------------------------------------
+
+
+def test_the_dashboard_shows_groups_pauses_and_waiting_jobs_and_pauses_with_the_token(spool):
+    from dashboard_support import get, post, running_dashboard
+    workflow.set_limit(spool, "build", 2)
+    spool.enqueue({"id": "first", "command": "true", "group": "build"})
+    spool.enqueue({"id": "second", "command": "true", "after": ["first"]})
+    with running_dashboard(spool) as server:
+        status = get(server, "/api/status").json()
+        assert status["paused"] is False
+        assert status["groups"] == [{"name": "build", "limit": 2, "running": 0, "slots": 0, "paused": False}]
+        rows = {job["id"]: job for job in get(server, "/api/jobs").json()["jobs"]}
+        assert rows["second"]["waiting_on"] == [{"id": "first", "state": "pending"}]
+        assert rows["first"]["group"] == "build" and rows["first"]["waiting_on"] is None
+        assert get(server, "/api/jobs/second").json()["waiting_on"] == [{"id": "first", "state": "pending"}]
+        # A state change needs the page's token, as a retry does.
+        assert post(server, "/api/pause", token="forged").status == 403
+        assert post(server, "/api/pause", origin="http://evil.example").status == 403
+        assert not workflow.is_paused(spool)
+        assert post(server, "/api/pause").json()["paused"] is True
+        assert workflow.is_paused(spool) and get(server, "/api/status").json()["paused"] is True
+        assert post(server, "/api/pause?group=build").status == 200 and workflow.is_paused(spool, "build")
+        assert post(server, "/api/pause?group=..%2Fx").status == 409
+        assert post(server, "/api/resume").json()["paused"] is False
+        assert post(server, "/api/resume?group=build").json()["paused"] is False
+        assert get(server, "/api/pause").status == 405
+    assert not workflow.is_paused(spool) and not workflow.is_paused(spool, "build")
+    with open(os.path.join(os.path.dirname(workflow.__file__), "dashboard", "static", "app.js"),
+              encoding="utf-8") as handle:
+        assert "innerHTML" not in handle.read()  # job text (waiting_on included) goes through textContent only
+
+
+def test_doctor_reports_and_frees_stale_keys_and_take_over_locks(spool_path, qc):
+    spool = Spool(spool_path)
+    from conftest import put_job
+    put_job(spool_path, "completed", "done", unique_key="k")
+    os.makedirs(os.path.join(spool_path, "unique"), exist_ok=True)
+    os.symlink("done", workflow.key_path(spool, "k"))
+    lock = workflow.key_path(spool, "other") + ".lock"
+    os.symlink("host:1", lock)
+    old = time.time() - 2 * workflow.LOCK_GRACE
+    os.utime(lock, (old, old), follow_symlinks=False)
+    report = qc("doctor")
+    assert report.returncode == 1
+    assert "stale-key" in report.stdout and "stale-key-lock" in report.stdout
+    assert qc("doctor", "--repair").returncode == 0
+    assert not os.path.lexists(workflow.key_path(spool, "k")) and not os.path.lexists(lock)
+    assert qc("doctor").returncode == 0
