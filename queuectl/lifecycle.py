@@ -536,7 +536,7 @@ def dlq_retry(spool: Spool, job_id: str) -> dict:
         if not isinstance(held.job.get("command"), str) or held.job.get("invalid"):
             raise InvalidJob(f"job {job_id!r} was never a valid job ({held.job.get('last_error')}); "
                              f"fix the file and enqueue it again")
-        with workflow.key_held_for(spool, held.job):  # its unique key again, or KeyTaken
+        with workflow.key_held_for(spool, held):  # its unique key again, or KeyTaken
             held.move("pending")
         held.job.update(dict.fromkeys(RUN_FIELDS), state="pending", attempts=0)
         held.save()

@@ -312,19 +312,23 @@ class Spool:
     def _publish_unique(self, job: dict, data: bytes, durable: bool, if_absent: bool) -> dict | None:
         """Take the job's key, then publish it (README.md, "Unique keys"); the holder's job when `if_absent`."""
         from . import workflow
+        # The key is a second name of the job's own temporary file, taken
+        # before the job is visible: so it holds the job's JSON, and costs no inode.
+        temp, _ = fsops.write_new(self.dir("tmp"), job["id"] + SUFFIX, data, durable=durable)
+        created = False
         try:
-            created = workflow.take_key(self, job["unique_key"], job["id"])
+            created = workflow.take_key(self, job["unique_key"], job["id"], temp)
+            fsops.rename_noreplace(temp, os.path.join(self.dir("pending"), job["id"] + SUFFIX))
         except workflow.KeyTaken as exc:
+            os.unlink(temp)
             if not if_absent:
                 raise
             try:
                 return self.get(exc.holder)
             except JobNotFound:
                 return {"id": exc.holder}
-        try:
-            fsops.publish(self.dir("tmp"), os.path.join(self.dir("pending"), job["id"] + SUFFIX), data,
-                          durable=durable)
         except BaseException:
+            os.unlink(temp)
             if created:
                 workflow.release_key(self, job)
             raise

@@ -7,13 +7,13 @@ Promises, across every process and every host that shares the spool:
   whose text names the job and the worker;
 - while a job with a unique key is pending, processing or failed, no other job
   can take the key: the key is one symlink `unique/<sha256(key)>` naming the
-  job, created before the job is published;
+  job (a hard link to the job's file, taken before the job is published);
 - a paused spool (a file `paused` at its top) or group (`groups/NAME.paused`)
   starts nothing new; a claim looks for the file right before it claims;
 - a job whose `after` names a job that is not completed is not started; its
   dependency dying sends it to dead/ (lifecycle.dependency_died).
 Every state is a file or a symlink that `ls -l` shows and a person may create
-or delete by hand (README.md, "The spool"). Only symlink(), link-free unlink
+or delete by hand (README.md, "The spool"). Only symlink(), link(), unlink
 and rename are used: no flock, no inotify and no renameat2 flag is needed
 for correctness, so it holds on network file systems. A worker's own view
 (`Gate`) keeps waiting and parked jobs in memory so a claim never rescans
@@ -42,6 +42,7 @@ UNIQUE = "unique"
 GROUP_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
 MAX_KEY = 256
 MAX_AFTER = 1000
+MAX_KEY_FILE = 1024 * 1024 + 1  # a key file is a job file: at most 1 MiB
 LIVE = ("pending", "processing", "failed")
 # A key whose job is in no folder may belong to an enqueue that has taken the
 # key and not yet published the job; only after this long is it a crash's leftover.
@@ -248,28 +249,32 @@ NO_SLOT = Slot()
 
 
 def take_slot(spool, group: str, limit: int, job_id: str, worker: str) -> Slot | None:
-    """A free slot of the group for this job, or None when all `limit` are held."""
+    """A free slot of the group for this job, or None when all `limit` are held.
+
+    symlink() decides: of workers taking slot-K at once, one succeeds. A
+    small limit is tried name by name (EEXIST is as cheap as a listing); a
+    large one lists the folder first.
+    """
     folder = slot_dir(spool, group)
-    try:
-        taken = set(os.listdir(folder))
-    except FileNotFoundError:
-        _folder(spool, GROUPS)
-        _folder(spool, os.path.join(GROUPS, group))
-        taken = set()
-    if len([name for name in taken if name.startswith("slot-")]) >= limit:
-        return None
     text = _slot_text(job_id, worker)
-    for number in range(limit):
-        name = f"slot-{number}"
-        if name in taken:
-            continue
-        path = os.path.join(folder, name)
+    for _ in range(2):
         try:
-            os.symlink(text, path)
-            return Slot(path, text)
-        except FileExistsError:
-            if _readlink(path) == text:  # a retried call that had succeeded (network file systems)
-                return Slot(path, text)
+            taken = set(os.listdir(folder)) if limit > 8 else set()
+            for number in range(limit):
+                name = f"slot-{number}"
+                if name in taken:
+                    continue
+                path = os.path.join(folder, name)
+                try:
+                    os.symlink(text, path)
+                    return Slot(path, text)
+                except FileExistsError:
+                    if _readlink(path) == text:  # a retried call that had succeeded (network file systems)
+                        return Slot(path, text)
+            return None
+        except FileNotFoundError:  # the group's first slot: make its folder
+            _folder(spool, GROUPS)
+            _folder(spool, os.path.join(GROUPS, group))
     return None
 
 
@@ -381,6 +386,27 @@ def key_path(spool, key: str) -> str:
     return os.path.join(spool.root, UNIQUE, hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest())
 
 
+def key_holder(path: str) -> str | None:
+    """The id of the job a key names: its file holds that job's JSON (or, made by hand, just the id)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError:
+        return None  # gone (or not a plain file: judged by doctor)
+    try:
+        data = os.read(fd, MAX_KEY_FILE)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    try:
+        job = json.loads(data)
+    except ValueError:
+        job = None
+    if isinstance(job, dict):
+        return job.get("id") if isinstance(job.get("id"), str) else ""
+    return data.decode("utf-8", "replace").strip()
+
+
 def _holder_state(spool, holder: str) -> str | None:
     return spool.find(holder) if is_valid_id(holder) else None
 
@@ -398,26 +424,29 @@ def _stale(spool, path: str, holder: str) -> bool:
         return True
 
 
-def take_key(spool, key: str, job_id: str, *, locked: bool = False) -> bool:
+def take_key(spool, key: str, job_id: str, source: str, *, locked: bool = False) -> bool:
     """Hold `key` for `job_id`; True when this call created the key, False when it named the job already.
 
-    Raises KeyTaken naming the live job that holds it. symlink() is the
-    arbiter: of processes creating the key at once exactly one succeeds. A
-    stale key (its job finished, or never published) is removed only under
-    `<hash>.lock` (created the same way) after judging it again there, so two
-    processes that both judged it stale cannot both replace it; `locked`
-    says the caller holds that lock already (key_held_for).
+    The key is a second name (a hard link) for `source`, a file holding the
+    job's JSON: the job's temporary file before it is published, or its file
+    in dead/ for a `dlq retry`. A link creates no inode (cheap on every file
+    system) and fails with EEXIST when the name is taken: of processes
+    taking one key at once exactly one succeeds. Raises KeyTaken naming the
+    live job that holds it. A stale key (its job finished, or never
+    published) is removed only under `<hash>.lock` after judging it again
+    there, so two processes that both judged it stale cannot both replace
+    it; `locked` says the caller holds that lock already (key_held_for).
     """
-    folder = _folder(spool, UNIQUE)
+    folder = _unique_folder(spool)
     path = key_path(spool, key)
     for _ in range(50):
         try:
-            os.symlink(job_id, path)
-            _fsync_dir(spool, folder)
+            os.link(source, path, follow_symlinks=False)
+            _fsync_dir(spool, folder)  # on disk before the job is visible: a power cut cannot drop the key alone
             return True
         except FileExistsError:
             pass
-        holder = _readlink(path)
+        holder = key_holder(path)
         if holder is None:
             continue  # freed meanwhile: try again
         if holder == job_id:
@@ -428,27 +457,36 @@ def take_key(spool, key: str, job_id: str, *, locked: bool = False) -> bool:
             _unlink(path)  # judged under the lock: nobody else removes a stale key now
             continue
         with _takeover_lock(path):
-            if _readlink(path) == holder and _stale(spool, path, holder):
+            if key_holder(path) == holder and _stale(spool, path, holder):
                 _unlink(path)
-        # Loop: the create decides, also against a plain enqueue that saw the key free.
+        # Loop: the link decides, also against a plain enqueue that saw the key free.
     raise SpoolError(f"unique key {key!r} keeps changing hands; try again")
 
 
+def _unique_folder(spool) -> str:
+    """unique/, created once per Spool object (not a mkdir per enqueue)."""
+    folder = getattr(spool, "_unique_folder", None)
+    if folder is None:
+        folder = spool._unique_folder = _folder(spool, UNIQUE)
+    return folder
+
+
 @contextlib.contextmanager
-def key_held_for(spool, job: dict) -> Iterator[None]:
-    """Inside the block the job holds its unique key (if it has one) and no take-over runs.
+def key_held_for(spool, held) -> Iterator[None]:
+    """Inside the block the locked job `held` holds its unique key (if any) and no take-over runs.
 
     For a dead job coming back (`dlq retry`): it looks stale to others until
     it is in pending/, so the key is taken and the job moved under the
     take-over lock. KeyTaken when a live job holds the key.
     """
+    job = held.job
     key = job.get("unique_key")
     if not isinstance(key, str) or not key:
         yield
         return
-    _folder(spool, UNIQUE)
+    _unique_folder(spool)
     with _takeover_lock(key_path(spool, key)):
-        take_key(spool, key, job["id"], locked=True)
+        take_key(spool, key, job["id"], held.path, locked=True)
         yield
 
 
@@ -483,7 +521,7 @@ def release_key(spool, job: Any) -> None:
     if not isinstance(job, dict) or not isinstance(job.get("unique_key"), str) or not job["unique_key"]:
         return
     path = key_path(spool, job["unique_key"])
-    if _readlink(path) == job.get("id"):
+    if key_holder(path) == job.get("id"):
         _unlink(path)
 
 
@@ -504,15 +542,15 @@ def stale_keys(spool, *, repair: bool) -> list[dict[str, Any]]:
                               "detail": "a take-over of a unique key was cut short",
                               "repaired": repair and _unlink(path)})
             continue
-        holder = _readlink(path)
+        holder = key_holder(path)
         if holder is None or not _stale(spool, path, holder):
             continue
         state = _holder_state(spool, holder)
         finding = {"problem": "stale-key", "path": os.path.relpath(path, spool.root),
-                   "detail": f"held by job {holder}, which is {state or 'missing'}", "repaired": False}
+                   "detail": f"held by job {holder or '?'}, which is {state or 'missing'}", "repaired": False}
         if repair:
             with _takeover_lock(path):
-                if _readlink(path) == holder and _stale(spool, path, holder):
+                if key_holder(path) == holder and _stale(spool, path, holder):
                     finding["repaired"] = _unlink(path)
         found.append(finding)
     return found
@@ -571,6 +609,7 @@ class Gate:
         self.waiters: dict[str, set[str]] = {}                          # id -> ids waiting for it
         self.parked: dict[str, list[tuple[int, float, str, str]]] = {}  # group -> heap of (-pri, due, id, folder)
         self.full: set[str] = set()
+        self.limits: dict[str, tuple[tuple, int | None]] = {}  # group -> (stat of NAME.json, limit)
         self.poked = False
         self.next_poll = 0.0
 
@@ -665,14 +704,30 @@ class Gate:
         if group in self.full or is_paused(self.spool, group):
             self._park(group, priority, due, job_id, state)
             return None
-        limit = read_limit(self.spool, group)
+        limit = self._limit(group)
         if limit is None:
             return NO_SLOT
         slot = take_slot(self.spool, group, limit, job_id, worker)
         if slot is None:
             self.full.add(group)
             self._park(group, priority, due, job_id, state)
+        else:
+            # Claimed next: forgotten now, so its own "gone" event costs no stat (a lost claim re-reads it).
+            self.group_of.pop(job_id, None)
         return slot
+
+    def _limit(self, group: str) -> int | None:
+        """The group's limit, read again only when groups/NAME.json changed (one stat per claim)."""
+        try:
+            info = os.stat(limit_path(self.spool, group))
+        except FileNotFoundError:
+            self.limits.pop(group, None)
+            return None
+        key = (info.st_ino, info.st_mtime_ns, info.st_size)
+        cached = self.limits.get(group)
+        if cached is None or cached[0] != key:
+            cached = self.limits[group] = (key, read_limit(self.spool, group))
+        return cached[1]
 
     def _park(self, group: str, priority: int, due: float, name: str, state: str) -> None:
         heapq.heappush(self.parked.setdefault(group, []), (-priority, due, name, state))
@@ -686,7 +741,7 @@ class Gate:
         for group in list(self.parked):
             if is_paused(self.spool, group):
                 continue
-            limit = read_limit(self.spool, group)
+            limit = self._limit(group)
             free = len(self.parked[group]) if limit is None else limit - len(slot_names(self.spool, group))
             if free <= 0:
                 self.full.add(group)
