@@ -10,7 +10,8 @@ a. claim+settle rate of one worker on a spool of `depth` pending `true` jobs:
    not complete during the run (target for both: >= 0.8x the plain queue);
 b. `Spool.enqueue` of one job: plain (the baseline), with `after` naming an
    existing job, with a `unique_key` (a new key each time); durable on and
-   off (target: <= 1.1x the plain enqueue).
+   off (target: <= 1.1x the plain enqueue);
+c. the same as `queuectl enqueue` processes (what a script pays).
 
 Spools live in a temporary folder under --dir (default: the system's temp
 folder, i.e. the disk users' spools would be on).
@@ -123,24 +124,50 @@ def enqueue_cost(workdir: str, jobs: int, repeat: int) -> list[str]:
     return lines + lib.table(["durable", "enqueue", "per job (median)", "vs plain", "rounds (µs)"], rows) + [""]
 
 
+def cli_enqueue_cost(workdir: str, runs: int) -> list[str]:
+    """`queuectl enqueue` as a process (what a shell script pays), interleaved."""
+    import subprocess
+    path = os.path.join(workdir, "enqueue-cli")
+    spool = lib.new_spool(path)
+    dependency = spool.enqueue("true")["id"]
+    argv = lib.queuectl_argv(path) + ["enqueue"]
+    variants = {"plain": [], "after": ["--after", dependency], "unique": ["--unique"]}
+    costs: dict[str, list[float]] = {kind: [] for kind in variants}
+    for number in range(runs):
+        for kind, extra in variants.items():
+            extra = extra + [f"key-{number}"] if kind == "unique" else extra
+            started = time.perf_counter()
+            subprocess.run(argv + extra + ["true"], check=True, stdout=subprocess.DEVNULL)
+            costs[kind].append((time.perf_counter() - started) * 1000)
+    shutil.rmtree(path)
+    base = lib.median(costs["plain"])
+    rows = [[kind, f"{lib.median(costs[kind]):.1f} ms", f"{lib.median(costs[kind]) / base:.2f}x"] for kind in costs]
+    return [f"### c. `queuectl enqueue` as a process, durable on, {runs} interleaved runs each", "",
+            *lib.table(["enqueue", "wall time (median)", "vs plain"], rows), ""]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--depth", type=int, default=100_000, help="pending jobs in the claim runs")
     parser.add_argument("--claims", type=int, default=1500, help="jobs claimed per claim run")
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--enqueues", type=int, default=300, help="jobs per enqueue round")
+    parser.add_argument("--enqueues", type=int, default=100, help="jobs per enqueue round")
+    parser.add_argument("--rounds", type=int, default=9, help="interleaved enqueue rounds")
+    parser.add_argument("--cli-runs", type=int, default=15, help="interleaved `queuectl enqueue` processes")
     parser.add_argument("--dir", default=None, help="where the spools live [default: the temp folder]")
     parser.add_argument("--only", choices=("claims", "enqueue"), default=None)
+    parser.add_argument("--tmpfs", action="store_true", help="spools in /dev/shm (no disk in the figures)")
     parser.add_argument("--out", default=None, help="append the results to this file")
     args = parser.parse_args()
-    workdir = tempfile.mkdtemp(prefix="queuectl-bench-workflow-", dir=args.dir)
+    workdir = tempfile.mkdtemp(prefix="queuectl-bench-workflow-", dir="/dev/shm" if args.tmpfs else args.dir)
     try:
         lines = [f"## Workflows (`python bench/bench_workflow.py --depth {args.depth} --repeat {args.repeat}`)", "",
                  *lib.machine(), f"Spools in {workdir} ({lib.file_system(workdir)}).", ""]
         if args.only in (None, "claims"):
             lines += claim_rate(workdir, args.depth, min(args.claims, args.depth - WAITING), args.repeat)
         if args.only in (None, "enqueue"):
-            lines += enqueue_cost(workdir, args.enqueues, args.repeat)
+            lines += enqueue_cost(workdir, args.enqueues, args.rounds)
+            lines += cli_enqueue_cost(workdir, args.cli_runs)
         lib.emit(lines, args.out)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
