@@ -140,7 +140,7 @@ class Worker:
             if due is not None:
                 self._process(*due)
                 continue
-            if self.burst and not self.rechecks and not self._apply_events():
+            if self.burst and not self.rechecks and not self._apply_events() and not self.gate.may_unblock(now):
                 return
             wake_at = min(t for t in (next_recovery, next_scan, self.index.next_due(),
                                       min(self.rechecks.values(), default=None), self.gate.next_wake(now))

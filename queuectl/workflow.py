@@ -755,6 +755,21 @@ class Gate:
             if not heap:
                 del self.parked[group]
 
+    def may_unblock(self, now: float) -> bool:
+        """For a burst worker about to exit: whether a held-back job may still start soon.
+
+        True when a parked job's group has room now (it is put back), or a
+        waiting job waits for one that is running (its outcome may not have
+        landed yet, e.g. still in this worker's group commit).
+        """
+        if self.parked:
+            self.poked = True
+            before = len(self.parked), sum(len(heap) for heap in self.parked.values())
+            self.unpark(now)
+            if (len(self.parked), sum(len(heap) for heap in self.parked.values())) != before:
+                return True
+        return any(self.spool.find(dep) == "processing" for dep in self.waiters if is_valid_id(dep))
+
     def next_wake(self, now: float) -> float | None:
         """When to look again at parked jobs or a paused spool, if nothing wakes the worker before."""
         if self.parked or self.spool_paused():

@@ -349,3 +349,14 @@ def test_doctor_reports_and_frees_stale_keys_and_take_over_locks(spool_path, qc)
     assert qc("doctor", "--repair").returncode == 0
     assert not os.path.lexists(workflow.key_path(spool, "k")) and not os.path.lexists(lock)
     assert qc("doctor").returncode == 0
+
+
+def test_a_burst_worker_runs_a_chain_and_a_limited_group_to_the_end(spool_path, qc):
+    spool = Spool(spool_path)
+    workflow.set_limit(spool, "one", 1)
+    spool.enqueue_many([{"id": "a", "command": "true"}, {"id": "b", "command": "true", "after": ["a"]},
+                        {"id": "c", "command": "true", "after": ["b"]}]
+                       + [{"command": "sleep 0.05", "group": "one"} for _ in range(6)])
+    result = qc("worker", "start", "--count", "2", "--burst", timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert spool.counts()["completed"] == 9, spool.counts()
