@@ -631,8 +631,10 @@ class Gate:
                         del self.waiters[dep]
 
     def hold(self, folder: str, name: str, job: dict, priority: int, due: float) -> bool:
-        """`name` is the job's id."""
-        """Note the job's group; True when it must not enter the order now (it waits, or went to dead/)."""
+        """Note the job's group; True when it must not enter the order now (it waits, or went to dead/).
+
+        `name` is the job's id (as everywhere in the gate).
+        """
         self.forget(name)
         group = job.get("group")
         if isinstance(group, str) and GROUP_PATTERN.fullmatch(group):
