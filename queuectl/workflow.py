@@ -757,6 +757,10 @@ class Gate:
             if not heap:
                 del self.parked[group]
 
+    def holding(self) -> bool:
+        """Whether any job is held back (waiting for a dependency, or parked behind its group)."""
+        return bool(self.waiting or self.parked)
+
     def may_unblock(self, now: float) -> bool:
         """For a burst worker about to exit: whether a held-back job may still start soon.
 
