@@ -360,3 +360,18 @@ def test_a_burst_worker_runs_a_chain_and_a_limited_group_to_the_end(spool_path, 
     result = qc("worker", "start", "--count", "2", "--burst", timeout=120)
     assert result.returncode == 0, result.stderr
     assert spool.counts()["completed"] == 9, spool.counts()
+
+
+def test_group_and_pause_commands_say_what_they_did_and_refuse_bad_input(spool_path, qc):
+    assert qc("group", "set", "gpu", "--limit", "2").stdout == "group gpu: limit 2\n"
+    assert json.loads(qc("group", "list", "--json").stdout)[0]["limit"] == 2
+    assert qc("group", "set", "gpu", "--limit", "0").stdout == "group gpu: no limit\n"
+    bad = qc("group", "set", "a.b", "--limit", "2")
+    assert bad.returncode == 1 and bad.stderr.count("\n") == 1 and "invalid group" in bad.stderr
+    assert qc("group", "set", "gpu", "--limit", "-1").returncode == 2
+    assert qc("pause", "--group", "../x").returncode == 1
+    assert "spool paused" in qc("pause").stdout
+    assert "was paused already" in qc("pause").stdout
+    assert os.path.isfile(os.path.join(spool_path, "paused"))
+    assert qc("resume").stdout == "spool resumed\n"
+    assert qc("resume").stdout == "spool was not paused\n"
