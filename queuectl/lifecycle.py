@@ -41,14 +41,17 @@ point repairable:
 that still says "processing" was running when its worker died, and counts
 as a failed attempt.
 
-Workflows (workflow.py) hook in at three points. A job of a group with a
+Workflows (workflow.py) hook in here. A job of a group with a
 limit holds a slot from just before its claim until its run ends (the
 worker takes and frees it); `recover` frees a dead worker's slot before it
 moves the job on, once the command's processes are gone. A unique key is
 released while its job is still live and locked, just before the move to
 completed/ or dead/ (`_move_on`, `cancel`), so nobody can take the key over
-in between; `dlq_retry` takes it again under the take-over lock. Functions take job ids; only `adopt` takes a file
-name, because a dropped-in file is not named after an id yet.
+in between; `dlq_retry` takes it again under the take-over lock. A pending
+job whose dependency is dead goes to dead/ (`dependency_died`).
+
+Functions take job ids; only `adopt` takes a file name, because a
+dropped-in file is not named after an id yet.
 """
 
 from __future__ import annotations
