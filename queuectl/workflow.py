@@ -33,7 +33,7 @@ import time
 from typing import Any, Callable, Iterator
 
 from . import registry
-from .errors import DuplicateJob, InvalidJob, JobNotFound, QueueError, SpoolError
+from .errors import DuplicateJob, InvalidJob, JobNotFound, SpoolError
 from .job import is_valid_id, iso
 
 PAUSE_FILE = "paused"
@@ -782,8 +782,3 @@ class Gate:
             return max(now, self.next_poll) if self.parked else now + PARK_POLL
         return None
 
-
-def iter_group_jobs(spool, state: str, group: str) -> Iterator[dict]:
-    for job in spool.iter_jobs(state):
-        if job.get("group") == group:
-            yield job

@@ -10,12 +10,10 @@ import sys
 import textwrap
 import time
 
-import pytest
-
-from conftest import run_queuectl, wait_until
+from conftest import wait_until
 from queuectl import Spool, lifecycle, workflow
 from queuectl.errors import WrongState
-from workers_util import configure, enqueue, read_lines, wait_for_state
+from workers_util import enqueue, read_lines, wait_for_state
 
 # Each run takes its own flock, then counts the runs whose flock is held (the
 # kernel drops a flock when its process dies, SIGKILL included), so a run
