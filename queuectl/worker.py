@@ -63,7 +63,7 @@ class Worker:
         self.stopping = False
         self.stop_now = False
         self.rechecks: dict[str, float] = {}  # dropped-in files that may still be being written
-        self.gate = workflow.Gate(spool, self._readd)  # dependencies, groups, pauses
+        self.gate = workflow.Gate(spool, self._readd, self.name)  # dependencies, groups, pauses
 
     # -- life ----------------------------------------------------------------
 
@@ -91,6 +91,7 @@ class Worker:
                              f"{exc.strerror or exc}") from None
         finally:
             self._close_commit()
+            self.gate.close()
             if self.watch is not None:
                 self.watch.close()
             registry.remove_record(self.spool, self.name)

@@ -2,22 +2,23 @@
 
 Promises, across every process and every host that shares the spool:
 - a group with a limit of N never has more than N jobs holding a slot, and a
-  job of a group runs only while it holds one; a slot is one symlink
-  `groups/NAME/slot-K` created with symlink() (EEXIST decides who gets it),
-  whose text names the job and the worker;
-- while a job with a unique key is pending, processing or failed, no other job
-  can take the key: the key is one symlink `unique/<sha256(key)>` naming the
-  job (a hard link to the job's file, taken before the job is published);
+  job of a group runs only while it holds one; a slot is one name
+  `groups/NAME/slot-K`, a hard link of its worker's badge file (which says
+  the job and the worker), made with link(): EEXIST decides who gets it;
+- while a job with a unique key is pending, processing or failed, no other
+  job can take the key: the key is one name `unique/<sha256(key)>`, a hard
+  link of the job's file made before the job is published;
 - a paused spool (a file `paused` at its top) or group (`groups/NAME.paused`)
   starts nothing new; a claim looks for the file right before it claims;
 - a job whose `after` names a job that is not completed is not started; its
   dependency dying sends it to dead/ (lifecycle.dependency_died).
-Every state is a file or a symlink that `ls -l` shows and a person may create
-or delete by hand (README.md, "The spool"). Only symlink(), link(), unlink
-and rename are used: no flock, no inotify and no renameat2 flag is needed
-for correctness, so it holds on network file systems. A worker's own view
-(`Gate`) keeps waiting and parked jobs in memory so a claim never rescans
-completed/.
+Every state is a file that `ls` and `cat` show and a person may create or
+delete by hand (README.md, "The spool"). Only link(), symlink() (the
+take-over lock), unlink and rename decide anything: no flock, no inotify
+and no renameat2 flag is needed for correctness, so it holds on network
+file systems; whether a slot's worker lives is asked of registry.is_alive
+only. A worker's own view (`Gate`) keeps waiting and parked jobs in memory,
+so a claim never rescans completed/.
 Fails with QueueError subclasses carrying one line a person can act on.
 """
 
@@ -102,13 +103,6 @@ def _folder(spool, name: str) -> str:
     except FileExistsError:
         pass
     return path
-
-
-def _readlink(path: str) -> str | None:
-    try:
-        return os.readlink(path)
-    except (FileNotFoundError, OSError):
-        return None
 
 
 def _unlink(path: str) -> bool:
@@ -214,29 +208,67 @@ def slot_names(spool, group: str) -> list[str]:
     return sorted(name for name in _listdir(slot_dir(spool, group)) if name.startswith("slot-"))
 
 
-def _slot_text(job_id: str, worker: str) -> str:
-    # The nonce makes each taking unique, so a sweep can tell the slot it
-    # judged from one taken again under the same name meanwhile.
-    return json.dumps({"job": job_id, "worker": worker, "taken_at": iso(time.time()),
-                       "nonce": os.urandom(4).hex()})
+BADGE_PREFIX = ".badge-"
+
+
+class Badge:
+    """A worker's one file under groups/, linked as each slot it takes (`groups/.badge-<worker>`).
+
+    Taking a slot is link(badge, slot-K): a name only, no new inode (a
+    file or a long symlink per claim costs an inode, and on an ext4 without
+    a journal each creation scans past every inode freed lately). Before
+    each link the badge is rewritten in place with the job and the worker,
+    so `cat groups/NAME/slot-K` says who holds it. Only its own worker
+    writes it, and only while none of its slots is taken.
+    """
+
+    def __init__(self, spool, worker: str):
+        self.worker = worker
+        self.path = os.path.join(groups_dir(spool), BADGE_PREFIX + worker)
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        self.ino = os.fstat(self.fd).st_ino
+
+    def write(self, job_id: str) -> None:
+        data = json.dumps({"job": job_id, "worker": self.worker, "host": os.uname().nodename,
+                           "taken_at": iso(time.time())}).encode() + b"\n"
+        os.pwrite(self.fd, data, 0)
+        os.ftruncate(self.fd, len(data))
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+            _unlink(self.path)
 
 
 def read_slot(path: str) -> dict | None:
-    text = _readlink(path)
-    if text is None:
+    """Who holds a slot ({"job", "worker", ...}), with `ino` (the holder's badge); None when it is free."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError:
         return None
     try:
-        holder = json.loads(text)
+        ino = os.fstat(fd).st_ino
+        data = os.read(fd, 4096)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    try:
+        holder = json.loads(data)
     except ValueError:
-        return {"text": text}
-    return holder if isinstance(holder, dict) else {"text": text}
+        holder = None
+    if not isinstance(holder, dict):
+        holder = {"text": data.decode("utf-8", "replace")}  # being written, or made by hand
+    holder["ino"] = ino
+    return holder
 
 
 class Slot:
     """One slot this process holds (or no slot, for a job without a limited group)."""
 
-    def __init__(self, path: str | None = None, text: str | None = None):
-        self.path, self.text = path, text
+    def __init__(self, path: str | None = None):
+        self.path = path
 
     def release(self) -> None:
         """Free the slot. Nobody else removes a live worker's slot (see `free_orphan_slots`)."""
@@ -248,15 +280,15 @@ class Slot:
 NO_SLOT = Slot()
 
 
-def take_slot(spool, group: str, limit: int, job_id: str, worker: str) -> Slot | None:
+def take_slot(spool, group: str, limit: int, job_id: str, badge: Badge) -> Slot | None:
     """A free slot of the group for this job, or None when all `limit` are held.
 
-    symlink() decides: of workers taking slot-K at once, one succeeds. A
-    small limit is tried name by name (EEXIST is as cheap as a listing); a
-    large one lists the folder first.
+    link() decides: of workers taking slot-K at once, one succeeds. A small
+    limit is tried name by name (EEXIST is as cheap as a listing); a large
+    one lists the folder first.
     """
     folder = slot_dir(spool, group)
-    text = _slot_text(job_id, worker)
+    badge.write(job_id)
     for _ in range(2):
         try:
             taken = set(os.listdir(folder)) if limit > 8 else set()
@@ -266,11 +298,14 @@ def take_slot(spool, group: str, limit: int, job_id: str, worker: str) -> Slot |
                     continue
                 path = os.path.join(folder, name)
                 try:
-                    os.symlink(text, path)
-                    return Slot(path, text)
+                    os.link(badge.path, path)
+                    return Slot(path)
                 except FileExistsError:
-                    if _readlink(path) == text:  # a retried call that had succeeded (network file systems)
-                        return Slot(path, text)
+                    try:
+                        if os.lstat(path).st_ino == badge.ino:  # a retried call that had succeeded (NFS)
+                            return Slot(path)
+                    except FileNotFoundError:
+                        pass
             return None
         except FileNotFoundError:  # the group's first slot: make its folder
             _folder(spool, GROUPS)
@@ -283,20 +318,21 @@ def free_orphan_slots(spool, *, repair: bool = True) -> list[dict[str, Any]]:
 
     A dead worker's job still in processing/ is recovery's: `free_job_slots`
     frees its slot under the job's flock, before the job moves on. Here a
-    slot is renamed aside first and removed only if it is still the one
-    judged (its text carries a nonce), so a slot taken again meanwhile under
-    the same name is put back, not lost.
+    slot is renamed aside first and removed only if it is still the dead
+    worker's badge (the same inode), so a slot taken again meanwhile under
+    the same name is put back, not lost. Dead workers' badges that no slot
+    uses any more go too.
     """
     found = []
     root = os.path.join(spool.root, GROUPS)
-    for group in _listdir(root):
+    entries = _listdir(root)
+    for group in entries:
         if not GROUP_PATTERN.fullmatch(group) or not os.path.isdir(os.path.join(root, group)):
             continue
         for name in slot_names(spool, group):
             path = os.path.join(root, group, name)
-            text = _readlink(path)
             holder = read_slot(path)
-            if text is None or holder is None:
+            if holder is None:
                 continue
             worker, job_id = holder.get("worker"), holder.get("job")
             if _alive(spool, worker):
@@ -308,25 +344,34 @@ def free_orphan_slots(spool, *, repair: bool = True) -> list[dict[str, Any]]:
             finding = {"problem": "orphan-slot", "path": os.path.relpath(path, spool.root),
                        "detail": f"held for job {job_id} by worker {worker}, which is gone", "repaired": False}
             if repair:
-                finding["repaired"] = _remove_if(spool, path, text)
+                finding["repaired"] = _remove_if(spool, path, holder["ino"])
             found.append(finding)
+    if repair:
+        for entry in entries:
+            worker = entry[len(BADGE_PREFIX):]
+            if entry.startswith(BADGE_PREFIX) and is_valid_id(worker) and not _alive(spool, worker):
+                try:
+                    if os.lstat(os.path.join(root, entry)).st_nlink == 1:  # no slot links it
+                        _unlink(os.path.join(root, entry))
+                except FileNotFoundError:
+                    pass
     return found
 
 
-def _remove_if(spool, path: str, text: str) -> bool:
-    """Remove the symlink at `path` if it still reads `text`; put back anything else taken aside."""
+def _remove_if(spool, path: str, ino: int) -> bool:
+    """Remove the slot at `path` if it is still inode `ino`; put back anything else taken aside."""
     aside = os.path.join(spool.dir("tmp"), f".freeing.{os.getpid()}.{os.urandom(4).hex()}.tmp")
     try:
         os.rename(path, aside)
     except FileNotFoundError:
         return False
-    if _readlink(aside) == text:
+    if os.lstat(aside).st_ino == ino:
         _unlink(aside)
         return True
     try:
-        os.link(aside, path, follow_symlinks=False)  # not ours to free: put it back
+        os.link(aside, path)  # not ours to free: put it back
     except FileExistsError:
-        pass  # taken again in this instant: the holder of `aside` releases nothing, its job ends anyway
+        pass  # taken again in this instant: its holder frees nothing, its job ends anyway
     _unlink(aside)
     return False
 
@@ -601,9 +646,11 @@ class Gate:
     Jobs are known by id, as in the worker's order.DueIndex.
     """
 
-    def __init__(self, spool, add: Callable[[str, str, int, float], None]):
+    def __init__(self, spool, add: Callable[[str, str, int, float], None], worker: str = ""):
         self.spool = spool
         self.add = add
+        self.worker = worker
+        self.badge: Badge | None = None  # made when the worker takes its first slot
         self.group_of: dict[str, tuple[str, int, float]] = {}           # id -> (group, priority, due)
         self.waiting: dict[str, tuple[str, int, float, set[str]]] = {}  # id -> (folder, priority, due, ids)
         self.waiters: dict[str, set[str]] = {}                          # id -> ids waiting for it
@@ -709,7 +756,9 @@ class Gate:
         limit = self._limit(group)
         if limit is None:
             return NO_SLOT
-        slot = take_slot(self.spool, group, limit, job_id, worker)
+        if self.badge is None:
+            self.badge = Badge(self.spool, worker)
+        slot = take_slot(self.spool, group, limit, job_id, self.badge)
         if slot is None:
             self.full.add(group)
             self._park(group, priority, due, job_id, state)
@@ -756,6 +805,12 @@ class Gate:
                     self.add(state, name, -negative_priority, due)
             if not heap:
                 del self.parked[group]
+
+    def close(self) -> None:
+        """At the worker's exit: its badge goes (no slot of its links it any more)."""
+        if self.badge is not None:
+            self.badge.close()
+            self.badge = None
 
     def holding(self) -> bool:
         """Whether any job is held back (waiting for a dependency, or parked behind its group)."""
