@@ -609,6 +609,8 @@ def group_list(ctx, as_json):
         limit = group["limit"] if group["limit"] is not None else "-"
         click.echo(f"{group['name']:<{width}}  {limit!s:>5}  {group['running']:>7}  {group['slots']:>5}  "
                    f"{'yes' if group['paused'] else 'no'}")
+        for holder in group["holders"]:
+            click.echo(f"  {holder['slot']}: worker {holder['worker']}, job {holder['job'] or '-'}")
 
 
 @main.command()

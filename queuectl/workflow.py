@@ -216,33 +216,30 @@ class Badge:
 
     Taking a slot is link(badge, slot-K): a name only, no new inode (a
     file or a long symlink per claim costs an inode, and on an ext4 without
-    a journal each creation scans past every inode freed lately). Before
-    each link the badge is rewritten in place with the job and the worker,
-    so `cat groups/NAME/slot-K` says who holds it. Only its own worker
-    writes it, and only while none of its slots is taken.
+    a journal each creation scans past every inode freed lately). The badge
+    is written once, when the worker takes its first slot, and names the
+    worker for life, so `cat groups/NAME/slot-K` says who holds the slot;
+    the job it runs is the one in processing/ whose `worker` is that name
+    (`slot_holders`).
     """
 
     def __init__(self, spool, worker: str):
+        from .fsops import publish
         self.worker = worker
         self.path = os.path.join(groups_dir(spool), BADGE_PREFIX + worker)
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-        self.ino = os.fstat(self.fd).st_ino
-
-    def write(self, job_id: str) -> None:
-        data = json.dumps({"job": job_id, "worker": self.worker, "host": os.uname().nodename,
-                           "taken_at": iso(time.time())}).encode() + b"\n"
-        os.pwrite(self.fd, data, 0)
-        os.ftruncate(self.fd, len(data))
+        record = {"worker": worker, "host": os.uname().nodename, "pid": os.getpid()}
+        try:
+            publish(spool.dir("tmp"), self.path, json.dumps(record).encode() + b"\n", durable=False)
+        except FileExistsError:
+            pass  # ours from a retried call (worker names are unique)
+        self.ino = os.lstat(self.path).st_ino
 
     def close(self) -> None:
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
-            _unlink(self.path)
+        _unlink(self.path)
 
 
 def read_slot(path: str) -> dict | None:
-    """Who holds a slot ({"job", "worker", ...}), with `ino` (the holder's badge); None when it is free."""
+    """Who holds a slot ({"worker", "host", "pid"}), with `ino` (the holder's badge); None when it is free."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
     except OSError:
@@ -280,7 +277,7 @@ class Slot:
 NO_SLOT = Slot()
 
 
-def take_slot(spool, group: str, limit: int, job_id: str, badge: Badge) -> Slot | None:
+def take_slot(spool, group: str, limit: int, badge: Badge) -> Slot | None:
     """A free slot of the group for this job, or None when all `limit` are held.
 
     link() decides: of workers taking slot-K at once, one succeeds. A small
@@ -288,7 +285,6 @@ def take_slot(spool, group: str, limit: int, job_id: str, badge: Badge) -> Slot 
     one lists the folder first.
     """
     folder = slot_dir(spool, group)
-    badge.write(job_id)
     for _ in range(2):
         try:
             taken = set(os.listdir(folder)) if limit > 8 else set()
@@ -313,8 +309,33 @@ def take_slot(spool, group: str, limit: int, job_id: str, badge: Badge) -> Slot 
     return None
 
 
+def running_by_worker(spool) -> dict[str, dict]:
+    """Worker name -> the job it runs, read from processing/ (small: a job per live worker at most)."""
+    running = {}
+    for name in spool.names("processing"):
+        job = spool.read("processing", name)
+        if job and isinstance(job.get("worker"), str):
+            running[job["worker"]] = job
+    return running
+
+
+def slot_holders(spool, group: str, running: dict[str, dict] | None = None) -> list[dict[str, Any]]:
+    """Each slot of the group: its name, worker, whether that worker lives, and the job it runs."""
+    running = running_by_worker(spool) if running is None else running
+    holders = []
+    for name in slot_names(spool, group):
+        holder = read_slot(os.path.join(slot_dir(spool, group), name))
+        if holder is None:
+            continue
+        worker = holder.get("worker")
+        job = running.get(worker) if isinstance(worker, str) else None
+        holders.append({"slot": name, "worker": worker, "job": job.get("id") if job else None,
+                        "ino": holder["ino"]})
+    return holders
+
+
 def free_orphan_slots(spool, *, repair: bool = True) -> list[dict[str, Any]]:
-    """Free slots whose worker is dead and whose job is not in processing/ under that worker.
+    """Free slots whose worker is dead and runs no job of the group in processing/.
 
     A dead worker's job still in processing/ is recovery's: `free_job_slots`
     frees its slot under the job's flock, before the job moves on. Here a
@@ -326,23 +347,22 @@ def free_orphan_slots(spool, *, repair: bool = True) -> list[dict[str, Any]]:
     found = []
     root = os.path.join(spool.root, GROUPS)
     entries = _listdir(root)
+    running = None
     for group in entries:
         if not GROUP_PATTERN.fullmatch(group) or not os.path.isdir(os.path.join(root, group)):
             continue
         for name in slot_names(spool, group):
             path = os.path.join(root, group, name)
             holder = read_slot(path)
-            if holder is None:
+            if holder is None or _alive(spool, holder.get("worker")):
                 continue
-            worker, job_id = holder.get("worker"), holder.get("job")
-            if _alive(spool, worker):
-                continue
-            if isinstance(job_id, str) and is_valid_id(job_id) and spool.find(job_id) == "processing":
-                job = spool.read("processing", job_id + ".json")
-                if job is None or job.get("worker") == worker:
-                    continue  # recovery frees it when it moves the job on
+            worker = holder.get("worker")
+            running = running_by_worker(spool) if running is None else running
+            job = running.get(worker) if isinstance(worker, str) else None
+            if job is not None and job.get("group") == group:
+                continue  # recovery frees it when it moves the job on
             finding = {"problem": "orphan-slot", "path": os.path.relpath(path, spool.root),
-                       "detail": f"held for job {job_id} by worker {worker}, which is gone", "repaired": False}
+                       "detail": f"held by worker {worker}, which is gone", "repaired": False}
             if repair:
                 finding["repaired"] = _remove_if(spool, path, holder["ino"])
             found.append(finding)
@@ -377,7 +397,10 @@ def _remove_if(spool, path: str, ino: int) -> bool:
 
 
 def free_job_slots(spool, job: dict, *, leftovers: bool = False) -> None:
-    """Free the slots a dead worker held for this job (called by recovery, under the job's flock).
+    """Free the slot the job's dead worker held in its group (called by recovery, under the job's flock).
+
+    A worker holds one slot at a time, for the job it runs: the slot of the
+    job's `worker` in the job's group is that job's.
 
     With `leftovers` the dead worker's command was just sent SIGKILL: the
     slot frees only once none of its processes is left (a signal is
@@ -386,11 +409,12 @@ def free_job_slots(spool, job: dict, *, leftovers: bool = False) -> None:
     group = job.get("group")
     if not isinstance(group, str) or not GROUP_PATTERN.fullmatch(group):
         return
+    worker = job.get("worker")
     mine = []
     for name in slot_names(spool, group):
         path = os.path.join(slot_dir(spool, group), name)
         holder = read_slot(path)
-        if holder and holder.get("job") == job.get("id") and not _alive(spool, holder.get("worker")):
+        if holder and isinstance(worker, str) and holder.get("worker") == worker and not _alive(spool, worker):
             mine.append(path)
     if mine and leftovers:
         from .runner import kill_leftovers
@@ -407,21 +431,24 @@ def _alive(spool, worker: Any) -> bool:
 
 
 def groups(spool) -> list[dict[str, Any]]:
-    """Every group with a limit, a pause or slots: name, limit, running (jobs in processing/), slots, paused."""
+    """Every group with a limit, a pause or running jobs: name, limit, running (jobs in processing/),
+    slots (held), paused, and the holders of its slots (slot, worker, the job that worker runs)."""
     root = os.path.join(spool.root, GROUPS)
     names = set()
     for entry in _listdir(root):
         stem = entry.removesuffix(".json").removesuffix(".paused")
         if GROUP_PATTERN.fullmatch(stem):
             names.add(stem)
+    by_worker = running_by_worker(spool)
     running: dict[str, int] = {}
-    for name in spool.names("processing"):
-        job = spool.read("processing", name)
-        if job and isinstance(job.get("group"), str):
+    for job in by_worker.values():
+        if isinstance(job.get("group"), str):
             running[job["group"]] = running.get(job["group"], 0) + 1
     names.update(running)
     return [{"name": name, "limit": read_limit(spool, name), "running": running.get(name, 0),
-             "slots": len(slot_names(spool, name)), "paused": is_paused(spool, name)}
+             "slots": len(slot_names(spool, name)), "paused": is_paused(spool, name),
+             "holders": [{key: holder[key] for key in ("slot", "worker", "job")}
+                         for holder in slot_holders(spool, name, by_worker)]}
             for name in sorted(names)]
 
 
@@ -758,7 +785,7 @@ class Gate:
             return NO_SLOT
         if self.badge is None:
             self.badge = Badge(self.spool, worker)
-        slot = take_slot(self.spool, group, limit, job_id, self.badge)
+        slot = take_slot(self.spool, group, limit, self.badge)
         if slot is None:
             self.full.add(group)
             self._park(group, priority, due, job_id, state)

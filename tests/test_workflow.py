@@ -95,8 +95,8 @@ def test_a_full_group_does_not_hold_up_other_jobs(spool_path, tmp_path, workers)
     other = enqueue(spool_path, "true")
     wait_for_state(spool_path, other, "completed")
     assert spool.find(second) == "pending"  # the free worker left it: the group's one slot is taken
-    assert [workflow.read_slot(os.path.join(workflow.slot_dir(spool, "one"), name))["job"]
-            for name in workflow.slot_names(spool, "one")] == [first]
+    assert [holder["job"] for holder in workflow.slot_holders(spool, "one")] == [first]
+    assert "worker" in workflow.read_slot(os.path.join(workflow.slot_dir(spool, "one"), "slot-0"))
     gate.touch()
     wait_for_state(spool_path, second, "completed")
 
@@ -293,7 +293,7 @@ def test_a_slot_left_by_a_dead_worker_is_freed(spool_path, workers, qc):
     folder = workflow.slot_dir(spool, "g")
     os.makedirs(folder, exist_ok=True)
     with open(os.path.join(folder, "slot-0"), "w") as handle:  # as a killed worker leaves it
-        handle.write(json.dumps({"job": done, "worker": "gone-1-1"}))
+        handle.write(json.dumps({"worker": "gone-1-1"}))
     job = enqueue(spool_path, {"command": "true", "group": "g"})
     wait_for_state(spool_path, job, "completed")
     assert qc("doctor").returncode == 0
@@ -310,7 +310,8 @@ def test_the_dashboard_shows_groups_pauses_and_waiting_jobs_and_pauses_with_the_
     with running_dashboard(spool) as server:
         status = get(server, "/api/status").json()
         assert status["paused"] is False
-        assert status["groups"] == [{"name": "build", "limit": 2, "running": 0, "slots": 0, "paused": False}]
+        assert status["groups"] == [{"name": "build", "limit": 2, "running": 0, "slots": 0, "paused": False,
+                                     "holders": []}]
         rows = {job["id"]: job for job in get(server, "/api/jobs").json()["jobs"]}
         assert rows["second"]["waiting_on"] == [{"id": "first", "state": "pending"}]
         assert rows["first"]["group"] == "build" and rows["first"]["waiting_on"] is None
