@@ -5,6 +5,7 @@ Every edge a job file can take, and the function that takes it:
     (enqueue in spool.py)  ----------------------------> pending
     pending (a drop-in)    --adopt--------------------->  pending/<id>.json
     pending (a drop-in)    --adopt: not a valid job---->  dead    (bytes kept as <id>.invalid)
+    pending (a drop-in)    --adopt: unique key taken-->  dead    (a live job holds its unique_key)
     pending                --claim-------------------->  processing
     failed                 --claim: next_run_at due--->  processing
     processing             --settle: exit 0----------->  completed
@@ -391,7 +392,25 @@ def adopt(spool: Spool, name: str, *, complete: bool) -> str | None:
                 return None
         held.job = job
         held.save()
+        if job.get("unique_key") is not None and not _adopt_key(spool, held):
+            return None
         return target
+
+
+def _adopt_key(spool: Spool, held: LockedJob) -> bool:
+    """A dropped-in job with a `unique_key` takes it like an enqueue; held by a live job, it goes to dead/.
+
+    Taken once the file holds the job's id (after the rewrite) and while it
+    is locked, so no worker claims it before it has its key.
+    """
+    try:
+        workflow.take_key(spool, held.job["unique_key"], held.job["id"], held.path)
+    except workflow.KeyTaken as exc:
+        held.job.update(state="dead", last_error=str(exc))
+        held.save(moving_on=True)
+        _move_on(spool, held, "dead")
+        return False
+    return True
 
 
 def finish_cut_move(spool: Spool, held: LockedJob) -> bool:

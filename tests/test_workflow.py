@@ -375,3 +375,17 @@ def test_group_and_pause_commands_say_what_they_did_and_refuse_bad_input(spool_p
     assert os.path.isfile(os.path.join(spool_path, "paused"))
     assert qc("resume").stdout == "spool resumed\n"
     assert qc("resume").stdout == "spool was not paused\n"
+
+
+def test_a_dropped_in_job_takes_its_unique_key_or_goes_to_dead(spool_path, workers):
+    spool = Spool(spool_path)
+    holder = spool.enqueue("true", unique="once", delay=3600)["id"]
+    for name, key in (("dup.json", "once"), ("fresh.json", "fresh")):
+        with open(os.path.join(spool_path, "pending", name), "w") as handle:
+            json.dump({"command": "true", "unique_key": key, "run_at": "2999-01-01T00:00:00Z"}, handle)
+    workers.start()
+    dead = wait_for_state(spool_path, "dup", "dead")
+    assert f"held by job {holder}" in dead["last_error"]
+    wait_until(lambda: workflow.key_holder(workflow.key_path(spool, "fresh")) == "fresh",
+               message="the dropped-in job to hold its key")
+    assert spool.find("fresh") == "pending" and spool.find(holder) == "pending"
