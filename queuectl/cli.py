@@ -718,6 +718,13 @@ def doctor(ctx, repair, as_json):
 
 
 @main.command()
+def schema():
+    """Print the JSON Schema of a job file (validate a file before dropping it in)."""
+    from .schema import schema_text
+    click.echo(schema_text(), nl=False)
+
+
+@main.command()
 @click.option("--count", "-n", type=click.IntRange(min=1), default=2, show_default=True)
 @click.option("--example", type=click.Path(exists=True, file_okay=False), default=None,
               help="Folder of example jobs [default: spool.example/ of the source tree].")
