@@ -31,7 +31,8 @@ import json
 import os
 import re
 import time
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 from . import registry
 from .errors import DuplicateJob, InvalidJob, JobNotFound, SpoolError

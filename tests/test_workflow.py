@@ -11,9 +11,10 @@ import textwrap
 import time
 
 from conftest import wait_until
+from workers_util import enqueue, read_lines, wait_for_state
+
 from queuectl import Spool, lifecycle, workflow
 from queuectl.errors import WrongState
-from workers_util import enqueue, read_lines, wait_for_state
 
 # Each run takes its own flock, then counts the runs whose flock is held (the
 # kernel drops a flock when its process dies, SIGKILL included), so a run
@@ -71,7 +72,7 @@ def test_a_group_never_runs_more_than_its_limit_even_when_workers_are_killed(spo
                        + [{"command": "true"} for _ in range(20)])  # others run beside the group
     running = [workers.start() for _ in range(4)]
     for done in (30, 70, 110):
-        wait_until(lambda: completed(spool_path) >= done, timeout=60, message=f"{done} completed jobs")
+        wait_until(lambda done=done: completed(spool_path) >= done, timeout=60, message=f"{done} completed jobs")
         victim = running.pop(0)
         victim.send(signal.SIGKILL)  # its job lives on until recovery kills it; its slot stays taken
         victim.wait()

@@ -1,12 +1,12 @@
-"""The dashboard's workflow parts in headless Chromium: groups, the pause button, waiting jobs (README.md, "Workflows")."""
+"""The dashboard's workflow parts in headless Chromium: groups, pause buttons, waiting jobs (README, "Workflows")."""
 
 from __future__ import annotations
 
 import pytest
-
 from dashboard_support import running_dashboard
-from queuectl import workflow
 from test_dashboard_browser import XSS, browser, expect, page  # noqa: F401 - fixtures
+
+from queuectl import workflow
 
 pytestmark = pytest.mark.browser
 
@@ -20,7 +20,7 @@ def dashboard(spool):
         yield server
 
 
-def test_groups_waiting_jobs_and_the_pause_buttons(page, spool):
+def test_groups_waiting_jobs_and_the_pause_buttons(page, spool):  # noqa: F811 - the imported fixture
     expect(page.locator("#groups tbody")).to_contain_text("gpu")
     expect(page.locator("#groups tbody tr", has_text="gpu")).to_contain_text("2")
     row = page.locator("#jobs tbody tr", has_text="report")

@@ -233,9 +233,9 @@ class DashboardHandler(BaseHTTPRequestHandler):
             case ["api", "dlq", "retry-all"]:
                 return "POST", self._retry_all, ()
             case ["api", "pause"]:
-                return "POST", self._pause, (True,)
+                return "POST", self._pause, ("pause",)
             case ["api", "resume"]:
-                return "POST", self._pause, (False,)
+                return "POST", self._pause, ("resume",)
         raise HttpError(404, "no such page")
 
     def _check_same_origin(self) -> None:
@@ -313,8 +313,9 @@ class DashboardHandler(BaseHTTPRequestHandler):
         job = lifecycle.dlq_retry(self.server.spool, _checked_id(job_id))
         self._send_json(200, {"job": job_summary(job)})
 
-    def _pause(self, query: dict, pause: bool) -> None:
-        """Pause or resume the spool, or the group named by `group`."""
+    def _pause(self, query: dict, action: str) -> None:
+        """Pause or resume (`action`) the spool, or the group named by `group`."""
+        pause = action == "pause"
         group = _text_param(query, "group") or None
         spool = self.server.spool
         if group is not None:
