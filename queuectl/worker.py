@@ -31,7 +31,7 @@ from typing import Callable, Iterator
 
 from filelock import FileLock, Timeout
 
-from . import hooks, lifecycle, registry, retention, runner, schedules
+from . import hooks, lifecycle, registry, retention, runner, schedules, workflow
 from .errors import InvalidJob, SpoolError
 from .events import EventLog
 from .fsops import open_nofollow, read_fd
@@ -40,7 +40,9 @@ from .order import DueIndex
 from .spool import SUFFIX, Spool, file_name, id_of
 from .watch import RESCAN, FolderWatch
 
-WATCHED = ("pending", "failed", "workers", "schedules")
+# completed/ and dead/ wake jobs waiting for a dependency; groups/ and the spool's
+# top (its `paused` file) bring limits and pauses (workflow.Gate).
+WATCHED = ("pending", "failed", "workers", "completed", "dead", "schedules")
 DRAIN_POLL = 0.2  # seconds between looks at processing/ while `--until-empty` waits for jobs there
 # What a terminal or an init system sends to end a process: a graceful stop
 # (finish the running job), except SIGQUIT (Ctrl-\\), which stops it now.
@@ -100,6 +102,7 @@ class Worker:
         self.rechecks: dict[str, float] = {}  # dropped-in files that may still be being written
         self.next_schedule = 0.0  # when a schedule's next slot is due (schedules.sweep)
         self.pruner = retention.Pruner(spool)
+        self.gate = workflow.Gate(spool, self._readd, self.name)  # dependencies, groups, pauses
 
     # -- life ----------------------------------------------------------------
 
@@ -113,7 +116,9 @@ class Worker:
         # worker leaves is one more request to stop, not a crash or a KeyboardInterrupt.
         with stop_signals(self._on_signal):
             try:
-                self.watch = FolderWatch({folder: self.spool.dir(folder) for folder in WATCHED})
+                folders = {folder: self.spool.dir(folder) for folder in WATCHED}
+                folders.update(groups=workflow.groups_dir(self.spool), spool=self.spool.root)
+                self.watch = FolderWatch(folders)
                 # The commit's thread starts with the stop signals blocked and keeps them so:
                 # they reach this thread, which runs the handler and wakes its own select.
                 mask = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
@@ -135,6 +140,7 @@ class Worker:
                                  f"{exc.strerror or exc}") from None
             finally:
                 self._close_commit()
+                self.gate.close()
                 watch, self.watch = self.watch, None  # the handler no longer wakes it
                 if watch is not None:
                     watch.close()
@@ -209,22 +215,25 @@ class Worker:
                 self._scan()
                 next_scan = now + self.spool.config["scan_interval"]
             self._recheck_dropins(now)
-            due = self.index.pop_due(now)
+            self.gate.unpark(now)
+            # A paused spool starts nothing: one stat, just before the claim.
+            due = None if self.gate.spool_paused() else self.index.pop_due(now)
             if due is not None:
                 self._process(*due)
                 continue
             running: list[str] = []
-            if self.burst and not self.rechecks and not self._apply_events():
-                # The index holds every job of pending/ and failed/; one running
-                # (elsewhere, or being settled by this worker's commit thread) may
-                # still fail and come back to failed/.
+            if self.burst and not self.rechecks and not self._apply_events() and not self.gate.may_unblock(now):
+                # The index holds every job of pending/ and failed/ (the gate those held
+                # back); one running (elsewhere, or being settled by this worker's commit
+                # thread) may still fail and come back to failed/.
                 running = self.spool.names("processing") if self.until_empty else []
-                if not self.until_empty or not (len(self.index) or running):
+                if not self.until_empty or not (len(self.index) or self.gate.holding() or running):
                     return
             # A job leaving processing/ for completed/ or dead/ wakes nobody: look again soon.
             drain_poll = time.time() + DRAIN_POLL if running else None
             wake_at = min(t for t in (self.next_recovery, next_scan, self.index.next_due(), drain_poll,
-                                      self.next_schedule, min(self.rechecks.values(), default=None))
+                                      self.next_schedule, min(self.rechecks.values(), default=None),
+                                      self.gate.next_wake(now))
                           if t is not None)
             self.watch.wait(wake_at - time.time(), also=() if self.supervisor_fd is None else (self.supervisor_fd,))
 
@@ -239,15 +248,19 @@ class Worker:
             elif folder == "workers":
                 if name == registry.STOP_FILE and kind != "gone":
                     self.check_stop_request()
+            elif folder not in ("pending", "failed"):
+                self.gate.changed(kind, folder, name)
             elif kind == "gone":
                 # A name can leave and come back (a stopped job returns to pending/)
                 # within one batch of changes: the folder decides. (A job this worker
                 # claimed has left the index already: no need to look.)
-                known = id_of(name) in self.index or name in self.rechecks
+                known = id_of(name) in self.index or name in self.rechecks or id_of(name) in self.gate
                 if known and not os.path.lexists(os.path.join(self.spool.dir(folder), name)):
                     self.index.discard(id_of(name), folder)
                     self.rechecks.pop(name, None)
+                    self.gate.forget(id_of(name))
             else:
+                self.gate.changed(kind, folder, name)
                 self._consider(folder, name, complete=kind != "created")
         return bool(changes)
 
@@ -262,10 +275,13 @@ class Worker:
         listed = {id_of(name) for names in listings.values() for name in names if name.endswith(SUFFIX)}
         for job_id in self.index.ids() - listed:
             self.index.discard(job_id)
+        for job_id in self.gate.names() - listed:
+            self.gate.forget(job_id)
         for folder, names in listings.items():
             for name in names:
-                if not name.endswith(SUFFIX) or id_of(name) not in self.index:
+                if not name.endswith(SUFFIX) or (id_of(name) not in self.index and id_of(name) not in self.gate):
                     self._consider(folder, name, complete=False)
+        self.gate.recheck()
 
     def _consider(self, folder: str, name: str, *, complete: bool) -> None:
         """Index a job file, or hand a dropped-in file to adoption."""
@@ -280,8 +296,12 @@ class Worker:
                 priority = int(job.get("priority") or 0)
             except (TypeError, ValueError):
                 priority = 0
-            self.index.add(folder, job["id"], priority, due_time(job), time.time())
             self.rechecks.pop(name, None)
+            due = due_time(job)
+            if self.gate.hold(folder, job["id"], job, priority, due):
+                self.index.discard(job["id"])  # waits for a dependency, or went to dead/
+                return
+            self.index.add(folder, job["id"], priority, due, time.time())
             return
         if folder != "pending":
             return  # only pending/ takes drop-ins; doctor reports strays elsewhere
@@ -300,10 +320,18 @@ class Worker:
 
     # -- one job -------------------------------------------------------------
 
+    def _readd(self, folder: str, job_id: str, priority: int, due: float) -> None:
+        """A job the gate held back may start now (its dependencies completed, its group has room)."""
+        self.index.add(folder, job_id, priority, due, time.time())
+
     def _process(self, state: str, job_id: str) -> None:
+        slot = self.gate.admit(state, job_id, self.name)
+        if slot is None:
+            return  # its group is full or paused: parked until a slot frees
         now = time.time()
         held = lifecycle.claim(self.spool, state, job_id, self.name, now)
         if held is None:
+            slot.release()
             self._consider(state, file_name(job_id), complete=True)  # not due after all (re-read its time), or gone
             return
         job = held.job
@@ -322,6 +350,8 @@ class Worker:
         except BaseException:
             held.release()
             raise
+        finally:
+            slot.release()  # the command has ended: the group may start another
         state = lifecycle.settle(self.spool, held, outcome, timeout, self.commit)  # owns `held` from here
         if self.log is not None:
             # Now, not when the commit's thread has moved it: a worker's lines stay in

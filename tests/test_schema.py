@@ -27,7 +27,7 @@ from jsonschema import Draft202012Validator
 
 from queuectl.config import defaults
 from queuectl.errors import InvalidJob
-from queuectl.job import build, parse_time
+from queuectl.job import STATES, build, parse_time
 from queuectl.schema import job_schema, schema_text
 
 CONFIG = defaults()
@@ -69,6 +69,9 @@ VALID_FIELDS = {
     "history": st.lists(json_values, max_size=2),
     "state": json_values,
     **{name: st.none() | env_values for name in ("on_success", "on_failure", "on_dead")},
+    "after": st.none() | valid_ids | st.lists(valid_ids, max_size=3),
+    "group": st.none() | st.from_regex(r"[A-Za-z0-9_-]{1,64}", fullmatch=True),
+    "unique_key": st.none() | env_values.filter(bool),
     **{name: st.none() | valid_times for name in TIME_FIELDS},
 }
 
@@ -124,6 +127,10 @@ MUTATED_FIELDS = {
     "env": either(any_value, near_miss_envs()),
     "history": any_value,
     **{name: either(any_value, inserted(env_values, ["\x00"])) for name in ("on_success", "on_failure", "on_dead")},
+    "after": either(any_value, near_miss_ids, st.lists(either(valid_ids, near_miss_ids, any_value), max_size=3)),
+    "group": either(any_value, inserted(st.from_regex(r"[A-Za-z0-9_-]{1,64}", fullmatch=True)),
+                    st.just("x" * 65)),
+    "unique_key": either(any_value, inserted(env_values, ["\x00"]), st.just("k" * 257)),
     **{name: any_value for name in TIME_FIELDS},
 }
 
@@ -155,6 +162,9 @@ def beyond_the_schema(job: object) -> str | None:
     """Which documented limit of the schema makes this job's verdict differ, if any."""
     if not isinstance(job, dict):
         return None
+    after = job.get("after")
+    if job.get("id") is not None and (after == job["id"] or isinstance(after, list) and job["id"] in after):
+        return "after names the job's own id"
     for name in INT_FIELDS:
         value = job.get(name)
         if isinstance(value, float) and value.is_integer():
@@ -313,9 +323,7 @@ def test_the_example_spool_jobs_match_the_schema():
     """What queuectl writes matches its own schema (the record of an invalid file with no command aside)."""
     root = Path(__file__).resolve().parent.parent / "spool.example"
     checked = 0
-    for path in sorted(root.glob("*/*.json")):
-        if path.parent.name == "schedules":
-            continue  # schedules/<name>.json is a schedule, not a job (docs/spool-format.md)
+    for path in sorted(path for state in STATES for path in (root / state).glob("*.json")):
         job = json.loads(path.read_text(encoding="utf-8"))
         if path.parent.name == "dead" and job.get("invalid") and job.get("command") is None:
             continue
