@@ -194,6 +194,8 @@ function renderSchedules(schedules) {
     schedule.paused ? h("td", { class: "muted" }, "paused") : timeCell(schedule.next_run),
     schedule.last_slot ? timeCell(schedule.last_slot) : h("td", { class: "muted" }, "–"),
     h("td", { class: "mono", title: schedule.command ?? "" }, schedule.command ?? ""))));
+}
+
 function renderPause(paused) {
   $("#paused-badge").hidden = !paused;
   const button = $("#pause-toggle");
