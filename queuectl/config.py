@@ -32,6 +32,11 @@ def _parse_bool(text: str) -> bool:
     raise ValueError(text)
 
 
+def _parse_shared(text: str) -> str:
+    lowered = text.strip().lower()
+    return "auto" if lowered == "auto" else str(_parse_bool(lowered)).lower()
+
+
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
@@ -68,6 +73,11 @@ SETTINGS: dict[str, Setting] = {
                         "names of the worker's environment variables jobs also get, comma-separated; * for all"),
     "log_tail_lines": Setting(20, int, lambda v: _is_int(v) and v >= 0,
                               "lines of stderr kept in each history entry"),
+    "shared": Setting("auto", _parse_shared, lambda v: v in ("auto", "true", "false"),
+                      "whether other hosts share the spool: auto (from the file system type), true or false"),
+    "lease_timeout": Setting(30, _parse_number, lambda v: _is_number(v) and v >= 1,
+                             "seconds a worker of another host may go without renewing its lease "
+                             "before its jobs are recovered (number >= 1)"),
 }
 
 

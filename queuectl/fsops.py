@@ -31,27 +31,41 @@ if _renameat2 is not None:
     _renameat2.restype = ctypes.c_int
 
 
-def rename_noreplace(src: str, dst: str) -> None:
+def rename_noreplace(src: str, dst: str, *, fold_cut: bool = True) -> None:
     """Atomically move src to dst; FileExistsError when dst exists, never an overwrite.
 
     A dst that is already src itself (a link + unlink move cut between its
     two steps) is not in the way: dropping the old name finishes that move.
+    Unless `fold_cut` is False: on a shared spool, where flocks may not
+    reach the other hosts, that second name may be another host's move in
+    flight, and the move fails with FileNotFoundError (the file is not ours
+    to move) instead of claiming it twice (README.md "Running on several
+    hosts").
     """
     try:
         _rename_noreplace(src, dst)
     except FileExistsError:
         if not os.path.samestat(os.lstat(src), os.lstat(dst)):
             raise
+        if not fold_cut:
+            raise FileNotFoundError(errno.ENOENT, "being moved by another process", src) from None
         os.unlink(src)
 
 
 def _rename_noreplace(src: str, dst: str) -> None:
     if _renameat2_flags(src, dst, _RENAME_NOREPLACE):
         return
-    # The file system cannot rename without replacing: link() refuses an
-    # existing name; for an instant the job has two names, which doctor folds.
+    # The file system cannot rename without replacing (renameat2's flags give
+    # EINVAL on NFS and FUSE): link() refuses an existing name; for an
+    # instant the job has two names, which doctor folds.
     os.link(src, dst, follow_symlinks=False)
-    os.unlink(src)
+    try:
+        os.unlink(src)
+    except FileNotFoundError:
+        # Our link stands: whoever dropped the old name (a fold of the two
+        # names, or a retried NFS call that reported ENOENT after it had
+        # succeeded) finished this very move.
+        pass
 
 
 def _renameat2_flags(src: str, dst: str, flags: int) -> bool:

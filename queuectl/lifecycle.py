@@ -54,6 +54,9 @@ def claim(spool: Spool, state: str, name: str, worker: str, now: float) -> Locke
             held.release()
             return None
         held.move("processing", sync=False)
+    except FileNotFoundError:
+        held.release()  # another host's worker moved it first (shared spool: its flock did not reach us)
+        return None
     except InvalidJob as exc:
         dead_letter(spool, held, str(exc))
         held.release()
@@ -63,6 +66,9 @@ def claim(spool: Spool, state: str, name: str, worker: str, now: float) -> Locke
                     f"duplicate id {held.name.removesuffix(SUFFIX)!r}: a job with this id is already running")
         held.release()
         return None
+    if not still_owned(spool, held):  # paused past its lease between the rename and now
+        held.release()
+        return None
     job.update(state="processing", attempts=job["attempts"] + 1, started_at=iso(now),
                finished_at=None, worker=worker)
     held.job = job
@@ -70,8 +76,33 @@ def claim(spool: Spool, state: str, name: str, worker: str, now: float) -> Locke
     return held
 
 
+def still_owned(spool: Spool, held: LockedJob) -> bool:
+    """Whether `held` is still the file under its name, for a worker that may have been judged dead.
+
+    Only a worker whose own lease lapsed (lease.Lease.lapsed) can have lost
+    its job to another host's recovery, which rewrites the file (a new
+    inode) and moves it on; on a shared spool every settle checks, the rest
+    only after a lapse. The check and the rewrite that follows are two
+    steps: README.md "Running on several hosts" says what that leaves.
+    """
+    lease = spool.lease
+    if lease is None or not (spool.shared or lease.lapsed()):
+        return True
+    try:
+        at_name = os.stat(held.path, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    return os.path.samestat(at_name, os.fstat(held.fd))
+
+
 def settle(spool: Spool, held: LockedJob, outcome: Outcome, timeout: float | None) -> str:
-    """Record the run's outcome in the job and move it on; returns the new state."""
+    """Record the run's outcome in the job and move it on; returns the new state.
+
+    "lost" when the job is no longer this worker's (recovered by another
+    host while this worker's lease had lapsed): nothing is written.
+    """
+    if outcome.interrupted == "lost" or not still_owned(spool, held):
+        return "lost"
     job = held.job
     error = describe(outcome, timeout)
     _record_attempt(job, outcome, error)
@@ -90,10 +121,12 @@ def settle(spool: Spool, held: LockedJob, outcome: Outcome, timeout: float | Non
     return _move_on(spool, held, state)
 
 
-def _move_on(spool: Spool, held: LockedJob, state: str) -> str:
+def _move_on(spool: Spool, held: LockedJob, state: str, fold_cut: bool | None = None) -> str:
     """Move the job to `state`; if another job has its id there, that one stays and this one is dead-lettered."""
     try:
-        held.move(state)
+        held.move(state, fold_cut=fold_cut)
+    except FileNotFoundError:
+        return "lost"  # moved on by another host's recovery meanwhile (shared spool)
     except FileExistsError:
         dead_letter(spool, held, f"duplicate id {held.name.removesuffix(SUFFIX)!r}: {state}/ already holds a job "
                                  f"with this id (this file is kept beside it)")
@@ -239,7 +272,10 @@ def finish_cut_move(spool: Spool, held: LockedJob) -> bool:
     Returns True when `held`'s own name was the one dropped.
     """
     mine = os.fstat(held.fd)
-    if mine.st_nlink < 2:
+    if mine.st_nlink < 2 or spool.shared:
+        # On a shared spool the second name may be another host's move in
+        # flight (its flock does not reach us): recovery folds it once its
+        # owner is proven dead, doctor on request.
         return False
     stem = held.name.removesuffix(SUFFIX)
     names = [(other, os.path.join(spool.dir(other), held.name)) for other in STATES if other != held.state]
@@ -257,8 +293,16 @@ def finish_cut_move(spool: Spool, held: LockedJob) -> bool:
     return False
 
 
-def recover(spool: Spool) -> list[tuple[str, str]]:
-    """Settle every job in processing/ whose owner is dead, and clear its leftovers; returns (id, new state) pairs."""
+def recover(spool: Spool, judge=None) -> list[tuple[str, str]]:
+    """Settle every job in processing/ whose owner is dead, and clear its leftovers; returns (id, new state) pairs.
+
+    `judge` (lease.Liveness) decides who is dead: a free flock is proof only
+    on the owner's own host (README.md "Running on several hosts"). A
+    worker passes its own judge, which remembers what it saw between sweeps.
+    """
+    from .lease import Liveness
+
+    judge = judge or Liveness(spool)
     recovered = []
     for name in spool.names("processing"):
         if os.path.islink(os.path.join(spool.dir("processing"), name)):
@@ -269,8 +313,12 @@ def recover(spool: Spool) -> list[tuple[str, str]]:
         if held is None:
             continue
         with held:
-            recovered.append((name.removesuffix(SUFFIX), _recover_one(spool, held)))
-    for record in registry.dead_records(spool):
+            if not judge.owner_dead(held):
+                continue
+            state = _recover_one(spool, held)
+            if state != "lost":
+                recovered.append((name.removesuffix(SUFFIX), state))
+    for record in registry.dead_records(spool, judge):
         registry.remove_record(spool, record["name"])
     fsops.remove_dead_spares(spool.dir("tmp"))  # a killed worker's replaced versions of jobs
     return recovered
@@ -283,7 +331,9 @@ def _recover_one(spool: Spool, held: LockedJob) -> str:
         return "dead"
     target = job.get("state")
     if target in ("pending", "failed", "completed", "dead"):
-        return _move_on(spool, held, target)  # an interrupted claim or settle, finished
+        # An interrupted claim or settle, finished; its owner is proven dead,
+        # so a second name of this file is its cut move, not one in flight.
+        return _move_on(spool, held, target, fold_cut=True)
     try:
         job = build(job, spool.config, state="processing")
     except InvalidJob as exc:
@@ -300,5 +350,5 @@ def _recover_one(spool: Spool, held: LockedJob) -> str:
     _record_attempt(job, outcome, outcome.error)
     job["state"] = _after_failure(spool, job, now)
     held.save(moving_on=True)
-    return _move_on(spool, held, job["state"])
+    return _move_on(spool, held, job["state"], fold_cut=True)
 

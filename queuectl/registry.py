@@ -35,8 +35,15 @@ def new_name() -> str:
     return f"{host}-{os.getpid()}-{int(time.time() * 1000) % 10**9}"
 
 
-def is_alive(spool, name: str) -> bool:
-    """True while the worker `name` holds its lock."""
+def is_alive(spool, name: str, record: dict[str, Any] | None = None, judge=None) -> bool:
+    """Whether worker `name` lives; `lease.Liveness` decides (its flock on its own host, its lease elsewhere)."""
+    from .lease import Liveness
+
+    return (judge or Liveness(spool)).worker_alive(name, record)
+
+
+def holds_lock(spool, name: str) -> bool:
+    """True while the worker `name` holds its lock (proof of life on its own host only)."""
     from filelock import FileLock, Timeout  # 18 ms of start-up that `status` without workers need not pay
 
     probe = FileLock(lock_path(spool, name), timeout=0)
@@ -54,7 +61,7 @@ def write_record(spool, name: str, record: dict[str, Any]) -> None:
 
 
 def remove_record(spool, name: str) -> None:
-    for path in (record_path(spool, name), lock_path(spool, name)):
+    for path in (record_path(spool, name), lock_path(spool, name), os.path.join(spool.dir("workers"), name + ".lease")):
         try:
             os.unlink(path)
         except FileNotFoundError:
@@ -80,33 +87,37 @@ def _running_jobs(spool) -> dict[str, str]:
     return running
 
 
-def records(spool, *, live_only: bool = True) -> list[dict[str, Any]]:
+def records(spool, *, live_only: bool = True, judge=None) -> list[dict[str, Any]]:
     """Worker records, each with `alive` and the `job` it runs; dead workers' records are dropped when live_only."""
-    found = [record for record in _all_records(spool) if record["alive"] or not live_only]
+    found = [record for record in _all_records(spool, judge) if record["alive"] or not live_only]
     running = _running_jobs(spool) if found else {}
     for record in found:
         record["job"] = running.get(record["name"])
     return found
 
 
-def dead_records(spool) -> list[dict[str, Any]]:
+def dead_records(spool, judge=None) -> list[dict[str, Any]]:
     """The records of workers that are gone (for recovery and doctor to remove); processing/ is not read."""
-    return [record for record in _all_records(spool) if not record["alive"]]
+    return [record for record in _all_records(spool, judge) if not record["alive"]]
 
 
-def _all_records(spool) -> Iterator[dict[str, Any]]:
+def _all_records(spool, judge=None) -> Iterator[dict[str, Any]]:
+    if judge is None:
+        from .lease import Liveness
+
+        judge = Liveness(spool)  # one judge per listing: the file system's clock is probed once
     for entry in sorted(os.listdir(spool.dir("workers"))):
         if not entry.endswith(".json") or entry == STOP_FILE or entry.startswith("."):
             continue
         name = entry.removesuffix(".json")
         record = read_record(spool, name)
         if record is not None:
-            yield {**record, "name": name, "alive": is_alive(spool, name)}
+            yield {**record, "name": name, "alive": judge.worker_alive(name, record)}
 
 
 def wait_stopped(spool, names: list[str], poll: float = 0.1) -> None:
     """Until none of these workers holds its lock (a worker started meanwhile is not waited for)."""
-    while any(is_alive(spool, name) for name in names):
+    while any(is_alive(spool, name) for name in names):  # a fresh judge each round: leases move on
         time.sleep(poll)
 
 

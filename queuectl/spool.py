@@ -66,16 +66,20 @@ class LockedJob:
     def path(self) -> str:
         return os.path.join(self.spool.root, self.state, self.name)
 
-    def move(self, state: str, name: str | None = None, *, sync: bool = True) -> None:
+    def move(self, state: str, name: str | None = None, *, sync: bool = True, fold_cut: bool | None = None) -> None:
         """Rename into another folder; FileExistsError if that name is taken there.
 
         `sync=False` skips the fsyncs even when durable: for a claim, whose
         loss in a power cut only means the job runs again (it was cut anyway).
+        FileNotFoundError: another process moved the file first (possible
+        only on a shared spool, where flocks may not reach other hosts).
+        `fold_cut`: see fsops.rename_noreplace; by default not on a shared spool.
         """
         target = name or self.name
         source_dir = os.path.join(self.spool.root, self.state)
         target_dir = os.path.join(self.spool.root, state)
-        fsops.rename_noreplace(os.path.join(source_dir, self.name), os.path.join(target_dir, target))
+        fsops.rename_noreplace(os.path.join(source_dir, self.name), os.path.join(target_dir, target),
+                               fold_cut=not self.spool.shared if fold_cut is None else fold_cut)
         if sync and self.spool.durable:
             fsops.fsync_dir(target_dir)
             if source_dir != target_dir:  # a rename within pending/ (adopting a drop-in)
@@ -119,6 +123,11 @@ class Spool:
                  allow_shared: bool = False):
         self.root = resolve_path(path)
         self.warnings: list[str] = []
+        # Set by a worker on a spool other hosts share (lease.py, README.md
+        # "Running on several hosts"): its lease, and moves that never take a
+        # second name for their own.
+        self.shared = False
+        self.lease = None
         self._config_cache: tuple[tuple, dict] | None = None
         # Set by a long-lived process that rewrites many jobs (a worker):
         # rewrites then swap it in instead of creating a file each time.

@@ -14,15 +14,19 @@ without using a retry.
 from __future__ import annotations
 
 import contextlib
+import copy
+import errno
 import os
 import signal
+import sys
 import time
 from typing import Callable, Iterator
 
 from filelock import FileLock, Timeout
 
-from . import lifecycle, registry, runner
+from . import fstype, lifecycle, registry, runner
 from .errors import InvalidJob, SpoolError
+from .lease import Lease, Liveness
 from .fsops import Spare, read_fd
 from .job import MAX_JOB_BYTES, due_time, loads
 from .order import DueIndex
@@ -30,6 +34,15 @@ from .spool import SUFFIX, Spool
 from .watch import RESCAN, FolderWatch
 
 WATCHED = ("pending", "failed", "workers")
+# Errors a network file system returns for a moment (README.md "Running on
+# several hosts"): the step is skipped and tried again, the worker stays.
+TRANSIENT = (errno.ESTALE, errno.EINTR, errno.ENOENT, errno.EEXIST, errno.EAGAIN, errno.ETIMEDOUT)
+TRANSIENT_PAUSE = 0.2
+SETTLE_ATTEMPTS = 5
+
+
+def _transient(exc: OSError) -> bool:
+    return exc.errno in TRANSIENT
 
 
 @contextlib.contextmanager
@@ -55,6 +68,8 @@ class Worker:
         self.stopping = False
         self.stop_now = False
         self.rechecks: dict[str, float] = {}  # dropped-in files that may still be being written
+        self.mode = "local"  # or "shared": other hosts use the spool too (fstype.mode)
+        self.judge: Liveness | None = None
 
     # -- life ----------------------------------------------------------------
 
@@ -64,13 +79,22 @@ class Worker:
             lock.acquire(timeout=0)
         except Timeout:
             raise SpoolError(f"worker name {self.name} is taken by a live worker") from None
+        lease = None
         try:
-            self.watch = FolderWatch({folder: self.spool.dir(folder) for folder in WATCHED})
+            self.mode = fstype.mode(self.spool)
+            self.judge = Liveness(self.spool, mode=self.mode, observing=True)
+            self.spool.shared = self.mode == "shared"
+            # Every worker beats a lease, also in local mode: a host that sees the
+            # spool as local (an NFS server's own disk) may still share it.
+            lease = self.spool.lease = Lease(self.spool, self.name, self.spool.config["lease_timeout"])
+            lease.start()
+            self.watch = FolderWatch({folder: self.spool.dir(folder) for folder in WATCHED},
+                                     poll=self.spool.shared)
             with stop_signals(self._on_signal):
                 self._write_record()
                 visible_in = tuple(self.spool.dir(folder) for folder in ("pending", "failed", "processing"))
                 self.spool.spare = Spare(self.spool.dir("tmp"), visible_in)
-                lifecycle.recover(self.spool)
+                lifecycle.recover(self.spool, self.judge)
                 self._scan()
                 self._loop()
         except OSError as exc:
@@ -84,6 +108,9 @@ class Worker:
             if self.spool.spare is not None:
                 self.spool.spare.close()
                 self.spool.spare = None
+            if lease is not None:
+                lease.stop()
+                self.spool.lease = None
             registry.remove_record(self.spool, self.name)
             lock.release()
         return 0
@@ -104,7 +131,7 @@ class Worker:
     def _write_record(self) -> None:
         """Written once: the job a worker runs is read from processing/, not from here."""
         registry.write_record(self.spool, self.name, {
-            "pid": os.getpid(), "host": os.uname().nodename, "started": self.started})
+            "pid": os.getpid(), "host": os.uname().nodename, "started": self.started, "mode": self.mode})
 
     # -- the loop ------------------------------------------------------------
 
@@ -114,25 +141,50 @@ class Worker:
         next_recovery = now + settings["recovery_interval"]
         next_scan = now + settings["scan_interval"]
         while not self.stopping:
-            self._apply_events()
+            try:
+                self._apply_events()
+            except OSError as exc:
+                if not _transient(exc):
+                    raise
+                self._note_transient(exc)
+                self.watch.wait(TRANSIENT_PAUSE)
+                continue
             now = time.time()
             if now >= next_recovery:
-                lifecycle.recover(self.spool)
+                self._transient_ok(lifecycle.recover, self.spool, self.judge)
                 next_recovery = now + self.spool.config["recovery_interval"]
             if now >= next_scan:
                 self.check_stop_request()
-                self._scan()
+                self._transient_ok(self._scan)
                 next_scan = now + self.spool.config["scan_interval"]
             self._recheck_dropins(now)
             due = self.index.pop_due(now)
             if due is not None:
-                self._process(*due)
+                self._transient_ok(self._process, *due)
                 continue
             if self.burst and not self.rechecks and not self._apply_events():
                 return
             wake_at = min(t for t in (next_recovery, next_scan, self.index.next_due(),
                                       min(self.rechecks.values(), default=None)) if t is not None)
             self.watch.wait(wake_at - time.time())
+
+    def _transient_ok(self, step, *args) -> None:
+        """Run one step of the loop; a network file system's passing error (ESTALE...) only skips it.
+
+        The step is tried again from the paths next time round (a due job
+        left the index and comes back with the next listing), so the
+        worker never exits and restarts over it.
+        """
+        try:
+            step(*args)
+        except OSError as exc:
+            if not _transient(exc):
+                raise
+            self._note_transient(exc)
+
+    def _note_transient(self, exc: OSError) -> None:
+        print(f"queuectl: worker {self.name}: {exc.strerror or exc} ({exc.filename or 'spool'}); "
+              f"trying again", file=sys.stderr)
 
     def _apply_events(self) -> bool:
         """Bring the index and the stop flags up to date with what changed; False if nothing did."""
@@ -217,19 +269,51 @@ class Worker:
             outcome = runner.run(
                 job, log_path=self.spool.log_path(job["id"]), worker=self.name, spool_root=self.spool.root,
                 timeout=timeout, kill_grace=settings["kill_grace"], pass_env=settings["pass_env"],
-                tail_lines=settings["log_tail_lines"], interruption=self._interruption(job["id"]))
-            lifecycle.settle(self.spool, held, outcome, timeout)
+                tail_lines=settings["log_tail_lines"], interruption=self._interruption(held))
+            if self._settle(held, outcome, timeout) == "lost":
+                print(f"queuectl: worker {self.name}: job {job['id']} was recovered by another host while "
+                      f"this worker's lease had lapsed (paused or cut off); this run's outcome is dropped",
+                      file=sys.stderr)
+                return
         finally:
             held.release()
         registry.clear_cancel(self.spool, job["id"])
 
-    def _interruption(self, job_id: str):
+    def _settle(self, held, outcome, timeout) -> str:
+        """lifecycle.settle, tried again from the path after a passing network file system error.
+
+        Each try starts from the job as claimed, so a try cut after its
+        rewrite does not record the attempt twice.
+        """
+        if not self.spool.shared:
+            return lifecycle.settle(self.spool, held, outcome, timeout)
+        claimed = copy.deepcopy(held.job)
+        for attempt in range(SETTLE_ATTEMPTS):
+            try:
+                held.job = copy.deepcopy(claimed)
+                return lifecycle.settle(self.spool, held, outcome, timeout)
+            except OSError as exc:
+                if not _transient(exc) or attempt == SETTLE_ATTEMPTS - 1:
+                    raise
+                self._note_transient(exc)
+                time.sleep(TRANSIENT_PAUSE)
+        return "lost"
+
+    def _interruption(self, held):
+        job_id = held.job["id"]
+
         def ask() -> str | None:
-            self._apply_events()  # a `worker stop --now` arrives as a change in workers/
+            try:
+                self._apply_events()  # a `worker stop --now` arrives as a change in workers/
+            except OSError as exc:
+                if not _transient(exc):
+                    raise
             if self.stop_now:
                 return "stop"
             if registry.cancel_requested(self.spool, job_id):
                 return "cancel"
+            if not lifecycle.still_owned(self.spool, held):
+                return "lost"  # this worker was paused past its lease and the job recovered elsewhere
             return None
         return ask
 
