@@ -117,7 +117,8 @@ def _lease_beats(spool, host_name) -> int:
 def test_both_hosts_enqueue_and_run_every_job_exactly_once(two_hosts, tmp_path):
     host_a, host_b, spool = two_hosts
     runs = tmp_path / "runs"
-    command = f'echo "$QUEUECTL_JOB_ID" >> {runs}'
+    # Long enough that the other host's recovery sweeps pass over running jobs.
+    command = f'sleep 0.3; echo "$QUEUECTL_JOB_ID" >> {runs}'
     workers = [(host_a, host_a.start("worker", "start", "--count", "2")),
                (host_b, host_b.start("worker", "start", "--count", "2"))]
     wait_until(lambda: len(_workers_of(spool, "hostA")) == 2 and len(_workers_of(spool, "hostB")) == 2,
@@ -146,3 +147,81 @@ def test_a_job_enqueued_through_one_host_starts_on_the_other(two_hosts, tmp_path
     wait_until(lambda: spool.find(job_id) == "completed", timeout=10, message="the job to run on host A")
     assert spool.get(job_id)["worker"].startswith("hostA")
     _no_tracebacks((host_a, worker))
+
+
+def _slow_first_attempt(runs, steps: int) -> str:
+    """Attempt 1 takes `steps` tenths of a second of its own running time (not wall time: a paused host's
+    command resumes where it was), later attempts none; each run that ends appends "<id> <attempt>"."""
+    return (f'if [ "$QUEUECTL_ATTEMPT" = 1 ]; then i=0; while [ $i -lt {steps} ]; do sleep 0.1; i=$((i+1)); done; fi; '
+            f'echo "$QUEUECTL_JOB_ID $QUEUECTL_ATTEMPT" >> {runs}')
+
+
+def _running_on(spool, host_name, ids):
+    jobs = [spool.read("processing", job_id + ".json") for job_id in ids]
+    return all(job and str(job.get("worker", "")).startswith(host_name) for job in jobs)
+
+
+def test_a_dead_hosts_jobs_come_back_and_only_they_run_again(two_hosts, tmp_path):
+    host_a, host_b, spool = two_hosts
+    runs = tmp_path / "runs"
+    a_workers = host_a.start("worker", "start", "--count", "2")
+    wait_until(lambda: len(_workers_of(spool, "hostA")) == 2, timeout=30, message="host A's workers")
+    killed = [job["id"] for job in spool.enqueue_many([{"command": _slow_first_attempt(runs, 600)}] * 2)]
+    wait_until(lambda: _running_on(spool, "hostA", killed), timeout=30, message="host A to run both jobs")
+    b_workers = host_b.start("worker", "start", "--count", "2")
+    wait_until(lambda: len(_workers_of(spool, "hostB")) == 2, timeout=30, message="host B's workers")
+    others = [job["id"] for job in spool.enqueue_many([{"command": _slow_first_attempt(runs, 3)}] * 6)]
+    # Host B sweeps for dead workers all along; host A lives: its jobs stay its own
+    # for longer than a lease (B's leases beat 6 times per lease_timeout).
+    start = _lease_beats(spool, "hostB")
+    wait_until(lambda: _lease_beats(spool, "hostB") >= start + 2 * 6 * 2, timeout=30, message="two leases' time")
+    assert _running_on(spool, "hostA", killed), "a live host's job was recovered"
+    host_a.kill()
+    wait_until(lambda: _all_finished(spool, killed + others), timeout=LEASE + 30, message="every job finished")
+    for job_id in killed:
+        job = spool.get(job_id)
+        assert job["state"] == "completed" and job["attempts"] == 2, job
+        assert "died" in job["history"][0]["error"] and job["worker"].startswith("hostB")
+    # Only the killed runs ran again: every other job ran once, and the killed ones ended once (attempt 2).
+    assert sorted(_runs(runs)) == sorted([f"{job_id} 1" for job_id in others] + [f"{job_id} 2" for job_id in killed])
+    assert spool.counts()["processing"] == 0
+    _no_tracebacks((host_b, b_workers))
+
+
+def test_a_host_paused_past_its_lease_never_settles_over_the_recovery(two_hosts, tmp_path):
+    host_a, host_b, spool = two_hosts
+    runs = tmp_path / "runs"
+    a_workers = host_a.start("worker", "start")
+    wait_until(lambda: _workers_of(spool, "hostA"), timeout=30, message="host A's worker")
+    job_id = spool.enqueue({"command": _slow_first_attempt(runs, 30)})["id"]
+    wait_until(lambda: _running_on(spool, "hostA", [job_id]), timeout=30, message="host A to run the job")
+    b_workers = host_b.start("worker", "start")
+    wait_until(lambda: _workers_of(spool, "hostB"), timeout=30, message="host B's worker")
+    host_a.signal_all(signal.SIGSTOP)
+    try:
+        if host_a.pair == "bindfs_pair":
+            # No shared flocks: host B judges A by its lease alone, and takes the job back.
+            wait_until(lambda: spool.find(job_id) == "completed", timeout=LEASE + 30, message="host B to rerun it")
+        else:
+            # GlusterFS: A's flock on the job reaches B, so a paused owner keeps its job.
+            start = _lease_beats(spool, "hostB")
+            wait_until(lambda: _lease_beats(spool, "hostB") >= start + 2 * 6, timeout=30, message="two leases' time")
+            assert spool.find(job_id) == "processing"
+    finally:
+        host_a.signal_all(signal.SIGCONT)
+    if host_a.pair == "bindfs_pair":
+        wait_until(lambda: "outcome is dropped" in host_a.output(a_workers), timeout=30,
+                   message="host A to drop its stale run")
+        job = spool.get(job_id)
+        assert job["attempts"] == 2 and job["worker"].startswith("hostB"), job
+        expected = [f"{job_id} 2"]
+    else:
+        wait_until(lambda: spool.find(job_id) == "completed", timeout=30, message="host A to finish its job")
+        expected = [f"{job_id} 1"]
+    # Host A's copy of the run was killed, not finished: one line, from the run that counts.
+    stop_all = host_b.run("worker", "stop")
+    assert stop_all.returncode == 0, stop_all.stderr
+    wait_until(lambda: a_workers.poll() is not None, timeout=30, message="host A's worker to exit")
+    assert _runs(runs) == expected
+    assert spool.get(job_id)["state"] == "completed"
+    _no_tracebacks((host_a, a_workers), (host_b, b_workers))
