@@ -70,6 +70,7 @@ class Worker:
         self.rechecks: dict[str, float] = {}  # dropped-in files that may still be being written
         self.mode = "local"  # or "shared": other hosts use the spool too (fstype.mode)
         self.judge: Liveness | None = None
+        self.scan_soon = False  # a listing failed with a passing error: list again shortly
 
     # -- life ----------------------------------------------------------------
 
@@ -94,8 +95,8 @@ class Worker:
                 self._write_record()
                 visible_in = tuple(self.spool.dir(folder) for folder in ("pending", "failed", "processing"))
                 self.spool.spare = Spare(self.spool.dir("tmp"), visible_in)
-                lifecycle.recover(self.spool, self.judge)
-                self._scan()
+                self._transient_ok(lifecycle.recover, self.spool, self.judge)
+                self.scan_soon = not self._transient_ok(self._scan)
                 self._loop()
         except OSError as exc:
             # A full or read-only disk: stop, in one line. A job this worker held is
@@ -153,9 +154,9 @@ class Worker:
             if now >= next_recovery:
                 self._transient_ok(lifecycle.recover, self.spool, self.judge)
                 next_recovery = now + self.spool.config["recovery_interval"]
-            if now >= next_scan:
+            if now >= next_scan or self.scan_soon:
                 self.check_stop_request()
-                self._transient_ok(self._scan)
+                self.scan_soon = not self._transient_ok(self._scan)  # a failed listing is tried again soon
                 next_scan = now + self.spool.config["scan_interval"]
             self._recheck_dropins(now)
             due = self.index.pop_due(now)
@@ -164,11 +165,12 @@ class Worker:
                 continue
             if self.burst and not self.rechecks and not self._apply_events():
                 return
-            wake_at = min(t for t in (next_recovery, next_scan, self.index.next_due(),
+            wake_at = min(t for t in (next_recovery, now + TRANSIENT_PAUSE if self.scan_soon else next_scan,
+                                      self.index.next_due(),
                                       min(self.rechecks.values(), default=None)) if t is not None)
             self.watch.wait(wake_at - time.time())
 
-    def _transient_ok(self, step, *args) -> None:
+    def _transient_ok(self, step, *args) -> bool:
         """Run one step of the loop; a network file system's passing error (ESTALE...) only skips it.
 
         The step is tried again from the paths next time round (a due job
@@ -181,6 +183,8 @@ class Worker:
             if not _transient(exc):
                 raise
             self._note_transient(exc)
+            return False
+        return True
 
     def _note_transient(self, exc: OSError) -> None:
         print(f"queuectl: worker {self.name}: {exc.strerror or exc} ({exc.filename or 'spool'}); "

@@ -146,6 +146,14 @@ def test_a_job_enqueued_through_one_host_starts_on_the_other(two_hosts, tmp_path
     # Far below the safety scan: a wake-up found it.
     wait_until(lambda: spool.find(job_id) == "completed", timeout=10, message="the job to run on host A")
     assert spool.get(job_id)["worker"].startswith("hostA")
+    # A cancel and a stop asked on host B reach host A (its worker polls workers/).
+    long_id = "cancelled-through-host-b"
+    assert host_b.run("enqueue", "--id", long_id, "sleep 60").returncode == 0
+    wait_until(lambda: spool.find(long_id) == "processing", timeout=10, message="host A to start the long job")
+    assert host_b.run("cancel", long_id).returncode == 0
+    wait_until(lambda: spool.find(long_id) == "dead", timeout=10, message="the cancel to reach host A")
+    assert host_b.run("worker", "stop", "--no-wait").returncode == 0
+    wait_until(lambda: worker.poll() is not None, timeout=10, message="the stop to reach host A")
     _no_tracebacks((host_a, worker))
 
 
