@@ -124,6 +124,11 @@ def test_both_hosts_enqueue_and_run_every_job_exactly_once(two_hosts, tmp_path):
     wait_until(lambda: len(_workers_of(spool, "hostA")) == 2 and len(_workers_of(spool, "hostB")) == 2,
                timeout=30, message="two workers on each host")
     assert {w["mode"] for w in _workers_of(spool, "hostA") + _workers_of(spool, "hostB")} == {"shared"}
+    status = host_a.run("status").stdout
+    assert "workers     4 live (hostA: 2 shared, hostB: 2 shared)" in status.splitlines(), status
+    doctor = host_b.run("doctor").stdout.splitlines()
+    assert sorted(line.split(" on ")[1] for line in doctor if line.startswith("worker ")) == [
+        "hostA: shared mode"] * 2 + ["hostB: shared mode"] * 2, doctor
     ids = []
     spool_b = Spool(host_b.spool_path)
     for round_ in range(3):  # both hosts enqueue while the workers of both claim
