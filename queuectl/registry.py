@@ -46,6 +46,8 @@ def holds_lock(spool, name: str) -> bool:
     """True while the worker `name` holds its lock (proof of life on its own host only)."""
     from filelock import FileLock, Timeout  # 18 ms of start-up that `status` without workers need not pay
 
+    if not os.path.exists(lock_path(spool, name)):
+        return False  # a live worker's lock file exists for its whole life; a probe must not create one
     probe = FileLock(lock_path(spool, name), timeout=0)
     try:
         probe.acquire()
