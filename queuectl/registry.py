@@ -1,9 +1,12 @@
 """workers/: who is alive, what each worker runs, and stop or cancel requests.
 
 Each worker holds `workers/<name>.lock` (filelock) for its whole life and
-keeps `workers/<name>.json` (pid, host, start; written once) beside it. A
-record whose lock can be taken belongs to a dead worker; the job a worker
-runs is read from the `worker` field of the files in processing/.
+keeps `workers/<name>.json` (pid, host, mode, start; written once) and
+`workers/<name>.lease` (beaten in place, lease.py) beside it. Whether a
+worker lives is decided by lease.Liveness: on its own host a record whose
+lock can be taken belongs to a dead worker; on another host, where the
+lock may not be seen, its lease decides. The job a worker runs is read
+from the `worker` field of the files in processing/.
 `worker stop` reaches every worker, on any host sharing the spool, through
 one file, `workers/stop.json`, that workers watch; a worker obeys a request
 made after it started, so a new worker is not stopped by an old request.
