@@ -18,7 +18,7 @@ import click
 from . import __version__
 from .errors import InvalidJob, QueueError
 from .job import STATES, iso, parse_time, shorten
-from .spool import Spool, prepare_fields
+from .spool import Spool, id_of, prepare_fields
 
 
 class QueueGroup(click.Group):
@@ -258,9 +258,10 @@ def logs(ctx, job_id, follow):
 @click.pass_context
 def cancel(ctx, job_ids):
     """Move pending or failed jobs to dead/ as cancelled; a running job is stopped first."""
+    from .lifecycle import cancel as cancel_job
     spool = _spool(ctx)
     for job_id in job_ids:
-        previous = spool.cancel(job_id)
+        previous = cancel_job(spool, job_id)
         if previous != "processing":
             click.echo(f"{job_id}: cancelled ({previous} -> dead)")
             continue
@@ -277,9 +278,10 @@ def cancel(ctx, job_ids):
 @click.pass_context
 def retry(ctx, job_ids):
     """Run failed jobs now, without waiting for their backoff."""
+    from . import lifecycle
     spool = _spool(ctx)
     for job_id in job_ids:
-        spool.retry(job_id)
+        lifecycle.retry(spool, job_id)
         click.echo(f"{job_id}: failed -> pending")
 
 
@@ -293,7 +295,8 @@ def purge(ctx, completed, dead, older_than):
     states = [state for state, chosen in (("completed", completed), ("dead", dead)) if chosen]
     if not states:
         raise click.UsageError("choose --completed, --dead or both")
-    removed = _spool(ctx).purge(states, older_than)
+    from .lifecycle import purge as purge_jobs
+    removed = purge_jobs(_spool(ctx), states, older_than)
     click.echo(f"purged {removed} job(s)")
 
 
@@ -330,13 +333,14 @@ def dlq_retry(ctx, job_ids, retry_all):
     """Move dead jobs back to pending with their attempts reset."""
     if bool(job_ids) == retry_all:
         raise click.UsageError("give job ids or --all")
+    from . import lifecycle
     spool = _spool(ctx)
     if retry_all:
-        job_ids = [name[:-5] for name in spool.names("dead")]
+        job_ids = [id_of(name) for name in spool.names("dead")]
     failures = 0
     for job_id in job_ids:
         try:
-            spool.dlq_retry(job_id)
+            lifecycle.dlq_retry(spool, job_id)
         except QueueError as exc:
             if not retry_all:
                 raise

@@ -31,7 +31,7 @@ from typing import Any
 from . import fsops, lifecycle, registry
 from .errors import ConfigError, InvalidJob
 from .job import STATES, build, is_valid_id, loads, new_id
-from .spool import FOLDERS, SUFFIX, Spool
+from .spool import FOLDERS, SUFFIX, Spool, id_of
 
 TEMP_AGE = 60.0          # a write takes milliseconds; older temporary files were left by a crash
 ORPHAN_LOG_AGE = 86400.0  # a log younger than a day may belong to a job an operator is still looking for
@@ -85,7 +85,7 @@ class _Doctor:
     # -- permissions ---------------------------------------------------------
 
     def _permissions(self) -> None:
-        """SPEC section 8: whoever can write the spool can run commands as its owner."""
+        """README, Security: whoever can write the spool can run commands as its owner."""
         for relative in (".", *FOLDERS, "config.json"):
             path = os.path.normpath(os.path.join(self.spool.root, relative))
             try:
@@ -217,7 +217,7 @@ class _Doctor:
             same_file = os.path.samestat(info, os.lstat(kept))
         except FileNotFoundError:
             return  # moved on meanwhile
-        job_id = name.removesuffix(SUFFIX)
+        job_id = id_of(name)
         if same_file:
             detail = (f"the same file as {keep}/{name} under a second name (a move cut between link and "
                       f"unlink); {keep}/ is kept")
@@ -295,7 +295,7 @@ class _Doctor:
                     detail = f"a move to {written}/ was cut short by a crash"
                 else:
                     detail = "its worker died during the run (the attempt counts)"
-            orphans[name.removesuffix(SUFFIX)] = self._add("orphaned-job", f"processing/{name}",
+            orphans[id_of(name)] = self._add("orphaned-job", f"processing/{name}",
                                                       f"no live worker owns it: {detail}")
         if not (self.repair and orphans):
             return
@@ -307,12 +307,11 @@ class _Doctor:
     # -- leftovers ---------------------------------------------------------------
 
     def _stray_temp_files(self) -> None:
-        """tmp/ holds files being written and workers' spares; one older than TEMP_AGE that no live process
-        holds was left by a crash.
+        """tmp/ holds files being written; one older than TEMP_AGE that no live process holds was left by a crash.
 
         It is never a job's current file: an enqueue cut before its rename was
-        never acknowledged, a rewrite cut short left the job's previous version
-        in place, and a dead worker's spares hold versions already replaced.
+        never acknowledged, and a rewrite cut short left the job's previous
+        version in place.
         """
         now = time.time()
         for name in sorted(os.listdir(self.spool.dir("tmp"))):
@@ -328,7 +327,7 @@ class _Doctor:
                 self._add("stray-temp", f"tmp/{name}", "a folder queuectl did not make; remove it by hand")
                 continue
             finding = self._add("stray-temp", f"tmp/{name}",
-                                f"left {age:.0f}s ago by an interrupted write or a dead worker; "
+                                f"left {age:.0f}s ago by an interrupted write; "
                                 "never a job's current file")
             if self.repair:
                 try:
@@ -341,7 +340,7 @@ class _Doctor:
         now = time.time()
         # One listing of each folder instead of a lookup per log; only the few logs
         # without a job in it are looked up again, one by one.
-        listed = {name.removesuffix(SUFFIX) for state in STATES for name in self.spool.names(state)}
+        listed = {id_of(name) for state in STATES for name in self.spool.names(state)}
         for name in sorted(os.listdir(self.spool.dir("logs"))):
             stem = name[: -len(".log")]
             if not name.endswith(".log") or name.startswith(".") or stem in listed or self._job_exists(stem):
@@ -399,7 +398,7 @@ def _in_use(path: str, info: os.stat_result) -> bool:
     if not stat.S_ISREG(info.st_mode):
         return False
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        fd = fsops.open_nofollow(path)
     except FileNotFoundError:
         return True
     try:
@@ -410,7 +409,7 @@ def _in_use(path: str, info: os.stat_result) -> bool:
 
 def _chmod_nofollow(path: str, mode: int) -> None:
     """chmod through a descriptor opened without following symlinks: a name swapped meanwhile is not changed."""
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    fd = fsops.open_nofollow(path)
     try:
         os.fchmod(fd, mode)
     finally:

@@ -10,7 +10,7 @@ class QueueError(Exception):
 
 
 class InvalidJob(QueueError):
-    """A job (from the CLI, Python or a dropped-in file) breaks SPEC section 2."""
+    """A job (from the CLI, Python or a dropped-in file) breaks the job file's rules (README, The job file)."""
 
 
 class DuplicateJob(QueueError):

@@ -8,22 +8,28 @@
 - `publish` is the two together, and removes the temporary file on failure.
 - `lock_fd` takes the advisory flock that marks a job file as owned; the
   kernel drops it when the owner dies, which is what crash recovery reads.
-- `Spare` rewrites a file by swapping a private, already written file into
-  its place (renameat2(RENAME_EXCHANGE)), so a rewrite creates no inode.
+- `open_nofollow` is the one way the spool opens a file it did not just
+  create: never through a symlink, never blocking on a FIFO.
+
+Nothing here writes into a file that others can already see: every new
+version is a new inode under a new name, renamed into place (Maildir's
+rule). So a reader that opened a job's file reads that job's bytes, an
+older version at worst, however long it takes.
 """
 
 from __future__ import annotations
 
-import collections
 import ctypes
 import errno
 import fcntl
 import os
 import time
+from typing import Any, Callable, TypeVar
+
+T = TypeVar("T")
 
 _AT_FDCWD = -100
 _RENAME_NOREPLACE = 1
-_RENAME_EXCHANGE = 2
 _libc = ctypes.CDLL(None, use_errno=True)
 _renameat2 = getattr(_libc, "renameat2", None)
 if _renameat2 is not None:
@@ -146,145 +152,27 @@ def publish(tmp_dir: str, target: str, data: bytes, *, durable: bool, replace: b
     return fd
 
 
-# "~" is not allowed in ids, so no job's temporary file is ever taken for a spare.
-SPARE_STEM = "spare~"
+# A network file system answers ESTALE when a name this client cached now
+# leads to a file another client replaced; looking the path up again finds
+# the new one (README.md "Running on several hosts").
+STALE_ATTEMPTS = 5
 
 
-class Spare:
-    """Files in a temporary folder that rewrites swap into the place of the file they replace.
-
-    `swap` writes the new contents into a spare, then exchanges the two
-    names in one atomic step (renameat2(RENAME_EXCHANGE)): the target's
-    name now holds the new inode, complete, and the old inode rests under
-    the spare's name until it is reused. Nothing is created or freed per
-    rewrite. That matters on ext4 without a journal, where each file
-    creation scans past every inode freed in the last minutes: a create +
-    rename-over rewrite cost ~550 us there against ~18 us for a swap, and
-    a job is rewritten twice per run.
-
-    A reader may have opened the old inode just before the swap, so it is
-    written again only after QUARANTINE seconds out of sight (and readers
-    check that what they read was still under its name: `read_named`).
-    An old inode that has another name as well (a link + unlink move cut
-    between its steps) is never a spare, and a resting one that somebody
-    wrote to or linked meanwhile (a dropped-in file whose writer kept it
-    open) is thrown away, not reused.
-
-    Ownership travels with the inodes: the caller's locked fd of the old
-    inode becomes a resting spare's, and the spare's locked fd is returned
-    as the owner of the new one, so the file under the target name is
-    never unlocked. Used by one thread at a time (a worker's main loop).
-    """
-
-    QUARANTINE = 0.05
-    LIMIT = 128
-
-    def __init__(self, directory: str, visible_in: tuple[str, ...] = ()):
-        self.directory = directory
-        # The folders whose names the swapped-out inodes may have had. Durable,
-        # an inode is reused only after they were fsynced: otherwise a power cut
-        # could bring back a stale name (a claim's rename is not fsynced) on top
-        # of another job's bytes.
-        self.visible_in = visible_in
-        self.synced_at = float("-inf")
-        self.resting: collections.deque[tuple[float, str, int, tuple[int, int, int]]] = collections.deque()
-        self.usable = _renameat2 is not None
-
-    def swap(self, held_fd: int, target: str, data: bytes, *, durable: bool) -> int | None:
-        """Make `target` hold `data`; returns the locked fd that owns it now, and keeps `held_fd`.
-
-        None when this file system cannot exchange names: nothing changed,
-        `held_fd` stays the caller's, and spares are no longer used.
-        """
-        if not self.usable:
-            return None
-        path, owner = self._take(durable)
+def retry_stale(operation: Callable[..., T], *args: Any) -> T:
+    """`operation(*args)`, done again from its paths after ESTALE; only for operations safe to repeat."""
+    for attempt in range(STALE_ATTEMPTS):
         try:
-            write_fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-            try:
-                os.ftruncate(write_fd, len(data))
-                _write_all(write_fd, data, durable)
-            finally:
-                os.close(write_fd)
-            exchanged = _renameat2_flags(path, target, _RENAME_EXCHANGE)
-        except BaseException:
-            _discard(path, owner)
-            raise
-        if not exchanged:
-            _discard(path, owner)
-            self.close()
-            self.usable = False
-            return None
-        seen = _signature(held_fd)
-        if seen[2] != 1:  # the old inode has another name too (a cut link + unlink move): not a spare
-            _discard(path, held_fd)
-        else:
-            self.resting.append((time.monotonic(), path, held_fd, seen))
-            if len(self.resting) > self.LIMIT:
-                _discard(*self.resting.popleft()[1:3])
-        return owner
-
-    def _take(self, durable: bool) -> tuple[str, int]:
-        """A spare's path and locked fd: a rested one nobody touched, else a new file."""
-        now = time.monotonic()
-        while self.resting and self.resting[0][0] + self.QUARANTINE <= now:
-            if durable and self.resting[0][0] >= self.synced_at:
-                for folder in self.visible_in:
-                    fsync_dir(folder)
-                self.synced_at = now
-            _, path, fd, seen = self.resting.popleft()
-            if _signature(fd) == seen:
-                return path, fd
-            _discard(path, fd)
-        path, fd = write_new(self.directory, SPARE_STEM, b"", durable=False, lock=True)
-        return path, fd
-
-    def close(self) -> None:
-        """Remove the spares (old versions of jobs, never a visible one)."""
-        while self.resting:
-            _discard(*self.resting.popleft()[1:3])
+            return operation(*args)
+        except OSError as exc:
+            if exc.errno != errno.ESTALE or attempt == STALE_ATTEMPTS - 1:
+                raise
+            time.sleep(0.05 * 2 ** attempt)  # the client's cache of names lasts about a second
+    raise AssertionError("unreachable")
 
 
-# A live owner holds the flock of every spare it has, except for the instant
-# between creating one and locking it, which this age covers.
-SPARE_MIN_AGE = 1.0
-
-
-def remove_dead_spares(directory: str) -> None:
-    """Delete the spares of processes that are gone (nobody holds their flock)."""
-    prefix = f".{SPARE_STEM}."
-    for name in os.listdir(directory):
-        if not name.startswith(prefix):
-            continue
-        path = os.path.join(directory, name)
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-        except OSError:
-            continue
-        try:
-            info = os.fstat(fd)
-            if time.time() - info.st_mtime < SPARE_MIN_AGE or not lock_fd(fd):
-                continue
-            try:
-                if os.path.samestat(info, os.stat(path, follow_symlinks=False)):
-                    os.unlink(path)
-            except FileNotFoundError:
-                pass
-        finally:
-            os.close(fd)
-
-
-def _signature(fd: int) -> tuple[int, int, int]:
-    info = os.fstat(fd)
-    return info.st_size, info.st_mtime_ns, info.st_nlink
-
-
-def _discard(path: str, fd: int) -> None:
-    os.close(fd)
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
+def open_nofollow(path: str, flags: int = os.O_RDONLY) -> int:
+    """An fd of `path` itself: OSError (ELOOP) for a symlink, and O_NONBLOCK so a FIFO never blocks."""
+    return os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
 
 
 def lock_fd(fd: int) -> bool:
@@ -307,21 +195,6 @@ def read_fd(fd: int, limit: int) -> bytes:
         chunks.append(chunk)
         offset += len(chunk)
     return b"".join(chunks)
-
-
-def read_named(fd: int, path: str, limit: int, info: os.stat_result) -> bytes | None:
-    """`read_fd`, kept only if `path` still names the inode read (`info`, its fstat); None if not.
-
-    A worker's rewrite swaps a new inode in and, 50 ms later, may reuse the
-    old one for another job (`Spare`): bytes read after the inode left its
-    name may belong to another job.
-    """
-    data = read_fd(fd, limit)
-    try:
-        still = os.stat(path, follow_symlinks=False)
-    except FileNotFoundError:
-        return None
-    return data if (still.st_dev, still.st_ino) == (info.st_dev, info.st_ino) else None
 
 
 def open_for_writing(info: os.stat_result) -> bool:

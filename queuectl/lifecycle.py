@@ -1,29 +1,60 @@
-"""The state machine of a job file, one transition per function.
+"""The state machine of a job file: every transition, one function each.
 
-    pending --claim--> processing --settle--> completed | failed | dead
-    failed  --claim--> processing             (when next_run_at is due)
-    pending (dropped-in file) --adopt--> pending/<id>.json, or dead/ when invalid
+Every edge a job file can take, and the function that takes it:
 
-Every transition owns the file's flock first (`Spool.lock`). Claims move
-first and rewrite after; settles rewrite first and move after. So a crash
-at any point leaves a file that says what to do, and `recover` does it:
-in processing/ without a lock holder, a file whose `state` field is not
-"processing" is finished moving to the folder it names; one that still
-says "processing" was running when its worker died, and counts as a
-failed attempt.
+    (enqueue in spool.py)  ----------------------------> pending
+    pending (a drop-in)    --adopt--------------------->  pending/<id>.json
+    pending (a drop-in)    --adopt: not a valid job---->  dead    (bytes kept as <id>.invalid)
+    pending                --claim-------------------->  processing
+    failed                 --claim: next_run_at due--->  processing
+    processing             --settle: exit 0----------->  completed
+    processing             --settle: retries left----->  failed
+    processing             --settle: out of retries--->  dead
+    processing             --settle: cancelled-------->  dead
+    processing             --settle: stopped on purpose> pending (the run uses no attempt)
+    processing             --recover: worker died----->  failed, or dead when out of retries
+    processing             --recover: claim cut short->  pending or failed (where it came from)
+    processing             --recover: settle cut short>  the folder its `state` field names
+    pending, failed        --cancel------------------->  dead
+    failed                 --retry-------------------->  pending
+    dead                   --dlq_retry---------------->  pending
+    completed, dead        --purge-------------------->  (deleted with its log)
+
+Every transition owns the file's flock first (`Spool.lock`) and makes one
+rename per move (`LockedJob.move`), never a copy. It writes the job's new
+fields in one of two orders, and the order is what makes a crash at any
+point repairable:
+
+- "move, then record" (claim, cancel, retry, dlq_retry, adopt): the file
+  reaches its new folder first, with its old contents; a crash before the
+  rewrite leaves a job whose `state` field lags behind its folder. In
+  processing/ that is an interrupted claim, which `recover` undoes; in
+  other folders the folder is the truth and doctor rewrites the field.
+- "record, then move" (settle, recover): the outcome is written into the
+  file while it is still in processing/ and locked, then the file moves;
+  a crash between leaves processing/ID.json whose `state` names where it
+  was going, and `recover` finishes the move.
+
+`recover` handles every file in processing/ whose owner is dead: one whose
+`state` field is not "processing" is moved on to the folder it names; one
+that still says "processing" was running when its worker died, and counts
+as a failed attempt. Functions take job ids; only `adopt` takes a file
+name, because a dropped-in file is not named after an id yet.
 """
 
 from __future__ import annotations
 
 import os
 import stat
+import threading
 import time
+from typing import Callable, Iterable
 
 from . import fsops, registry
-from .errors import InvalidJob
+from .errors import InvalidJob, WrongState
 from .job import STATES, build, due_time, dumps, is_valid_id, iso, new_id, parse_time, retry_delay
 from .runner import Outcome, describe, kill_leftovers
-from .spool import SUFFIX, LockedJob, Spool
+from .spool import SUFFIX, LockedJob, Spool, file_name, id_of
 
 HISTORY_LIMIT = 50
 # A dropped-in file that does not parse yet may still be being written;
@@ -40,16 +71,16 @@ DROP_GRACE = 5.0
 KEEP_ORDER = ("processing", "completed", "dead", "failed", "pending")
 
 
-def claim(spool: Spool, state: str, name: str, worker: str, now: float) -> LockedJob | None:
-    """Own a due job and move it into processing/; None if another worker got there first."""
-    held = spool.lock(state, name)
+def claim(spool: Spool, state: str, job_id: str, worker: str, now: float) -> LockedJob | None:
+    """Own a due job of `state` and move it into processing/; None if another worker got there first."""
+    held = spool.lock(state, file_name(job_id))
     if held is None:
         return None
     if finish_cut_move(spool, held):
         held.release()
         return None
     try:
-        job = build(held.job, spool.config, stem=name.removesuffix(SUFFIX), state=state)
+        job = build(held.job, spool.config, stem=job_id, state=state)
         if due_time(job) > now:
             held.release()
             return None
@@ -63,7 +94,7 @@ def claim(spool: Spool, state: str, name: str, worker: str, now: float) -> Locke
         return None
     except FileExistsError:
         dead_letter(spool, held,
-                    f"duplicate id {held.name.removesuffix(SUFFIX)!r}: a job with this id is already running")
+                    f"duplicate id {job_id!r}: a job with this id is already running")
         held.release()
         return None
     if not still_owned(spool, held):  # paused past its lease between the rename and now
@@ -95,43 +126,163 @@ def still_owned(spool: Spool, held: LockedJob) -> bool:
     return os.path.samestat(at_name, os.fstat(held.fd))
 
 
-def settle(spool: Spool, held: LockedJob, outcome: Outcome, timeout: float | None) -> str:
-    """Record the run's outcome in the job and move it on; returns the new state.
+Settled = Callable[[dict, str], None]
 
+
+def settle(spool: Spool, held: LockedJob, outcome: Outcome, timeout: float | None,
+           commit: "GroupCommit | None" = None, then: Settled | None = None) -> str:
+    """Record the run's outcome in the job and move it on; returns the state it goes to.
+
+    "Record, then move". Settle takes over `held`: it releases it, or hands
+    it to `commit`, which makes the outcome durable together with other
+    settles a moment later, while the worker goes on with its next job.
+    `then(job, state)` is called once the job is in its final folder (and,
+    with `durable`, on disk there) and no longer locked: from the commit's
+    thread when there is one, so it must be quick and must not raise.
     "lost" when the job is no longer this worker's (recovered by another
     host while this worker's lease had lapsed): nothing is written.
     """
-    if outcome.interrupted == "lost" or not still_owned(spool, held):
-        return "lost"
-    job = held.job
-    error = describe(outcome, timeout)
-    _record_attempt(job, outcome, error)
-    if outcome.succeeded:
-        state = "completed"
-    elif outcome.interrupted == "cancel":
-        state = "dead"
-    elif outcome.interrupted == "stop":
-        # Stopping workers is not the job's failure: it does not use a retry.
-        state = "pending"
-        job["attempts"] -= 1
-    else:
-        state = _after_failure(spool, job, outcome.finished)
-    job["state"] = state
-    held.save(moving_on=True)
-    return _move_on(spool, held, state)
-
-
-def _move_on(spool: Spool, held: LockedJob, state: str, fold_cut: bool | None = None) -> str:
-    """Move the job to `state`; if another job has its id there, that one stays and this one is dead-lettered."""
     try:
-        held.move(state, fold_cut=fold_cut)
+        if outcome.interrupted == "lost" or not still_owned(spool, held):
+            held.release()
+            return "lost"
+        job = held.job
+        error = describe(outcome, timeout)
+        _record_attempt(job, outcome, error)
+        if outcome.succeeded:
+            state = "completed"
+        elif outcome.interrupted == "cancel":
+            state = "dead"
+        elif outcome.interrupted == "stop":
+            # Stopping workers is not the job's failure: it does not use a retry.
+            state = "pending"
+            job["attempts"] -= 1
+        else:
+            state = _after_failure(spool, job, outcome.finished)
+        job["state"] = state
+        if commit is not None:
+            held.stage()
+            commit.submit(held, state, then)
+            return state
+        held.save(moving_on=True)
+        final = _move_on(spool, held, state)
+        held.release()
+        if then is not None:
+            then(job, final)
+        return final
+    except BaseException:
+        if commit is None or not commit.owns(held):
+            held.release()
+        raise
+
+
+def _move_on(spool: Spool, held: LockedJob, state: str, *, sync: bool = True, fold_cut: bool | None = None) -> str:
+    """Move the job to `state`; if another job has its id there, that one stays and this one is dead-lettered.
+
+    "lost" when another host's recovery moved it first (a shared spool, README.md "Running on several hosts").
+    """
+    try:
+        held.move(state, sync=sync, fold_cut=fold_cut)
     except FileNotFoundError:
-        return "lost"  # moved on by another host's recovery meanwhile (shared spool)
+        return "lost"
     except FileExistsError:
-        dead_letter(spool, held, f"duplicate id {held.name.removesuffix(SUFFIX)!r}: {state}/ already holds a job "
+        dead_letter(spool, held, f"duplicate id {id_of(held.name)!r}: {state}/ already holds a job "
                                  f"with this id (this file is kept beside it)")
         return "dead"
     return state
+
+
+class GroupCommit:
+    """A worker's settles, published and made durable in groups by a thread of their own.
+
+    With `durable`, a settle alone costs three flushes to disk: the new
+    bytes, the destination folder and processing/. Here the worker stages
+    the outcome (a new file in tmp/, locked) and goes on with its next job;
+    the thread takes every settle staged meanwhile and, for the whole
+    group: fsyncs the new files, renames each over its job's name and into
+    its destination folder, fsyncs the destination folders and then
+    processing/ (a power cut between them leaves a job under both names,
+    never under none), and only then releases the jobs' locks. A job is
+    locked until its outcome is on disk, so no other worker recovers it
+    meanwhile. What this changes: an outcome reaches the disk one short
+    group commit after the run ended, not before settle returns; a crash
+    or power cut inside that window runs the job again (README, "Delivery
+    guarantee"). An error (a full disk) stops the thread; the worker sees
+    it at its next `submit` or `close`, and the jobs not yet settled stay
+    in processing/ unlocked, for recovery.
+    """
+
+    def __init__(self, spool: Spool):
+        self.spool = spool
+        self._queue: list[tuple[LockedJob, str, Settled | None]] = []
+        self._busy: list[tuple[LockedJob, str, Settled | None]] = []
+        self._wake = threading.Condition()
+        self._closing = False
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="queuectl-commit", daemon=True)
+        self._thread.start()
+
+    def submit(self, held: LockedJob, state: str, then: Settled | None = None) -> None:
+        """Take over `held` (staged, locked) and move it to `state` in the next group; then `then`."""
+        with self._wake:
+            if self.error is not None:
+                raise self.error
+            self._queue.append((held, state, then))
+            self._wake.notify()
+
+    def owns(self, held: LockedJob) -> bool:
+        with self._wake:
+            return any(item[0] is held for item in self._queue + self._busy)
+
+    def close(self) -> None:
+        """Settle everything submitted, then stop the thread; raises the thread's error, if any."""
+        with self._wake:
+            self._closing = True
+            self._wake.notify()
+        self._thread.join()
+        if self.error is not None:
+            raise self.error
+
+    def _run(self) -> None:
+        while True:
+            with self._wake:
+                while not self._queue and not self._closing:
+                    self._wake.wait()
+                if not self._queue:
+                    return
+                self._busy, self._queue = self._queue, []
+            try:
+                self._commit(self._busy)
+            except BaseException as exc:  # noqa: BLE001 - handed to the worker's thread
+                with self._wake:
+                    self.error = exc
+                    for held, _, _ in self._busy + self._queue:
+                        held.release()
+                    self._busy, self._queue = [], []
+                return
+            with self._wake:
+                self._busy = []
+
+    def _commit(self, group: list[tuple[LockedJob, str, Settled | None]]) -> None:
+        durable = self.spool.durable
+        if durable:
+            for held, _, _ in group:
+                os.fsync(held.staged[1])
+        touched = set()
+        finals = []
+        for held, state, _ in group:
+            held.publish_staged(durable=False)
+            touched.add(held.state)
+            finals.append(_move_on(self.spool, held, state, sync=False))
+            touched.add(finals[-1])
+        if durable:
+            for folder in sorted(touched, key=lambda name: name == "processing"):  # processing/ last
+                fsops.fsync_dir(self.spool.dir(folder))
+        for held, _, _ in group:
+            held.release()
+        for (held, _, then), final in zip(group, finals):
+            if then is not None:
+                then(held.job, final)
 
 
 def _record_attempt(job: dict, outcome: Outcome, error: str | None) -> None:
@@ -164,7 +315,7 @@ def dead_letter(spool: Spool, held: LockedJob | None, reason: str, *, state: str
     """
     name = held.name if held is not None else name
     state = held.state if held is not None else state
-    stem = name.removesuffix(SUFFIX)
+    stem = id_of(name)
     job_id = stem if id_is_free(spool, stem, state) else new_id()
     original = job_id + ".invalid"
     if held is not None:
@@ -213,7 +364,7 @@ def is_canonical(job: object, state: str, name: str) -> bool:
 
 
 def adopt(spool: Spool, name: str, *, complete: bool) -> str | None:
-    """Turn a file dropped into pending/ into a stored job (SPEC section 3).
+    """Turn a file dropped into pending/ into a stored job (README, Dropping jobs in from any tool).
 
     Returns the job's file name in pending/, None when the file went to dead/,
     is not ours to handle now, or may still be being written (`complete`
@@ -237,7 +388,7 @@ def adopt(spool: Spool, name: str, *, complete: bool) -> str | None:
     with held:
         if finish_cut_move(spool, held):
             return None
-        stem = name.removesuffix(SUFFIX)
+        stem = id_of(name)
         try:
             if held.unreadable is not None:
                 raise InvalidJob(held.unreadable)
@@ -277,7 +428,7 @@ def finish_cut_move(spool: Spool, held: LockedJob) -> bool:
         # flight (its flock does not reach us): recovery folds it once its
         # owner is proven dead, doctor on request.
         return False
-    stem = held.name.removesuffix(SUFFIX)
+    stem = id_of(held.name)
     names = [(other, os.path.join(spool.dir(other), held.name)) for other in STATES if other != held.state]
     names.append(("dead", os.path.join(spool.dir("dead"), stem + ".invalid")))  # a dead-letter move
     for other, other_path in names:
@@ -307,7 +458,7 @@ def recover(spool: Spool, judge=None) -> list[tuple[str, str]]:
     for name in spool.names("processing"):
         if os.path.islink(os.path.join(spool.dir("processing"), name)):
             dead_letter(spool, None, "a symlink (not followed)", state="processing", name=name)
-            recovered.append((name.removesuffix(SUFFIX), "dead"))
+            recovered.append((id_of(name), "dead"))
             continue
         held = spool.lock("processing", name)
         if held is None:
@@ -317,10 +468,9 @@ def recover(spool: Spool, judge=None) -> list[tuple[str, str]]:
                 continue
             state = _recover_one(spool, held)
             if state != "lost":
-                recovered.append((name.removesuffix(SUFFIX), state))
+                recovered.append((id_of(name), state))
     for record in registry.dead_records(spool, judge):
         registry.remove_record(spool, record["name"])
-    fsops.remove_dead_spares(spool.dir("tmp"))  # a killed worker's replaced versions of jobs
     return recovered
 
 
@@ -352,3 +502,78 @@ def _recover_one(spool: Spool, held: LockedJob) -> str:
     held.save(moving_on=True)
     return _move_on(spool, held, job["state"], fold_cut=True)
 
+
+# -- transitions an operator asks for -------------------------------------------
+
+def cancel(spool: Spool, job_id: str) -> str:
+    """A pending or failed job to dead/ as cancelled; returns the state it left.
+
+    A running job is not moved here: its worker reads the cancel request,
+    stops the command and settles the job in dead/ ("processing" is returned).
+    """
+    state = spool.find(job_id)
+    if state == "processing":
+        registry.request_cancel(spool, job_id)
+        return "processing"
+    if state in ("completed", "dead"):
+        raise WrongState(f"cannot cancel job {job_id!r}: it is {state} already "
+                         f"(pending, failed or running jobs can be cancelled)")
+    with spool.lock_job(job_id, ("pending", "failed"), "cancel") as held:
+        previous = held.state
+        held.move("dead")
+        held.job.update(state="dead", last_error="cancelled", next_run_at=None)
+        held.save()
+    return previous
+
+
+def retry(spool: Spool, job_id: str) -> dict:
+    """A failed job due now, skipping its backoff."""
+    with spool.lock_job(job_id, ("failed",), "retry") as held:
+        held.move("pending")
+        held.job.update(state="pending", next_run_at=None)
+        held.save()
+        return held.job
+
+
+# What `dlq_retry` resets: the count and the latest run. Everything else is
+# the job's own (its max_retries included: a job that asked for no retries
+# keeps asking for none).
+RUN_FIELDS = ("next_run_at", "started_at", "finished_at", "last_duration", "last_exit_code", "last_error",
+              "worker")
+
+
+def dlq_retry(spool: Spool, job_id: str) -> dict:
+    """A dead job back to pending with `attempts` and the run fields reset; its own fields kept."""
+    with spool.lock_job(job_id, ("dead",), "retry") as held:
+        if not isinstance(held.job.get("command"), str) or held.job.get("invalid"):
+            raise InvalidJob(f"job {job_id!r} was never a valid job ({held.job.get('last_error')}); "
+                             f"fix the file and enqueue it again")
+        held.move("pending")
+        held.job.update(dict.fromkeys(RUN_FIELDS), state="pending", attempts=0)
+        held.save()
+        return held.job
+
+
+def purge(spool: Spool, states: Iterable[str], older_than: float | None = None) -> int:
+    """Delete finished jobs (and their logs) last changed more than `older_than` seconds ago."""
+    cutoff = time.time() - older_than if older_than is not None else None
+    removed = 0
+    for state in states:
+        if state not in ("completed", "dead"):
+            raise WrongState(f"purge removes completed or dead jobs, not {state}")
+        for name in spool.names(state):
+            path = os.path.join(spool.dir(state), name)
+            try:
+                if cutoff is not None and os.lstat(path).st_mtime > cutoff:
+                    continue
+                os.unlink(path)
+            except FileNotFoundError:
+                continue
+            removed += 1
+            for leftover in (os.path.join(spool.dir("logs"), id_of(name) + ".log"),
+                             os.path.join(spool.dir(state), id_of(name) + ".invalid")):
+                try:
+                    os.unlink(leftover)
+                except FileNotFoundError:
+                    pass
+    return removed

@@ -1,7 +1,7 @@
 """The order in which a worker claims jobs, kept in memory.
 
-SPEC section 6: due jobs only; highest priority first; then earliest due
-time; then id. Each job file is parsed once when it appears (start-up scan
+Due jobs only; highest priority first; then earliest due time; then id
+(README, "Order without parsing every file per claim"). Each job file is parsed once when it appears (start-up scan
 or inotify change), and its key is kept here, so a claim costs a heap pop,
 not a directory scan. Entries are removed lazily: a file that vanished or
 changed leaves a stale heap item that is skipped when popped.
@@ -14,49 +14,49 @@ import heapq
 
 class DueIndex:
     def __init__(self) -> None:
-        self._ready: list[tuple[int, float, str, str]] = []       # (-priority, due, name, state)
-        self._scheduled: list[tuple[float, int, str, str]] = []   # (due, -priority, name, state)
-        self._current: dict[str, tuple[int, float, str]] = {}     # name -> (-priority, due, state)
+        self._ready: list[tuple[int, float, str, str]] = []       # (-priority, due, job_id, state)
+        self._scheduled: list[tuple[float, int, str, str]] = []   # (due, -priority, job_id, state)
+        self._current: dict[str, tuple[int, float, str]] = {}     # job_id -> (-priority, due, state)
 
     def __len__(self) -> int:
         return len(self._current)
 
-    def __contains__(self, name: str) -> bool:
-        return name in self._current
+    def __contains__(self, job_id: str) -> bool:
+        return job_id in self._current
 
-    def add(self, state: str, name: str, priority: int, due: float, now: float) -> None:
+    def add(self, state: str, job_id: str, priority: int, due: float, now: float) -> None:
         key = (-priority, due, state)
-        if self._current.get(name) == key:
+        if self._current.get(job_id) == key:
             return
-        self._current[name] = key
+        self._current[job_id] = key
         if due <= now:
-            heapq.heappush(self._ready, (-priority, due, name, state))
+            heapq.heappush(self._ready, (-priority, due, job_id, state))
         else:
-            heapq.heappush(self._scheduled, (due, -priority, name, state))
+            heapq.heappush(self._scheduled, (due, -priority, job_id, state))
 
-    def discard(self, name: str, state: str | None = None) -> None:
-        """Forget `name`; with `state`, only while it is indexed in that folder."""
-        current = self._current.get(name)
+    def discard(self, job_id: str, state: str | None = None) -> None:
+        """Forget `job_id`; with `state`, only while it is indexed in that folder."""
+        current = self._current.get(job_id)
         if current is not None and (state is None or current[2] == state):
-            del self._current[name]
+            del self._current[job_id]
 
-    def _live(self, negative_priority: int, due: float, name: str, state: str) -> bool:
-        return self._current.get(name) == (negative_priority, due, state)
+    def _live(self, negative_priority: int, due: float, job_id: str, state: str) -> bool:
+        return self._current.get(job_id) == (negative_priority, due, state)
 
     def _promote(self, now: float) -> None:
         while self._scheduled and self._scheduled[0][0] <= now:
-            due, negative_priority, name, state = heapq.heappop(self._scheduled)
-            if self._live(negative_priority, due, name, state):
-                heapq.heappush(self._ready, (negative_priority, due, name, state))
+            due, negative_priority, job_id, state = heapq.heappop(self._scheduled)
+            if self._live(negative_priority, due, job_id, state):
+                heapq.heappush(self._ready, (negative_priority, due, job_id, state))
 
     def pop_due(self, now: float) -> tuple[str, str] | None:
-        """The best due job as (state, name), removed from the index; None if none is due."""
+        """The best due job as (state, job_id), removed from the index; None if none is due."""
         self._promote(now)
         while self._ready:
-            negative_priority, due, name, state = heapq.heappop(self._ready)
-            if self._live(negative_priority, due, name, state):
-                del self._current[name]
-                return state, name
+            negative_priority, due, job_id, state = heapq.heappop(self._ready)
+            if self._live(negative_priority, due, job_id, state):
+                del self._current[job_id]
+                return state, job_id
         return None
 
     def next_due(self) -> float | None:
@@ -66,5 +66,5 @@ class DueIndex:
             heapq.heappop(self._scheduled)
         return self._scheduled[0][0] if self._scheduled else None
 
-    def names(self) -> set[str]:
+    def ids(self) -> set[str]:
         return set(self._current)

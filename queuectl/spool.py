@@ -1,21 +1,24 @@
-"""The spool: its folders, and every way a job file enters, moves or changes.
+"""The spool: its layout, paths, configuration, enqueue, reading and locking.
 
 Promises:
 - a job file is in exactly one state folder at any instant; every move is
   one rename that refuses to replace an existing file;
-- every file a reader can see is complete: it is written under a temporary
-  name, fsynced (with `durable`), then renamed into place, and with
-  `durable` the folder is fsynced too;
+- every file a reader can see is complete and is never written again: a
+  new version is written under a temporary name, fsynced (with `durable`),
+  then renamed into place, and with `durable` the folder is fsynced too;
 - whoever moves or rewrites a job first takes the flock of its file
   (`LockedJob`), so a worker, `cancel` and `dlq retry` never act on the
   same file at once, and a job in processing/ without a lock holder has a
   dead owner.
-Counting and listing read directory entries only; nothing here parses
-every file to answer a question about many jobs.
+Which moves a job may make, and in which order its file is moved and
+rewritten, is lifecycle.py's business; this module only provides the
+moves. Counting and listing read directory entries only; nothing here
+parses every file to answer a question about many jobs.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import stat
@@ -42,6 +45,16 @@ def resolve_path(path: str | os.PathLike | None) -> str:
     return os.path.abspath(os.path.expanduser(chosen))
 
 
+def file_name(job_id: str) -> str:
+    """The file that holds job `job_id` in any state folder."""
+    return job_id + SUFFIX
+
+
+def id_of(name: str) -> str:
+    """The id a job file's name stands for (`<id>.json`)."""
+    return name.removesuffix(SUFFIX)
+
+
 def job_name(name: str) -> bool:
     """Names that hold jobs: `*.json`, not hidden; everything else is ignored."""
     return name.endswith(SUFFIX) and not name.startswith(".")
@@ -61,6 +74,7 @@ class LockedJob:
         self.fd = fd
         self.job = job  # None when the file is not JSON: `unreadable` says why
         self.unreadable = unreadable
+        self.staged: tuple[str, int] | None = None  # (path in tmp/, its locked fd): see stage()
 
     @property
     def path(self) -> str:
@@ -89,22 +103,52 @@ class LockedJob:
     def save(self, *, sync: bool = True, moving_on: bool = False) -> None:
         """Replace the file with the current `job`, keeping ownership of the new inode.
 
+        The new version is a new file (tmp/, then renamed over the old name),
+        locked before it becomes visible; the old inode is never written
+        again, so whoever still has it open reads this job's older bytes.
         `moving_on`: a `move` follows at once and fsyncs this folder, so
         the rename here needs no folder fsync of its own.
         """
-        self.job["updated_at"] = iso(time.time())
-        data = dumps(self.job)
         durable = sync and self.spool.durable
-        spare = self.spool.spare
-        new_fd = spare.swap(self.fd, self.path, data, durable=durable) if spare is not None else None
-        if new_fd is None:
-            new_fd = fsops.publish(self.spool.dir("tmp"), self.path, data, durable=durable, replace=True, lock=True)
-            os.close(self.fd)
+        self.stage()
+        self.publish_staged(durable=durable)
         if durable and not moving_on:
             fsops.fsync_dir(self.spool.dir(self.state))
-        self.fd = new_fd
+
+    def stage(self) -> None:
+        """Write the current `job` into a new file in tmp/, locked, not visible yet and not fsynced."""
+        self.job["updated_at"] = iso(time.time())
+        path, fd = fsops.write_new(self.spool.dir("tmp"), self.name, dumps(self.job), durable=False, lock=True)
+        self.staged = (path, fd)
+
+    def publish_staged(self, *, durable: bool) -> None:
+        """Put the staged file under the job's name (fsynced first when `durable`); it owns the job now."""
+        assert self.staged is not None, "stage() first"
+        path, fd = self.staged
+        self.staged = None
+        try:
+            if durable:
+                os.fsync(fd)
+            os.replace(path, self.path)
+        except BaseException:
+            os.close(fd)
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+            raise
+        os.close(self.fd)
+        self.fd = fd
 
     def release(self) -> None:
+        if self.staged is not None:  # staged but never published: not a job's file, nobody else saw it
+            path, fd = self.staged
+            self.staged = None
+            os.close(fd)
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
@@ -129,9 +173,6 @@ class Spool:
         self.shared = False
         self.lease = None
         self._config_cache: tuple[tuple, dict] | None = None
-        # Set by a long-lived process that rewrites many jobs (a worker):
-        # rewrites then swap it in instead of creating a file each time.
-        self.spare: fsops.Spare | None = None
         self._prepare(create, allow_shared)
 
     # -- layout and safety ---------------------------------------------------
@@ -169,7 +210,7 @@ class Spool:
             self._check_private(path, folder_info, allow_shared)
 
     def _check_private(self, path: str, info: os.stat_result, allow_shared: bool) -> None:
-        """Whoever can write here can run commands as the worker's user (SPEC section 8)."""
+        """Whoever can write here can run commands as the worker's user (README, Security)."""
         mode = stat.S_IMODE(info.st_mode)
         if mode & 0o022 and not allow_shared:
             raise SpoolError(
@@ -196,6 +237,9 @@ class Spool:
     @property
     def config(self) -> dict[str, Any]:
         """config.json with defaults, re-read only when the file changed."""
+        return fsops.retry_stale(self._read_config)
+
+    def _read_config(self) -> dict[str, Any]:
         path = os.path.join(self.root, "config.json")
         try:
             info = os.stat(path)
@@ -221,6 +265,9 @@ class Spool:
 
     def _stored_config(self) -> dict:
         """Only the keys the file sets, so defaults stay defaults."""
+        return fsops.retry_stale(self._read_stored_config)
+
+    def _read_stored_config(self) -> dict:
         try:
             with open(os.path.join(self.root, "config.json"), encoding="utf-8") as handle:
                 text = handle.read()
@@ -231,7 +278,7 @@ class Spool:
     def _publish_file(self, relative: str, data: bytes) -> None:
         """Atomically replace a spool file that is not a job (config, worker records)."""
         target = os.path.join(self.root, relative)
-        fsops.publish(self.dir("tmp"), target, data, durable=True, replace=True)
+        fsops.retry_stale(lambda: fsops.publish(self.dir("tmp"), target, data, durable=True, replace=True))
         fsops.fsync_dir(os.path.dirname(target))
 
     # -- enqueue -------------------------------------------------------------
@@ -347,20 +394,26 @@ class Spool:
         """The bytes of `state/name`, never through a symlink.
 
         (bytes, None); (None, why it cannot be read); (None, None) when it is
-        gone, or moved away while being read.
+        gone. Bytes read from an inode that has since left its name are
+        still this job's (no inode is ever rewritten), only perhaps older.
         """
+        return fsops.retry_stale(self._read_raw, state, name)
+
+    def _read_raw(self, state: str, name: str) -> tuple[bytes | None, str | None]:
         path = os.path.join(self.root, state, name)
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+            fd = fsops.open_nofollow(path)
         except FileNotFoundError:
             return None, None
         except OSError as exc:
+            if exc.errno == errno.ESTALE:
+                raise  # looked up again by read_raw
             return None, "a symlink (never followed)" if os.path.islink(path) else f"cannot be read: {exc.strerror}"
         try:
             info = os.fstat(fd)
             if not stat.S_ISREG(info.st_mode):
                 return None, "not a regular file (a folder, FIFO or device)"
-            return fsops.read_named(fd, path, MAX_JOB_BYTES, info), None
+            return fsops.read_fd(fd, MAX_JOB_BYTES), None
         finally:
             os.close(fd)
 
@@ -388,7 +441,7 @@ class Spool:
         path = self.log_path(job_id)
         try:
             # Never through a symlink: a log is the spool's own file, or nothing.
-            with open(os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC), "rb") as handle:
+            with open(fsops.open_nofollow(path), "rb") as handle:
                 if tail_bytes is not None:
                     offset = max(0, os.fstat(handle.fileno()).st_size - tail_bytes)
                 handle.seek(offset)
@@ -404,7 +457,7 @@ class Spool:
         """Own the file `state/name`; None when it is gone or another process owns it."""
         path = os.path.join(self.root, state, name)
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+            fd = fsops.open_nofollow(path)
         except FileNotFoundError:
             return None
         try:
@@ -446,68 +499,6 @@ class Spool:
             raise InvalidJob(f"job file {state}/{job_id}{SUFFIX} is not valid JSON")
         return held
 
-    def cancel(self, job_id: str) -> str:
-        """Pending or failed job to dead/ as cancelled; returns the state it left.
-
-        A running job is stopped by its worker, which reads the cancel request.
-        """
-        state = self.find(job_id)
-        if state == "processing":
-            from . import registry  # filelock is not needed by the commands that start fast
-            registry.request_cancel(self, job_id)
-            return "processing"
-        with self.lock_job(job_id, ("pending", "failed"), "cancel") as held:
-            previous = held.state
-            held.move("dead")
-            held.job.update(state="dead", last_error="cancelled", next_run_at=None)
-            held.save()
-        return previous
-
-    def retry(self, job_id: str) -> dict:
-        """A failed job due now, skipping its backoff."""
-        with self.lock_job(job_id, ("failed",), "retry") as held:
-            held.move("pending")
-            held.job.update(state="pending", next_run_at=None)
-            held.save()
-            return held.job
-
-    def dlq_retry(self, job_id: str) -> dict:
-        """A dead job back to pending with its attempts reset and today's max_retries."""
-        with self.lock_job(job_id, ("dead",), "retry") as held:
-            if not isinstance(held.job.get("command"), str) or held.job.get("invalid"):
-                raise InvalidJob(f"job {job_id!r} was never a valid job ({held.job.get('last_error')}); "
-                                 f"fix the file and enqueue it again")
-            held.move("pending")
-            held.job.update(state="pending", attempts=0, next_run_at=None, last_error=None,
-                            max_retries=self.config["max_retries"])
-            held.save()
-            return held.job
-
-    def purge(self, states: Iterable[str], older_than: float | None = None) -> int:
-        """Delete finished jobs (and their logs) last changed more than `older_than` seconds ago."""
-        cutoff = time.time() - older_than if older_than is not None else None
-        removed = 0
-        for state in states:
-            if state not in ("completed", "dead"):
-                raise WrongState(f"purge removes completed or dead jobs, not {state}")
-            for name in self.names(state):
-                path = os.path.join(self.dir(state), name)
-                try:
-                    if cutoff is not None and os.lstat(path).st_mtime > cutoff:
-                        continue
-                    os.unlink(path)
-                except FileNotFoundError:
-                    continue
-                removed += 1
-                stem = name.removesuffix(SUFFIX)
-                for leftover in (os.path.join(self.dir("logs"), stem + ".log"),
-                                 os.path.join(self.dir(state), stem + ".invalid")):
-                    try:
-                        os.unlink(leftover)
-                    except FileNotFoundError:
-                        pass
-        return removed
-
 
 def _enqueued_before(published: list[dict]) -> str:
     """Said by an error midway through a batch, so a re-run does not enqueue those jobs twice."""
@@ -515,8 +506,7 @@ def _enqueued_before(published: list[dict]) -> str:
 
 
 def _stub(name: str, state: str, reason: str) -> dict:
-    stem = name.removesuffix(SUFFIX)
-    return {"id": stem, "state": state, "command": None, "last_error": f"unreadable job file: {reason}"}
+    return {"id": id_of(name), "state": state, "command": None, "last_error": f"unreadable job file: {reason}"}
 
 
 def check_state(state: str) -> str:

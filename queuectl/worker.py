@@ -26,11 +26,11 @@ from filelock import FileLock, Timeout
 
 from . import fstype, lifecycle, registry, runner
 from .errors import InvalidJob, SpoolError
+from .fsops import open_nofollow, read_fd
 from .lease import Lease, Liveness
-from .fsops import Spare, read_fd
 from .job import MAX_JOB_BYTES, due_time, loads
 from .order import DueIndex
-from .spool import SUFFIX, Spool
+from .spool import SUFFIX, Spool, file_name, id_of
 from .watch import RESCAN, FolderWatch
 
 WATCHED = ("pending", "failed", "workers")
@@ -65,6 +65,7 @@ class Worker:
         self.started = time.time()
         self.index = DueIndex()
         self.watch: FolderWatch | None = None
+        self.commit: lifecycle.GroupCommit | None = None
         self.stopping = False
         self.stop_now = False
         self.rechecks: dict[str, float] = {}  # dropped-in files that may still be being written
@@ -91,30 +92,36 @@ class Worker:
             lease.start()
             self.watch = FolderWatch({folder: self.spool.dir(folder) for folder in WATCHED},
                                      poll=self.spool.shared)
+            # On a shared spool each settle is made at once, where a passing
+            # network error can be retried from the path (`_settle`).
+            self.commit = None if self.spool.shared else lifecycle.GroupCommit(self.spool)
             with stop_signals(self._on_signal):
                 self._write_record()
-                visible_in = tuple(self.spool.dir(folder) for folder in ("pending", "failed", "processing"))
-                self.spool.spare = Spare(self.spool.dir("tmp"), visible_in)
                 self._transient_ok(lifecycle.recover, self.spool, self.judge)
                 self.scan_soon = not self._transient_ok(self._scan)
                 self._loop()
+                self._close_commit()
         except OSError as exc:
             # A full or read-only disk: stop, in one line. A job this worker held is
             # in processing/ unlocked, so the next worker's recovery moves it on.
             raise SpoolError(f"worker {self.name} stopped: cannot write to the spool {self.spool.root}: "
                              f"{exc.strerror or exc}") from None
         finally:
+            self._close_commit()
             if self.watch is not None:
                 self.watch.close()
-            if self.spool.spare is not None:
-                self.spool.spare.close()
-                self.spool.spare = None
             if lease is not None:
                 lease.stop()
                 self.spool.lease = None
             registry.remove_record(self.spool, self.name)
             lock.release()
         return 0
+
+    def _close_commit(self) -> None:
+        """Every settle this worker made reaches the disk before it gives up its lock."""
+        commit, self.commit = self.commit, None
+        if commit is not None:
+            commit.close()
 
     def _on_signal(self, signum, frame) -> None:
         if self.stopping:
@@ -203,9 +210,9 @@ class Worker:
                 # A name can leave and come back (a stopped job returns to pending/)
                 # within one batch of changes: the folder decides. (A job this worker
                 # claimed has left the index already: no need to look.)
-                known = name in self.index or name in self.rechecks
+                known = id_of(name) in self.index or name in self.rechecks
                 if known and not os.path.lexists(os.path.join(self.spool.dir(folder), name)):
-                    self.index.discard(name, folder)
+                    self.index.discard(id_of(name), folder)
                     self.rechecks.pop(name, None)
             else:
                 self._consider(folder, name, complete=kind != "created")
@@ -218,12 +225,13 @@ class Worker:
         queue costs two directory listings.
         """
         listings = {folder: os.listdir(self.spool.dir(folder)) for folder in ("pending", "failed")}
-        # Forget vanished files first: a drop-in adopted below gets a name the listing does not have.
-        for name in self.index.names() - set().union(*listings.values()):
-            self.index.discard(name)
+        # Forget vanished jobs first: a drop-in adopted below gets a name the listing does not have.
+        listed = {id_of(name) for names in listings.values() for name in names if name.endswith(SUFFIX)}
+        for job_id in self.index.ids() - listed:
+            self.index.discard(job_id)
         for folder, names in listings.items():
             for name in names:
-                if name not in self.index:
+                if not name.endswith(SUFFIX) or id_of(name) not in self.index:
                     self._consider(folder, name, complete=False)
 
     def _consider(self, folder: str, name: str, *, complete: bool) -> None:
@@ -232,14 +240,14 @@ class Worker:
             return
         job = _peek(os.path.join(self.spool.dir(folder), name)) if name.endswith(SUFFIX) else None
         if job is False:
-            self.index.discard(name, folder)
+            self.index.discard(id_of(name), folder)
             return
         if lifecycle.is_canonical(job, folder, name):
             try:
                 priority = int(job.get("priority") or 0)
             except (TypeError, ValueError):
                 priority = 0
-            self.index.add(folder, name, priority, due_time(job), time.time())
+            self.index.add(folder, job["id"], priority, due_time(job), time.time())
             self.rechecks.pop(name, None)
             return
         if folder != "pending":
@@ -259,11 +267,11 @@ class Worker:
 
     # -- one job -------------------------------------------------------------
 
-    def _process(self, state: str, name: str) -> None:
+    def _process(self, state: str, job_id: str) -> None:
         now = time.time()
-        held = lifecycle.claim(self.spool, state, name, self.name, now)
+        held = lifecycle.claim(self.spool, state, job_id, self.name, now)
         if held is None:
-            self._consider(state, name, complete=True)  # not due after all (re-read its time), or gone
+            self._consider(state, file_name(job_id), complete=True)  # not due after all (re-read its time), or gone
             return
         job = held.job
         settings = self.spool.config
@@ -274,33 +282,41 @@ class Worker:
                 job, log_path=self.spool.log_path(job["id"]), worker=self.name, spool_root=self.spool.root,
                 timeout=timeout, kill_grace=settings["kill_grace"], pass_env=settings["pass_env"],
                 tail_lines=settings["log_tail_lines"], interruption=self._interruption(held))
-            if self._settle(held, outcome, timeout) == "lost":
-                print(f"queuectl: worker {self.name}: job {job['id']} was recovered by another host while "
-                      f"this worker's lease had lapsed (paused or cut off); this run's outcome is dropped",
-                      file=sys.stderr)
-                return
-        finally:
+        except BaseException:
             held.release()
+            raise
+        if self._settle(held, outcome, timeout) == "lost":  # owns `held` from here
+            print(f"queuectl: worker {self.name}: job {job['id']} was recovered by another host while "
+                  f"this worker's lease had lapsed (paused or cut off); this run's outcome is dropped",
+                  file=sys.stderr)
+            return
         registry.clear_cancel(self.spool, job["id"])
 
     def _settle(self, held, outcome, timeout) -> str:
-        """lifecycle.settle, tried again from the path after a passing network file system error.
+        """lifecycle.settle (which owns `held`); on a shared spool a passing network error is retried.
 
-        Each try starts from the job as claimed, so a try cut after its
-        rewrite does not record the attempt twice.
+        The retry starts again from the path: the file is locked anew and,
+        if it is still this worker's run, settled from the job as claimed
+        (so a try cut after its rewrite does not record the attempt twice).
         """
         if not self.spool.shared:
-            return lifecycle.settle(self.spool, held, outcome, timeout)
+            return lifecycle.settle(self.spool, held, outcome, timeout, self.commit)
         claimed = copy.deepcopy(held.job)
         for attempt in range(SETTLE_ATTEMPTS):
             try:
-                held.job = copy.deepcopy(claimed)
                 return lifecycle.settle(self.spool, held, outcome, timeout)
             except OSError as exc:
                 if not _transient(exc) or attempt == SETTLE_ATTEMPTS - 1:
                     raise
                 self._note_transient(exc)
                 time.sleep(TRANSIENT_PAUSE)
+            held = self.spool.lock("processing", file_name(claimed["id"]))
+            if held is None or not isinstance(held.job, dict) or held.job.get("worker") != self.name:
+                if held is not None:
+                    held.release()
+                # Settled after all (the error came after the move), or not ours any more.
+                return "lost" if self.spool.find(claimed["id"]) in (None, "processing") else "settled"
+            held.job = copy.deepcopy(claimed)
         return "lost"
 
     def _interruption(self, held):
@@ -325,7 +341,7 @@ class Worker:
 def _peek(path: str):
     """The JSON in a file; None if it is not a complete job object yet; False if it is gone."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        fd = open_nofollow(path)
     except FileNotFoundError:
         return False
     except OSError:

@@ -111,7 +111,7 @@ def assert_intact(spool_path: str, expected: set[str], *, may_lack: set[str] = f
 
 # -- crashing at a chosen step ---------------------------------------------------
 
-STEPS = ((os, "write"), (os, "ftruncate"), (os, "fsync"), (os, "rename"), (os, "replace"),
+STEPS = ((os, "write"), (os, "fsync"), (os, "rename"), (os, "replace"),
          (os, "link"), (os, "unlink"), (fsops, "_renameat2"))
 
 

@@ -2,7 +2,7 @@
 
 For each operation (enqueue, claim, settle, retry, cancel, dlq retry, adopt,
 recover, and doctor's own repairs) a forked child performs it and dies by
-os._exit at its 1st, 2nd, 3rd ... file-system step (write, ftruncate,
+os._exit at its 1st, 2nd, 3rd ... file-system step (write,
 fsync, rename, renameat2, link, unlink), still holding its flocks, until
 the operation completes without reaching the step. Every state left behind is then handed both
 - to the next worker (recovery, adoption, then running what is due), and
@@ -27,7 +27,6 @@ from chaos_util import assert_intact, copy_spool, next_worker, sweep
 from conftest import put_job
 from queuectl import Spool, lifecycle
 from queuectl.doctor import check
-from queuectl.fsops import Spare
 from queuectl.job import iso
 from queuectl.runner import Outcome
 
@@ -52,19 +51,33 @@ class Operation:
     spare_copy: bool = False
 
 
-def as_worker(spool: Spool) -> Spool:
-    """A spool as a worker uses it: its rewrites swap in spare files (fsops.Spare)."""
-    spool.spare = Spare(spool.dir("tmp"))
-    return spool
-
-
 def claimed(spool: Spool):
-    return lifecycle.claim(as_worker(spool), "pending", "job.json", "crasher", time.time())
+    return lifecycle.claim(spool, "pending", "job", "crasher", time.time())
 
 
 def ran(spool: Spool, held, **outcome) -> str:
     now = time.time()
     return lifecycle.settle(spool, held, Outcome(started=now, finished=now, **outcome), None)
+
+
+def ran_in_a_group(spool: Spool, held, **outcome) -> None:
+    """A worker's settle: staged, then published and made durable by the group commit's thread."""
+    commit = lifecycle.GroupCommit(spool)
+    now = time.time()
+    lifecycle.settle(spool, held, Outcome(started=now, finished=now, **outcome), None, commit)
+    commit.close()
+
+
+def two_claimed(spool: Spool):
+    return [lifecycle.claim(spool, "pending", job_id, "crasher", time.time()) for job_id in ("a", "b")]
+
+
+def ran_two_in_a_group(spool: Spool, helds) -> None:
+    commit = lifecycle.GroupCommit(spool)
+    now = time.time()
+    for held, code in zip(helds, (0, 1)):
+        lifecycle.settle(spool, held, Outcome(started=now, finished=now, exit_code=code), None, commit)
+    commit.close()
 
 
 def drop(name: str, data: bytes) -> Callable[[str], None]:
@@ -110,46 +123,53 @@ OPERATIONS = {
     "claim-pending": Operation(setup=pending_job, act=lambda spool, _: claimed(spool)),
     "claim-failed": Operation(
         setup=lambda path: put_job(path, "failed", "job", command="true", attempts=1, next_run_at=past()),
-        act=lambda spool, _: lifecycle.claim(as_worker(spool), "failed", "job.json", "crasher", time.time())),
+        act=lambda spool, _: lifecycle.claim(spool, "failed", "job", "crasher", time.time())),
     "settle-completed": Operation(setup=pending_job, prepare=claimed,
                                   act=lambda spool, held: ran(spool, held, exit_code=0)),
     "settle-failed": Operation(setup=pending_job, prepare=claimed,
                                act=lambda spool, held: ran(spool, held, exit_code=1)),
+    "settle-completed-group": Operation(setup=pending_job, prepare=claimed,
+                                        act=lambda spool, held: ran_in_a_group(spool, held, exit_code=0)),
+    "settle-failed-group": Operation(setup=pending_job, prepare=claimed,
+                                     act=lambda spool, held: ran_in_a_group(spool, held, exit_code=1)),
+    "settle-two-in-a-group": Operation(
+        setup=lambda path: [put_job(path, "pending", job_id, command="true") for job_id in ("a", "b")],
+        prepare=two_claimed, act=ran_two_in_a_group, ids={"a", "b"}, finals=("completed", "failed")),
     "settle-dead": Operation(setup=lambda path: pending_job(path, max_retries=0), prepare=claimed,
                              act=lambda spool, held: ran(spool, held, exit_code=1), finals=("dead",)),
     "settle-stopped": Operation(setup=pending_job, prepare=claimed,
                                 act=lambda spool, held: ran(spool, held, signal=15, interrupted="stop")),
     "settle-cancelled": Operation(setup=pending_job, prepare=claimed, finals=FINISHED,
                                   act=lambda spool, held: ran(spool, held, signal=15, interrupted="cancel")),
-    "recover": Operation(setup=owned_by_a_dead_worker, act=lambda spool, _: lifecycle.recover(as_worker(spool))),
+    "recover": Operation(setup=owned_by_a_dead_worker, act=lambda spool, _: lifecycle.recover(spool)),
     "retry": Operation(
         setup=lambda path: put_job(path, "failed", "job", command="true", attempts=1,
                                    next_run_at=iso(time.time() + 3600)),
         # Cut before its rewrite, the job keeps its old retry time: it waits, in failed/ or pending/.
-        act=lambda spool, _: spool.retry("job"), finals=("completed", "failed", "pending")),
-    "cancel-pending": Operation(setup=pending_job, act=lambda spool, _: spool.cancel("job"), finals=FINISHED),
+        act=lambda spool, _: lifecycle.retry(spool, "job"), finals=("completed", "failed", "pending")),
+    "cancel-pending": Operation(setup=pending_job, act=lambda spool, _: lifecycle.cancel(spool, "job"), finals=FINISHED),
     "cancel-failed": Operation(
         setup=lambda path: put_job(path, "failed", "job", command="true", attempts=1, next_run_at=past()),
-        act=lambda spool, _: spool.cancel("job"), finals=FINISHED),
+        act=lambda spool, _: lifecycle.cancel(spool, "job"), finals=FINISHED),
     "dlq-retry": Operation(setup=lambda path: put_job(path, "dead", "job", command="true", attempts=4),
-                           act=lambda spool, _: spool.dlq_retry("job"), finals=FINISHED),
+                           act=lambda spool, _: lifecycle.dlq_retry(spool, "job"), finals=FINISHED),
     "adopt-renamed": Operation(setup=drop("drop.json", b'{"id": "job", "command": "true"}'),
-                               act=lambda spool, _: lifecycle.adopt(as_worker(spool), "drop.json", complete=True), spare_copy=True),
+                               act=lambda spool, _: lifecycle.adopt(spool, "drop.json", complete=True), spare_copy=True),
     "adopt-in-place": Operation(setup=drop("job.json", b'{"command": "true"}'),
-                                act=lambda spool, _: lifecycle.adopt(as_worker(spool), "job.json", complete=True)),
+                                act=lambda spool, _: lifecycle.adopt(spool, "job.json", complete=True)),
     "adopt-invalid": Operation(setup=drop("job.json", b'{"command": 42}'), finals=("dead",),
-                               act=lambda spool, _: lifecycle.adopt(as_worker(spool), "job.json", complete=True),
+                               act=lambda spool, _: lifecycle.adopt(spool, "job.json", complete=True),
                                kept_bytes=b'{"command": 42}'),
     "adopt-duplicate": Operation(
         setup=lambda path: (put_job(path, "completed", "job", command="true"),
                             drop("drop.json", b'{"id": "job", "command": "echo twice"}')(path)),
-        act=lambda spool, _: lifecycle.adopt(as_worker(spool), "drop.json", complete=True),
+        act=lambda spool, _: lifecycle.adopt(spool, "drop.json", complete=True),
         kept_bytes=b'{"id": "job", "command": "echo twice"}'),
     "doctor-duplicate": Operation(setup=duplicated, act=lambda spool, _: check(spool, repair=True),
                                   kept_bytes=THE_COPY, spare_copy=True),
 }
 # Operations that move files, crashed again as on a file system without renameat2.
-MOVING = ("claim-pending", "settle-completed", "settle-failed", "recover", "cancel-pending", "dlq-retry",
+MOVING = ("claim-pending", "settle-completed", "settle-failed", "settle-completed-group", "recover", "cancel-pending", "dlq-retry",
           "adopt-renamed", "adopt-invalid", "doctor-duplicate")
 
 

@@ -84,7 +84,7 @@ def dead_letter_of(spool_path: str, original_name: str) -> tuple[dict, bytes]:
 def claimed_by_a_dead_worker(spool_path: str, job_id: str) -> None:
     pid = os.fork()
     if pid == 0:
-        lifecycle.claim(Spool(spool_path), "pending", job_id + ".json", "gone-worker", time.time())
+        lifecycle.claim(Spool(spool_path), "pending", job_id, "gone-worker", time.time())
         os._exit(0)
     os.waitpid(pid, 0)
 
@@ -240,7 +240,7 @@ def test_a_job_in_processing_without_a_live_owner_is_recovered(spool_path, spool
 def test_a_job_a_live_worker_owns_is_not_touched(spool_path, spool):
     put_job(spool_path, "pending", "running", command="true")
     spool = Spool(spool_path)
-    held = lifecycle.claim(spool, "pending", "running.json", "this-test", time.time())
+    held = lifecycle.claim(spool, "pending", "running", "this-test", time.time())
     try:
         before = snapshot(spool_path)
         assert check(spool, repair=True) == []

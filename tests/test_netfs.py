@@ -148,7 +148,7 @@ def test_a_worker_whose_job_was_recovered_meanwhile_drops_its_outcome(spool):
     job_id = spool.enqueue("true")["id"]
     spool.shared = True
     spool.lease = lease.Lease(spool, "me-1", 30)
-    held = lifecycle.claim(spool, "pending", job_id + ".json", "me-1", time.time())
+    held = lifecycle.claim(spool, "pending", job_id, "me-1", time.time())
     assert held is not None
     # Another host's recovery while this worker was paused: rewritten (a new inode) and moved on.
     path = spool.path("processing", job_id)
@@ -184,3 +184,29 @@ def test_polling_sees_files_land_leave_and_be_replaced(tmp_path, monkeypatch):
     assert changes() == [("gone", "pending", "a.json")]
     assert changes() == []
     watch.close()
+
+
+def test_a_stale_handle_is_looked_up_again(spool, monkeypatch):
+    """ESTALE while reading config.json or a job file (another client replaced it): read again from the path."""
+    job_id = spool.enqueue("true")["id"]
+    spool.set_config("max_retries", "7")
+    real_read_fd = fsops.read_fd
+    faults = [2]
+
+    def stale_read(fd, limit):
+        if faults[0]:
+            faults[0] -= 1
+            raise OSError(errno.ESTALE, "Stale file handle")
+        return real_read_fd(fd, limit)
+    monkeypatch.setattr(fsops, "read_fd", stale_read)
+    assert spool.get(job_id)["id"] == job_id
+    real_open = open
+    faults[0] = 1
+
+    def stale_open(path, *args, **kwargs):
+        if str(path).endswith("config.json") and faults[0]:
+            faults[0] -= 1
+            raise OSError(errno.ESTALE, "Stale file handle", path)
+        return real_open(path, *args, **kwargs)
+    monkeypatch.setattr("builtins.open", stale_open)
+    assert Spool(spool.root).config["max_retries"] == 7

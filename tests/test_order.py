@@ -59,7 +59,7 @@ def test_discard_forgets_a_job_but_only_in_the_named_folder():
     index.discard("gone")
 
     assert "moved" in index and "gone" not in index
-    assert index.names() == {"moved"}
+    assert index.ids() == {"moved"}
     assert drain(index) == ["moved"]
 
 

@@ -1,48 +1,30 @@
-"""A worker's rewrites swap spare files in (fsops.Spare) instead of creating a file each time.
+"""A job file's bytes belong to that job for life (README, "Writes").
 
-What must hold: the job's name always shows a complete file owned by the
-rewriter; a reader that opened the old inode keeps reading the old complete
-bytes for as long as the inode rests; no inode that is visible anywhere else
-(a second name, a late writer) is ever written again.
+What must hold: every rewrite puts a new, complete, already locked inode
+under the job's name and never writes into an inode anybody could have
+opened; so a reader that opened a job's file reads that job (an older
+version at worst), however slowly it reads.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import time
 
-import pytest
-
-from conftest import put_job
-from queuectl import Spool, fsops, lifecycle, spool as spool_module
-from queuectl.doctor import check
-from queuectl.fsops import Spare
-
-
-@pytest.fixture
-def worker_spool(spool):
-    spool.spare = Spare(spool.dir("tmp"))
-    yield spool
-    spool.spare.close()
+from conftest import wait_until
+from queuectl import Spool, fsops
+from queuectl import spool as spool_module
 
 
 def job_path(spool: Spool, job: dict, state: str = "pending") -> str:
     return os.path.join(spool.dir(state), job["id"] + ".json")
 
 
-def rewrite(spool: Spool, job: dict, **fields) -> None:
-    held = spool.lock("pending", job["id"] + ".json")
-    with held:
-        held.job.update(fields)
-        held.save()
-
-
-def test_a_swapped_rewrite_is_complete_and_stays_owned(worker_spool):
-    job = worker_spool.enqueue("true")
-    path = job_path(worker_spool, job)
+def test_a_rewrite_is_a_new_complete_inode_that_stays_owned(spool):
+    job = spool.enqueue("true")
+    path = job_path(spool, job)
     old_inode = os.stat(path).st_ino
-    held = worker_spool.lock("pending", job["id"] + ".json")
+    held = spool.lock("pending", job["id"] + ".json")
     held.job["note"] = "rewritten"
     held.save()
 
@@ -50,89 +32,28 @@ def test_a_swapped_rewrite_is_complete_and_stays_owned(worker_spool):
     assert os.fstat(held.fd).st_ino == os.stat(path).st_ino
     with open(path, "rb") as handle:
         assert json.loads(handle.read())["note"] == "rewritten"
-    assert worker_spool.lock("pending", job["id"] + ".json") is None  # nobody else can own it
-    [resting] = os.listdir(worker_spool.dir("tmp"))
-    assert os.stat(os.path.join(worker_spool.dir("tmp"), resting)).st_ino == old_inode
+    assert spool.lock("pending", job["id"] + ".json") is None  # nobody else can own it
+    assert os.listdir(spool.dir("tmp")) == []  # nothing kept aside for reuse
     held.release()
-    assert worker_spool.lock("pending", job["id"] + ".json") is not None
+    assert spool.lock("pending", job["id"] + ".json") is not None
 
 
-def test_rewrites_reuse_rested_inodes_instead_of_creating_files(worker_spool, monkeypatch):
-    monkeypatch.setattr(Spare, "QUARANTINE", 0.0)
-    jobs = [worker_spool.enqueue("true") for _ in range(5)]
-    before = {os.stat(job_path(worker_spool, job)).st_ino for job in jobs}
-    for job in jobs:
-        rewrite(worker_spool, job, note="first")
-        rewrite(worker_spool, job, note="second")
-    after = {os.stat(job_path(worker_spool, job)).st_ino for job in jobs}
-    after |= {os.stat(os.path.join(worker_spool.dir("tmp"), name)).st_ino
-              for name in os.listdir(worker_spool.dir("tmp"))}
-    assert len(after - before) == 1  # the first spare; ten rewrites created nothing else
-    for job in jobs:
-        assert worker_spool.get(job["id"])["note"] == "second"
+def test_a_reader_of_the_old_inode_keeps_the_old_bytes_of_the_same_job(spool):
+    job = spool.enqueue("echo old")
+    path = job_path(spool, job)
+    with open(path, "rb") as reader:
+        with spool.lock("pending", job["id"] + ".json") as held:
+            held.job["command"] = "echo new"
+            held.save()
+        for _ in range(3):  # later rewrites of other jobs must not touch the old inode either
+            other = spool.enqueue("true")
+            with spool.lock("pending", other["id"] + ".json") as held:
+                held.job["note"] = "x" * 4000
+                held.save()
+        assert json.loads(reader.read()) == {**job, "state": "pending"}
 
 
-def test_a_reader_of_the_old_inode_keeps_its_bytes_while_it_rests(worker_spool, monkeypatch):
-    monkeypatch.setattr(Spare, "QUARANTINE", 3600.0)
-    first, *others = [worker_spool.enqueue(f"echo {number}") for number in range(4)]
-    reader = open(job_path(worker_spool, first), "rb")
-    with reader:
-        rewrite(worker_spool, first, note="new")
-        for job in others:
-            rewrite(worker_spool, job, note="other")
-        data = reader.read()
-    assert json.loads(data)["command"] == "echo 0" and "note" not in json.loads(data)
-
-
-def test_a_rested_inode_that_was_written_to_is_not_reused(worker_spool, monkeypatch):
-    monkeypatch.setattr(Spare, "QUARANTINE", 0.0)
-    first, second = worker_spool.enqueue("true"), worker_spool.enqueue("true")
-    with open(job_path(worker_spool, first), "ab") as late_writer:
-        late_inode = os.fstat(late_writer.fileno()).st_ino
-        rewrite(worker_spool, first, note="adopted")
-        late_writer.write(b"\n")  # the dropping tool was not done after all
-        late_writer.flush()
-        rewrite(worker_spool, second, note="next")
-    assert os.stat(job_path(worker_spool, second)).st_ino != late_inode
-    assert worker_spool.get(second["id"])["note"] == "next"
-
-
-def test_an_inode_with_a_second_name_never_becomes_a_spare(worker_spool, monkeypatch, tmp_path):
-    monkeypatch.setattr(Spare, "QUARANTINE", 0.0)
-    first, second = worker_spool.enqueue("echo first"), worker_spool.enqueue("echo second")
-    backup = tmp_path / "backup.json"
-    os.link(job_path(worker_spool, first), backup)
-    original = backup.read_bytes()
-    rewrite(worker_spool, first, note="new")
-    rewrite(worker_spool, second, note="new")
-    rewrite(worker_spool, second, note="newer")
-    assert backup.read_bytes() == original
-
-
-@pytest.mark.parametrize("durable", [True, False])
-def test_durable_reuse_waits_for_the_old_names_to_be_synced_away(spool, monkeypatch, durable):
-    """A claim's rename is not fsynced: after a power cut its old name could come back, so a durable
-    worker fsyncs the folders before writing another job's bytes into that inode."""
-    monkeypatch.setattr(Spare, "QUARANTINE", 0.0)
-    spool.set_config("durable", "true" if durable else "false")
-    spool.spare = Spare(spool.dir("tmp"), (spool.dir("pending"),))
-    synced = []
-    real_fsync_dir = fsops.fsync_dir
-    monkeypatch.setattr(fsops, "fsync_dir", lambda path: (synced.append(path), real_fsync_dir(path)))
-    first, second = spool.enqueue("true"), spool.enqueue("true")
-    synced.clear()
-    held = spool.lock("pending", first["id"] + ".json")
-    with held:
-        held.save(moving_on=True)  # no folder fsync of its own: only the spare's
-    assert synced == []
-    held = spool.lock("pending", second["id"] + ".json")
-    with held:
-        held.save(moving_on=True)  # reuses the first job's old inode
-    assert synced == ([spool.dir("pending")] if durable else [])
-    spool.spare.close()
-
-
-def test_a_read_that_raced_a_rewrite_is_not_taken_for_the_job(spool, monkeypatch):
+def test_a_read_that_raced_a_rewrite_returns_the_older_version(spool, monkeypatch):
     job = spool.enqueue("echo old")
     path = job_path(spool, job)
     real_read = fsops.read_fd
@@ -140,7 +61,7 @@ def test_a_read_that_raced_a_rewrite_is_not_taken_for_the_job(spool, monkeypatch
 
     def read_then_rewritten(fd, limit):
         data = real_read(fd, limit)
-        if not raced:  # the inode leaves the name between the read and its check
+        if not raced:  # the inode leaves the name between the read and anything after it
             raced.append(True)
             replacement = os.path.join(spool.dir("tmp"), "replacement")
             with open(replacement, "wb") as handle:
@@ -149,71 +70,30 @@ def test_a_read_that_raced_a_rewrite_is_not_taken_for_the_job(spool, monkeypatch
         return data
 
     monkeypatch.setattr(spool_module.fsops, "read_fd", read_then_rewritten)
-    assert spool.read("pending", job["id"] + ".json") is None
+    assert spool.read("pending", job["id"] + ".json")["command"] == "echo old"
     assert spool.get(job["id"])["command"] == "echo new"
 
 
-def test_doctor_does_not_judge_bytes_read_after_their_inode_was_reused(spool, spool_path, monkeypatch):
-    done, other = (put_job(spool_path, "completed", job_id) for job_id in ("done", "other"))
-    assert check(spool) == []
-    path = job_path(spool, done, "completed")
-    real_read = fsops.read_fd
+def test_slow_readers_of_job_files_read_their_own_job_while_workers_run_others(spool_path, workers):
+    """`less`, a backup tool or a slow script opens job files and reads them much later.
 
-    def read_of_a_reused_inode(fd, limit):
-        data = real_read(fd, limit)
-        if os.fstat(fd).st_ino == os.stat(path).st_ino:
-            # The worker swapped the file out and wrote another job into its old inode.
-            replacement = os.path.join(spool.dir("tmp"), "replacement")
-            with open(replacement, "wb") as handle:
-                handle.write(data)
-            os.rename(replacement, path)
-            with open(job_path(spool, other, "completed"), "rb") as handle:
-                return handle.read()
-        return data
-
-    monkeypatch.setattr(fsops, "read_fd", read_of_a_reused_inode)
-    assert check(spool) == []
-
-
-def test_where_names_cannot_be_exchanged_rewrites_create_a_file(worker_spool, monkeypatch):
-    real = fsops._renameat2_flags
-    monkeypatch.setattr(fsops, "_renameat2_flags",
-                        lambda src, dst, flags: False if flags == fsops._RENAME_EXCHANGE else real(src, dst, flags))
-    job = worker_spool.enqueue("true")
-    rewrite(worker_spool, job, note="rewritten")
-    assert worker_spool.get(job["id"])["note"] == "rewritten"
-    assert not worker_spool.spare.usable
-    assert os.listdir(worker_spool.dir("tmp")) == []
-
-
-def test_recovery_removes_the_spares_of_a_worker_that_died(spool):
-    pid = os.fork()
-    if pid == 0:  # a worker that rewrites two jobs and is killed before it can tidy up
-        try:
-            spool.spare = Spare(spool.dir("tmp"))
-            for job in (spool.enqueue("true"), spool.enqueue("true")):
-                rewrite(spool, job, note="x")
-        finally:
-            os._exit(0)
-    os.waitpid(pid, 0)
-    dead_ones = set(os.listdir(spool.dir("tmp")))
-    assert len(dead_ones) >= 2
-    spool.spare = Spare(spool.dir("tmp"))  # a live worker's spares must stay
-    rewrite(spool, spool.enqueue("true"), note="y")
-    live_ones = set(os.listdir(spool.dir("tmp"))) - dead_ones
-    an_hour_ago = time.time() - 3600
-    for name in dead_ones | live_ones:
-        os.utime(os.path.join(spool.dir("tmp"), name), (an_hour_ago, an_hour_ago))
-
-    lifecycle.recover(spool)
-
-    assert set(os.listdir(spool.dir("tmp"))) == live_ones
-    spool.spare.close()
-
-
-def test_closing_removes_the_spares(worker_spool):
-    job = worker_spool.enqueue("true")
-    rewrite(worker_spool, job, note="x")
-    assert os.listdir(worker_spool.dir("tmp"))
-    worker_spool.spare.close()
-    assert os.listdir(worker_spool.dir("tmp")) == []
+    Every file opened in pending/ is claimed (moved, then rewritten) and
+    settled (rewritten, then moved) by real workers while the reader waits;
+    each one must still hold the job it was opened as, with its secret and
+    nobody else's.
+    """
+    spool = Spool(spool_path)
+    jobs = [spool.enqueue({"command": "true", "id": f"job-{number:03d}", "env": {"SECRET": f"secret-{number:03d}"}})
+            for number in range(120)]
+    opened = {job["id"]: open(job_path(spool, job), "rb") for job in jobs}
+    try:
+        workers.start("--count", "2", "--burst")
+        wait_until(lambda: len(spool.names("completed")) == len(jobs), timeout=120,
+                   message="every job to complete")
+        for job_id, reader in opened.items():
+            seen = json.loads(reader.read())
+            assert seen["id"] == job_id
+            assert seen["env"] == {"SECRET": f"secret-{job_id[4:]}"}
+    finally:
+        for reader in opened.values():
+            reader.close()

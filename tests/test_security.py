@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conftest import put_job, run_queuectl
-from queuectl import InvalidJob, Spool
+from queuectl import InvalidJob, Spool, lifecycle
 from queuectl.job import is_valid_id
 from workers_util import enqueue, read_lines
 
@@ -28,8 +28,9 @@ def listing(folder) -> set[str]:
 
 @pytest.mark.parametrize("job_id", ESCAPES)
 def test_an_id_that_could_leave_the_spool_is_refused_by_every_call(spool, job_id):
-    calls = [spool.log_path, spool.find, spool.get, spool.read_log, spool.cancel, spool.retry,
-             spool.dlq_retry, lambda i: spool.path("pending", i), lambda i: spool.enqueue("true", id=i)]
+    calls = [spool.log_path, spool.find, spool.get, spool.read_log, lambda i: lifecycle.cancel(spool, i),
+             lambda i: lifecycle.retry(spool, i), lambda i: lifecycle.dlq_retry(spool, i),
+             lambda i: spool.path("pending", i), lambda i: spool.enqueue("true", id=i)]
     for call in calls:
         with pytest.raises(InvalidJob, match="invalid id"):
             call(job_id)

@@ -47,10 +47,10 @@ from importlib import resources
 from typing import Any, Callable
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from .. import registry
+from .. import lifecycle, registry
 from ..errors import InvalidJob, JobNotFound, QueueError, WrongState
 from ..job import STATES, is_valid_id
-from ..spool import SUFFIX
+from ..spool import SUFFIX, id_of
 from .snapshot import FAILURES, Scanner, Snapshot, recent_durations, throughput
 
 TOKEN_HEADER = "X-Queuectl-Token"
@@ -276,7 +276,7 @@ class DashboardHandler(BaseHTTPRequestHandler):
         spool = self.server.spool
         folder_of = {name: folder for folder in ([state] if state else STATES)
                      for name in spool.names(folder)
-                     if not search or search in name.removesuffix(SUFFIX).lower()}
+                     if not search or search in id_of(name).lower()}
         # Newest id first; only the requested page is read from disk.
         end = offset + limit
         newest = (heapq.nlargest(end, folder_of) if end <= HEAP_PAGES_END
@@ -303,7 +303,7 @@ class DashboardHandler(BaseHTTPRequestHandler):
         self._send_json(200, {"id": job_id, "size": size, "truncated": truncated, "text": text})
 
     def _retry(self, query: dict, job_id: str) -> None:
-        job = self.server.spool.dlq_retry(_checked_id(job_id))
+        job = lifecycle.dlq_retry(self.server.spool, _checked_id(job_id))
         self._send_json(200, {"job": job_summary(job)})
 
     def _retry_all(self, query: dict) -> None:
@@ -314,7 +314,7 @@ class DashboardHandler(BaseHTTPRequestHandler):
         """
         after = _text_param(query, "after")
         spool = self.server.spool
-        dead = sorted(name.removesuffix(SUFFIX) for name in spool.names("dead"))
+        dead = sorted(id_of(name) for name in spool.names("dead"))
         deadline = time.monotonic() + RETRY_ALL_BUDGET
         retried, skipped, errors, cursor = 0, 0, [], None
         for job_id in dead[bisect.bisect_right(dead, after):]:
@@ -322,7 +322,7 @@ class DashboardHandler(BaseHTTPRequestHandler):
                 break  # after at least one job, so every call makes progress
             cursor = job_id
             try:
-                spool.dlq_retry(job_id)
+                lifecycle.dlq_retry(spool, job_id)
                 retried += 1
             except QueueError as exc:
                 skipped += 1
