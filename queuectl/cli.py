@@ -9,6 +9,7 @@ stderr and exit code 1; click's usage errors exit 2.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from typing import Any
@@ -19,6 +20,8 @@ from . import __version__
 from .errors import InvalidJob, QueueError
 from .job import STATES, iso, parse_time, shorten
 from .spool import Spool, id_of, prepare_fields
+
+DEFAULT_LIMIT = 50  # rows a listing shows unless told otherwise
 
 
 class QueueGroup(click.Group):
@@ -128,6 +131,17 @@ def _parse_job_argument(text: str) -> dict | str:
         raise InvalidJob(f"invalid JSON job: {exc}") from None
 
 
+def _env_pairs(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> dict[str, str]:
+    """--env KEY=VALUE options as a dict; a later KEY wins."""
+    pairs: dict[str, str] = {}
+    for value in values:
+        name, equals, text = value.partition("=")
+        if not equals or not name:
+            raise click.BadParameter(f"{value!r} is not KEY=VALUE")
+        pairs[name] = text
+    return pairs
+
+
 class _JsonLines:
     """Jobs from JSON lines; `line` is the line being handled (None once all are read), so an error can name it."""
 
@@ -156,16 +170,26 @@ class _JsonLines:
 @click.option("--timeout", type=click.FloatRange(min=0), help="Seconds before the job is killed [default: config].")
 @click.option("--run-at", help="Do not start before this ISO-8601 time (local time without an offset).")
 @click.option("--delay", type=Duration(), help="Do not start before this delay (30s, 15m, 2h).")
+@click.option("--cwd", metavar="DIR", help="Run the command in this folder (a relative one is taken from here).")
+@click.option("--env", "env", metavar="KEY=VALUE", multiple=True, callback=_env_pairs,
+              help="Set a variable in the job's environment (repeatable).")
 @click.option("--file", "-f", "file", type=click.File("r"), help="Many jobs: one JSON object per line.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print the stored job as JSON instead of its id (a JSON array for - or --file).")
 @click.pass_context
-def enqueue(ctx, job, command, job_id, priority, max_retries, timeout, run_at, delay, file):
-    """Enqueue a job: JSON ('{"command": "make"}'), a command ('make'), or '-' for JSON lines on stdin."""
+def enqueue(ctx, job, command, job_id, priority, max_retries, timeout, run_at, delay, cwd, env, file, as_json):
+    """Enqueue a job: JSON ('{"command": "make"}'), a command ('make'), or '-' for JSON lines on stdin.
+
+    Options apply to every job of a batch and win over the JSON's fields;
+    --env adds to the job's own env object.
+    """
     if sum(x is not None for x in (job, command, file)) != 1:
         raise click.UsageError("give exactly one of JOB, --command or --file")
     if run_at is not None and delay is not None:
         raise click.UsageError("--run-at and --delay exclude each other")
     options = dict(priority=priority, max_retries=max_retries, timeout=timeout, delay=delay,
-                   run_at=iso(parse_time(run_at)) if run_at else None)
+                   run_at=iso(parse_time(run_at)) if run_at else None, env=env,
+                   cwd=os.path.abspath(os.path.expanduser(cwd)) if cwd else None)
     spool = _spool(ctx)
     if file is not None or job == "-":
         if job_id is not None:
@@ -177,11 +201,15 @@ def enqueue(ctx, job, command, job_id, priority, max_retries, timeout, run_at, d
             if reader.line is None:
                 raise
             raise type(exc)(f"{reader.source} line {reader.line}: {exc} (no job enqueued)") from None
+        if as_json:
+            _print_json(stored)
+            return
         for job in stored:
             click.echo(job["id"])
         return
     fields = _parse_job_argument(job) if job is not None else command
-    click.echo(spool.enqueue(fields, id=job_id, **options)["id"])
+    stored = spool.enqueue(fields, id=job_id, **options)
+    _print_json(stored) if as_json else click.echo(stored["id"])
 
 
 # -- inspection --------------------------------------------------------------
@@ -214,16 +242,43 @@ def status(ctx, as_json):
         click.echo("success rate    - (no finished jobs yet)")
 
 
+def _limit_options(command):
+    """--limit N (0 for all) and --all, shared by the listings."""
+    command = click.option("--all", "show_all", is_flag=True, help="Every job (the same as --limit 0).")(command)
+    return click.option("--limit", "-n", type=click.IntRange(min=0), default=DEFAULT_LIMIT, show_default=True,
+                        help="At most this many jobs, newest id first; 0 for all.")(command)
+
+
+def _listing(ctx: click.Context, state: str | None, limit: int, show_all: bool, noun: str) -> tuple[list[dict], str]:
+    """A page of jobs, and the line that says rows were cut ("" when none were).
+
+    The line goes to stderr after the rows, so `--json` keeps stdout one JSON document.
+    """
+    limit = None if show_all or limit == 0 else limit
+    jobs, total = _spool(ctx).newest(state, limit)
+    if limit is None or total <= limit:
+        return jobs, ""
+    return jobs, f"queuectl: showing {len(jobs)} of {total} {noun}; --limit 0 for all"
+
+
+def _note(line: str) -> None:
+    if line:
+        click.echo(line, err=True)
+
+
 @main.command("list")
 @click.option("--state", "-s", type=click.Choice(STATES), help="Only jobs in this state.")
-@click.option("--limit", "-n", type=click.IntRange(min=0), default=50, show_default=True,
-              help="At most this many jobs, newest id first.")
+@_limit_options
 @click.option("--json", "as_json", is_flag=True, help="A JSON array of job objects.")
 @click.pass_context
-def list_jobs(ctx, state, limit, as_json):
-    """Jobs: id, state, attempts, priority, last update, command."""
-    jobs = _spool(ctx).jobs(state, limit)
+def list_jobs(ctx, state, limit, show_all, as_json):
+    """Jobs: id, state, attempts, priority, last update, command.
+
+    When rows were cut by --limit, a line on stderr says how many jobs there are.
+    """
+    jobs, cut = _listing(ctx, state, limit, show_all, f"{state} jobs" if state else "jobs")
     _print_json(jobs) if as_json else _job_table(jobs)
+    _note(cut)
 
 
 @main.command()
@@ -306,23 +361,23 @@ def dlq():
 
 
 @dlq.command("list")
-@click.option("--limit", "-n", type=click.IntRange(min=0), default=50, show_default=True)
+@_limit_options
 @click.option("--json", "as_json", is_flag=True, help="A JSON array of job objects.")
 @click.pass_context
-def dlq_list(ctx, limit, as_json):
-    """Dead jobs with the reason each one died."""
-    jobs = _spool(ctx).jobs("dead", limit)
+def dlq_list(ctx, limit, show_all, as_json):
+    """Dead jobs with the reason each one died (a line on stderr says when rows were cut)."""
+    jobs, cut = _listing(ctx, "dead", limit, show_all, "dead jobs")
     if as_json:
         _print_json(jobs)
-        return
-    if not jobs:
+    elif not jobs:
         click.echo("the dead-letter queue is empty")
-        return
-    width = max(10, *(len(str(job.get("id"))) for job in jobs))
-    click.echo(f"{'ID':<{width}}  {'ATT':>3}  {'REASON':<40}  COMMAND")
-    for job in jobs:
-        click.echo(f"{str(job.get('id')):<{width}}  {job.get('attempts', 0)!s:>3}  "
-                   f"{shorten(job.get('last_error') or '-', 40):<40}  {shorten(job.get('command') or '-', 40)}")
+    else:
+        width = max(10, *(len(str(job.get("id"))) for job in jobs))
+        click.echo(f"{'ID':<{width}}  {'ATT':>3}  {'REASON':<40}  COMMAND")
+        for job in jobs:
+            click.echo(f"{str(job.get('id')):<{width}}  {job.get('attempts', 0)!s:>3}  "
+                       f"{shorten(job.get('last_error') or '-', 40):<40}  {shorten(job.get('command') or '-', 40)}")
+    _note(cut)
 
 
 @dlq.command("retry")
@@ -330,28 +385,47 @@ def dlq_list(ctx, limit, as_json):
 @click.option("--all", "retry_all", is_flag=True, help="Every job in the dead-letter queue.")
 @click.pass_context
 def dlq_retry(ctx, job_ids, retry_all):
-    """Move dead jobs back to pending with their attempts reset."""
+    """Move dead jobs back to pending with their attempts reset.
+
+    With --all, records of files that were never valid jobs cannot be
+    retried: each is skipped with a line on stderr, and the exit code is 0
+    when every other dead job was retried. Exit 1 when a dead job could not
+    be retried, or when there was nothing to retry (no dead job, or only
+    invalid records).
+    """
     if bool(job_ids) == retry_all:
         raise click.UsageError("give job ids or --all")
     from . import lifecycle
     spool = _spool(ctx)
     if retry_all:
-        job_ids = [id_of(name) for name in spool.names("dead")]
-    failures = 0
+        job_ids = sorted(id_of(name) for name in spool.names("dead"))
+    retried = invalid = failures = 0
     for job_id in job_ids:
         try:
             lifecycle.dlq_retry(spool, job_id)
+        except InvalidJob as exc:
+            if not retry_all:
+                raise
+            invalid += 1  # nothing to retry: the record keeps a file that was never a job
+            click.echo(f"queuectl: skipped: {exc}", err=True)
+            continue
         except QueueError as exc:
             if not retry_all:
                 raise
             failures += 1
-            click.echo(f"queuectl: skipped: {exc}", err=True)
+            click.echo(f"queuectl: error: {exc}", err=True)
             continue
+        retried += 1
         click.echo(f"{job_id}: dead -> pending")
     if retry_all and not job_ids:
         _fail("the dead-letter queue is empty")
+    if invalid:
+        click.echo(f"queuectl: retried {retried} dead job(s); skipped {invalid} invalid record(s), "
+                   f"which cannot be retried", err=True)
     if failures:
         raise SystemExit(1)
+    if not retried:
+        _fail("nothing to retry: the dead-letter queue holds only invalid records")
 
 
 # -- configuration -----------------------------------------------------------
@@ -416,12 +490,17 @@ def worker():
 @worker.command("start")
 @click.option("--count", "-n", type=click.IntRange(min=1), default=1, show_default=True,
               help="Worker processes to run.")
-@click.option("--burst", is_flag=True, help="Exit when no job is due.")
+@click.option("--burst", is_flag=True,
+              help="Exit as soon as no job is due now: jobs scheduled for later and failed jobs waiting "
+                   "for their retry time do not keep the workers running.")
+@click.option("--until-empty", is_flag=True,
+              help="Exit once every job is finished: pending/ (scheduled jobs included), failed/ (waiting "
+                   "retries included) and processing/ hold no job.")
 @click.pass_context
-def worker_start(ctx, count, burst):
+def worker_start(ctx, count, burst, until_empty):
     """Run workers in the foreground until stopped (Ctrl-C finishes the running jobs)."""
     from .supervisor import run_workers
-    raise SystemExit(run_workers(_spool(ctx), count=count, burst=burst))
+    raise SystemExit(run_workers(_spool(ctx), count=count, burst=burst, until_empty=until_empty))
 
 
 @worker.command("stop")
@@ -511,6 +590,25 @@ def dashboard(ctx, host, port):
 
 
 @main.command()
+@click.option("--output", "-o", metavar="FILE", type=click.Path(dir_okay=False, writable=True),
+              help="Write FILE atomically (a temporary file renamed over it) instead of printing: "
+                   "for node_exporter's textfile collector.")
+@click.pass_context
+def metrics(ctx, output):
+    """The Prometheus text of the dashboard's /metrics, without a server.
+
+    Counters count the settled jobs in the spool now (a dashboard adds the
+    arrivals it sees); the duration summary reads the latest settled jobs only.
+    """
+    from .metrics import render, write_file
+    text = render(_spool(ctx))
+    if output is None:
+        click.echo(text, nl=False)
+    else:
+        write_file(output, text)
+
+
+@main.command()
 @click.option("--repair", is_flag=True, help="Fix what is safe to fix.")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
@@ -546,3 +644,32 @@ def demo(ctx, count, example):
     for line in run_demo(spool, count=count, example=example):
         click.echo(line)
     ctx.invoke(status)
+
+
+# -- root options after the subcommand ----------------------------------------
+
+def _set_root(name: str):
+    """A subcommand's --spool / --allow-shared-spool sets the root's value; given twice, the later one wins."""
+    def callback(ctx: click.Context, param: click.Parameter, value: Any) -> None:
+        if value:
+            ctx.find_root().obj[name] = value
+    return callback
+
+
+def _accept_root_options(group: click.Group) -> None:
+    """`queuectl list --spool X` works as `queuectl --spool X list` does, in every (nested) command."""
+    for command in group.commands.values():
+        if any(param.name == "spool" for param in command.params):
+            continue  # an alias (config show) is the same command object
+        command.params.extend([
+            click.Option(["--spool"], metavar="PATH", expose_value=False, callback=_set_root("path"),
+                         help="Spool folder (as `queuectl --spool PATH`)."),
+            click.Option(["--allow-shared-spool"], is_flag=True, expose_value=False,
+                         callback=_set_root("allow_shared"),
+                         help="As `queuectl --allow-shared-spool`."),
+        ])
+        if isinstance(command, click.Group):
+            _accept_root_options(command)
+
+
+_accept_root_options(main)

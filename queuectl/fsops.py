@@ -170,6 +170,15 @@ def retry_stale(operation: Callable[..., T], *args: Any) -> T:
     raise AssertionError("unreachable")
 
 
+def close_quietly(fd: int) -> None:
+    """Close an fd nothing was written through. Linux frees the fd even when close fails, and a
+    network file system may report ESTALE there (GlusterFS does, for a file another client moved)."""
+    try:
+        os.close(fd)
+    except OSError:
+        pass
+
+
 def open_nofollow(path: str, flags: int = os.O_RDONLY) -> int:
     """An fd of `path` itself: OSError (ELOOP) for a symlink, and O_NONBLOCK so a FIFO never blocks."""
     return os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)

@@ -505,25 +505,44 @@ def _recover_one(spool: Spool, held: LockedJob) -> str:
 
 # -- transitions an operator asks for -------------------------------------------
 
+CANCEL_TRIES = 5  # looks at a job that a worker keeps moving before cancel gives up
+CANCEL_PAUSE = 0.3
+
+
 def cancel(spool: Spool, job_id: str) -> str:
     """A pending or failed job to dead/ as cancelled; returns the state it left.
 
     A running job is not moved here: its worker reads the cancel request,
     stops the command and settles the job in dead/ ("processing" is returned).
     """
-    state = spool.find(job_id)
-    if state == "processing":
-        registry.request_cancel(spool, job_id)
-        return "processing"
-    if state in ("completed", "dead"):
-        raise WrongState(f"cannot cancel job {job_id!r}: it is {state} already "
-                         f"(pending, failed or running jobs can be cancelled)")
-    with spool.lock_job(job_id, ("pending", "failed"), "cancel") as held:
-        previous = held.state
-        held.move("dead")
-        held.job.update(state="dead", last_error="cancelled", next_run_at=None)
-        held.save()
-    return previous
+    for attempt in range(CANCEL_TRIES):
+        state = spool.find(job_id)
+        if state == "processing":
+            registry.request_cancel(spool, job_id)
+            return "processing"
+        if state in ("completed", "dead"):
+            raise WrongState(f"cannot cancel job {job_id!r}: it is {state} already "
+                             f"(pending, failed or running jobs can be cancelled)")
+        try:
+            held = spool.lock_job(job_id, ("pending", "failed"), "cancel")
+        except WrongState:
+            # A worker claimed (or settled) the job between the look and the lock:
+            # look again, so the answer fits the state it is in now. On a shared
+            # spool the look may come from this client's cache of names, which
+            # another host's move makes stale for up to a second: look again later.
+            if spool.find(job_id) != state:
+                continue
+            if attempt == CANCEL_TRIES - 1:
+                raise
+            time.sleep(CANCEL_PAUSE)
+            continue
+        with held:
+            previous = held.state
+            held.move("dead")
+            held.job.update(state="dead", last_error="cancelled", next_run_at=None)
+            held.save()
+        return previous
+    raise WrongState(f"job {job_id!r} keeps changing state; try again")
 
 
 def retry(spool: Spool, job_id: str) -> dict:

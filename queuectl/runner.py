@@ -1,7 +1,8 @@
 """Running one command: its process group, environment, log, limits and outcome.
 
 The command runs as `/bin/sh -c` in a new session (so a timeout or a stop
-can signal every process it started), with stdin from /dev/null, stdout
+can signal every process it started, and nothing it started in the
+background outlives it: see `_end_group`), with stdin from /dev/null, stdout
 appended to the job's log and stderr copied there too while its last lines
 are kept for the job's history. The job sees a small base environment, not
 the worker's: secrets in the worker's environment do not leak into jobs
@@ -20,6 +21,7 @@ from typing import Callable
 
 from .job import iso
 
+LEFTOVER_POLL = 0.05  # seconds between looks for a finished job's leftover processes
 # What a job inherits from the worker's environment without being asked.
 BASE_ENV = ("PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "LANGUAGE", "TZ", "TMPDIR", "TERM")
 
@@ -68,23 +70,64 @@ def kill_leftovers(job_id: str, spool_root: str) -> int:
     started inherits, so a recycled pid is never hit and the worker needs
     to write nothing down per job.
     """
-    markers = {f"QUEUECTL_JOB_ID={job_id}".encode(), f"QUEUECTL_SPOOL={spool_root}".encode()}
-    killed = 0
+    return _kill_job_processes(job_id, spool_root, None)
+
+
+def _job_processes(job_id: str, spool_root: str, pgid: int | None) -> list[int]:
+    """Live (not zombie) processes whose environment carries the job's QUEUECTL_JOB_ID and
+    QUEUECTL_SPOOL; with `pgid`, only those still in that process group."""
+    markers = _markers(job_id, spool_root)
     try:
         entries = os.listdir("/proc")
     except OSError:
-        return 0
-    for entry in entries:
-        if not entry.isdigit():
-            continue
+        return []
+    return [int(entry) for entry in entries if entry.isdigit() and _is_job_process(entry, markers, pgid)]
+
+
+def _markers(job_id: str, spool_root: str) -> set[bytes]:
+    return {f"QUEUECTL_JOB_ID={job_id}".encode(), f"QUEUECTL_SPOOL={spool_root}".encode()}
+
+
+def _is_job_process(pid: str, markers: set[bytes], pgid: int | None) -> bool:
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as handle:  # a zombie's reads empty
+            if not markers <= set(handle.read().split(b"\0")):
+                return False
+        if pgid is None:
+            return True
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            # "pid (comm) state ppid pgrp ...": comm may hold spaces and parentheses
+            return int(handle.read().rsplit(b")", 1)[1].split()[2]) == pgid
+    except (OSError, ValueError, IndexError):
+        return False
+
+
+def _kill_job_processes(job_id: str, spool_root: str, pgid: int | None) -> int:
+    """SIGKILL the job's processes (see `_job_processes`); returns how many got it.
+
+    With pidfds a process is pinned, then checked again, then signalled, so
+    the signal cannot reach a process that took a recycled pid in between.
+    """
+    markers = _markers(job_id, spool_root)
+    killed = 0
+    for pid in _job_processes(job_id, spool_root, pgid):
         try:
-            with open(f"/proc/{entry}/environ", "rb") as handle:
-                if not markers <= set(handle.read().split(b"\0")):
-                    continue
-            os.kill(int(entry), signal.SIGKILL)
+            pidfd = os.pidfd_open(pid)
+        except (AttributeError, OSError):
+            pidfd = None
+        try:
+            if pidfd is None:
+                os.kill(pid, signal.SIGKILL)
+            elif _is_job_process(str(pid), markers, pgid):
+                signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+            else:
+                continue
             killed += 1
         except OSError:
             continue
+        finally:
+            if pidfd is not None:
+                os.close(pidfd)
     return killed
 
 
@@ -119,7 +162,8 @@ def run(job: dict, *, log_path: str, worker: str, spool_root: str, timeout: floa
             os.write(log_fd, f"queuectl: {outcome.error}\n".encode())
             outcome.finished = time.time()
             return outcome
-        _supervise(process, log_fd, outcome, timeout, kill_grace, interruption, tail_lines, wait_step)
+        _supervise(process, log_fd, outcome, timeout, kill_grace, interruption, tail_lines, wait_step,
+                   owner=(job["id"], spool_root))
     finally:
         os.close(log_fd)
     outcome.finished = time.time()
@@ -128,8 +172,9 @@ def run(job: dict, *, log_path: str, worker: str, spool_root: str, timeout: floa
 
 def _supervise(process: subprocess.Popen, log_fd: int, outcome: Outcome, timeout: float | None,
                kill_grace: float, interruption: Callable[[], str | None], tail_lines: int,
-               wait_step: float) -> None:
-    """Copy stderr to the log until the shell exits, enforcing the time limit and requests."""
+               wait_step: float, owner: tuple[str, str]) -> None:
+    """Copy stderr to the log until the shell exits, enforcing the time limit and requests;
+    then end what the job left running (`_end_group`)."""
     deadline = outcome.started + timeout if timeout else None
     kill_at = None
     ask_at = outcome.started  # every wait_step, not at each chunk of stderr
@@ -161,16 +206,13 @@ def _supervise(process: subprocess.Popen, log_fd: int, outcome: Outcome, timeout
                 else:
                     stderr.close()
                     stderr = None
-        if stderr is None or process.poll() is not None:
-            try:
-                code = _wait_exit(process, 0 if stderr is not None else max(0.0, wake - time.time()))
-            except subprocess.TimeoutExpired:
+        if stderr is None or _exited(process):
+            if not _wait_exit(process, 0 if stderr is not None else max(0.0, wake - time.time())):
                 continue
             if stderr is not None:
                 tail = _drain(stderr, log_fd, tail)
             break
-    if outcome.timed_out:
-        _signal_group(process.pid, signal.SIGKILL)  # the shell is gone; its children must go too
+    code = _end_group(process, kill_at, kill_grace, owner)
     if code < 0:
         outcome.signal = -code
     else:
@@ -179,22 +221,78 @@ def _supervise(process: subprocess.Popen, log_fd: int, outcome: Outcome, timeout
     outcome.stderr_tail = lines[-tail_lines:] if tail_lines else []
 
 
-def _wait_exit(process: subprocess.Popen, timeout: float) -> int:
-    """`process.wait(timeout)`, woken by the exit itself (a pidfd) instead of by polling.
+def _wait_exit(process: subprocess.Popen, timeout: float) -> bool:
+    """Wait up to `timeout` for the shell to exit, woken by the exit itself (a pidfd); never reaps it.
 
     Popen.wait polls with sleeps of 1 ms and more: a shell that has closed
     stderr a moment before exiting cost each trivial job about a millisecond.
     """
-    if timeout > 0 and process.returncode is None:
+    if timeout > 0 and not _exited(process):
         try:
             pidfd = os.pidfd_open(process.pid)
-        except (AttributeError, OSError):  # no pidfds (before Linux 5.3): Popen's own polling
-            return process.wait(timeout=timeout)
+        except (AttributeError, OSError):  # no pidfds (before Linux 5.3): poll
+            deadline = time.monotonic() + timeout
+            while not _exited(process) and time.monotonic() < deadline:
+                time.sleep(0.005)
+            return _exited(process)
         try:
             select.select([pidfd], [], [], timeout)
         finally:
             os.close(pidfd)
-    return process.wait(timeout=0)
+    return _exited(process)
+
+
+def _exited(process: subprocess.Popen) -> bool:
+    """Whether the shell has exited, leaving it unreaped (see `_end_group`)."""
+    if process.returncode is not None:
+        return True
+    try:
+        return os.waitid(os.P_PID, process.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+    except ChildProcessError:
+        return True
+
+
+def _end_group(process: subprocess.Popen, kill_at: float | None, kill_grace: float,
+               owner: tuple[str, str]) -> int:
+    """Reap the exited shell and end the processes the job left behind; returns the shell's status.
+
+    A finished job leaves nothing running (README "What a job inherits"):
+    its process group gets SIGTERM, and what is still there after
+    `kill_grace` (counted from the first SIGTERM of a timeout or a stop) gets
+    SIGKILL. The SIGTERM goes while the shell is still a zombie, so its pid,
+    the group's id, cannot belong to anyone else yet. The usual job, which
+    leaves nothing, costs two kill(2) calls. Otherwise the wait looks for
+    the job's live processes by their QUEUECTL_JOB_ID and QUEUECTL_SPOOL in
+    that group (`owner` is the job id and spool root), since an orphan's
+    zombie keeps a group alive until init reaps it. A process that left the
+    job's process group (setsid) is not the job's any more: left alone.
+    """
+    if kill_at is None:
+        _signal_group(process.pid, signal.SIGTERM)
+        kill_at = time.time() + kill_grace
+    elif kill_at == float("inf"):
+        _signal_group(process.pid, signal.SIGKILL)  # the group was killed already: no more grace
+        kill_at = time.time()
+    pgid = process.pid
+    code = process.wait()
+    if not _group_alive(pgid):
+        return code
+    while _job_processes(*owner, pgid):
+        if time.time() >= kill_at:
+            _kill_job_processes(*owner, pgid)
+            break
+        time.sleep(LEFTOVER_POLL)
+    return code
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _drain(stderr, log_fd: int, tail: bytes) -> bytes:

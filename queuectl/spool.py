@@ -419,6 +419,14 @@ class Spool:
 
     def jobs(self, state: str | None = None, limit: int | None = None) -> list[dict]:
         """Jobs newest id first (generated ids sort by creation time)."""
+        return self.newest(state, limit)[0]
+
+    def newest(self, state: str | None = None, limit: int | None = None) -> tuple[list[dict], int]:
+        """(up to `limit` jobs newest id first, how many jobs the listing held).
+
+        The total comes from the directory listing the page is chosen from,
+        so telling the reader that rows were cut costs no extra file read.
+        """
         states = [check_state(state)] if state else list(STATES)
         entries = sorted(((name, st) for st in states for name in self.names(st)), reverse=True)
         found: list[dict] = []
@@ -428,7 +436,7 @@ class Spool:
             job = self.read(st, name)
             if job is not None:
                 found.append(job)
-        return found
+        return found, len(entries)
 
     def iter_jobs(self, state: str) -> Iterator[dict]:
         for name in self.names(state):
@@ -460,23 +468,32 @@ class Spool:
             fd = fsops.open_nofollow(path)
         except FileNotFoundError:
             return None
+        except OSError as exc:
+            if exc.errno == errno.ESTALE:
+                return None  # the name this client cached leads nowhere now: gone from here
+            raise
         try:
             if not fsops.lock_fd(fd):
-                os.close(fd)
+                fsops.close_quietly(fd)
                 return None
             # The name may have been moved or replaced between open and lock.
             info = os.fstat(fd)
             try:
                 if os.stat(path, follow_symlinks=False).st_ino != info.st_ino:
-                    os.close(fd)
+                    fsops.close_quietly(fd)
                     return None
             except FileNotFoundError:
-                os.close(fd)
+                fsops.close_quietly(fd)
                 return None
             # A folder or a FIFO has no job to read: its owner moves it aside unread.
             raw = fsops.read_fd(fd, MAX_JOB_BYTES) if stat.S_ISREG(info.st_mode) else b""
+        except OSError as exc:
+            fsops.close_quietly(fd)
+            if exc.errno == errno.ESTALE:
+                return None
+            raise
         except BaseException:
-            os.close(fd)
+            fsops.close_quietly(fd)
             raise
         try:
             return LockedJob(self, state, name, fd, loads(raw), None)
@@ -518,8 +535,14 @@ def check_state(state: str) -> str:
 def prepare_fields(job: dict | str, *, run_at: Any = None, delay: float | None = None,
                    priority: int | None = None, timeout: float | None = None,
                    max_retries: int | None = None, id: str | None = None,
-                   command: str | None = None) -> dict:
-    """Merge a job (dict or command string) with enqueue options; options win."""
+                   command: str | None = None, cwd: str | None = None,
+                   env: dict[str, str] | None = None) -> dict:
+    """Merge a job (dict or command string) with enqueue options; options win.
+
+    `env` adds to the job's own `env` object (a name in both takes the
+    option's value); a job `env` that is not an object is left for
+    validation to refuse.
+    """
     if isinstance(job, str):
         fields: dict = {"command": job}
     elif isinstance(job, dict):
@@ -536,6 +559,12 @@ def prepare_fields(job: dict | str, *, run_at: Any = None, delay: float | None =
         fields["timeout"] = timeout
     if max_retries is not None:
         fields["max_retries"] = max_retries
+    if cwd is not None:
+        fields["cwd"] = cwd
+    if env:
+        own = fields.get("env")
+        if own is None or isinstance(own, dict):
+            fields["env"] = {**(own or {}), **env}
     if delay is not None:
         if delay < 0:
             raise InvalidJob("delay must be >= 0 seconds")

@@ -20,21 +20,22 @@ from .worker import Worker, stop_signals
 RESTART_DELAY = 1.0
 
 
-def run_workers(spool: Spool, *, count: int, burst: bool) -> int:
+def run_workers(spool: Spool, *, count: int, burst: bool, until_empty: bool = False) -> int:
     if count == 1:
-        return _run_child(spool, burst)
-    return Supervisor(spool, count, burst).run()
+        return _run_child(spool, burst, until_empty)
+    return Supervisor(spool, count, burst, until_empty).run()
 
 
-def _run_child(spool: Spool, burst: bool) -> int:
-    return Worker(spool, burst=burst).run()
+def _run_child(spool: Spool, burst: bool, until_empty: bool = False) -> int:
+    return Worker(spool, burst=burst, until_empty=until_empty).run()
 
 
 class Supervisor:
-    def __init__(self, spool: Spool, count: int, burst: bool):
+    def __init__(self, spool: Spool, count: int, burst: bool, until_empty: bool = False):
         self.spool = spool
         self.count = count
-        self.burst = burst
+        self.burst = burst or until_empty
+        self.until_empty = until_empty
         self.children: set[int] = set()
         self.signals = 0
 
@@ -76,7 +77,7 @@ class Supervisor:
                 os.setpgid(0, 0)
                 signal.signal(signal.SIGTERM, signal.SIG_DFL)
                 signal.signal(signal.SIGINT, signal.SIG_DFL)
-                code = _run_child(self.spool, self.burst)
+                code = _run_child(self.spool, self.burst, self.until_empty)
             except BaseException as exc:  # a child must never return into the parent's code
                 print(f"queuectl: worker failed: {exc}", file=sys.stderr)
             finally:

@@ -34,6 +34,7 @@ from .spool import SUFFIX, Spool, file_name, id_of
 from .watch import RESCAN, FolderWatch
 
 WATCHED = ("pending", "failed", "workers")
+DRAIN_POLL = 0.2  # seconds between looks at processing/ while `--until-empty` waits for jobs there
 # Errors a network file system returns for a moment (README.md "Running on
 # several hosts"): the step is skipped and tried again, the worker stays.
 TRANSIENT = (errno.ESTALE, errno.EINTR, errno.ENOENT, errno.EEXIST, errno.EAGAIN, errno.ETIMEDOUT)
@@ -58,9 +59,13 @@ def stop_signals(handler: Callable) -> Iterator[None]:
 
 
 class Worker:
-    def __init__(self, spool: Spool, *, burst: bool = False, name: str | None = None):
+    def __init__(self, spool: Spool, *, burst: bool = False, until_empty: bool = False, name: str | None = None):
         self.spool = spool
-        self.burst = burst
+        # burst: exit once no job is due now. until_empty: exit once pending/,
+        # failed/ and processing/ hold no job (scheduled jobs and waiting retries
+        # keep it alive) - see README "Commands".
+        self.burst = burst or until_empty
+        self.until_empty = until_empty
         self.name = name or registry.new_name()
         self.started = time.time()
         self.index = DueIndex()
@@ -170,10 +175,18 @@ class Worker:
             if due is not None:
                 self._transient_ok(self._process, *due)
                 continue
+            running: list[str] = []
             if self.burst and not self.rechecks and not self._apply_events():
-                return
+                # The index holds every job of pending/ and failed/; one running
+                # (elsewhere, or being settled by this worker's commit thread) may
+                # still fail and come back to failed/.
+                running = self.spool.names("processing") if self.until_empty else []
+                if not self.until_empty or not (len(self.index) or running):
+                    return
+            # A job leaving processing/ for completed/ or dead/ wakes nobody: look again soon.
+            drain_poll = time.time() + DRAIN_POLL if running else None
             wake_at = min(t for t in (next_recovery, now + TRANSIENT_PAUSE if self.scan_soon else next_scan,
-                                      self.index.next_due(),
+                                      self.index.next_due(), drain_poll,
                                       min(self.rechecks.values(), default=None)) if t is not None)
             self.watch.wait(wake_at - time.time())
 

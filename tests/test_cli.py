@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import fcntl
 import json
 import os
 import shutil
@@ -49,7 +50,7 @@ def test_version(cli):
 COMMANDS = [[], ["enqueue"], ["status"], ["list"], ["show"], ["logs"], ["cancel"], ["retry"], ["purge"], ["dlq"],
             ["dlq", "list"], ["dlq", "retry"], ["config"], ["config", "get"], ["config", "set"], ["config", "list"],
             ["config", "show"], ["worker"], ["worker", "start"], ["worker", "stop"], ["worker", "list"], ["wait"],
-            ["dashboard"]]
+            ["dashboard"], ["metrics"]]
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=lambda command: " ".join(command) or "queuectl")
@@ -306,8 +307,13 @@ def test_list(cli, busy_spool):
 def test_list_by_state_with_a_limit(cli, busy_spool):
     assert [line.split()[0] for line in cli("list", "--state", "pending").stdout.splitlines()[1:]] == [
         "waiting", "later"]
-    assert len(cli("list", "--limit", "2").stdout.splitlines()) == 3
-    assert cli("list", "-s", "failed", "-n", "0").stdout == "no jobs\n"
+    cut = cli("list", "--limit", "2")
+    assert len(cut.stdout.splitlines()) == 3
+    assert cut.stderr == "queuectl: showing 2 of 6 jobs; --limit 0 for all\n"
+    assert cli("list", "-s", "dead", "-n", "0").stdout.splitlines()[1].split()[0] == "broken"
+    for every in (["-n", "0"], ["--all"], ["--limit", "6"]):
+        result = cli("list", *every)
+        assert len(result.stdout.splitlines()) == 7 and result.stderr == ""
 
 
 def test_list_json_is_one_array_of_job_objects(cli, busy_spool):
@@ -315,7 +321,10 @@ def test_list_json_is_one_array_of_job_objects(cli, busy_spool):
     assert [job["id"] for job in jobs] == ["waiting", "running", "later", "flaky", "done", "broken"]
     assert jobs[0] == read_job(busy_spool, "pending", "waiting")
     assert json.loads(cli("list", "--json", "--state", "completed").stdout)[0]["id"] == "done"
-    assert json.loads(cli("list", "--json", "--limit", "0").stdout) == []
+    assert len(json.loads(cli("list", "--json", "--limit", "0").stdout)) == 6
+    cut = cli("list", "--json", "--limit", "1", "--state", "pending")
+    assert [job["id"] for job in json.loads(cut.stdout)] == ["waiting"]
+    assert cut.stderr == "queuectl: showing 1 of 2 pending jobs; --limit 0 for all\n"
 
 
 def test_show(cli, busy_spool):
@@ -411,9 +420,28 @@ def test_dlq_retry_all_skips_invalid_drop_ins_and_says_so(cli, busy_spool):
     with open(os.path.join(busy_spool, "dead", "junk.json"), "w", encoding="utf-8") as handle:
         json.dump({"id": "junk", "command": None, "invalid": True, "last_error": "invalid job: bad JSON"}, handle)
     result = cli("dlq", "retry", "--all")
-    assert result.exit_code == 1 and result.stdout == "broken: dead -> pending\n"
+    # Every job that could be retried was: success, with what was skipped and why on stderr.
+    assert result.exit_code == 0 and result.stdout == "broken: dead -> pending\n"
     assert "skipped: job 'junk' was never a valid job" in result.stderr
+    assert "retried 1 dead job(s); skipped 1 invalid record(s), which cannot be retried" in result.stderr
     assert os.listdir(os.path.join(busy_spool, "dead")) == ["junk.json"]
+    again = cli("dlq", "retry", "--all")  # only the invalid record is left: nothing to do
+    assert again.exit_code == 1 and again.stdout == ""
+    assert again.stderr.splitlines()[-1] == ("queuectl: error: nothing to retry: "
+                                             "the dead-letter queue holds only invalid records")
+
+
+def test_dlq_retry_all_fails_when_a_retryable_job_could_not_be_retried(cli, busy_spool):
+    put_job(busy_spool, "dead", "held", attempts=4, last_error="exit code 2")
+    fd = os.open(os.path.join(busy_spool, "dead", "held.json"), os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # another process is acting on it
+        result = cli("dlq", "retry", "--all")
+    finally:
+        os.close(fd)
+    assert result.exit_code == 1 and result.stdout == "broken: dead -> pending\n"
+    assert "queuectl: error: job 'held' is busy" in result.stderr
+    assert os.listdir(os.path.join(busy_spool, "dead")) == ["held.json"]
 
 
 # -- configuration -------------------------------------------------------------

@@ -210,3 +210,21 @@ def test_a_stale_handle_is_looked_up_again(spool, monkeypatch):
         return real_open(path, *args, **kwargs)
     monkeypatch.setattr("builtins.open", stale_open)
     assert Spool(spool.root).config["max_retries"] == 7
+
+
+def test_a_close_that_reports_estale_is_no_failure(spool, monkeypatch):
+    """GlusterFS reports ESTALE when closing a file another client moved: the fd is freed all the same."""
+    job_id = spool.enqueue("true")["id"]
+    real_close = os.close
+    closes = []
+
+    def stale_close(fd):
+        real_close(fd)
+        closes.append(fd)
+        raise OSError(errno.ESTALE, "Stale file handle")
+    blocker = spool.lock("pending", job_id + ".json")  # another process (here: another fd) holds the flock
+    monkeypatch.setattr(os, "close", stale_close)
+    assert spool.lock("pending", job_id + ".json") is None
+    assert closes
+    monkeypatch.setattr(os, "close", real_close)
+    blocker.release()

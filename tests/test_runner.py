@@ -153,7 +153,7 @@ def test_an_interruption_stops_the_job(run, tmp_path, reason, description):
     assert runner.describe(outcome, None) == description
 
 
-def test_a_background_child_holding_stderr_does_not_hold_up_the_run(run, tmp_path):
+def test_a_background_child_holding_stderr_does_not_hold_up_the_run_and_ends_with_it(run, tmp_path):
     pid_file = tmp_path / "child.pid"
 
     outcome, log = run(f"sleep 30 & echo $! > '{pid_file}'; echo bye >&2")
@@ -161,9 +161,44 @@ def test_a_background_child_holding_stderr_does_not_hold_up_the_run(run, tmp_pat
     child = int(pid_file.read_text())
     try:
         assert outcome.succeeded and "bye" in log
-        assert process_alive(child)
+        # A finished job leaves nothing running: its group got SIGTERM when the shell exited.
+        wait_until(lambda: not process_alive(child), timeout=5, message="the background child to end")
     finally:
-        os.kill(child, signal.SIGKILL)
+        _kill_quietly(child)
+
+
+def test_a_leftover_that_ignores_sigterm_gets_sigkill_after_the_grace(run, tmp_path):
+    pid_file = tmp_path / "child.pid"
+
+    outcome, _ = run(f"(trap '' TERM; exec sleep 1000) & echo $! > '{pid_file}'; exit 3", kill_grace=0.3)
+
+    child = int(pid_file.read_text())
+    try:
+        assert outcome.exit_code == 3
+        wait_until(lambda: not process_alive(child), timeout=5, message="the stubborn child to be killed")
+    finally:
+        _kill_quietly(child)
+
+
+def test_a_process_that_left_the_jobs_session_is_left_alone(run, tmp_path):
+    pid_file = tmp_path / "daemon.pid"
+
+    # The job waits until the daemon has its own session (field 6 of /proc/PID/stat), as README says.
+    outcome, _ = run(f"setsid sleep 30 < /dev/null > /dev/null 2>&1 & echo $! > '{pid_file}'; "
+                     f"while [ \"$(cut -d' ' -f6 /proc/$!/stat)\" != $! ]; do sleep 0.01; done")
+
+    daemon = int(pid_file.read_text())
+    try:
+        assert outcome.succeeded and process_alive(daemon)
+    finally:
+        _kill_quietly(daemon)
+
+
+def _kill_quietly(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
 
 
 def test_kill_leftovers_ends_only_the_jobs_processes(tmp_path):

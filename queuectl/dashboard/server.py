@@ -47,11 +47,11 @@ from importlib import resources
 from typing import Any, Callable
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from .. import lifecycle, registry
+from .. import lifecycle, metrics, registry
 from ..errors import InvalidJob, JobNotFound, QueueError, WrongState
 from ..job import STATES, is_valid_id
-from ..spool import SUFFIX, id_of
-from .snapshot import FAILURES, Scanner, Snapshot, recent_durations, throughput
+from ..spool import id_of
+from .snapshot import Scanner, throughput
 
 TOKEN_HEADER = "X-Queuectl-Token"
 PAGE_SIZE, PAGE_SIZE_MAX = 25, 200
@@ -75,7 +75,6 @@ SECURITY_HEADERS = {
 HOST_HEADER = re.compile(r"(\[[0-9a-f:.]+\]|[^:\[\]/@\s]+)(?::(\d{1,5}))?")
 LIST_FIELDS = ("id", "state", "attempts", "max_retries", "priority", "created_at", "updated_at",
                "run_at", "next_run_at", "finished_at", "last_exit_code", "worker", "invalid")
-DURATION_QUANTILES = (0.5, 0.9, 0.99)
 
 
 class HttpError(Exception):
@@ -251,10 +250,9 @@ class DashboardHandler(BaseHTTPRequestHandler):
         self._send(200, self.server.static[name], STATIC_TYPES[name], {"Cache-Control": "no-cache"})
 
     def _metrics(self, query: dict) -> None:
-        spool = self.server.spool
-        snapshot = self.server.scanner.scan()
-        text = prometheus_text(snapshot, len(registry.records(spool)), recent_durations(spool, snapshot))
-        self._send(200, text.encode(), "text/plain; version=0.0.4; charset=utf-8")
+        # The long-lived scanner counts the settles seen between scrapes (queuectl/metrics.py).
+        text = metrics.render(self.server.spool, self.server.scanner)
+        self._send(200, text.encode(), metrics.CONTENT_TYPE)
 
     # -- API -------------------------------------------------------------------
 
@@ -398,37 +396,3 @@ def job_summary(job: dict) -> dict:
         value = job.get(field)
         summary[field] = value[:TEXT_CLIP] if isinstance(value, str) else value
     return summary
-
-
-def prometheus_text(snapshot: Snapshot, workers: int, durations: list[float]) -> str:
-    lines: list[str] = []
-
-    def metric(name: str, kind: str, help_text: str, samples: list[str]) -> None:
-        lines.extend([f"# HELP {name} {help_text}", f"# TYPE {name} {kind}", *samples])
-
-    metric("queuectl_jobs", "gauge", "Jobs in each state folder.",
-           [f'queuectl_jobs{{state="{state}"}} {count}' for state, count in snapshot.counts.items()])
-    metric("queuectl_workers", "gauge", "Live workers (holding their lock).",
-           [f"queuectl_workers {workers}"])
-    seen = snapshot.settles_seen
-    metric("queuectl_completions_total", "counter",
-           "Jobs seen in completed/: those there when the dashboard started plus each arrival since.",
-           [f"queuectl_completions_total {seen['completed']}"])
-    metric("queuectl_failures_total", "counter",
-           "Failed runs seen in failed/ or dead/: those there when the dashboard started "
-           "plus each arrival since.",
-           [f"queuectl_failures_total {sum(seen[state] for state in FAILURES)}"])
-    ordered = sorted(durations)
-    quantiles = [
-        f'queuectl_job_duration_seconds{{quantile="{q}"}} '
-        f'{_number(ordered[min(len(ordered) - 1, int(q * len(ordered)))]) if ordered else "NaN"}'
-        for q in DURATION_QUANTILES]
-    metric("queuectl_job_duration_seconds", "summary",
-           f"Duration of the last run of the {len(ordered)} jobs that settled last.",
-           [*quantiles, f"queuectl_job_duration_seconds_sum {_number(sum(ordered))}",
-            f"queuectl_job_duration_seconds_count {len(ordered)}"])
-    return "\n".join(lines) + "\n"
-
-
-def _number(value: float) -> str:
-    return repr(float(value))

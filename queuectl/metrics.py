@@ -1,0 +1,89 @@
+"""Prometheus text for a spool: what the dashboard's `GET /metrics` serves and `queuectl metrics` prints.
+
+Promises:
+- one function (`prometheus_text`) writes every metric name, HELP and TYPE
+  line, so the dashboard and the command always agree on them;
+- the text follows the Prometheus text exposition format 0.0.4, ending in
+  a newline (node_exporter's textfile collector reads it as it is);
+- the cost stays flat at any spool size: directory listings, one stat per
+  settled file the scanner has not seen before, and the duration summary
+  reads only the latest settled job files (`recent_durations`, a bounded sample).
+
+The counters count what one process saw: a dashboard counts the settled
+jobs there at its first scan plus each arrival it saw since; the one-shot
+command (a fresh scanner) counts the settled jobs there now, so a purge
+makes its counters fall, which Prometheus reads as a counter reset.
+Failures: OSError from the spool's folders propagates (the CLI prints it
+as one line).
+"""
+
+from __future__ import annotations
+
+import os
+
+from . import fsops, registry
+from .dashboard.snapshot import FAILURES, Scanner, Snapshot, recent_durations
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+DURATION_QUANTILES = (0.5, 0.9, 0.99)
+
+
+def render(spool, scanner: Scanner | None = None) -> str:
+    """The metrics of `spool` now; pass a long-lived `scanner` to count settles across calls."""
+    snapshot = (scanner or Scanner(spool)).scan()
+    return prometheus_text(snapshot, len(registry.records(spool)), recent_durations(spool, snapshot))
+
+
+def prometheus_text(snapshot: Snapshot, workers: int, durations: list[float]) -> str:
+    lines: list[str] = []
+
+    def metric(name: str, kind: str, help_text: str, samples: list[str]) -> None:
+        lines.extend([f"# HELP {name} {help_text}", f"# TYPE {name} {kind}", *samples])
+
+    metric("queuectl_jobs", "gauge", "Jobs in each state folder.",
+           [f'queuectl_jobs{{state="{state}"}} {count}' for state, count in snapshot.counts.items()])
+    metric("queuectl_workers", "gauge", "Live workers (holding their lock).",
+           [f"queuectl_workers {workers}"])
+    seen = snapshot.settles_seen
+    metric("queuectl_completions_total", "counter",
+           "Jobs seen in completed/: those there at the first scan of the process that reports "
+           "(a dashboard, or one queuectl metrics run) plus each arrival it saw since.",
+           [f"queuectl_completions_total {seen['completed']}"])
+    metric("queuectl_failures_total", "counter",
+           "Failed runs seen in failed/ or dead/: those there at the first scan of the process that "
+           "reports plus each arrival it saw since.",
+           [f"queuectl_failures_total {sum(seen[state] for state in FAILURES)}"])
+    ordered = sorted(durations)
+    quantiles = [
+        f'queuectl_job_duration_seconds{{quantile="{q}"}} '
+        f'{_number(ordered[min(len(ordered) - 1, int(q * len(ordered)))]) if ordered else "NaN"}'
+        for q in DURATION_QUANTILES]
+    metric("queuectl_job_duration_seconds", "summary",
+           "Duration of the last run of the jobs that settled last (a bounded sample; _count says "
+           "how many).",
+           [*quantiles, f"queuectl_job_duration_seconds_sum {_number(sum(ordered))}",
+            f"queuectl_job_duration_seconds_count {len(ordered)}"])
+    return "\n".join(lines) + "\n"
+
+
+def _number(value: float) -> str:
+    return repr(float(value))
+
+
+def write_file(path: str, text: str) -> None:
+    """Replace `path` with `text` in one rename, so a collector never reads half a file.
+
+    The temporary name starts with "." and ends in ".tmp", which the textfile
+    collector skips; the file gets the umask's mode, not the spool's private
+    0600, because node_exporter usually runs as another user.
+    """
+    target = os.path.abspath(path)
+    temp, _ = fsops.write_new(os.path.dirname(target), os.path.basename(target), text.encode(), durable=False)
+    try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temp, 0o666 & ~umask)
+        os.replace(temp, target)
+    except BaseException:
+        os.unlink(temp)
+        raise
