@@ -24,6 +24,7 @@ fixture started it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -36,17 +37,25 @@ import uuid
 
 import pytest
 
-from conftest import wait_until
+
+class Missing(Exception):
+    """A component the several-host setup needs is not here (its text says which)."""
 
 
 def require(condition: bool, what: str) -> None:
-    """Skip outside CI, fail in CI, when a component of the several-host tests is missing."""
-    if condition:
-        return
-    message = f"several-host tests need {what}"
-    if os.environ.get("CI"):
-        pytest.fail(f"{message} (required in CI)")
-    pytest.skip(message)
+    if not condition:
+        raise Missing(what)
+
+
+def _required(setup):
+    """Enter a setup in a fixture: skip outside CI, fail in CI, when a component is missing."""
+    try:
+        return setup.__enter__()
+    except Missing as exc:
+        message = f"several-host tests need {exc}"
+        if os.environ.get("CI"):
+            pytest.fail(f"{message} (required in CI)")
+        pytest.skip(message)
 
 
 def _run(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
@@ -56,7 +65,7 @@ def _run(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
 def _check(*args: str, timeout: float = 60) -> str:
     result = _run(*args, timeout=timeout)
     if result.returncode != 0:
-        pytest.fail(f"{' '.join(args)} failed: {(result.stderr or result.stdout).strip()}")
+        raise RuntimeError(f"{' '.join(args)} failed: {(result.stderr or result.stdout).strip()}")
     return result.stdout
 
 
@@ -93,6 +102,14 @@ def _glusterd_answers() -> bool:
 @pytest.fixture(scope="session")
 def gluster_pair():
     """(mount A, mount B): two GlusterFS clients of one fresh one-brick volume."""
+    setup = gluster_volume()
+    yield _required(setup)
+    setup.__exit__(None, None, None)
+
+
+@contextlib.contextmanager
+def gluster_volume():
+    """(mount A, mount B): two GlusterFS clients of one fresh one-brick volume, all removed on exit."""
     _require_basics()
     for tool in ("glusterd", "gluster", "mount.glusterfs"):
         require(shutil.which(tool) is not None or os.path.exists(f"/sbin/{tool}"),
@@ -102,7 +119,11 @@ def gluster_pair():
     if not _glusterd_answers():
         pidfile = os.path.join(base, "glusterd.pid")
         _check("glusterd", "-p", pidfile)
-        wait_until(_glusterd_answers, timeout=30, interval=0.2, message="glusterd to answer")
+        deadline = time.monotonic() + 30
+        while not _glusterd_answers():
+            if time.monotonic() > deadline:
+                raise RuntimeError("glusterd did not answer within 30 s")
+            time.sleep(0.2)
         with open(pidfile, encoding="ascii") as handle:
             started = int(handle.read().strip())
     volume = f"qctest{os.getpid()}"
@@ -151,6 +172,14 @@ def _stop_glusterd(pid: int) -> None:
 @pytest.fixture(scope="session")
 def bindfs_pair():
     """(view A, view B): two bindfs views of one folder; flocks do not cross between them."""
+    setup = bindfs_views()
+    yield _required(setup)
+    setup.__exit__(None, None, None)
+
+
+@contextlib.contextmanager
+def bindfs_views():
+    """(view A, view B): two bindfs views of one folder, unmounted and removed on exit."""
     _require_basics()
     require(shutil.which("bindfs") is not None, "bindfs (Debian's bindfs)")
     base = tempfile.mkdtemp(prefix="qc-bindfs-")
