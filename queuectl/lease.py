@@ -159,7 +159,13 @@ class Liveness:
         """For recovery, which holds the flock of a file in processing/: is the job's owner dead?"""
         job = held.job
         if isinstance(job, dict) and job.get("state") == "processing" and isinstance(job.get("worker"), str):
-            return not self.worker_alive(job["worker"])
+            record = registry.read_record(self.spool, job["worker"])
+            if (record is not None and record.get("host") == self.host) or (record is None and self.mode == "local"):
+                # We hold the job file's flock, and on its owner's own host a flock
+                # is seen by everyone: the owner died, or gave the run up after an
+                # error and lives on (then its own next sweep takes the job back).
+                return True
+            return not self.worker_alive(job["worker"], record)
         # Unknown owner: a claim cut between its rename and its rewrite (the
         # bytes are still the old state's), or a file that is not a job. Alone
         # on this machine, the free flock says nobody holds it; on a shared

@@ -103,7 +103,11 @@ def claim(spool: Spool, state: str, job_id: str, worker: str, now: float) -> Loc
     job.update(state="processing", attempts=job["attempts"] + 1, started_at=iso(now),
                finished_at=None, worker=worker)
     held.job = job
-    held.save(sync=False)
+    try:
+        held.save(sync=False)
+    except BaseException:
+        held.release()  # an unlocked claim cut before its rewrite: recovery puts it back
+        raise
     return held
 
 

@@ -173,10 +173,19 @@ class Worker:
             self._recheck_dropins(now)
             due = self.index.pop_due(now)
             if due is not None:
-                self._transient_ok(self._process, *due)
+                if self.spool.shared:
+                    # The job left the index: a listing soon brings it back if it is still due.
+                    self.scan_soon = self.scan_soon or not self._transient_ok(self._process, *due)
+                else:
+                    self._process(*due)  # alone on one disk an error here is no passing one: stop (recovery follows)
                 continue
             running: list[str] = []
             if self.burst and not self.rechecks and not self._apply_events():
+                if self.spool.shared and self._transient_ok(self._scan):
+                    # Polling looks only every POLL_INTERVAL: list before deciding to exit.
+                    next_due = self.index.next_due()
+                    if next_due is not None and next_due <= time.time():
+                        continue
                 # The index holds every job of pending/ and failed/; one running
                 # (elsewhere, or being settled by this worker's commit thread) may
                 # still fail and come back to failed/.
@@ -193,8 +202,7 @@ class Worker:
     def _transient_ok(self, step, *args) -> bool:
         """Run one step of the loop; a network file system's passing error (ESTALE...) only skips it.
 
-        The step is tried again from the paths next time round (a due job
-        left the index and comes back with the next listing), so the
+        The step is tried again from the paths next time round, so the
         worker never exits and restarts over it.
         """
         try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import os
+import threading
 import time
 
 import pytest
@@ -97,14 +98,37 @@ def test_a_worker_goes_on_after_estale(spool, monkeypatch):
         return real_listdir(path)
     monkeypatch.setattr(Spool, "lock", stale_lock)
     monkeypatch.setattr(os, "listdir", stale_listdir)
-    spool.set_config("scan_interval", "0.2")
-    worker = Worker(spool, burst=True)
-    deadline = time.monotonic() + 20
-    while spool.find(job_id) != "completed" and time.monotonic() < deadline:
-        assert worker.run() == 0
-        worker = Worker(spool, burst=True)
+    spool.set_config("shared", "true")
+    assert Worker(spool, until_empty=True).run() == 0  # one worker, never stopped by the errors
     assert spool.find(job_id) == "completed"
     assert faults == {"lock": 0, "listdir": 0}
+
+
+def test_a_run_given_up_after_an_error_is_taken_back_by_its_own_worker(spool, monkeypatch):
+    """On a shared spool a worker lives on after ESTALE during a run: its next sweep recovers that job
+    (nobody else would: its lease is alive) and it runs again."""
+    from queuectl import runner
+    job_id = spool.enqueue({"command": "true", "max_retries": 1})["id"]
+    for key, value in {"shared": "true", "recovery_interval": "0.2", "backoff_base": "1", "backoff_max": "0"}.items():
+        spool.set_config(key, value)
+    real_run, faults = runner.run, [1]
+
+    def stale_run(*args, **kwargs):
+        if faults[0]:
+            faults[0] -= 1
+            raise OSError(errno.ESTALE, "Stale file handle", "logs")
+        return real_run(*args, **kwargs)
+    monkeypatch.setattr(runner, "run", stale_run)
+    worker = Worker(spool, until_empty=True)
+    deadline = threading.Timer(20, lambda: (setattr(worker, "stopping", True), worker.watch.wake()))
+    deadline.start()  # a job stuck in processing/ would keep the worker waiting forever
+    try:
+        assert worker.run() == 0
+    finally:
+        deadline.cancel()
+    job = spool.get(job_id)
+    assert (job["state"], job["attempts"], faults) == ("completed", 2, [0])
+    assert "died" in job["history"][0]["error"]
 
 
 def test_a_lease_is_judged_by_its_bytes_on_the_judges_own_clock(spool, monkeypatch):
