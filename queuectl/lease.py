@@ -133,6 +133,8 @@ class Liveness:
         self.host = this_host()
         self._seen: dict[tuple, tuple[Any, float, float]] = {}  # key -> (bytes seen, first seen, last looked)
         self._fs_now: float | None = None
+        self._expired: set[str] = set()  # leases look_at_leases already reported
+        self._dead: set[str] = set()  # workers of other hosts this judge found dead
 
     @property
     def mode(self) -> str:
@@ -152,8 +154,37 @@ class Liveness:
         if (record is not None and record.get("host") == self.host) or (record is None and self.mode == "local"):
             return registry.holds_lock(self.spool, name)
         if self.observing:
-            return self._unchanged_for(("lease", name), _read_or_none(lease_path(self.spool, name))) < self.timeout
+            token = _read_or_none(lease_path(self.spool, name))
+            if token is None and name in self._dead:
+                return False  # its lease was removed after this judge found it expired
+            alive = self._unchanged_for(("lease", name), token) < self.timeout
+            if not alive:
+                self._dead.add(name)
+            elif token is not None:
+                self._dead.discard(name)  # it beat again (it was paused, not dead)
+            return alive
         return self.lease_age(name) < self.timeout
+
+    def look_at_leases(self, skip: str = "") -> bool:
+        """Read every lease (but `skip`'s) once; True when one has just been unchanged for lease_timeout.
+
+        A long-lived judge calls this more often than it sweeps, so the
+        time it first sees a lease's last bytes is close to when they were
+        written, and its worker can sweep as soon as a lease expires.
+        """
+        expired = False
+        timeout = self.timeout
+        for entry in os.listdir(self.spool.dir("workers")):
+            if not entry.endswith(SUFFIX) or entry.startswith(".") or entry == skip + SUFFIX:
+                continue
+            name = entry.removesuffix(SUFFIX)
+            seen = self._unchanged_for(("lease", name), _read_or_none(lease_path(self.spool, name)))
+            if seen >= timeout and name not in self._expired:
+                self._expired.add(name)
+                expired = True
+            elif seen < timeout:
+                self._expired.discard(name)
+        return expired
 
     def owner_dead(self, held) -> bool:
         """For recovery, which holds the flock of a file in processing/: is the job's owner dead?"""

@@ -458,6 +458,9 @@ def recover(spool: Spool, judge=None) -> list[tuple[str, str]]:
     from .lease import Liveness
 
     judge = judge or Liveness(spool)
+    # Judged before the jobs, removed after them: a job is recovered in the
+    # same sweep that finds its worker dead, and a record outlives its jobs.
+    dead_workers = registry.dead_records(spool, judge)
     recovered = []
     for name in spool.names("processing"):
         if os.path.islink(os.path.join(spool.dir("processing"), name)):
@@ -473,7 +476,7 @@ def recover(spool: Spool, judge=None) -> list[tuple[str, str]]:
             state = _recover_one(spool, held)
             if state != "lost":
                 recovered.append((id_of(name), state))
-    for record in registry.dead_records(spool, judge):
+    for record in dead_workers:
         registry.remove_record(spool, record["name"])
     return recovered
 

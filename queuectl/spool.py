@@ -355,7 +355,7 @@ class Spool:
         """The state folder holding this id, or None."""
         check_id(job_id)
         for state in STATES:
-            if os.path.lexists(os.path.join(self.root, state, job_id + SUFFIX)):
+            if _present(os.path.join(self.root, state, job_id + SUFFIX)):
                 return state
         return None
 
@@ -515,6 +515,24 @@ class Spool:
             held.release()
             raise InvalidJob(f"job file {state}/{job_id}{SUFFIX} is not valid JSON")
         return held
+
+
+def _present(path: str) -> bool:
+    """Whether `path` names something, asked of the file system itself.
+
+    An open, not a stat: a GlusterFS client answered lstat from its cache
+    of names for 20 s and more after another client had moved the file
+    away, while open looks the name up (README.md "Running on several
+    hosts"). Symlinks, FIFOs and unreadable files count as present.
+    """
+    try:
+        fd = fsops.open_nofollow(path)
+    except FileNotFoundError:
+        return False
+    except OSError as exc:
+        return exc.errno != errno.ESTALE  # ELOOP (a symlink), EACCES...: something is there
+    fsops.close_quietly(fd)
+    return True
 
 
 def _enqueued_before(published: list[dict]) -> str:

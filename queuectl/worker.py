@@ -40,6 +40,7 @@ DRAIN_POLL = 0.2  # seconds between looks at processing/ while `--until-empty` w
 TRANSIENT = (errno.ESTALE, errno.EINTR, errno.ENOENT, errno.EEXIST, errno.EAGAIN, errno.ETIMEDOUT)
 TRANSIENT_PAUSE = 0.2
 SETTLE_ATTEMPTS = 5
+LEASE_LOOK = 1.0
 
 
 def _transient(exc: OSError) -> bool:
@@ -77,6 +78,7 @@ class Worker:
         self.mode = "local"  # or "shared": other hosts use the spool too (fstype.mode)
         self.judge: Liveness | None = None
         self.scan_soon = False  # a listing failed with a passing error: list again shortly
+        self.expired_lease = False  # a lease looked at just now has expired
 
     # -- life ----------------------------------------------------------------
 
@@ -152,6 +154,9 @@ class Worker:
         settings = self.spool.config
         now = time.time()
         next_recovery = now + settings["recovery_interval"]
+        # Shared spools: other workers' leases are read every LEASE_LOOK seconds,
+        # so a death is seen within that of lease_timeout, and swept at once.
+        next_lease_look = now + LEASE_LOOK if self.spool.shared else None
         next_scan = now + settings["scan_interval"]
         while not self.stopping:
             try:
@@ -163,6 +168,10 @@ class Worker:
                 self.watch.wait(TRANSIENT_PAUSE)
                 continue
             now = time.time()
+            if next_lease_look is not None and now >= next_lease_look:
+                next_lease_look = now + LEASE_LOOK
+                if self._transient_ok(self._look_at_leases) and self.expired_lease:
+                    next_recovery = now  # a lease just expired: sweep now, not at the next interval
             if now >= next_recovery:
                 self._transient_ok(lifecycle.recover, self.spool, self.judge)
                 next_recovery = now + self.spool.config["recovery_interval"]
@@ -195,9 +204,12 @@ class Worker:
             # A job leaving processing/ for completed/ or dead/ wakes nobody: look again soon.
             drain_poll = time.time() + DRAIN_POLL if running else None
             wake_at = min(t for t in (next_recovery, now + TRANSIENT_PAUSE if self.scan_soon else next_scan,
-                                      self.index.next_due(), drain_poll,
+                                      self.index.next_due(), drain_poll, next_lease_look,
                                       min(self.rechecks.values(), default=None)) if t is not None)
             self.watch.wait(wake_at - time.time())
+
+    def _look_at_leases(self) -> None:
+        self.expired_lease = self.judge.look_at_leases(skip=self.name)
 
     def _transient_ok(self, step, *args) -> bool:
         """Run one step of the loop; a network file system's passing error (ESTALE...) only skips it.

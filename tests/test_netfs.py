@@ -161,7 +161,9 @@ def test_a_one_shot_judge_compares_file_system_times(spool):
     registry.write_record(spool, "far-2", {"pid": 1, "host": "another-host", "started": 0})
     judge = lease.Liveness(spool, mode="shared")
     assert not judge.worker_alive("far-2")  # no lease at all
-    lease.Lease(spool, "far-2", 30).start()
+    owner = lease.Lease(spool, "far-2", 30)
+    owner.start()
+    owner._stop.set()
     assert lease.Liveness(spool, mode="shared").worker_alive("far-2")
     old = time.time() - 40
     os.utime(lease.lease_path(spool, "far-2"), (old, old))
@@ -252,3 +254,38 @@ def test_a_close_that_reports_estale_is_no_failure(spool, monkeypatch):
     assert closes
     monkeypatch.setattr(os, "close", real_close)
     blocker.release()
+
+
+def test_a_judge_that_looks_often_sees_a_lease_expire_once(spool, monkeypatch):
+    clock = [50.0]
+    monkeypatch.setattr(lease.time, "monotonic", lambda: clock[0])
+    spool.set_config("lease_timeout", "10")
+    owner = lease.Lease(spool, "far-3", 10)
+    owner.start()
+    owner._stop.set()
+    judge = lease.Liveness(spool, mode="shared", observing=True)
+    assert not judge.look_at_leases(skip="me")
+    clock[0] += 10
+    assert judge.look_at_leases(skip="me")  # expired: sweep now
+    clock[0] += 1
+    assert not judge.look_at_leases(skip="me")  # reported once, not at every look
+    owner.beat()
+    assert not judge.look_at_leases(skip="me")
+    assert not judge.look_at_leases(skip="far-3")  # a worker never judges its own lease
+
+
+def test_a_worker_found_dead_stays_dead_when_its_lease_is_removed(spool, monkeypatch):
+    """Recovery removes a dead worker's record and lease; its job, looked at again, must not start a new wait."""
+    clock = [0.0]
+    monkeypatch.setattr(lease.time, "monotonic", lambda: clock[0])
+    spool.set_config("lease_timeout", "10")
+    registry.write_record(spool, "far-4", {"pid": 1, "host": "another-host", "started": 0})
+    owner = lease.Lease(spool, "far-4", 10)
+    owner.start()
+    owner._stop.set()
+    judge = lease.Liveness(spool, mode="shared", observing=True)
+    assert judge.worker_alive("far-4")
+    clock[0] += 10
+    assert not judge.worker_alive("far-4")
+    registry.remove_record(spool, "far-4")
+    assert not judge.worker_alive("far-4")
