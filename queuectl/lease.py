@@ -2,9 +2,10 @@
 
 Promises:
 - `Liveness.worker_alive` is the only place that decides whether a worker
-  lives. On the worker's own host (its record names this host) the flock
-  it holds says so at once, as on one machine. For a worker of another
-  host, whose flocks may not reach here, its lease decides.
+  lives. A worker lock seen held proves life from anywhere. On the
+  worker's own host (its record names this host) a free lock proves death
+  at once, as on one machine. For a worker of another host, whose flocks
+  may not reach here, its lease decides.
 - A lease (`Lease`, workers/<name>.lease) holds a random nonce and a
   counter that a thread of the worker bumps every lease_timeout/6 seconds,
   in place, for the worker's whole life, also while a job runs.
@@ -149,10 +150,12 @@ class Liveness:
 
     def worker_alive(self, name: str, record: dict | None = None) -> bool:
         """Whether worker `name` lives: its flock on its own host, its lease from any other."""
+        if registry.holds_lock(self.spool, name):
+            return True  # a lock seen held is held, from any host
         if record is None:
             record = registry.read_record(self.spool, name)
         if (record is not None and record.get("host") == self.host) or (record is None and self.mode == "local"):
-            return registry.holds_lock(self.spool, name)
+            return False  # on its own host a free lock proves it gone
         if self.observing:
             token = _read_or_none(lease_path(self.spool, name))
             if token is None and name in self._dead:
