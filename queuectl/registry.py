@@ -14,13 +14,14 @@ made after it started, so a new worker is not stopped by an old request.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import socket
 import time
 from typing import Any, Iterator
 
-from .fsops import publish
+from .fsops import publish, retry_stale
 
 STOP_FILE = "stop.json"
 
@@ -56,6 +57,10 @@ def holds_lock(spool, name: str) -> bool:
         probe.acquire()
     except Timeout:
         return True
+    except OSError as exc:
+        if exc.errno in (errno.ESTALE, errno.ENOENT):
+            return False  # removed by its worker's exit meanwhile (seen late through a network client's cache)
+        raise
     probe.release()
     return False
 
@@ -111,7 +116,7 @@ def _all_records(spool, judge=None) -> Iterator[dict[str, Any]]:
         from .lease import Liveness
 
         judge = Liveness(spool)  # one judge per listing: the file system's clock is probed once
-    for entry in sorted(os.listdir(spool.dir("workers"))):
+    for entry in sorted(retry_stale(os.listdir, spool.dir("workers"))):
         if not entry.endswith(".json") or entry == STOP_FILE or entry.startswith("."):
             continue
         name = entry.removesuffix(".json")
