@@ -1,4 +1,4 @@
-"""Worker benchmarks (issue 3): `python bench/bench_worker.py [--out FILE]`.
+"""Worker benchmarks (issue 3): `python bench/bench_worker.py [--fs KIND ...] [--out FILE]`.
 
 Every figure is printed beside a baseline measured in the same run, and the
 runs are interleaved and repeated (medians), because the machine is shared:
@@ -15,8 +15,10 @@ c. claim+settle rate of one worker with 100,000 jobs pending against 100
 d. with --profile DIR: a cProfile of one worker draining N jobs, durable on
    and off, with its top costs.
 
-Spools live in a temporary folder under --dir (default: the system's temp
-folder, i.e. the disk the users' spools would be on).
+Every part runs on each file system --fs names (default: tmpfs, a journaled
+ext4 loop image, and /tmp; see benchlib.file_system), and every row names
+its file system. The figures also go to bench/out/worker.json (--json),
+from which `bench/charts.py` draws.
 """
 
 from __future__ import annotations
@@ -28,13 +30,13 @@ import pstats
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 
 import benchlib as lib
 
 
-def throughput(workdir: str, jobs: int, repeat: int) -> list[str]:
+def throughput(fs: str, workdir: str, jobs: int, repeat: int, results: lib.Results) -> list[str]:
+    record = results
     results: dict[str, list[float]] = {"xargs": [], "durable off": [], "durable on": []}
     steady: dict[str, list[float]] = {"durable off": [], "durable on": []}
     for attempt in range(repeat):
@@ -55,26 +57,30 @@ def throughput(workdir: str, jobs: int, repeat: int) -> list[str]:
             # slows every file creation nearby for minutes, and that is the cleanup's
             # cost, not the next run's.
     base = lib.median(results["xargs"])
-    rows = [["`seq N | xargs -P2 -I{} sh -c true` (baseline)", f"{base:.0f}", "100 %", "", ""]]
+    rows = [[fs, "`seq N | xargs -P2 -I{} sh -c true` (baseline)", f"{base:.0f}", "100 %", "", ""]]
+    record.add(fs=fs, section="throughput", system="xargs -P2", jobs_per_s=base, runs=results["xargs"])
     for label in ("durable off", "durable on"):
         whole, inner = lib.median(results[label]), lib.median(steady[label])
         ratios = sorted(q / x for q, x in zip(results[label], results["xargs"]))
-        rows.append([f"queuectl `worker start -n 2 --burst`, {label}", f"{whole:.0f}",
+        rows.append([fs, f"queuectl `worker start -n 2 --burst`, {label}", f"{whole:.0f}",
                      f"{whole / base:.0%} (per-run {', '.join(f'{r:.0%}' for r in ratios)})",
                      f"{inner:.0f}", f"{inner / base:.0%}"])
-    return [f"### a. Throughput: {jobs} trivial jobs (`true`), 2 workers, median of {repeat} interleaved runs",
-            "", "Target: >= 50 % of the baseline. *Whole run* is spawn of `worker start` to its exit "
-            "(Python start-up and the scan included); *steady* is first job start to last job finish "
-            "(the jobs' own timestamps).", "",
-            *lib.table(["system", "jobs/s (whole run)", "vs baseline", "jobs/s (steady)", "steady vs baseline"],
-                       rows), ""]
+        record.add(fs=fs, section="throughput", system=f"queuectl, {label}", jobs_per_s=whole, steady=inner,
+                   vs_baseline=whole / base, runs=results[label], run_ratios=ratios)
+    return [f"### a. Throughput on {fs}: {jobs} trivial jobs (`true`), 2 workers, median of {repeat} "
+            "interleaved runs", "",
+            "Target: >= 60 % of the baseline with durable on (tmpfs, journaled ext4). *Whole run* is spawn of "
+            "`worker start` to its exit (Python start-up and the scan included); *steady* is first job start "
+            "to last job finish (the jobs' own timestamps).", "",
+            *lib.table(["fs", "system", "jobs/s (whole run)", "vs baseline", "jobs/s (steady)",
+                        "steady vs baseline"], rows), ""]
 
 
-def latency(workdir: str, tries: int) -> list[str]:
+def latency(fs: str, workdir: str, tries: int, results: lib.Results) -> list[str]:
     stamps = os.path.join(workdir, "stamps")
     os.makedirs(stamps, exist_ok=True)
     base = lib.spawn_latency(stamps, tries)
-    rows = [_latency_row("`sh -c 'date ...'` spawned directly (baseline)", base, base)]
+    rows = [_latency_row(fs, "`sh -c 'date ...'` spawned directly (baseline)", base, base, results)]
     for durable in (True, False):
         path = os.path.join(workdir, f"latency-{durable}")
         spool = lib.new_spool(path, durable=durable)
@@ -96,14 +102,15 @@ def latency(workdir: str, tries: int) -> list[str]:
                 shell_total.append(started - before)
                 shell_pickup.append(started - lib.job_created(spool, job_id))
         label = "durable on (default)" if durable else "durable off"
-        rows.append(_latency_row(f"`Spool.enqueue` in-process, {label}", in_process, base))
-        rows.append(_latency_row(f"`queuectl enqueue` process, {label}: spawn to start", shell_total, base))
-        rows.append(_latency_row(f"`queuectl enqueue` process, {label}: created_at to start "
-                                 "(ms resolution)", shell_pickup, base))
+        rows.append(_latency_row(fs, f"`Spool.enqueue` in-process, {label}", in_process, base, results))
+        rows.append(_latency_row(fs, f"`queuectl enqueue` process, {label}: spawn to start", shell_total, base,
+                                 results))
+        rows.append(_latency_row(fs, f"`queuectl enqueue` process, {label}: created_at to start "
+                                 "(ms resolution)", shell_pickup, base, results))
         shutil.rmtree(path)
-    return [f"### b. Pick-up latency on 2 idle workers, {tries} tries each", "",
+    return [f"### b. Pick-up latency on {fs}, 2 idle workers, {tries} tries each", "",
             "Target: p95 <= 20 ms from the enqueue call to the job's own start (`date +%s%N` in the job).", "",
-            *lib.table(["from", "p50", "p95", "max", "p95 vs baseline"], rows), ""]
+            *lib.table(["fs", "from", "p50", "p95", "max", "p95 vs baseline"], rows), ""]
 
 
 def _await_stamp(spool, job_id: str, stamp: str) -> float:
@@ -114,12 +121,15 @@ def _await_stamp(spool, job_id: str, stamp: str) -> float:
     return lib.read_stamp(stamp)
 
 
-def _latency_row(label: str, values: list[float], base: list[float]) -> list[str]:
-    return [label, f"{lib.median(values) * 1000:.1f} ms", f"{lib.quantile(values, 0.95) * 1000:.1f} ms",
+def _latency_row(fs: str, label: str, values: list[float], base: list[float], results: lib.Results) -> list[str]:
+    results.add(fs=fs, section="latency", system=label, p50=lib.median(values), p95=lib.quantile(values, 0.95),
+                max=max(values), baseline_p95=lib.quantile(base, 0.95))
+    return [fs, label, f"{lib.median(values) * 1000:.1f} ms", f"{lib.quantile(values, 0.95) * 1000:.1f} ms",
             f"{max(values) * 1000:.1f} ms", f"{lib.quantile(values, 0.95) / lib.quantile(base, 0.95):.1f}x"]
 
 
-def depth(workdir: str, small: int, big: int, claims: int, repeat_small: int, repeat_big: int) -> list[str]:
+def depth(fs: str, workdir: str, small: int, big: int, claims: int, repeat_small: int, repeat_big: int,
+          results: lib.Results) -> list[str]:
     rows = []
     measured = {}
     for size, repeat in ((small, repeat_small), (big, repeat_big)):
@@ -135,34 +145,40 @@ def depth(workdir: str, small: int, big: int, claims: int, repeat_small: int, re
     for size in (small, big):
         runs = measured[size]
         rate = lib.median([run["rate"] for run in runs])
-        rows.append([f"{size:,}", f"{rate:.0f}", f"{rate / base_rate:.0%}",
+        rows.append([fs, f"{size:,}", f"{rate:.0f}", f"{rate / base_rate:.0%}",
                      f"{lib.median([run['startup'] for run in runs]):.2f} s",
                      lib.mb(lib.median([run["rss_kb"] for run in runs])),
                      lib.mb(max(run["hwm_kb"] for run in runs))])
-    return [f"### c. One worker with a deep queue: claim+settle rate of jobs 21 to {claims} after start-up", "",
+        results.add(fs=fs, section="depth", pending=size, claims_per_s=rate, vs_shallow=rate / base_rate,
+                    startup_s=lib.median([run["startup"] for run in runs]),
+                    rss_kb=lib.median([run["rss_kb"] for run in runs]), hwm_kb=max(run["hwm_kb"] for run in runs))
+    return [f"### c. One worker with a deep queue on {fs}: claim+settle rate of jobs 21 to {claims} after "
+            "start-up", "",
             f"Targets: rate with {big:,} pending >= 80 % of the rate with {small} pending; memory <= 60 MB. "
             f"Durable off (the fsyncs are measured in a.); medians of {repeat_small} runs ({small}) and "
             f"{repeat_big} runs ({big:,}). Start-up scan = worker spawn to its first job's start "
             "(Python start-up included: the {small} row is that floor).".replace("{small}", str(small)), "",
-            *lib.table(["pending", "claims/s", f"vs {small} pending", "start-up to first job",
+            *lib.table(["fs", "pending", "claims/s", f"vs {small} pending", "start-up to first job",
                         "VmRSS", "VmHWM (peak)"], rows), ""]
 
 
-def profile(workdir: str, jobs: int, out_dir: str) -> list[str]:
+def profile(fs: str, workdir: str, jobs: int, out_dir: str) -> list[str]:
     os.makedirs(out_dir, exist_ok=True)
-    lines = [f"### d. cProfile of one worker draining {jobs} `true` jobs (`python -m cProfile -o ...`)", ""]
+    lines = [f"### d. cProfile on {fs} of one worker draining {jobs} `true` jobs (`python -m cProfile -o ...`)",
+             ""]
     for durable in (False, True):
         path = os.path.join(workdir, f"profile-{durable}")
         spool = lib.new_spool(path, durable=durable)
         lib.fill_pending(spool, jobs)
-        target = os.path.join(out_dir, f"worker-durable-{'on' if durable else 'off'}.prof")
+        target = os.path.join(out_dir, f"worker-{fs.strip('/').replace('/', '_')}-durable-"
+                                       f"{'on' if durable else 'off'}.prof")
         with lib.Workers(spool, 1, burst=True, profile=target) as workers:
             seconds = workers.wait(timeout=600)
         shutil.rmtree(path)
         text = io.StringIO()
         stats = pstats.Stats(target, stream=text)
         stats.sort_stats("tottime").print_stats(12)
-        lines += [f"durable {'on' if durable else 'off'}: {jobs / seconds:.0f} jobs/s under the profiler; "
+        lines += [f"{fs}, durable {'on' if durable else 'off'}: {jobs / seconds:.0f} jobs/s under the profiler; "
                   f"`{target}`", "", "```", *_stats_rows(text.getvalue()), "```", ""]
     return lines
 
@@ -185,25 +201,27 @@ def main() -> None:
     parser.add_argument("--only", choices=("throughput", "latency", "depth"), action="append",
                         help="run only these parts (repeatable)")
     parser.add_argument("--profile", metavar="DIR", help="also profile a worker; .prof files go to DIR")
-    parser.add_argument("--dir", default=None, help="where the temporary spools go [system temp folder]")
+    lib.add_fs_option(parser)
     parser.add_argument("--out", help="also write the report (markdown) to this file")
+    parser.add_argument("--json", help=f"where the figures go [{os.path.join(lib.OUT_DIR, 'worker.json')}]")
     args = parser.parse_args()
     parts = args.only or ["throughput", "latency", "depth"]
-    lines = ["## Worker benchmarks (`bench/bench_worker.py`)", "", *lib.machine(),
-             f"- spools in: {lib.file_system(args.dir or tempfile.gettempdir())}", ""]
-    workdir = tempfile.mkdtemp(prefix="qc-bench-worker-", dir=args.dir)
+    kinds = lib.chosen_file_systems(args.fs)
+    results = lib.Results("worker")
+    lines = ["## Worker benchmarks (`bench/bench_worker.py`)", "", *lib.machine(), ""]
     started = time.time()
-    try:
-        if "throughput" in parts:
-            lines += throughput(workdir, args.jobs, args.repeat)
-        if "latency" in parts:
-            lines += latency(workdir, args.tries)
-        if "depth" in parts:
-            lines += depth(workdir, args.small, args.big, args.claims, 3, args.repeat_big)
-        if args.profile:
-            lines += profile(workdir, args.jobs, args.profile)
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+    for fs in kinds:
+        with lib.file_system(fs) as workdir:
+            lines += [f"File system `{fs}`: {results.file_system(fs, workdir)}", ""]
+            if "throughput" in parts:
+                lines += throughput(fs, workdir, args.jobs, args.repeat, results)
+            if "latency" in parts:
+                lines += latency(fs, workdir, args.tries, results)
+            if "depth" in parts:
+                lines += depth(fs, workdir, args.small, args.big, args.claims, 3, args.repeat_big, results)
+            if args.profile:
+                lines += profile(fs, workdir, args.jobs, args.profile)
+        results.save(args.json)
     lines.append(f"(run took {time.time() - started:.0f} s: `{' '.join(['python', *sys.argv])}`)")
     lib.emit(lines, args.out)
 

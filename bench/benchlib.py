@@ -1,26 +1,155 @@
-"""Helpers shared by bench_worker.py and compare.py: the machine, the xargs
-baseline, spools built fast, worker processes and their memory.
+"""Helpers shared by the bench scripts: the file systems they run on, the
+machine, the xargs baseline, spools built fast, worker processes and their
+memory, and the JSON results file the charts are drawn from.
 
 Nothing here asserts a target: the scripts print figures and ratios, and
 RESULTS.md says which targets they meet.
+
+File systems (`file_system(kind)`, chosen with each script's `--fs`):
+- "tmpfs": a private tmpfs mounted for the run (as root), else a folder in
+  /dev/shm;
+- "ext4-journal": a sparse image file formatted with `mkfs.ext4` (with a
+  journal) and loop-mounted under a temporary folder (root only);
+- "tmp": a folder in the system's temp folder (on this machine's disk, an
+  ext4 without a journal);
+- any absolute path: a fresh folder under it (e.g. an NFS mount).
+Every one is unmounted and removed when the block ends, also on Ctrl-C,
+SIGTERM or an error; a SIGKILLed run leaves `qc-bench-fs-*` folders (and
+their mounts) in the temp folder for `umount` and `rm -r`.
 """
 
 from __future__ import annotations
 
+import contextlib
+import datetime
 import json
 import os
 import platform
+import shutil
 import signal
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
 
 from queuectl import Spool
 from queuectl.config import defaults
 from queuectl.job import build, dumps
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+OUT_DIR = os.path.join(HERE, "out")
+
+FS_KINDS = ("tmpfs", "ext4-journal", "tmp")
+EXT4_IMAGE_SIZE = 4 << 30  # sparse: only what the runs write takes disk space
+
+
+# -- file systems ---------------------------------------------------------------
+
+def add_fs_option(parser) -> None:
+    """The `--fs` option every script shares: repeatable, all three kinds by default."""
+    parser.add_argument("--fs", action="append", metavar="KIND",
+                        help=f"file system to run on, repeatable: {', '.join(FS_KINDS)} or an absolute path "
+                             "(a temporary folder is made under it) [all three kinds]; "
+                             "ext4-journal (and a private tmpfs) need root")
+
+
+def chosen_file_systems(kinds: list[str] | None) -> list[str]:
+    chosen = kinds or list(FS_KINDS)
+    for kind in chosen:
+        if kind not in FS_KINDS and not os.path.isabs(kind):
+            raise SystemExit(f"--fs: {kind!r} is neither one of {', '.join(FS_KINDS)} nor an absolute path")
+    return chosen
+
+
+@contextlib.contextmanager
+def file_system(kind: str) -> Iterator[str]:
+    """A fresh, empty folder on the file system `kind` names, removed (and unmounted) when the block ends.
+
+    Raises SystemExit with one line when the kind cannot be had (ext4-journal
+    without root, mkfs.ext4 or mount failing).
+    """
+    base = tempfile.mkdtemp(prefix=f"qc-bench-fs-{kind.strip('/').replace('/', '_') or 'root'}-")
+    mounted: list[str] = []
+    previous = _raise_on_sigterm()
+    try:
+        if kind == "tmp":
+            folder = base
+        elif kind == "tmpfs":
+            folder = os.path.join(base, "mnt")
+            os.mkdir(folder, 0o700)
+            if os.geteuid() == 0:
+                _run(["mount", "-t", "tmpfs", "-o", "mode=700,size=8g", "qc-bench-tmpfs", folder])
+                mounted.append(folder)
+            else:  # /dev/shm is a tmpfs on every Linux we know; checked below
+                os.rmdir(folder)
+                folder = tempfile.mkdtemp(prefix="qc-bench-", dir="/dev/shm")
+                mounted.append("rm:" + folder)
+        elif kind == "ext4-journal":
+            if os.geteuid() != 0:
+                raise SystemExit("--fs ext4-journal needs root (mkfs.ext4 and a loop mount): "
+                                 "run with sudo, or choose other --fs kinds")
+            image = os.path.join(base, "ext4.img")
+            with open(image, "wb") as handle:
+                handle.truncate(EXT4_IMAGE_SIZE)
+            # -i 8192: room for the 100,000-job spools of the scale runs and their logs.
+            _run(["mkfs.ext4", "-q", "-F", "-j", "-i", "8192", image])
+            folder = os.path.join(base, "mnt")
+            os.mkdir(folder, 0o700)
+            _run(["mount", "-o", "loop", image, folder])
+            mounted.append(folder)
+            os.chmod(folder, 0o700)
+            folder = os.path.join(folder, "bench")  # beside lost+found: the folder starts empty
+            os.mkdir(folder, 0o700)
+        else:
+            folder = tempfile.mkdtemp(prefix="qc-bench-", dir=kind)
+            mounted.append("rm:" + folder)
+        _check_kind(kind, folder)
+        yield folder
+    finally:
+        try:
+            for entry in reversed(mounted):
+                if entry.startswith("rm:"):
+                    shutil.rmtree(entry[3:], ignore_errors=True)
+                else:
+                    _unmount(entry)
+            shutil.rmtree(base, ignore_errors=True)
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _raise_on_sigterm():
+    """SIGTERM unwinds like Ctrl-C, so the mounts and images are cleaned up; returns the old handler."""
+    def stop(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+    previous = signal.getsignal(signal.SIGTERM)
+    if previous in (signal.SIG_DFL, None):
+        signal.signal(signal.SIGTERM, stop)
+    return previous if previous is not None else signal.SIG_DFL
+
+
+def _run(argv: list[str]) -> None:
+    result = subprocess.run(argv, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise SystemExit(f"bench: {' '.join(argv)} failed: {(result.stderr or result.stdout).strip()}")
+
+
+def _unmount(folder: str) -> None:
+    """umount, retried while something (a worker being stopped) still holds it; lazily as the last resort."""
+    for _ in range(50):
+        if subprocess.run(["umount", folder], capture_output=True).returncode == 0:
+            return
+        time.sleep(0.1)
+    subprocess.run(["umount", "-l", folder], capture_output=True)
+
+
+def _check_kind(kind: str, folder: str) -> None:
+    """The folder really is on the file system its kind promises (a wrong table is worse than none)."""
+    described = describe_fs(folder)
+    wanted = {"tmpfs": ": tmpfs", "ext4-journal": "ext4 with a journal"}.get(kind)
+    if wanted and wanted not in described:
+        raise SystemExit(f"bench: --fs {kind} gave {described}")
 
 
 def machine() -> list[str]:
@@ -206,7 +335,8 @@ def process_memory_kb(pid: int) -> tuple[int, int]:
 
 def table(header: list[str], rows: list[list[str]]) -> list[str]:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    # A `|` inside a cell (`seq N | xargs`) would end the cell: escaped.
+    lines += ["| " + " | ".join(str(cell).replace("|", "\\|") for cell in row) + " |" for row in rows]
     return lines
 
 
@@ -257,7 +387,7 @@ def job_created(spool: Spool, job_id: str) -> float:
     return parse_time(spool.get(job_id)["created_at"])
 
 
-def file_system(path: str) -> str:
+def describe_fs(path: str) -> str:
     """The type and mount point of the file system holding `path` (the longest matching mount)."""
     best = ("?", "", "")
     path = os.path.realpath(path)
@@ -276,3 +406,49 @@ def file_system(path: str) -> str:
         except OSError:
             pass
     return f"{path}: {kind}{journal} (mounted at {mount or '?'})"
+
+
+# -- results for the charts -------------------------------------------------------
+
+def short_command() -> str:
+    """This script's command line without the folders: what a chart or report needs to say how it was run."""
+    words, skip = ["python", os.path.basename(sys.argv[0])], False
+    for word in sys.argv[1:]:
+        if skip:
+            skip = False
+        elif word in ("--out", "--json", "--rq-python"):
+            skip = True
+        else:
+            words.append(word)
+    return " ".join(words)
+
+
+class Results:
+    """The figures of one script's run, written to bench/out/NAME.json for charts.py.
+
+    Rows are flat dicts; every row names its file system (`fs`, a --fs kind)
+    and its section, so a chart can pick what it draws.
+    """
+
+    def __init__(self, name: str):
+        self.name = name
+        self.data: dict = {"bench": name, "started": datetime.datetime.now(datetime.timezone.utc).isoformat(
+            timespec="seconds"), "command": short_command(), "machine": machine(),
+            "file_systems": {}, "rows": []}
+
+    def file_system(self, kind: str, folder: str) -> str:
+        described = describe_fs(folder)
+        self.data["file_systems"][kind] = described.split(": ", 1)[-1]
+        return described
+
+    def add(self, **row) -> None:
+        self.data["rows"].append(row)
+
+    def save(self, path: str | None = None) -> str:
+        path = path or os.path.join(OUT_DIR, f"{self.name}.json")
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        self.data["finished"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+        with open(path + ".part", "w", encoding="utf-8") as handle:
+            json.dump(self.data, handle, indent=1)
+        os.replace(path + ".part", path)
+        return path

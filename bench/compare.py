@@ -1,4 +1,4 @@
-"""queuectl beside task-spooler, nq and RQ (issue 5): `python bench/compare.py [--install] [--out FILE]`.
+"""queuectl beside task-spooler, nq and RQ (issue 5): `python bench/compare.py [--install] [--fs KIND ...] [--chart]`.
 
 The same work for every system, measured the same way, in one run, beside
 the baseline `seq N | xargs -P2 -I{} sh -c true` (no queue at all):
@@ -23,8 +23,15 @@ and redis into a throwaway venv in the run's temporary folder).
 
 Then scale runs of queuectl alone: one worker's claim rate and memory with
 100, 10,000 and 100,000 jobs pending; `status` and `list --limit 20` on
-100,000 jobs; enqueue rate with `durable` on and off. `--chart FILE.png`
-draws jobs/s by system (a PNG written with zlib and struct).
+100,000 jobs; enqueue rate with `durable` on and off.
+
+All of it runs on every file system --fs names (default: tmpfs, a journaled
+ext4 loop image, and /tmp; see benchlib.file_system): the spools, tsp's
+output files, nq's queue and Redis's folder live there, and every row names
+its file system. The figures go to bench/out/compare.json (--json);
+`--chart` then draws bench/compare-jobs-per-s.png and
+bench/compare-pickup-latency.png from them (matplotlib: `pip install
+-e '.[bench]'`; `bench/charts.py` redraws them from the JSON).
 """
 
 from __future__ import annotations
@@ -34,13 +41,11 @@ import os
 import shutil
 import signal
 import socket
-import struct
 import subprocess
 import sys
 import tempfile
 import time
 import uuid
-import zlib
 
 import benchlib as lib
 from bench_spool import publish_rates
@@ -389,8 +394,8 @@ def idle_xargs_kb() -> int:
         process.wait()
 
 
-def comparison(workdir: str, systems: list[type[System]], jobs: int, shell_jobs: int, tries: int,
-               repeat: int) -> tuple[list[str], dict[str, float]]:
+def comparison(fs: str, workdir: str, systems: list[type[System]], jobs: int, shell_jobs: int, tries: int,
+               repeat: int, record: lib.Results) -> list[str]:
     rates: dict[str, list[float]] = {"xargs": []}
     measured: dict[str, list[dict]] = {}
     notes = []
@@ -419,53 +424,66 @@ def comparison(workdir: str, systems: list[type[System]], jobs: int, shell_jobs:
         return [f"{lib.median(values) * 1e3:.1f} ms", f"{lib.quantile(values, 0.95) * 1e3:.1f} ms",
                 f"{max(values) * 1e3:.1f} ms", f"{lib.quantile(values, 0.95) / lib.quantile(spawn, 0.95):.1f}x"]
 
-    throughput_rows = [["xargs -P2 (baseline)", f"{base_rate:.0f}", "100 %", f"{sh_cost * 1e3:.2f} ms", "1.0x",
+    def quantiles(values):
+        return None if not values else {"p50": lib.median(values), "p95": lib.quantile(values, 0.95),
+                                        "max": max(values)}
+
+    throughput_rows = [[fs, "xargs -P2 (baseline)", f"{base_rate:.0f}", "100 %", f"{sh_cost * 1e3:.2f} ms", "1.0x",
                         lib.mb(xargs_kb), "1.0x", "xargs"]]
-    latency_rows = [["xargs (baseline): `sh -c date` spawned", "", *latency_cells(spawn)]]
+    latency_rows = [[fs, "xargs (baseline): `sh -c date` spawned", "", *latency_cells(spawn)]]
+    record.add(fs=fs, section="compare", system="xargs -P2", baseline=True, jobs_per_s=base_rate,
+               runs=rates["xargs"], enqueue_shell_s=sh_cost, memory_kb=xargs_kb,
+               latency={"spawn": quantiles(spawn)})
     for name, results in measured.items():
         rate = lib.median(rates[name])
         cost = lib.median([result["enqueue_shell"] for result in results])
         memory = lib.median([result["memory_kb"] for result in results])
-        throughput_rows.append([name, f"{rate:.0f}", f"{rate / base_rate:.0%}", f"{cost * 1e3:.2f} ms",
+        throughput_rows.append([fs, name, f"{rate:.0f}", f"{rate / base_rate:.0%}", f"{cost * 1e3:.2f} ms",
                                 f"{cost / sh_cost:.1f}x", lib.mb(memory), f"{memory / xargs_kb:.1f}x",
                                 results[0]["processes"]])
+        latencies = {}
         for kind, label in (("latency_api", "in-process API"), ("latency_shell", "shell client")):
             values = [value for result in results if result[kind] for value in result[kind]]
-            latency_rows.append([name, label, *latency_cells(values or None)])
-    lines = [f"### Comparison: {jobs} + {shell_jobs} trivial jobs through 2 workers, median of {repeat} runs", "",
+            latency_rows.append([fs, name, label, *latency_cells(values or None)])
+            latencies[kind.removeprefix("latency_")] = quantiles(values)
+        record.add(fs=fs, section="compare", system=name, baseline=False, jobs_per_s=rate,
+                   vs_xargs=rate / base_rate, runs=rates[name], enqueue_shell_s=cost, memory_kb=memory,
+                   latency=latencies)
+    lines = [f"### Comparison on {fs}: {jobs} + {shell_jobs} trivial jobs through 2 workers, median of {repeat} "
+             "runs", "",
              *notes, "" if notes else None,
-             *lib.table(["system", "jobs/s", "vs xargs", "enqueue from a shell (per job)", "vs `sh -c true`",
+             *lib.table(["fs", "system", "jobs/s", "vs xargs", "enqueue from a shell (per job)", "vs `sh -c true`",
                          "idle memory (VmRSS, sum)", "vs idle xargs", "idle processes"], throughput_rows), "",
-             f"### Pick-up latency on idle workers: enqueue call to the job's own start, {tries} tries "
+             f"### Pick-up latency on {fs}, idle workers: enqueue call to the job's own start, {tries} tries "
              f"x {repeat} runs", "",
-             *lib.table(["system", "enqueued through", "p50", "p95", "max", "p95 vs baseline"], latency_rows), ""]
-    return [line for line in lines if line is not None], {name: lib.median(values) for name, values in rates.items()}
+             *lib.table(["fs", "system", "enqueued through", "p50", "p95", "max", "p95 vs baseline"], latency_rows), ""]
+    return [line for line in lines if line is not None]
 
 
 # -- queuectl at scale ----------------------------------------------------------
 
-def scale(workdir: str, sizes: list[int], claims: int, enqueue_jobs: int) -> list[str]:
+def scale(fs: str, workdir: str, sizes: list[int], claims: int, enqueue_jobs: int) -> list[str]:
     rows, base = [], None
     biggest = None
     for size in sizes:
         path = os.path.join(workdir, f"scale-{size}")
         run = lib.claim_run(path, size, min(claims, size))
         base = base or run["rate"]
-        rows.append([f"{size:,}", f"{run['rate']:.0f}", f"{run['rate'] / base:.0%}", f"{run['startup']:.2f} s",
+        rows.append([fs, f"{size:,}", f"{run['rate']:.0f}", f"{run['rate'] / base:.0%}", f"{run['startup']:.2f} s",
                      lib.mb(run["rss_kb"]), lib.mb(run["hwm_kb"])])
         if biggest is not None:
             shutil.rmtree(biggest)
         biggest = path
-    lines = [f"### queuectl at scale: one worker, jobs 21 to {claims} after start-up (durable off)", "",
-             *lib.table(["pending", "claims/s", f"vs {sizes[0]:,}", "start-up to first job", "VmRSS", "VmHWM"], rows),
+    lines = [f"### queuectl at scale on {fs}: one worker, jobs 21 to {claims} after start-up (durable off)", "",
+             *lib.table(["fs", "pending", "claims/s", f"vs {sizes[0]:,}", "start-up to first job", "VmRSS", "VmHWM"], rows),
              ""]
-    lines += cli_times(biggest, max(sizes))
+    lines += cli_times(fs, biggest, max(sizes))
     shutil.rmtree(biggest)
-    lines += enqueue_rates(workdir, enqueue_jobs)
+    lines += enqueue_rates(fs, workdir, enqueue_jobs)
     return lines
 
 
-def cli_times(spool_path: str, size: int, repeat: int = 3) -> list[str]:
+def cli_times(fs: str, spool_path: str, size: int, repeat: int = 3) -> list[str]:
     commands = {"queuectl --version (start-up floor)": ["--version"], "queuectl status": ["status"],
                 "queuectl list --limit 20": ["list", "--limit", "20"]}
     times: dict[str, list[float]] = {label: [] for label in commands}
@@ -475,23 +493,23 @@ def cli_times(spool_path: str, size: int, repeat: int = 3) -> list[str]:
             subprocess.run(lib.queuectl_argv(spool_path) + args, check=True, stdout=subprocess.DEVNULL)
             times[label].append(time.perf_counter() - before)
     floor = lib.median(times["queuectl --version (start-up floor)"])
-    rows = [[label, f"{lib.median(values) * 1e3:.0f} ms", f"{lib.median(values) / floor:.1f}x"]
+    rows = [[fs, label, f"{lib.median(values) * 1e3:.0f} ms", f"{lib.median(values) / floor:.1f}x"]
             for label, values in times.items()]
-    return [f"### CLI on a spool of {size:,} jobs (median of {repeat})", "",
-            *lib.table(["command", "wall time", "vs start-up floor"], rows), ""]
+    return [f"### CLI on {fs}, a spool of {size:,} jobs (median of {repeat})", "",
+            *lib.table(["fs", "command", "wall time", "vs start-up floor"], rows), ""]
 
 
-def enqueue_rates(workdir: str, count: int) -> list[str]:
+def enqueue_rates(fs: str, workdir: str, count: int) -> list[str]:
     """bench_spool.py's measure: raw publish loops and `Spool.enqueue` taking turns of 200 jobs."""
     rows = []
     for durable in (True, False):
         rate = publish_rates(tempfile.mkdtemp(dir=workdir), count, durable=durable)
         raw = rate["raw + dir fsync"] if durable else rate["raw"]  # the same guarantees as an enqueue
-        rows.append([f"durable {'on' if durable else 'off'}", f"{rate['single']:.0f}", f"{rate['batch']:.0f}",
+        rows.append([fs, f"durable {'on' if durable else 'off'}", f"{rate['single']:.0f}", f"{rate['batch']:.0f}",
                      f"{raw:.0f}", f"{rate['single'] / raw:.0%}"])
-    return [f"### Enqueue rate in-process, {count} jobs", "",
+    return [f"### Enqueue rate in-process on {fs}, {count} jobs", "",
             "Baseline: a raw loop of open, write, (fsync file), rename, (fsync folder) of the same bytes.", "",
-            *lib.table(["setting", "`Spool.enqueue` jobs/s", "`enqueue_many` jobs/s", "raw loop /s",
+            *lib.table(["fs", "setting", "`Spool.enqueue` jobs/s", "`enqueue_many` jobs/s", "raw loop /s",
                         "enqueue vs raw"], rows), ""]
 
 
@@ -521,26 +539,6 @@ def rq_python(workdir: str, wanted: bool, given: str | None) -> str:
     return sys.executable if probe.returncode == 0 else ""
 
 
-def chart(path: str, rates: dict[str, float]) -> None:
-    """Horizontal bars of jobs/s, one per system, in a PNG made with zlib and struct (no labels: see the table)."""
-    colours = [(90, 90, 90), (40, 110, 200), (230, 140, 30), (60, 160, 80), (200, 60, 60), (140, 90, 180)]
-    width, bar, gap = 600, 30, 12
-    height = gap + len(rates) * (bar + gap)
-    top = max(rates.values())
-    pixels = [[(255, 255, 255)] * width for _ in range(height)]
-    for index, value in enumerate(rates.values()):
-        length = max(1, int((width - 2 * gap) * value / top))
-        for row in range(gap + index * (bar + gap), gap + index * (bar + gap) + bar):
-            pixels[row][gap:gap + length] = [colours[index % len(colours)]] * length
-    raw = b"".join(b"\0" + bytes(channel for pixel in line for channel in pixel) for line in pixels)
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-    with open(path, "wb") as handle:
-        handle.write(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
-                     + chunk(b"IDAT", zlib.compress(raw, 9)) + chunk(b"IEND", b""))
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--jobs", type=int, default=500, help="trivial jobs enqueued in bulk per run [500]")
@@ -554,26 +552,40 @@ def main() -> None:
     parser.add_argument("--enqueue-jobs", type=int, default=1000, help="jobs per enqueue-rate row [1000]")
     parser.add_argument("--install", action="store_true", help="install the peers first (apt-get, pip in a venv)")
     parser.add_argument("--rq-python", help="a Python that imports rq and redis (instead of --install's venv)")
-    parser.add_argument("--chart", metavar="PNG", help="also draw jobs/s by system")
-    parser.add_argument("--dir", default=None, help="where the temporary spools and queues go")
+    parser.add_argument("--chart", action="store_true",
+                        help="also draw bench/compare-jobs-per-s.png and bench/compare-pickup-latency.png "
+                             "(needs matplotlib: the bench extra)")
+    lib.add_fs_option(parser)
     parser.add_argument("--out", help="also write the report (markdown) to this file")
+    parser.add_argument("--json", help=f"where the figures go [{os.path.join(lib.OUT_DIR, 'compare.json')}]")
     args = parser.parse_args()
     chosen = [kind for kind in SYSTEMS if kind.name in args.systems.split(",")]
-    workdir = tempfile.mkdtemp(prefix="qc-compare-", dir=args.dir)
+    kinds = lib.chosen_file_systems(args.fs)
+    if args.chart:
+        try:
+            import charts  # fails now, not after the whole run, when matplotlib is missing
+        except ImportError as exc:
+            raise SystemExit(f"compare: --chart needs matplotlib ({exc}): pip install -e '.[bench]'") from None
+    setup = tempfile.mkdtemp(prefix="qc-compare-setup-")
     started = time.time()
+    record = lib.Results("compare")
     try:
-        Rq.python = rq_python(workdir, args.install, args.rq_python)
+        Rq.python = rq_python(setup, args.install, args.rq_python)
         lines = ["## queuectl beside task-spooler, nq and RQ (`bench/compare.py`)", "", *lib.machine(),
-                 f"- spools and queues in: {lib.file_system(workdir)}", f"- versions: {versions()}", ""]
-        table_lines, rates = comparison(workdir, chosen, args.jobs, args.shell_jobs, args.tries, args.repeat)
-        lines += table_lines
-        if args.scale:
-            lines += scale(workdir, [int(size) for size in args.scale.split(",")], args.claims, args.enqueue_jobs)
+                 f"- versions: {versions()}", ""]
+        for fs in kinds:
+            with lib.file_system(fs) as workdir:
+                lines += [f"File system `{fs}`: {record.file_system(fs, workdir)}", ""]
+                lines += comparison(fs, workdir, chosen, args.jobs, args.shell_jobs, args.tries, args.repeat, record)
+                if args.scale:
+                    lines += scale(fs, workdir, [int(size) for size in args.scale.split(",")], args.claims,
+                                   args.enqueue_jobs)
+            saved = record.save(args.json)
         if args.chart:
-            chart(args.chart, rates)
-            lines += [f"Chart: `{args.chart}` (bars top to bottom: {', '.join(rates)})", ""]
+            drawn = charts.draw_compare(record.data, lib.HERE)
+            lines += [f"Charts: {', '.join(f'`{os.path.relpath(path)}`' for path in drawn)} (from `{saved}`)", ""]
     finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+        shutil.rmtree(setup, ignore_errors=True)
     lines.append(f"(run took {time.time() - started:.0f} s: `{' '.join(['python', *sys.argv])}`)")
     lib.emit(lines, args.out)
 

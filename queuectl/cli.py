@@ -24,8 +24,49 @@ from .spool import Spool, id_of, prepare_fields
 DEFAULT_LIMIT = 50  # rows a listing shows unless told otherwise
 
 
-class QueueGroup(click.Group):
+def _show_help(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    if value and not ctx.resilient_parsing:
+        click.echo(ctx.get_help(), color=ctx.color)
+        ctx.exit()
+
+
+def _show_version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    if value and not ctx.resilient_parsing:
+        click.echo(f"queuectl, version {__version__}", color=ctx.color)
+        ctx.exit()
+
+
+class _Command(click.Command):
+    """A command whose -h/--help option has its text in plain English.
+
+    click's own help and version options translate their text through
+    gettext, whose first lookup imports locale: start-up time every command
+    would pay, for a help text nobody asked for.
+    """
+
+    _plain_help: click.Option | None = None
+
+    def get_help_option(self, ctx: click.Context) -> click.Option | None:
+        names = self.get_help_option_names(ctx)
+        if not names or not self.add_help_option:
+            return None
+        if self._plain_help is None:  # one object: click orders eager callbacks by identity
+            self._plain_help = click.Option(names, is_flag=True, is_eager=True, expose_value=False,
+                                            callback=_show_help, help="Show this message and exit.")
+        return self._plain_help
+
+
+class QueueGroup(_Command, click.Group):
     """Turns the library's deliberate errors and OS errors into one line and exit 1."""
+
+    command_class = _Command
+    group_class = type  # subgroups (worker, config, dlq) are QueueGroups too
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        command = super().get_command(ctx, cmd_name)
+        if command is not None:
+            _accept_root_options(command)
+        return command
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -100,6 +141,24 @@ def _seconds(text: str) -> float:
     return seconds
 
 
+class _Path(click.ParamType):
+    """click.Path, built when a value comes: its constructor translates its name through gettext.
+
+    Built in a decorator, it would make every command import locale at start-up.
+    """
+
+    def __init__(self, **options: Any):
+        self.options = options
+        self.name = ("directory" if options.get("file_okay") is False else
+                     "file" if options.get("dir_okay") is False else "path")
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> Any:
+        return click.Path(**self.options).convert(value, param, ctx)
+
+    def shell_complete(self, ctx: click.Context, param: click.Parameter, incomplete: str) -> list:
+        return click.Path(**self.options).shell_complete(ctx, param, incomplete)
+
+
 class Duration(click.ParamType):
     name = "DURATION"
 
@@ -112,7 +171,8 @@ class Duration(click.ParamType):
               help="Spool folder [default: $QUEUECTL_SPOOL, else ~/.local/share/queuectl/spool].")
 @click.option("--allow-shared-spool", "allow_shared", is_flag=True,
               help="Use a spool that group or others can write to (they can run commands as you).")
-@click.version_option(__version__, prog_name="queuectl")
+@click.option("--version", is_flag=True, is_eager=True, expose_value=False, callback=_show_version,
+              help="Show the version and exit.")
 @click.pass_context
 def main(ctx: click.Context, path: str | None, allow_shared: bool) -> None:
     """A background job queue for shell commands, kept in a folder of JSON files."""
@@ -590,7 +650,7 @@ def dashboard(ctx, host, port):
 
 
 @main.command()
-@click.option("--output", "-o", metavar="FILE", type=click.Path(dir_okay=False, writable=True),
+@click.option("--output", "-o", metavar="FILE", type=_Path(dir_okay=False, writable=True),
               help="Write FILE atomically (a temporary file renamed over it) instead of printing: "
                    "for node_exporter's textfile collector.")
 @click.pass_context
@@ -633,8 +693,15 @@ def doctor(ctx, repair, as_json):
 
 
 @main.command()
+def schema():
+    """Print the JSON Schema of a job file (validate a file before dropping it in)."""
+    from .schema import schema_text
+    click.echo(schema_text(), nl=False)
+
+
+@main.command()
 @click.option("--count", "-n", type=click.IntRange(min=1), default=2, show_default=True)
-@click.option("--example", type=click.Path(exists=True, file_okay=False), default=None,
+@click.option("--example", type=_Path(exists=True, file_okay=False), default=None,
               help="Folder of example jobs [default: spool.example/ of the source tree].")
 @click.pass_context
 def demo(ctx, count, example):
@@ -656,20 +723,18 @@ def _set_root(name: str):
     return callback
 
 
-def _accept_root_options(group: click.Group) -> None:
-    """`queuectl list --spool X` works as `queuectl --spool X list` does, in every (nested) command."""
-    for command in group.commands.values():
-        if any(param.name == "spool" for param in command.params):
-            continue  # an alias (config show) is the same command object
-        command.params.extend([
-            click.Option(["--spool"], metavar="PATH", expose_value=False, callback=_set_root("path"),
-                         help="Spool folder (as `queuectl --spool PATH`)."),
-            click.Option(["--allow-shared-spool"], is_flag=True, expose_value=False,
-                         callback=_set_root("allow_shared"),
-                         help="As `queuectl --allow-shared-spool`."),
-        ])
-        if isinstance(command, click.Group):
-            _accept_root_options(command)
+def _accept_root_options(command: click.Command) -> None:
+    """`queuectl list --spool X` works as `queuectl --spool X list` does, in every (nested) command.
 
-
-_accept_root_options(main)
+    QueueGroup.get_command adds them to the command it looks up: built for
+    every command at import, they would cost every start-up.
+    """
+    if any(param.name == "spool" for param in command.params):
+        return  # done already (an alias, config show, is the same command object)
+    command.params.extend([
+        click.Option(["--spool"], metavar="PATH", expose_value=False, callback=_set_root("path"),
+                     help="Spool folder (as `queuectl --spool PATH`)."),
+        click.Option(["--allow-shared-spool"], is_flag=True, expose_value=False,
+                     callback=_set_root("allow_shared"),
+                     help="As `queuectl --allow-shared-spool`."),
+    ])

@@ -9,18 +9,26 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable
 
 from .errors import ConfigError
 
 
-class Setting(NamedTuple):
-    """One key of config.json (a NamedTuple: a dataclass costs a millisecond of every command's start-up)."""
+class Setting:
+    """One key of config.json.
 
-    default: Any
-    parse: Callable[[str], Any]
-    check: Callable[[Any], bool]
-    help: str
+    A plain class: every command builds these at start-up, and a dataclass or
+    a NamedTuple (which compiles its string annotations) is built at run time
+    by generated code.
+    """
+
+    __slots__ = ("default", "parse", "check", "help")
+
+    def __init__(self, default: Any, parse: Callable[[str], Any], check: Callable[[Any], bool], help: str):
+        self.default = default
+        self.parse = parse
+        self.check = check
+        self.help = help
 
 
 def _parse_bool(text: str) -> bool:

@@ -309,9 +309,10 @@ class _Doctor:
     def _stray_temp_files(self) -> None:
         """tmp/ holds files being written; one older than TEMP_AGE that no live process holds was left by a crash.
 
-        It is never a job's current file: an enqueue cut before its rename was
-        never acknowledged, and a rewrite cut short left the job's previous
-        version in place.
+        Removing it never loses a job: an enqueue cut before its link was
+        never acknowledged, one cut between its link and the unlink left this
+        as a second name of the published file, and a rewrite cut short left
+        the job's previous version in place.
         """
         now = time.time()
         for name in sorted(os.listdir(self.spool.dir("tmp"))):

@@ -5,7 +5,9 @@
 - `rename_noreplace` moves a file and fails with EEXIST instead of silently
   replacing a file already there, so no move can destroy another job
   (renameat2(RENAME_NOREPLACE); link + unlink where the kernel lacks it).
-- `publish` is the two together, and removes the temporary file on failure.
+- `publish` writes a new file and gives it its name in one step (a link
+  that refuses an existing name, or a rename over the old version), and
+  removes the temporary file on failure.
 - `lock_fd` takes the advisory flock that marks a job file as owned; the
   kernel drops it when the owner dies, which is what crash recovery reads.
 - `open_nofollow` is the one way the spool opens a file it did not just
@@ -19,7 +21,7 @@ older version at worst, however long it takes.
 
 from __future__ import annotations
 
-import ctypes
+import contextlib
 import errno
 import fcntl
 import os
@@ -30,11 +32,30 @@ T = TypeVar("T")
 
 _AT_FDCWD = -100
 _RENAME_NOREPLACE = 1
-_libc = ctypes.CDLL(None, use_errno=True)
-_renameat2 = getattr(_libc, "renameat2", None)
-if _renameat2 is not None:
-    _renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
-    _renameat2.restype = ctypes.c_int
+_libc_renameat2: Any = None  # libc's renameat2 through ctypes, loaded by the first move
+
+
+def _renameat2(src: bytes, dst: bytes, flags: int) -> int:
+    """renameat2(2) through libc: 0, or the errno it failed with (ENOSYS where libc lacks it).
+
+    ctypes is imported here, at the first move, not with the module: it is
+    most of what importing fsops would cost, and commands that only read the
+    spool (list, status, show) never move a file.
+    """
+    global _libc_renameat2
+    if _libc_renameat2 is None:
+        import ctypes
+        function = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
+        if function is None:
+            _libc_renameat2 = False
+        else:
+            function.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+            function.restype = ctypes.c_int
+            _libc_renameat2 = (function, ctypes.get_errno)
+    if _libc_renameat2 is False:
+        return errno.ENOSYS
+    function, get_errno = _libc_renameat2
+    return 0 if function(_AT_FDCWD, src, _AT_FDCWD, dst, flags) == 0 else get_errno()
 
 
 def rename_noreplace(src: str, dst: str, *, fold_cut: bool = True) -> None:
@@ -76,11 +97,11 @@ def _rename_noreplace(src: str, dst: str) -> None:
 
 def _renameat2_flags(src: str, dst: str, flags: int) -> bool:
     """renameat2 with `flags`; False when the kernel or the file system does not support them."""
-    if _renameat2 is None:
+    if _renameat2 is None:  # tests set it so, to move files as where renameat2 is missing
         return False
-    if _renameat2(_AT_FDCWD, os.fsencode(src), _AT_FDCWD, os.fsencode(dst), flags) == 0:
+    code = _renameat2(os.fsencode(src), os.fsencode(dst), flags)
+    if code == 0:
         return True
-    code = ctypes.get_errno()
     if code in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
         return False
     raise OSError(code, os.strerror(code), src, None, dst)
@@ -133,21 +154,24 @@ def _write_all(fd: int, data: bytes, durable: bool) -> None:
 
 def publish(tmp_dir: str, target: str, data: bytes, *, durable: bool, replace: bool = False,
             lock: bool = False) -> int | None:
-    """Make `target` hold `data` in one step: written in tmp_dir, then renamed into place.
+    """Make `target` hold `data` in one step: written in tmp_dir, then put in place.
 
-    Without `replace`, an existing target raises FileExistsError and is left
-    untouched. The temporary file never outlives a failure, so an error
-    between the write and the rename leaves nothing behind in tmp/. With
+    With `replace` the new file is renamed over the old version. Without it,
+    it is linked under the new name: an existing target raises
+    FileExistsError and is left untouched. The temporary file never outlives
+    a failure, so an error between the write and that step leaves nothing
+    behind in tmp/. With
     `lock`, returns an fd holding the new file's flock, taken before the
     file became visible.
     """
     temp, fd = write_new(tmp_dir, os.path.basename(target), data, durable=durable, lock=lock)
     try:
-        (os.replace if replace else rename_noreplace)(temp, target)
+        (os.replace if replace else _link_new)(temp, target)
     except BaseException:
         if fd is not None:
             os.close(fd)
-        os.unlink(temp)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temp)
         raise
     return fd
 
@@ -177,6 +201,28 @@ def close_quietly(fd: int) -> None:
         os.close(fd)
     except OSError:
         pass
+
+
+def _link_new(temp: str, target: str) -> None:
+    """Give a fresh temporary file its final name; FileExistsError when the name is taken.
+
+    link() refuses an existing name as renameat2(RENAME_NOREPLACE) does, and
+    needs no ctypes, which an enqueue would otherwise load at start-up. A
+    crash between the link and the unlink leaves only a second name in tmp/,
+    which doctor removes (the file under `target` is complete either way).
+    """
+    try:
+        os.link(temp, target, follow_symlinks=False)
+    except FileExistsError:
+        if not os.path.samestat(os.lstat(temp), os.lstat(target)):
+            raise
+        # A link retried by an NFS client reports EEXIST after it succeeded.
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOSYS, errno.EMLINK):
+            raise
+        rename_noreplace(temp, target)  # a file system without hard links
+        return
+    os.unlink(temp)
 
 
 def open_nofollow(path: str, flags: int = os.O_RDONLY) -> int:

@@ -14,6 +14,7 @@ import json
 import math
 import os
 import re
+import sys
 import threading
 import time
 from datetime import datetime, timedelta, timezone
@@ -151,8 +152,11 @@ def build(fields: Any, config: dict, *, stem: str | None = None,
         _time_field(job, name)
 
     timeout = job["timeout"]
+    # Compared, not converted: a JSON integer too big for a float (1 followed by 400 zeros)
+    # must be refused here, not raise OverflowError in the worker that adopts the file.
+    # NaN fails every comparison, so it is refused too.
     if timeout is not None and (not isinstance(timeout, (int, float)) or isinstance(timeout, bool)
-                                or not math.isfinite(timeout) or timeout < 0):
+                                or not 0 <= timeout <= sys.float_info.max):
         raise InvalidJob("timeout must be a number of seconds >= 0, or null for the config default")
     if job["cwd"] is not None and not isinstance(job["cwd"], str):
         raise InvalidJob("cwd must be a string")

@@ -60,6 +60,12 @@ def test_help_on_every_command(cli, spool_path, command):
     assert not os.path.exists(spool_path), "--help must not create a spool"
 
 
+def test_usage_errors_point_at_the_help_and_h_is_help(cli):
+    result = cli("enqueue", "--bogus")
+    assert result.exit_code == 2 and " enqueue --help' for help." in result.stderr
+    assert "Show this message and exit." in cli("worker", "start", "-h").stdout
+
+
 def test_the_spool_comes_from_the_environment(tmp_path):
     path = str(tmp_path / "from-env")
     result = CliRunner().invoke(main, ["enqueue", "echo hi"], env={"QUEUECTL_SPOOL": path})
@@ -537,9 +543,12 @@ HEAVY_MODULES = ("watchdog", "queuectl.worker", "queuectl.supervisor", "queuectl
                  "queuectl.order", "queuectl.dashboard", "queuectl.follow", "http.server")
 
 
+# Commands that only read or publish files move none, so they never load ctypes (renameat2); none
+# pays for gettext's locale lookup (click's own help and version options would).
 @pytest.mark.parametrize("command, also_absent", [
-    (["enqueue", "echo hi"], ("filelock",)), (["list"], ("filelock",)), (["show", "x"], ("filelock",)),
-    (["config", "list"], ("filelock",)), (["status"], ()),
+    (["enqueue", "echo hi"], ("filelock", "ctypes", "locale")), (["list"], ("filelock", "ctypes", "locale")),
+    (["show", "x"], ("filelock", "ctypes", "locale")), (["config", "list"], ("filelock", "ctypes", "locale")),
+    (["status"], ("ctypes", "locale")),
 ])
 def test_everyday_commands_do_not_import_workers_or_the_dashboard(spool_path, command, also_absent):
     put_job(spool_path, "pending", "x")

@@ -106,6 +106,7 @@ def test_a_job_is_an_object(fields):
     ("timeout", True, "timeout must be a number"),
     ("timeout", float("inf"), "timeout must be a number"),
     ("timeout", float("nan"), "timeout must be a number"),
+    pytest.param("timeout", 10 ** 400, "timeout must be a number", id="timeout-10**400"),  # JSON: 1 and 400 zeros
     ("cwd", 5, "cwd must be a string"),
     ("env", {"A": 1}, "env must be an object of string values"),
     ("env", ["A=1"], "env must be an object of string values"),

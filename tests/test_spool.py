@@ -254,7 +254,7 @@ def failing(error):
 def test_a_failed_publish_leaves_no_file_anywhere(spool, monkeypatch, target, error):
     spool.enqueue("echo before", id="before")
     before = spool_files(spool.root)
-    patched = {"rename": (fsops, "rename_noreplace"), "fsync": (os, "fsync"), "write": (os, "write")}[target]
+    patched = {"rename": (fsops, "_link_new"), "fsync": (os, "fsync"), "write": (os, "write")}[target]
     monkeypatch.setattr(*patched, failing(error))
     with pytest.raises(SpoolError, match=f"cannot enqueue into .*{error.strerror}"):
         spool.enqueue("echo lost?", id="after")
@@ -264,14 +264,14 @@ def test_a_failed_publish_leaves_no_file_anywhere(spool, monkeypatch, target, er
 
 
 def test_an_interrupt_between_write_and_rename_leaves_no_temp_file(spool, monkeypatch):
-    monkeypatch.setattr(fsops, "rename_noreplace", failing(KeyboardInterrupt()))
+    monkeypatch.setattr(fsops, "_link_new", failing(KeyboardInterrupt()))
     with pytest.raises(KeyboardInterrupt):
         spool.enqueue("echo interrupted")
     assert folder(spool, "tmp") == [] and folder(spool, "pending") == []
 
 
 def test_a_failure_midway_through_a_batch_keeps_the_complete_jobs_and_says_so(spool, monkeypatch):
-    real_rename = fsops.rename_noreplace
+    real_rename = fsops._link_new
     calls = []
 
     def third_fails(source, target):
@@ -279,12 +279,41 @@ def test_a_failure_midway_through_a_batch_keeps_the_complete_jobs_and_says_so(sp
         if len(calls) == 3:
             raise OSError(errno.ENOSPC, "No space left on device")
         real_rename(source, target)
-    monkeypatch.setattr(fsops, "rename_noreplace", third_fails)
+    monkeypatch.setattr(fsops, "_link_new", third_fails)
     with pytest.raises(SpoolError, match="the first 2 job\\(s\\) of the batch were enqueued"):
         spool.enqueue_many([{"command": f"echo {n}", "id": f"job-{n}"} for n in range(5)])
     assert folder(spool, "pending") == ["job-0.json", "job-1.json"]
     assert read_job(spool.root, "pending", "job-1")["command"] == "echo 1"
     assert folder(spool, "tmp") == []
+
+
+def test_a_publish_never_replaces_a_file_and_cleans_up_after_itself(spool):
+    taken = os.path.join(spool.dir("pending"), "taken.json")
+    with open(taken, "wb") as handle:
+        handle.write(b"someone else's bytes")
+    with pytest.raises(FileExistsError):
+        fsops.publish(spool.dir("tmp"), taken, b"mine", durable=False)
+    with open(taken, "rb") as handle:
+        assert handle.read() == b"someone else's bytes"
+    assert folder(spool, "tmp") == []
+    fsops.publish(spool.dir("tmp"), os.path.join(spool.dir("pending"), "free.json"), b"mine", durable=True)
+    assert folder(spool, "tmp") == [] and os.stat(os.path.join(spool.dir("pending"), "free.json")).st_nlink == 1
+
+
+def test_a_link_that_already_happened_is_a_success(spool):
+    """An NFS client that retries a link whose reply was lost gets EEXIST for its own link."""
+    temp, _ = fsops.write_new(spool.dir("tmp"), "x", b"mine", durable=False)
+    target = os.path.join(spool.dir("pending"), "x.json")
+    os.link(temp, target)  # the first try, whose reply was lost
+    fsops._link_new(temp, target)
+    assert folder(spool, "tmp") == [] and folder(spool, "pending") == ["x.json"]
+
+
+def test_a_file_system_without_hard_links_publishes_by_rename(spool, monkeypatch):
+    monkeypatch.setattr(os, "link", failing(OSError(errno.EPERM, "Operation not permitted")))
+    job = spool.enqueue("echo no links here")
+    monkeypatch.undo()
+    assert folder(spool, "pending") == [job["id"] + ".json"] and folder(spool, "tmp") == []
 
 
 def test_readers_never_see_a_partial_job_file(spool):
