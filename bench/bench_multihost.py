@@ -71,10 +71,10 @@ def pickup(pair: tuple[str, str], tries: int, scratch: str) -> list[tuple[float,
             returned = time.time()
             if done.returncode != 0:
                 raise RuntimeError(done.stderr)
-            _wait(lambda: os.path.exists(stamp) and os.path.getsize(stamp) > 0, 30, "the job to start")
+            _wait(lambda stamp=stamp: os.path.exists(stamp) and os.path.getsize(stamp) > 0, 30, "the job to start")
             started = lib.read_stamp(stamp)
             latencies.append((started - before, max(0.0, started - returned)))
-            _wait(lambda: spool.find(job_id) == "completed", 30, "the job to finish")
+            _wait(lambda job_id=job_id: spool.find(job_id) == "completed", 30, "the job to finish")
         return latencies
     finally:
         host_a.close()
@@ -114,18 +114,19 @@ def recovery(pair: tuple[str, str], rounds: int, lease: float) -> tuple[list[flo
         host_a, host_b = Host("hostA", path_a), Host("hostB", path_b)
         try:
             host_a.start("worker", "start", "--count", "2")
-            _wait(lambda: _workers(spool, "hostA") == 2, 30, "host A's workers")
+            _wait(lambda spool=spool: _workers(spool, "hostA") == 2, 30, "host A's workers")
             ids = [job["id"] for job in spool.enqueue_many(
                 [{"command": 'if [ "$QUEUECTL_ATTEMPT" = 1 ]; then sleep 300; fi'}] * 2)]
-            _wait(lambda: all(spool.find(job_id) == "processing" for job_id in ids), 30, "A to run both")
+            _wait(lambda spool=spool, ids=ids: all(spool.find(i) == "processing" for i in ids), 30, "A to run both")
             b_workers = host_b.start("worker", "start", "--count", "2")
-            _wait(lambda: _workers(spool, "hostB") == 2, 30, "host B's workers")
+            _wait(lambda spool=spool: _workers(spool, "hostB") == 2, 30, "host B's workers")
             time.sleep(lease)  # B has watched A's leases beat for a whole lease_timeout
             killed = time.monotonic()
             host_a.kill()
-            _wait(lambda: all(spool.find(job_id) != "processing" for job_id in ids), lease + 120, "recovery")
+            _wait(lambda spool=spool, ids=ids: all(spool.find(i) != "processing" for i in ids), lease + 120,
+                  "recovery")
             times.append(time.monotonic() - killed)
-            _wait(lambda: all(spool.find(job_id) == "completed" for job_id in ids), 60, "the reruns")
+            _wait(lambda spool=spool, ids=ids: all(spool.find(i) == "completed" for i in ids), 60, "the reruns")
             # The killed run and its one rerun, nothing more; no worker of B restarted.
             checks.append(all(spool.get(job_id)["attempts"] == 2 for job_id in ids)
                           and "restarting" not in host_b.output(b_workers))
@@ -152,9 +153,10 @@ def throughput(gluster: tuple[str, str], jobs: int, scratch: str) -> dict[str, f
         started = time.monotonic()
         running = [Host(name, path) for name, path, _ in hosts]
         try:
-            for host, (_, _, count) in zip(running, hosts):
+            for host, (_, _, count) in zip(running, hosts, strict=True):
                 host.start("worker", "start", "--count", str(count))
-            _wait(lambda: lib.count_files(spool.dir("completed")) >= jobs, 600, "every job", interval=0.05)
+            _wait(lambda spool=spool: lib.count_files(spool.dir("completed")) >= jobs, 600, "every job",
+                  interval=0.05)
             rates[label] = jobs / (time.monotonic() - started)
         finally:
             for host in running:
@@ -181,7 +183,8 @@ def main() -> None:
             for name, pair in (("GlusterFS", gluster), ("bindfs", bindfs)):
                 found = pickup(pair, args.tries, tempfile.mkdtemp(dir=scratch))
                 whole, after = [f[0] for f in found], [f[1] for f in found]
-                lines.append(f"| {name} | {lib.median(whole) * 1000:.0f} ms | {lib.quantile(whole, 0.95) * 1000:.0f} ms "
+                lines.append(f"| {name} | {lib.median(whole) * 1000:.0f} ms "
+                             f"| {lib.quantile(whole, 0.95) * 1000:.0f} ms "
                              f"| {lib.median(after) * 1000:.0f} ms | {lib.quantile(after, 0.95) * 1000:.0f} ms "
                              f"| {lib.median(spawn) * 1000:.1f} ms |")
             lines += ["", "### Idle CPU of one shared-mode worker (GlusterFS), over 20 s", "",

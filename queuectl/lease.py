@@ -223,7 +223,8 @@ class Liveness:
     def _file_system_now(self) -> float:
         """Now, as the file system stamps it (a probe file's mtime); this host's clock if tmp/ is not writable."""
         if self._fs_now is None:
-            probe = os.path.join(self.spool.dir("tmp"), f".lease-probe.{self.host}.{os.getpid()}.{secrets.token_hex(3)}")
+            probe = os.path.join(self.spool.dir("tmp"),
+                                 f".lease-probe.{self.host}.{os.getpid()}.{secrets.token_hex(3)}")
             try:
                 fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
                 try:

@@ -171,7 +171,7 @@ class Spool:
         # "Running on several hosts"): its lease, and moves that never take a
         # second name for their own.
         self.shared = False
-        self.lease = None
+        self.lease: Any = None  # lease.Lease (not imported here: commands that read never need it)
         self._config_cache: tuple[tuple, dict] | None = None
         self._prepare(create, allow_shared)
 

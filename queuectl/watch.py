@@ -55,6 +55,7 @@ class FolderWatch:
 
     def __init__(self, folders: dict[str, str], *, poll: bool = False):
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._source: _InotifySource | _ObserverSource | _PollSource
         if poll:
             self._source = _PollSource(folders)
             return

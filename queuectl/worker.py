@@ -88,7 +88,7 @@ class Worker:
             lock.acquire(timeout=0)
         except Timeout:
             raise SpoolError(f"worker name {self.name} is taken by a live worker") from None
-        lease = None
+        lease: Lease | None = None
         try:
             self.mode = fstype.mode(self.spool)
             self.judge = Liveness(self.spool, mode=self.mode, observing=True)
@@ -209,6 +209,7 @@ class Worker:
             self.watch.wait(wake_at - time.time())
 
     def _look_at_leases(self) -> None:
+        assert self.judge is not None  # set by run()
         self.expired_lease = self.judge.look_at_leases(skip=self.name)
 
     def _transient_ok(self, step, *args) -> bool:

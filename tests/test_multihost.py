@@ -9,11 +9,24 @@ bindfs or root is missing.
 from __future__ import annotations
 
 import fcntl
+import json
 import os
+import signal
+import subprocess
+import sys
 
+import multihost
 import pytest
+from conftest import wait_until
+from multihost import spool_pair
+from workers_util import read_lines
 
-from multihost import bindfs_pair, gluster_pair, hosts, spool_pair  # noqa: F401 (fixtures)
+from queuectl import Spool
+
+# The several-host fixtures (tests/multihost.py), used by the tests below by name.
+gluster_pair = multihost.gluster_pair
+bindfs_pair = multihost.bindfs_pair
+hosts = multihost.hosts
 
 
 def _flock_crosses(pair) -> bool:
@@ -38,27 +51,16 @@ def test_gluster_clients_share_flocks(gluster_pair):
 
 
 def test_hosts_have_their_own_names_and_pids(gluster_pair, hosts):
-    path_a, path_b = spool_pair(gluster_pair)
-    a, b = hosts("hostA", path_a), hosts("hostB", path_b)
-    out = a.run("status")
+    path_a, _ = spool_pair(gluster_pair)
+    out = hosts("hostA", path_a).run("status")
     assert out.returncode == 0, out.stderr
-    probe = ["unshare", "--uts", "--pid", "--fork", "--mount-proc", "sh", "-c", 'hostname "$0" && hostname && echo $$', "hostB"]
-    import subprocess
+    probe = ["unshare", "--uts", "--pid", "--fork", "--mount-proc",
+             "sh", "-c", 'hostname "$0" && hostname && echo $$', "hostB"]
     result = subprocess.run(probe, capture_output=True, text=True)
     assert result.stdout.split() == ["hostB", "1"]
 
 
 # -- workers on two hosts -------------------------------------------------------
-
-import json
-import signal
-import subprocess
-import sys
-import time
-
-from conftest import wait_until
-from queuectl import Spool
-from workers_util import read_lines
 
 PAIRS = ["gluster_pair", "bindfs_pair"]
 LEASE = 3  # lease_timeout in these tests: a dead host's jobs come back within LEASE + one sweep
@@ -131,7 +133,7 @@ def test_both_hosts_enqueue_and_run_every_job_exactly_once(two_hosts, tmp_path):
         "hostA: shared mode"] * 2 + ["hostB: shared mode"] * 2, doctor
     ids = []
     spool_b = Spool(host_b.spool_path)
-    for round_ in range(3):  # both hosts enqueue while the workers of both claim
+    for _ in range(3):  # both hosts enqueue while the workers of both claim
         ids += [job["id"] for job in spool.enqueue_many([{"command": command}] * 10)]
         ids += [job["id"] for job in spool_b.enqueue_many([{"command": command}] * 10)]
     wait_until(lambda: _all_finished(spool, ids), timeout=60, message="every job finished")
@@ -177,7 +179,7 @@ def _running_on(spool, host_name, ids):
 def test_a_dead_hosts_jobs_come_back_and_only_they_run_again(two_hosts, tmp_path):
     host_a, host_b, spool = two_hosts
     runs = tmp_path / "runs"
-    a_workers = host_a.start("worker", "start", "--count", "2")
+    host_a.start("worker", "start", "--count", "2")
     wait_until(lambda: len(_workers_of(spool, "hostA")) == 2, timeout=30, message="host A's workers")
     killed = [job["id"] for job in spool.enqueue_many([{"command": _slow_first_attempt(runs, 600)}] * 2)]
     wait_until(lambda: _running_on(spool, "hostA", killed), timeout=30, message="host A to run both jobs")
