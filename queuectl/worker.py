@@ -41,6 +41,7 @@ TRANSIENT = (errno.ESTALE, errno.EINTR, errno.ENOENT, errno.EEXIST, errno.EAGAIN
 TRANSIENT_PAUSE = 0.2
 SETTLE_ATTEMPTS = 5
 LEASE_LOOK = 1.0
+QUICK_SWEEPS = 4
 
 
 def _transient(exc: OSError) -> bool:
@@ -157,6 +158,7 @@ class Worker:
         # Shared spools: other workers' leases are read every LEASE_LOOK seconds,
         # so a death is seen within that of lease_timeout, and swept at once.
         next_lease_look = now + LEASE_LOOK if self.spool.shared else None
+        quick_sweeps = 0
         next_scan = now + settings["scan_interval"]
         while not self.stopping:
             try:
@@ -171,10 +173,14 @@ class Worker:
             if next_lease_look is not None and now >= next_lease_look:
                 next_lease_look = now + LEASE_LOOK
                 if self._transient_ok(self._look_at_leases) and self.expired_lease:
-                    next_recovery = now  # a lease just expired: sweep now, not at the next interval
+                    # A lease just expired: sweep now, not at the next interval, and
+                    # again each second for a few seconds, since a dead client's
+                    # flocks may outlive it a moment on the server (GlusterFS).
+                    next_recovery, quick_sweeps = now, QUICK_SWEEPS
             if now >= next_recovery:
                 self._transient_ok(lifecycle.recover, self.spool, self.judge)
-                next_recovery = now + self.spool.config["recovery_interval"]
+                quick_sweeps = max(0, quick_sweeps - 1)
+                next_recovery = now + (LEASE_LOOK if quick_sweeps else self.spool.config["recovery_interval"])
             if now >= next_scan or self.scan_soon:
                 self.check_stop_request()
                 self.scan_soon = not self._transient_ok(self._scan)  # a failed listing is tried again soon
