@@ -13,7 +13,14 @@ c. claim+settle rate of one worker with 100,000 jobs pending against 100
    pending (target >= 80 %), the start-up scan time, and the worker's memory
    (VmRSS, VmHWM; target <= 60 MB with 100,000 pending);
 d. with --profile DIR: a cProfile of one worker draining N jobs, durable on
-   and off, with its top costs.
+   and off, with its top costs;
+e. the cost of the worker's output (issue 11): the throughput of a. with a
+   line per job start and end written to a file, against `--quiet`, in
+   alternating runs, the CPU per job, and the lines' in-process cost
+   (target: the lines cost <= 3 %);
+f. recovery while busy (issue 11): two single-worker processes with the
+   default settings each run a `sleep 3600`; one is SIGKILLed; the time until
+   its job leaves processing/ (target <= 10 s), worst of the rounds.
 
 Every part runs on each file system --fs names (default: tmpfs, a journaled
 ext4 loop image, and /tmp; see benchlib.file_system), and every row names
@@ -27,7 +34,10 @@ import argparse
 import io
 import os
 import pstats
+import random
+import resource
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -162,6 +172,134 @@ def depth(fs: str, workdir: str, small: int, big: int, claims: int, repeat_small
                         "VmRSS", "VmHWM (peak)"], rows), ""]
 
 
+def output_cost(fs: str, workdir: str, jobs: int, repeat: int, record: lib.Results) -> list[str]:
+    """Alternating --quiet and logged runs of the same burst; durable off, so a job costs least and a line most."""
+    rates: dict[str, list[float]] = {"quiet": [], "logged": []}
+    cpu: dict[str, list[float]] = {"quiet": [], "logged": []}  # CPU seconds per 1000 jobs: workers and jobs
+    lines_written = []
+    for attempt in range(repeat):
+        for label in (("quiet", "logged") if attempt % 2 == 0 else ("logged", "quiet")):
+            path = os.path.join(workdir, f"output-{attempt}-{label}")
+            spool = lib.new_spool(path, durable=False)
+            lib.fill_pending(spool, jobs)
+            log = os.path.join(workdir, f"output-{attempt}.log") if label == "logged" else None
+            before = resource.getrusage(resource.RUSAGE_CHILDREN)
+            with lib.Workers(spool, 2, burst=True, log_to=log) as workers:
+                seconds = workers.wait(timeout=600)
+            after = resource.getrusage(resource.RUSAGE_CHILDREN)
+            done = lib.count_files(spool.dir("completed"))
+            if done != jobs:
+                raise RuntimeError(f"{label}: {done} of {jobs} jobs completed")
+            rates[label].append(jobs / seconds)
+            used = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+            cpu[label].append(used / jobs * 1000)
+            if log:
+                with open(log, "rb") as handle:
+                    lines_written.append(handle.read().count(b"\n"))
+            shutil.rmtree(path)
+    line_cost = _line_cost(os.path.join(workdir, "lines.log"))
+    quiet, logged = lib.median(rates["quiet"]), lib.median(rates["logged"])
+    pair_costs = [1 - lg / q for q, lg in zip(rates["quiet"], rates["logged"], strict=True)]
+    pairs = [f"{cost:+.1%}" for cost in pair_costs]
+    cpu_quiet, cpu_logged = lib.median(cpu["quiet"]), lib.median(cpu["logged"])
+    rows = [[label, f"{lib.median(rates[key]):.0f}", ", ".join(f"{r:.0f}" for r in rates[key]),
+             f"{lib.median(cpu[key]):.2f} s", ", ".join(f"{c:.2f}" for c in cpu[key])]
+            for label, key in (("`worker start -n 2 --burst --quiet`", "quiet"),
+                               ("`worker start -n 2 --burst` (lines to a file)", "logged"))]
+    record.add(fs=fs, section="output", quiet_jobs_per_s=quiet, logged_jobs_per_s=logged,
+               quiet_cpu_per_1000=cpu_quiet, logged_cpu_per_1000=cpu_logged, pair_costs=pair_costs,
+               line_cost_s=line_cost)
+    return [f"### e. Cost of the worker's output on {fs}: {jobs} trivial jobs, 2 workers, durable off, "
+            f"{repeat} alternating pairs", "",
+            "Target: the lines cost <= 3 % of the throughput. The machine is shared and noisy: the runs alternate "
+            "(quiet first in even pairs, logged first in odd ones) and the medians are compared.", "",
+            *lib.table(["run", "jobs/s (median)", "jobs/s (each run)", "CPU s per 1000 jobs (median)",
+                        "CPU s per 1000 jobs (each run)"], rows), "",
+            "CPU is the user + system time of the workers and their jobs (`RUSAGE_CHILDREN` of the bench around "
+            "each run): on a shared, loaded machine it moves far less than wall-clock throughput.", "",
+            f"Cost in CPU per job (logged/quiet - 1): {cpu_logged / cpu_quiet - 1:+.1%} of the medians. "
+            f"Cost in throughput (1 - logged/quiet): {lib.median(pair_costs):+.1%} as the median of the "
+            f"alternating pairs ({', '.join(pairs)}); {1 - logged / quiet:+.1%} between the medians. "
+            f"Lines written per logged run: {', '.join(map(str, lines_written))} "
+            f"(banner + 2 per job).", "",
+            f"Direct cost, in-process: a job's two lines (`EventLog.job_started` + `job_ended`, text, to a file) "
+            f"take {line_cost * 1e6:.1f} µs (median of 5 x 20,000); a worker spends {2 / quiet * 1e6:.0f} µs per "
+            f"job at the quiet rate above, so the lines are {line_cost / (2 / quiet):.2%} of it.", ""]
+
+
+def _line_cost(path: str, jobs: int = 20_000) -> float:
+    """Seconds of the two lines a job prints, written to a file as a worker's stderr would be."""
+    from queuectl.events import EventLog
+    from queuectl.runner import Outcome
+
+    job = {"id": "20261201T101939112249-3883", "attempts": 1, "last_error": None}
+    outcome = Outcome(exit_code=0, started=time.time(), finished=time.time() + 0.004)
+    runs = []
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        log = EventLog("text", fd=fd)
+        for _ in range(5):
+            started = time.perf_counter()
+            for _ in range(jobs):
+                log.job_started("vm-14475-120379560", job)
+                log.job_ended("vm-14475-120379560", job, 1, outcome, "completed")
+            runs.append((time.perf_counter() - started) / jobs)
+    finally:
+        os.close(fd)
+    return lib.median(runs)
+
+
+def recovery_while_busy(fs: str, workdir: str, rounds: int, record: lib.Results) -> list[str]:
+    """Default settings (recovery_interval 5 s): the survivor is busy for the whole measurement.
+
+    The bound is one recovery period plus the runner's 0.5 s between asks plus
+    the sweep itself.
+    """
+    from queuectl import registry
+    from queuectl.runner import kill_leftovers
+
+    results = []
+    for attempt in range(rounds):
+        path = os.path.join(workdir, f"recovery-{attempt}")
+        spool = lib.new_spool(path)
+        first = spool.enqueue("exec sleep 3600")["id"]
+        pair = [lib.Workers(spool, 1)]
+        lib.wait_for(lambda spool=spool, first=first: spool.find(first) == "processing", 60,
+                     "the first job to start")
+        second = spool.enqueue("exec sleep 3600")["id"]
+        pair.append(lib.Workers(spool, 1))
+        lib.wait_for(lambda spool=spool, second=second: spool.find(second) == "processing", 60,
+                     "the second job to start")
+        doomed_name = spool.get(first)["worker"]
+        doomed_pid = registry.read_record(spool, doomed_name)["pid"]
+        try:
+            # At a random point of the survivor's recovery period, so the rounds sample its phases.
+            time.sleep(random.uniform(0, spool.config["recovery_interval"]))
+            os.kill(doomed_pid, signal.SIGKILL)
+            killed = time.time()
+            lib.wait_for(lambda spool=spool, first=first: spool.find(first) != "processing", 60,
+                         "the dead worker's job to leave processing/", interval=0.01)
+            results.append((time.time() - killed, spool.find(first), spool.find(second)))
+        finally:
+            for workers in pair:
+                if workers.process.poll() is None:
+                    os.killpg(workers.process.pid, signal.SIGKILL)
+                workers.process.wait()
+            for job_id in (first, second):
+                kill_leftovers(job_id, spool.root)
+            shutil.rmtree(path, ignore_errors=True)
+    rows = [[str(number + 1), f"{seconds:.2f} s", f"{state}/", f"{other}/"]
+            for number, (seconds, state, other) in enumerate(results)]
+    record.add(fs=fs, section="recovery", seconds=[seconds for seconds, _, _ in results],
+               worst=max(seconds for seconds, _, _ in results))
+    return [f"### f. Recovery on {fs} while every live worker is busy: default settings, {rounds} rounds", "",
+            "Two `worker start` processes each run `sleep 3600`; the first is SIGKILLed. Target: its job is "
+            "out of processing/ within 10 s although the survivor never finishes a job.", "",
+            *lib.table(["round", "SIGKILL to out of processing/", "the dead worker's job is in",
+                        "the survivor's job is in"], rows), "",
+            f"Worst case: {max(seconds for seconds, _, _ in results):.2f} s.", ""]
+
+
 def profile(fs: str, workdir: str, jobs: int, out_dir: str) -> list[str]:
     os.makedirs(out_dir, exist_ok=True)
     lines = [f"### d. cProfile on {fs} of one worker draining {jobs} `true` jobs (`python -m cProfile -o ...`)",
@@ -198,14 +336,15 @@ def main() -> None:
     parser.add_argument("--big", type=int, default=100_000, help="the deep queue [100000]")
     parser.add_argument("--claims", type=int, default=100, help="jobs measured after start-up [100]")
     parser.add_argument("--repeat-big", type=int, default=2, help="runs on the deep queue [2]")
-    parser.add_argument("--only", choices=("throughput", "latency", "depth"), action="append",
+    parser.add_argument("--rounds", type=int, default=3, help="recovery-while-busy rounds [3]")
+    parser.add_argument("--only", choices=("throughput", "latency", "depth", "output", "recovery"), action="append",
                         help="run only these parts (repeatable)")
     parser.add_argument("--profile", metavar="DIR", help="also profile a worker; .prof files go to DIR")
     lib.add_fs_option(parser)
     parser.add_argument("--out", help="also write the report (markdown) to this file")
     parser.add_argument("--json", help=f"where the figures go [{os.path.join(lib.OUT_DIR, 'worker.json')}]")
     args = parser.parse_args()
-    parts = args.only or ["throughput", "latency", "depth"]
+    parts = args.only or ["throughput", "latency", "depth", "output", "recovery"]
     kinds = lib.chosen_file_systems(args.fs)
     results = lib.Results("worker")
     lines = ["## Worker benchmarks (`bench/bench_worker.py`)", "", *lib.machine(), ""]
@@ -219,6 +358,10 @@ def main() -> None:
                 lines += latency(fs, workdir, args.tries, results)
             if "depth" in parts:
                 lines += depth(fs, workdir, args.small, args.big, args.claims, 3, args.repeat_big, results)
+            if "output" in parts:
+                lines += output_cost(fs, workdir, args.jobs, max(args.repeat, 2), results)
+            if "recovery" in parts:
+                lines += recovery_while_busy(fs, workdir, args.rounds, results)
             if args.profile:
                 lines += profile(fs, workdir, args.jobs, args.profile)
         results.save(args.json)

@@ -268,14 +268,19 @@ def job_times(spool: Spool, state: str, ids: list[str]) -> list[tuple[float, flo
 class Workers:
     """`queuectl worker start -n COUNT` in its own process group; stopped (and killed if stuck) on exit."""
 
-    def __init__(self, spool: Spool, count: int, *, burst: bool = False, profile: str | None = None):
+    def __init__(self, spool: Spool, count: int, *, burst: bool = False, profile: str | None = None,
+                 log_to: str | None = None):
+        """`log_to`: a file for the workers' lines on stderr (banner, one per job start and end); else --quiet."""
         self.spool = spool
         self.count = count
         argv = queuectl_argv(spool.root) + ["worker", "start", "-n", str(count)] + (["--burst"] if burst else [])
+        if log_to is None:
+            argv.append("--quiet")
         if profile:
             argv = [sys.executable, "-m", "cProfile", "-o", profile, "-m", "queuectl"] + argv[3:]
         self.started = time.time()
-        self.process = subprocess.Popen(argv, start_new_session=True, stdout=subprocess.DEVNULL)
+        with open(log_to or os.devnull, "ab") as stderr:
+            self.process = subprocess.Popen(argv, start_new_session=True, stdout=subprocess.DEVNULL, stderr=stderr)
 
     def wait_ready(self, timeout: float = 120) -> None:
         """Until every worker has written its record (it then watches pending/)."""

@@ -61,6 +61,14 @@ class QueueGroup(_Command, click.Group):
 
     command_class = _Command
     group_class = type  # subgroups (worker, config, dlq) are QueueGroups too
+    owns_process = False
+
+    def main(self, args: Any = None, *rest: Any, **options: Any) -> Any:
+        # Arguments from sys.argv: this is the program, and the process ends with
+        # the command (`worker start` relies on it). An in-process caller, such as
+        # click's CliRunner, passes its arguments and keeps its process as it was.
+        self.owns_process = args is None
+        return super().main(args, *rest, **options)
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         command = super().get_command(ctx, cmd_name)
@@ -121,9 +129,13 @@ def _job_table(jobs: list[dict]) -> None:
     width = max(10, *(len(str(job.get("id"))) for job in jobs))
     click.echo(f"{'ID':<{width}}  {'STATE':<10}  {'ATT':>3}  {'PRI':>4}  {'UPDATED':<24}  COMMAND")
     for job in jobs:
-        click.echo(f"{str(job.get('id')):<{width}}  {job.get('state', '?'):<10}  "
+        state, command = job.get("state", "?"), shorten(job.get("command") or "-", 50)
+        if job.get("waiting_on"):  # a derived display: the file stays in pending/
+            state = "waiting"
+            command += "  (after " + ", ".join(f"{dep['id']}: {dep['state']}" for dep in job["waiting_on"]) + ")"
+        click.echo(f"{str(job.get('id')):<{width}}  {state:<10}  "
                    f"{job.get('attempts', 0)!s:>3}  {job.get('priority', 0)!s:>4}  "
-                   f"{str(job.get('updated_at') or '-'):<24}  {shorten(job.get('command') or '-', 50)}")
+                   f"{str(job.get('updated_at') or '-'):<24}  {command}")
 
 
 def _seconds(text: str) -> float:
@@ -234,10 +246,17 @@ class _JsonLines:
 @click.option("--env", "env", metavar="KEY=VALUE", multiple=True, callback=_env_pairs,
               help="Set a variable in the job's environment (repeatable).")
 @click.option("--file", "-f", "file", type=click.File("r"), help="Many jobs: one JSON object per line.")
+@click.option("--after", "after", multiple=True, metavar="ID[,ID...]",
+              help="Start only once these jobs have completed (repeatable).")
+@click.option("--group", "group", metavar="NAME", help="Run within this group's limit (see 'group set').")
+@click.option("--unique", "unique", metavar="KEY",
+              help="Refuse the job while another job with this key is pending, running or failed.")
+@click.option("--if-absent", is_flag=True, help="With --unique: print the existing job's id and exit 0.")
 @click.option("--json", "as_json", is_flag=True,
               help="Print the stored job as JSON instead of its id (a JSON array for - or --file).")
 @click.pass_context
-def enqueue(ctx, job, command, job_id, priority, max_retries, timeout, run_at, delay, cwd, env, file, as_json):
+def enqueue(ctx, job, command, job_id, priority, max_retries, timeout, run_at, delay, cwd, env, file, after, group,
+            unique, if_absent, as_json):
     """Enqueue a job: JSON ('{"command": "make"}'), a command ('make'), or '-' for JSON lines on stdin.
 
     Options apply to every job of a batch and win over the JSON's fields;
@@ -247,16 +266,18 @@ def enqueue(ctx, job, command, job_id, priority, max_retries, timeout, run_at, d
         raise click.UsageError("give exactly one of JOB, --command or --file")
     if run_at is not None and delay is not None:
         raise click.UsageError("--run-at and --delay exclude each other")
+    after_ids = [part.strip() for value in after for part in value.split(",") if part.strip()]
     options = dict(priority=priority, max_retries=max_retries, timeout=timeout, delay=delay,
                    run_at=iso(parse_time(run_at)) if run_at else None, env=env,
-                   cwd=os.path.abspath(os.path.expanduser(cwd)) if cwd else None)
+                   cwd=os.path.abspath(os.path.expanduser(cwd)) if cwd else None, after=after_ids or None,
+                   group=group, unique=unique)
     spool = _spool(ctx)
     if file is not None or job == "-":
         if job_id is not None:
             raise click.UsageError("--id applies to a single job")
         reader = _JsonLines(file, file.name) if file is not None else _JsonLines(sys.stdin, "stdin")
         try:
-            stored = spool.enqueue_many(prepare_fields(fields, **options) for fields in reader)
+            stored = spool.enqueue_many((prepare_fields(fields, **options) for fields in reader), if_absent=if_absent)
         except QueueError as exc:
             if reader.line is None:
                 raise
@@ -268,7 +289,7 @@ def enqueue(ctx, job, command, job_id, priority, max_retries, timeout, run_at, d
             click.echo(job["id"])
         return
     fields = _parse_job_argument(job) if job is not None else command
-    stored = spool.enqueue(fields, id=job_id, **options)
+    stored = spool.enqueue(fields, id=job_id, if_absent=if_absent, **options)
     _print_json(stored) if as_json else click.echo(stored["id"])
 
 
@@ -287,10 +308,17 @@ def status(ctx, as_json):
     click.echo(f"spool       {report['spool']}")
     for state in STATES:
         extra = ""
-        if state == "pending" and report["scheduled"]:
-            extra = f"  ({report['scheduled']} scheduled)"
+        if state == "pending" and (report["scheduled"] or report["waiting"]):
+            parts = [f"{report[kind]} {kind}" for kind in ("scheduled", "waiting") if report[kind]]
+            extra = f"  ({', '.join(parts)})"
         click.echo(f"{state:<11} {report['counts'][state]}{extra}")
     click.echo(f"workers     {len(report['workers'])} live{_worker_hosts(report['workers'])}")
+    if report["paused"]:
+        click.echo("paused      yes: workers start nothing new ('queuectl resume')")
+    for group in report["groups"]:
+        limit = group["limit"] if group["limit"] is not None else "no limit"
+        click.echo(f"group {group['name']:<15} {group['running']} running, limit {limit}"
+                   f"{', paused' if group['paused'] else ''}")
     click.echo(f"oldest pending  {_ago(report['oldest_pending'])}")
     next_at = report["next_scheduled"]
     click.echo(f"next scheduled  {iso(next_at) + ' (' + _duration(next_at - time.time()) + ')' if next_at else '-'}")
@@ -336,7 +364,9 @@ def list_jobs(ctx, state, limit, show_all, as_json):
 
     When rows were cut by --limit, a line on stderr says how many jobs there are.
     """
+    from .workflow import annotate
     jobs, cut = _listing(ctx, state, limit, show_all, f"{state} jobs" if state else "jobs")
+    jobs = [annotate(_spool(ctx), job) for job in jobs]
     _print_json(jobs) if as_json else _job_table(jobs)
     _note(cut)
 
@@ -346,8 +376,10 @@ def list_jobs(ctx, state, limit, show_all, as_json):
 @click.option("--json", "as_json", is_flag=True, help="The job file as JSON (the default output).")
 @click.pass_context
 def show(ctx, job_id, as_json):
-    """The whole job, as stored."""
-    _print_json(_spool(ctx).get(job_id))
+    """The whole job, as stored (a waiting job also shows `waiting_on`: what it waits for)."""
+    from .workflow import annotate
+    spool = _spool(ctx)
+    _print_json(annotate(spool, spool.get(job_id)))
 
 
 @main.command()
@@ -556,11 +588,22 @@ def worker():
 @click.option("--until-empty", is_flag=True,
               help="Exit once every job is finished: pending/ (scheduled jobs included), failed/ (waiting "
                    "retries included) and processing/ hold no job.")
+@click.option("--quiet", "-q", is_flag=True, help="No banner and no line per job on stderr (errors only).")
+@click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True,
+              help="Lines on stderr for people, or one JSON object per line.")
 @click.pass_context
-def worker_start(ctx, count, burst, until_empty):
-    """Run workers in the foreground until stopped (Ctrl-C finishes the running jobs)."""
+def worker_start(ctx, count, burst, until_empty, quiet, log_format):
+    """Run workers in the foreground until stopped.
+
+    Ctrl-C, SIGTERM or SIGHUP finishes the running jobs, a second one (or
+    SIGQUIT) stops them. Prints a banner and one line per job start and end.
+    """
+    from .events import EventLog
     from .supervisor import run_workers
-    raise SystemExit(run_workers(_spool(ctx), count=count, burst=burst, until_empty=until_empty))
+    log = EventLog(log_format, quiet=quiet)
+    then_exit = getattr(ctx.find_root().command, "owns_process", False)
+    raise SystemExit(run_workers(_spool(ctx), count=count, burst=burst, until_empty=until_empty, log=log,
+                                 then_exit=then_exit))
 
 
 @worker.command("stop")
@@ -588,10 +631,16 @@ def worker_stop(ctx, now, wait):
 def worker_list(ctx, as_json):
     """Live workers: pid, host, uptime, current job."""
     from .registry import records
-    live = records(_spool(ctx))
+    from .workflow import is_paused, paused_groups
+    spool = _spool(ctx)
+    live = records(spool)
     if as_json:
         _print_json(live)
         return
+    if is_paused(spool):
+        click.echo("spool paused: workers start nothing new ('queuectl resume')")
+    for group in paused_groups(spool):
+        click.echo(f"group {group} paused")
     if not live:
         click.echo("no live workers")
         return
@@ -610,6 +659,75 @@ def _worker_hosts(records: list) -> str:
         key = (str(record.get("host", "?")), str(record.get("mode", "?")))
         counts[key] = counts.get(key, 0) + 1
     return " (" + ", ".join(f"{host}: {count} {mode}" for (host, mode), count in sorted(counts.items())) + ")"
+
+
+# -- workflows: groups and pauses -------------------------------------------
+
+@main.group("group")
+def group_cmd():
+    """Groups of jobs with a limit on how many run at once."""
+
+
+@group_cmd.command("set")
+@click.argument("name")
+@click.option("--limit", type=click.IntRange(min=0), required=True,
+              help="At most this many jobs of the group run at once, on every worker and host; 0 removes the limit.")
+@click.pass_context
+def group_set(ctx, name, limit):
+    """Set a group's limit (groups/NAME.json)."""
+    from .workflow import check_group, set_limit
+    set_limit(_spool(ctx), check_group(name), limit or None)
+    click.echo(f"group {name}: limit {limit}" if limit else f"group {name}: no limit")
+
+
+@group_cmd.command("list")
+@click.option("--json", "as_json", is_flag=True, help="A JSON array of groups.")
+@click.pass_context
+def group_list(ctx, as_json):
+    """Groups with a limit, a pause or running jobs: limit, running, slots held, paused."""
+    from .workflow import groups
+    found = groups(_spool(ctx))
+    if as_json:
+        _print_json(found)
+        return
+    if not found:
+        click.echo("no groups")
+        return
+    width = max(10, *(len(group["name"]) for group in found))
+    click.echo(f"{'GROUP':<{width}}  {'LIMIT':>5}  {'RUNNING':>7}  {'SLOTS':>5}  PAUSED")
+    for group in found:
+        limit = group["limit"] if group["limit"] is not None else "-"
+        click.echo(f"{group['name']:<{width}}  {limit!s:>5}  {group['running']:>7}  {group['slots']:>5}  "
+                   f"{'yes' if group['paused'] else 'no'}")
+        for holder in group["holders"]:
+            click.echo(f"  {holder['slot']}: worker {holder['worker']}, job {holder['job'] or '-'}")
+
+
+@main.command()
+@click.option("--group", metavar="NAME", help="Pause only this group.")
+@click.pass_context
+def pause(ctx, group):
+    """Workers start nothing new (from the spool, or the group); running jobs go on."""
+    from .workflow import check_group, pause as pause_spool, pause_path
+    spool = _spool(ctx)
+    if group is not None:
+        check_group(group)
+    changed = pause_spool(spool, group)
+    what = f"group {group}" if group else "spool"
+    click.echo(f"{what} paused ({pause_path(spool, group)})" if changed else f"{what} was paused already")
+
+
+@main.command()
+@click.option("--group", metavar="NAME", help="Resume only this group.")
+@click.pass_context
+def resume(ctx, group):
+    """Workers start jobs again (from the spool, or the group)."""
+    from .workflow import check_group, resume as resume_spool
+    if group is not None:
+        check_group(group)
+    changed = resume_spool(_spool(ctx), group)
+    what = f"group {group}" if group else "spool"
+    click.echo(f"{what} resumed" if changed else f"{what} was not paused")
 
 
 @main.command()

@@ -28,7 +28,7 @@ import stat
 import time
 from typing import Any
 
-from . import fsops, lifecycle, registry
+from . import fsops, lifecycle, registry, workflow
 from .errors import ConfigError, InvalidJob
 from .job import STATES, build, is_valid_id, loads, new_id
 from .spool import FOLDERS, SUFFIX, Spool, id_of
@@ -71,6 +71,7 @@ class _Doctor:
                 self._state_mismatch(state, name, written)
         self._dead_without_record()
         self._orphaned_jobs()
+        self._workflows()
         self._stray_temp_files()
         self._orphan_logs()
         self._stale_workers(dead_workers)
@@ -303,6 +304,12 @@ class _Doctor:
             if job_id in orphans:
                 orphans[job_id]["repaired"] = True
                 orphans[job_id]["detail"] += f"; recovered to {state}/"
+
+    def _workflows(self) -> None:
+        """Slots of dead workers and unique keys of finished jobs that a crash left (README, "Workflows")."""
+        for finding in workflow.free_orphan_slots(self.spool, repair=self.repair) + \
+                workflow.stale_keys(self.spool, repair=self.repair):
+            self._add(finding["problem"], finding["path"], finding["detail"], bool(finding["repaired"]))
 
     # -- leftovers ---------------------------------------------------------------
 

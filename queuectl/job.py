@@ -170,6 +170,8 @@ def build(fields: Any, config: dict, *, stem: str | None = None,
     history = job.setdefault("history", [])
     if not isinstance(history, list):
         raise InvalidJob("history must be a list")
+    from .workflow import check_fields  # `after`, `group`, `unique_key` (README.md, "Workflows")
+    check_fields(job)
 
     stamp = iso(now)
     for name in ("created_at", "updated_at"):

@@ -5,6 +5,7 @@ Every edge a job file can take, and the function that takes it:
     (enqueue in spool.py)  ----------------------------> pending
     pending (a drop-in)    --adopt--------------------->  pending/<id>.json
     pending (a drop-in)    --adopt: not a valid job---->  dead    (bytes kept as <id>.invalid)
+    pending (a drop-in)    --adopt: unique key taken-->  dead    (a live job holds its unique_key)
     pending                --claim-------------------->  processing
     failed                 --claim: next_run_at due--->  processing
     processing             --settle: exit 0----------->  completed
@@ -18,6 +19,7 @@ Every edge a job file can take, and the function that takes it:
     pending, failed        --cancel------------------->  dead
     failed                 --retry-------------------->  pending
     dead                   --dlq_retry---------------->  pending
+    pending                --dependency_died---------->  dead    (a job its `after` names is dead or gone)
     completed, dead        --purge-------------------->  (deleted with its log)
 
 Every transition owns the file's flock first (`Spool.lock`) and makes one
@@ -38,8 +40,19 @@ point repairable:
 `recover` handles every file in processing/ whose owner is dead: one whose
 `state` field is not "processing" is moved on to the folder it names; one
 that still says "processing" was running when its worker died, and counts
-as a failed attempt. Functions take job ids; only `adopt` takes a file
-name, because a dropped-in file is not named after an id yet.
+as a failed attempt.
+
+Workflows (workflow.py) hook in here. A job of a group with a
+limit holds a slot from just before its claim until its run ends (the
+worker takes and frees it); `recover` frees a dead worker's slot before it
+moves the job on, once the command's processes are gone. A unique key is
+released while its job is still live and locked, just before the move to
+completed/ or dead/ (`_move_on`, `cancel`), so nobody can take the key over
+in between; `dlq_retry` takes it again under the take-over lock. A pending
+job whose dependency is dead goes to dead/ (`dependency_died`).
+
+Functions take job ids; only `adopt` takes a file name, because a
+dropped-in file is not named after an id yet.
 """
 
 from __future__ import annotations
@@ -50,7 +63,7 @@ import threading
 import time
 from typing import Callable, Iterable
 
-from . import fsops, registry
+from . import fsops, registry, workflow
 from .errors import InvalidJob, WrongState
 from .job import STATES, build, due_time, dumps, is_valid_id, iso, new_id, parse_time, retry_delay
 from .runner import Outcome, describe, kill_leftovers
@@ -185,6 +198,8 @@ def _move_on(spool: Spool, held: LockedJob, state: str, *, sync: bool = True, fo
 
     "lost" when another host's recovery moved it first (a shared spool, README.md "Running on several hosts").
     """
+    if state in ("completed", "dead"):
+        workflow.release_key(spool, held.job)  # still live and locked here: see workflow.release_key
     try:
         held.move(state, sync=sync, fold_cut=fold_cut)
     except FileNotFoundError:
@@ -416,7 +431,25 @@ def adopt(spool: Spool, name: str, *, complete: bool) -> str | None:
                 return None
         held.job = job
         held.save()
+        if job.get("unique_key") is not None and not _adopt_key(spool, held):
+            return None
         return target
+
+
+def _adopt_key(spool: Spool, held: LockedJob) -> bool:
+    """A dropped-in job with a `unique_key` takes it like an enqueue; held by a live job, it goes to dead/.
+
+    Taken once the file holds the job's id (after the rewrite) and while it
+    is locked, so no worker claims it before it has its key.
+    """
+    try:
+        workflow.take_key(spool, held.job["unique_key"], held.job["id"], held.path)
+    except workflow.KeyTaken as exc:
+        held.job.update(state="dead", last_error=str(exc))
+        held.save(moving_on=True)
+        _move_on(spool, held, "dead")
+        return False
+    return True
 
 
 def finish_cut_move(spool: Spool, held: LockedJob) -> bool:
@@ -476,6 +509,7 @@ def recover(spool: Spool, judge=None) -> list[tuple[str, str]]:
             state = _recover_one(spool, held)
             if state != "lost":
                 recovered.append((id_of(name), state))
+    workflow.free_orphan_slots(spool)  # e.g. a worker killed between taking a slot and claiming its job
     for record in dead_workers:
         registry.remove_record(spool, record["name"])
     return recovered
@@ -488,6 +522,7 @@ def _recover_one(spool: Spool, held: LockedJob) -> str:
         return "dead"
     target = job.get("state")
     if target in ("pending", "failed", "completed", "dead"):
+        workflow.free_job_slots(spool, job)  # no command runs: cut before the run, or after it
         # An interrupted claim or settle, finished; its owner is proven dead,
         # so a second name of this file is its cut move, not one in flight.
         return _move_on(spool, held, target, fold_cut=True)
@@ -497,6 +532,7 @@ def _recover_one(spool: Spool, held: LockedJob) -> str:
         dead_letter(spool, held, str(exc))
         return "dead"
     kill_leftovers(job["id"], spool.root)  # the dead worker's command may still run
+    workflow.free_job_slots(spool, job, leftovers=True)
     now = time.time()
     started = job.get("started_at")
     outcome = Outcome(started=now, finished=now, error=f"worker {job.get('worker')} died during the run")
@@ -508,6 +544,31 @@ def _recover_one(spool: Spool, held: LockedJob) -> str:
     job["state"] = _after_failure(spool, job, now)
     held.save(moving_on=True)
     return _move_on(spool, held, job["state"], fold_cut=True)
+
+
+def dependency_died(spool: Spool, job_id: str, dep: str) -> bool:
+    """A pending job waiting for `dep`, which is dead (or in no folder), goes to dead/ naming it.
+
+    The dependency's state is judged again under the job's lock, so a
+    `dlq retry` of the dependency just before leaves the job waiting.
+    False when the job is not (or no longer) to be moved.
+    """
+    held = spool.lock("pending", file_name(job_id))
+    if held is None:
+        return False
+    with held:
+        job = held.job
+        if not isinstance(job, dict) or dep not in (job.get("after") or []):
+            return False
+        dep_state = spool.find(dep)
+        if dep_state not in ("dead", None):
+            return False
+        reason = (f"dependency {dep} is dead" if dep_state == "dead"
+                  else f"dependency {dep} does not exist (never enqueued, or purged)")
+        job.update(state="dead", last_error=reason, next_run_at=None)
+        held.save(moving_on=True)
+        _move_on(spool, held, "dead")
+        return True
 
 
 # -- transitions an operator asks for -------------------------------------------
@@ -545,6 +606,7 @@ def cancel(spool: Spool, job_id: str) -> str:
             continue
         with held:
             previous = held.state
+            workflow.release_key(spool, held.job)  # while the job is still live: see workflow.release_key
             held.move("dead")
             held.job.update(state="dead", last_error="cancelled", next_run_at=None)
             held.save()
@@ -574,7 +636,8 @@ def dlq_retry(spool: Spool, job_id: str) -> dict:
         if not isinstance(held.job.get("command"), str) or held.job.get("invalid"):
             raise InvalidJob(f"job {job_id!r} was never a valid job ({held.job.get('last_error')}); "
                              f"fix the file and enqueue it again")
-        held.move("pending")
+        with workflow.key_held_for(spool, held):  # its unique key again, or KeyTaken
+            held.move("pending")
         held.job.update(dict.fromkeys(RUN_FIELDS), state="pending", attempts=0)
         held.save()
         return held.job

@@ -136,9 +136,10 @@ def run(job: dict, *, log_path: str, worker: str, spool_root: str, timeout: floa
         interruption: Callable[[], str | None], wait_step: float = 0.5) -> Outcome:
     """Run the job's command once and say how it ended.
 
-    `interruption()` is asked every `wait_step` seconds (and whenever stderr
-    has output); when it returns "stop" or "cancel" the process group gets
-    SIGTERM, then SIGKILL after `kill_grace`, like a timeout.
+    `interruption()` is asked every `wait_step` seconds for the whole run,
+    the kill grace and the wait for leftover processes included (the worker
+    does its periodic duties there, such as recovery); when it returns "stop" or "cancel" the process group
+    gets SIGTERM, then SIGKILL after `kill_grace`, like a timeout.
     """
     attempt = job["attempts"]
     outcome = Outcome(started=time.time())
@@ -182,10 +183,12 @@ def _supervise(process: subprocess.Popen, log_fd: int, outcome: Outcome, timeout
     tail = b""
     while True:
         now = time.time()
+        if now >= ask_at:
+            asked = interruption()
+            ask_at = now + wait_step
+            if kill_at is None:
+                outcome.interrupted = asked
         if kill_at is None:
-            if now >= ask_at:
-                outcome.interrupted = interruption()
-                ask_at = now + wait_step
             if not outcome.interrupted and deadline is not None and now >= deadline:
                 outcome.timed_out = True
             if outcome.interrupted or outcome.timed_out:
@@ -195,7 +198,7 @@ def _supervise(process: subprocess.Popen, log_fd: int, outcome: Outcome, timeout
         elif now >= kill_at:
             _signal_group(process.pid, signal.SIGKILL)
             kill_at = float("inf")
-        wake = min(x for x in ((ask_at, deadline) if kill_at is None else (now + wait_step, kill_at)) if x is not None)
+        wake = min(x for x in (ask_at, deadline if kill_at is None else kill_at) if x is not None)
         if stderr is not None:
             ready, _, _ = select.select([stderr], [], [], max(0.0, wake - now))
             if ready:
@@ -212,7 +215,7 @@ def _supervise(process: subprocess.Popen, log_fd: int, outcome: Outcome, timeout
             if stderr is not None:
                 tail = _drain(stderr, log_fd, tail)
             break
-    code = _end_group(process, kill_at, kill_grace, owner)
+    code = _end_group(process, kill_at, kill_grace, owner, interruption, wait_step)
     if code < 0:
         outcome.signal = -code
     else:
@@ -253,7 +256,7 @@ def _exited(process: subprocess.Popen) -> bool:
 
 
 def _end_group(process: subprocess.Popen, kill_at: float | None, kill_grace: float,
-               owner: tuple[str, str]) -> int:
+               owner: tuple[str, str], tick: Callable[[], object] = lambda: None, wait_step: float = 0.5) -> int:
     """Reap the exited shell and end the processes the job left behind; returns the shell's status.
 
     A finished job leaves nothing running (README "What a job inherits"):
@@ -266,6 +269,8 @@ def _end_group(process: subprocess.Popen, kill_at: float | None, kill_grace: flo
     that group (`owner` is the job id and spool root), since an orphan's
     zombie keeps a group alive until init reaps it. A process that left the
     job's process group (setsid) is not the job's any more: left alone.
+    `tick` is called every `wait_step` meanwhile, its answer ignored (the
+    worker's periodic duties).
     """
     if kill_at is None:
         _signal_group(process.pid, signal.SIGTERM)
@@ -277,10 +282,15 @@ def _end_group(process: subprocess.Popen, kill_at: float | None, kill_grace: flo
     code = process.wait()
     if not _group_alive(pgid):
         return code
+    tick_at = time.time() + wait_step
     while _job_processes(*owner, pgid):
-        if time.time() >= kill_at:
+        now = time.time()
+        if now >= kill_at:
             _kill_job_processes(*owner, pgid)
             break
+        if now >= tick_at:
+            tick()
+            tick_at = now + wait_step
         time.sleep(LEFTOVER_POLL)
     return code
 

@@ -283,16 +283,22 @@ class Spool:
 
     # -- enqueue -------------------------------------------------------------
 
-    def enqueue(self, job: dict | str, **options: Any) -> dict:
-        """Enqueue one job from a dict of fields or a command string; returns the stored job."""
-        return self.enqueue_many([prepare_fields(job, **options)])[0]
+    def enqueue(self, job: dict | str, *, if_absent: bool = False, **options: Any) -> dict:
+        """Enqueue one job from a dict of fields or a command string; returns the stored job.
 
-    def enqueue_many(self, jobs: Iterable[dict]) -> list[dict]:
+        With `if_absent`, a job whose unique key a live job holds is not
+        enqueued, and that job is returned instead.
+        """
+        return self.enqueue_many([prepare_fields(job, **options)], if_absent=if_absent)[0]
+
+    def enqueue_many(self, jobs: Iterable[dict], *, if_absent: bool = False) -> list[dict]:
         """Validate every job, then publish them in order; the folder is fsynced once at the end.
 
-        An invalid job, or an id already taken, stops the batch before any job
-        is published. Only a rival process taking an id in the meantime stops
-        it midway (the jobs before that one are enqueued).
+        An invalid job, an id already taken or an `after` naming no job stops
+        the batch before any job is published. Only a rival process taking an
+        id, or a live job holding a `unique_key`, stops it midway (the jobs
+        before that one are enqueued); with `if_absent` the holder of the key
+        takes the place of the job in the returned list instead.
         """
         settings = self.config
         durable = settings["durable"]
@@ -301,10 +307,16 @@ class Spool:
         pending_dir, tmp_dir = self.dir("pending"), self.dir("tmp")
         try:
             for job, data in batch:
+                if job.get("unique_key") is not None:
+                    existing = self._publish_unique(job, data, durable, if_absent)
+                    published.append(existing or job)
+                    continue
                 fsops.publish(tmp_dir, os.path.join(pending_dir, job["id"] + SUFFIX), data, durable=durable)
                 published.append(job)
         except FileExistsError:
             raise DuplicateJob(f"a job with id {job['id']!r} already exists{_enqueued_before(published)}") from None
+        except DuplicateJob as exc:  # a unique key held by a live job
+            raise DuplicateJob(f"{exc}{_enqueued_before(published)}") from None
         except OSError as exc:
             raise SpoolError(f"cannot enqueue into {self.root}: {exc.strerror or exc}"
                              f"{_enqueued_before(published)}") from None
@@ -312,6 +324,31 @@ class Spool:
             if durable and published:
                 fsops.fsync_dir(pending_dir)
         return published
+
+    def _publish_unique(self, job: dict, data: bytes, durable: bool, if_absent: bool) -> dict | None:
+        """Take the job's key, then publish it (README.md, "Unique keys"); the holder's job when `if_absent`."""
+        from . import workflow
+        # The key is a second name of the job's own temporary file, taken
+        # before the job is visible: so it holds the job's JSON, and costs no inode.
+        temp, _ = fsops.write_new(self.dir("tmp"), job["id"] + SUFFIX, data, durable=durable)
+        created = False
+        try:
+            created = workflow.take_key(self, job["unique_key"], job["id"], temp)
+            fsops.rename_noreplace(temp, os.path.join(self.dir("pending"), job["id"] + SUFFIX))
+        except workflow.KeyTaken as exc:
+            os.unlink(temp)
+            if not if_absent:
+                raise
+            try:
+                return self.get(exc.holder)
+            except JobNotFound:
+                return {"id": exc.holder}
+        except BaseException:
+            os.unlink(temp)
+            if created:
+                workflow.release_key(self, job)
+            raise
+        return None
 
     def _validate_batch(self, jobs: Iterable[dict], settings: dict) -> list[tuple[dict, bytes]]:
         """Each job built and serialized, or the error of the first one that cannot be enqueued."""
@@ -326,6 +363,9 @@ class Spool:
             # pid, so only ids the caller chose can already be taken.
             if fields.get("id") is not None:
                 self._refuse_duplicate(job_id)
+            if job.get("after"):
+                from .workflow import check_dependencies_exist
+                check_dependencies_exist(self, job["after"], ids)
             data = dumps(job)
             if len(data) > MAX_JOB_BYTES:
                 raise InvalidJob(f"job {job_id!r} is {len(data)} bytes as JSON, over the 1 MiB limit")
@@ -554,7 +594,8 @@ def prepare_fields(job: dict | str, *, run_at: Any = None, delay: float | None =
                    priority: int | None = None, timeout: float | None = None,
                    max_retries: int | None = None, id: str | None = None,
                    command: str | None = None, cwd: str | None = None,
-                   env: dict[str, str] | None = None) -> dict:
+                   env: dict[str, str] | None = None, after: list[str] | None = None,
+                   group: str | None = None, unique: str | None = None) -> dict:
     """Merge a job (dict or command string) with enqueue options; options win.
 
     `env` adds to the job's own `env` object (a name in both takes the
@@ -583,6 +624,12 @@ def prepare_fields(job: dict | str, *, run_at: Any = None, delay: float | None =
         own = fields.get("env")
         if own is None or isinstance(own, dict):
             fields["env"] = {**(own or {}), **env}
+    if after:
+        fields["after"] = list(after)
+    if group is not None:
+        fields["group"] = group
+    if unique is not None:
+        fields["unique_key"] = unique
     if delay is not None:
         if delay < 0:
             raise InvalidJob("delay must be >= 0 seconds")

@@ -1,6 +1,7 @@
 """The figures of `status`, at a bounded cost.
 
-Counts come from directory listings. Figures that need job contents read
+Counts come from directory listings; groups and the pause from their files
+under groups/ and the spool's top (workflow.py). Figures that need job contents read
 a bounded sample, so `status` stays fast on a spool of any size: the
 oldest SAMPLE pending jobs by name (generated ids sort by creation time)
 and the latest SAMPLE finished ones.
@@ -11,7 +12,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from . import registry
+from . import registry, workflow
 from .errors import InvalidJob
 from .job import STATES, parse_time
 
@@ -32,7 +33,7 @@ def summary(spool) -> dict[str, Any]:
     names = {state: spool.names(state) for state in STATES}  # each folder listed once: half the cost at 100k
     counts = {state: len(found) for state, found in names.items()}
     pending_names = sorted(names["pending"])
-    scheduled = 0
+    scheduled = waiting = 0
     oldest_pending = next_scheduled = None
     for name in pending_names[:SAMPLE]:
         job = spool.read("pending", name)
@@ -42,6 +43,9 @@ def summary(spool) -> dict[str, Any]:
         if run_at is not None and run_at > now:
             scheduled += 1
             next_scheduled = run_at if next_scheduled is None else min(next_scheduled, run_at)
+            continue
+        if job.get("after") and workflow.waiting_on(spool, job):
+            waiting += 1
             continue
         created = _time(job.get("created_at"))
         if created is not None:
@@ -62,6 +66,9 @@ def summary(spool) -> dict[str, Any]:
         "spool": spool.root,
         "counts": counts,
         "scheduled": scheduled,
+        "waiting": waiting,
+        "paused": workflow.is_paused(spool),
+        "groups": workflow.groups(spool),
         "sampled": len(pending_names) > SAMPLE,
         "workers": registry.records(spool),
         "oldest_pending": oldest_pending,

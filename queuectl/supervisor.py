@@ -2,9 +2,19 @@
 
 With one worker the process is the worker. With more, this process forks
 N children, each in its own process group so that a Ctrl-C reaches them
-once, through here: the supervisor forwards SIGTERM/SIGINT to every child
-(the first signal finishes running jobs, the second stops them), restarts
+once, through here: the supervisor forwards the stop signals to every
+child (SIGTERM, SIGINT and SIGHUP as SIGTERM: the first finishes running
+jobs, the second stops them; SIGQUIT as SIGQUIT: stop them now), restarts
 a child that crashed, and exits 0 when all children exited cleanly.
+
+Children never outlive the supervisor, however it dies (SIGKILL
+included): before forking it opens a pipe and keeps the only write end;
+each child closes its inherited copy at once and watches the read end,
+which reads as end-of-file once the supervisor is gone, and then stops as
+for SIGTERM. A supervisor that died before a child closed its copy is
+seen just the same. Rejected: prctl(PR_SET_PDEATHSIG), which is Linux
+only, fires on the exit of the forking thread rather than the process,
+and needs a getppid() check for a supervisor that died before it was set.
 """
 
 from __future__ import annotations
@@ -14,34 +24,56 @@ import signal
 import sys
 import time
 
+from . import fstype
+from .events import EventLog
 from .spool import Spool
-from .worker import Worker, stop_signals
+from .worker import STOP_SIGNALS, Worker, stop_signals
 
 RESTART_DELAY = 1.0
 
 
-def run_workers(spool: Spool, *, count: int, burst: bool, until_empty: bool = False) -> int:
-    if count == 1:
-        return _run_child(spool, burst, until_empty)
-    return Supervisor(spool, count, burst, until_empty).run()
+def run_workers(spool: Spool, *, count: int, burst: bool, until_empty: bool = False,
+                log: EventLog | None = None, then_exit: bool = False) -> int:
+    """Run `count` workers until stopped (or, with `burst`/`until_empty`, until done); `log` None is silent.
 
-
-def _run_child(spool: Spool, burst: bool, until_empty: bool = False) -> int:
-    return Worker(spool, burst=burst, until_empty=until_empty).run()
+    `then_exit`: the caller exits once this returns (`worker start`), so the
+    stop signals are left blocked: one that arrives while the process exits
+    is dropped instead of ending a clean exit with -15 or a KeyboardInterrupt.
+    """
+    if then_exit:
+        signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)  # the workers' handlers unblock them inside
+    def announce() -> None:
+        if log is not None:
+            # local (flock and inotify) or shared (leases and polling): README.md "Running on several hosts"
+            log.banner(spool.root, mode=fstype.mode(spool), workers=count, pid=os.getpid())
+    if count == 1:  # the banner once the worker is up: a spool it cannot use gets only the error
+        return Worker(spool, burst=burst, until_empty=until_empty, log=log, announce=announce).run()
+    announce()
+    return Supervisor(spool, count, burst, until_empty, log).run()
 
 
 class Supervisor:
-    def __init__(self, spool: Spool, count: int, burst: bool, until_empty: bool = False):
+    def __init__(self, spool: Spool, count: int, burst: bool, until_empty: bool = False,
+                 log: EventLog | None = None):
         self.spool = spool
         self.count = count
         self.burst = burst or until_empty
         self.until_empty = until_empty
+        self.log = log
+        self.notices = log or EventLog()  # a crashed worker is reported even when the rest is silent
         self.children: set[int] = set()
         self.signals = 0
+        self.lifeline: tuple[int, int] | None = None  # (read end, write end) of the children's pipe
 
     def run(self) -> int:
-        with stop_signals(self._forward):
-            return self._supervise()
+        self.lifeline = os.pipe2(os.O_CLOEXEC)
+        try:
+            with stop_signals(self._forward):
+                return self._supervise()
+        finally:
+            for fd in self.lifeline:
+                os.close(fd)
+            self.lifeline = None
 
     def _supervise(self) -> int:
         for _ in range(self.count):
@@ -60,36 +92,61 @@ class Supervisor:
             code = os.waitstatus_to_exitcode(status)
             if code == 0:
                 continue
-            if self.signals or self.burst:
+            restarting = not (self.signals or self.burst)
+            self.notices.worker_exited(pid, code, restarting=restarting)
+            if not restarting:
                 failures += 1
                 continue
-            print(f"queuectl: worker {pid} exited with {code}; restarting it", file=sys.stderr)
             time.sleep(RESTART_DELAY)
             if not self.signals:
                 self._spawn()
         return 1 if failures else 0
 
     def _spawn(self) -> None:
-        pid = os.fork()
-        if pid == 0:
-            code = 1
-            try:
-                os.setpgid(0, 0)
-                signal.signal(signal.SIGTERM, signal.SIG_DFL)
-                signal.signal(signal.SIGINT, signal.SIG_DFL)
-                code = _run_child(self.spool, self.burst, self.until_empty)
-            except BaseException as exc:  # a child must never return into the parent's code
-                print(f"queuectl: worker failed: {exc}", file=sys.stderr)
-            finally:
-                sys.stdout.flush()
-                sys.stderr.flush()
-                os._exit(code)
-        self.children.add(pid)
+        # Blocked across the fork: a stop signal then never runs this process's
+        # handler in the child, nor kills a child that has no handler yet; the
+        # worker unblocks them once its own handler is in place (stop_signals).
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+        if self.signals:  # asked to stop before this fork: no new worker (checked while blocked: no race)
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+            return
+        try:
+            pid = os.fork()
+        except BaseException:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+            raise
+        if pid != 0:
+            self.children.add(pid)  # before a blocked signal is let in: it is forwarded to this child too
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+            return
+        code = 1
+        try:
+            assert self.lifeline is not None  # run() opens it before the first fork
+            read_end, write_end = self.lifeline
+            os.close(write_end)  # now only the supervisor holds it
+            os.setpgid(0, 0)
+            for signum in STOP_SIGNALS:  # the supervisor's handler is not the child's
+                signal.signal(signum, signal.SIG_DFL)
+            code = Worker(self.spool, burst=self.burst, until_empty=self.until_empty, log=self.log,
+                          supervisor_fd=read_end).run()
+        except BaseException as exc:  # a child must never return into the parent's code
+            self.notices.error(f"worker failed: {exc}")
+        finally:
+            for stream in (sys.stdout, sys.stderr):
+                try:
+                    stream.flush()
+                except (OSError, ValueError):
+                    pass
+            os._exit(code)
 
     def _forward(self, signum, frame) -> None:
         self.signals += 1
+        forwarded = signal.SIGQUIT if signum == signal.SIGQUIT else signal.SIGTERM
+        if self.log is not None:
+            self.log.stopping(f"supervisor {os.getpid()}", f"{signal.Signals(signum).name}: "
+                              f"sending {forwarded.name} to {len(self.children)} workers")
         for pid in list(self.children):
             try:
-                os.kill(pid, signal.SIGTERM)
+                os.kill(pid, forwarded)
             except ProcessLookupError:
                 pass

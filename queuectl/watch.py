@@ -75,9 +75,9 @@ class FolderWatch:
         except BlockingIOError:
             pass  # a wake-up is already pending
 
-    def wait(self, timeout: float) -> None:
-        """Sleep until a change, a `wake` or the timeout."""
-        readable = [self._wake_r] + ([self._source.fd] if self._source.fd is not None else [])
+    def wait(self, timeout: float, also: tuple[int, ...] = ()) -> None:
+        """Sleep until a change, a `wake`, the timeout, or one of the `also` descriptors is readable."""
+        readable = [self._wake_r, *also] + ([self._source.fd] if self._source.fd is not None else [])
         timeout = min(timeout, self._source.next_check())
         ready, _, _ = select.select(readable, [], [], max(0.0, timeout))
         if self._wake_r in ready:

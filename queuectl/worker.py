@@ -5,10 +5,19 @@ due jobs in memory (order.DueIndex). Each time round its loop it reads what
 changed in pending/, failed/ and workers/ (watch.FolderWatch: files landing
 or leaving, stop requests), claims the best due job, runs it and settles
 it. Idle, it sleeps until a change, the next scheduled time, the next
-recovery sweep or the next safety scan: no busy polling. Signals: the
-first SIGTERM/SIGINT finishes the running job and exits 0; a second one
-(or `worker stop --now`) stops the job too, which goes back to pending/
-without using a retry.
+recovery sweep or the next safety scan: no busy polling. Recovery
+(`lifecycle.recover`) runs every `recovery_interval` whatever the worker
+does: between jobs from the loop, during a job from the runner's
+`interruption` call (every 0.5 s, in this same thread; the sweep skips
+the worker's own job because its flock is held through another open file
+description).
+
+Signals: the first SIGTERM, SIGINT or SIGHUP finishes the running job and
+exits 0; a second one, SIGQUIT, or `worker stop --now` stops the job too,
+which goes back to pending/ without using a retry. A worker forked by a
+supervisor also stops as for SIGTERM when the supervisor is gone, however
+it died: it watches the read end of a pipe whose write end only the
+supervisor holds (see supervisor.py).
 """
 
 from __future__ import annotations
@@ -17,6 +26,7 @@ import contextlib
 import copy
 import errno
 import os
+import select
 import signal
 import sys
 import time
@@ -24,44 +34,72 @@ from typing import Callable, Iterator
 
 from filelock import FileLock, Timeout
 
-from . import fstype, lifecycle, registry, runner
+from . import fstype, lifecycle, registry, runner, workflow
 from .errors import InvalidJob, SpoolError
+from .events import EventLog
 from .fsops import open_nofollow, read_fd
-from .lease import Lease, Liveness
 from .job import MAX_JOB_BYTES, due_time, loads
+from .lease import Lease, Liveness
 from .order import DueIndex
 from .spool import SUFFIX, Spool, file_name, id_of
 from .watch import RESCAN, FolderWatch
 
-WATCHED = ("pending", "failed", "workers")
+# completed/ and dead/ wake jobs waiting for a dependency; groups/ and the spool's
+# top (its `paused` file) bring limits and pauses (workflow.Gate).
+WATCHED = ("pending", "failed", "workers", "completed", "dead")
 DRAIN_POLL = 0.2  # seconds between looks at processing/ while `--until-empty` waits for jobs there
 # Errors a network file system returns for a moment (README.md "Running on
 # several hosts"): the step is skipped and tried again, the worker stays.
 TRANSIENT = (errno.ESTALE, errno.EINTR, errno.ENOENT, errno.EEXIST, errno.EAGAIN, errno.ETIMEDOUT)
 TRANSIENT_PAUSE = 0.2
 SETTLE_ATTEMPTS = 5
+# Shared spools: other workers' leases are read every LEASE_LOOK seconds, so a
+# death is seen within that of lease_timeout; then QUICK_SWEEPS sweeps a second
+# apart, since a dead client's flocks may outlive it a moment (GlusterFS).
 LEASE_LOOK = 1.0
 QUICK_SWEEPS = 4
 
 
 def _transient(exc: OSError) -> bool:
     return exc.errno in TRANSIENT
+# What a terminal or an init system sends to end a process: a graceful stop
+# (finish the running job), except SIGQUIT (Ctrl-\\), which stops it now.
+GRACEFUL_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+STOP_SIGNALS = (*GRACEFUL_SIGNALS, signal.SIGQUIT)
 
 
 @contextlib.contextmanager
 def stop_signals(handler: Callable) -> Iterator[None]:
-    """SIGTERM and SIGINT go to `handler` inside the block, and to whatever took them before after it:
-    `queuectl demo` runs workers several times in one process."""
-    previous = {signum: signal.signal(signum, handler) for signum in (signal.SIGTERM, signal.SIGINT)}
+    """STOP_SIGNALS go to `handler` inside the block, and to whatever took them before after it:
+    `queuectl demo` runs workers several times in one process.
+
+    They are unblocked inside: a supervisor forks its children with them
+    blocked, so one sent while a child starts waits for its handler instead
+    of killing it. On the way out they are blocked, one that arrived
+    meanwhile is dropped (it asked the block's owner to stop, which it is
+    doing), the handlers are put back, then the mask is restored (a child
+    exits with them blocked).
+    """
+    previous = {signum: signal.signal(signum, handler) for signum in STOP_SIGNALS}
+    mask = signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
     try:
         yield
     finally:
+        signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+        while signal.sigtimedwait(STOP_SIGNALS, 0) is not None:
+            pass
         for signum, handler_before in previous.items():
             signal.signal(signum, handler_before)
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
 
 
 class Worker:
-    def __init__(self, spool: Spool, *, burst: bool = False, until_empty: bool = False, name: str | None = None):
+    """One worker; `log` None is quiet; `supervisor_fd` is the read end of the supervisor's pipe, if any;
+    `announce` is called once the worker holds its lock and its record is written."""
+
+    def __init__(self, spool: Spool, *, burst: bool = False, until_empty: bool = False, name: str | None = None,
+                 log: EventLog | None = None, supervisor_fd: int | None = None,
+                 announce: Callable[[], None] | None = None):
         self.spool = spool
         # burst: exit once no job is due now. until_empty: exit once pending/,
         # failed/ and processing/ hold no job (scheduled jobs and waiting retries
@@ -69,16 +107,23 @@ class Worker:
         self.burst = burst or until_empty
         self.until_empty = until_empty
         self.name = name or registry.new_name()
+        self.log = log
+        self.supervisor_fd = supervisor_fd
+        self.announce = announce
         self.started = time.time()
+        self.next_recovery = self.started
         self.index = DueIndex()
         self.watch: FolderWatch | None = None
         self.commit: lifecycle.GroupCommit | None = None
         self.stopping = False
         self.stop_now = False
         self.rechecks: dict[str, float] = {}  # dropped-in files that may still be being written
+        self.gate = workflow.Gate(spool, self._readd, self.name)  # dependencies, groups, pauses
         self.mode = "local"  # or "shared": other hosts use the spool too (fstype.mode)
         self.judge: Liveness | None = None
         self.scan_soon = False  # a listing failed with a passing error: list again shortly
+        self.next_lease_look: float | None = None
+        self.quick_sweeps = 0
         self.expired_lease = False  # a lease looked at just now has expired
 
     # -- life ----------------------------------------------------------------
@@ -89,40 +134,55 @@ class Worker:
             lock.acquire(timeout=0)
         except Timeout:
             raise SpoolError(f"worker name {self.name} is taken by a live worker") from None
+        # Taken until the clean-up is done: a stop signal that arrives while the
+        # worker leaves is one more request to stop, not a crash or a KeyboardInterrupt.
         lease: Lease | None = None
-        try:
-            self.mode = fstype.mode(self.spool)
-            self.judge = Liveness(self.spool, mode=self.mode, observing=True)
-            self.spool.shared = self.mode == "shared"
-            # Every worker beats a lease, also in local mode: a host that sees the
-            # spool as local (an NFS server's own disk) may still share it.
-            lease = self.spool.lease = Lease(self.spool, self.name, self.spool.config["lease_timeout"])
-            lease.start()
-            self.watch = FolderWatch({folder: self.spool.dir(folder) for folder in WATCHED},
-                                     poll=self.spool.shared)
-            # On a shared spool each settle is made at once, where a passing
-            # network error can be retried from the path (`_settle`).
-            self.commit = None if self.spool.shared else lifecycle.GroupCommit(self.spool)
-            with stop_signals(self._on_signal):
+        with stop_signals(self._on_signal):
+            try:
+                self.mode = fstype.mode(self.spool)
+                self.judge = Liveness(self.spool, mode=self.mode, observing=True)
+                self.spool.shared = self.mode == "shared"
+                folders = {folder: self.spool.dir(folder) for folder in WATCHED}
+                folders.update(groups=workflow.groups_dir(self.spool), spool=self.spool.root)
+                self.watch = FolderWatch(folders, poll=self.spool.shared)
+                # The commit's and the lease's threads start with the stop signals blocked and
+                # keep them so: they reach this thread, which runs the handler and wakes its select.
+                mask = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+                try:
+                    # Every worker beats a lease, also in local mode: a host that sees the
+                    # spool as local (an NFS server's own disk) may still share it.
+                    lease = self.spool.lease = Lease(self.spool, self.name, self.spool.config["lease_timeout"])
+                    lease.start()
+                    # On a shared spool each settle is made at once, where a passing
+                    # network error can be retried from the path (`_settle`).
+                    self.commit = None if self.spool.shared else lifecycle.GroupCommit(self.spool)
+                finally:
+                    signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+                if self.spool.shared:
+                    self.next_lease_look = time.time() + LEASE_LOOK
                 self._write_record()
-                self._transient_ok(lifecycle.recover, self.spool, self.judge)
+                if self.announce is not None:
+                    self.announce()
+                self._recover_if_due(time.time())
                 self.scan_soon = not self._transient_ok(self._scan)
                 self._loop()
                 self._close_commit()
-        except OSError as exc:
-            # A full or read-only disk: stop, in one line. A job this worker held is
-            # in processing/ unlocked, so the next worker's recovery moves it on.
-            raise SpoolError(f"worker {self.name} stopped: cannot write to the spool {self.spool.root}: "
-                             f"{exc.strerror or exc}") from None
-        finally:
-            self._close_commit()
-            if self.watch is not None:
-                self.watch.close()
-            if lease is not None:
-                lease.stop()
-                self.spool.lease = None
-            registry.remove_record(self.spool, self.name)
-            lock.release()
+            except OSError as exc:
+                # A full or read-only disk: stop, in one line. A job this worker held is
+                # in processing/ unlocked, so the next worker's recovery moves it on.
+                raise SpoolError(f"worker {self.name} stopped: cannot write to the spool {self.spool.root}: "
+                                 f"{exc.strerror or exc}") from None
+            finally:
+                self._close_commit()
+                self.gate.close()
+                watch, self.watch = self.watch, None  # the handler no longer wakes it
+                if watch is not None:
+                    watch.close()
+                if lease is not None:
+                    lease.stop()
+                    self.spool.lease = None
+                registry.remove_record(self.spool, self.name)
+                lock.release()
         return 0
 
     def _close_commit(self) -> None:
@@ -132,10 +192,35 @@ class Worker:
             commit.close()
 
     def _on_signal(self, signum, frame) -> None:
-        if self.stopping:
-            self.stop_now = True
+        now = self.stopping or signum == signal.SIGQUIT
+        if self.log is not None and not self.stop_now:
+            what = "stopping the running job" if now else "finishing the running job"
+            self.log.stopping(self.name, f"{signal.Signals(signum).name}: {what}, then exiting")
+        self.stop_now = self.stop_now or now
         self.stopping = True
-        self.watch.wake()
+        if self.watch is not None:
+            self.watch.wake()
+
+    def _check_supervisor(self) -> None:
+        """Stop as for SIGTERM once the supervisor is gone: its pipe then reads as end-of-file."""
+        if self.supervisor_fd is None or not select.select([self.supervisor_fd], [], [], 0)[0]:
+            return
+        self.supervisor_fd = None  # noticed once; the worker is on its way out
+        self.stopping = True
+        if self.log is not None:
+            self.log.stopping(self.name, "the supervisor is gone: finishing the running job, then exiting")
+
+    def _recover_if_due(self, now: float) -> None:
+        if self.next_lease_look is not None and now >= self.next_lease_look:
+            self.next_lease_look = now + LEASE_LOOK
+            if self._transient_ok(self._look_at_leases) and self.expired_lease:
+                # A lease just expired: sweep now, not at the next interval.
+                self.next_recovery, self.quick_sweeps = now, QUICK_SWEEPS
+        if now >= self.next_recovery:
+            self._transient_ok(lifecycle.recover, self.spool, self.judge)
+            self.quick_sweeps = max(0, self.quick_sweeps - 1)
+            self.next_recovery = time.time() + (LEASE_LOOK if self.quick_sweeps
+                                                else self.spool.config["recovery_interval"])
 
     def check_stop_request(self) -> None:
         """Obey `worker stop` requests made after this worker started."""
@@ -152,15 +237,11 @@ class Worker:
     # -- the loop ------------------------------------------------------------
 
     def _loop(self) -> None:
-        settings = self.spool.config
-        now = time.time()
-        next_recovery = now + settings["recovery_interval"]
-        # Shared spools: other workers' leases are read every LEASE_LOOK seconds,
-        # so a death is seen within that of lease_timeout, and swept at once.
-        next_lease_look = now + LEASE_LOOK if self.spool.shared else None
-        quick_sweeps = 0
-        next_scan = now + settings["scan_interval"]
-        while not self.stopping:
+        next_scan = time.time() + self.spool.config["scan_interval"]
+        while True:
+            self._check_supervisor()
+            if self.stopping:
+                return
             try:
                 self._apply_events()
             except OSError as exc:
@@ -170,23 +251,15 @@ class Worker:
                 self.watch.wait(TRANSIENT_PAUSE)
                 continue
             now = time.time()
-            if next_lease_look is not None and now >= next_lease_look:
-                next_lease_look = now + LEASE_LOOK
-                if self._transient_ok(self._look_at_leases) and self.expired_lease:
-                    # A lease just expired: sweep now, not at the next interval, and
-                    # again each second for a few seconds, since a dead client's
-                    # flocks may outlive it a moment on the server (GlusterFS).
-                    next_recovery, quick_sweeps = now, QUICK_SWEEPS
-            if now >= next_recovery:
-                self._transient_ok(lifecycle.recover, self.spool, self.judge)
-                quick_sweeps = max(0, quick_sweeps - 1)
-                next_recovery = now + (LEASE_LOOK if quick_sweeps else self.spool.config["recovery_interval"])
+            self._recover_if_due(now)
             if now >= next_scan or self.scan_soon:
                 self.check_stop_request()
                 self.scan_soon = not self._transient_ok(self._scan)  # a failed listing is tried again soon
                 next_scan = now + self.spool.config["scan_interval"]
             self._recheck_dropins(now)
-            due = self.index.pop_due(now)
+            self.gate.unpark(now)
+            # A paused spool starts nothing: one stat, just before the claim.
+            due = None if self.gate.spool_paused() else self.index.pop_due(now)
             if due is not None:
                 if self.spool.shared:
                     # The job left the index: a listing soon brings it back if it is still due.
@@ -195,24 +268,25 @@ class Worker:
                     self._process(*due)  # alone on one disk an error here is no passing one: stop (recovery follows)
                 continue
             running: list[str] = []
-            if self.burst and not self.rechecks and not self._apply_events():
+            if self.burst and not self.rechecks and not self._apply_events() and not self.gate.may_unblock(now):
                 if self.spool.shared and self._transient_ok(self._scan):
                     # Polling looks only every POLL_INTERVAL: list before deciding to exit.
                     next_due = self.index.next_due()
                     if next_due is not None and next_due <= time.time():
                         continue
-                # The index holds every job of pending/ and failed/; one running
-                # (elsewhere, or being settled by this worker's commit thread) may
-                # still fail and come back to failed/.
+                # The index holds every job of pending/ and failed/ (the gate those held
+                # back); one running (elsewhere, or being settled by this worker's commit
+                # thread) may still fail and come back to failed/.
                 running = self.spool.names("processing") if self.until_empty else []
-                if not self.until_empty or not (len(self.index) or running):
+                if not self.until_empty or not (len(self.index) or self.gate.holding() or running):
                     return
             # A job leaving processing/ for completed/ or dead/ wakes nobody: look again soon.
             drain_poll = time.time() + DRAIN_POLL if running else None
-            wake_at = min(t for t in (next_recovery, now + TRANSIENT_PAUSE if self.scan_soon else next_scan,
-                                      self.index.next_due(), drain_poll, next_lease_look,
-                                      min(self.rechecks.values(), default=None)) if t is not None)
-            self.watch.wait(wake_at - time.time())
+            wake_at = min(t for t in (self.next_recovery, now + TRANSIENT_PAUSE if self.scan_soon else next_scan,
+                                      self.index.next_due(), drain_poll, self.next_lease_look,
+                                      min(self.rechecks.values(), default=None), self.gate.next_wake(now))
+                          if t is not None)
+            self.watch.wait(wake_at - time.time(), also=() if self.supervisor_fd is None else (self.supervisor_fd,))
 
     def _look_at_leases(self) -> None:
         assert self.judge is not None  # set by run()
@@ -246,15 +320,19 @@ class Worker:
             elif folder == "workers":
                 if name == registry.STOP_FILE and kind != "gone":
                     self.check_stop_request()
+            elif folder not in ("pending", "failed"):
+                self.gate.changed(kind, folder, name)
             elif kind == "gone":
                 # A name can leave and come back (a stopped job returns to pending/)
                 # within one batch of changes: the folder decides. (A job this worker
                 # claimed has left the index already: no need to look.)
-                known = id_of(name) in self.index or name in self.rechecks
+                known = id_of(name) in self.index or name in self.rechecks or id_of(name) in self.gate
                 if known and not os.path.lexists(os.path.join(self.spool.dir(folder), name)):
                     self.index.discard(id_of(name), folder)
                     self.rechecks.pop(name, None)
+                    self.gate.forget(id_of(name))
             else:
+                self.gate.changed(kind, folder, name)
                 self._consider(folder, name, complete=kind != "created")
         return bool(changes)
 
@@ -269,10 +347,13 @@ class Worker:
         listed = {id_of(name) for names in listings.values() for name in names if name.endswith(SUFFIX)}
         for job_id in self.index.ids() - listed:
             self.index.discard(job_id)
+        for job_id in self.gate.names() - listed:
+            self.gate.forget(job_id)
         for folder, names in listings.items():
             for name in names:
-                if not name.endswith(SUFFIX) or id_of(name) not in self.index:
+                if not name.endswith(SUFFIX) or (id_of(name) not in self.index and id_of(name) not in self.gate):
                     self._consider(folder, name, complete=False)
+        self.gate.recheck()
 
     def _consider(self, folder: str, name: str, *, complete: bool) -> None:
         """Index a job file, or hand a dropped-in file to adoption."""
@@ -287,8 +368,12 @@ class Worker:
                 priority = int(job.get("priority") or 0)
             except (TypeError, ValueError):
                 priority = 0
-            self.index.add(folder, job["id"], priority, due_time(job), time.time())
             self.rechecks.pop(name, None)
+            due = due_time(job)
+            if self.gate.hold(folder, job["id"], job, priority, due):
+                self.index.discard(job["id"])  # waits for a dependency, or went to dead/
+                return
+            self.index.add(folder, job["id"], priority, due, time.time())
             return
         if folder != "pending":
             return  # only pending/ takes drop-ins; doctor reports strays elsewhere
@@ -307,16 +392,27 @@ class Worker:
 
     # -- one job -------------------------------------------------------------
 
+    def _readd(self, folder: str, job_id: str, priority: int, due: float) -> None:
+        """A job the gate held back may start now (its dependencies completed, its group has room)."""
+        self.index.add(folder, job_id, priority, due, time.time())
+
     def _process(self, state: str, job_id: str) -> None:
+        slot = self.gate.admit(state, job_id, self.name)
+        if slot is None:
+            return  # its group is full or paused: parked until a slot frees
         now = time.time()
         held = lifecycle.claim(self.spool, state, job_id, self.name, now)
         if held is None:
+            slot.release()
             self._consider(state, file_name(job_id), complete=True)  # not due after all (re-read its time), or gone
             return
         job = held.job
         settings = self.spool.config
         timeout = job.get("timeout")
         timeout = (timeout if timeout is not None else settings["timeout"]) or None
+        attempt = job["attempts"]
+        if self.log is not None:
+            self.log.job_started(self.name, job)
         try:
             outcome = runner.run(
                 job, log_path=self.spool.log_path(job["id"]), worker=self.name, spool_root=self.spool.root,
@@ -325,11 +421,18 @@ class Worker:
         except BaseException:
             held.release()
             raise
-        if self._settle(held, outcome, timeout) == "lost":  # owns `held` from here
+        finally:
+            slot.release()  # the command has ended: the group may start another
+        state = self._settle(held, outcome, timeout)  # owns `held` from here
+        if state == "lost":
             print(f"queuectl: worker {self.name}: job {job['id']} was recovered by another host while "
                   f"this worker's lease had lapsed (paused or cut off); this run's outcome is dropped",
                   file=sys.stderr)
             return
+        if self.log is not None:
+            # Now, not when the commit's thread has moved it: a worker's lines stay in
+            # order (this job's end before the next one's start).
+            self.log.job_ended(self.name, job, attempt, outcome, state)
         registry.clear_cancel(self.spool, job["id"])
 
     def _settle(self, held, outcome, timeout) -> str:
@@ -363,6 +466,9 @@ class Worker:
         job_id = held.job["id"]
 
         def ask() -> str | None:
+            # The loop's duties that cannot wait for the job to end.
+            self._check_supervisor()
+            self._recover_if_due(time.time())
             try:
                 self._apply_events()  # a `worker stop --now` arrives as a change in workers/
             except OSError as exc:

@@ -119,7 +119,7 @@ def test_a_disk_that_fills_during_a_run_stops_the_worker_cleanly_and_loses_nothi
         f"head -c 10000000 /dev/zero > {filler}; echo 'disk full now' >&2; exit 0")})
     workers.spool.enqueue({"id": "after", "command": f"echo after >> {ran}"})
 
-    stopped = workers.start()
+    stopped = workers.start("--quiet")  # its error is then the only line
     assert stopped.wait() == 1
     assert stopped.stderr().count("\n") == 1, stopped.stderr()
     assert "stopped: cannot write to the spool" in stopped.stderr() and "No space left on device" in stopped.stderr()
@@ -208,14 +208,14 @@ def test_a_worker_that_cannot_record_an_outcome_stops_cleanly_and_the_job_is_rec
                    "command": f"echo ran >> {ran}; [ -e {once} ] || {{ touch {once} {flag}; }}"})
     spool.enqueue({"id": "waits", "command": "true"})
 
-    stopped = workers.start(env=env)
+    stopped = workers.start("--quiet", env=env)
     assert stopped.wait() == 1
     assert stopped.stderr().count("\n") == 1, stopped.stderr()
     assert "stopped: cannot write to the spool" in stopped.stderr() and FAULTS[fault] in stopped.stderr()
     assert_intact(spool_path, {"breaks-the-disk", "waits"})
 
     # While the disk still fails, a new worker cannot start: one line, nothing touched.
-    again = workers.start(env=env)
+    again = workers.start("--quiet", env=env)
     assert again.wait() == 1 and again.stderr().count("\n") == 1 and FAULTS[fault] in again.stderr()
 
     os.unlink(flag)

@@ -27,7 +27,7 @@ from jsonschema import Draft202012Validator
 
 from queuectl.config import defaults
 from queuectl.errors import InvalidJob
-from queuectl.job import build, parse_time
+from queuectl.job import STATES, build, parse_time
 from queuectl.schema import job_schema, schema_text
 
 CONFIG = defaults()
@@ -68,6 +68,9 @@ VALID_FIELDS = {
     "env": st.none() | st.dictionaries(env_names, env_values, max_size=3),
     "history": st.lists(json_values, max_size=2),
     "state": json_values,
+    "after": st.none() | valid_ids | st.lists(valid_ids, max_size=3),
+    "group": st.none() | st.from_regex(r"[A-Za-z0-9_-]{1,64}", fullmatch=True),
+    "unique_key": st.none() | env_values.filter(bool),
     **{name: st.none() | valid_times for name in TIME_FIELDS},
 }
 
@@ -122,6 +125,10 @@ MUTATED_FIELDS = {
     "cwd": either(any_value, inserted(env_values, ["\x00"])),
     "env": either(any_value, near_miss_envs()),
     "history": any_value,
+    "after": either(any_value, near_miss_ids, st.lists(either(valid_ids, near_miss_ids, any_value), max_size=3)),
+    "group": either(any_value, inserted(st.from_regex(r"[A-Za-z0-9_-]{1,64}", fullmatch=True)),
+                    st.just("x" * 65)),
+    "unique_key": either(any_value, inserted(env_values, ["\x00"]), st.just("k" * 257)),
     **{name: any_value for name in TIME_FIELDS},
 }
 
@@ -153,6 +160,9 @@ def beyond_the_schema(job: object) -> str | None:
     """Which documented limit of the schema makes this job's verdict differ, if any."""
     if not isinstance(job, dict):
         return None
+    after = job.get("after")
+    if job.get("id") is not None and (after == job["id"] or isinstance(after, list) and job["id"] in after):
+        return "after names the job's own id"
     for name in INT_FIELDS:
         value = job.get(name)
         if isinstance(value, float) and value.is_integer():
@@ -311,7 +321,7 @@ def test_the_example_spool_jobs_match_the_schema():
     """What queuectl writes matches its own schema (the record of an invalid file with no command aside)."""
     root = Path(__file__).resolve().parent.parent / "spool.example"
     checked = 0
-    for path in sorted(root.glob("*/*.json")):
+    for path in sorted(path for state in STATES for path in (root / state).glob("*.json")):
         job = json.loads(path.read_text(encoding="utf-8"))
         if path.parent.name == "dead" and job.get("invalid") and job.get("command") is None:
             continue

@@ -10,6 +10,8 @@ Routes (GET unless marked POST):
     /api/jobs/<id>/log?tail=BYTES   the end of its log
     POST /api/jobs/<id>/retry       a dead job back to pending
     POST /api/dlq/retry-all?after=  dead jobs back to pending, one time-boxed batch per call
+    POST /api/pause?group=          pause the spool (or one group): workers start nothing new
+    POST /api/resume?group=         resume it
     /metrics                        Prometheus text
 
 Promises:
@@ -47,7 +49,7 @@ from importlib import resources
 from typing import Any, Callable
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from .. import lifecycle, metrics, registry
+from .. import lifecycle, metrics, registry, workflow
 from ..errors import InvalidJob, JobNotFound, QueueError, WrongState
 from ..job import STATES, is_valid_id
 from ..spool import id_of
@@ -74,7 +76,8 @@ SECURITY_HEADERS = {
 }
 HOST_HEADER = re.compile(r"(\[[0-9a-f:.]+\]|[^:\[\]/@\s]+)(?::(\d{1,5}))?")
 LIST_FIELDS = ("id", "state", "attempts", "max_retries", "priority", "created_at", "updated_at",
-               "run_at", "next_run_at", "finished_at", "last_exit_code", "worker", "invalid")
+               "run_at", "next_run_at", "finished_at", "last_exit_code", "worker", "invalid",
+               "group", "after", "waiting_on")
 
 
 class HttpError(Exception):
@@ -229,6 +232,10 @@ class DashboardHandler(BaseHTTPRequestHandler):
                 return "POST", self._retry, (job_id,)
             case ["api", "dlq", "retry-all"]:
                 return "POST", self._retry_all, ()
+            case ["api", "pause"]:
+                return "POST", self._pause, ("pause",)
+            case ["api", "resume"]:
+                return "POST", self._pause, ("resume",)
         raise HttpError(404, "no such page")
 
     def _check_same_origin(self) -> None:
@@ -262,7 +269,8 @@ class DashboardHandler(BaseHTTPRequestHandler):
         now = time.time()
         self._send_json(200, {"spool": spool.root, "now": now, "counts": snapshot.counts,
                               "workers": registry.records(spool),
-                              "throughput": throughput(snapshot, now)})
+                              "throughput": throughput(snapshot, now),
+                              "paused": workflow.is_paused(spool), "groups": workflow.groups(spool)})
 
     def _jobs(self, query: dict) -> None:
         state = _text_param(query, "state")
@@ -280,11 +288,12 @@ class DashboardHandler(BaseHTTPRequestHandler):
         newest = (heapq.nlargest(end, folder_of) if end <= HEAP_PAGES_END
                   else sorted(folder_of, reverse=True))
         page = newest[offset:end]
-        jobs = [job_summary(job) for name in page if (job := spool.read(folder_of[name], name))]
+        jobs = [job_summary(workflow.annotate(spool, job)) for name in page if (job := spool.read(folder_of[name], name))]
         self._send_json(200, {"total": len(folder_of), "offset": offset, "limit": limit, "jobs": jobs})
 
     def _job(self, query: dict, job_id: str) -> None:
-        self._send_json(200, self.server.spool.get(_checked_id(job_id)))
+        spool = self.server.spool
+        self._send_json(200, workflow.annotate(spool, spool.get(_checked_id(job_id))))
 
     def _log(self, query: dict, job_id: str) -> None:
         spool = self.server.spool
@@ -303,6 +312,16 @@ class DashboardHandler(BaseHTTPRequestHandler):
     def _retry(self, query: dict, job_id: str) -> None:
         job = lifecycle.dlq_retry(self.server.spool, _checked_id(job_id))
         self._send_json(200, {"job": job_summary(job)})
+
+    def _pause(self, query: dict, action: str) -> None:
+        """Pause or resume (`action`) the spool, or the group named by `group`."""
+        pause = action == "pause"
+        group = _text_param(query, "group") or None
+        spool = self.server.spool
+        if group is not None:
+            workflow.check_group(group)  # InvalidJob: 409 with the reason
+        (workflow.pause if pause else workflow.resume)(spool, group)
+        self._send_json(200, {"group": group, "paused": workflow.is_paused(spool, group)})
 
     def _retry_all(self, query: dict) -> None:
         """Retry dead jobs in id order after the cursor `after` until the time budget is spent.

@@ -159,6 +159,8 @@ function renderStatus(status) {
     if (cell) cell.textContent = count.toLocaleString();
   }
   $("#worker-count").textContent = status.workers.length;
+  renderPause(Boolean(status.paused));
+  renderGroups(status.groups || []);
   $("#dlq-count").textContent = status.counts.dead.toLocaleString();
   renderWorkers(status.workers);
   throughputData = status.throughput;
@@ -176,6 +178,38 @@ function renderWorkers(workers) {
     h("td", {}, worker.job ? jobLink(worker.job) : h("span", { class: "muted" }, "idle")))));
 }
 
+function renderPause(paused) {
+  $("#paused-badge").hidden = !paused;
+  const button = $("#pause-toggle");
+  button.textContent = paused ? "Resume" : "Pause";
+  button.dataset.paused = paused ? "1" : "";
+}
+
+function renderGroups(groups) {
+  $("#groups-empty").hidden = groups.length > 0;
+  $("#groups").hidden = groups.length === 0;
+  if (!changed("groups", groups)) return;
+  $("#groups tbody").replaceChildren(...groups.map((group) => h("tr", {},
+    h("td", { class: "mono" }, group.name),
+    h("td", { class: "num" }, group.running),
+    h("td", { class: "num" }, group.limit ?? "none"),
+    h("td", {}, group.paused ? h("span", { class: "badge state-failed" }, "paused") : h("span", { class: "muted" }, "running")),
+    h("td", { class: "actions" }, h("button", {
+      type: "button", class: "small", "data-group": group.name,
+      onclick: (event) => togglePause(group.name, !group.paused, event.currentTarget),
+    }, group.paused ? "Resume" : "Pause")))));
+}
+
+/* A pending job that waits for others is shown as "waiting" (its file stays in pending/). */
+function shownState(job) {
+  return Array.isArray(job.waiting_on) && job.waiting_on.length ? "waiting" : job.state;
+}
+
+function waitingText(job) {
+  if (!Array.isArray(job.waiting_on) || !job.waiting_on.length) return null;
+  return "waits for " + job.waiting_on.map((dep) => `${dep.id} (${dep.state})`).join(", ");
+}
+
 function renderJobs(page) {
   const last = Math.min(page.offset + page.jobs.length, page.total);
   $("#page-info").textContent = page.total
@@ -187,12 +221,13 @@ function renderJobs(page) {
   if (!changed("jobs", [page, view.selected])) return;
   $("#jobs tbody").replaceChildren(...page.jobs.map((job) => h("tr", { class: job.id === view.selected ? "selected" : null },
     h("td", {}, jobLink(job.id)),
-    h("td", {}, badge(job.state)),
+    h("td", { title: waitingText(job) ?? "" }, badge(shownState(job))),
     h("td", { class: "num" }, runs(job)),
     h("td", { class: "num" }, job.priority ?? 0),
     timeCell(job.updated_at),
     h("td", { class: "command mono", title: job.command ?? job.last_error },
-      job.command ?? h("em", { class: "muted" }, "not a valid job")))));
+      job.command ?? h("em", { class: "muted" }, "not a valid job"),
+      waitingText(job) ? h("span", { class: "muted waiting" }, ` · ${waitingText(job)}`) : null))));
 }
 
 function renderDlq(page) {
@@ -307,6 +342,8 @@ const DETAIL_FIELDS = [
   ["runs", (job) => `${job.attempts ?? 0} of ${allowedRuns(job)} allowed`], ["priority"], ["created_at"], ["updated_at"], ["run_at"],
   ["next_run_at"], ["started_at"], ["finished_at"], ["last_duration", (job) => job.last_duration == null ? null : `${job.last_duration} s`],
   ["last_exit_code"], ["last_error"], ["worker"], ["timeout"], ["cwd"],
+  ["group"], ["unique_key"], ["after", (job) => Array.isArray(job.after) && job.after.length ? job.after.join(", ") : null],
+  ["waiting_on", (job) => waitingText(job)],
 ];
 
 function openDetail(id) {
@@ -379,6 +416,22 @@ async function retry(id, button) {
     if (button) button.disabled = false;
   }
   rendered.delete("dlq");
+  refresh();
+}
+
+/* Pause or resume the spool (group null) or one group: a POST with the page's token, as a retry. */
+async function togglePause(group, pause, button) {
+  if (button) button.disabled = true;
+  const query = group ? `?group=${encodeURIComponent(group)}` : "";
+  const what = group ? `Group ${group}` : "The spool";
+  try {
+    await post(`/api/${pause ? "pause" : "resume"}${query}`);
+    toast(pause ? `${what} is paused: workers start nothing new.` : `${what} is running again.`);
+  } catch (error) {
+    toast(`Could not ${pause ? "pause" : "resume"}: ${error.message}`, true);
+  }
+  if (button) button.disabled = false;
+  rendered.delete("groups");
   refresh();
 }
 
@@ -477,6 +530,7 @@ function start() {
   $("#newer").addEventListener("click", () => { view.offset = Math.max(0, view.offset - view.limit); refresh(); });
   $("#older").addEventListener("click", () => { view.offset += view.limit; refresh(); });
   $("#retry-all").addEventListener("click", retryAll);
+  $("#pause-toggle").addEventListener("click", (event) => togglePause(null, !event.currentTarget.dataset.paused, event.currentTarget));
   $("#detail-close").addEventListener("click", closeDetail);
   $("#detail-retry").addEventListener("click", (event) => retry(view.selected, event.currentTarget));
   document.addEventListener("keydown", (event) => { if (event.key === "Escape" && view.selected) closeDetail(); });
