@@ -13,8 +13,6 @@ is taken as local: that is what every earlier version assumed.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import os
 
 # Types whose files other machines can change: network and cluster file
@@ -70,14 +68,16 @@ def _from_mountinfo(real: str) -> str | None:
     return best_type
 
 
-class _Statfs(ctypes.Structure):
-    # Only f_type is read; the rest of struct statfs is room for the kernel to write into.
-    _fields_ = [("f_type", ctypes.c_long), ("rest", ctypes.c_byte * 256)]
-
-
 def _from_statfs(real: str) -> str:
+    # ctypes only here, where /proc is missing: `status` and the other commands that
+    # only read must not load it (tests/test_cli.py checks their imports).
+    import ctypes
+
+    class _Statfs(ctypes.Structure):
+        # Only f_type is read; the rest of struct statfs is room for the kernel to write into.
+        _fields_ = [("f_type", ctypes.c_long), ("rest", ctypes.c_byte * 256)]
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+        libc = ctypes.CDLL(None, use_errno=True)
         buffer = _Statfs()
         if libc.statfs(os.fsencode(real), ctypes.byref(buffer)) != 0:
             return ""
