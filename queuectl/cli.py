@@ -312,7 +312,7 @@ def status(ctx, as_json):
             parts = [f"{report[kind]} {kind}" for kind in ("scheduled", "waiting") if report[kind]]
             extra = f"  ({', '.join(parts)})"
         click.echo(f"{state:<11} {report['counts'][state]}{extra}")
-    click.echo(f"workers     {len(report['workers'])} live")
+    click.echo(f"workers     {len(report['workers'])} live{_worker_hosts(report['workers'])}")
     if report["paused"]:
         click.echo("paused      yes: workers start nothing new ('queuectl resume')")
     for group in report["groups"]:
@@ -647,10 +647,21 @@ def worker_list(ctx, as_json):
     if not live:
         click.echo("no live workers")
         return
-    click.echo(f"{'PID':>7}  {'HOST':<20}  {'UPTIME':>8}  JOB")
+    click.echo(f"{'PID':>7}  {'HOST':<20}  {'MODE':<6}  {'UPTIME':>8}  JOB")
     for record in live:
         click.echo(f"{record.get('pid', '?')!s:>7}  {str(record.get('host', '?')):<20}  "
-                   f"{_ago(record.get('started')):>8}  {record.get('job') or '-'}")
+                   f"{str(record.get('mode', '?')):<6}  {_ago(record.get('started')):>8}  {record.get('job') or '-'}")
+
+
+def _worker_hosts(records: list) -> str:
+    """ " (hostA: 2 shared, hostB: 1 local)": where the live workers run and in which mode."""
+    if not records:
+        return ""
+    counts: dict[tuple[str, str], int] = {}
+    for record in records:
+        key = (str(record.get("host", "?")), str(record.get("mode", "?")))
+        counts[key] = counts.get(key, 0) + 1
+    return " (" + ", ".join(f"{host}: {count} {mode}" for (host, mode), count in sorted(counts.items())) + ")"
 
 
 # -- workflows: groups and pauses -------------------------------------------
@@ -922,6 +933,9 @@ def doctor(ctx, repair, as_json):
             click.echo(f"{finding['problem']}: {finding['path']} - {finding['detail']}{fixed}")
         if not findings:
             click.echo("spool is healthy")
+        from .registry import records
+        for record in records(Spool(ctx.find_root().obj["path"], allow_shared=True)):
+            click.echo(f"worker {record['name']} on {record.get('host', '?')}: {record.get('mode', '?')} mode")
     if any(not finding.get("repaired") for finding in findings):
         raise SystemExit(1)
 

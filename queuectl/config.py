@@ -40,6 +40,11 @@ def _parse_bool(text: str) -> bool:
     raise ValueError(text)
 
 
+def _parse_shared(text: str) -> str:
+    lowered = text.strip().lower()
+    return "auto" if lowered == "auto" else str(_parse_bool(lowered)).lower()
+
+
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
@@ -111,6 +116,11 @@ SETTINGS: dict[str, Setting] = {
                          "dead jobs kept: an age (30d), a count (1000), both (30d,1000), \"\" = all"),
     "max_log_bytes": Setting(0, _parse_bytes, lambda v: _is_int(v) and v >= 0,
                              "cap of each job's log in bytes (10M, 512k), 0 = none; head and tail are kept"),
+    "shared": Setting("auto", _parse_shared, lambda v: v in ("auto", "true", "false"),
+                      "whether other hosts share the spool: auto (from the file system type), true or false"),
+    "lease_timeout": Setting(30, _parse_number, lambda v: _is_number(v) and v >= 1,
+                             "seconds a worker of another host may go without renewing its lease "
+                             "before its jobs are recovered (number >= 1)"),
 }
 
 

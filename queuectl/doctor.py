@@ -274,6 +274,9 @@ class _Doctor:
     # -- processing/ without a live owner --------------------------------------
 
     def _orphaned_jobs(self) -> None:
+        from .lease import Liveness
+
+        judge = Liveness(self.spool)  # on a shared spool a free flock is no proof (README.md "Running on several hosts")
         orphans = {}
         for name in self.spool.names("processing"):
             if os.path.islink(os.path.join(self.spool.dir("processing"), name)):
@@ -284,6 +287,8 @@ class _Doctor:
                     continue  # its worker is alive (or it just moved on)
                 with held:
                     job = held.job
+                    if not judge.owner_dead(held):
+                        continue  # a live worker of another host owns it
                 written = job.get("state") if isinstance(job, dict) else None
                 if not isinstance(job, dict):
                     detail = "not a readable job (recovery moves it to dead/)"

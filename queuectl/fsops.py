@@ -25,7 +25,10 @@ import contextlib
 import errno
 import fcntl
 import os
-from typing import Any
+import time
+from typing import Any, Callable, TypeVar
+
+T = TypeVar("T")
 
 _AT_FDCWD = -100
 _RENAME_NOREPLACE = 1
@@ -55,27 +58,41 @@ def _renameat2(src: bytes, dst: bytes, flags: int) -> int:
     return 0 if function(_AT_FDCWD, src, _AT_FDCWD, dst, flags) == 0 else get_errno()
 
 
-def rename_noreplace(src: str, dst: str) -> None:
+def rename_noreplace(src: str, dst: str, *, fold_cut: bool = True) -> None:
     """Atomically move src to dst; FileExistsError when dst exists, never an overwrite.
 
     A dst that is already src itself (a link + unlink move cut between its
     two steps) is not in the way: dropping the old name finishes that move.
+    Unless `fold_cut` is False: on a shared spool, where flocks may not
+    reach the other hosts, that second name may be another host's move in
+    flight, and the move fails with FileNotFoundError (the file is not ours
+    to move) instead of claiming it twice (README.md "Running on several
+    hosts").
     """
     try:
         _rename_noreplace(src, dst)
     except FileExistsError:
         if not os.path.samestat(os.lstat(src), os.lstat(dst)):
             raise
+        if not fold_cut:
+            raise FileNotFoundError(errno.ENOENT, "being moved by another process", src) from None
         os.unlink(src)
 
 
 def _rename_noreplace(src: str, dst: str) -> None:
     if _renameat2_flags(src, dst, _RENAME_NOREPLACE):
         return
-    # The file system cannot rename without replacing: link() refuses an
-    # existing name; for an instant the job has two names, which doctor folds.
+    # The file system cannot rename without replacing (renameat2's flags give
+    # EINVAL on NFS and FUSE): link() refuses an existing name; for an
+    # instant the job has two names, which doctor folds.
     os.link(src, dst, follow_symlinks=False)
-    os.unlink(src)
+    try:
+        os.unlink(src)
+    except FileNotFoundError:
+        # Our link stands: whoever dropped the old name (a fold of the two
+        # names, or a retried NFS call that reported ENOENT after it had
+        # succeeded) finished this very move.
+        pass
 
 
 def _renameat2_flags(src: str, dst: str, flags: int) -> bool:
@@ -157,6 +174,33 @@ def publish(tmp_dir: str, target: str, data: bytes, *, durable: bool, replace: b
             os.unlink(temp)
         raise
     return fd
+
+
+# A network file system answers ESTALE when a name this client cached now
+# leads to a file another client replaced; looking the path up again finds
+# the new one (README.md "Running on several hosts").
+STALE_ATTEMPTS = 5
+
+
+def retry_stale(operation: Callable[..., T], *args: Any) -> T:
+    """`operation(*args)`, done again from its paths after ESTALE; only for operations safe to repeat."""
+    for attempt in range(STALE_ATTEMPTS):
+        try:
+            return operation(*args)
+        except OSError as exc:
+            if exc.errno != errno.ESTALE or attempt == STALE_ATTEMPTS - 1:
+                raise
+            time.sleep(0.05 * 2 ** attempt)  # the client's cache of names lasts about a second
+    raise AssertionError("unreachable")
+
+
+def close_quietly(fd: int) -> None:
+    """Close an fd nothing was written through. Linux frees the fd even when close fails, and a
+    network file system may report ESTALE there (GlusterFS does, for a file another client moved)."""
+    try:
+        os.close(fd)
+    except OSError:
+        pass
 
 
 def _link_new(temp: str, target: str) -> None:

@@ -104,6 +104,9 @@ def claim(spool: Spool, state: str, job_id: str, worker: str, now: float) -> Loc
             held.release()
             return None
         held.move("processing", sync=False)
+    except FileNotFoundError:
+        held.release()  # another host's worker moved it first (shared spool: its flock did not reach us)
+        return None
     except InvalidJob as exc:
         dead_letter(spool, held, str(exc))
         held.release()
@@ -113,11 +116,37 @@ def claim(spool: Spool, state: str, job_id: str, worker: str, now: float) -> Loc
                     f"duplicate id {job_id!r}: a job with this id is already running")
         held.release()
         return None
+    if not still_owned(spool, held):  # paused past its lease between the rename and now
+        held.release()
+        return None
     job.update(state="processing", attempts=job["attempts"] + 1, started_at=iso(now),
                finished_at=None, worker=worker)
     held.job = job
-    held.save(sync=False)
+    try:
+        held.save(sync=False)
+    except BaseException:
+        held.release()  # an unlocked claim cut before its rewrite: recovery puts it back
+        raise
     return held
+
+
+def still_owned(spool: Spool, held: LockedJob) -> bool:
+    """Whether `held` is still the file under its name, for a worker that may have been judged dead.
+
+    Only a worker whose own lease lapsed (lease.Lease.lapsed) can have lost
+    its job to another host's recovery, which rewrites the file (a new
+    inode) and moves it on; on a shared spool every settle checks, the rest
+    only after a lapse. The check and the rewrite that follows are two
+    steps: README.md "Running on several hosts" says what that leaves.
+    """
+    lease = spool.lease
+    if lease is None or not (spool.shared or lease.lapsed()):
+        return True
+    try:
+        at_name = os.stat(held.path, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    return os.path.samestat(at_name, os.fstat(held.fd))
 
 
 Settled = Callable[[dict, str], None]
@@ -136,8 +165,13 @@ def settle(spool: Spool, held: LockedJob, outcome: Outcome, timeout: float | Non
     An outcome with a completion hook (hooks.plan) is settled at once, not
     through `commit`, and `held` stays locked (`held.fd >= 0`) in its final
     folder for the caller to run the hook (hooks.run) and release it.
+    "lost" when the job is no longer this worker's (recovered by another
+    host while this worker's lease had lapsed): nothing is written.
     """
     try:
+        if outcome.interrupted == "lost" or not still_owned(spool, held):
+            held.release()
+            return "lost"
         job = held.job
         error = describe(outcome, timeout)
         _record_attempt(job, outcome, error)
@@ -172,12 +206,17 @@ def settle(spool: Spool, held: LockedJob, outcome: Outcome, timeout: float | Non
         raise
 
 
-def _move_on(spool: Spool, held: LockedJob, state: str, *, sync: bool = True) -> str:
-    """Move the job to `state`; if another job has its id there, that one stays and this one is dead-lettered."""
+def _move_on(spool: Spool, held: LockedJob, state: str, *, sync: bool = True, fold_cut: bool | None = None) -> str:
+    """Move the job to `state`; if another job has its id there, that one stays and this one is dead-lettered.
+
+    "lost" when another host's recovery moved it first (a shared spool, README.md "Running on several hosts").
+    """
     if state in ("completed", "dead"):
         workflow.release_key(spool, held.job)  # still live and locked here: see workflow.release_key
     try:
-        held.move(state, sync=sync)
+        held.move(state, sync=sync, fold_cut=fold_cut)
+    except FileNotFoundError:
+        return "lost"
     except FileExistsError:
         dead_letter(spool, held, f"duplicate id {id_of(held.name)!r}: {state}/ already holds a job "
                                  f"with this id (this file is kept beside it)")
@@ -434,7 +473,10 @@ def finish_cut_move(spool: Spool, held: LockedJob) -> bool:
     Returns True when `held`'s own name was the one dropped.
     """
     mine = os.fstat(held.fd)
-    if mine.st_nlink < 2:
+    if mine.st_nlink < 2 or spool.shared:
+        # On a shared spool the second name may be another host's move in
+        # flight (its flock does not reach us): recovery folds it once its
+        # owner is proven dead, doctor on request.
         return False
     stem = id_of(held.name)
     names = [(other, os.path.join(spool.dir(other), held.name)) for other in STATES if other != held.state]
@@ -452,8 +494,19 @@ def finish_cut_move(spool: Spool, held: LockedJob) -> bool:
     return False
 
 
-def recover(spool: Spool) -> list[tuple[str, str]]:
-    """Settle every job in processing/ whose owner is dead, and clear its leftovers; returns (id, new state) pairs."""
+def recover(spool: Spool, judge=None) -> list[tuple[str, str]]:
+    """Settle every job in processing/ whose owner is dead, and clear its leftovers; returns (id, new state) pairs.
+
+    `judge` (lease.Liveness) decides who is dead: a free flock is proof only
+    on the owner's own host (README.md "Running on several hosts"). A
+    worker passes its own judge, which remembers what it saw between sweeps.
+    """
+    from .lease import Liveness
+
+    judge = judge or Liveness(spool)
+    # Judged before the jobs, removed after them: a job is recovered in the
+    # same sweep that finds its worker dead, and a record outlives its jobs.
+    dead_workers = registry.dead_records(spool, judge)
     recovered = []
     for name in spool.names("processing"):
         if os.path.islink(os.path.join(spool.dir("processing"), name)):
@@ -464,9 +517,13 @@ def recover(spool: Spool) -> list[tuple[str, str]]:
         if held is None:
             continue
         with held:
-            recovered.append((id_of(name), _recover_one(spool, held)))
+            if not judge.owner_dead(held):
+                continue
+            state = _recover_one(spool, held)
+            if state != "lost":
+                recovered.append((id_of(name), state))
     workflow.free_orphan_slots(spool)  # e.g. a worker killed between taking a slot and claiming its job
-    for record in registry.dead_records(spool):
+    for record in dead_workers:
         registry.remove_record(spool, record["name"])
     return recovered
 
@@ -479,7 +536,9 @@ def _recover_one(spool: Spool, held: LockedJob) -> str:
     target = job.get("state")
     if target in ("pending", "failed", "completed", "dead"):
         workflow.free_job_slots(spool, job)  # no command runs: cut before the run, or after it
-        return _move_on(spool, held, target)  # an interrupted claim or settle, finished
+        # An interrupted claim or settle, finished; its owner is proven dead,
+        # so a second name of this file is its cut move, not one in flight.
+        return _move_on(spool, held, target, fold_cut=True)
     try:
         job = build(job, spool.config, state="processing")
     except InvalidJob as exc:
@@ -497,7 +556,7 @@ def _recover_one(spool: Spool, held: LockedJob) -> str:
     _record_attempt(job, outcome, outcome.error)
     job["state"] = _after_failure(spool, job, now)
     held.save(moving_on=True)
-    return _move_on(spool, held, job["state"])
+    return _move_on(spool, held, job["state"], fold_cut=True)
 
 
 def dependency_died(spool: Spool, job_id: str, dep: str) -> bool:
@@ -528,6 +587,7 @@ def dependency_died(spool: Spool, job_id: str, dep: str) -> bool:
 # -- transitions an operator asks for -------------------------------------------
 
 CANCEL_TRIES = 5  # looks at a job that a worker keeps moving before cancel gives up
+CANCEL_PAUSE = 0.3
 
 
 def cancel(spool: Spool, job_id: str) -> str:
@@ -536,7 +596,7 @@ def cancel(spool: Spool, job_id: str) -> str:
     A running job is not moved here: its worker reads the cancel request,
     stops the command and settles the job in dead/ ("processing" is returned).
     """
-    for _ in range(CANCEL_TRIES):
+    for attempt in range(CANCEL_TRIES):
         state = spool.find(job_id)
         if state == "processing":
             registry.request_cancel(spool, job_id)
@@ -548,10 +608,15 @@ def cancel(spool: Spool, job_id: str) -> str:
             held = spool.lock_job(job_id, ("pending", "failed"), "cancel")
         except WrongState:
             # A worker claimed (or settled) the job between the look and the lock:
-            # look again, so the answer fits the state it is in now.
+            # look again, so the answer fits the state it is in now. On a shared
+            # spool the look may come from this client's cache of names, which
+            # another host's move makes stale for up to a second: look again later.
             if spool.find(job_id) != state:
                 continue
-            raise
+            if attempt == CANCEL_TRIES - 1:
+                raise
+            time.sleep(CANCEL_PAUSE)
+            continue
         with held:
             previous = held.state
             workflow.release_key(spool, held.job)  # while the job is still live: see workflow.release_key

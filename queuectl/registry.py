@@ -1,9 +1,12 @@
 """workers/: who is alive, what each worker runs, and stop or cancel requests.
 
 Each worker holds `workers/<name>.lock` (filelock) for its whole life and
-keeps `workers/<name>.json` (pid, host, start; written once) beside it. A
-record whose lock can be taken belongs to a dead worker; the job a worker
-runs is read from the `worker` field of the files in processing/.
+keeps `workers/<name>.json` (pid, host, mode, start; written once) and
+`workers/<name>.lease` (beaten in place, lease.py) beside it. Whether a
+worker lives is decided by lease.Liveness: on its own host a record whose
+lock can be taken belongs to a dead worker; on another host, where the
+lock may not be seen, its lease decides. The job a worker runs is read
+from the `worker` field of the files in processing/.
 `worker stop` reaches every worker, on any host sharing the spool, through
 one file, `workers/stop.json`, that workers watch; a worker obeys a request
 made after it started, so a new worker is not stopped by an old request.
@@ -11,13 +14,14 @@ made after it started, so a new worker is not stopped by an old request.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import socket
 import time
 from typing import Any, Iterator
 
-from .fsops import publish
+from .fsops import publish, retry_stale
 
 STOP_FILE = "stop.json"
 
@@ -35,15 +39,28 @@ def new_name() -> str:
     return f"{host}-{os.getpid()}-{int(time.time() * 1000) % 10**9}"
 
 
-def is_alive(spool, name: str) -> bool:
-    """True while the worker `name` holds its lock."""
+def is_alive(spool, name: str, record: dict[str, Any] | None = None, judge=None) -> bool:
+    """Whether worker `name` lives; `lease.Liveness` decides (its flock on its own host, its lease elsewhere)."""
+    from .lease import Liveness
+
+    return (judge or Liveness(spool)).worker_alive(name, record)
+
+
+def holds_lock(spool, name: str) -> bool:
+    """True while the worker `name` holds its lock (proof of life on its own host only)."""
     from filelock import FileLock, Timeout  # 18 ms of start-up that `status` without workers need not pay
 
+    if not os.path.exists(lock_path(spool, name)):
+        return False  # a live worker's lock file exists for its whole life; a probe must not create one
     probe = FileLock(lock_path(spool, name), timeout=0)
     try:
         probe.acquire()
     except Timeout:
         return True
+    except OSError as exc:
+        if exc.errno in (errno.ESTALE, errno.ENOENT):
+            return False  # removed by its worker's exit meanwhile (seen late through a network client's cache)
+        raise
     probe.release()
     return False
 
@@ -54,7 +71,7 @@ def write_record(spool, name: str, record: dict[str, Any]) -> None:
 
 
 def remove_record(spool, name: str) -> None:
-    for path in (record_path(spool, name), lock_path(spool, name)):
+    for path in (record_path(spool, name), lock_path(spool, name), os.path.join(spool.dir("workers"), name + ".lease")):
         try:
             os.unlink(path)
         except FileNotFoundError:
@@ -80,33 +97,37 @@ def _running_jobs(spool) -> dict[str, str]:
     return running
 
 
-def records(spool, *, live_only: bool = True) -> list[dict[str, Any]]:
+def records(spool, *, live_only: bool = True, judge=None) -> list[dict[str, Any]]:
     """Worker records, each with `alive` and the `job` it runs; dead workers' records are dropped when live_only."""
-    found = [record for record in _all_records(spool) if record["alive"] or not live_only]
+    found = [record for record in _all_records(spool, judge) if record["alive"] or not live_only]
     running = _running_jobs(spool) if found else {}
     for record in found:
         record["job"] = running.get(record["name"])
     return found
 
 
-def dead_records(spool) -> list[dict[str, Any]]:
+def dead_records(spool, judge=None) -> list[dict[str, Any]]:
     """The records of workers that are gone (for recovery and doctor to remove); processing/ is not read."""
-    return [record for record in _all_records(spool) if not record["alive"]]
+    return [record for record in _all_records(spool, judge) if not record["alive"]]
 
 
-def _all_records(spool) -> Iterator[dict[str, Any]]:
-    for entry in sorted(os.listdir(spool.dir("workers"))):
+def _all_records(spool, judge=None) -> Iterator[dict[str, Any]]:
+    if judge is None:
+        from .lease import Liveness
+
+        judge = Liveness(spool)  # one judge per listing: the file system's clock is probed once
+    for entry in sorted(retry_stale(os.listdir, spool.dir("workers"))):
         if not entry.endswith(".json") or entry == STOP_FILE or entry.startswith("."):
             continue
         name = entry.removesuffix(".json")
         record = read_record(spool, name)
         if record is not None:
-            yield {**record, "name": name, "alive": is_alive(spool, name)}
+            yield {**record, "name": name, "alive": judge.worker_alive(name, record)}
 
 
 def wait_stopped(spool, names: list[str], poll: float = 0.1) -> None:
     """Until none of these workers holds its lock (a worker started meanwhile is not waited for)."""
-    while any(is_alive(spool, name) for name in names):
+    while any(is_alive(spool, name) for name in names):  # a fresh judge each round: leases move on
         time.sleep(poll)
 
 

@@ -32,7 +32,9 @@ class Outcome:
     signal: int | None = None
     error: str | None = None
     timed_out: bool = False
-    interrupted: str | None = None  # "stop" or "cancel": the worker ended the run on request
+    # "stop" or "cancel": the worker ended the run on request; "lost": the job
+    # was recovered by another host while this worker's lease had lapsed.
+    interrupted: str | None = None
     started: float = 0.0
     finished: float = 0.0
     stderr_tail: list[str] = field(default_factory=list)
@@ -194,7 +196,8 @@ def _supervise(process: subprocess.Popen, log_fd: int, outcome: Outcome, timeout
                 outcome.timed_out = True
             if outcome.interrupted or outcome.timed_out:
                 _signal_group(process.pid, signal.SIGTERM)
-                kill_at = now + kill_grace
+                # A lost job runs elsewhere already: no grace for this copy.
+                kill_at = now if outcome.interrupted == "lost" else now + kill_grace
         elif now >= kill_at:
             _signal_group(process.pid, signal.SIGKILL)
             kill_at = float("inf")
@@ -329,6 +332,8 @@ def describe(outcome: Outcome, timeout: float | None) -> str | None:
         return "cancelled while running"
     if outcome.interrupted == "stop":
         return "stopped by worker shutdown; retried later"
+    if outcome.interrupted == "lost":
+        return "abandoned: recovered by another host while this worker's lease had lapsed"
     if outcome.timed_out:
         return f"timed out after {timeout:g}s"
     if outcome.error:

@@ -18,6 +18,7 @@ parses every file to answer a question about many jobs.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import stat
@@ -79,16 +80,20 @@ class LockedJob:
     def path(self) -> str:
         return os.path.join(self.spool.root, self.state, self.name)
 
-    def move(self, state: str, name: str | None = None, *, sync: bool = True) -> None:
+    def move(self, state: str, name: str | None = None, *, sync: bool = True, fold_cut: bool | None = None) -> None:
         """Rename into another folder; FileExistsError if that name is taken there.
 
         `sync=False` skips the fsyncs even when durable: for a claim, whose
         loss in a power cut only means the job runs again (it was cut anyway).
+        FileNotFoundError: another process moved the file first (possible
+        only on a shared spool, where flocks may not reach other hosts).
+        `fold_cut`: see fsops.rename_noreplace; by default not on a shared spool.
         """
         target = name or self.name
         source_dir = os.path.join(self.spool.root, self.state)
         target_dir = os.path.join(self.spool.root, state)
-        fsops.rename_noreplace(os.path.join(source_dir, self.name), os.path.join(target_dir, target))
+        fsops.rename_noreplace(os.path.join(source_dir, self.name), os.path.join(target_dir, target),
+                               fold_cut=not self.spool.shared if fold_cut is None else fold_cut)
         if sync and self.spool.durable:
             fsops.fsync_dir(target_dir)
             if source_dir != target_dir:  # a rename within pending/ (adopting a drop-in)
@@ -162,6 +167,11 @@ class Spool:
                  allow_shared: bool = False):
         self.root = resolve_path(path)
         self.warnings: list[str] = []
+        # Set by a worker on a spool other hosts share (lease.py, README.md
+        # "Running on several hosts"): its lease, and moves that never take a
+        # second name for their own.
+        self.shared = False
+        self.lease: Any = None  # lease.Lease (not imported here: commands that read never need it)
         self._config_cache: tuple[tuple, dict] | None = None
         self._prepare(create, allow_shared)
 
@@ -227,6 +237,9 @@ class Spool:
     @property
     def config(self) -> dict[str, Any]:
         """config.json with defaults, re-read only when the file changed."""
+        return fsops.retry_stale(self._read_config)
+
+    def _read_config(self) -> dict[str, Any]:
         path = os.path.join(self.root, "config.json")
         try:
             info = os.stat(path)
@@ -252,6 +265,9 @@ class Spool:
 
     def _stored_config(self) -> dict:
         """Only the keys the file sets, so defaults stay defaults."""
+        return fsops.retry_stale(self._read_stored_config)
+
+    def _read_stored_config(self) -> dict:
         try:
             with open(os.path.join(self.root, "config.json"), encoding="utf-8") as handle:
                 text = handle.read()
@@ -262,7 +278,7 @@ class Spool:
     def _publish_file(self, relative: str, data: bytes) -> None:
         """Atomically replace a spool file that is not a job (config, worker records)."""
         target = os.path.join(self.root, relative)
-        fsops.publish(self.dir("tmp"), target, data, durable=True, replace=True)
+        fsops.retry_stale(lambda: fsops.publish(self.dir("tmp"), target, data, durable=True, replace=True))
         fsops.fsync_dir(os.path.dirname(target))
 
     # -- enqueue -------------------------------------------------------------
@@ -379,7 +395,7 @@ class Spool:
         """The state folder holding this id, or None."""
         check_id(job_id)
         for state in STATES:
-            if os.path.lexists(os.path.join(self.root, state, job_id + SUFFIX)):
+            if _present(os.path.join(self.root, state, job_id + SUFFIX)):
                 return state
         return None
 
@@ -421,12 +437,17 @@ class Spool:
         gone. Bytes read from an inode that has since left its name are
         still this job's (no inode is ever rewritten), only perhaps older.
         """
+        return fsops.retry_stale(self._read_raw, state, name)
+
+    def _read_raw(self, state: str, name: str) -> tuple[bytes | None, str | None]:
         path = os.path.join(self.root, state, name)
         try:
             fd = fsops.open_nofollow(path)
         except FileNotFoundError:
             return None, None
         except OSError as exc:
+            if exc.errno == errno.ESTALE:
+                raise  # looked up again by read_raw
             return None, "a symlink (never followed)" if os.path.islink(path) else f"cannot be read: {exc.strerror}"
         try:
             info = os.fstat(fd)
@@ -487,23 +508,32 @@ class Spool:
             fd = fsops.open_nofollow(path)
         except FileNotFoundError:
             return None
+        except OSError as exc:
+            if exc.errno == errno.ESTALE:
+                return None  # the name this client cached leads nowhere now: gone from here
+            raise
         try:
             if not fsops.lock_fd(fd):
-                os.close(fd)
+                fsops.close_quietly(fd)
                 return None
             # The name may have been moved or replaced between open and lock.
             info = os.fstat(fd)
             try:
                 if os.stat(path, follow_symlinks=False).st_ino != info.st_ino:
-                    os.close(fd)
+                    fsops.close_quietly(fd)
                     return None
             except FileNotFoundError:
-                os.close(fd)
+                fsops.close_quietly(fd)
                 return None
             # A folder or a FIFO has no job to read: its owner moves it aside unread.
             raw = fsops.read_fd(fd, MAX_JOB_BYTES) if stat.S_ISREG(info.st_mode) else b""
+        except OSError as exc:
+            fsops.close_quietly(fd)
+            if exc.errno == errno.ESTALE:
+                return None
+            raise
         except BaseException:
-            os.close(fd)
+            fsops.close_quietly(fd)
             raise
         try:
             return LockedJob(self, state, name, fd, loads(raw), None)
@@ -525,6 +555,24 @@ class Spool:
             held.release()
             raise InvalidJob(f"job file {state}/{job_id}{SUFFIX} is not valid JSON")
         return held
+
+
+def _present(path: str) -> bool:
+    """Whether `path` names something, asked of the file system itself.
+
+    An open, not a stat: a GlusterFS client answered lstat from its cache
+    of names for 20 s and more after another client had moved the file
+    away, while open looks the name up (README.md "Running on several
+    hosts"). Symlinks, FIFOs and unreadable files count as present.
+    """
+    try:
+        fd = fsops.open_nofollow(path)
+    except FileNotFoundError:
+        return False
+    except OSError as exc:
+        return exc.errno != errno.ESTALE  # ELOOP (a symlink), EACCES...: something is there
+    fsops.close_quietly(fd)
+    return True
 
 
 def _enqueued_before(published: list[dict]) -> str:

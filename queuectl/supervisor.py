@@ -24,14 +24,12 @@ import signal
 import sys
 import time
 
+from . import fstype
 from .events import EventLog
 from .spool import Spool
 from .worker import STOP_SIGNALS, Worker, stop_signals
 
 RESTART_DELAY = 1.0
-# Where workers coordinate: each worker's own host (flock and inotify); the
-# banner says so, for the day a spool can also be shared between hosts.
-MODE = "local"
 
 
 def run_workers(spool: Spool, *, count: int, burst: bool, until_empty: bool = False,
@@ -46,7 +44,8 @@ def run_workers(spool: Spool, *, count: int, burst: bool, until_empty: bool = Fa
         signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)  # the workers' handlers unblock them inside
     def announce() -> None:
         if log is not None:
-            log.banner(spool.root, mode=MODE, workers=count, pid=os.getpid())
+            # local (flock and inotify) or shared (leases and polling): README.md "Running on several hosts"
+            log.banner(spool.root, mode=fstype.mode(spool), workers=count, pid=os.getpid())
     if count == 1:  # the banner once the worker is up: a spool it cannot use gets only the error
         return Worker(spool, burst=burst, until_empty=until_empty, log=log, announce=announce).run()
     announce()

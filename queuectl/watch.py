@@ -11,6 +11,12 @@ A change is (kind, folder, name): "created" (the file may still be being
 written), "moved" (renamed in: complete), "closed" (written and closed),
 "gone" (moved out or deleted), or RESCAN when the kernel dropped changes
 and the folders must be listed again.
+
+On a spool other hosts share, inotify never hears of their writes: there
+`poll=` swaps inotify for `_PollSource`, which stats each folder every
+POLL_INTERVAL and lists it only when it changed, plus a full listing every
+FULL_LISTING seconds in case two changes fell within one tick of the
+folder's timestamp (README.md "Running on several hosts").
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ import logging
 import os
 import select
 import struct
+import time
 from typing import Callable
 
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
@@ -31,6 +38,11 @@ from watchdog.observers import Observer
 from .errors import SpoolError
 
 RESCAN = ("rescan", "", "")
+# A job that lands through another host is seen within one interval, a
+# folder whose timestamp did not move within FULL_LISTING; an idle worker
+# pays a few stats per interval.
+POLL_INTERVAL = 0.25
+FULL_LISTING = 1.0
 
 # watchdog logs this error when its reader thread sees a last event while
 # the observer is being stopped; it is harmless at shutdown.
@@ -41,8 +53,12 @@ logging.getLogger("watchdog.observers.inotify").addFilter(
 class FolderWatch:
     """Changes in a few folders (name -> path), and a wake-up any thread or signal handler can send."""
 
-    def __init__(self, folders: dict[str, str]):
+    def __init__(self, folders: dict[str, str], *, poll: bool = False):
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._source: _InotifySource | _ObserverSource | _PollSource
+        if poll:
+            self._source = _PollSource(folders)
+            return
         try:
             self._source = _InotifySource(folders)
         except OSError as exc:  # inotify is there but refused (its limits): say which
@@ -62,6 +78,7 @@ class FolderWatch:
     def wait(self, timeout: float, also: tuple[int, ...] = ()) -> None:
         """Sleep until a change, a `wake`, the timeout, or one of the `also` descriptors is readable."""
         readable = [self._wake_r, *also] + ([self._source.fd] if self._source.fd is not None else [])
+        timeout = min(timeout, self._source.next_check())
         ready, _, _ = select.select(readable, [], [], max(0.0, timeout))
         if self._wake_r in ready:
             try:
@@ -81,6 +98,9 @@ class FolderWatch:
 
 
 class _InotifySource:
+    def next_check(self) -> float:
+        return float("inf")  # its fd wakes `wait`
+
     def __init__(self, folders: dict[str, str]):
         inotify = importlib.import_module("watchdog.observers.inotify_c")
         flags = inotify.InotifyConstants
@@ -139,6 +159,9 @@ class _ObserverSource(FileSystemEventHandler):
 
     fd = None
 
+    def next_check(self) -> float:
+        return float("inf")  # its thread wakes `wait`
+
     def __init__(self, folders: dict[str, str], wake: Callable[[], None]):
         self._folders = {path: folder for folder, path in folders.items()}
         self._wake = wake
@@ -174,3 +197,69 @@ class _ObserverSource(FileSystemEventHandler):
         self._observer.stop()
         if self._observer.is_alive():
             self._observer.join(timeout=2)
+
+
+class _PollSource:
+    """Changes found by looking: a folder's stat every POLL_INTERVAL, its listing when the stat moved.
+
+    Names are compared with their inode numbers (from the listing, no stat
+    per file), so a file replaced under the same name (a new stop request)
+    shows as "gone" then "created". An error (ESTALE after another host
+    replaced the folder's entries, EIO) skips the folder until the next
+    poll: nothing here ever stops the worker.
+    """
+
+    fd = None
+
+    def __init__(self, folders: dict[str, str]):
+        self._folders = folders
+        self._stamps: dict[str, tuple | None] = dict.fromkeys(folders)
+        self._entries = {folder: self._list(path) or {} for folder, path in folders.items()}
+        now = time.monotonic()
+        self._next = now + POLL_INTERVAL
+        self._full_at = now + FULL_LISTING
+
+    def next_check(self) -> float:
+        return max(0.0, self._next - time.monotonic())
+
+    @staticmethod
+    def _list(path: str) -> dict[str, int] | None:
+        try:
+            with os.scandir(path) as entries:
+                return {entry.name: entry.inode() for entry in entries}
+        except OSError:
+            return None
+
+    def changes(self) -> list[tuple[str, str, str]]:
+        now = time.monotonic()
+        if now < self._next:
+            return []
+        self._next = now + POLL_INTERVAL
+        full = now >= self._full_at
+        if full:
+            self._full_at = now + FULL_LISTING
+        found: list[tuple[str, str, str]] = []
+        for folder, path in self._folders.items():
+            try:
+                info = os.stat(path)
+            except OSError:
+                continue
+            stamp = (info.st_mtime_ns, info.st_ctime_ns, info.st_size, info.st_nlink)
+            if stamp == self._stamps[folder] and not full:
+                continue
+            entries = self._list(path)
+            if entries is None:
+                continue
+            self._stamps[folder] = stamp
+            before = self._entries[folder]
+            for name, inode in entries.items():
+                if before.get(name) != inode:
+                    if name in before:
+                        found.append(("gone", folder, name))
+                    found.append(("created", folder, name))
+            found.extend(("gone", folder, name) for name in before.keys() - entries.keys())
+            self._entries[folder] = entries
+        return found
+
+    def close(self) -> None:
+        pass

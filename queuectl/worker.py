@@ -23,19 +23,23 @@ supervisor holds (see supervisor.py).
 from __future__ import annotations
 
 import contextlib
+import copy
+import errno
 import os
 import select
 import signal
+import sys
 import time
 from typing import Callable, Iterator
 
 from filelock import FileLock, Timeout
 
-from . import hooks, lifecycle, registry, retention, runner, schedules, workflow
+from . import fstype, hooks, lifecycle, registry, retention, runner, schedules, workflow
 from .errors import InvalidJob, SpoolError
 from .events import EventLog
 from .fsops import open_nofollow, read_fd
 from .job import MAX_JOB_BYTES, due_time, loads
+from .lease import Lease, Liveness
 from .order import DueIndex
 from .spool import SUFFIX, Spool, file_name, id_of
 from .watch import RESCAN, FolderWatch
@@ -44,6 +48,20 @@ from .watch import RESCAN, FolderWatch
 # top (its `paused` file) bring limits and pauses (workflow.Gate).
 WATCHED = ("pending", "failed", "workers", "completed", "dead", "schedules")
 DRAIN_POLL = 0.2  # seconds between looks at processing/ while `--until-empty` waits for jobs there
+# Errors a network file system returns for a moment (README.md "Running on
+# several hosts"): the step is skipped and tried again, the worker stays.
+TRANSIENT = (errno.ESTALE, errno.EINTR, errno.ENOENT, errno.EEXIST, errno.EAGAIN, errno.ETIMEDOUT)
+TRANSIENT_PAUSE = 0.2
+SETTLE_ATTEMPTS = 5
+# Shared spools: other workers' leases are read every LEASE_LOOK seconds, so a
+# death is seen within that of lease_timeout; then QUICK_SWEEPS sweeps a second
+# apart, since a dead client's flocks may outlive it a moment (GlusterFS).
+LEASE_LOOK = 1.0
+QUICK_SWEEPS = 4
+
+
+def _transient(exc: OSError) -> bool:
+    return exc.errno in TRANSIENT
 # What a terminal or an init system sends to end a process: a graceful stop
 # (finish the running job), except SIGQUIT (Ctrl-\\), which stops it now.
 GRACEFUL_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
@@ -103,6 +121,12 @@ class Worker:
         self.next_schedule = 0.0  # when a schedule's next slot is due (schedules.sweep)
         self.pruner = retention.Pruner(spool)
         self.gate = workflow.Gate(spool, self._readd, self.name)  # dependencies, groups, pauses
+        self.mode = "local"  # or "shared": other hosts use the spool too (fstype.mode)
+        self.judge: Liveness | None = None
+        self.scan_soon = False  # a listing failed with a passing error: list again shortly
+        self.next_lease_look: float | None = None
+        self.quick_sweeps = 0
+        self.expired_lease = False  # a lease looked at just now has expired
 
     # -- life ----------------------------------------------------------------
 
@@ -114,23 +138,35 @@ class Worker:
             raise SpoolError(f"worker name {self.name} is taken by a live worker") from None
         # Taken until the clean-up is done: a stop signal that arrives while the
         # worker leaves is one more request to stop, not a crash or a KeyboardInterrupt.
+        lease: Lease | None = None
         with stop_signals(self._on_signal):
             try:
+                self.mode = fstype.mode(self.spool)
+                self.judge = Liveness(self.spool, mode=self.mode, observing=True)
+                self.spool.shared = self.mode == "shared"
                 folders = {folder: self.spool.dir(folder) for folder in WATCHED}
                 folders.update(groups=workflow.groups_dir(self.spool), spool=self.spool.root)
-                self.watch = FolderWatch(folders)
-                # The commit's thread starts with the stop signals blocked and keeps them so:
-                # they reach this thread, which runs the handler and wakes its own select.
+                self.watch = FolderWatch(folders, poll=self.spool.shared)
+                # The commit's and the lease's threads start with the stop signals blocked and
+                # keep them so: they reach this thread, which runs the handler and wakes its select.
                 mask = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
                 try:
-                    self.commit = lifecycle.GroupCommit(self.spool)
+                    # Every worker beats a lease, also in local mode: a host that sees the
+                    # spool as local (an NFS server's own disk) may still share it.
+                    lease = self.spool.lease = Lease(self.spool, self.name, self.spool.config["lease_timeout"])
+                    lease.start()
+                    # On a shared spool each settle is made at once, where a passing
+                    # network error can be retried from the path (`_settle`).
+                    self.commit = None if self.spool.shared else lifecycle.GroupCommit(self.spool)
                 finally:
                     signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+                if self.spool.shared:
+                    self.next_lease_look = time.time() + LEASE_LOOK
                 self._write_record()
                 if self.announce is not None:
                     self.announce()
                 self._recover_if_due(time.time())
-                self._scan()
+                self.scan_soon = not self._transient_ok(self._scan)
                 self._loop()
                 self._close_commit()
             except OSError as exc:
@@ -144,6 +180,9 @@ class Worker:
                 watch, self.watch = self.watch, None  # the handler no longer wakes it
                 if watch is not None:
                     watch.close()
+                if lease is not None:
+                    lease.stop()
+                    self.spool.lease = None
                 registry.remove_record(self.spool, self.name)
                 lock.release()
         return 0
@@ -174,10 +213,17 @@ class Worker:
             self.log.stopping(self.name, "the supervisor is gone: finishing the running job, then exiting")
 
     def _recover_if_due(self, now: float) -> None:
+        if self.next_lease_look is not None and now >= self.next_lease_look:
+            self.next_lease_look = now + LEASE_LOOK
+            if self._transient_ok(self._look_at_leases) and self.expired_lease:
+                # A lease just expired: sweep now, not at the next interval.
+                self.next_recovery, self.quick_sweeps = now, QUICK_SWEEPS
         if now >= self.next_recovery:
-            lifecycle.recover(self.spool)
-            self.pruner.sweep(now)  # a bounded batch (retention.py)
-            self.next_recovery = time.time() + self.spool.config["recovery_interval"]
+            self._transient_ok(lifecycle.recover, self.spool, self.judge)
+            self.quick_sweeps = max(0, self.quick_sweeps - 1)
+            self.next_recovery = time.time() + (LEASE_LOOK if self.quick_sweeps
+                                                else self.spool.config["recovery_interval"])
+            self._transient_ok(self.pruner.sweep, now)  # a bounded batch (retention.py)
             self.next_schedule = min(self.next_schedule, now)  # schedules changed on other hosts
 
     def _schedules_if_due(self, now: float) -> None:
@@ -196,7 +242,7 @@ class Worker:
     def _write_record(self) -> None:
         """Written once: the job a worker runs is read from processing/, not from here."""
         registry.write_record(self.spool, self.name, {
-            "pid": os.getpid(), "host": os.uname().nodename, "started": self.started})
+            "pid": os.getpid(), "host": os.uname().nodename, "started": self.started, "mode": self.mode})
 
     # -- the loop ------------------------------------------------------------
 
@@ -206,23 +252,39 @@ class Worker:
             self._check_supervisor()
             if self.stopping:
                 return
-            self._apply_events()
+            try:
+                self._apply_events()
+            except OSError as exc:
+                if not _transient(exc):
+                    raise
+                self._note_transient(exc)
+                self.watch.wait(TRANSIENT_PAUSE)
+                continue
             now = time.time()
             self._recover_if_due(now)
             self._schedules_if_due(now)
-            if now >= next_scan:
+            if now >= next_scan or self.scan_soon:
                 self.check_stop_request()
-                self._scan()
+                self.scan_soon = not self._transient_ok(self._scan)  # a failed listing is tried again soon
                 next_scan = now + self.spool.config["scan_interval"]
             self._recheck_dropins(now)
             self.gate.unpark(now)
             # A paused spool starts nothing: one stat, just before the claim.
             due = None if self.gate.spool_paused() else self.index.pop_due(now)
             if due is not None:
-                self._process(*due)
+                if self.spool.shared:
+                    # The job left the index: a listing soon brings it back if it is still due.
+                    self.scan_soon = self.scan_soon or not self._transient_ok(self._process, *due)
+                else:
+                    self._process(*due)  # alone on one disk an error here is no passing one: stop (recovery follows)
                 continue
             running: list[str] = []
             if self.burst and not self.rechecks and not self._apply_events() and not self.gate.may_unblock(now):
+                if self.spool.shared and self._transient_ok(self._scan):
+                    # Polling looks only every POLL_INTERVAL: list before deciding to exit.
+                    next_due = self.index.next_due()
+                    if next_due is not None and next_due <= time.time():
+                        continue
                 # The index holds every job of pending/ and failed/ (the gate those held
                 # back); one running (elsewhere, or being settled by this worker's commit
                 # thread) may still fail and come back to failed/.
@@ -231,11 +293,34 @@ class Worker:
                     return
             # A job leaving processing/ for completed/ or dead/ wakes nobody: look again soon.
             drain_poll = time.time() + DRAIN_POLL if running else None
-            wake_at = min(t for t in (self.next_recovery, next_scan, self.index.next_due(), drain_poll,
-                                      self.next_schedule, min(self.rechecks.values(), default=None),
-                                      self.gate.next_wake(now))
+            wake_at = min(t for t in (self.next_recovery, now + TRANSIENT_PAUSE if self.scan_soon else next_scan,
+                                      self.index.next_due(), drain_poll, self.next_lease_look, self.next_schedule,
+                                      min(self.rechecks.values(), default=None), self.gate.next_wake(now))
                           if t is not None)
             self.watch.wait(wake_at - time.time(), also=() if self.supervisor_fd is None else (self.supervisor_fd,))
+
+    def _look_at_leases(self) -> None:
+        assert self.judge is not None  # set by run()
+        self.expired_lease = self.judge.look_at_leases(skip=self.name)
+
+    def _transient_ok(self, step, *args) -> bool:
+        """Run one step of the loop; a network file system's passing error (ESTALE...) only skips it.
+
+        The step is tried again from the paths next time round, so the
+        worker never exits and restarts over it.
+        """
+        try:
+            step(*args)
+        except OSError as exc:
+            if not _transient(exc):
+                raise
+            self._note_transient(exc)
+            return False
+        return True
+
+    def _note_transient(self, exc: OSError) -> None:
+        print(f"queuectl: worker {self.name}: {exc.strerror or exc} ({exc.filename or 'spool'}); "
+              f"trying again", file=sys.stderr)
 
     def _apply_events(self) -> bool:
         """Bring the index and the stop flags up to date with what changed; False if nothing did."""
@@ -345,14 +430,19 @@ class Worker:
             outcome = runner.run(
                 job, log_path=self.spool.log_path(job["id"]), worker=self.name, spool_root=self.spool.root,
                 timeout=timeout, kill_grace=settings["kill_grace"], pass_env=settings["pass_env"],
-                tail_lines=settings["log_tail_lines"], interruption=self._interruption(job["id"]))
+                tail_lines=settings["log_tail_lines"], interruption=self._interruption(held))
             retention.cap_log(self.spool.log_path(job["id"]), settings["max_log_bytes"], self.spool.dir("tmp"))
         except BaseException:
             held.release()
             raise
         finally:
             slot.release()  # the command has ended: the group may start another
-        state = lifecycle.settle(self.spool, held, outcome, timeout, self.commit)  # owns `held` from here
+        state = self._settle(held, outcome, timeout)  # owns `held` from here
+        if state == "lost":
+            print(f"queuectl: worker {self.name}: job {job['id']} was recovered by another host while "
+                  f"this worker's lease had lapsed (paused or cut off); this run's outcome is dropped",
+                  file=sys.stderr)
+            return
         if self.log is not None:
             # Now, not when the commit's thread has moved it: a worker's lines stay in
             # order (this job's end before the next one's start).
@@ -369,17 +459,52 @@ class Worker:
                 held.release()
         registry.clear_cancel(self.spool, job["id"])
 
-    def _interruption(self, job_id: str):
+    def _settle(self, held, outcome, timeout) -> str:
+        """lifecycle.settle (which owns `held`); on a shared spool a passing network error is retried.
+
+        The retry starts again from the path: the file is locked anew and,
+        if it is still this worker's run, settled from the job as claimed
+        (so a try cut after its rewrite does not record the attempt twice).
+        """
+        if not self.spool.shared:
+            return lifecycle.settle(self.spool, held, outcome, timeout, self.commit)
+        claimed = copy.deepcopy(held.job)
+        for attempt in range(SETTLE_ATTEMPTS):
+            try:
+                return lifecycle.settle(self.spool, held, outcome, timeout)
+            except OSError as exc:
+                if not _transient(exc) or attempt == SETTLE_ATTEMPTS - 1:
+                    raise
+                self._note_transient(exc)
+                time.sleep(TRANSIENT_PAUSE)
+            held = self.spool.lock("processing", file_name(claimed["id"]))
+            if held is None or not isinstance(held.job, dict) or held.job.get("worker") != self.name:
+                if held is not None:
+                    held.release()
+                # Settled after all (the error came after the move), or not ours any more.
+                return "lost" if self.spool.find(claimed["id"]) in (None, "processing") else "settled"
+            held.job = copy.deepcopy(claimed)
+        return "lost"
+
+    def _interruption(self, held):
+        job_id = held.job["id"]
+
         def ask() -> str | None:
             # The loop's duties that cannot wait for the job to end.
             self._check_supervisor()
             self._recover_if_due(time.time())
             self._schedules_if_due(time.time())
-            self._apply_events()  # a `worker stop --now` arrives as a change in workers/
+            try:
+                self._apply_events()  # a `worker stop --now` arrives as a change in workers/
+            except OSError as exc:
+                if not _transient(exc):
+                    raise
             if self.stop_now:
                 return "stop"
             if registry.cancel_requested(self.spool, job_id):
                 return "cancel"
+            if not lifecycle.still_owned(self.spool, held):
+                return "lost"  # this worker was paused past its lease and the job recovered elsewhere
             return None
         return ask
 

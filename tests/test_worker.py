@@ -421,10 +421,11 @@ def test_worker_list_shows_pid_host_uptime_and_current_job(spool_path, workers, 
     listing = run_queuectl(spool_path, "worker", "list")
     as_json = run_queuectl(spool_path, "worker", "list", "--json")
 
-    assert listing.stdout.splitlines()[0].split() == ["PID", "HOST", "UPTIME", "JOB"]
+    assert listing.stdout.splitlines()[0].split() == ["PID", "HOST", "MODE", "UPTIME", "JOB"]
     rows = [line.split() for line in listing.stdout.splitlines()[1:]]
     assert [(row[0], row[1], row[-1]) for row in rows] == [(str(worker.pid), os.uname().nodename, job_id)]
-    assert re.fullmatch(r"\d+(\.\d+)?[smhd]", rows[0][2])
+    assert rows[0][2] == "local"  # a temporary folder on this machine (README "Running on several hosts")
+    assert re.fullmatch(r"\d+(\.\d+)?[smhd]", rows[0][3])
     records = json.loads(as_json.stdout)
     assert [(record["pid"], record["host"], record["job"]) for record in records] == [
         (worker.pid, os.uname().nodename, job_id)]

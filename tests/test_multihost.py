@@ -1,0 +1,242 @@
+"""Several hosts on one shared spool (README "Running on several hosts").
+
+Each test runs two "hosts" (tests/multihost.py: own host name and pid
+namespace each) on the two mounts of a GlusterFS volume or on two bindfs
+views of one folder. Required in CI, skipped elsewhere when GlusterFS,
+bindfs or root is missing.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import multihost
+import pytest
+from conftest import wait_until
+from multihost import spool_pair
+from workers_util import read_lines
+
+from queuectl import Spool
+
+# The several-host fixtures (tests/multihost.py), used by the tests below by name.
+gluster_pair = multihost.gluster_pair
+bindfs_pair = multihost.bindfs_pair
+hosts = multihost.hosts
+
+
+def _flock_crosses(pair) -> bool:
+    a, b = (os.path.join(view, "flock-probe") for view in pair)
+    with open(a, "w") as mine:
+        fcntl.flock(mine, fcntl.LOCK_EX)
+        with open(b) as theirs:
+            try:
+                fcntl.flock(theirs, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+            return False
+
+
+def test_bindfs_views_do_not_share_flocks(bindfs_pair):
+    """The fact the bindfs pair stands for: one view's flock is invisible through the other."""
+    assert not _flock_crosses(bindfs_pair)
+
+
+def test_gluster_clients_share_flocks(gluster_pair):
+    assert _flock_crosses(gluster_pair)
+
+
+def test_hosts_have_their_own_names_and_pids(gluster_pair, hosts):
+    path_a, _ = spool_pair(gluster_pair)
+    out = hosts("hostA", path_a).run("status")
+    assert out.returncode == 0, out.stderr
+    probe = ["unshare", "--uts", "--pid", "--fork", "--mount-proc",
+             "sh", "-c", 'hostname "$0" && hostname && echo $$', "hostB"]
+    result = subprocess.run(probe, capture_output=True, text=True)
+    assert result.stdout.split() == ["hostB", "1"]
+
+
+# -- workers on two hosts -------------------------------------------------------
+
+PAIRS = ["gluster_pair", "bindfs_pair"]
+LEASE = 3  # lease_timeout in these tests: a dead host's jobs come back within LEASE + one sweep
+
+
+@pytest.fixture(params=PAIRS)
+def two_hosts(request, hosts, tmp_path):
+    """(host A, host B, Spool as host A sees it) on a fresh spool of the GlusterFS or the bindfs pair."""
+    path_a, path_b = spool_pair(request.getfixturevalue(request.param))
+    spool = Spool(path_a)
+    for key, value in {"lease_timeout": LEASE, "recovery_interval": 0.5, "kill_grace": 0.5,
+                       "durable": "false", "backoff_base": 1}.items():
+        spool.set_config(key, str(value))
+    host_a, host_b = hosts("hostA", path_a), hosts("hostB", path_b)
+    host_a.pair = host_b.pair = request.param
+    return host_a, host_b, spool
+
+
+def _runs(path) -> list[str]:
+    return read_lines(path)
+
+
+def _states(spool, ids):
+    return {job_id: spool.find(job_id) for job_id in ids}
+
+
+def _all_finished(spool, ids):
+    return all(spool.find(job_id) in ("completed", "dead") for job_id in ids)
+
+
+def _workers_of(spool, host):
+    return [w for w in json.loads(subprocess.run(
+        [sys.executable, "-m", "queuectl", "--spool", spool.root, "worker", "list", "--json"],
+        capture_output=True, text=True, check=True).stdout) if w.get("host") == host]
+
+
+def _no_tracebacks(*pairs):
+    for host, proc in pairs:
+        assert "Traceback" not in host.output(proc), host.output(proc)
+        assert "restarting" not in host.output(proc), host.output(proc)
+
+
+def _lease_beats(spool, host_name) -> int:
+    """How many times the workers of `host_name` beat their leases, summed (they only grow)."""
+    total = 0
+    for entry in os.listdir(spool.dir("workers")):
+        if entry.endswith(".lease") and entry.startswith(host_name):
+            try:
+                with open(os.path.join(spool.dir("workers"), entry)) as handle:
+                    total += int(handle.read().split()[1])
+            except (OSError, ValueError, IndexError):
+                pass
+    return total
+
+
+def test_both_hosts_enqueue_and_run_every_job_exactly_once(two_hosts, tmp_path):
+    host_a, host_b, spool = two_hosts
+    runs = tmp_path / "runs"
+    # Long enough that the other host's recovery sweeps pass over running jobs.
+    command = f'sleep 0.3; echo "$QUEUECTL_JOB_ID" >> {runs}'
+    workers = [(host_a, host_a.start("worker", "start", "--count", "2")),
+               (host_b, host_b.start("worker", "start", "--count", "2"))]
+    wait_until(lambda: len(_workers_of(spool, "hostA")) == 2 and len(_workers_of(spool, "hostB")) == 2,
+               timeout=30, message="two workers on each host")
+    assert {w["mode"] for w in _workers_of(spool, "hostA") + _workers_of(spool, "hostB")} == {"shared"}
+    status = host_a.run("status").stdout
+    assert "workers     4 live (hostA: 2 shared, hostB: 2 shared)" in status.splitlines(), status
+    doctor = host_b.run("doctor").stdout.splitlines()
+    assert sorted(line.split(" on ")[1] for line in doctor if line.startswith("worker ")) == [
+        "hostA: shared mode"] * 2 + ["hostB: shared mode"] * 2, doctor
+    ids = []
+    spool_b = Spool(host_b.spool_path)
+    for _ in range(3):  # both hosts enqueue while the workers of both claim
+        ids += [job["id"] for job in spool.enqueue_many([{"command": command}] * 10)]
+        ids += [job["id"] for job in spool_b.enqueue_many([{"command": command}] * 10)]
+    wait_until(lambda: _all_finished(spool, ids), timeout=60, message="every job finished")
+    assert set(_states(spool, ids).values()) == {"completed"}
+    assert sorted(_runs(runs)) == sorted(ids)  # each exactly once
+    _no_tracebacks(*workers)
+
+
+def test_a_job_enqueued_through_one_host_starts_on_the_other(two_hosts, tmp_path):
+    host_a, host_b, spool = two_hosts
+    spool.set_config("scan_interval", "300")  # only the wake-ups can find it in time
+    worker = host_a.start("worker", "start")
+    wait_until(lambda: _workers_of(spool, "hostA"), timeout=30, message="host A's worker")
+    job_id = "through-host-b"
+    done = host_b.run("enqueue", "--id", job_id, "true")
+    assert done.returncode == 0, done.stderr
+    # Far below the safety scan: a wake-up found it.
+    wait_until(lambda: spool.find(job_id) == "completed", timeout=10, message="the job to run on host A")
+    assert spool.get(job_id)["worker"].startswith("hostA")
+    # A cancel and a stop asked on host B reach host A (its worker polls workers/).
+    long_id = "cancelled-through-host-b"
+    assert host_b.run("enqueue", "--id", long_id, "sleep 60").returncode == 0
+    wait_until(lambda: spool.find(long_id) == "processing", timeout=10, message="host A to start the long job")
+    assert host_b.run("cancel", long_id).returncode == 0
+    wait_until(lambda: spool.find(long_id) == "dead", timeout=10, message="the cancel to reach host A")
+    assert host_b.run("worker", "stop", "--no-wait").returncode == 0
+    wait_until(lambda: worker.poll() is not None, timeout=10, message="the stop to reach host A")
+    _no_tracebacks((host_a, worker))
+
+
+def _slow_first_attempt(runs, steps: int) -> str:
+    """Attempt 1 takes `steps` tenths of a second of its own running time (not wall time: a paused host's
+    command resumes where it was), later attempts none; each run that ends appends "<id> <attempt>"."""
+    return (f'if [ "$QUEUECTL_ATTEMPT" = 1 ]; then i=0; while [ $i -lt {steps} ]; do sleep 0.1; i=$((i+1)); done; fi; '
+            f'echo "$QUEUECTL_JOB_ID $QUEUECTL_ATTEMPT" >> {runs}')
+
+
+def _running_on(spool, host_name, ids):
+    jobs = [spool.read("processing", job_id + ".json") for job_id in ids]
+    return all(job and str(job.get("worker", "")).startswith(host_name) for job in jobs)
+
+
+def test_a_dead_hosts_jobs_come_back_and_only_they_run_again(two_hosts, tmp_path):
+    host_a, host_b, spool = two_hosts
+    runs = tmp_path / "runs"
+    host_a.start("worker", "start", "--count", "2")
+    wait_until(lambda: len(_workers_of(spool, "hostA")) == 2, timeout=30, message="host A's workers")
+    killed = [job["id"] for job in spool.enqueue_many([{"command": _slow_first_attempt(runs, 600)}] * 2)]
+    wait_until(lambda: _running_on(spool, "hostA", killed), timeout=30, message="host A to run both jobs")
+    b_workers = host_b.start("worker", "start", "--count", "2")
+    wait_until(lambda: len(_workers_of(spool, "hostB")) == 2, timeout=30, message="host B's workers")
+    others = [job["id"] for job in spool.enqueue_many([{"command": _slow_first_attempt(runs, 3)}] * 6)]
+    # Host B sweeps for dead workers all along; host A lives: its jobs stay its own
+    # for longer than a lease (B's leases beat 6 times per lease_timeout).
+    start = _lease_beats(spool, "hostB")
+    wait_until(lambda: _lease_beats(spool, "hostB") >= start + 2 * 6 * 2, timeout=30, message="two leases' time")
+    assert _running_on(spool, "hostA", killed), "a live host's job was recovered"
+    host_a.kill()
+    wait_until(lambda: _all_finished(spool, killed + others), timeout=LEASE + 30, message="every job finished")
+    for job_id in killed:
+        job = spool.get(job_id)
+        assert job["state"] == "completed" and job["attempts"] == 2, job
+        assert "died" in job["history"][0]["error"] and job["worker"].startswith("hostB")
+    # Only the killed runs ran again: every other job ran once, and the killed ones ended once (attempt 2).
+    assert sorted(_runs(runs)) == sorted([f"{job_id} 1" for job_id in others] + [f"{job_id} 2" for job_id in killed])
+    assert spool.counts()["processing"] == 0
+    _no_tracebacks((host_b, b_workers))
+
+
+def test_a_host_paused_past_its_lease_never_settles_over_the_recovery(two_hosts, tmp_path):
+    host_a, host_b, spool = two_hosts
+    runs = tmp_path / "runs"
+    a_workers = host_a.start("worker", "start")
+    wait_until(lambda: _workers_of(spool, "hostA"), timeout=30, message="host A's worker")
+    job_id = spool.enqueue({"command": _slow_first_attempt(runs, 30)})["id"]
+    wait_until(lambda: _running_on(spool, "hostA", [job_id]), timeout=30, message="host A to run the job")
+    b_workers = host_b.start("worker", "start")
+    wait_until(lambda: _workers_of(spool, "hostB"), timeout=30, message="host B's worker")
+    host_a.signal_all(signal.SIGSTOP)
+    try:
+        if host_a.pair == "bindfs_pair":
+            # No shared flocks: host B judges A by its lease alone, and takes the job back.
+            wait_until(lambda: spool.find(job_id) == "completed", timeout=LEASE + 30, message="host B to rerun it")
+        else:
+            # GlusterFS: A's flock on the job reaches B, so a paused owner keeps its job.
+            start = _lease_beats(spool, "hostB")
+            wait_until(lambda: _lease_beats(spool, "hostB") >= start + 2 * 6, timeout=30, message="two leases' time")
+            assert spool.find(job_id) == "processing"
+    finally:
+        host_a.signal_all(signal.SIGCONT)
+    if host_a.pair == "bindfs_pair":
+        wait_until(lambda: "outcome is dropped" in host_a.output(a_workers), timeout=30,
+                   message="host A to drop its stale run")
+        job = spool.get(job_id)
+        assert job["attempts"] == 2 and job["worker"].startswith("hostB"), job
+        expected = [f"{job_id} 2"]
+    else:
+        wait_until(lambda: spool.find(job_id) == "completed", timeout=30, message="host A to finish its job")
+        expected = [f"{job_id} 1"]
+    # Host A's copy of the run was killed, not finished: one line, from the run that counts.
+    stop_all = host_b.run("worker", "stop")
+    assert stop_all.returncode == 0, stop_all.stderr
+    wait_until(lambda: a_workers.poll() is not None, timeout=30, message="host A's worker to exit")
+    assert _runs(runs) == expected
+    assert spool.get(job_id)["state"] == "completed"
+    _no_tracebacks((host_a, a_workers), (host_b, b_workers))
