@@ -8,8 +8,7 @@
 
 __version__ = "0.1.0"
 
-from .errors import (ConfigError, DuplicateJob, InvalidJob, JobNotFound, QueueError,  # noqa: E402
-                     SpoolError, WrongState)
+from .errors import ConfigError, DuplicateJob, InvalidJob, JobNotFound, QueueError, SpoolError, WrongState  # noqa: E402
 from .spool import Spool  # noqa: E402
 
 __all__ = ["Spool", "QueueError", "InvalidJob", "DuplicateJob", "JobNotFound", "ConfigError",

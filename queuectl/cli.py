@@ -218,7 +218,8 @@ class _JsonLines:
     """Jobs from JSON lines; `line` is the line being handled (None once all are read), so an error can name it."""
 
     def __init__(self, stream, source: str):
-        self.stream, self.source, self.line = stream, source, None
+        self.stream, self.source = stream, source
+        self.line: int | None = None
 
     def __iter__(self):
         for number, text in enumerate(self.stream, 1):
@@ -289,8 +290,8 @@ def enqueue(ctx, job, command, job_id, priority, max_retries, timeout, run_at, d
             click.echo(job["id"])
         return
     fields = _parse_job_argument(job) if job is not None else command
-    stored = spool.enqueue(fields, id=job_id, if_absent=if_absent, **options)
-    _print_json(stored) if as_json else click.echo(stored["id"])
+    one = spool.enqueue(fields, id=job_id, if_absent=if_absent, **options)
+    _print_json(one) if as_json else click.echo(one["id"])
 
 
 # -- inspection --------------------------------------------------------------
@@ -345,9 +346,9 @@ def _listing(ctx: click.Context, state: str | None, limit: int, show_all: bool, 
 
     The line goes to stderr after the rows, so `--json` keeps stdout one JSON document.
     """
-    limit = None if show_all or limit == 0 else limit
-    jobs, total = _spool(ctx).newest(state, limit)
-    if limit is None or total <= limit:
+    cap = None if show_all or limit == 0 else limit
+    jobs, total = _spool(ctx).newest(state, cap)
+    if cap is None or total <= cap:
         return jobs, ""
     return jobs, f"queuectl: showing {len(jobs)} of {total} {noun}; --limit 0 for all"
 
@@ -711,7 +712,8 @@ def group_list(ctx, as_json):
 @click.pass_context
 def pause(ctx, group):
     """Workers start nothing new (from the spool, or the group); running jobs go on."""
-    from .workflow import check_group, pause as pause_spool, pause_path
+    from .workflow import check_group, pause_path
+    from .workflow import pause as pause_spool
     spool = _spool(ctx)
     if group is not None:
         check_group(group)
@@ -725,7 +727,8 @@ def pause(ctx, group):
 @click.pass_context
 def resume(ctx, group):
     """Workers start jobs again (from the spool, or the group)."""
-    from .workflow import check_group, resume as resume_spool
+    from .workflow import check_group
+    from .workflow import resume as resume_spool
     if group is not None:
         check_group(group)
     changed = resume_spool(_spool(ctx), group)
@@ -767,7 +770,8 @@ def schedule():
     """Recurring jobs: each due slot of a schedule is enqueued once, as job NAME-<slot time>."""
 
 
-def _env_pairs(pairs: tuple[str, ...]) -> dict[str, str] | None:
+def _schedule_env(pairs: tuple[str, ...]) -> dict[str, str] | None:
+    """A schedule's --env NAME=VALUE options as its job's `env`, None when there are none."""
     env = {}
     for pair in pairs:
         name, sep, value = pair.partition("=")
@@ -804,7 +808,7 @@ def schedule_add(ctx, name, command, cron, every, tz, missed, grace, priority, m
         raise click.UsageError("give exactly one of --cron and --every")
     template = {"command": command}
     for key, value in (("priority", priority), ("max_retries", max_retries), ("timeout", timeout),
-                       ("cwd", cwd), ("env", _env_pairs(env)), ("on_success", on_success),
+                       ("cwd", cwd), ("env", _schedule_env(env)), ("on_success", on_success),
                        ("on_failure", on_failure), ("on_dead", on_dead)):
         if value is not None:
             template[key] = value

@@ -52,7 +52,7 @@ class _Doctor:
     def run(self) -> list[dict[str, Any]]:
         self._permissions()
         try:
-            self.spool.config
+            _ = self.spool.config
         except ConfigError as exc:
             # Every repair writes with the config's settings: fix it first.
             self._add("invalid-config", "config.json", str(exc))
@@ -121,7 +121,10 @@ class _Doctor:
         if raw is None and unreadable is None:
             return None  # gone meanwhile
         stem = name[: -len(SUFFIX)] if name.endswith(SUFFIX) else None
-        fields, reason = (None, unreadable) if unreadable else self._judge(raw, state, stem)
+        if unreadable is not None or raw is None:
+            self._invalid(state, name, unreadable or "unreadable")
+            return None
+        fields, reason = self._judge(raw, state, stem)
         if reason is None and fields.get("id") not in (None, stem):
             if state == "pending":
                 return None  # a drop-in, which a worker renames after its id
@@ -257,7 +260,7 @@ class _Doctor:
             raw, unreadable = self.spool.read_raw("dead", name)
             if raw is None and unreadable is None:
                 continue
-            fields, reason = (None, unreadable) if unreadable else self._judge(raw, "dead", None)
+            fields, reason = (None, unreadable) if unreadable or raw is None else self._judge(raw, "dead", None)
             reason = reason or "its bytes are a valid job: set aside as a duplicate id, or its record was lost"
             finding = self._add("missing-dead-record", f"dead/{name}",
                                 f"kept bytes without dead/{stem}{SUFFIX} to say why: {reason}")
@@ -276,7 +279,8 @@ class _Doctor:
     def _orphaned_jobs(self) -> None:
         from .lease import Liveness
 
-        judge = Liveness(self.spool)  # on a shared spool a free flock is no proof (README.md "Running on several hosts")
+        # On a shared spool a free flock is no proof (README.md "Running on several hosts").
+        judge = Liveness(self.spool)
         orphans = {}
         for name in self.spool.names("processing"):
             if os.path.islink(os.path.join(self.spool.dir("processing"), name)):

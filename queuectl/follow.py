@@ -7,8 +7,8 @@ tools for a person at a terminal, not part of a worker's hot path.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Callable, Iterator
 
 from .errors import JobNotFound
 from .job import FINISHED, check_id

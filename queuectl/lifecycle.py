@@ -67,7 +67,8 @@ import os
 import stat
 import threading
 import time
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from . import fsops, hooks, registry, workflow
 from .errors import InvalidJob, WrongState
@@ -153,7 +154,7 @@ Settled = Callable[[dict, str], None]
 
 
 def settle(spool: Spool, held: LockedJob, outcome: Outcome, timeout: float | None,
-           commit: "GroupCommit | None" = None, then: Settled | None = None) -> str:
+           commit: GroupCommit | None = None, then: Settled | None = None) -> str:
     """Record the run's outcome in the job and move it on; returns the state it goes to.
 
     "Record, then move". Settle takes over `held`: it releases it, or hands
@@ -299,6 +300,7 @@ class GroupCommit:
         durable = self.spool.durable
         if durable:
             for held, _, _ in group:
+                assert held.staged is not None  # settle staged it before submitting
                 os.fsync(held.staged[1])
         touched = set()
         finals = []
@@ -345,8 +347,10 @@ def dead_letter(spool: Spool, held: LockedJob | None, reason: str, *, state: str
     `held` is None for entries that cannot be opened safely (symlinks, FIFOs,
     folders): they are renamed as they are, never followed.
     """
-    name = held.name if held is not None else name
-    state = held.state if held is not None else state
+    if held is not None:
+        name, state = held.name, held.state
+    if name is None:
+        raise ValueError("dead_letter needs the held job or the entry's name")
     stem = id_of(name)
     job_id = stem if id_is_free(spool, stem, state) else new_id()
     original = job_id + ".invalid"
@@ -374,7 +378,7 @@ def write_dead_record(spool: Spool, job_id: str, reason: str, raw: object, origi
     """dead/<id>.json: why the bytes kept untouched in dead/<id>.invalid are not a job."""
     command = raw.get("command") if isinstance(raw, dict) else None
     now = iso(time.time())
-    record = {
+    record: dict[str, Any] = {
         "id": job_id, "command": printable(command) if isinstance(command, str) else None,
         "state": "dead", "invalid": True, "last_error": printable(f"invalid job: {reason}"),
         "original_name": printable(original_name), "original_file": job_id + ".invalid", "attempts": 0,

@@ -19,7 +19,8 @@ import json
 import os
 import socket
 import time
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 from .fsops import publish, retry_stale
 

@@ -23,7 +23,8 @@ import json
 import os
 import stat
 import time
-from typing import Any, Iterable, Iterator
+from collections.abc import Iterable, Iterator
+from typing import Any
 
 from . import config as config_mod
 from . import fsops
@@ -67,7 +68,7 @@ class LockedJob:
     replaces the inode) takes the new file's lock before it becomes visible.
     """
 
-    def __init__(self, spool: "Spool", state: str, name: str, fd: int, job: Any, unreadable: str | None):
+    def __init__(self, spool: Spool, state: str, name: str, fd: int, job: Any, unreadable: str | None):
         self.spool = spool
         self.state = state
         self.name = name
@@ -119,6 +120,7 @@ class LockedJob:
         """Write the current `job` into a new file in tmp/, locked, not visible yet and not fsynced."""
         self.job["updated_at"] = iso(time.time())
         path, fd = fsops.write_new(self.spool.dir("tmp"), self.name, dumps(self.job), durable=False, lock=True)
+        assert fd is not None  # lock=True returns the fd holding the lock
         self.staged = (path, fd)
 
     def publish_staged(self, *, durable: bool) -> None:
@@ -153,7 +155,7 @@ class LockedJob:
             os.close(self.fd)
             self.fd = -1
 
-    def __enter__(self) -> "LockedJob":
+    def __enter__(self) -> LockedJob:
         return self
 
     def __exit__(self, *exc: Any) -> None:

@@ -30,7 +30,7 @@ import os
 import select
 import struct
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer

@@ -30,7 +30,7 @@ import select
 import signal
 import sys
 import time
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 from filelock import FileLock, Timeout
 
@@ -258,6 +258,7 @@ class Worker:
                 if not _transient(exc):
                     raise
                 self._note_transient(exc)
+                assert self.watch is not None  # set by run() before the loop
                 self.watch.wait(TRANSIENT_PAUSE)
                 continue
             now = time.time()
@@ -297,6 +298,7 @@ class Worker:
                                       self.index.next_due(), drain_poll, self.next_lease_look, self.next_schedule,
                                       min(self.rechecks.values(), default=None), self.gate.next_wake(now))
                           if t is not None)
+            assert self.watch is not None  # set by run() before the loop
             self.watch.wait(wake_at - time.time(), also=() if self.supervisor_fd is None else (self.supervisor_fd,))
 
     def _look_at_leases(self) -> None:
@@ -324,6 +326,7 @@ class Worker:
 
     def _apply_events(self) -> bool:
         """Bring the index and the stop flags up to date with what changed; False if nothing did."""
+        assert self.watch is not None  # set by run() before the loop
         changes = self.watch.changes()
         for kind, folder, name in changes:
             if (kind, folder, name) == RESCAN:
@@ -376,7 +379,7 @@ class Worker:
         if job is False:
             self.index.discard(id_of(name), folder)
             return
-        if lifecycle.is_canonical(job, folder, name):
+        if isinstance(job, dict) and lifecycle.is_canonical(job, folder, name):
             try:
                 priority = int(job.get("priority") or 0)
             except (TypeError, ValueError):

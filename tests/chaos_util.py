@@ -23,15 +23,16 @@ import random
 import re
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
+
+from workers_util import WorkerProcesses, append_id, read_lines
 
 from queuectl import Spool, fsops, lifecycle, registry
 from queuectl import worker as worker_module
 from queuectl.errors import InvalidJob
 from queuectl.job import STATES, build, loads
 from queuectl.spool import SUFFIX
-from workers_util import WorkerProcesses, append_id, read_lines
 
 CRASHED = 77
 DIED = re.compile(r"^worker (\S+) died during the run$")

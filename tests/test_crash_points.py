@@ -18,13 +18,13 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import pytest
-
 from chaos_util import assert_intact, copy_spool, next_worker, sweep
 from conftest import put_job
+
 from queuectl import Spool, lifecycle
 from queuectl.doctor import check
 from queuectl.job import iso

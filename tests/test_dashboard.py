@@ -10,8 +10,8 @@ import sys
 import time
 
 import pytest
-
 from dashboard_support import exists, get, live_worker, place, post, request, running_dashboard
+
 from queuectl.dashboard import server as server_module
 from queuectl.dashboard.server import make_server, serve
 from queuectl.errors import QueueError

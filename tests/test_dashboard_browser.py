@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 
 import pytest
-
 from conftest import wait_until
 from dashboard_support import exists, live_worker, place, running_dashboard
 

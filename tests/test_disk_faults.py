@@ -17,12 +17,12 @@ import os
 import subprocess
 
 import pytest
-
 from chaos_util import assert_intact, census
 from conftest import run_queuectl, wait_until
+from workers_util import read_lines
+
 from queuectl import Spool
 from queuectl.doctor import check
-from workers_util import read_lines
 
 FAULTS = {"ENOSPC": "No space left on device", "EROFS": "Read-only file system"}
 

@@ -15,13 +15,13 @@ import stat
 import time
 
 import pytest
-
 from chaos_util import assert_intact
 from conftest import put_job
+from workers_util import enqueue, wait_for_state
+
 from queuectl import Spool, lifecycle, registry
 from queuectl.doctor import check
 from queuectl.job import iso
-from workers_util import enqueue, wait_for_state
 
 AN_HOUR_AGO = time.time() - 3600
 TWO_DAYS_AGO = time.time() - 2 * 86400

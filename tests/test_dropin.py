@@ -6,10 +6,10 @@ import json
 import os
 
 import pytest
-
 from conftest import run_queuectl, wait_until
-from queuectl import Spool
 from workers_util import append_id, enqueue, read_lines, show, wait_for_state
+
+from queuectl import Spool
 
 
 def pending(spool_path, name: str) -> str:

@@ -17,11 +17,11 @@ import stat
 import tempfile
 
 import pytest
+from chaos_util import assert_intact, census
+from conftest import wait_until
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from chaos_util import assert_intact, census
-from conftest import wait_until
 from queuectl import Spool, lifecycle
 from queuectl.config import defaults
 from queuectl.doctor import check

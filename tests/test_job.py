@@ -11,8 +11,21 @@ import pytest
 
 from queuectl.config import defaults
 from queuectl.errors import InvalidJob
-from queuectl.job import (ID_PATTERN, MAX_JOB_BYTES, build, check_id, due_time, dumps, is_valid_id, iso, loads,
-                          new_id, parse_time, retry_delay, shorten)
+from queuectl.job import (
+    ID_PATTERN,
+    MAX_JOB_BYTES,
+    build,
+    check_id,
+    due_time,
+    dumps,
+    is_valid_id,
+    iso,
+    loads,
+    new_id,
+    parse_time,
+    retry_delay,
+    shorten,
+)
 
 ISO_UTC = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
 CONFIG = defaults()

@@ -14,12 +14,12 @@ import subprocess
 import sys
 
 import pytest
-
 from chaos_util import FAIL_EVERY, chaos_id, run_chaos
 from conftest import wait_until
+from workers_util import append_id, read_lines
+
 from queuectl import Spool
 from queuectl.doctor import check
-from workers_util import append_id, read_lines
 
 
 def appending_jobs(count: int, ran_file, prefix: str) -> list[dict]:

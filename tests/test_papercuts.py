@@ -13,7 +13,6 @@ from conftest import put_job, read_job, spool_files, wait_until
 from queuectl import Spool
 from queuectl.cli import main
 
-
 # -- enqueue --cwd, --env, --json ---------------------------------------------------
 
 def test_enqueue_with_cwd_env_and_json(cli, spool_path, tmp_path, monkeypatch):

@@ -12,6 +12,7 @@ import json
 import os
 
 from conftest import wait_until
+
 from queuectl import Spool, fsops
 from queuectl import spool as spool_module
 

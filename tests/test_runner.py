@@ -7,10 +7,10 @@ import signal
 import subprocess
 
 import pytest
-
 from conftest import wait_until
-from queuectl import runner
 from workers_util import process_alive
+
+from queuectl import runner
 
 
 @pytest.fixture

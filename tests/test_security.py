@@ -10,13 +10,13 @@ import subprocess
 import sys
 
 import pytest
+from conftest import put_job, run_queuectl
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from workers_util import enqueue, read_lines
 
-from conftest import put_job, run_queuectl
 from queuectl import InvalidJob, Spool, lifecycle
 from queuectl.job import is_valid_id
-from workers_util import enqueue, read_lines
 
 ESCAPES = ["../x", "../../etc/passwd", "/etc/passwd", "a/b", "a\0b", "", ".", "..", ".hidden", "x" * 129,
            "a b", "caf\u00e9", "x\n", "..%2f", "~root"]
@@ -134,7 +134,7 @@ def test_a_new_spool_is_private_whatever_the_umask(tmp_path):
     assert created.returncode == 0, created.stderr
     assert run_queuectl(spool_path, "worker", "start", "--burst").returncode == 0
 
-    for root, folders, names in os.walk(spool_path):
+    for root, _folders, names in os.walk(spool_path):
         assert stat.S_IMODE(os.stat(root).st_mode) == 0o700, root
         for name in names:
             mode = stat.S_IMODE(os.lstat(os.path.join(root, name)).st_mode)

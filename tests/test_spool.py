@@ -13,7 +13,7 @@ import threading
 import pytest
 from conftest import put_job, read_job, spool_files
 
-from queuectl import DuplicateJob, InvalidJob, JobNotFound, Spool, SpoolError, WrongState, fsops
+from queuectl import DuplicateJob, InvalidJob, JobNotFound, Spool, SpoolError, fsops
 from queuectl.job import STATES, iso, parse_time
 
 STATE_FOLDERS = ("tmp", *STATES, "logs", "workers")

@@ -9,8 +9,8 @@ import threading
 import time
 
 import pytest
-
 from conftest import wait_until
+
 from queuectl import watch as watch_module
 from queuectl.errors import SpoolError
 from queuectl.watch import RESCAN, FolderWatch

@@ -14,12 +14,22 @@ import signal
 import time
 
 from conftest import read_job, run_queuectl, wait_until
+from workers_util import (
+    FAST_SETTINGS,
+    append_id,
+    configure,
+    enqueue,
+    process_alive,
+    read_lines,
+    seconds,
+    wait_for_running,
+    wait_for_state,
+)
+
 from queuectl import Spool, doctor
 from queuectl.config import defaults
 from queuectl.demo import example_folder, example_jobs
 from queuectl.job import iso
-from workers_util import (FAST_SETTINGS, append_id, configure, enqueue, process_alive, read_lines, seconds,
-                          wait_for_running, wait_for_state)
 
 
 def marker_then(marker, command: str) -> str:

@@ -18,8 +18,8 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import run_queuectl, wait_until
+
 from queuectl import Spool, registry
 from queuectl.job import parse_time
 

@@ -44,17 +44,18 @@ import socket
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
-from typing import Any, Callable
+from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from .. import lifecycle, metrics, registry, workflow
 from ..errors import InvalidJob, JobNotFound, QueueError, WrongState
 from ..job import STATES, is_valid_id
+from ..schedules import upcoming as upcoming_schedules
 from ..spool import id_of
 from .snapshot import Scanner, throughput
-from ..schedules import upcoming as upcoming_schedules
 
 TOKEN_HEADER = "X-Queuectl-Token"
 PAGE_SIZE, PAGE_SIZE_MAX = 25, 200
@@ -102,7 +103,7 @@ class DashboardServer(ThreadingHTTPServer):
         self.spool = spool
         self.token = secrets.token_urlsafe(32)
         self.port = self.server_address[1]
-        bound = ipaddress.ip_address(self.server_address[0])
+        bound = ipaddress.ip_address(str(self.server_address[0]))
         self.loopback = bound.is_loopback
         self.any_address = bound.is_unspecified
         self.host_names = _host_names(host, bound)
@@ -290,7 +291,8 @@ class DashboardHandler(BaseHTTPRequestHandler):
         newest = (heapq.nlargest(end, folder_of) if end <= HEAP_PAGES_END
                   else sorted(folder_of, reverse=True))
         page = newest[offset:end]
-        jobs = [job_summary(workflow.annotate(spool, job)) for name in page if (job := spool.read(folder_of[name], name))]
+        jobs = [job_summary(workflow.annotate(spool, job))
+                for name in page if (job := spool.read(folder_of[name], name))]
         self._send_json(200, {"total": len(folder_of), "offset": offset, "limit": limit, "jobs": jobs})
 
     def _job(self, query: dict, job_id: str) -> None:
@@ -335,7 +337,8 @@ class DashboardHandler(BaseHTTPRequestHandler):
         spool = self.server.spool
         dead = sorted(id_of(name) for name in spool.names("dead"))
         deadline = time.monotonic() + RETRY_ALL_BUDGET
-        retried, skipped, errors, cursor = 0, 0, [], None
+        retried, skipped, cursor = 0, 0, None
+        errors: list[str] = []
         for job_id in dead[bisect.bisect_right(dead, after):]:
             if cursor is not None and time.monotonic() > deadline:
                 break  # after at least one job, so every call makes progress
