@@ -442,13 +442,21 @@ def retry(ctx, job_ids):
 @click.option("--older-than", type=Duration(), help="Only jobs last changed this long ago (7d, 12h).")
 @click.pass_context
 def purge(ctx, completed, dead, older_than):
-    """Delete finished jobs and their logs."""
+    """Delete finished jobs and their logs.
+
+    A completed job that a pending or failed job waits for (`after`) is kept:
+    a line on stderr names those kept, and the exit code stays 0.
+    """
     states = [state for state, chosen in (("completed", completed), ("dead", dead)) if chosen]
     if not states:
         raise click.UsageError("choose --completed, --dead or both")
     from .lifecycle import purge as purge_jobs
-    removed = purge_jobs(_spool(ctx), states, older_than)
+    needed: list[str] = []
+    removed = purge_jobs(_spool(ctx), states, older_than, needed)
     click.echo(f"purged {removed} job(s)")
+    if needed:
+        click.echo(f"kept {len(needed)} completed job(s) that waiting jobs depend on: "
+                   f"{shorten(' '.join(needed), 200)}", err=True)
 
 
 @main.group()

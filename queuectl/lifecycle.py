@@ -20,7 +20,9 @@ Every edge a job file can take, and the function that takes it:
     failed                 --retry-------------------->  pending
     dead                   --dlq_retry---------------->  pending
     pending                --dependency_died---------->  dead    (a job its `after` names is dead or gone)
-    completed, dead        --purge, retention--------->  (deleted with its log: delete_finished)
+    completed, dead        --purge, retention--------->  (deleted with its log: delete_finished;
+                                                           a completed job that a pending or failed
+                                                           job waits for stays: workflow.prune_guard)
     (schedules.sweep)      --a due slot--------------->  pending (claimed under schedules/<name>.fired/)
 
 After settle has moved a job to completed/, failed/ or dead/, its worker
@@ -63,6 +65,7 @@ dropped-in file is not named after an id yet.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 import threading
@@ -446,11 +449,19 @@ def adopt(spool: Spool, name: str, *, complete: bool) -> str | None:
             except FileExistsError:
                 dead_letter(spool, held, f"duplicate id {job['id']!r}")
                 return None
+        _mark_waiting(spool, job)  # before a worker may see it adopted (it still holds the lock)
         held.job = job
         held.save()
         if job.get("unique_key") is not None and not _adopt_key(spool, held):
             return None
         return target
+
+
+def _mark_waiting(spool: Spool, job: dict) -> None:
+    """Waiting markers for a job about to wait in pending/ (README "Retention"): its dependencies stay."""
+    after = job.get("after")
+    if isinstance(after, list) and after and is_valid_id(job.get("id")):
+        workflow.mark_waiting(spool, job["id"], after)
 
 
 def _adopt_key(spool: Spool, held: LockedJob) -> bool:
@@ -653,6 +664,7 @@ def dlq_retry(spool: Spool, job_id: str) -> dict:
         if not isinstance(held.job.get("command"), str) or held.job.get("invalid"):
             raise InvalidJob(f"job {job_id!r} was never a valid job ({held.job.get('last_error')}); "
                              f"fix the file and enqueue it again")
+        _mark_waiting(spool, held.job)
         with workflow.key_held_for(spool, held):  # its unique key again, or KeyTaken
             held.move("pending")
         held.job.update(dict.fromkeys(RUN_FIELDS), state="pending", attempts=0)
@@ -660,25 +672,32 @@ def dlq_retry(spool: Spool, job_id: str) -> dict:
         return held.job
 
 
-def purge(spool: Spool, states: Iterable[str], older_than: float | None = None) -> int:
-    """Delete finished jobs (and their logs) last changed more than `older_than` seconds ago."""
+def purge(spool: Spool, states: Iterable[str], older_than: float | None = None,
+          needed: list[str] | None = None) -> int:
+    """Delete finished jobs (and their logs) last changed more than `older_than` seconds ago.
+
+    Completed jobs that a job in pending/ or failed/ waits for stay; their
+    ids are appended to `needed` (README "Retention").
+    """
     removed = 0
     for state in states:
         if state not in ("completed", "dead"):
             raise WrongState(f"purge removes completed or dead jobs, not {state}")
         for name in spool.names(state):
-            removed += delete_finished(spool, state, id_of(name), older_than=older_than)
+            removed += delete_finished(spool, state, id_of(name), older_than=older_than, needed=needed)
     return removed
 
 
-def delete_finished(spool: Spool, state: str, job_id: str, *, older_than: float | None = None) -> bool:
+def delete_finished(spool: Spool, state: str, job_id: str, *, older_than: float | None = None,
+                    needed: list[str] | None = None) -> bool:
     """Delete a completed or dead job with its log (purge, and retention's prune); False if it stays.
 
     It stays when it is gone or owned (a worker still running its completion
     hook holds the flock; so does a `dlq retry` under way), when its hook is
     marked started by a worker that is alive (a flock may not reach another
-    host: README "Completion hooks"), or when it changed less than
-    `older_than` seconds ago.
+    host: README "Completion hooks"), when it changed less than
+    `older_than` seconds ago, or, completed, while a job in pending/ or
+    failed/ waits for it (README "Workflows": its id is appended to `needed`).
     """
     if state not in ("completed", "dead"):
         raise WrongState(f"only completed or dead jobs are deleted, not {state}")
@@ -692,12 +711,17 @@ def delete_finished(spool: Spool, state: str, job_id: str, *, older_than: float 
         info = os.fstat(held.fd)
         if older_than is not None and time.time() - info.st_mtime < older_than:
             return False
-        try:
-            if not os.path.samestat(info, os.lstat(held.path)):
+        with workflow.prune_guard(spool, job_id) if state == "completed" else contextlib.nullcontext(True) as free:
+            if not free:
+                if free is False and needed is not None:
+                    needed.append(job_id)
                 return False
-            os.unlink(held.path)
-        except FileNotFoundError:
-            return False
+            try:
+                if not os.path.samestat(info, os.lstat(held.path)):
+                    return False
+                os.unlink(held.path)
+            except FileNotFoundError:
+                return False
     for leftover in (spool.log_path(job_id), os.path.join(spool.dir(state), job_id + ".invalid")):
         try:
             os.unlink(leftover)

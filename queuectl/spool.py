@@ -367,7 +367,7 @@ class Spool:
                 self._refuse_duplicate(job_id)
             if job.get("after"):
                 from .workflow import check_dependencies_exist
-                check_dependencies_exist(self, job["after"], ids)
+                check_dependencies_exist(self, job_id, job["after"], ids)
             data = dumps(job)
             if len(data) > MAX_JOB_BYTES:
                 raise InvalidJob(f"job {job_id!r} is {len(data)} bytes as JSON, over the 1 MiB limit")

@@ -41,6 +41,13 @@ from .job import is_valid_id, iso
 PAUSE_FILE = "paused"
 GROUPS = "groups"
 UNIQUE = "unique"
+WAITING = "waiting"
+PRUNE_SUFFIX = ".prune"
+# A marker whose dependent is in no folder may belong to an enqueue that has
+# not yet published it; only after this long is it a failed enqueue's leftover.
+MARK_GRACE = 60.0
+# How long an enqueue naming a job waits for a deletion of it under way to end.
+PRUNE_WAIT = 2.0
 GROUP_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
 MAX_KEY = 256
 MAX_AFTER = 1000
@@ -652,11 +659,127 @@ def annotate(spool, job: dict) -> dict:
     return job
 
 
-def check_dependencies_exist(spool, after: list[str], earlier: set[str]) -> None:
-    """At enqueue: every id in `after` must name a job already in the spool (or earlier in the batch)."""
+def check_dependencies_exist(spool, job_id: str, after: list[str], earlier: set[str]) -> None:
+    """At enqueue: every id in `after` must name a job already in the spool (or earlier in the batch).
+
+    The job's waiting markers are made first, so a prune that starts after
+    this check sees them, and one that started before is seen here by its
+    `.prune` file (README "Retention", dependencies kept).
+    """
+    mark_waiting(spool, job_id, after)
     for dep in after:
-        if dep not in earlier and spool.find(dep) is None:
+        if dep in earlier:
+            continue
+        state = spool.find(dep)
+        if state == "completed" and not _wait_prune_done(spool, dep):
+            raise JobNotFound(f"after: job {dep!r} is being deleted by retention or purge; try again")
+        if state is None or spool.find(dep) is None:
             raise JobNotFound(f"after: no job with id {dep!r} (a job can only wait for one that exists)")
+
+
+# -- waiting markers: what retention and purge must keep ---------------------------
+#
+# waiting/<dependency>/<dependent> (empty files) says "this job may still wait
+# for that completed one". Made before the dependent is published (enqueue,
+# adoption, dlq retry), never removed by the dependent: the deleter removes
+# a marker once its dependent has started or finished, so a crash leaves at
+# worst a stale marker, which only delays pruning. A deleter first creates
+# waiting/<dependency>.prune, then reads the markers; an enqueue first makes
+# its marker, then looks for the job and that file: one of the two sees the other.
+
+def waiting_dir(spool) -> str:
+    return os.path.join(spool.root, WAITING)
+
+
+def mark_waiting(spool, job_id: str, after: list[str]) -> None:
+    """Record that `job_id` waits for each job of `after` (idempotent)."""
+    for dep in after:
+        if not is_valid_id(dep):
+            continue
+        folder = os.path.join(waiting_dir(spool), dep)
+        for _ in range(5):  # a deleter may remove the empty folder between the two calls
+            os.makedirs(folder, exist_ok=True)
+            try:
+                os.close(os.open(os.path.join(folder, job_id), os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644))
+                break
+            except FileNotFoundError:
+                continue
+
+
+def _wait_prune_done(spool, dep: str) -> bool:
+    """False when a deletion of `dep` is under way and did not end within PRUNE_WAIT seconds."""
+    path = os.path.join(waiting_dir(spool), dep + PRUNE_SUFFIX)
+    deadline = time.monotonic() + PRUNE_WAIT
+    while True:
+        try:
+            info = os.lstat(path)
+        except FileNotFoundError:
+            return True
+        if time.time() - info.st_mtime >= LOCK_GRACE:
+            return True  # left by a crashed deleter, which will not delete anything now
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.01)
+
+
+@contextlib.contextmanager
+def prune_guard(spool, job_id: str) -> Iterator[bool | None]:
+    """Yields True when completed job `job_id` may be deleted now: no job in pending/ or failed/ waits for it.
+
+    False when one does; None when another process is deleting it.
+    Stale markers (the dependent started, finished, or never appeared in
+    MARK_GRACE seconds) are removed on the way. The `.prune` file stays
+    while the caller deletes, so an enqueue naming the job waits or refuses.
+    """
+    root = waiting_dir(spool)
+    folder = os.path.join(root, job_id)
+    flag = os.path.join(root, job_id + PRUNE_SUFFIX)
+    # Always announced, even when no marker exists yet: an enqueue may be
+    # making one now, and it must see this file or be seen by the listing.
+    try:
+        try:
+            fd = os.open(flag, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        except FileNotFoundError:
+            os.makedirs(root, exist_ok=True)
+            fd = os.open(flag, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        os.close(fd)
+    except FileExistsError:
+        try:
+            if time.time() - os.lstat(flag).st_mtime >= LOCK_GRACE:
+                os.unlink(flag)  # a crashed deleter's: the next attempt takes it
+        except FileNotFoundError:
+            pass
+        yield None
+        return
+    try:
+        free = not _live_waiters(spool, folder)
+        yield free
+        if free:
+            with contextlib.suppress(OSError):
+                os.rmdir(folder)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(flag)
+
+
+def _live_waiters(spool, folder: str) -> list[str]:
+    live = []
+    for name in _listdir(folder):
+        path = os.path.join(folder, name)
+        state = spool.find(name) if is_valid_id(name) else "invalid"
+        if state in ("pending", "failed"):
+            live.append(name)
+            continue
+        if state is None:
+            try:
+                if time.time() - os.lstat(path).st_mtime < MARK_GRACE:
+                    live.append(name)  # its enqueue may not have published it yet
+                    continue
+            except FileNotFoundError:
+                continue
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+    return live
 
 
 # -- a worker's view ---------------------------------------------------------------

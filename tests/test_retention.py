@@ -11,7 +11,8 @@ import pytest
 from conftest import put_job, wait_until
 from workers_util import configure, enqueue, wait_for_state
 
-from queuectl import Spool, retention
+from queuectl import Spool, retention, workflow
+from queuectl.errors import JobNotFound
 from queuectl.lifecycle import purge
 
 
@@ -145,3 +146,64 @@ def test_a_log_over_max_log_bytes_keeps_its_head_and_tail(spool_path, workers):
     small = enqueue(spool_path, "echo small")
     wait_for_state(spool_path, small, "completed")
     assert b"cut" not in Spool(spool_path).read_log(small)
+
+
+# -- dependencies are kept (README "Retention", "Workflows") ----------------------
+
+def test_a_completed_dependency_of_a_waiting_job_survives_pruning_and_purge(spool_path, workers, tmp_path, qc):
+    """dep-a is completed, dep-b still runs: the worker's keep_completed=0 and a purge must keep dep-a."""
+    spool = Spool(spool_path)
+    gate = tmp_path / "gate"
+    put_job(spool_path, "completed", "dep-a")
+    put_job(spool_path, "completed", "other")  # no dependents: pruned after dep-a was looked at
+    _age(spool_path, "completed", "dep-a", 2000)
+    _age(spool_path, "completed", "other", 1000)
+    enqueue(spool_path, {"id": "dep-b", "command": f"while [ ! -e {gate} ]; do sleep 0.05; done"})
+    enqueue(spool_path, {"id": "child", "command": "true", "after": ["dep-a", "dep-b"]})
+    configure(spool_path, keep_completed="0")
+    workers.start()
+    wait_for_state(spool_path, "dep-b", "processing")
+    wait_until(lambda: spool.find("other") is None, message="the worker to prune")
+    assert spool.find("dep-a") == "completed" and spool.find("child") == "pending"
+    result = qc("purge", "--completed")
+    assert result.returncode == 0 and "purged 0 job(s)" in result.stdout
+    assert "kept 1 completed job(s) that waiting jobs depend on: dep-a" in result.stderr
+    assert spool.find("dep-a") == "completed"
+    gate.touch()
+    assert wait_for_state(spool_path, "child", "completed", "dead")["state"] == "completed"
+
+
+def test_purge_deletes_a_dependency_once_its_dependents_left(spool_path, qc):
+    spool = Spool(spool_path)
+    put_job(spool_path, "completed", "dep-a")
+    enqueue(spool_path, {"id": "child", "command": "true", "after": ["dep-a"]})
+    assert purge(spool, ["completed"]) == 0 and spool.find("dep-a") == "completed"
+    assert qc("cancel", "child").returncode == 0
+    result = qc("purge", "--completed")
+    assert result.returncode == 0 and "purged 1 job(s)" in result.stdout and not result.stderr
+    assert spool.find("dep-a") is None
+    assert not os.path.exists(os.path.join(spool_path, "waiting", "dep-a"))  # its stale marker went with it
+
+
+def test_a_marker_of_an_enqueue_in_flight_keeps_the_dependency_until_its_grace_ends(spool_path):
+    spool = Spool(spool_path)
+    put_job(spool_path, "completed", "dep-a")
+    workflow.mark_waiting(spool, "not-yet-published", ["dep-a"])
+    assert purge(spool, ["completed"]) == 0
+    marker = os.path.join(spool_path, "waiting", "dep-a", "not-yet-published")
+    then = time.time() - workflow.MARK_GRACE - 1
+    os.utime(marker, (then, then))
+    assert purge(spool, ["completed"]) == 1 and not os.path.exists(marker)
+
+
+def test_an_enqueue_naming_a_job_being_deleted_refuses(spool_path, monkeypatch):
+    spool = Spool(spool_path)
+    put_job(spool_path, "completed", "dep-a")
+    os.makedirs(os.path.join(spool_path, "waiting"), exist_ok=True)
+    open(os.path.join(spool_path, "waiting", "dep-a.prune"), "w").close()
+    monkeypatch.setattr(workflow, "PRUNE_WAIT", 0.1)
+    with pytest.raises(JobNotFound, match="being deleted"):
+        spool.enqueue({"id": "child", "command": "true", "after": ["dep-a"]})
+    # The marker it made stays (stale, within its grace): a deleter that read the
+    # folder after it would keep dep-a, which is safe.
+    assert os.path.exists(os.path.join(spool_path, "waiting", "dep-a", "child"))
