@@ -711,7 +711,8 @@ def delete_finished(spool: Spool, state: str, job_id: str, *, older_than: float 
         info = os.fstat(held.fd)
         if older_than is not None and time.time() - info.st_mtime < older_than:
             return False
-        with workflow.prune_guard(spool, job_id) if state == "completed" else contextlib.nullcontext(True) as free:
+        guard = workflow.prune_guard(spool, job_id, held.path) if state == "completed" else None
+        with guard or contextlib.nullcontext(True) as free:
             if not free:
                 if free is False and needed is not None:
                     needed.append(job_id)

@@ -711,44 +711,39 @@ def _wait_prune_done(spool, dep: str) -> bool:
     path = os.path.join(waiting_dir(spool), dep + PRUNE_SUFFIX)
     deadline = time.monotonic() + PRUNE_WAIT
     while True:
-        try:
-            info = os.lstat(path)
-        except FileNotFoundError:
+        if _stale_flag(path):  # gone, or left by a crashed deleter, which will delete nothing now
             return True
-        if time.time() - info.st_mtime >= LOCK_GRACE:
-            return True  # left by a crashed deleter, which will not delete anything now
         if time.monotonic() >= deadline:
             return False
         time.sleep(0.01)
 
 
 @contextlib.contextmanager
-def prune_guard(spool, job_id: str) -> Iterator[bool | None]:
+def prune_guard(spool, job_id: str, source: str) -> Iterator[bool | None]:
     """Yields True when completed job `job_id` may be deleted now: no job in pending/ or failed/ waits for it.
 
     False when one does; None when another process is deleting it.
-    Stale markers (the dependent started, finished, or never appeared in
-    MARK_GRACE seconds) are removed on the way. The `.prune` file stays
-    while the caller deletes, so an enqueue naming the job waits or refuses.
+    `source` is the job's file, locked by the caller. Stale markers (the
+    dependent started, finished, or never appeared in MARK_GRACE seconds)
+    are removed on the way. `waiting/<id>.prune` stays while the caller
+    deletes, so an enqueue naming the job waits or refuses.
     """
     root = waiting_dir(spool)
     folder = os.path.join(root, job_id)
     flag = os.path.join(root, job_id + PRUNE_SUFFIX)
     # Always announced, even when no marker exists yet: an enqueue may be
-    # making one now, and it must see this file or be seen by the listing.
+    # making one now, and it must see this name or be seen by the listing.
+    # A second name of the job's file, as for unique keys: no new inode.
     try:
         try:
-            fd = os.open(flag, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+            os.link(source, flag)
         except FileNotFoundError:
             os.makedirs(root, exist_ok=True)
-            fd = os.open(flag, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-        os.close(fd)
+            os.link(source, flag)
     except FileExistsError:
-        try:
-            if time.time() - os.lstat(flag).st_mtime >= LOCK_GRACE:
+        if _stale_flag(flag):
+            with contextlib.suppress(FileNotFoundError):
                 os.unlink(flag)  # a crashed deleter's: the next attempt takes it
-        except FileNotFoundError:
-            pass
         yield None
         return
     try:
@@ -760,6 +755,14 @@ def prune_guard(spool, job_id: str) -> Iterator[bool | None]:
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(flag)
+
+
+def _stale_flag(path: str) -> bool:
+    """A `.prune` name left by a crash: link() set its ctime, and a deletion takes milliseconds."""
+    try:
+        return time.time() - os.lstat(path).st_ctime >= LOCK_GRACE
+    except FileNotFoundError:
+        return True
 
 
 def _live_waiters(spool, folder: str) -> list[str]:
