@@ -4,6 +4,7 @@ only finished jobs, jobs whose hook still runs are kept, and the per-job log cap
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import time
 
@@ -11,7 +12,7 @@ import pytest
 from conftest import put_job, wait_until
 from workers_util import configure, enqueue, wait_for_state
 
-from queuectl import Spool, retention, workflow
+from queuectl import Spool, lifecycle, retention, workflow
 from queuectl.errors import JobNotFound
 from queuectl.lifecycle import purge
 
@@ -207,3 +208,15 @@ def test_an_enqueue_naming_a_job_being_deleted_refuses(spool_path, monkeypatch):
     # The marker it made stays (stale, within its grace): a deleter that read the
     # folder after it would keep dep-a, which is safe.
     assert os.path.exists(os.path.join(spool_path, "waiting", "dep-a", "child"))
+
+
+def test_dlq_retry_and_adoption_mark_what_a_job_waits_for(spool_path):
+    spool = Spool(spool_path)
+    put_job(spool_path, "completed", "dep-a")
+    put_job(spool_path, "dead", "retried", after=["dep-a"])
+    lifecycle.dlq_retry(spool, "retried")
+    with open(os.path.join(spool_path, "pending", "dropped.json"), "w") as handle:
+        json.dump({"command": "true", "after": ["dep-a"]}, handle)
+    assert lifecycle.adopt(spool, "dropped.json", complete=True) == "dropped.json"
+    assert sorted(os.listdir(os.path.join(spool_path, "waiting", "dep-a"))) == ["dropped", "retried"]
+    assert purge(spool, ["completed"]) == 0 and spool.find("dep-a") == "completed"
