@@ -697,13 +697,19 @@ def mark_waiting(spool, job_id: str, after: list[str]) -> None:
         if not is_valid_id(dep):
             continue
         folder = os.path.join(waiting_dir(spool), dep)
-        for _ in range(5):  # a deleter may remove the empty folder between the two calls
-            os.makedirs(folder, exist_ok=True)
-            try:
-                os.close(os.open(os.path.join(folder, job_id), os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644))
-                break
-            except FileNotFoundError:
-                continue
+        try:
+            for _ in range(5):  # a deleter may remove the empty folder between the two calls
+                os.makedirs(folder, exist_ok=True)
+                try:
+                    os.close(os.open(os.path.join(folder, job_id), os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644))
+                    break
+                except FileNotFoundError:
+                    continue
+            else:
+                raise FileNotFoundError(folder)
+        except OSError as exc:
+            raise SpoolError(f"cannot record that {job_id} waits for {dep} in {folder}: "
+                             f"{exc.strerror or exc}") from None
 
 
 def _wait_prune_done(spool, dep: str) -> bool:
