@@ -14,14 +14,17 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
 import multihost
 import pytest
 from conftest import wait_until
 from multihost import spool_pair
+from test_schedules import _jobs_of, _slots
 from workers_util import read_lines
 
-from queuectl import Spool
+from queuectl import Spool, schedules
+from queuectl.job import parse_time
 
 # The several-host fixtures (tests/multihost.py), used by the tests below by name.
 gluster_pair = multihost.gluster_pair
@@ -240,3 +243,51 @@ def test_a_host_paused_past_its_lease_never_settles_over_the_recovery(two_hosts,
     assert _runs(runs) == expected
     assert spool.get(job_id)["state"] == "completed"
     _no_tracebacks((host_a, a_workers), (host_b, b_workers))
+
+
+def test_both_hosts_enqueue_every_one_second_slot_of_a_schedule_exactly_once(two_hosts, tmp_path):
+    """Issue 14 on two hosts: 2 workers per host sweep one `--every 1s` schedule for 12 slots."""
+    host_a, host_b, spool = two_hosts
+    runs = tmp_path / "runs"
+    window = 12
+    # Each run records its job id and the host it ran on; 2 s per run is more than one
+    # host's two workers keep up with, so workers are busy (and sweep during runs) and
+    # both hosts run slots.
+    command = f'sleep 2; echo "$QUEUECTL_JOB_ID $(hostname)" >> {runs}'
+    workers = [(host_a, host_a.start("worker", "start", "--count", "2")),
+               (host_b, host_b.start("worker", "start", "--count", "2"))]
+    wait_until(lambda: len(_workers_of(spool, "hostA")) == 2 and len(_workers_of(spool, "hostB")) == 2,
+               timeout=30, message="two workers on each host")
+    added = host_a.run("schedule", "add", "tick", "--every", "1s", command)
+    assert added.returncode == 0, added.stderr
+    created = int(parse_time(schedules.get(spool, "tick")["created_at"]))
+
+    def window_jobs():
+        return {job_id: job for job_id, job in _jobs_of(spool, "tick").items()
+                if parse_time(job["slot"]) <= created + window}
+
+    first = wait_until(lambda: _slots(_jobs_of(spool, "tick"))[:1], timeout=30, message="the first slot")[0]
+    assert first == created + 1  # the first slot after the schedule was added: none skipped at the start
+    last = created + window
+    wait_until(lambda: len(window_jobs()) >= window or time.time() > last + 20, timeout=60,
+               message=f"{window} slots")
+    wait_until(lambda: all(job["state"] == "completed" for job in window_jobs().values()), timeout=30,
+               message="the window's jobs to finish")
+    jobs = window_jobs()
+    directory = schedules.fired_dir(spool, "tick")
+    claimers = {name: schedules._owner_token(os.path.join(directory, name)) for name in
+                schedules._slot_names(directory) if schedules.slot_time(name) <= last}
+    # Every slot once, none skipped while the workers ran, each job's id derived from its slot.
+    assert _slots(jobs) == list(range(first, last + 1)), claimers
+    assert sorted(jobs) == [schedules.job_id("tick", slot) for slot in range(first, last + 1)]
+    assert all(job["schedule"] == "tick" and not job.get("catch_up") for job in jobs.values())
+    assert len(claimers) == window and all(claimers.values()), claimers
+    folders = {job_id: [state for state in ("pending", "processing", "completed", "failed", "dead")
+                        if os.path.exists(spool.path(state, job_id))] for job_id in jobs}
+    assert all(found == ["completed"] for found in folders.values()), folders
+    # Each ran exactly once, and both hosts ran some.
+    ran = [line.split() for line in _runs(runs)]
+    in_window = [(job_id, host) for job_id, host in ran if job_id in jobs]
+    assert sorted(job_id for job_id, _ in in_window) == sorted(jobs), (in_window, claimers)
+    assert {host for _, host in in_window} == {"hostA", "hostB"}, in_window
+    _no_tracebacks(*workers)
