@@ -457,7 +457,7 @@ class Spool:
                 return None, "not a regular file (a folder, FIFO or device)"
             return fsops.read_fd(fd, MAX_JOB_BYTES), None
         finally:
-            os.close(fd)
+            fsops.close_quietly(fd)  # GlusterFS may report ENOENT here for a file another client moved
 
     def jobs(self, state: str | None = None, limit: int | None = None) -> list[dict]:
         """Jobs newest id first (generated ids sort by creation time)."""

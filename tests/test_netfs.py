@@ -300,3 +300,17 @@ def test_a_lock_file_gone_stale_is_not_held(spool, monkeypatch):
         raise OSError(errno.ESTALE, "Stale file handle")
     monkeypatch.setattr(filelock.FileLock, "acquire", stale_acquire)
     assert not registry.holds_lock(spool, "gone-1")
+
+
+def test_a_read_whose_close_reports_enoent_still_returns_the_job(spool, monkeypatch):
+    """GlusterFS may fail close() of a read-only fd with ENOENT once another client moved the file."""
+    job_id = spool.enqueue({"command": "true"})["id"]
+    real_close = os.close
+
+    def close_then_enoent(fd):
+        real_close(fd)
+        raise FileNotFoundError(errno.ENOENT, "No such file or directory")
+    monkeypatch.setattr(os, "close", close_then_enoent)
+    job = spool.read("pending", job_id + ".json")
+    monkeypatch.undo()
+    assert job is not None and job["id"] == job_id
