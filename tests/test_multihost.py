@@ -289,9 +289,8 @@ def test_both_hosts_enqueue_every_one_second_slot_of_a_schedule_exactly_once(two
             if os.path.exists(spool.path(state, job_id))]) != ["completed"]}
     # A move seen half done (a link, then an unlink) or through another client's cache settles.
     wait_until(lambda: not in_two_folders(), timeout=10, message="each job in completed/ alone")
-    # Each ran exactly once, and both hosts ran some.
+    # Each ran exactly once. (Which host ran which is the workers' race, not a promise: not asserted.)
     ran = [line.split() for line in _runs(runs)]
     in_window = [(job_id, host) for job_id, host in ran if job_id in jobs]
     assert sorted(job_id for job_id, _ in in_window) == sorted(jobs), (in_window, claimers)
-    assert {host for _, host in in_window} == {"hostA", "hostB"}, in_window
     _no_tracebacks(*workers)
