@@ -28,6 +28,7 @@ import time
 from typing import Any
 
 from . import fsops, lifecycle
+from .fsops import open_nofollow
 from .spool import id_of
 
 BATCH = 10_000     # work units per sweep at most: a stat costs 1, a deletion DELETE_COST
@@ -69,7 +70,7 @@ def cap_log(path: str, max_bytes: int, tmp_dir: str) -> bool:
     if max_bytes <= 0:
         return False
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+        fd = open_nofollow(path)
     except OSError:
         return False
     try:

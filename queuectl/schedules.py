@@ -37,6 +37,7 @@ from typing import Any
 
 from . import fsops
 from .errors import DuplicateJob, InvalidJob, JobNotFound
+from .fsops import open_nofollow
 from .job import build, dumps, iso, loads, parse_time
 
 FOLDER = "schedules"
@@ -247,7 +248,7 @@ def _read(spool, file_name: str) -> tuple[Any, str | None]:
     """(fields, None); (None, why not); (None, None) when gone."""
     path = os.path.join(folder(spool), file_name)
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+        fd = open_nofollow(path)
     except FileNotFoundError:
         return None, None
     except OSError as exc:

@@ -36,6 +36,7 @@ from typing import Any
 
 from . import registry
 from .errors import DuplicateJob, InvalidJob, JobNotFound, SpoolError
+from .fsops import open_nofollow
 from .job import is_valid_id, iso
 
 PAUSE_FILE = "paused"
@@ -249,7 +250,7 @@ class Badge:
 def read_slot(path: str) -> dict | None:
     """Who holds a slot ({"worker", "host", "pid"}), with `ino` (the holder's badge); None when it is free."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+        fd = open_nofollow(path)
     except OSError:
         return None
     try:
@@ -469,7 +470,7 @@ def key_path(spool, key: str) -> str:
 def key_holder(path: str) -> str | None:
     """The id of the job a key names: its file holds that job's JSON (or, made by hand, just the id)."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+        fd = open_nofollow(path)
     except OSError:
         return None  # gone (or not a plain file: judged by doctor)
     try:
