@@ -10,6 +10,7 @@ sentence a person can act on.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -74,28 +75,55 @@ def iso(timestamp: float) -> str:
     # not be due yet). parse_time returns the float just at or above a text's exact time, so
     # what this text reads back as truncates to the same text.
     millis = math.floor(timestamp * 1000)
-    m = datetime.fromtimestamp(millis // 1000, timezone.utc)
-    # Formatted by hand: strftime is slower (a worker stamps a dozen times per job)
-    # and writes year 1 as "1", which fromisoformat cannot read back.
-    return (f"{m.year:04d}-{m.month:02d}-{m.day:02d}T{m.hour:02d}:{m.minute:02d}:{m.second:02d}."
-            f"{millis % 1000:03d}Z")
+    return f"{_second_text(millis // 1000)}{millis % 1000:03d}Z"
+
+
+@functools.lru_cache(maxsize=256)
+def _second_text(second: int) -> str:
+    """`2026-11-25T10:30:00.` for a whole second: a worker stamps a dozen times per job, within a few seconds."""
+    m = datetime.fromtimestamp(second, timezone.utc)
+    # Formatted by hand: strftime writes year 1 as "1", which fromisoformat cannot read back.
+    return f"{m.year:04d}-{m.month:02d}-{m.day:02d}T{m.hour:02d}:{m.minute:02d}:{m.second:02d}."
 
 
 def parse_time(value: str) -> float:
     """ISO-8601 to seconds since the epoch; a time without an offset is local time."""
-    text = value.strip()
-    if text.endswith(("Z", "z")):
-        text = text[:-1] + "+00:00"
-    try:
-        moment = datetime.fromisoformat(text)
-        since_epoch = (moment if moment.tzinfo else moment.astimezone()) - _EPOCH
-        iso(moment.timestamp())  # an offset can push a valid local time outside the years UTC can write
-    except (ValueError, OverflowError, OSError):
-        raise InvalidJob(f"invalid time {value!r}: use ISO-8601 between the years 1 and 9999, "
-                         f"e.g. 2026-11-25T10:30:00Z") from None
-    exact = since_epoch // timedelta(microseconds=1)
+    canonical = _CANONICAL_TIME.fullmatch(value)
+    if canonical:  # what iso() writes, so what every job file holds: the common case made cheap
+        try:
+            exact = _utc_second(canonical[1]) * 1_000_000 + int(canonical[2]) * 1000
+        except (ValueError, OverflowError, OSError):
+            raise _bad_time(value) from None
+    else:
+        text = value.strip()
+        if text.endswith(("Z", "z")):
+            text = text[:-1] + "+00:00"
+        try:
+            moment = datetime.fromisoformat(text)
+            since_epoch = (moment if moment.tzinfo else moment.astimezone()) - _EPOCH
+            iso(moment.timestamp())  # an offset can push a valid local time outside the years UTC can write
+        except (ValueError, OverflowError, OSError):
+            raise _bad_time(value) from None
+        exact = since_epoch // timedelta(microseconds=1)
     timestamp = exact / 1_000_000
     return timestamp if timestamp * 1_000_000 >= exact else math.nextafter(timestamp, math.inf)
+
+
+_CANONICAL_TIME = re.compile(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)\.(\d{3})Z", re.ASCII)
+
+
+@functools.lru_cache(maxsize=256)
+def _utc_second(text: str) -> int:
+    """Whole seconds since the epoch of `YYYY-MM-DDTHH:MM:SS` in UTC; ValueError if it is no such time.
+
+    fromisoformat takes the years 1 to 9999, all of which iso() can write back.
+    """
+    return (datetime.fromisoformat(text + "+00:00") - _EPOCH) // timedelta(seconds=1)
+
+
+def _bad_time(value: str) -> InvalidJob:
+    return InvalidJob(f"invalid time {value!r}: use ISO-8601 between the years 1 and 9999, "
+                      f"e.g. 2026-11-25T10:30:00Z")
 
 
 def _time_field(job: dict, name: str) -> None:

@@ -6,8 +6,11 @@ import json
 import re
 import subprocess
 import sys
+from datetime import datetime
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from queuectl.config import defaults
 from queuectl.errors import InvalidJob
@@ -149,6 +152,23 @@ def test_iso_and_parse_time_round_trip():
     assert parse_time("2025-11-25T11:30:00.250+01:00") == 1_764_066_600.25
     with pytest.raises(InvalidJob, match="ISO-8601"):
         parse_time("25/11/2025")
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.from_regex(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{3}", fullmatch=True)
+       | st.datetimes(min_value=datetime(1, 1, 1), max_value=datetime(9999, 12, 31, 23, 59, 59))
+       .map(lambda moment: moment.isoformat(timespec="milliseconds")))
+def test_the_fast_reading_of_iso_output_agrees_with_the_general_one(text):
+    """parse_time reads iso()'s own form by a short cut: it must give what `+00:00` gives, or refuse alike."""
+    def read(value):
+        try:
+            return parse_time(value)
+        except InvalidJob:
+            return "refused"
+    general = read(text + "+00:00")
+    assert read(text + "Z") == general
+    if general != "refused":
+        assert iso(general) == text + "Z"
 
 
 def test_generated_ids_are_unique_valid_and_sort_by_creation():
