@@ -205,12 +205,25 @@ def test_loads_refuses_what_is_not_a_json_document():
         loads(b" " * (MAX_JOB_BYTES + 1))
 
 
-def test_dumps_is_indented_utf8_json_ending_in_a_newline():
-    job = build({"command": "echo 'héllo wörld'"}, CONFIG)
+def test_dumps_is_utf8_json_one_field_per_line_ending_in_a_newline():
+    job = build({"command": "echo 'héllo wörld'", "env": {"A": "1\n2"}}, CONFIG)
     data = dumps(job)
-    assert data.endswith(b"}\n") and b'\n  "command": ' in data
+    assert data.endswith(b"}\n") and b'\n  "command": ' in data and b'\n  "env": {"A": "1\\n2"},\n' in data
     assert "héllo".encode() in data
     assert loads(data) == job
+
+
+_JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+                     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+                     max_leaves=12)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(st.text(), _JSON, max_size=8))
+def test_dumps_writes_any_json_object_back_exactly_one_field_per_line(fields):
+    text = dumps(fields).decode("utf-8")
+    assert json.loads(text) == fields
+    assert text.count("\n") == (len(fields) + 2 if fields else 1)
 
 
 def test_due_time_prefers_retry_then_schedule_then_creation():
