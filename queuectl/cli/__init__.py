@@ -1,0 +1,201 @@
+"""The queuectl command line: parse, call the library, print.
+
+Promises: every command of README's command table, each with its help;
+errors the library raises on purpose (QueueError) and OS errors become one
+line on stderr and exit code 1; click's usage errors exit 2; `--spool` and
+`--allow-shared-spool` work before or after any command.
+
+This module holds the root group and what every command shares. Each
+command lives in a module of this package that is imported only when the
+command runs (or when `--help` lists them all): click builds a command's
+options when its module runs, so an `enqueue` that built all of them would
+pay for every command at start-up. `COMMANDS` names each module. Commands
+that need the worker, watchdog or the dashboard import them inside the
+command too.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+from typing import Any
+
+import click
+
+from .. import __version__
+from ..errors import QueueError
+from ..spool import Spool
+
+# Each top-level command: the module of this package that defines it, and its function there.
+COMMANDS = {
+    "enqueue": "enqueue:enqueue",
+    "status": "inspection:status", "list": "inspection:list_jobs", "show": "inspection:show",
+    "logs": "inspection:logs",
+    "cancel": "changes:cancel", "retry": "changes:retry", "purge": "changes:purge", "dlq": "changes:dlq",
+    "config": "settings:config",
+    "worker": "workers:worker",
+    "group": "workflows:group_cmd", "pause": "workflows:pause", "resume": "workflows:resume", "wait": "workflows:wait",
+    "schedule": "schedules:schedule",
+    "dashboard": "tools:dashboard", "metrics": "tools:metrics", "doctor": "tools:doctor",
+    "schema": "tools:schema", "demo": "tools:demo",
+}
+
+
+def _show_help(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    if value and not ctx.resilient_parsing:
+        click.echo(ctx.get_help(), color=ctx.color)
+        ctx.exit()
+
+
+def _show_version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    if value and not ctx.resilient_parsing:
+        click.echo(f"queuectl, version {__version__}", color=ctx.color)
+        ctx.exit()
+
+
+class Command(click.Command):
+    """A command whose -h/--help option has its text in plain English.
+
+    click's own help and version options translate their text through
+    gettext, whose first lookup imports locale: start-up time every command
+    would pay, for a help text nobody asked for.
+    """
+
+    _plain_help: click.Option | None = None
+
+    def get_help_option(self, ctx: click.Context) -> click.Option | None:
+        names = self.get_help_option_names(ctx)
+        if not names or not self.add_help_option:
+            return None
+        if self._plain_help is None:  # one object: click orders eager callbacks by identity
+            self._plain_help = click.Option(names, is_flag=True, is_eager=True, expose_value=False,
+                                            callback=_show_help, help="Show this message and exit.")
+        return self._plain_help
+
+
+class QueueGroup(Command, click.Group):
+    """Turns the library's deliberate errors and OS errors into one line and exit 1.
+
+    `lazy_commands` maps a command's name to "module:function" in this
+    package; the module is imported when the command is looked up.
+    """
+
+    command_class = Command
+    group_class = type  # subgroups (worker, config, dlq) are QueueGroups too
+    owns_process = False
+
+    def __init__(self, *args: Any, lazy_commands: dict[str, str] | None = None, **attrs: Any):
+        super().__init__(*args, **attrs)
+        self.lazy_commands = lazy_commands or {}
+
+    def main(self, args: Any = None, *rest: Any, **options: Any) -> Any:
+        # Arguments from sys.argv: this is the program, and the process ends with
+        # the command (`worker start` relies on it). An in-process caller, such as
+        # click's CliRunner, passes its arguments and keeps its process as it was.
+        self.owns_process = args is None
+        return super().main(args, *rest, **options)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        command = super().get_command(ctx, cmd_name)
+        if command is None and cmd_name in self.lazy_commands:
+            module, _, name = self.lazy_commands[cmd_name].partition(":")
+            command = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+            self.add_command(command, cmd_name)
+        if command is not None:
+            _accept_root_options(command)
+        return command
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*self.commands, *self.lazy_commands})
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except QueueError as exc:
+            fail(str(exc))
+        except OSError as exc:
+            fail(f"{exc.strerror or exc}: {exc.filename}" if exc.filename else str(exc))
+        except KeyboardInterrupt:
+            raise SystemExit(130) from None
+
+
+def fail(message: str) -> None:
+    click.echo(f"queuectl: error: {message}", err=True)
+    raise SystemExit(1)
+
+
+def open_spool(ctx: click.Context) -> Spool:
+    """The spool is opened (and created) only by commands that use it."""
+    options = ctx.find_root().obj
+    if "spool" not in options:
+        spool = Spool(options["path"], allow_shared=options["allow_shared"])
+        for warning in spool.warnings:
+            click.echo(f"queuectl: warning: {warning}", err=True)
+        options["spool"] = spool
+    return options["spool"]
+
+
+def print_json(document: Any) -> None:
+    click.echo(json.dumps(document, indent=2, ensure_ascii=False))
+
+
+def parse_duration(text: str) -> float:
+    """`90`, `90s`, `15m`, `2h`, `7d` as seconds."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+    value = text.strip().lower()
+    scale = units.get(value[-1:], None)
+    number = value[:-1] if scale else value
+    try:
+        seconds = float(number) * (scale or 1)
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is not a duration like 30s, 15m, 2h or 7d") from None
+    if seconds < 0:
+        raise click.BadParameter("a duration must not be negative")
+    return seconds
+
+
+class Duration(click.ParamType):
+    name = "DURATION"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> float:
+        return value if isinstance(value, float) else parse_duration(str(value))
+
+
+@click.group(cls=QueueGroup, lazy_commands=COMMANDS, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--spool", "path", metavar="PATH", envvar="QUEUECTL_SPOOL",
+              help="Spool folder [default: $QUEUECTL_SPOOL, else ~/.local/share/queuectl/spool].")
+@click.option("--allow-shared-spool", "allow_shared", is_flag=True,
+              help="Use a spool that group or others can write to (they can run commands as you).")
+@click.option("--version", is_flag=True, is_eager=True, expose_value=False, callback=_show_version,
+              help="Show the version and exit.")
+@click.pass_context
+def main(ctx: click.Context, path: str | None, allow_shared: bool) -> None:
+    """A background job queue for shell commands, kept in a folder of JSON files."""
+    ctx.obj = {"path": path, "allow_shared": allow_shared}
+
+
+# -- root options after the subcommand ----------------------------------------
+
+def _set_root(name: str):
+    """A subcommand's --spool / --allow-shared-spool sets the root's value; given twice, the later one wins."""
+    def callback(ctx: click.Context, param: click.Parameter, value: Any) -> None:
+        if value:
+            ctx.find_root().obj[name] = value
+    return callback
+
+
+def _accept_root_options(command: click.Command) -> None:
+    """`queuectl list --spool X` works as `queuectl --spool X list` does, in every (nested) command.
+
+    QueueGroup.get_command adds them to the command it looks up: built for
+    every command at import, they would cost every start-up.
+    """
+    if any(param.name == "spool" for param in command.params):
+        return  # done already (an alias, config show, is the same command object)
+    command.params.extend([
+        click.Option(["--spool"], metavar="PATH", expose_value=False, callback=_set_root("path"),
+                     help="Spool folder (as `queuectl --spool PATH`)."),
+        click.Option(["--allow-shared-spool"], is_flag=True, expose_value=False,
+                     callback=_set_root("allow_shared"),
+                     help="As `queuectl --allow-shared-spool`."),
+    ])
