@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import os
 import time
 from collections.abc import Callable
@@ -132,6 +131,7 @@ def write_new(directory: str, stem: str, data: bytes, *, durable: bool, lock: bo
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
     try:
         if lock:
+            import fcntl  # here, not at the top: an enqueue locks nothing and need not load it
             fcntl.flock(fd, fcntl.LOCK_EX)
         _write_all(fd, data, durable)
     except BaseException:
@@ -233,6 +233,7 @@ def open_nofollow(path: str, flags: int = os.O_RDONLY) -> int:
 
 def lock_fd(fd: int) -> bool:
     """Take the exclusive flock on fd; False when another process holds it."""
+    import fcntl  # here, not at the top: an enqueue locks nothing and need not load it
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
