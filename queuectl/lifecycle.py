@@ -248,8 +248,9 @@ class GroupCommit:
     in processing/ unlocked, for recovery.
     """
 
-    def __init__(self, spool: Spool):
+    def __init__(self, spool: Spool, pace: FlushPace | None = None):
         self.spool = spool
+        self.pace = pace  # told how long each group's flushes took
         self._queue: list[tuple[LockedJob, str, Settled | None]] = []
         self._busy: list[tuple[LockedJob, str, Settled | None]] = []
         self._wake = threading.Condition()
@@ -301,10 +302,11 @@ class GroupCommit:
 
     def _commit(self, group: list[tuple[LockedJob, str, Settled | None]]) -> None:
         durable = self.spool.durable
+        flushed = fsops.flush_seconds()
         if durable:
             for held, _, _ in group:
                 assert held.staged is not None  # settle staged it before submitting
-                os.fsync(held.staged[1])
+                fsops.fsync(held.staged[1])
         touched = set()
         finals = []
         for held, state, _ in group:
@@ -315,11 +317,41 @@ class GroupCommit:
         if durable:
             for folder in sorted(touched, key=lambda name: name == "processing"):  # processing/ last
                 fsops.fsync_dir(self.spool.dir(folder))
+            if self.pace is not None:
+                self.pace.observe(fsops.flush_seconds() - flushed)
         for held, _, _ in group:
             held.release()
         for (held, _, then), final in zip(group, finals):
             if then is not None:
                 then(held.job, final)
+
+
+class FlushPace:
+    """Whether a settle's flushes are quick enough to make on the worker's own path.
+
+    The group commit hides slow flushes (a journaled disk: each waits for a
+    journal commit) behind the worker's next job, but every settle it takes
+    costs a hand-off between two threads, and on a disk whose flushes cost
+    next to nothing (tmpfs) that hand-off is the dearer part. So a worker
+    settles at once while the flushes of its recent settles, inline or in
+    groups, took less than QUICK_FLUSH on average, and through its
+    GroupCommit otherwise. Either way the outcome is on disk before the
+    job's lock is given up: the choice changes only the speed, never what
+    `durable` promises (README.md "What `durable` promises").
+    """
+
+    QUICK_FLUSH = 100e-6  # seconds: about what handing a settle to another thread costs
+    WEIGHT = 0.2          # of the newest flush in the running average
+
+    def __init__(self) -> None:
+        self.average = 0.0  # the first settle is made at once, and measured
+
+    def observe(self, seconds: float) -> None:
+        self.average += (seconds - self.average) * self.WEIGHT
+
+    @property
+    def quick(self) -> bool:
+        return self.average < self.QUICK_FLUSH
 
 
 def _record_attempt(job: dict, outcome: Outcome, error: str | None) -> None:

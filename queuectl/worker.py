@@ -34,7 +34,7 @@ from collections.abc import Callable, Iterator
 
 from filelock import FileLock, Timeout
 
-from . import fstype, hooks, lifecycle, registry, retention, runner, schedules, workflow
+from . import fsops, fstype, hooks, lifecycle, registry, retention, runner, schedules, workflow
 from .errors import InvalidJob, SpoolError
 from .events import EventLog
 from .fsops import open_nofollow, read_fd
@@ -114,7 +114,8 @@ class Worker:
         self.next_recovery = self.started
         self.index = DueIndex()
         self.watch: FolderWatch | None = None
-        self.commit: lifecycle.GroupCommit | None = None
+        self.commit: lifecycle.GroupCommit | None = None  # started by the first slow settle (_settle)
+        self.pace = lifecycle.FlushPace()
         self.stopping = False
         self.stop_now = False
         self.rechecks: dict[str, float] = {}  # dropped-in files that may still be being written
@@ -147,17 +148,14 @@ class Worker:
                 folders = {folder: self.spool.dir(folder) for folder in WATCHED}
                 folders.update(groups=workflow.groups_dir(self.spool), spool=self.spool.root)
                 self.watch = FolderWatch(folders, poll=self.spool.shared)
-                # The commit's and the lease's threads start with the stop signals blocked and
-                # keep them so: they reach this thread, which runs the handler and wakes its select.
+                # The lease's thread starts with the stop signals blocked and
+                # keeps them so: they reach this thread, which runs the handler and wakes its select.
                 mask = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
                 try:
                     # Every worker beats a lease, also in local mode: a host that sees the
                     # spool as local (an NFS server's own disk) may still share it.
                     lease = self.spool.lease = Lease(self.spool, self.name, self.spool.config["lease_timeout"])
                     lease.start()
-                    # On a shared spool each settle is made at once, where a passing
-                    # network error can be retried from the path (`_settle`).
-                    self.commit = None if self.spool.shared else lifecycle.GroupCommit(self.spool)
                 finally:
                     signal.pthread_sigmask(signal.SIG_SETMASK, mask)
                 if self.spool.shared:
@@ -186,6 +184,17 @@ class Worker:
                 registry.remove_record(self.spool, self.name)
                 lock.release()
         return 0
+
+    def _group_commit(self) -> lifecycle.GroupCommit:
+        if self.commit is None:
+            # Its thread starts with the stop signals blocked and keeps them so: they reach
+            # this thread, which runs the handler and wakes its select.
+            mask = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+            try:
+                self.commit = lifecycle.GroupCommit(self.spool, self.pace)
+            finally:
+                signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        return self.commit
 
     def _close_commit(self) -> None:
         """Every settle this worker made reaches the disk before it gives up its lock."""
@@ -440,7 +449,7 @@ class Worker:
             raise
         finally:
             slot.release()  # the command has ended: the group may start another
-        state = self._settle(held, outcome, timeout)  # owns `held` from here
+        state = self._settle(held, outcome, timeout, settings["durable"])  # owns `held` from here
         if state == "lost":
             print(f"queuectl: worker {self.name}: job {job['id']} was recovered by another host while "
                   f"this worker's lease had lapsed (paused or cut off); this run's outcome is dropped",
@@ -462,15 +471,24 @@ class Worker:
                 held.release()
         registry.clear_cancel(self.spool, job["id"])
 
-    def _settle(self, held, outcome, timeout) -> str:
+    def _settle(self, held, outcome, timeout, durable: bool) -> str:
         """lifecycle.settle (which owns `held`); on a shared spool a passing network error is retried.
 
-        The retry starts again from the path: the file is locked anew and,
-        if it is still this worker's run, settled from the job as claimed
-        (so a try cut after its rewrite does not record the attempt twice).
+        On one host a settle is made at once while this disk's flushes are
+        quick, else through the group commit (lifecycle.FlushPace). On a
+        shared spool each settle is made at once, and the retry starts again
+        from the path: the file is locked anew and, if it is still this
+        worker's run, settled from the job as claimed (so a try cut after its
+        rewrite does not record the attempt twice).
         """
         if not self.spool.shared:
-            return lifecycle.settle(self.spool, held, outcome, timeout, self.commit)
+            if durable and not self.pace.quick:
+                return lifecycle.settle(self.spool, held, outcome, timeout, self._group_commit())
+            flushed = fsops.flush_seconds()
+            state = lifecycle.settle(self.spool, held, outcome, timeout)
+            if durable:
+                self.pace.observe(fsops.flush_seconds() - flushed)
+            return state
         claimed = copy.deepcopy(held.job)
         for attempt in range(SETTLE_ATTEMPTS):
             try:
