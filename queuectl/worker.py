@@ -32,8 +32,6 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 
-from filelock import FileLock, Timeout
-
 from . import fsops, fstype, hooks, lifecycle, registry, retention, runner, schedules, workflow
 from .errors import InvalidJob, SpoolError
 from .events import EventLog
@@ -132,11 +130,7 @@ class Worker:
     # -- life ----------------------------------------------------------------
 
     def run(self) -> int:
-        lock = FileLock(registry.lock_path(self.spool, self.name), mode=0o600)
-        try:
-            lock.acquire(timeout=0)
-        except Timeout:
-            raise SpoolError(f"worker name {self.name} is taken by a live worker") from None
+        lock = registry.take_lock(self.spool, self.name)
         # Taken until the clean-up is done: a stop signal that arrives while the
         # worker leaves is one more request to stop, not a crash or a KeyboardInterrupt.
         lease: Lease | None = None
@@ -182,7 +176,7 @@ class Worker:
                     lease.stop()
                     self.spool.lease = None
                 registry.remove_record(self.spool, self.name)
-                lock.release()
+                os.close(lock)
         return 0
 
     def _group_commit(self) -> lifecycle.GroupCommit:
