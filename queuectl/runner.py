@@ -249,7 +249,9 @@ def _supervise(process: subprocess.Popen | Shell, log_fd: int, outcome: Outcome,
     then end what the job left running (`_end_group`)."""
     deadline = outcome.started + timeout if timeout else None
     kill_at = None
-    ask_at = outcome.started  # every wait_step, not at each chunk of stderr
+    # Every wait_step, not at each chunk of stderr, and not at once: the worker looked for
+    # requests just before the claim, and most jobs of a busy queue end before the first ask.
+    ask_at = outcome.started + wait_step
     stderr = process.stderr
     tail = b""
     while True:
