@@ -253,6 +253,8 @@ class Worker:
         next_scan = time.time() + self.spool.config["scan_interval"]
         while True:
             self._check_supervisor()
+            if self.commit is not None:
+                self.commit.advance()
             if self.stopping:
                 return
             try:
@@ -302,7 +304,10 @@ class Worker:
                                       min(self.rechecks.values(), default=None), self.gate.next_wake(now))
                           if t is not None)
             assert self.watch is not None  # set by run() before the loop
-            self.watch.wait(wake_at - time.time(), also=() if self.supervisor_fd is None else (self.supervisor_fd,))
+            also: tuple[int, ...] = () if self.supervisor_fd is None else (self.supervisor_fd,)
+            if self.commit is not None:
+                also += (self.commit.wake_fd,)  # renames to make for the group commit
+            self.watch.wait(wake_at - time.time(), also=also)
 
     def _look_at_leases(self) -> None:
         assert self.judge is not None  # set by run()
@@ -507,6 +512,8 @@ class Worker:
         def ask() -> str | None:
             # The loop's duties that cannot wait for the job to end.
             self._check_supervisor()
+            if self.commit is not None:
+                self.commit.advance()  # the settles of the jobs before this one
             self._recover_if_due(time.time())
             self._schedules_if_due(time.time())
             try:

@@ -13,6 +13,7 @@ import os
 import time
 
 import pytest
+from conftest import wait_until
 
 from queuectl import Spool, lifecycle
 from queuectl.worker import Worker
@@ -81,3 +82,35 @@ def test_the_pace_follows_the_recent_flushes():
     for _ in range(40):
         pace.observe(0.000_002)
     assert pace.quick  # the disk became quick (or the slow flush was a one-off)
+
+
+def test_a_grouped_outcome_lands_while_the_next_job_still_runs(spool_path, tmp_path):
+    """The worker makes the group's renames between jobs and while a job runs (GroupCommit.advance),
+    so a long job does not hold the outcome of the one before it back in processing/."""
+    spool = Spool(spool_path)
+    release = tmp_path / "release"
+    first, second, long = (spool.enqueue({"command": command})["id"] for command in
+                           ("true", "true", f"while [ ! -e '{release}' ]; do sleep 0.05; done"))
+    pid = os.fork()
+    if pid == 0:  # a worker on a disk with slow flushes, in a process of its own
+        code = 1
+        try:
+            real_fsync = os.fsync
+
+            def slow_fsync(fd):
+                time.sleep(0.002)
+                real_fsync(fd)
+            os.fsync = slow_fsync
+            code = Worker(Spool(spool_path), burst=True).run()
+        finally:
+            os._exit(code)
+    try:
+        wait_until(lambda: spool.find(long) == "processing", timeout=30)
+        # `second` was the first settle through the group commit (`first` measured the disk).
+        wait_until(lambda: spool.find(second) == "completed", timeout=30)
+        assert spool.find(long) == "processing" and spool.find(first) == "completed"
+    finally:
+        release.touch()
+        _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert spool.find(long) == "completed"
