@@ -455,11 +455,11 @@ class Worker:
                   file=sys.stderr)
             return
         if self.log is not None:
-            # Now, not when the commit's thread has moved it: a worker's lines stay in
+            # Now, not when the group commit has moved it: a worker's lines stay in
             # order (this job's end before the next one's start).
             self.log.job_ended(self.name, job, attempt, outcome, state)
         # An outcome with a completion hook is settled at once and stays locked (lifecycle.settle);
-        # any other is the commit thread's now, and `held` is not looked at again.
+        # any other is settled, or the group commit's now, and `held` is not looked at again.
         if hooks.planned(held.job, state) and held.fd >= 0:
             try:
                 hooks.run(self.spool, held, worker=self.name, timeout=settings["hook_timeout"],
