@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import threading
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -107,12 +108,29 @@ def _renameat2_flags(src: str, dst: str, flags: int) -> bool:
     raise OSError(code, os.strerror(code), src, None, dst)
 
 
-def fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+def fsync(fd: int) -> None:
+    """os.fsync, timed: `flush_seconds` tells a worker how slow this disk's flushes are."""
+    started = time.perf_counter()
     try:
         os.fsync(fd)
     finally:
+        _flush_clock.seconds = flush_seconds() + time.perf_counter() - started
+
+
+def fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        fsync(fd)
+    finally:
         os.close(fd)
+
+
+_flush_clock = threading.local()
+
+
+def flush_seconds() -> float:
+    """Seconds this thread has spent in fsync (files and folders) so far."""
+    return getattr(_flush_clock, "seconds", 0.0)
 
 
 _temp_counter = 0
@@ -150,7 +168,7 @@ def _write_all(fd: int, data: bytes, durable: bool) -> None:
     while view:
         view = view[os.write(fd, view):]
     if durable:
-        os.fsync(fd)
+        fsync(fd)
 
 
 def publish(tmp_dir: str, target: str, data: bytes, *, durable: bool, replace: bool = False,

@@ -228,98 +228,205 @@ def _move_on(spool: Spool, held: LockedJob, state: str, *, sync: bool = True, fo
     return state
 
 
+Item = tuple[LockedJob, str, "Settled | None"]
+
+
 class GroupCommit:
-    """A worker's settles, published and made durable in groups by a thread of their own.
+    """A worker's settles, made durable in groups: the flushes by a thread, the renames by the worker.
 
     With `durable`, a settle alone costs three flushes to disk: the new
     bytes, the destination folder and processing/. Here the worker stages
-    the outcome (a new file in tmp/, locked) and goes on with its next job;
-    the thread takes every settle staged meanwhile and, for the whole
-    group: fsyncs the new files, renames each over its job's name and into
-    its destination folder, fsyncs the destination folders and then
-    processing/ (a power cut between them leaves a job under both names,
-    never under none), and only then releases the jobs' locks. A job is
-    locked until its outcome is on disk, so no other worker recovers it
-    meanwhile. What this changes: an outcome reaches the disk one short
-    group commit after the run ended, not before settle returns; a crash
-    or power cut inside that window runs the job again (README, "Delivery
-    guarantee"). An error (a full disk) stops the thread; the worker sees
-    it at its next `submit` or `close`, and the jobs not yet settled stay
-    in processing/ unlocked, for recovery.
+    the outcome (a new file in tmp/, locked) and goes on with its next job.
+    A group then takes three steps, each for every settle staged meanwhile:
+    the thread fsyncs the new files; the worker, at its next `advance`,
+    renames each over its job's name and into its destination folder; the
+    thread fsyncs the destination folders and then processing/ (a power cut
+    between them leaves a job under both names, never under none), and only
+    then releases the jobs' locks. A job is locked until its outcome is on
+    disk, so no other worker recovers it meanwhile. The thread only waits
+    on the disk: the Python work stays on the worker's own thread, because
+    two busy threads of one process hand the interpreter's lock back and
+    forth at every system call.
+
+    The worker calls `advance` between jobs, while a job runs (with its
+    other periodic duties) and whenever `wake_fd` turns readable. What this
+    changes: an outcome reaches the disk one short group commit after the
+    run ended, not before settle returns; a crash or power cut inside that
+    window runs the job again (README, "Delivery guarantee"). An error (a
+    full disk) stops the commit; the worker sees it at its next `submit`,
+    `advance` or `close`, and the jobs not yet settled stay in processing/
+    unlocked, for recovery.
     """
 
-    def __init__(self, spool: Spool):
+    def __init__(self, spool: Spool, pace: FlushPace | None = None):
         self.spool = spool
-        self._queue: list[tuple[LockedJob, str, Settled | None]] = []
-        self._busy: list[tuple[LockedJob, str, Settled | None]] = []
-        self._wake = threading.Condition()
+        self.pace = pace  # told how long each group's flushes took
+        self._changed = threading.Condition()
+        self._staged: list[Item] = []                # submitted: their new bytes are not flushed yet
+        self._flushing: list[Item] = []              # the thread flushes their new bytes now
+        self._flushed: list[list[Item]] = []         # new bytes on disk: the worker renames them (advance)
+        self._renamed: list[tuple[list[Item], list[str], set[str]]] = []  # the thread flushes their folders
         self._closing = False
+        self._done = False
         self.error: BaseException | None = None
+        self.wake_fd, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)  # readable: renames to make
         self._thread = threading.Thread(target=self._run, name="queuectl-commit", daemon=True)
         self._thread.start()
 
     def submit(self, held: LockedJob, state: str, then: Settled | None = None) -> None:
         """Take over `held` (staged, locked) and move it to `state` in the next group; then `then`."""
-        with self._wake:
+        with self._changed:
             if self.error is not None:
                 raise self.error
-            self._queue.append((held, state, then))
-            self._wake.notify()
+            self._staged.append((held, state, then))
+            self._changed.notify_all()
 
     def owns(self, held: LockedJob) -> bool:
-        with self._wake:
-            return any(item[0] is held for item in self._queue + self._busy)
+        with self._changed:
+            return any(item[0] is held for item in self._items())
+
+    def _items(self) -> list[Item]:
+        return (self._staged + self._flushing + [item for group in self._flushed for item in group]
+                + [item for group, _, _ in self._renamed for item in group])
+
+    def advance(self) -> None:
+        """Rename what the thread has flushed; quick when there is nothing to do. Raises the commit's error."""
+        with self._changed:
+            if self.error is not None:
+                raise self.error
+            groups, self._flushed = self._flushed, []
+        try:
+            os.read(self.wake_fd, 4096)
+        except BlockingIOError:
+            pass
+        for position, group in enumerate(groups):
+            touched: set[str] = set()
+            finals = []
+            try:
+                for held, state, _ in group:
+                    touched.add(held.state)
+                    held.publish_staged(durable=False)
+                    finals.append(_move_on(self.spool, held, state, sync=False))
+                    touched.add(finals[-1])
+            except BaseException as exc:
+                with self._changed:
+                    self.error = exc
+                    self._flushed[:0] = groups[position:]  # released by close(), with the rest
+                    self._changed.notify_all()
+                raise
+            with self._changed:
+                self._renamed.append((group, finals, touched))
+                self._changed.notify_all()
 
     def close(self) -> None:
-        """Settle everything submitted, then stop the thread; raises the thread's error, if any."""
-        with self._wake:
+        """Settle everything submitted, then stop the thread; raises the commit's error, if any."""
+        with self._changed:
             self._closing = True
-            self._wake.notify()
-        self._thread.join()
+            self._changed.notify_all()
+        try:
+            while True:
+                with self._changed:
+                    while not (self._flushed or self._done or self.error is not None):
+                        self._changed.wait()
+                    if self._done or self.error is not None:
+                        break
+                self.advance()
+        except BaseException:
+            pass  # kept in self.error, raised below once everything is let go
+        finally:
+            with self._changed:
+                self._closing = True
+                self._changed.notify_all()
+            self._thread.join()
+            for held, _, _ in self._items():  # settles cut short by an error: recovery's now
+                held.release()
+            self._staged, self._flushing, self._flushed, self._renamed = [], [], [], []
+            os.close(self.wake_fd)
+            os.close(self._wake_w)
         if self.error is not None:
             raise self.error
 
     def _run(self) -> None:
         while True:
-            with self._wake:
-                while not self._queue and not self._closing:
-                    self._wake.wait()
-                if not self._queue:
+            with self._changed:
+                while not (self._staged or self._renamed or self.error is not None
+                           or (self._closing and not self._flushed)):
+                    self._changed.wait()
+                if self.error is not None or not (self._staged or self._renamed):
+                    self._done = True  # closing, and nothing is left to flush
+                    self._changed.notify_all()
                     return
-                self._busy, self._queue = self._queue, []
+                renamed, self._renamed = self._renamed, []
+                self._flushing, self._staged = self._staged, []
             try:
-                self._commit(self._busy)
+                flushed = fsops.flush_seconds()
+                self._flush_folders(renamed)
+                self._flush_bytes(self._flushing)
+                if self.pace is not None and self.spool.durable:
+                    self.pace.observe(fsops.flush_seconds() - flushed)
             except BaseException as exc:  # noqa: BLE001 - handed to the worker's thread
-                with self._wake:
+                with self._changed:
                     self.error = exc
-                    for held, _, _ in self._busy + self._queue:
-                        held.release()
-                    self._busy, self._queue = [], []
+                    self._renamed[:0] = renamed  # released by close(), with the rest
+                    self._changed.notify_all()
                 return
-            with self._wake:
-                self._busy = []
+            with self._changed:
+                if self._flushing:
+                    self._flushed.append(self._flushing)
+                    self._flushing = []
+                    try:
+                        os.write(self._wake_w, b"!")
+                    except BlockingIOError:
+                        pass  # the worker has a wake-up waiting already
+                self._changed.notify_all()
 
-    def _commit(self, group: list[tuple[LockedJob, str, Settled | None]]) -> None:
-        durable = self.spool.durable
-        if durable:
+    def _flush_bytes(self, group: list[Item]) -> None:
+        if self.spool.durable:
             for held, _, _ in group:
                 assert held.staged is not None  # settle staged it before submitting
-                os.fsync(held.staged[1])
-        touched = set()
-        finals = []
-        for held, state, _ in group:
-            held.publish_staged(durable=False)
-            touched.add(held.state)
-            finals.append(_move_on(self.spool, held, state, sync=False))
-            touched.add(finals[-1])
-        if durable:
+                fsops.fsync(held.staged[1])
+
+    def _flush_folders(self, renamed: list[tuple[list[Item], list[str], set[str]]]) -> None:
+        if not renamed:
+            return
+        if self.spool.durable:
+            touched = set().union(*(folders for _, _, folders in renamed))
             for folder in sorted(touched, key=lambda name: name == "processing"):  # processing/ last
                 fsops.fsync_dir(self.spool.dir(folder))
-        for held, _, _ in group:
-            held.release()
-        for (held, _, then), final in zip(group, finals):
-            if then is not None:
-                then(held.job, final)
+        for group, finals, _ in renamed:
+            for held, _, _ in group:
+                held.release()
+            for (held, _, then), final in zip(group, finals):
+                if then is not None:
+                    then(held.job, final)
+
+
+class FlushPace:
+    """Whether a settle's flushes are quick enough to make on the worker's own path.
+
+    The group commit hides slow flushes (a journaled disk: each waits for a
+    journal commit) behind the worker's next job, but every settle it takes
+    costs a hand-off between two threads, and on a disk whose flushes cost
+    next to nothing (tmpfs) that hand-off is the dearer part. So a worker
+    settles at once while the flushes of its recent settles, inline or in
+    groups, took less than QUICK_FLUSH on average, and through its
+    GroupCommit otherwise. Either way the outcome is on disk before the
+    job's lock is given up: the choice changes only the speed, never what
+    `durable` promises (README.md "What `durable` promises").
+    """
+
+    QUICK_FLUSH = 100e-6  # seconds: about what handing a settle to another thread costs
+    WEIGHT = 0.2          # of the newest flush in the running average
+
+    def __init__(self) -> None:
+        self.average = 0.0  # the first settle is made at once, and measured
+
+    def observe(self, seconds: float) -> None:
+        self.average += (seconds - self.average) * self.WEIGHT
+
+    @property
+    def quick(self) -> bool:
+        return self.average < self.QUICK_FLUSH
 
 
 def _record_attempt(job: dict, outcome: Outcome, error: str | None) -> None:

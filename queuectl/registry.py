@@ -1,6 +1,6 @@
 """workers/: who is alive, what each worker runs, and stop or cancel requests.
 
-Each worker holds `workers/<name>.lock` (filelock) for its whole life and
+Each worker holds the flock of `workers/<name>.lock` for its whole life and
 keeps `workers/<name>.json` (pid, host, mode, start; written once) and
 `workers/<name>.lease` (beaten in place, lease.py) beside it. Whether a
 worker lives is decided by lease.Liveness: on its own host a record whose
@@ -22,7 +22,8 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from .fsops import publish, retry_stale
+from .errors import SpoolError
+from .fsops import close_quietly, lock_fd, open_nofollow, publish, retry_stale
 
 STOP_FILE = "stop.json"
 
@@ -47,23 +48,28 @@ def is_alive(spool, name: str, record: dict[str, Any] | None = None, judge=None)
     return (judge or Liveness(spool)).worker_alive(name, record)
 
 
+def take_lock(spool, name: str) -> int:
+    """Take worker `name`'s lock for this process's life; the fd that holds it (close it to let go)."""
+    fd = os.open(lock_path(spool, name), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    if not lock_fd(fd):
+        os.close(fd)
+        raise SpoolError(f"worker name {name} is taken by a live worker")
+    return fd
+
+
 def holds_lock(spool, name: str) -> bool:
     """True while the worker `name` holds its lock (proof of life on its own host only)."""
-    from filelock import FileLock, Timeout  # 18 ms of start-up that `status` without workers need not pay
-
-    if not os.path.exists(lock_path(spool, name)):
-        return False  # a live worker's lock file exists for its whole life; a probe must not create one
-    probe = FileLock(lock_path(spool, name), timeout=0)
     try:
-        probe.acquire()
-    except Timeout:
-        return True
+        # Opened, never created: a live worker's lock file exists for its whole life.
+        probe = open_nofollow(lock_path(spool, name))
     except OSError as exc:
         if exc.errno in (errno.ESTALE, errno.ENOENT):
             return False  # removed by its worker's exit meanwhile (seen late through a network client's cache)
         raise
-    probe.release()
-    return False
+    try:
+        return not lock_fd(probe)
+    finally:
+        close_quietly(probe)
 
 
 def write_record(spool, name: str, record: dict[str, Any]) -> None:

@@ -130,7 +130,7 @@ class LockedJob:
         self.staged = None
         try:
             if durable:
-                os.fsync(fd)
+                fsops.fsync(fd)
             os.replace(path, self.path)
         except BaseException:
             os.close(fd)

@@ -32,9 +32,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 
-from filelock import FileLock, Timeout
-
-from . import fstype, hooks, lifecycle, registry, retention, runner, schedules, workflow
+from . import fsops, fstype, hooks, lifecycle, registry, retention, runner, schedules, workflow
 from .errors import InvalidJob, SpoolError
 from .events import EventLog
 from .fsops import open_nofollow, read_fd
@@ -114,7 +112,8 @@ class Worker:
         self.next_recovery = self.started
         self.index = DueIndex()
         self.watch: FolderWatch | None = None
-        self.commit: lifecycle.GroupCommit | None = None
+        self.commit: lifecycle.GroupCommit | None = None  # started by the first slow settle (_settle)
+        self.pace = lifecycle.FlushPace()
         self.stopping = False
         self.stop_now = False
         self.rechecks: dict[str, float] = {}  # dropped-in files that may still be being written
@@ -131,11 +130,7 @@ class Worker:
     # -- life ----------------------------------------------------------------
 
     def run(self) -> int:
-        lock = FileLock(registry.lock_path(self.spool, self.name), mode=0o600)
-        try:
-            lock.acquire(timeout=0)
-        except Timeout:
-            raise SpoolError(f"worker name {self.name} is taken by a live worker") from None
+        lock = registry.take_lock(self.spool, self.name)
         # Taken until the clean-up is done: a stop signal that arrives while the
         # worker leaves is one more request to stop, not a crash or a KeyboardInterrupt.
         lease: Lease | None = None
@@ -147,17 +142,14 @@ class Worker:
                 folders = {folder: self.spool.dir(folder) for folder in WATCHED}
                 folders.update(groups=workflow.groups_dir(self.spool), spool=self.spool.root)
                 self.watch = FolderWatch(folders, poll=self.spool.shared)
-                # The commit's and the lease's threads start with the stop signals blocked and
-                # keep them so: they reach this thread, which runs the handler and wakes its select.
+                # The lease's thread starts with the stop signals blocked and
+                # keeps them so: they reach this thread, which runs the handler and wakes its select.
                 mask = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
                 try:
                     # Every worker beats a lease, also in local mode: a host that sees the
                     # spool as local (an NFS server's own disk) may still share it.
                     lease = self.spool.lease = Lease(self.spool, self.name, self.spool.config["lease_timeout"])
                     lease.start()
-                    # On a shared spool each settle is made at once, where a passing
-                    # network error can be retried from the path (`_settle`).
-                    self.commit = None if self.spool.shared else lifecycle.GroupCommit(self.spool)
                 finally:
                     signal.pthread_sigmask(signal.SIG_SETMASK, mask)
                 if self.spool.shared:
@@ -184,8 +176,19 @@ class Worker:
                     lease.stop()
                     self.spool.lease = None
                 registry.remove_record(self.spool, self.name)
-                lock.release()
+                os.close(lock)
         return 0
+
+    def _group_commit(self) -> lifecycle.GroupCommit:
+        if self.commit is None:
+            # Its thread starts with the stop signals blocked and keeps them so: they reach
+            # this thread, which runs the handler and wakes its select.
+            mask = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+            try:
+                self.commit = lifecycle.GroupCommit(self.spool, self.pace)
+            finally:
+                signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        return self.commit
 
     def _close_commit(self) -> None:
         """Every settle this worker made reaches the disk before it gives up its lock."""
@@ -250,6 +253,8 @@ class Worker:
         next_scan = time.time() + self.spool.config["scan_interval"]
         while True:
             self._check_supervisor()
+            if self.commit is not None:
+                self.commit.advance()
             if self.stopping:
                 return
             try:
@@ -299,7 +304,10 @@ class Worker:
                                       min(self.rechecks.values(), default=None), self.gate.next_wake(now))
                           if t is not None)
             assert self.watch is not None  # set by run() before the loop
-            self.watch.wait(wake_at - time.time(), also=() if self.supervisor_fd is None else (self.supervisor_fd,))
+            also: tuple[int, ...] = () if self.supervisor_fd is None else (self.supervisor_fd,)
+            if self.commit is not None:
+                also += (self.commit.wake_fd,)  # renames to make for the group commit
+            self.watch.wait(wake_at - time.time(), also=also)
 
     def _look_at_leases(self) -> None:
         assert self.judge is not None  # set by run()
@@ -440,18 +448,18 @@ class Worker:
             raise
         finally:
             slot.release()  # the command has ended: the group may start another
-        state = self._settle(held, outcome, timeout)  # owns `held` from here
+        state = self._settle(held, outcome, timeout, settings["durable"])  # owns `held` from here
         if state == "lost":
             print(f"queuectl: worker {self.name}: job {job['id']} was recovered by another host while "
                   f"this worker's lease had lapsed (paused or cut off); this run's outcome is dropped",
                   file=sys.stderr)
             return
         if self.log is not None:
-            # Now, not when the commit's thread has moved it: a worker's lines stay in
+            # Now, not when the group commit has moved it: a worker's lines stay in
             # order (this job's end before the next one's start).
             self.log.job_ended(self.name, job, attempt, outcome, state)
         # An outcome with a completion hook is settled at once and stays locked (lifecycle.settle);
-        # any other is the commit thread's now, and `held` is not looked at again.
+        # any other is settled, or the group commit's now, and `held` is not looked at again.
         if hooks.planned(held.job, state) and held.fd >= 0:
             try:
                 hooks.run(self.spool, held, worker=self.name, timeout=settings["hook_timeout"],
@@ -462,15 +470,24 @@ class Worker:
                 held.release()
         registry.clear_cancel(self.spool, job["id"])
 
-    def _settle(self, held, outcome, timeout) -> str:
+    def _settle(self, held, outcome, timeout, durable: bool) -> str:
         """lifecycle.settle (which owns `held`); on a shared spool a passing network error is retried.
 
-        The retry starts again from the path: the file is locked anew and,
-        if it is still this worker's run, settled from the job as claimed
-        (so a try cut after its rewrite does not record the attempt twice).
+        On one host a settle is made at once while this disk's flushes are
+        quick, else through the group commit (lifecycle.FlushPace). On a
+        shared spool each settle is made at once, and the retry starts again
+        from the path: the file is locked anew and, if it is still this
+        worker's run, settled from the job as claimed (so a try cut after its
+        rewrite does not record the attempt twice).
         """
         if not self.spool.shared:
-            return lifecycle.settle(self.spool, held, outcome, timeout, self.commit)
+            if durable and not self.pace.quick:
+                return lifecycle.settle(self.spool, held, outcome, timeout, self._group_commit())
+            flushed = fsops.flush_seconds()
+            state = lifecycle.settle(self.spool, held, outcome, timeout)
+            if durable:
+                self.pace.observe(fsops.flush_seconds() - flushed)
+            return state
         claimed = copy.deepcopy(held.job)
         for attempt in range(SETTLE_ATTEMPTS):
             try:
@@ -495,6 +512,8 @@ class Worker:
         def ask() -> str | None:
             # The loop's duties that cannot wait for the job to end.
             self._check_supervisor()
+            if self.commit is not None:
+                self.commit.advance()  # the settles of the jobs before this one
             self._recover_if_due(time.time())
             self._schedules_if_due(time.time())
             try:

@@ -11,8 +11,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from filelock import FileLock
-
 from queuectl import registry
 from queuectl.dashboard.server import TOKEN_HEADER, DashboardServer, make_server
 from queuectl.job import build, dumps
@@ -60,8 +58,7 @@ def live_worker(spool, name: str, job: str | None) -> Iterator[None]:
     The job it runs is known the way workers tell it: the job file in
     processing/ names the worker.
     """
-    lock = FileLock(registry.lock_path(spool, name))
-    lock.acquire()
+    lock = registry.take_lock(spool, name)
     if job is not None:
         path = os.path.join(spool.dir("processing"), job + ".json")
         with open(path, "rb") as handle:
@@ -73,7 +70,7 @@ def live_worker(spool, name: str, job: str | None) -> Iterator[None]:
     try:
         yield
     finally:
-        lock.release()
+        os.close(lock)
         registry.remove_record(spool, name)
 
 

@@ -293,12 +293,11 @@ def test_a_worker_found_dead_stays_dead_when_its_lease_is_removed(spool, monkeyp
 
 def test_a_lock_file_gone_stale_is_not_held(spool, monkeypatch):
     """`worker stop` waits on workers' locks; one that just exited leaves a name that may answer ESTALE."""
-    import filelock
     open(registry.lock_path(spool, "gone-1"), "w").close()
 
-    def stale_acquire(self, *args, **kwargs):
+    def stale_open(*args, **kwargs):
         raise OSError(errno.ESTALE, "Stale file handle")
-    monkeypatch.setattr(filelock.FileLock, "acquire", stale_acquire)
+    monkeypatch.setattr(registry, "open_nofollow", stale_open)
     assert not registry.holds_lock(spool, "gone-1")
 
 

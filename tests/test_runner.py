@@ -67,6 +67,31 @@ def test_the_job_runs_in_its_own_session_with_stdin_from_dev_null(run):
     assert log.splitlines()[2] == "/dev/null"
 
 
+@pytest.mark.parametrize("cwd", [None, "/"], ids=["posix_spawn", "Popen (a job with a cwd)"])
+def test_the_job_gets_no_descriptor_blocked_or_ignored_signal_of_the_worker(run, cwd):
+    """Whichever way the shell starts (runner.start), it holds 0, 1, 2 only, blocks no signal and
+    does not ignore SIGPIPE. (A signal ignored when the worker started, as under nohup, stays so.)"""
+    leaked = os.open(os.devnull, os.O_RDONLY)
+    os.set_inheritable(leaked, True)  # as a worker's parent may pass it, or a library open it
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
+    try:
+        # Python itself ignores SIGPIPE: a job must not inherit that.
+        assert signal.getsignal(signal.SIGPIPE) == signal.SIG_IGN
+        outcome, log = run("ls /proc/$$/fd; grep -E '^Sig(Blk|Ign):' /proc/$$/status", cwd=cwd)
+    finally:
+        os.close(leaked)
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+    lines = log.splitlines()[1:]
+    assert outcome.succeeded
+    assert sorted(lines[:-2]) == ["0", "1", "2"]
+    masks = dict(line.split(":\t") for line in lines[-2:])
+    assert int(masks["SigBlk"], 16) == 0
+    ignored = {bit + 1 for bit in range(64) if int(masks["SigIgn"], 16) >> bit & 1}
+    # The C library's own signals (32 and 33 on glibc, which Python cannot name) may show as
+    # ignored after posix_spawn; the library installs its handlers for them when it uses them.
+    assert not ignored & signal.valid_signals()
+
+
 def test_the_environment_is_a_small_base_plus_what_is_asked_for(monkeypatch):
     monkeypatch.setattr(os, "environ", {"PATH": "/bin", "HOME": "/home/me", "LC_TIME": "C",
                                         "SECRET_TOKEN": "s3cret", "OTHER": "x"})
