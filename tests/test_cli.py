@@ -11,6 +11,7 @@ import stat
 import subprocess
 import sys
 
+import click
 import pytest
 from click.testing import CliRunner
 from conftest import put_job, read_job, run_queuectl, spool_files
@@ -58,6 +59,16 @@ def test_help_on_every_command(cli, spool_path, command):
     result = cli(*command, "--help")
     assert result.exit_code == 0 and result.stdout.startswith("Usage: ")
     assert not os.path.exists(spool_path), "--help must not create a spool"
+
+
+def test_every_command_of_the_lazy_table_is_found_under_its_own_name_and_listed(cli):
+    """queuectl.cli.COMMANDS names the module and function of each command, imported when it is looked up."""
+    from queuectl.cli import COMMANDS as TABLE
+    listed = cli("--help").stdout
+    for name in TABLE:
+        command = main.get_command(click.Context(main), name)
+        assert command is not None and command.name == name
+        assert f"\n  {name} " in listed
 
 
 def test_usage_errors_point_at_the_help_and_h_is_help(cli):

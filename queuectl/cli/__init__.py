@@ -80,7 +80,7 @@ class QueueGroup(Command, click.Group):
     """
 
     command_class = Command
-    group_class = type  # subgroups (worker, config, dlq) are QueueGroups too
+    group_class = type  # a subgroup made with @group.group() is a QueueGroup too
     owns_process = False
 
     def __init__(self, *args: Any, lazy_commands: dict[str, str] | None = None, **attrs: Any):
