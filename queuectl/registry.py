@@ -59,17 +59,18 @@ def take_lock(spool, name: str) -> int:
 
 def holds_lock(spool, name: str) -> bool:
     """True while the worker `name` holds its lock (proof of life on its own host only)."""
+    probe = -1
     try:
         # Opened, never created: a live worker's lock file exists for its whole life.
         probe = open_nofollow(lock_path(spool, name))
+        return not lock_fd(probe)
     except OSError as exc:
         if exc.errno in (errno.ESTALE, errno.ENOENT):
             return False  # removed by its worker's exit meanwhile (seen late through a network client's cache)
         raise
-    try:
-        return not lock_fd(probe)
     finally:
-        close_quietly(probe)
+        if probe >= 0:
+            close_quietly(probe)
 
 
 def write_record(spool, name: str, record: dict[str, Any]) -> None:

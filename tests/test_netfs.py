@@ -291,13 +291,15 @@ def test_a_worker_found_dead_stays_dead_when_its_lease_is_removed(spool, monkeyp
     assert not judge.worker_alive("far-4")
 
 
-def test_a_lock_file_gone_stale_is_not_held(spool, monkeypatch):
-    """`worker stop` waits on workers' locks; one that just exited leaves a name that may answer ESTALE."""
+@pytest.mark.parametrize("step", ["open_nofollow", "lock_fd"])
+def test_a_lock_file_gone_stale_is_not_held(spool, monkeypatch, step):
+    """`worker stop` waits on workers' locks; one that just exited leaves a name that may answer
+    ESTALE, at the open or (GlusterFS) at the flock."""
     open(registry.lock_path(spool, "gone-1"), "w").close()
 
-    def stale_open(*args, **kwargs):
+    def stale(*args, **kwargs):
         raise OSError(errno.ESTALE, "Stale file handle")
-    monkeypatch.setattr(registry, "open_nofollow", stale_open)
+    monkeypatch.setattr(registry, step, stale)
     assert not registry.holds_lock(spool, "gone-1")
 
 
