@@ -291,14 +291,16 @@ class GroupCommit:
 
     def advance(self) -> None:
         """Rename what the thread has flushed; quick when there is nothing to do. Raises the commit's error."""
+        try:
+            # Emptied before the groups are taken: a group flushed after this read leaves
+            # the pipe readable, so a worker that sleeps on it now wakes for that group.
+            os.read(self.wake_fd, 4096)
+        except BlockingIOError:
+            pass
         with self._changed:
             if self.error is not None:
                 raise self.error
             groups, self._flushed = self._flushed, []
-        try:
-            os.read(self.wake_fd, 4096)
-        except BlockingIOError:
-            pass
         for position, group in enumerate(groups):
             touched: set[str] = set()
             finals = []
