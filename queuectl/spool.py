@@ -18,6 +18,7 @@ parses every file to answer a question about many jobs.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -175,6 +176,7 @@ class Spool:
         self.shared = False
         self.lease: Any = None  # lease.Lease (not imported here: commands that read never need it)
         self._config_cache: tuple[tuple, dict] | None = None
+        self._held_config: dict[str, Any] | None = None  # see held_config()
         self._prepare(create, allow_shared)
 
     # -- layout and safety ---------------------------------------------------
@@ -238,8 +240,21 @@ class Spool:
 
     @property
     def config(self) -> dict[str, Any]:
-        """config.json with defaults, re-read only when the file changed."""
+        """config.json with defaults, re-read only when the file changed (looked at each time,
+        except inside held_config)."""
+        if self._held_config is not None:
+            return dict(self._held_config)
         return fsops.retry_stale(self._read_config)
+
+    @contextlib.contextmanager
+    def held_config(self) -> Iterator[dict[str, Any]]:
+        """One reading of config.json for everything inside: a worker's job runs and settles under
+        the settings it started with, and looks at the file once instead of at every step."""
+        self._held_config = self.config
+        try:
+            yield dict(self._held_config)
+        finally:
+            self._held_config = None
 
     def _read_config(self) -> dict[str, Any]:
         path = os.path.join(self.root, "config.json")

@@ -425,13 +425,13 @@ class Worker:
         if slot is None:
             return  # its group is full or paused: parked until a slot frees
         now = time.time()
-        held = lifecycle.claim(self.spool, state, job_id, self.name, now)
+        with self.spool.held_config() as settings:  # one reading for the claim, one for the settle
+            held = lifecycle.claim(self.spool, state, job_id, self.name, now)
         if held is None:
             slot.release()
             self._consider(state, file_name(job_id), complete=True)  # not due after all (re-read its time), or gone
             return
         job = held.job
-        settings = self.spool.config
         timeout = job.get("timeout")
         timeout = (timeout if timeout is not None else settings["timeout"]) or None
         attempt = job["attempts"]
@@ -448,7 +448,8 @@ class Worker:
             raise
         finally:
             slot.release()  # the command has ended: the group may start another
-        state = self._settle(held, outcome, timeout, settings["durable"])  # owns `held` from here
+        with self.spool.held_config() as settings:
+            state = self._settle(held, outcome, timeout, settings["durable"])  # owns `held` from here
         if state == "lost":
             print(f"queuectl: worker {self.name}: job {job['id']} was recovered by another host while "
                   f"this worker's lease had lapsed (paused or cut off); this run's outcome is dropped",

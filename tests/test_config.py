@@ -162,3 +162,13 @@ def test_config_applies_to_jobs_enqueued_later(spool):
     second = spool.enqueue("echo two")
     own = spool.enqueue("echo three", max_retries=1)
     assert (first["max_retries"], second["max_retries"], own["max_retries"]) == (3, 6, 1)
+
+
+def test_held_config_is_one_reading_for_everything_inside(tmp_path):
+    """A worker's claim (and its settle) each read config.json once; a change lands at the next step."""
+    spool = Spool(str(tmp_path / "spool"))
+    other = Spool(str(tmp_path / "spool"))  # another process's view, writing the file
+    with spool.held_config() as settings:
+        other.set_config("max_retries", "7")
+        assert settings["max_retries"] == spool.config["max_retries"] == 3
+    assert spool.config["max_retries"] == 7
