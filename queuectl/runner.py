@@ -45,12 +45,20 @@ class Outcome:
         return self.exit_code == 0 and not self.timed_out and self.interrupted is None
 
 
-def job_environment(job: dict, attempt: int, spool_root: str, pass_env: list[str]) -> dict[str, str]:
+def base_environment(pass_env: list[str]) -> dict[str, str]:
+    """What a job takes from this process's environment: BASE_ENV, LC_*, and what `pass_env` names."""
     source = os.environ
     names = list(source) if "*" in pass_env else [*BASE_ENV, *pass_env]
     env = {name: source[name] for name in names if name in source}
     env.update({name: source[name] for name in source if name.startswith("LC_")})
     env.setdefault("PATH", os.defpath)
+    return env
+
+
+def job_environment(job: dict, attempt: int, spool_root: str, pass_env: list[str],
+                    base: dict[str, str] | None = None) -> dict[str, str]:
+    """The job's whole environment; `base` is base_environment(pass_env), when the caller keeps it."""
+    env = dict(base) if base is not None else base_environment(pass_env)
     env.update(job.get("env") or {})
     env.update(QUEUECTL_JOB_ID=job["id"], QUEUECTL_ATTEMPT=str(attempt), QUEUECTL_SPOOL=spool_root)
     return env
@@ -134,10 +142,12 @@ def _kill_job_processes(job_id: str, spool_root: str, pgid: int | None) -> int:
 
 def run(job: dict, *, log_path: str, worker: str, spool_root: str, timeout: float | None,
         kill_grace: float, pass_env: list[str], tail_lines: int,
-        interruption: Callable[[], str | None], wait_step: float = 0.5, header: str | None = None) -> Outcome:
+        interruption: Callable[[], str | None], wait_step: float = 0.5, header: str | None = None,
+        base_env: dict[str, str] | None = None) -> Outcome:
     """Run the job's command once and say how it ended.
 
     `header` starts the log line written before the run (a completion hook's, hooks.run).
+    `base_env`: base_environment(pass_env), from a caller that runs many jobs.
 
     `interruption()` is asked every `wait_step` seconds for the whole run,
     the kill grace and the wait for leftover processes included (the worker
@@ -159,7 +169,7 @@ def run(job: dict, *, log_path: str, worker: str, spool_root: str, timeout: floa
         os.write(log_fd, f"{header} {iso(outcome.started)} by {worker} ===\n".encode())
         try:
             process = start(job["command"], log_fd, job.get("cwd") or None,
-                            job_environment(job, attempt, spool_root, pass_env))
+                            job_environment(job, attempt, spool_root, pass_env, base_env))
         except OSError as exc:
             outcome.error = f"cannot start: {exc.strerror}: {exc.filename or job.get('cwd')}"
             os.write(log_fd, f"queuectl: {outcome.error}\n".encode())

@@ -114,6 +114,7 @@ class Worker:
         self.watch: FolderWatch | None = None
         self.commit: lifecycle.GroupCommit | None = None  # started by the first slow settle (_settle)
         self.pace = lifecycle.FlushPace()
+        self.base_env: tuple[tuple[str, ...], dict[str, str]] | None = None  # see _base_environment
         self.stopping = False
         self.stop_now = False
         self.rechecks: dict[str, float] = {}  # dropped-in files that may still be being written
@@ -441,7 +442,8 @@ class Worker:
             outcome = runner.run(
                 job, log_path=self.spool.log_path(job["id"]), worker=self.name, spool_root=self.spool.root,
                 timeout=timeout, kill_grace=settings["kill_grace"], pass_env=settings["pass_env"],
-                tail_lines=settings["log_tail_lines"], interruption=self._interruption(held))
+                tail_lines=settings["log_tail_lines"], interruption=self._interruption(held),
+                base_env=self._base_environment(settings["pass_env"]))
             retention.cap_log(self.spool.log_path(job["id"]), settings["max_log_bytes"], self.spool.dir("tmp"))
         except BaseException:
             held.release()
@@ -470,6 +472,13 @@ class Worker:
             finally:
                 held.release()
         registry.clear_cancel(self.spool, job["id"])
+
+    def _base_environment(self, pass_env: list[str]) -> dict[str, str]:
+        """What every job takes from the worker's environment, which is fixed when the worker
+        starts; made again only when `pass_env` changes."""
+        if self.base_env is None or self.base_env[0] != tuple(pass_env):
+            self.base_env = (tuple(pass_env), runner.base_environment(pass_env))
+        return self.base_env[1]
 
     def _settle(self, held, outcome, timeout, durable: bool) -> str:
         """lifecycle.settle (which owns `held`); on a shared spool a passing network error is retried.

@@ -580,6 +580,21 @@ def test_job_environment_cwd_and_secrets(spool_path, workers, tmp_path):
     assert spool.read_log("passed").decode().splitlines()[1] == f"passed|1|{os.getcwd()}||s3cret"
 
 
+def test_a_pass_env_change_reaches_the_next_job_of_a_running_worker(spool_path, workers):
+    """A worker keeps the environment its jobs take from it (runner.base_environment), but not past a
+    change of `pass_env`."""
+    report = 'echo "${SECRET_TOKEN-unset}"'
+    workers.start(env={"SECRET_TOKEN": "s3cret"})
+    wait_for_state(spool_path, enqueue(spool_path, {"id": "before", "command": report}), "completed")
+    passed = run_queuectl(spool_path, "config", "set", "pass_env", "SECRET_TOKEN")
+    assert passed.returncode == 0, passed.stderr
+    wait_for_state(spool_path, enqueue(spool_path, {"id": "after", "command": report}), "completed")
+
+    spool = Spool(spool_path)
+    assert spool.read_log("before").decode().splitlines()[1] == "unset"
+    assert spool.read_log("after").decode().splitlines()[1] == "s3cret"
+
+
 # -- the demo ---------------------------------------------------------------------------------
 
 def test_demo_runs_every_example_job_to_the_end(spool_path, workers):
