@@ -33,6 +33,7 @@ T = TypeVar("T")
 
 _AT_FDCWD = -100
 _RENAME_NOREPLACE = 1
+_RENAME_EXCHANGE = 2
 _libc_renameat2: Any = None  # libc's renameat2 through ctypes, loaded by the first move
 
 
@@ -94,6 +95,29 @@ def _rename_noreplace(src: str, dst: str) -> None:
         # names, or a retried NFS call that reported ENOENT after it had
         # succeeded) finished this very move.
         pass
+
+
+def replace(src: str, dst: str) -> None:
+    """os.replace(src, dst), made by exchanging the two names where the file system can.
+
+    ext4 starts writing any file that is renamed over another name (its
+    auto_da_alloc guard for programs that never fsync): a rewrite that is
+    fsynced anyway, or replaced a moment later (a claim's), does not need
+    that write. Exchanged, `dst` holds the new file at once, as after a
+    replace, and the old one, now under `src`, is unlinked: it is never
+    written again (README "A file's bytes belong to one job for life").
+    A crash between the two steps leaves the old version under its tmp/
+    name, which doctor removes. Where renameat2's flags are refused (NFS,
+    FUSE) or `dst` is gone, os.replace.
+    """
+    try:
+        exchanged = _renameat2_flags(src, dst, _RENAME_EXCHANGE)
+    except FileNotFoundError:
+        exchanged = False
+    if not exchanged:
+        os.replace(src, dst)
+        return
+    os.unlink(src)
 
 
 def _renameat2_flags(src: str, dst: str, flags: int) -> bool:

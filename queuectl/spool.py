@@ -132,7 +132,7 @@ class LockedJob:
         try:
             if durable:
                 fsops.fsync(fd)
-            os.replace(path, self.path)
+            fsops.replace(path, self.path)
         except BaseException:
             os.close(fd)
             try:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 
+import pytest
 from conftest import wait_until
 
 from queuectl import Spool, fsops
@@ -21,7 +22,32 @@ def job_path(spool: Spool, job: dict, state: str = "pending") -> str:
     return os.path.join(spool.dir(state), job["id"] + ".json")
 
 
-def test_a_rewrite_is_a_new_complete_inode_that_stays_owned(spool):
+@pytest.fixture(params=["exchange", "replace"])
+def rewrites(request, monkeypatch):
+    """Each rewrite test runs twice: names exchanged, then unlinked (fsops.replace, where the file
+    system can), and os.replace (NFS, FUSE: renameat2's flags refused)."""
+    if request.param == "replace":
+        monkeypatch.setattr(fsops, "_renameat2", None)
+    return request.param
+
+
+def test_a_rewrite_exchanges_the_names_where_it_can(spool, monkeypatch):
+    """ext4 writes out a file renamed over another at once; an exchange is not such a rename."""
+    tried = []
+    real = fsops._renameat2
+
+    def recording(src, dst, flags):
+        tried.append(flags)
+        return real(src, dst, flags)
+    monkeypatch.setattr(fsops, "_renameat2", recording)
+    job = spool.enqueue("true")
+    with spool.lock("pending", job["id"] + ".json") as held:
+        held.job["note"] = "rewritten"
+        held.save()
+    assert tried == [fsops._RENAME_EXCHANGE]
+
+
+def test_a_rewrite_is_a_new_complete_inode_that_stays_owned(spool, rewrites):
     job = spool.enqueue("true")
     path = job_path(spool, job)
     old_inode = os.stat(path).st_ino
@@ -39,7 +65,7 @@ def test_a_rewrite_is_a_new_complete_inode_that_stays_owned(spool):
     assert spool.lock("pending", job["id"] + ".json") is not None
 
 
-def test_a_reader_of_the_old_inode_keeps_the_old_bytes_of_the_same_job(spool):
+def test_a_reader_of_the_old_inode_keeps_the_old_bytes_of_the_same_job(spool, rewrites):
     job = spool.enqueue("echo old")
     path = job_path(spool, job)
     with open(path, "rb") as reader:
