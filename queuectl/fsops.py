@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import stat
 import threading
 import time
 from collections.abc import Callable
@@ -281,6 +282,28 @@ def lock_fd(fd: int) -> bool:
     except BlockingIOError:
         return False
     return True
+
+
+def read_file(path: str, limit: int) -> tuple[bytes | None, str | None]:
+    """Up to `limit` + 1 bytes of the regular file `path` itself, never through a symlink.
+
+    (bytes, None); (None, why it cannot be read); (None, None) when it is
+    gone. ESTALE is raised: the caller looks the path up again (retry_stale).
+    """
+    try:
+        fd = open_nofollow(path)
+    except FileNotFoundError:
+        return None, None
+    except OSError as exc:
+        if exc.errno == errno.ESTALE:
+            raise
+        return None, "a symlink (never followed)" if os.path.islink(path) else f"cannot be read: {exc.strerror}"
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None, "not a regular file (a folder, FIFO or device)"
+        return read_fd(fd, limit), None
+    finally:
+        close_quietly(fd)  # GlusterFS may report ENOENT here for a file another client moved
 
 
 def read_fd(fd: int, limit: int) -> bytes:

@@ -37,7 +37,6 @@ from typing import Any
 
 from . import fsops
 from .errors import DuplicateJob, InvalidJob, JobNotFound
-from .fsops import open_nofollow
 from .job import build, dumps, iso, loads, parse_time
 
 FOLDER = "schedules"
@@ -246,19 +245,9 @@ def set_paused(spool, name: str, paused: bool) -> dict:
 
 def _read(spool, file_name: str) -> tuple[Any, str | None]:
     """(fields, None); (None, why not); (None, None) when gone."""
-    path = os.path.join(folder(spool), file_name)
-    try:
-        fd = open_nofollow(path)
-    except FileNotFoundError:
-        return None, None
-    except OSError as exc:
-        return None, "a symlink (never followed)" if os.path.islink(path) else f"cannot be read: {exc.strerror}"
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            return None, "not a regular file"
-        data = fsops.read_fd(fd, 1024 * 1024)
-    finally:
-        os.close(fd)
+    data, why = fsops.read_file(os.path.join(folder(spool), file_name), 1024 * 1024)
+    if data is None:
+        return None, why
     try:
         return loads(data), None
     except InvalidJob as exc:

@@ -457,22 +457,7 @@ class Spool:
         return fsops.retry_stale(self._read_raw, state, name)
 
     def _read_raw(self, state: str, name: str) -> tuple[bytes | None, str | None]:
-        path = os.path.join(self.root, state, name)
-        try:
-            fd = fsops.open_nofollow(path)
-        except FileNotFoundError:
-            return None, None
-        except OSError as exc:
-            if exc.errno == errno.ESTALE:
-                raise  # looked up again by read_raw
-            return None, "a symlink (never followed)" if os.path.islink(path) else f"cannot be read: {exc.strerror}"
-        try:
-            info = os.fstat(fd)
-            if not stat.S_ISREG(info.st_mode):
-                return None, "not a regular file (a folder, FIFO or device)"
-            return fsops.read_fd(fd, MAX_JOB_BYTES), None
-        finally:
-            fsops.close_quietly(fd)  # GlusterFS may report ENOENT here for a file another client moved
+        return fsops.read_file(os.path.join(self.root, state, name), MAX_JOB_BYTES)
 
     def jobs(self, state: str | None = None, limit: int | None = None) -> list[dict]:
         """Jobs newest id first (generated ids sort by creation time)."""

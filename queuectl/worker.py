@@ -35,7 +35,6 @@ from collections.abc import Callable, Iterator
 from . import fsops, fstype, hooks, lifecycle, registry, retention, runner, schedules, workflow
 from .errors import InvalidJob, SpoolError
 from .events import EventLog
-from .fsops import open_nofollow, read_fd
 from .job import MAX_JOB_BYTES, due_time, loads
 from .lease import Lease, Liveness
 from .order import DueIndex
@@ -544,17 +543,11 @@ class Worker:
 def _peek(path: str):
     """The JSON in a file; None if it is not a complete job object yet; False if it is gone."""
     try:
-        fd = open_nofollow(path)
-    except FileNotFoundError:
-        return False
-    except OSError:
-        return None  # a symlink or something stranger: adoption decides
-    try:
-        data = read_fd(fd, MAX_JOB_BYTES)
+        data, why = fsops.read_file(path, MAX_JOB_BYTES)
     except OSError:
         return None
-    finally:
-        os.close(fd)
+    if data is None:
+        return None if why else False  # unreadable (a symlink or stranger: adoption decides), or gone
     try:
         return loads(data)
     except InvalidJob:

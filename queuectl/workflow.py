@@ -34,7 +34,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from . import registry
+from . import fsops, registry
 from .errors import DuplicateJob, InvalidJob, JobNotFound, SpoolError
 from .fsops import open_nofollow
 from .job import is_valid_id, iso
@@ -470,15 +470,12 @@ def key_path(spool, key: str) -> str:
 def key_holder(path: str) -> str | None:
     """The id of the job a key names: its file holds that job's JSON (or, made by hand, just the id)."""
     try:
-        fd = open_nofollow(path)
-    except OSError:
-        return None  # gone (or not a plain file: judged by doctor)
-    try:
-        data = os.read(fd, MAX_KEY_FILE)
+        data, _ = fsops.read_file(path, MAX_KEY_FILE)
     except OSError:
         return None
-    finally:
-        os.close(fd)
+    if data is None:
+        return None  # gone (or not a plain file: judged by doctor)
+    data = data[:MAX_KEY_FILE]
     try:
         job = json.loads(data)
     except ValueError:
