@@ -175,8 +175,15 @@ def run(job: dict, *, log_path: str, worker: str, spool_root: str, timeout: floa
             os.write(log_fd, f"queuectl: {outcome.error}\n".encode())
             outcome.finished = time.time()
             return outcome
-        _supervise(process, log_fd, outcome, timeout, kill_grace, interruption, tail_lines, wait_step,
-                   owner=(job["id"], spool_root))
+        try:
+            _supervise(process, log_fd, outcome, timeout, kill_grace, interruption, tail_lines, wait_step,
+                       owner=(job["id"], spool_root))
+        except BaseException:
+            # An error in the worker's periodic duties (interruption) leaves nobody to watch the
+            # command's time limit or read its stderr: it is ended, not left running unsupervised.
+            _signal_group(process.pid, signal.SIGKILL)
+            process.wait()
+            raise
     finally:
         os.close(log_fd)
     outcome.finished = time.time()

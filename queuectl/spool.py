@@ -242,14 +242,15 @@ class Spool:
     def config(self) -> dict[str, Any]:
         """config.json with defaults, re-read only when the file changed (looked at each time,
         except inside held_config)."""
-        if self._held_config is not None:
-            return dict(self._held_config)
+        held = self._held_config  # read once: the group commit's thread asks too
+        if held is not None:
+            return dict(held)
         return fsops.retry_stale(self._read_config)
 
     @contextlib.contextmanager
     def held_config(self) -> Iterator[dict[str, Any]]:
-        """One reading of config.json for everything inside: a worker's job runs and settles under
-        the settings it started with, and looks at the file once instead of at every step."""
+        """One reading of config.json for everything inside: a worker's claim, and then its settle,
+        each see one set of settings and look at the file once instead of at every step."""
         self._held_config = self.config
         try:
             yield dict(self._held_config)

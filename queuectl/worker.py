@@ -38,7 +38,7 @@ from .events import EventLog
 from .job import MAX_JOB_BYTES, due_time, loads
 from .lease import Lease, Liveness
 from .order import DueIndex
-from .spool import SUFFIX, Spool, file_name, id_of
+from .spool import SUFFIX, LockedJob, Spool, file_name, id_of
 from .watch import RESCAN, FolderWatch
 
 # completed/ and dead/ wake jobs waiting for a dependency; groups/ and the spool's
@@ -425,8 +425,12 @@ class Worker:
         if slot is None:
             return  # its group is full or paused: parked until a slot frees
         now = time.time()
-        with self.spool.held_config() as settings:  # one reading for the claim, one for the settle
-            held = lifecycle.claim(self.spool, state, job_id, self.name, now)
+        try:
+            with self.spool.held_config() as settings:  # one reading for the claim, one for the settle
+                held = lifecycle.claim(self.spool, state, job_id, self.name, now)
+        except BaseException:
+            slot.release()  # a passing network error on a shared spool: the worker goes on, the slot must too
+            raise
         if held is None:
             slot.release()
             self._consider(state, file_name(job_id), complete=True)  # not due after all (re-read its time), or gone
@@ -450,7 +454,7 @@ class Worker:
         finally:
             slot.release()  # the command has ended: the group may start another
         with self.spool.held_config() as settings:
-            state = self._settle(held, outcome, timeout, settings["durable"])  # owns `held` from here
+            state, held = self._settle(held, outcome, timeout, settings["durable"])  # owns `held` from here
         if state == "lost":
             print(f"queuectl: worker {self.name}: job {job['id']} was recovered by another host while "
                   f"this worker's lease had lapsed (paused or cut off); this run's outcome is dropped",
@@ -479,8 +483,12 @@ class Worker:
             self.base_env = (tuple(pass_env), runner.base_environment(pass_env))
         return self.base_env[1]
 
-    def _settle(self, held, outcome, timeout, durable: bool) -> str:
+    def _settle(self, held, outcome, timeout, durable: bool) -> tuple[str, LockedJob]:
         """lifecycle.settle (which owns `held`); on a shared spool a passing network error is retried.
+
+        Returns the state and the LockedJob the settle ended with: after a
+        retry that is a new one, still locked when the job has a completion
+        hook for the caller to run.
 
         On one host a settle is made at once while this disk's flushes are
         quick, else through the group commit (lifecycle.FlushPace). On a
@@ -491,29 +499,30 @@ class Worker:
         """
         if not self.spool.shared:
             if durable and not self.pace.quick:
-                return lifecycle.settle(self.spool, held, outcome, timeout, self._group_commit())
+                return lifecycle.settle(self.spool, held, outcome, timeout, self._group_commit()), held
             flushed = fsops.flush_seconds()
             state = lifecycle.settle(self.spool, held, outcome, timeout)
             if durable:
                 self.pace.observe(fsops.flush_seconds() - flushed)
-            return state
+            return state, held
         claimed = copy.deepcopy(held.job)
         for attempt in range(SETTLE_ATTEMPTS):
             try:
-                return lifecycle.settle(self.spool, held, outcome, timeout)
+                return lifecycle.settle(self.spool, held, outcome, timeout), held
             except OSError as exc:
                 if not _transient(exc) or attempt == SETTLE_ATTEMPTS - 1:
                     raise
                 self._note_transient(exc)
                 time.sleep(TRANSIENT_PAUSE)
-            held = self.spool.lock("processing", file_name(claimed["id"]))
-            if held is None or not isinstance(held.job, dict) or held.job.get("worker") != self.name:
-                if held is not None:
-                    held.release()
+            again = self.spool.lock("processing", file_name(claimed["id"]))
+            if again is None or not isinstance(again.job, dict) or again.job.get("worker") != self.name:
+                if again is not None:
+                    again.release()
                 # Settled after all (the error came after the move), or not ours any more.
-                return "lost" if self.spool.find(claimed["id"]) in (None, "processing") else "settled"
-            held.job = copy.deepcopy(claimed)
-        return "lost"
+                return ("lost" if self.spool.find(claimed["id"]) in (None, "processing") else "settled"), held
+            again.job = copy.deepcopy(claimed)
+            held = again
+        return "lost", held
 
     def _interruption(self, held):
         job_id = held.job["id"]

@@ -114,6 +114,7 @@ def test_a_worker_killed_between_recording_the_outcome_and_moving_on_runs_no_hoo
     wait_for_state(spool_path, later, "completed")
     assert not ran.exists()
     assert job["hook"]["status"] == "started"
+    assert read_job(spool_path, "completed", "cut")["hook"] == job["hook"]  # and nothing ran it since
 
 
 def _kill_hook(spool_path: str, job_id: str) -> None:

@@ -255,3 +255,16 @@ def _group_members(pgid: int) -> list[int]:
         except (OSError, ValueError, IndexError):
             continue
     return members
+
+
+def test_an_error_in_the_workers_duties_ends_the_command_instead_of_leaving_it_unwatched(run, tmp_path):
+    marker = tmp_path / "pid"
+
+    def failing():
+        if marker.exists() and marker.read_text().strip():
+            raise RuntimeError("the worker's periodic duty failed")
+        return None
+    with pytest.raises(RuntimeError):
+        run(f"echo $$ > {marker}; exec sleep 30", interruption=failing)
+    pid = int(marker.read_text())
+    assert not process_alive(pid)
