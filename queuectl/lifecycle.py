@@ -65,6 +65,7 @@ dropped-in file is not named after an id yet.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import os
 import stat
@@ -411,24 +412,26 @@ class FlushPace:
     costs a hand-off between two threads, and on a disk whose flushes cost
     next to nothing (tmpfs) that hand-off is the dearer part. So a worker
     settles at once while the flushes of its recent settles, inline or in
-    groups, took less than QUICK_FLUSH on average, and through its
+    groups, took less than QUICK_FLUSH (their median), and through its
     GroupCommit otherwise. Either way the outcome is on disk before the
     job's lock is given up: the choice changes only the speed, never what
     `durable` promises (README.md "What `durable` promises").
     """
 
     QUICK_FLUSH = 100e-6  # seconds: about what handing a settle to another thread costs
-    WEIGHT = 0.2          # of the newest flush in the running average
+    RECENT = 9            # settles the choice looks at: their median, so one preempted flush does not flip it
 
     def __init__(self) -> None:
-        self.average = 0.0  # the first settle is made at once, and measured
+        self.recent: collections.deque[float] = collections.deque(maxlen=self.RECENT)
 
     def observe(self, seconds: float) -> None:
-        self.average += (seconds - self.average) * self.WEIGHT
+        self.recent.append(seconds)
 
     @property
     def quick(self) -> bool:
-        return self.average < self.QUICK_FLUSH
+        """True before anything is measured: the first settle is made at once, and measured."""
+        recent = sorted(self.recent.copy())  # copied in one step: the commit's thread may append meanwhile
+        return not recent or recent[len(recent) // 2] < self.QUICK_FLUSH
 
 
 def _record_attempt(job: dict, outcome: Outcome, error: str | None) -> None:

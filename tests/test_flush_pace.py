@@ -82,6 +82,8 @@ def test_the_pace_follows_the_recent_flushes():
     for _ in range(40):
         pace.observe(0.000_002)
     assert pace.quick  # the disk became quick (or the slow flush was a one-off)
+    pace.observe(0.001)  # one flush preempted by another process
+    assert pace.quick
 
 
 def test_a_grouped_outcome_lands_while_the_next_job_still_runs(spool_path, tmp_path):
