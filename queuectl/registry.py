@@ -41,11 +41,11 @@ def new_name() -> str:
     return f"{host}-{os.getpid()}-{int(time.time() * 1000) % 10**9}"
 
 
-def is_alive(spool, name: str, record: dict[str, Any] | None = None, judge=None) -> bool:
+def is_alive(spool, name: str) -> bool:
     """Whether worker `name` lives; `lease.Liveness` decides (its flock on its own host, its lease elsewhere)."""
     from .lease import Liveness
 
-    return (judge or Liveness(spool)).worker_alive(name, record)
+    return Liveness(spool).worker_alive(name)
 
 
 def take_lock(spool, name: str) -> int:
@@ -79,7 +79,10 @@ def write_record(spool, name: str, record: dict[str, Any]) -> None:
 
 
 def remove_record(spool, name: str) -> None:
-    for path in (record_path(spool, name), lock_path(spool, name), os.path.join(spool.dir("workers"), name + ".lease")):
+    """A worker's record, lock and lease (a dead worker's, for doctor; a live one's lease is gone already)."""
+    from .lease import lease_path
+
+    for path in (record_path(spool, name), lock_path(spool, name), lease_path(spool, name)):
         try:
             os.unlink(path)
         except FileNotFoundError:

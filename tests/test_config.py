@@ -172,3 +172,11 @@ def test_held_config_is_one_reading_for_everything_inside(tmp_path):
         other.set_config("max_retries", "7")
         assert settings["max_retries"] == spool.config["max_retries"] == 3
     assert spool.config["max_retries"] == 7
+
+
+def test_the_keys_for_several_hosts_workflows_and_retention_exist_with_their_documented_defaults():
+    settings = defaults()
+    assert settings["lease_timeout"] == 30 and settings["shared"] == "auto"
+    for key in ("keep_completed", "keep_dead", "max_log_bytes", "hook_timeout", "on_success", "on_failure",
+                "on_dead"):
+        assert key in SETTINGS, key
