@@ -289,6 +289,8 @@ def read_file(path: str, limit: int) -> tuple[bytes | None, str | None]:
 
     (bytes, None); (None, why it cannot be read); (None, None) when it is
     gone. ESTALE is raised: the caller looks the path up again (retry_stale).
+    Gone includes an ENOENT after the open: another client moved the file,
+    and bindfs answers the fstat by path, GlusterFS may fail the read.
     """
     try:
         fd = open_nofollow(path)
@@ -302,6 +304,8 @@ def read_file(path: str, limit: int) -> tuple[bytes | None, str | None]:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             return None, "not a regular file (a folder, FIFO or device)"
         return read_fd(fd, limit), None
+    except FileNotFoundError:
+        return None, None
     finally:
         close_quietly(fd)  # GlusterFS may report ENOENT here for a file another client moved
 

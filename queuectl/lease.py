@@ -208,7 +208,10 @@ class Liveness:
             return True
         if not self.observing:
             return False
-        info = os.fstat(held.fd)
+        try:
+            info = os.fstat(held.fd)
+        except FileNotFoundError:
+            return False  # moved on since it was locked (bindfs answers fstat by path)
         token = (info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
         return self._unchanged_for(("file", held.state, held.name), token) >= self.timeout
 

@@ -147,11 +147,7 @@ def still_owned(spool: Spool, held: LockedJob) -> bool:
     lease = spool.lease
     if lease is None or not (spool.shared or lease.lapsed()):
         return True
-    try:
-        at_name = os.stat(held.path, follow_symlinks=False)
-    except FileNotFoundError:
-        return False
-    return os.path.samestat(at_name, os.fstat(held.fd))
+    return held.at_name() is not None
 
 
 Settled = Callable[[dict, str], None]
@@ -599,11 +595,13 @@ def finish_cut_move(spool: Spool, held: LockedJob) -> bool:
     move had gone that way: a cancel cut short is a cancel, not a run.
     Returns True when `held`'s own name was the one dropped.
     """
+    if spool.shared:
+        # The second name may be another host's move in flight (its flock
+        # does not reach us): recovery folds it once its owner is proven
+        # dead, doctor on request.
+        return False
     mine = os.fstat(held.fd)
-    if mine.st_nlink < 2 or spool.shared:
-        # On a shared spool the second name may be another host's move in
-        # flight (its flock does not reach us): recovery folds it once its
-        # owner is proven dead, doctor on request.
+    if mine.st_nlink < 2:
         return False
     stem = id_of(held.name)
     names = [(other, os.path.join(spool.dir(other), held.name)) for other in STATES if other != held.state]
@@ -820,7 +818,9 @@ def delete_finished(spool: Spool, state: str, job_id: str, *, older_than: float 
         job = held.job if isinstance(held.job, dict) else {}
         if hooks.running_elsewhere(spool, job):
             return False
-        info = os.fstat(held.fd)
+        info = held.at_name()
+        if info is None:
+            return False  # another host moved it on or replaced it meanwhile
         if older_than is not None and time.time() - info.st_mtime < older_than:
             return False
         guard = workflow.prune_guard(spool, job_id, held.path) if state == "completed" else None
@@ -829,9 +829,9 @@ def delete_finished(spool: Spool, state: str, job_id: str, *, older_than: float 
                 if free is False and needed is not None:
                     needed.append(job_id)
                 return False
+            if held.at_name() is None:
+                return False
             try:
-                if not os.path.samestat(info, os.lstat(held.path)):
-                    return False
                 os.unlink(held.path)
             except FileNotFoundError:
                 return False

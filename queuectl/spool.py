@@ -67,13 +67,21 @@ class LockedJob:
 
     The lock lives on the file's inode: a rename keeps it, a rewrite (which
     replaces the inode) takes the new file's lock before it becomes visible.
+
+    `inode` is the owned file's (st_dev, st_ino), taken when it was locked
+    or written: whether the name still leads to it is a stat of the name
+    against this, never an fstat of `fd`. A FUSE file system that answers
+    getattr by path (bindfs) gives an open file the attributes of whatever
+    file has its name now, so fstat cannot tell that another host replaced it.
     """
 
-    def __init__(self, spool: Spool, state: str, name: str, fd: int, job: Any, unreadable: str | None):
+    def __init__(self, spool: Spool, state: str, name: str, fd: int, job: Any, unreadable: str | None,
+                 inode: tuple[int, int]):
         self.spool = spool
         self.state = state
         self.name = name
         self.fd = fd
+        self.inode = inode
         self.job = job  # None when the file is not JSON: `unreadable` says why
         self.unreadable = unreadable
         self.staged: tuple[str, int] | None = None  # (path in tmp/, its locked fd): see stage()
@@ -81,6 +89,14 @@ class LockedJob:
     @property
     def path(self) -> str:
         return os.path.join(self.spool.root, self.state, self.name)
+
+    def at_name(self) -> os.stat_result | None:
+        """The stat of the job's name when it still leads to the file owned here; None if not (moved or replaced)."""
+        try:
+            info = os.stat(self.path, follow_symlinks=False)
+        except FileNotFoundError:
+            return None
+        return info if (info.st_dev, info.st_ino) == self.inode else None
 
     def move(self, state: str, name: str | None = None, *, sync: bool = True, fold_cut: bool | None = None) -> None:
         """Rename into another folder; FileExistsError if that name is taken there.
@@ -130,6 +146,8 @@ class LockedJob:
         path, fd = self.staged
         self.staged = None
         try:
+            info = os.fstat(fd)  # the name in tmp/ is this process's alone: fstat is this file's, even on bindfs
+            inode = (info.st_dev, info.st_ino)
             if durable:
                 fsops.fsync(fd)
             fsops.replace(path, self.path)
@@ -142,6 +160,7 @@ class LockedJob:
             raise
         os.close(self.fd)
         self.fd = fd
+        self.inode = inode
 
     def release(self) -> None:
         if self.staged is not None:  # staged but never published: not a job's file, nobody else saw it
@@ -265,9 +284,31 @@ class Spool:
             return config_mod.defaults()
         key = (info.st_ino, info.st_mtime_ns, info.st_size)
         if self._config_cache is None or self._config_cache[0] != key:
-            with open(path, encoding="utf-8") as handle:
-                self._config_cache = (key, config_mod.loads(handle.read()))
+            text = self._config_text()
+            if text is None:
+                return config_mod.defaults()
+            self._config_cache = (key, config_mod.loads(text))
         return dict(self._config_cache[1])
+
+    def _config_text(self) -> str | None:
+        """config.json's text; None when there is none.
+
+        An ENOENT after the open is not "no file": another client replaced it
+        mid-read (GlusterFS fails the read of a file moved away), so look again.
+        """
+        path = os.path.join(self.root, "config.json")
+        for attempt in range(fsops.STALE_ATTEMPTS):
+            try:
+                handle = open(path, encoding="utf-8")
+            except FileNotFoundError:
+                return None
+            try:
+                with handle:
+                    return handle.read()
+            except FileNotFoundError:
+                if attempt == fsops.STALE_ATTEMPTS - 1:
+                    raise
+        raise AssertionError("unreachable")
 
     @property
     def durable(self) -> bool:
@@ -286,12 +327,8 @@ class Spool:
         return fsops.retry_stale(self._read_stored_config)
 
     def _read_stored_config(self) -> dict:
-        try:
-            with open(os.path.join(self.root, "config.json"), encoding="utf-8") as handle:
-                text = handle.read()
-        except FileNotFoundError:
-            return {}
-        return config_mod.stored(text)
+        text = self._config_text()
+        return {} if text is None else config_mod.stored(text)
 
     def _publish_file(self, relative: str, data: bytes) -> None:
         """Atomically replace a spool file that is not a job (config, worker records)."""
@@ -521,27 +558,25 @@ class Spool:
                 return None
             # The name may have been moved or replaced between open and lock.
             info = os.fstat(fd)
-            try:
-                if os.stat(path, follow_symlinks=False).st_ino != info.st_ino:
-                    fsops.close_quietly(fd)
-                    return None
-            except FileNotFoundError:
+            if not os.path.samestat(os.stat(path, follow_symlinks=False), info):
                 fsops.close_quietly(fd)
                 return None
             # A folder or a FIFO has no job to read: its owner moves it aside unread.
             raw = fsops.read_fd(fd, MAX_JOB_BYTES) if stat.S_ISREG(info.st_mode) else b""
         except OSError as exc:
             fsops.close_quietly(fd)
-            if exc.errno == errno.ESTALE:
+            if exc.errno in (errno.ENOENT, errno.ESTALE):
+                # Moved away since the open: the stat finds no name; or, by another
+                # client, the fstat (bindfs answers it by path) or the read (GlusterFS).
                 return None
             raise
         except BaseException:
             fsops.close_quietly(fd)
             raise
         try:
-            return LockedJob(self, state, name, fd, loads(raw), None)
+            return LockedJob(self, state, name, fd, loads(raw), None, (info.st_dev, info.st_ino))
         except InvalidJob as exc:
-            return LockedJob(self, state, name, fd, None, str(exc))
+            return LockedJob(self, state, name, fd, None, str(exc), (info.st_dev, info.st_ino))
 
     def lock_job(self, job_id: str, allowed: tuple[str, ...], action: str) -> LockedJob:
         """Own job `job_id`, which must be in one of `allowed`; a clear error otherwise."""

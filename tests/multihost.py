@@ -177,8 +177,16 @@ def bindfs_pair():
     setup.__exit__(None, None, None)
 
 
+@pytest.fixture
+def uncached_bindfs_pair():
+    """Like bindfs_pair, but the kernel keeps no attributes: every fstat asks bindfs, at once."""
+    setup = bindfs_views("-o", "attr_timeout=0,entry_timeout=0")
+    yield _required(setup)
+    setup.__exit__(None, None, None)
+
+
 @contextlib.contextmanager
-def bindfs_views():
+def bindfs_views(*options: str):
     """(view A, view B): two bindfs views of one folder, unmounted and removed on exit."""
     _require_basics()
     require(shutil.which("bindfs") is not None, "bindfs (Debian's bindfs)")
@@ -189,7 +197,7 @@ def bindfs_views():
         os.makedirs(path)
     try:
         for view in views:
-            _check("bindfs", source, view)
+            _check("bindfs", *options, source, view)
         yield tuple(views)
     finally:
         for view in views:

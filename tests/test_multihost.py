@@ -23,13 +23,15 @@ from multihost import spool_pair
 from test_schedules import _jobs_of, _slots
 from workers_util import read_lines
 
-from queuectl import Spool, schedules
+from queuectl import Spool, fsops, lease, lifecycle, schedules
 from queuectl.job import parse_time
+from queuectl.runner import Outcome
 
 # The several-host fixtures (tests/multihost.py), used by the tests below by name.
 gluster_pair = multihost.gluster_pair
 bindfs_pair = multihost.bindfs_pair
 hosts = multihost.hosts
+uncached_bindfs_pair = multihost.uncached_bindfs_pair
 
 
 def _flock_crosses(pair) -> bool:
@@ -51,6 +53,58 @@ def test_bindfs_views_do_not_share_flocks(bindfs_pair):
 
 def test_gluster_clients_share_flocks(gluster_pair):
     assert _flock_crosses(gluster_pair)
+
+
+def test_a_file_the_other_host_moves_just_after_an_open_is_gone_not_an_error(uncached_bindfs_pair, monkeypatch):
+    """bindfs answers fstat by path: an open file the other view renamed gives ENOENT there.
+
+    Every reader of a job by name (Spool.read, Spool.lock) opens it, then
+    fstats it; the other host's move is made to land between the two. With
+    the kernel's attribute cache on, the same happens once the cache expires.
+    (GlusterFS answers by the descriptor: the reader gets the job's bytes.)
+    """
+    path_a, path_b = spool_pair(uncached_bindfs_pair)
+    spool, other = Spool(path_a), Spool(path_b)
+    job_id = spool.enqueue({"command": "true"})["id"]
+    name = job_id + ".json"
+    opened = fsops.open_nofollow
+
+    def open_then_moved_by_the_other_host(path):
+        fd = opened(path)
+        os.rename(os.path.join(other.dir("pending"), name), os.path.join(other.dir("processing"), name))
+        return fd
+
+    for reader in (spool.read, spool.lock):
+        monkeypatch.setattr(fsops, "open_nofollow", open_then_moved_by_the_other_host)
+        assert reader("pending", name) is None
+        monkeypatch.setattr(fsops, "open_nofollow", opened)
+        assert spool.read("processing", name)["id"] == job_id
+        os.rename(os.path.join(other.dir("processing"), name), os.path.join(other.dir("pending"), name))
+
+
+def test_a_job_the_other_host_replaced_under_its_name_is_no_longer_owned(uncached_bindfs_pair):
+    """On bindfs an fstat of the held file reports the file now under its name: ownership is
+    judged against the inode taken at the lock (LockedJob.inode), not against an fstat."""
+    path_a, path_b = spool_pair(uncached_bindfs_pair)
+    spool, other = Spool(path_a), Spool(path_b)
+    spool.shared = True  # as a worker sets it on a FUSE spool (fstype.mode)
+    spool.lease = lease.Lease(spool, "me-1", 30)
+    job_id = spool.enqueue({"command": "true"})["id"]
+    held = lifecycle.claim(spool, "pending", job_id, "me-1", time.time())
+    assert held is not None and lifecycle.still_owned(spool, held)
+    # The other host's recovery, then its claim: a new file under the same name.
+    path = other.path("processing", job_id)
+    with open(path, "rb") as handle:
+        data = handle.read()
+    with open(path + ".new", "wb") as handle:
+        handle.write(data.replace(b'"attempts": 1', b'"attempts": 2'))
+    os.rename(path + ".new", path)
+    before = open(path, "rb").read()
+    assert not lifecycle.still_owned(spool, held)
+    now = time.time()
+    assert lifecycle.settle(spool, held, Outcome(exit_code=0, started=now, finished=now), None) == "lost"
+    assert open(path, "rb").read() == before
+    held.release()
 
 
 def test_hosts_have_their_own_names_and_pids(gluster_pair, hosts):

@@ -324,6 +324,53 @@ def test_a_read_whose_close_reports_enoent_still_returns_the_job(spool, monkeypa
     assert job is not None and job["id"] == job_id
 
 
+def test_a_read_that_reports_enoent_finds_the_job_gone(spool, monkeypatch):
+    """GlusterFS may fail the read of an open file with ENOENT once another client moved it:
+    a reader and a locker find the job gone from that folder, as an ENOENT at the open would say."""
+    job_id = spool.enqueue({"command": "true"})["id"]
+
+    def read_enoent(*args):
+        raise FileNotFoundError(errno.ENOENT, "No such file or directory")
+    monkeypatch.setattr(fsops, "read_fd", read_enoent)
+    assert spool.read("pending", job_id + ".json") is None
+    assert spool.lock("pending", job_id + ".json") is None
+    monkeypatch.undo()
+    assert spool.read("pending", job_id + ".json")["id"] == job_id
+
+
+def test_config_replaced_by_another_client_mid_read_is_read_again_not_taken_as_absent(spool, monkeypatch):
+    """An ENOENT from the read of config.json (GlusterFS, the file replaced by another client) once
+    made `config set` start from an empty file and drop every other key."""
+    import builtins
+
+    from queuectl import spool as spool_module
+    spool.set_config("max_retries", "7")
+    failures = []
+
+    class ReplacedMidRead:
+        def __init__(self, handle):
+            self.handle = handle
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.handle.close()
+
+        def read(self):
+            failures.append(1)
+            raise FileNotFoundError(errno.ENOENT, "No such file or directory")
+
+    def open_once_replaced(path, *args, **kwargs):
+        handle = builtins.open(path, *args, **kwargs)
+        return ReplacedMidRead(handle) if str(path).endswith("config.json") and not failures else handle
+    monkeypatch.setattr(spool_module, "open", open_once_replaced, raising=False)
+    spool.set_config("backoff_base", "3")
+    monkeypatch.undo()
+    assert failures
+    assert spool.config["max_retries"] == 7 and spool.config["backoff_base"] == 3
+
+
 def test_a_settle_retried_after_estale_hands_back_the_job_it_locked_again(spool, monkeypatch, tmp_path):
     """On a shared spool a settle cut by ESTALE is retried from the path with a new lock; a job with a
     completion hook comes back locked for its hook, and that lock, not the first one, is the caller's."""
