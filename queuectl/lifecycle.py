@@ -71,7 +71,7 @@ import os
 import stat
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 from . import fsops, hooks, registry, workflow
@@ -150,19 +150,13 @@ def still_owned(spool: Spool, held: LockedJob) -> bool:
     return held.at_name() is not None
 
 
-Settled = Callable[[dict, str], None]
-
-
 def settle(spool: Spool, held: LockedJob, outcome: Outcome, timeout: float | None,
-           commit: GroupCommit | None = None, then: Settled | None = None) -> str:
+           commit: GroupCommit | None = None) -> str:
     """Record the run's outcome in the job and move it on; returns the state it goes to.
 
     "Record, then move". Settle takes over `held`: it releases it, or hands
     it to `commit`, which makes the outcome durable together with other
     settles a moment later, while the worker goes on with its next job.
-    `then(job, state)` is called once the job is in its final folder (and,
-    with `durable`, on disk there) and no longer locked: from the commit's
-    thread when there is one, so it must be quick and must not raise.
     An outcome with a completion hook (hooks.plan) is settled at once, not
     through `commit`, and `held` stays locked (`held.fd >= 0`) in its final
     folder for the caller to run the hook (hooks.run) and release it.
@@ -192,14 +186,12 @@ def settle(spool: Spool, held: LockedJob, outcome: Outcome, timeout: float | Non
         hooked = hooks.planned(job, state)
         if commit is not None and not hooked:
             held.stage()
-            commit.submit(held, state, then)
+            commit.submit(held, state)
             return state
         held.save(moving_on=True)
         final = _move_on(spool, held, state)
         if not hooked or final != state:
             held.release()
-        if then is not None:
-            then(job, final)
         return final
     except BaseException:
         if commit is None or not commit.owns(held):
@@ -225,7 +217,7 @@ def _move_on(spool: Spool, held: LockedJob, state: str, *, sync: bool = True, fo
     return state
 
 
-Item = tuple[LockedJob, str, "Settled | None"]
+Item = tuple[LockedJob, str]  # a staged settle and the state it moves to
 
 
 class GroupCommit:
@@ -262,7 +254,7 @@ class GroupCommit:
         self._staged: list[Item] = []                # submitted: their new bytes are not flushed yet
         self._flushing: list[Item] = []              # the thread flushes their new bytes now
         self._flushed: list[list[Item]] = []         # new bytes on disk: the worker renames them (advance)
-        self._renamed: list[tuple[list[Item], list[str], set[str]]] = []  # the thread flushes their folders
+        self._renamed: list[tuple[list[Item], set[str]]] = []  # the thread flushes their folders
         self._closing = False
         self._done = False
         self.error: BaseException | None = None
@@ -270,12 +262,12 @@ class GroupCommit:
         self._thread = threading.Thread(target=self._run, name="queuectl-commit", daemon=True)
         self._thread.start()
 
-    def submit(self, held: LockedJob, state: str, then: Settled | None = None) -> None:
-        """Take over `held` (staged, locked) and move it to `state` in the next group; then `then`."""
+    def submit(self, held: LockedJob, state: str) -> None:
+        """Take over `held` (staged, locked) and move it to `state` in the next group."""
         with self._changed:
             if self.error is not None:
                 raise self.error
-            self._staged.append((held, state, then))
+            self._staged.append((held, state))
             self._changed.notify_all()
 
     def owns(self, held: LockedJob) -> bool:
@@ -284,7 +276,7 @@ class GroupCommit:
 
     def _items(self) -> list[Item]:
         return (self._staged + self._flushing + [item for group in self._flushed for item in group]
-                + [item for group, _, _ in self._renamed for item in group])
+                + [item for group, _ in self._renamed for item in group])
 
     def advance(self) -> None:
         """Rename what the thread has flushed; quick when there is nothing to do. Raises the commit's error."""
@@ -300,13 +292,13 @@ class GroupCommit:
             groups, self._flushed = self._flushed, []
         for position, group in enumerate(groups):
             touched: set[str] = set()
-            finals = []
             try:
-                for held, state, _ in group:
+                for held, state in group:
                     touched.add(held.state)
                     held.publish_staged(durable=False)
-                    finals.append(_move_on(self.spool, held, state, sync=False))
-                    touched.add(finals[-1])
+                    final = _move_on(self.spool, held, state, sync=False)
+                    if final != "lost":  # moved by another host: no folder of ours to flush
+                        touched.add(final)
             except BaseException as exc:
                 with self._changed:
                     self.error = exc
@@ -314,7 +306,7 @@ class GroupCommit:
                     self._changed.notify_all()
                 raise
             with self._changed:
-                self._renamed.append((group, finals, touched))
+                self._renamed.append((group, touched))
                 self._changed.notify_all()
 
     def close(self) -> None:
@@ -337,7 +329,7 @@ class GroupCommit:
                 self._closing = True
                 self._changed.notify_all()
             self._thread.join()
-            for held, _, _ in self._items():  # settles cut short by an error: recovery's now
+            for held, _ in self._items():  # settles cut short by an error: recovery's now
                 held.release()
             self._staged, self._flushing, self._flushed, self._renamed = [], [], [], []
             os.close(self.wake_fd)
@@ -381,23 +373,20 @@ class GroupCommit:
 
     def _flush_bytes(self, group: list[Item]) -> None:
         if self.spool.durable:
-            for held, _, _ in group:
+            for held, _ in group:
                 assert held.staged is not None  # settle staged it before submitting
                 fsops.fsync(held.staged[1])
 
-    def _flush_folders(self, renamed: list[tuple[list[Item], list[str], set[str]]]) -> None:
+    def _flush_folders(self, renamed: list[tuple[list[Item], set[str]]]) -> None:
         if not renamed:
             return
         if self.spool.durable:
-            touched = set().union(*(folders for _, _, folders in renamed))
+            touched = set().union(*(folders for _, folders in renamed))
             for folder in sorted(touched, key=lambda name: name == "processing"):  # processing/ last
                 fsops.fsync_dir(self.spool.dir(folder))
-        for group, finals, _ in renamed:
-            for held, _, _ in group:
+        for group, _ in renamed:
+            for held, _ in group:
                 held.release()
-            for (held, _, then), final in zip(group, finals):
-                if then is not None:
-                    then(held.job, final)
 
 
 class FlushPace:
