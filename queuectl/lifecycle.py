@@ -530,8 +530,11 @@ def adopt(spool: Spool, name: str, *, complete: bool) -> str | None:
                 raise InvalidJob(held.unreadable)
             job = build(held.job, spool.config, stem=stem)
         except InvalidJob as exc:
-            if not complete and (time.time() - info.st_mtime < DROP_GRACE or fsops.open_for_writing(info)):
-                return None  # still being written: judged when closed, or later
+            # Only bytes that do not parse may still be being written: a whole
+            # JSON object cannot grow into another (nothing may follow its brace).
+            if (not complete and held.unreadable is not None
+                    and (time.time() - info.st_mtime < DROP_GRACE or fsops.open_for_writing(info))):
+                return None  # judged when its writer closes it, or later
             dead_letter(spool, held, str(exc))
             return None
         target = job["id"] + SUFFIX

@@ -457,8 +457,10 @@ def _load_for_sweep(spool, file_name: str, name: str, now: float) -> dict | None
             info = os.lstat(path)
         except FileNotFoundError:
             return None
-        if stat.S_ISREG(info.st_mode) and (now - info.st_mtime < DROP_GRACE or fsops.open_for_writing(info)):
-            return None  # may still be being written
+        # Only bytes that do not parse may still be being written (a whole object cannot grow).
+        if (error is not None and stat.S_ISREG(info.st_mode)
+                and (now - info.st_mtime < DROP_GRACE or fsops.open_for_writing(info))):
+            return None
         set_aside(spool, file_name, str(exc))
         return None
 

@@ -215,3 +215,20 @@ def test_a_quiet_file_still_open_for_writing_is_not_judged_by_its_age(spool):
         handle.write(b'ow"}')
     assert lifecycle.adopt(spool, "slow.json", complete=False) == "slow.json"
     assert spool.get("slow")["command"] == "echo slow"
+
+
+def test_a_whole_json_object_that_is_no_valid_job_is_judged_at_once_not_after_the_grace(spool):
+    """docs/spool-format.md: only a file that does not parse yet waits out the grace period. A whole
+    object cannot grow into a valid one (nothing may follow its closing brace), so waiting for it
+    only held `worker start --burst` back by the grace, twice."""
+    from queuectl import lifecycle
+    path = pending(spool.root, "wrong.json")
+    with open(path, "w") as handle:
+        handle.write('{"command": 5}')
+    assert lifecycle.adopt(spool, "wrong.json", complete=False) is None
+    assert not os.path.exists(path)
+    assert "command" in spool.get("wrong")["last_error"]
+    with open(pending(spool.root, "cut.json"), "w") as handle:
+        handle.write('{"command": "echo c')  # does not parse yet: left alone for now
+    assert lifecycle.adopt(spool, "cut.json", complete=False) is None
+    assert os.path.exists(pending(spool.root, "cut.json"))

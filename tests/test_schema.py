@@ -337,3 +337,54 @@ def test_the_spool_format_document_names_every_field_of_the_schema():
     document = (Path(__file__).resolve().parent.parent / "docs" / "spool-format.md").read_text(encoding="utf-8")
     missing = [name for name in SCHEMA["properties"] if f"`{name}`" not in document]
     assert missing == []
+
+
+def _layout_patterns() -> list[re.Pattern]:
+    """The layout block of docs/spool-format.md as regexes, each path and each folder above it."""
+    document = (Path(__file__).resolve().parent.parent / "docs" / "spool-format.md").read_text(encoding="utf-8")
+    block = document.split("<spool>/", 1)[1].split("```", 1)[0]
+    patterns = set()
+    for line in block.splitlines():
+        if not line.strip():
+            continue
+        path = line.split()[0]
+        parts = path.rstrip("/").split("/")
+        for depth in range(1, len(parts) + 1):
+            prefix = "/".join(parts[:depth]) + ("/" if depth < len(parts) or path.endswith("/") else "")
+            patterns.add(re.escape(prefix).replace(re.escape("<"), "<").replace(re.escape(">"), ">"))
+    return [re.compile(re.sub(r"<[^>]+>", r"[^/]+", pattern)) for pattern in sorted(patterns)]
+
+
+def test_every_entry_a_busy_spool_holds_is_in_the_layout_of_the_spool_format_document(qc, spool_path):
+    """Spec: whatever files groups, pauses and unique keys need, each explained in the spool-format
+    document. A spool that used every feature is walked two levels down (tmp/ holds nothing named)."""
+    def ok(*args):
+        result = qc(*args)
+        assert result.returncode == 0, (args, result.stderr)
+        return result.stdout.strip()
+    first = ok("enqueue", "true", "--json")
+    first_id = json.loads(first)["id"]
+    ok("enqueue", "true", "--after", first_id)
+    ok("enqueue", "true", "--unique", "nightly")
+    ok("group", "set", "gpu", "--limit", "1")
+    ok("enqueue", "true", "--group", "gpu")
+    ok("enqueue", "exit 3", "--max-retries", "0")
+    ok("schedule", "add", "tick", "--every", "1h", "true")
+    Path(spool_path, "pending", "not-a-job.json").write_text('{"command": 5}')
+    ok("worker", "start", "--burst", "--quiet")
+    ok("pause")
+    ok("pause", "--group", "gpu")
+    ok("worker", "stop")
+    held = ok("enqueue", "sleep 60")
+    patterns = _layout_patterns()
+    undocumented = []
+    root = Path(spool_path)
+    for entry in sorted(root.iterdir()):
+        names = [entry] + (sorted(entry.iterdir()) if entry.is_dir() and entry.name != "tmp" else [])
+        for path in names:
+            relative = str(path.relative_to(root)) + ("/" if path.is_dir() else "")
+            if not any(pattern.fullmatch(relative) for pattern in patterns):
+                undocumented.append(relative)
+    assert undocumented == [], held
+    assert {entry.name for entry in root.iterdir()} >= {"paused", "groups", "unique", "schedules", "waiting",
+                                                        "workers", "logs", "dead"}

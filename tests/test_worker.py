@@ -435,6 +435,9 @@ def test_worker_list_shows_pid_host_uptime_and_current_job(spool_path, workers, 
     rows = [line.split() for line in listing.stdout.splitlines()[1:]]
     assert [(row[0], row[1], row[-1]) for row in rows] == [(str(worker.pid), os.uname().nodename, job_id)]
     assert rows[0][2] == "local"  # a temporary folder on this machine (README "Running on several hosts")
+    host = os.uname().nodename
+    assert f"workers     1 live ({host}: 1 local)" in run_queuectl(spool_path, "status").stdout.splitlines()
+    assert f"worker {records_name(spool_path)} on {host}: local mode" in run_queuectl(spool_path, "doctor").stdout
     assert re.fullmatch(r"\d+(\.\d+)?[smhd]", rows[0][3])
     records = json.loads(as_json.stdout)
     assert [(record["pid"], record["host"], record["job"]) for record in records] == [
@@ -610,3 +613,11 @@ def test_demo_runs_every_example_job_to_the_end(spool_path, workers):
     assert counts["completed"] + counts["dead"] == len(examples), counts
     assert counts["dead"] >= 1 and counts["completed"] >= 1
     assert "done;" in demo.stdout
+
+
+def records_name(spool_path) -> str:
+    """The one worker's name, from its record in workers/."""
+    names = [entry[:-len(".json")] for entry in os.listdir(os.path.join(spool_path, "workers"))
+             if entry.endswith(".json") and entry != "stop.json"]
+    assert len(names) == 1, names
+    return names[0]
