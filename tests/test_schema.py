@@ -375,7 +375,9 @@ def test_every_entry_a_busy_spool_holds_is_in_the_layout_of_the_spool_format_doc
     ok("pause")
     ok("pause", "--group", "gpu")
     ok("worker", "stop")
-    held = ok("enqueue", "sleep 60")
+    # Jobs no worker runs now: a unique key held, and a job waiting for another.
+    waited_for = json.loads(ok("enqueue", "sleep 60", "--unique", "held", "--json"))["id"]
+    ok("enqueue", "true", "--after", waited_for)
     patterns = _layout_patterns()
     undocumented = []
     root = Path(spool_path)
@@ -385,6 +387,6 @@ def test_every_entry_a_busy_spool_holds_is_in_the_layout_of_the_spool_format_doc
             relative = str(path.relative_to(root)) + ("/" if path.is_dir() else "")
             if not any(pattern.fullmatch(relative) for pattern in patterns):
                 undocumented.append(relative)
-    assert undocumented == [], held
+    assert undocumented == []
     assert {entry.name for entry in root.iterdir()} >= {"paused", "groups", "unique", "schedules", "waiting",
                                                         "workers", "logs", "dead"}
