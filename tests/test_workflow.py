@@ -145,9 +145,12 @@ def test_a_dead_dependency_kills_its_dependents_and_retrying_it_does_not_revive_
         job = wait_for_state(spool_path, job_id, "dead")
         assert job["last_error"] == f"dependency {cause} is dead"
         assert job["attempts"] == 0
+    dependents = {job_id: spool.get(job_id) for job_id in ("test", "ship")}
     dlq_retry(spool, "build")
     wait_until(lambda: len(spool.get("build")["history"]) >= 2, message="the retried dependency to run again")
-    assert spool.find("test") == "dead" and spool.find("ship") == "dead"
+    wait_for_state(spool_path, "build", "dead")
+    # Untouched, not revived and killed again (which would rewrite them: a new updated_at).
+    assert {job_id: spool.get(job_id) for job_id in ("test", "ship")} == dependents
 
 
 def test_dlq_retry_of_a_dependent_waits_for_its_dependency(spool_path, tmp_path, workers):
@@ -157,8 +160,11 @@ def test_dlq_retry_of_a_dependent_waits_for_its_dependency(spool_path, tmp_path,
     enqueue(spool_path, {"id": "second", "command": "true", "after": ["first"]})
     workers.start()
     wait_for_state(spool_path, "second", "dead")
-    dlq_retry(spool, "second")  # its dependency is still dead: back to dead/
-    wait_for_state(spool_path, "second", "dead")
+    # The retry moves it to pending/ before it returns; its dependency is still dead, so a
+    # worker sends it back to dead/ for that reason.
+    assert dlq_retry(spool, "second")["state"] == "pending"
+    again = wait_for_state(spool_path, "second", "dead")
+    assert again["last_error"] == "dependency first is dead" and again["attempts"] == 0
     gate.touch()
     dlq_retry(spool, "first")
     wait_for_state(spool_path, "first", "completed")
