@@ -271,7 +271,11 @@ def test_missed_policies_after_every_worker_stopped(spool_path, workers, qc):
         return [s for s in range(slots[0], slots[-1] + 1) if s not in slots]
 
     assert catch_ups("skip") == [] and len(gap("skip")) >= 5
-    assert len(catch_ups("once")) == 1 and last["once"] < catch_ups("once")[0] < restarted
+    assert len(catch_ups("once")) == 1 and last["once"] < catch_ups("once")[0]
+    # The latest slot already past its grace when the restarted workers fired the catch-up (its
+    # created_at), whenever that was: how fast workers restart does not matter.
+    caught = next(j for j in jobs["once"].values() if j.get("catch_up"))
+    assert parse_time(caught["created_at"]) - 3 < int(parse_time(caught["slot"])) < parse_time(caught["created_at"]) - 2
     assert len(gap("once")) >= 4
     assert gap("all") == [] and len(catch_ups("all")) >= 5  # every missed slot, once each
     assert catch_ups("all")[0] == last["all"] + 1
