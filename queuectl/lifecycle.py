@@ -247,9 +247,16 @@ class GroupCommit:
     unlocked, for recovery.
     """
 
-    def __init__(self, spool: Spool, pace: FlushPace | None = None):
+    # How long the thread waits, after the first settle of a group arrives,
+    # for more to join it. Every group costs a journaled disk two journal
+    # commits (the new files, then the folders) whatever its size, and a
+    # worker's settles come one job apart: without the wait most groups
+    # would hold one settle. Short beside what `durable` allows (README.md
+    # "What `durable` promises"): the worker does not wait for it.
+    GATHER = 0.003
+
+    def __init__(self, spool: Spool):
         self.spool = spool
-        self.pace = pace  # told how long each group's flushes took
         self._changed = threading.Condition()
         self._staged: list[Item] = []                # submitted: their new bytes are not flushed yet
         self._flushing: list[Item] = []              # the thread flushes their new bytes now
@@ -347,14 +354,13 @@ class GroupCommit:
                     self._done = True  # closing, and nothing is left to flush
                     self._changed.notify_all()
                     return
+                if self._staged and self.spool.durable:
+                    self._gather()
                 renamed, self._renamed = self._renamed, []
                 self._flushing, self._staged = self._staged, []
             try:
-                flushed = fsops.flush_seconds()
                 self._flush_folders(renamed)
                 self._flush_bytes(self._flushing)
-                if self.pace is not None and self.spool.durable:
-                    self.pace.observe(fsops.flush_seconds() - flushed)
             except BaseException as exc:  # noqa: BLE001 - handed to the worker's thread
                 with self._changed:
                     self.error = exc
@@ -371,11 +377,24 @@ class GroupCommit:
                         pass  # the worker has a wake-up waiting already
                 self._changed.notify_all()
 
+    def _gather(self) -> None:
+        """Wait GATHER for more settles to join the group (the condition's lock is held on entry)."""
+        deadline = time.monotonic() + self.GATHER
+        while not self._closing and self.error is None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            self._changed.wait(left)
+
     def _flush_bytes(self, group: list[Item]) -> None:
-        if self.spool.durable:
+        if self.spool.durable and group:
+            fds = []
             for held, _ in group:
                 assert held.staged is not None  # settle staged it before submitting
-                fsops.fsync(held.staged[1])
+                fds.append(held.staged[1])
+            fsops.start_writeback(fds)
+            for fd in fds:
+                fsops.fsync(fd)
 
     def _flush_folders(self, renamed: list[tuple[list[Item], set[str]]]) -> None:
         if not renamed:
@@ -390,33 +409,43 @@ class GroupCommit:
 
 
 class FlushPace:
-    """Whether a settle's flushes are quick enough to make on the worker's own path.
+    """Whether the next settle's flushes are quick enough to make on the worker's own path.
 
     The group commit hides slow flushes (a journaled disk: each waits for a
     journal commit) behind the worker's next job, but every settle it takes
     costs a hand-off between two threads, and on a disk whose flushes cost
     next to nothing (tmpfs) that hand-off is the dearer part. So a worker
-    settles at once while the flushes of its recent settles, inline or in
-    groups, took less than QUICK_FLUSH (their median), and through its
-    GroupCommit otherwise. Either way the outcome is on disk before the
-    job's lock is given up: the choice changes only the speed, never what
-    `durable` promises (README.md "What `durable` promises").
+    settles at once while its recent settles made at once spent less than
+    QUICK_FLUSH in fsync (their median), and through its GroupCommit
+    otherwise. Only settles made at once are measured, because only they
+    answer the question (a group's flushes are shared and batched); in
+    group mode every PROBE-th settle is made at once to measure the disk
+    again, so a worker whose disk became quick switches back. Either way
+    the outcome is on disk before the job's lock is given up: the choice
+    changes only the speed, never what `durable` promises (README.md
+    "What `durable` promises").
     """
 
     QUICK_FLUSH = 100e-6  # seconds: about what handing a settle to another thread costs
     RECENT = 9            # settles the choice looks at: their median, so one preempted flush does not flip it
+    PROBE = 32            # in group mode, one settle in this many is made at once, and measured
 
     def __init__(self) -> None:
         self.recent: collections.deque[float] = collections.deque(maxlen=self.RECENT)
+        self.grouped = 0  # settles sent to the group commit since the last one made at once
 
     def observe(self, seconds: float) -> None:
+        """The fsync time of a settle made at once."""
         self.recent.append(seconds)
 
-    @property
-    def quick(self) -> bool:
-        """True before anything is measured: the first settle is made at once, and measured."""
-        recent = sorted(self.recent.copy())  # copied in one step: the commit's thread may append meanwhile
-        return not recent or recent[len(recent) // 2] < self.QUICK_FLUSH
+    def inline(self) -> bool:
+        """Whether to make the next settle at once (and measure it); True before anything is measured."""
+        recent = sorted(self.recent)
+        if not recent or recent[len(recent) // 2] < self.QUICK_FLUSH or self.grouped >= self.PROBE - 1:
+            self.grouped = 0
+            return True
+        self.grouped += 1
+        return False
 
 
 def _record_attempt(job: dict, outcome: Outcome, error: str | None) -> None:

@@ -185,7 +185,7 @@ class Worker:
             # this thread, which runs the handler and wakes its select.
             mask = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
             try:
-                self.commit = lifecycle.GroupCommit(self.spool, self.pace)
+                self.commit = lifecycle.GroupCommit(self.spool)
             finally:
                 signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         return self.commit
@@ -498,7 +498,7 @@ class Worker:
         rewrite does not record the attempt twice).
         """
         if not self.spool.shared:
-            if durable and not self.pace.quick:
+            if durable and not self.pace.inline():
                 return lifecycle.settle(self.spool, held, outcome, timeout, self._group_commit()), held
             flushed = fsops.flush_seconds()
             state = lifecycle.settle(self.spool, held, outcome, timeout)
