@@ -35,7 +35,6 @@ T = TypeVar("T")
 _AT_FDCWD = -100
 _RENAME_NOREPLACE = 1
 _RENAME_EXCHANGE = 2
-_SYNC_FILE_RANGE_WRITE = 2
 _libc_renameat2: Any = None  # libc's renameat2 through ctypes, loaded by the first move
 
 
@@ -141,36 +140,6 @@ def fsync(fd: int) -> None:
         os.fsync(fd)
     finally:
         _flush_clock.seconds = flush_seconds() + time.perf_counter() - started
-
-
-_libc_writeback: Any = None  # libc's sync_file_range through ctypes, loaded by the first group commit
-
-
-def start_writeback(fds: list[int]) -> None:
-    """Ask the kernel to start writing each file's data now; a hint, the fsyncs after it still flush.
-
-    A group's files are fsynced one after another. On a journaled file
-    system the first fsync commits the journal while the other files' data
-    is not even written yet (delayed allocation), so each later fsync
-    needs a journal commit of its own. Started together, their blocks are
-    allocated before the first commit, which then covers them all.
-    sync_file_range(SYNC_FILE_RANGE_WRITE) only starts writeback: where libc
-    lacks it, or it fails, nothing is lost but that saving.
-    """
-    global _libc_writeback
-    if _libc_writeback is None:
-        import ctypes
-        function = getattr(ctypes.CDLL(None, use_errno=True), "sync_file_range", None)
-        if function is None:
-            _libc_writeback = False
-        else:
-            function.argtypes = [ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong, ctypes.c_uint]
-            function.restype = ctypes.c_int
-            _libc_writeback = function
-    if _libc_writeback is False:
-        return
-    for fd in fds:
-        _libc_writeback(fd, 0, 0, _SYNC_FILE_RANGE_WRITE)
 
 
 def fsync_dir(path: str) -> None:

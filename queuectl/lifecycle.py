@@ -247,14 +247,6 @@ class GroupCommit:
     unlocked, for recovery.
     """
 
-    # How long the thread waits, after the first settle of a group arrives,
-    # for more to join it. Every group costs a journaled disk two journal
-    # commits (the new files, then the folders) whatever its size, and a
-    # worker's settles come one job apart: without the wait most groups
-    # would hold one settle. Short beside what `durable` allows (README.md
-    # "What `durable` promises"): the worker does not wait for it.
-    GATHER = 0.003
-
     def __init__(self, spool: Spool):
         self.spool = spool
         self._changed = threading.Condition()
@@ -354,8 +346,6 @@ class GroupCommit:
                     self._done = True  # closing, and nothing is left to flush
                     self._changed.notify_all()
                     return
-                if self._staged and self.spool.durable:
-                    self._gather()
                 renamed, self._renamed = self._renamed, []
                 self._flushing, self._staged = self._staged, []
             try:
@@ -377,24 +367,11 @@ class GroupCommit:
                         pass  # the worker has a wake-up waiting already
                 self._changed.notify_all()
 
-    def _gather(self) -> None:
-        """Wait GATHER for more settles to join the group (the condition's lock is held on entry)."""
-        deadline = time.monotonic() + self.GATHER
-        while not self._closing and self.error is None:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return
-            self._changed.wait(left)
-
     def _flush_bytes(self, group: list[Item]) -> None:
-        if self.spool.durable and group:
-            fds = []
+        if self.spool.durable:
             for held, _ in group:
                 assert held.staged is not None  # settle staged it before submitting
-                fds.append(held.staged[1])
-            fsops.start_writeback(fds)
-            for fd in fds:
-                fsops.fsync(fd)
+                fsops.fsync(held.staged[1])
 
     def _flush_folders(self, renamed: list[tuple[list[Item], set[str]]]) -> None:
         if not renamed:

@@ -102,30 +102,6 @@ def test_in_group_mode_one_settle_in_probe_is_made_at_once_to_measure_the_disk_a
     assert all(pace.inline() for _ in range(2 * pace.PROBE))
 
 
-def test_a_group_commit_gathers_the_settles_that_arrive_within_its_window(spool, monkeypatch):
-    """Settles submitted within GATHER of the group's first are flushed together: one fsync of the
-    folders for all of them, and their files' writeback started before the first file's fsync."""
-    from queuectl import fsops
-    from queuectl.runner import Outcome
-    spool.set_config("durable", "true")
-    calls = []
-    monkeypatch.setattr(fsops, "start_writeback", lambda fds: calls.append(("writeback", len(fds))))
-    real_fsync_dir = fsops.fsync_dir
-    monkeypatch.setattr(fsops, "fsync_dir", lambda path: (calls.append(("folder", os.path.basename(path))),
-                                                          real_fsync_dir(path)))
-    monkeypatch.setattr(lifecycle.GroupCommit, "GATHER", 5.0)  # all four land in one window
-    ids = [spool.enqueue({"command": "true"})["id"] for _ in range(4)]
-    now = time.time()
-    claimed = [lifecycle.claim(spool, "pending", job_id, "w-1", now) for job_id in ids]
-    calls.clear()  # a claim's own flushes
-    commit = lifecycle.GroupCommit(spool)
-    for held in claimed:
-        lifecycle.settle(spool, held, Outcome(exit_code=0, started=now, finished=now), None, commit)
-    commit.close()  # closing ends the wait: everything submitted is settled now
-    assert [spool.find(job_id) for job_id in ids] == ["completed"] * 4
-    assert calls == [("writeback", 4), ("folder", "completed"), ("folder", "processing")]
-
-
 def test_a_grouped_outcome_lands_while_the_next_job_still_runs(spool_path, tmp_path):
     """The worker makes the group's renames between jobs and while a job runs (GroupCommit.advance),
     so a long job does not hold the outcome of the one before it back in processing/."""
@@ -157,17 +133,3 @@ def test_a_grouped_outcome_lands_while_the_next_job_still_runs(spool_path, tmp_p
     assert os.waitstatus_to_exitcode(status) == 0
     assert spool.find(long) == "completed"
 
-
-def test_start_writeback_reaches_libc_and_leaves_the_data_alone(tmp_path):
-    """The hint goes to glibc's sync_file_range; the bytes are what was written, the fsync still follows."""
-    from queuectl import fsops
-    path = tmp_path / "outcome"
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
-    try:
-        os.write(fd, b"x" * 5000)
-        fsops.start_writeback([fd])
-        assert callable(fsops._libc_writeback)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    assert path.read_bytes() == b"x" * 5000
