@@ -405,7 +405,7 @@ class FlushPace:
 
     QUICK_FLUSH = 100e-6  # seconds: about what handing a settle to another thread costs
     RECENT = 9            # settles the choice looks at: their median, so one preempted flush does not flip it
-    PROBE = 32            # in group mode, one settle in this many is made at once, and measured
+    PROBE = 256           # in group mode, one settle in this many is made at once, and measured (a cost there)
 
     def __init__(self) -> None:
         self.recent: collections.deque[float] = collections.deque(maxlen=self.RECENT)
