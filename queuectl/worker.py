@@ -470,7 +470,7 @@ class Worker:
             try:
                 hooks.run(self.spool, held, worker=self.name, timeout=settings["hook_timeout"],
                           kill_grace=settings["kill_grace"], pass_env=settings["pass_env"],
-                          interruption=lambda: "stop" if self.stop_now else None)
+                          interruption=self._interruption(held, hook=True))
                 retention.cap_log(self.spool.log_path(job["id"]), settings["max_log_bytes"], self.spool.dir("tmp"))
             finally:
                 held.release()
@@ -524,11 +524,13 @@ class Worker:
             held = again
         return "lost", held
 
-    def _interruption(self, held):
+    def _interruption(self, held, *, hook: bool = False):
+        """What the runner asks every wait_step while a job (or, `hook`, its completion hook) runs."""
         job_id = held.job["id"]
 
         def ask() -> str | None:
-            # The loop's duties that cannot wait for the job to end.
+            # The loop's duties that cannot wait for the run to end: recovery above all
+            # (README "Recovery": on schedule even while every worker is busy).
             self._check_supervisor()
             if self.commit is not None:
                 self.commit.advance()  # the settles of the jobs before this one
@@ -541,6 +543,8 @@ class Worker:
                     raise
             if self.stop_now:
                 return "stop"
+            if hook:
+                return None  # the job is settled: a cancel or another host's recovery no longer reaches it
             if registry.cancel_requested(self.spool, job_id):
                 return "cancel"
             if not lifecycle.still_owned(self.spool, held):

@@ -35,16 +35,22 @@ def nothing_in_processing(spool_path) -> bool:
 # -- recovery while busy -----------------------------------------------------------------------
 
 
-def test_a_dead_workers_job_is_recovered_while_every_live_worker_is_busy(spool_path, workers, tmp_path):
-    """The survivor runs a job far longer than the wait below: only a sweep during that job can pass."""
+@pytest.mark.parametrize("busy_with", ["a job", "a completion hook"])
+def test_a_dead_workers_job_is_recovered_while_every_live_worker_is_busy(spool_path, workers, tmp_path, busy_with):
+    """The survivor runs a job (or a finished job's completion hook) far longer than the wait
+    below: only a sweep during that run can pass."""
     doomed_marker, busy_marker = tmp_path / "doomed", tmp_path / "busy"
     doomed_job = enqueue(spool_path, marker_then(doomed_marker, "exec sleep 600"), max_retries=1)
     doomed = workers.start()
     leftover = int(wait_for_running(spool_path, doomed_job, doomed_marker))
     doomed_name = Spool(spool_path).get(doomed_job)["worker"]
     survivor = workers.start()
-    busy_job = enqueue(spool_path, marker_then(busy_marker, "exec sleep 600"))
-    wait_for_running(spool_path, busy_job, busy_marker)  # the survivor's: the doomed worker is busy
+    if busy_with == "a job":
+        busy_job = enqueue(spool_path, marker_then(busy_marker, "exec sleep 600"))
+        wait_for_running(spool_path, busy_job, busy_marker)  # the survivor's: the doomed worker is busy
+    else:
+        busy_job = enqueue(spool_path, {"command": "true", "on_success": marker_then(busy_marker, "exec sleep 600")})
+        wait_until(lambda: busy_marker.exists() and busy_marker.read_text().strip(), message="the hook to run")
 
     doomed.send(signal.SIGKILL)
     assert doomed.wait() == -signal.SIGKILL
@@ -52,7 +58,8 @@ def test_a_dead_workers_job_is_recovered_while_every_live_worker_is_busy(spool_p
     job = wait_for_state(spool_path, doomed_job, "failed")
     assert job["last_error"] == f"worker {doomed_name} died during the run"
     wait_until(lambda: not process_alive(leftover), message="the dead worker's command to be ended")
-    assert Spool(spool_path).find(busy_job) == "processing" and survivor.running()
+    assert Spool(spool_path).find(busy_job) == ("processing" if busy_with == "a job" else "completed")
+    assert survivor.running() and process_alive(int(busy_marker.read_text()))
 
 
 # -- the supervisor's death ----------------------------------------------------------------------
