@@ -528,3 +528,62 @@ def test_cli_dashboard_serves_until_ctrl_c(spool_path):
         process.wait()
     assert process.returncode == 0
     assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("watch", [True, False], ids=["dashboard (inotify)", "one-shot (name and inode)"])
+def test_a_job_back_under_its_name_on_the_same_inode_gets_its_new_settle_time(spool, watch):
+    """ext4 gives a freed inode number to the next new file, so a job that failed, was retried and
+    failed again between two scans can come back under its name on its old inode number. Here the
+    same file leaves and comes back with a new settle time, which is what that looks like."""
+    from conftest import put_job
+
+    from queuectl.dashboard.snapshot import Scanner
+    put_job(spool.root, "failed", "again", attempts=1)
+    failed, pending = spool.path("failed", "again"), spool.path("pending", "again")
+    before, after = time.time() - 600, time.time() - 5
+    os.utime(failed, (before, before))
+    scanner = Scanner(spool, watch=watch)
+    try:
+        first = scanner.scan()
+        assert first.settle_times["failed"]["again.json"][1] == pytest.approx(before)
+        os.rename(failed, pending)
+        os.utime(pending, (after, after))
+        os.rename(pending, failed)
+        second = scanner.scan()
+    finally:
+        scanner.close()
+    seen = second.settle_times["failed"]["again.json"][1]
+    if watch:
+        assert seen == pytest.approx(after)
+        assert second.settles_seen["failed"] == first.settles_seen["failed"] + 1
+    else:  # what a one-shot command, or a spool other hosts share, cannot tell (snapshot.py)
+        assert seen == pytest.approx(before)
+
+
+def test_when_the_kernel_dropped_events_every_settled_file_is_looked_at_again(spool):
+    """An inotify queue overflow (RESCAN) leaves no name trusted; unchanged files do not count twice."""
+    from conftest import put_job
+
+    from queuectl.dashboard.snapshot import Scanner
+    from queuectl.watch import RESCAN
+    for job_id in ("one", "two"):
+        put_job(spool.root, "dead", job_id)
+    scanner = Scanner(spool)
+    first = scanner.scan()
+    stats = []
+    real_lstat = os.lstat
+
+    class Overflowed:
+        def changes(self):
+            return [RESCAN]
+
+        def close(self):
+            pass
+    scanner._watch = Overflowed()
+    try:
+        os.lstat = lambda path, *args, **kwargs: (stats.append(path), real_lstat(path, *args, **kwargs))[1]
+        second = scanner.scan()
+    finally:
+        os.lstat = real_lstat
+    assert sorted(os.path.basename(path) for path in stats) == ["one.json", "two.json"]
+    assert second.settles_seen == first.settles_seen

@@ -109,12 +109,18 @@ class DashboardServer(ThreadingHTTPServer):
         self.host_names = _host_names(host, bound)
         shown = socket.gethostname() if self.any_address else _host_form(host)
         self.url = f"http://{shown}:{self.port}/"
-        self.scanner = Scanner(spool)
+        self.scanner = Scanner(spool, watch=True)
         self.scanner.scan()  # the first scan stats every settled file: pay for it before any request
         static = resources.files(__package__) / "static"
         self.page = static.joinpath("index.html").read_text("utf-8").replace(
             "{{token}}", html.escape(self.token)).encode("utf-8")
         self.static = {name: static.joinpath(name).read_bytes() for name in STATIC_TYPES}
+
+    def server_close(self) -> None:
+        super().server_close()
+        scanner = getattr(self, "scanner", None)  # none yet when the bind itself failed
+        if scanner is not None:
+            scanner.close()
 
     def accepts_host(self, header: str) -> bool:
         """DNS-rebinding defence: the Host header must name this server, not some web site."""

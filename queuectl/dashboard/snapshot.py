@@ -8,10 +8,19 @@
   the previous scan are stat'ed: after the first scan a scan costs one
   readdir per folder, and no job file is parsed. The memory this takes is
   about 200 bytes per settled job.
+- A name on the same inode as at the last scan is not always the same
+  file: ext4 hands a freed inode number to the next new file, so a job
+  that failed, was retried and failed again between two scans can come
+  back under its name on the inode it had. The dashboard's scanner
+  (`watch=True`) therefore also reads inotify on the settled folders and
+  stats again every name that arrived since the last scan (all of them
+  when the kernel dropped events). Where inotify does not see the writes
+  (a spool other hosts share) and in one-shot commands it trusts name and
+  inode alone.
 - The scanner counts settles: every name present at its first scan, plus
   every name that has appeared in a settled folder since. Scans run when
   someone asks (a page refresh, a Prometheus scrape), so a job that fails
-  and is retried between two scans is not seen.
+  and is retried between two scans counts once.
 - `throughput()` buckets settle times per minute; `recent_durations()` reads
   `last_duration` from the latest settled jobs only.
 """
@@ -43,24 +52,46 @@ class Snapshot:
 class Scanner:
     """Scans a spool, remembering settle times between scans; safe to share between threads."""
 
-    def __init__(self, spool):
+    def __init__(self, spool, *, watch: bool = False):
         self.spool = spool
         # One scan at a time: the cache stays consistent, and parallel
         # requests wait for each other instead of fighting for the GIL.
         self._lock = threading.Lock()
         self._settle_times: dict[str, dict[str, tuple[int, float]]] = {state: {} for state in SETTLED}
         self._settles_seen = dict.fromkeys(SETTLED, 0)
+        self._watch = _arrivals(spool) if watch else None
 
     def scan(self) -> Snapshot:
         with self._lock:
+            arrived = self._arrived()
             counts = {state: len(self.spool.names(state)) for state in ("pending", "processing")}
             for state in SETTLED:
-                self._settle_times[state] = self._scan_settled(state)
+                self._settle_times[state] = self._scan_settled(state, arrived[state])
                 counts[state] = len(self._settle_times[state])
             return Snapshot({state: counts[state] for state in STATES},
                             dict(self._settle_times), dict(self._settles_seen))
 
-    def _scan_settled(self, state: str) -> dict[str, tuple[int, float]]:
+    def close(self) -> None:
+        if self._watch is not None:
+            self._watch.close()
+            self._watch = None
+
+    def _arrived(self) -> dict[str, set[str] | None]:
+        """Per settled folder, the names that arrived since the last scan; None: any may have."""
+        arrived: dict[str, set[str] | None] = {state: set() for state in SETTLED}
+        if self._watch is None:
+            return arrived
+        from ..watch import RESCAN
+        for change in self._watch.changes():
+            if change == RESCAN:
+                return dict.fromkeys(SETTLED)
+            kind, state, name = change
+            names = arrived[state]
+            if kind != "gone" and names is not None:
+                names.add(name)
+        return arrived
+
+    def _scan_settled(self, state: str, arrived: set[str] | None) -> dict[str, tuple[int, float]]:
         folder = self.spool.dir(state)
         try:
             with os.scandir(folder) as entries:
@@ -68,8 +99,10 @@ class Scanner:
         except FileNotFoundError:
             inodes = {}
         known = self._settle_times[state]
-        # The same name on the same inode is the same file: its settle time is known.
-        current = {name: seen for name, seen in known.items() if inodes.get(name) == seen[0]}
+        # The same name on the same inode is the same file, unless it arrived since
+        # the last scan: then its inode number may be a freed one handed out again.
+        current = {name: seen for name, seen in known.items()
+                   if inodes.get(name) == seen[0] and arrived is not None and name not in arrived}
         for name in inodes.keys() - current.keys():
             if not job_name(name):
                 continue
@@ -78,8 +111,20 @@ class Scanner:
             except FileNotFoundError:
                 continue
             current[name] = (info.st_ino, info.st_mtime)
-            self._settles_seen[state] += name not in known
+            self._settles_seen[state] += name not in known or known[name][1] != info.st_mtime
         return current
+
+
+def _arrivals(spool):
+    """inotify on the settled folders of a spool this host alone writes; None elsewhere."""
+    from .. import fstype
+    from ..watch import FolderWatch
+    if fstype.mode(spool) != "local":
+        return None  # inotify never sees another host's writes: name and inode alone
+    try:
+        return FolderWatch({state: spool.dir(state) for state in SETTLED})
+    except OSError:
+        return None  # out of inotify watches or instances: name and inode alone
 
 
 def throughput(snapshot: Snapshot, now: float, minutes: int = 60) -> list[dict]:
