@@ -621,3 +621,31 @@ def records_name(spool_path) -> str:
              if entry.endswith(".json") and entry != "stop.json"]
     assert len(names) == 1, names
     return names[0]
+
+
+def _sleeps(pid: int) -> int:
+    """How many times the threads of `pid` went to sleep on their own (voluntary context switches)."""
+    total = 0
+    for task in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{task}/status", encoding="ascii") as handle:
+                total += sum(int(line.split()[1]) for line in handle if line.startswith("voluntary_ctxt_switches"))
+        except FileNotFoundError:
+            continue  # a thread that ended meanwhile
+    return total
+
+
+def test_an_idle_worker_sleeps_instead_of_polling(spool_path, workers):
+    """Spec: no busy polling. With the default settings an idle worker wakes for its recovery sweep
+    and its lease's beat (every 5 s each) and the 30 s safety scan; over a 5 s look its threads
+    sleep a handful of times. A loop that polled every 0.25 s would sleep at least 20 times."""
+    os.remove(os.path.join(spool_path, "config.json"))  # the defaults, not the fixture's quick sweeps
+    worker = workers.start("--quiet")
+    workers.wait_ready(1)
+    time.sleep(1)  # past start-up, whose first sweep and scans are not what is measured
+    before, started = _sleeps(worker.pid), time.monotonic()
+    time.sleep(5)
+    woke = _sleeps(worker.pid) - before
+    assert time.monotonic() - started < 7, "the look took too long to mean anything: a loaded machine"
+    assert woke <= 12, f"{woke} wake-ups in 5 s while idle"
+    assert worker.running()
