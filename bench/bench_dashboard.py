@@ -20,7 +20,6 @@ import tempfile
 import threading
 import time
 
-from filelock import FileLock
 
 from queuectl import Spool, registry
 from queuectl.config import defaults
@@ -32,7 +31,7 @@ SHARES = {"pending": 0.2, "processing": 0.0005, "completed": 0.6, "failed": 0.05
 WORKERS = 4
 
 
-def fill_spool(path: str, total: int) -> tuple[Spool, dict[str, list[str]], list[FileLock]]:
+def fill_spool(path: str, total: int) -> tuple[Spool, dict[str, list[str]], list[int]]:
     """`total` job files spread over the states, settled over the last two hours; a few live workers."""
     spool = Spool(path)
     spool.set_config("durable", "false")
@@ -58,9 +57,7 @@ def fill_spool(path: str, total: int) -> tuple[Spool, dict[str, list[str]], list
     held = []
     for number in range(WORKERS):
         name = f"bench-worker-{number}"
-        lock = FileLock(registry.lock_path(spool, name))
-        lock.acquire()
-        held.append(lock)
+        held.append(registry.take_lock(spool, name))  # the fd holding the worker's lock
         registry.write_record(spool, name, {"pid": os.getpid(), "host": platform.node(), "started": now,
                                             "job": ids["processing"][number % len(ids["processing"])],
                                             "heartbeat": now})
