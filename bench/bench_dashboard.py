@@ -20,7 +20,6 @@ import tempfile
 import threading
 import time
 
-
 from queuectl import Spool, registry
 from queuectl.config import defaults
 from queuectl.dashboard.server import TOKEN_HEADER, make_server
