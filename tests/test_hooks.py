@@ -128,3 +128,20 @@ def test_hook_fields_are_validated(qc):
     assert bad.returncode == 1 and "on_success must be a command string" in bad.stderr
     config = qc("config", "set", "hook_timeout", "0")
     assert config.returncode == 1 and "hook_timeout" in config.stderr
+
+
+def test_worker_stop_now_from_another_process_ends_a_running_hook(spool_path, workers, tmp_path, qc):
+    """The request reaches the worker as a change in workers/, read by the duties a hook's run does;
+    before, only a signal to the worker itself ended a hook early."""
+    from workers_util import process_alive
+    marker = tmp_path / "hook-pid"
+    worker = workers.start()
+    job_id = enqueue(spool_path, {"command": "true", "on_success": f"echo $$ > {marker}; exec sleep 600"})
+    wait_until(lambda: marker.exists() and marker.read_text().strip(), message="the hook to start")
+    hook_pid = int(marker.read_text())
+    stopped = qc("worker", "stop", "--now")
+    assert stopped.returncode == 0, stopped.stderr
+    assert worker.wait() == 0
+    assert not process_alive(hook_pid)
+    hook = read_job(spool_path, "completed", job_id)["hook"]
+    assert hook["status"] == "failed" and hook["finished_at"] is not None
