@@ -7,7 +7,7 @@ seconds until every job is completed or dead. Then it counts: jobs lost (in
 no folder), jobs stuck (not finished), and repeats (ids the file holds twice),
 each of which must be a job whose worker died during its run (its history
 says so, naming a worker this run killed). The scenario is the one
-tests/test_nothing_lost.py runs with smaller numbers (tests/chaos_util.py).
+tests/scenarios/test_nothing_lost.py runs with smaller numbers (tests/support/chaos.py).
 Exit status 0 when nothing is lost, stuck or repeated without cause.
 """
 
@@ -20,8 +20,8 @@ import tempfile
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
 
-from chaos_util import dump, run_chaos  # noqa: E402
-from workers_util import WorkerProcesses  # noqa: E402
+from support.chaos import dump, run_chaos  # noqa: E402
+from support.workers import WorkerProcesses  # noqa: E402
 
 from queuectl.doctor import check  # noqa: E402
 

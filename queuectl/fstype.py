@@ -70,7 +70,7 @@ def _from_mountinfo(real: str) -> str | None:
 
 def _from_statfs(real: str) -> str:
     # ctypes only here, where /proc is missing: `status` and the other commands that
-    # only read must not load it (tests/test_cli.py checks their imports).
+    # only read must not load it (tests/unit/test_cli.py checks their imports).
     import ctypes
 
     class _Statfs(ctypes.Structure):

@@ -6,7 +6,7 @@ with `job.build()`, the one gate every job passes, on everything a JSON
 Schema can say; what it cannot say (the 1 MiB limit, lone surrogates,
 whether a time parses, integers written as 1.0) is listed in its
 descriptions and in docs/spool-format.md, and `build()` still refuses it.
-tests/test_schema.py holds the two to each other. Reading the file fails
+tests/unit/test_schema.py holds the two to each other. Reading the file fails
 only if the package is broken (OSError, ValueError).
 """
 
