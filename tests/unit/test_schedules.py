@@ -111,14 +111,14 @@ def test_missed_policies_choose_slots_after_a_downtime():
     now = 1_000_000.0
     start = now - 30.5  # the last fired slot, 30 s ago
     every = dict(every="1s", grace=5)
-    skip = schedules.dueslot_times(_schedule(**every), start, now)
+    skip = schedules.due_slots(_schedule(**every), start, now)
     assert skip == [(slot, False) for slot in range(int(now) - 5, int(now) + 1)]
-    once = schedules.dueslot_times(_schedule(missed="once", **every), start, now)
+    once = schedules.due_slots(_schedule(missed="once", **every), start, now)
     assert once == [(int(now) - 6, True)] + skip
-    everything = schedules.dueslot_times(_schedule(missed="all", **every), start, now)
+    everything = schedules.due_slots(_schedule(missed="all", **every), start, now)
     assert everything == [(slot, True) for slot in range(int(start) + 1, int(now) - 5)] + skip
     # `all` is capped: only the newest CATCH_UP_CAP missed slots run
-    capped = schedules.dueslot_times(_schedule(missed="all", **every), now - 10_000, now)
+    capped = schedules.due_slots(_schedule(missed="all", **every), now - 10_000, now)
     assert len([s for s, catch_up in capped if catch_up]) == schedules.CATCH_UP_CAP
     assert capped[0][0] == int(now) - 5 - schedules.CATCH_UP_CAP
 
@@ -127,7 +127,7 @@ def _utc(text):
     return int(datetime.fromisoformat(text).replace(tzinfo=timezone.utc).timestamp())
 
 
-def _berlinslot_times(expr, start, end):
+def _berlin_slots(expr, start, end):
     schedule = _schedule(cron=expr, tz="Europe/Berlin")
     return [datetime.fromtimestamp(s, timezone.utc).strftime("%m-%d %H:%M")
             for s in schedules.slots_between(schedule, _utc(start), _utc(end))]
@@ -136,22 +136,22 @@ def _berlinslot_times(expr, start, end):
 def test_dst_spring_forward_in_berlin():
     # 2026-03-29: clocks go from 02:00 CET (01:00 UTC) to 03:00 CEST; 02:xx does not exist.
     # A fixed-time job in the gap runs once, at 03:00 CEST (Debian cron's rule, cronsim's too).
-    assert _berlinslot_times("30 2 * * *", "2026-03-27T12:00", "2026-03-30T12:00") == [
+    assert _berlin_slots("30 2 * * *", "2026-03-27T12:00", "2026-03-30T12:00") == [
         "03-28 01:30", "03-29 01:00", "03-30 00:30"]
     # A job every 30 minutes follows real time: no slot is lost or doubled, 01:00 UTC is 03:00 CEST.
-    assert _berlinslot_times("*/30 * * * *", "2026-03-29T00:00", "2026-03-29T02:00") == [
+    assert _berlin_slots("*/30 * * * *", "2026-03-29T00:00", "2026-03-29T02:00") == [
         "03-29 00:30", "03-29 01:00", "03-29 01:30", "03-29 02:00"]
 
 
 def test_dst_fall_back_in_berlin():
     # 2026-10-25: clocks go from 03:00 CEST (01:00 UTC) back to 02:00 CET; 02:xx happens twice.
     # A fixed-time job in the repeated hour runs once, at its first occurrence (CEST).
-    assert _berlinslot_times("30 2 * * *", "2026-10-24T12:00", "2026-10-26T12:00") == ["10-25 00:30", "10-26 01:30"]
+    assert _berlin_slots("30 2 * * *", "2026-10-24T12:00", "2026-10-26T12:00") == ["10-25 00:30", "10-26 01:30"]
     # An hourly job runs in both 02:00s: every real hour once.
-    assert _berlinslot_times("0 * * * *", "2026-10-24T22:30", "2026-10-25T02:30") == [
+    assert _berlin_slots("0 * * * *", "2026-10-24T22:30", "2026-10-25T02:30") == [
         "10-24 23:00", "10-25 00:00", "10-25 01:00", "10-25 02:00"]
     # Starting inside the repeated hour (the second 02:15) does not bring back the first 02:30.
-    assert _berlinslot_times("30 2 * * *", "2026-10-25T01:15", "2026-10-26T12:00") == ["10-26 01:30"]
+    assert _berlin_slots("30 2 * * *", "2026-10-25T01:15", "2026-10-26T12:00") == ["10-26 01:30"]
 
 
 def test_seconds_field_and_every_are_aligned():
