@@ -33,7 +33,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "tests"))
 
 import benchlib as lib  # noqa: E402
-from multihost import Host, bindfs_views, gluster_volume, spool_pair  # noqa: E402
+from support.multihost import Host, bindfs_views, gluster_volume, spool_pair  # noqa: E402
 
 from queuectl import Spool  # noqa: E402
 
