@@ -23,7 +23,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from . import spool as layout
-from .errors import JobNotFound, QueueError
+from .errors import InvalidJob, JobNotFound, QueueError
 from .job import FINISHED, STATES, check_id
 
 JobList = list[dict[str, Any]]
@@ -196,7 +196,6 @@ class Spool(layout.Spool):
         """Every dead job back to pending; returns the ids retried (records of files that were
         never valid jobs are skipped: they cannot run)."""
         from . import lifecycle
-        from .errors import InvalidJob
         retried = []
         for job_id in sorted(layout.id_of(name) for name in self.names("dead")):
             try:

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from queuectl import Spool, fsops, fstype, lease, lifecycle, registry
+from queuectl import Spool, fsops, fstype, lease, lifecycle, registry, workerfiles
 from queuectl.runner import Outcome
 from queuectl.watch import FolderWatch
 from queuectl.worker import Worker
@@ -306,7 +306,7 @@ def test_a_lock_file_gone_stale_is_not_held(spool, monkeypatch, step):
 
     def stale(*args, **kwargs):
         raise OSError(errno.ESTALE, "Stale file handle")
-    monkeypatch.setattr(registry, step, stale)
+    monkeypatch.setattr(workerfiles, step, stale)  # holds_lock's own module
     assert not registry.holds_lock(spool, "gone-1")
 
 
