@@ -18,6 +18,7 @@ this module is loaded by every `queuectl` command, and an `enqueue` or a
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -216,17 +217,24 @@ class Spool(layout.Spool):
     def pause(self, group: str | None = None) -> bool:
         """Workers start nothing new from the spool (or the group); False if it was paused already."""
         from . import workflow
-        return workflow.pause(self, None if group is None else workflow.check_group(group))
+        if group is None:
+            return workflow.pause(self)  # one exclusive create: no lock needed
+        with self._edit_lock("groups"):
+            return workflow.pause(self, workflow.check_group(group))
 
     def resume(self, group: str | None = None) -> bool:
         """Undo `pause`; False if it was not paused."""
         from . import workflow
-        return workflow.resume(self, None if group is None else workflow.check_group(group))
+        if group is None:
+            return workflow.resume(self)  # one unlink: no lock needed
+        with self._edit_lock("groups"):
+            return workflow.resume(self, workflow.check_group(group))
 
     def set_group_limit(self, group: str, limit: int | None) -> None:
         """At most `limit` jobs of `group` run at once, across every worker and host; None: no limit."""
         from . import workflow
-        workflow.set_limit(self, workflow.check_group(group), limit or None)
+        with self._edit_lock("groups"):
+            workflow.set_limit(self, workflow.check_group(group), limit or None)
 
     def groups(self) -> JobList:
         """Groups with a limit, a pause or running jobs: name, limit, running, slots, holders, paused."""
@@ -239,7 +247,8 @@ class Spool(layout.Spool):
         """A recurring job: `fields` holds `cron` or `every`, `job` (the template) and optionally
         `tz`, `missed`, `paused`. Returns the schedule with its next run. Raises DuplicateJob."""
         from . import schedules
-        return schedules.get(self, schedules.add(self, name, fields)["name"])
+        with self._edit_lock("schedules"):
+            return schedules.get(self, schedules.add(self, name, fields)["name"])
 
     def list_schedules(self) -> JobList:
         """Every schedule with its next run; an invalid file shows as {name, error}."""
@@ -254,24 +263,34 @@ class Spool(layout.Spool):
     def remove_schedule(self, name: str) -> None:
         """Delete a schedule (jobs it enqueued stay). Raises JobNotFound."""
         from . import schedules
-        schedules.remove(self, name)
+        with self._edit_lock("schedules"):
+            schedules.remove(self, name)
 
     def pause_schedule(self, name: str) -> dict:
         """Stop enqueuing; slots that pass while paused are skipped."""
         from . import schedules
-        return schedules.set_paused(self, name, True)
+        with self._edit_lock("schedules"):
+            return schedules.set_paused(self, name, True)
 
     def resume_schedule(self, name: str) -> dict:
         """Enqueue again from the next slot; returns the schedule with its next run."""
         from . import schedules
-        return schedules.set_paused(self, name, False)
+        with self._edit_lock("schedules"):
+            return schedules.set_paused(self, name, False)
 
     # -- settings and workers ------------------------------------------------
+
+    def _edit_lock(self, what: str) -> contextlib.AbstractContextManager[None]:
+        """The named lock (filelock) of an edit of config.json, the schedules or the groups
+        (docs/decisions/locks.md); loaded only by the commands that edit."""
+        from . import locks
+        return locks.spool_lock(self, what)
 
     def set_config(self, key: str, text: str) -> tuple[str, Any]:
         """Set one key of config.json from its text form (as `config set`); returns (canonical key, value).
         Raises ConfigError naming the valid keys or values. `config` reads the settings."""
-        return super().set_config(key, text)
+        with self._edit_lock("config.json"):  # a read-modify-write: two at once would lose one
+            return super().set_config(key, text)
 
     def workers(self) -> JobList:
         """Live workers, on any host: name, pid, host, mode, started, and the `job` each runs."""

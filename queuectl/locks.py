@@ -46,6 +46,14 @@ def take_worker_lock(spool, name: str) -> FileLock:
     return lock
 
 
+def spool_lock(spool, what: str, *, timeout: float | None = None) -> contextlib.AbstractContextManager[None]:
+    """`named_lock` on `<spool>/<what>.lock`: "config.json" (config set), "schedules" (schedule
+    edits), "groups" (group limits and pauses), "doctor" (doctor --repair). At the spool's top,
+    where no job id can reach, and never removed."""
+    return named_lock(os.path.join(spool.root, what + ".lock"), timeout=EDIT_TIMEOUT if timeout is None else timeout,
+                      what=what)
+
+
 @contextlib.contextmanager
 def named_lock(path: str, *, timeout: float = EDIT_TIMEOUT, what: str | None = None) -> Iterator[None]:
     """Hold the lock file `path` (created if needed, left in place) inside the block.

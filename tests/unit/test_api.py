@@ -160,3 +160,16 @@ def test_workers_and_stop_workers(spool_path, workers):
     assert spool.stop_workers(wait=True) == [record["name"]]
     assert process.wait() == 0
     assert spool.workers() == []
+
+
+def test_edits_of_config_schedules_and_groups_take_their_named_lock(spool, monkeypatch):
+    from queuectl import SpoolError, locks
+    monkeypatch.setattr(locks, "EDIT_TIMEOUT", 0.2)
+    for what, edit in (("config.json", lambda: spool.set_config("max_retries", "4")),
+                       ("schedules", lambda: spool.add_schedule("s", {"every": "1h", "job": {"command": "true"}})),
+                       ("groups", lambda: spool.set_group_limit("g", 2))):
+        with locks.named_lock(os.path.join(spool.root, what + ".lock")):  # another process's edit, under way
+            with pytest.raises(SpoolError, match=f"{what} is being changed by another process"):
+                edit()
+        edit()  # free again
+    assert spool.config["max_retries"] == 4 and spool.get_schedule("s") and spool.groups()[0]["limit"] == 2
