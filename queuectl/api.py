@@ -136,10 +136,6 @@ class Spool(layout.Spool):
             found.sort(key=lambda job: str(job.get("id")), reverse=sort == "created")
         return (found if limit is None else found[:limit]), len(found)
 
-    def counts(self) -> dict[str, int]:
-        """How many jobs each state folder holds."""
-        return super().counts()
-
     def wait(self, job_ids: Iterable[str] | None = None, timeout: float | None = None) -> dict[str, str]:
         """Block until the jobs are completed or dead; returns id -> final state.
 
