@@ -20,7 +20,7 @@ import tempfile
 import threading
 import time
 
-from queuectl import Spool, registry
+from queuectl import Spool, locks, registry
 from queuectl.config import defaults
 from queuectl.dashboard.server import TOKEN_HEADER, make_server
 from queuectl.job import build, dumps, new_id
@@ -56,7 +56,7 @@ def fill_spool(path: str, total: int) -> tuple[Spool, dict[str, list[str]], list
     held = []
     for number in range(WORKERS):
         name = f"bench-worker-{number}"
-        held.append(registry.take_lock(spool, name))  # the fd holding the worker's lock
+        held.append(locks.take_worker_lock(spool, name))  # holds the worker's lock
         registry.write_record(spool, name, {"pid": os.getpid(), "host": platform.node(), "started": now,
                                             "job": ids["processing"][number % len(ids["processing"])],
                                             "heartbeat": now})

@@ -4,12 +4,14 @@
     spool = Spool("/tmp/spool")
     job = spool.enqueue("echo hello", priority=5)
     spool.get(job["id"])["state"]
+
+The API is `queuectl.Spool` (queuectl/api.py, docs/api.md).
 """
 
 __version__ = "0.1.0"
 
+from .api import AmbiguousId, Spool, WaitTimeout  # noqa: E402
 from .errors import ConfigError, DuplicateJob, InvalidJob, JobNotFound, QueueError, SpoolError, WrongState  # noqa: E402
-from .spool import Spool  # noqa: E402
 
-__all__ = ["Spool", "QueueError", "InvalidJob", "DuplicateJob", "JobNotFound", "ConfigError",
-           "SpoolError", "WrongState", "__version__"]
+__all__ = ["Spool", "QueueError", "InvalidJob", "DuplicateJob", "JobNotFound", "AmbiguousId", "WaitTimeout",
+           "ConfigError", "SpoolError", "WrongState", "__version__"]

@@ -37,19 +37,17 @@ import threading
 import time
 from typing import Any
 
-from . import fstype, registry
+from . import fstype
 from .fsops import publish
+from .workerfiles import LEASE_SUFFIX as SUFFIX
+from .workerfiles import holds_lock, lease_path, read_record
 
-SUFFIX = ".lease"
+__all__ = ["SUFFIX", "Lease", "Liveness", "lease_path", "this_host"]
 BEATS_PER_TIMEOUT = 6
 # A worker whose last beat is older than this share of lease_timeout may
 # have been judged dead: far below 1, so drift between two monotonic clocks
 # and the time a beat takes to be seen cannot hide a real expiry.
 LAPSE_SHARE = 0.5
-
-
-def lease_path(spool, name: str) -> str:
-    return os.path.join(spool.dir("workers"), name + SUFFIX)
 
 
 def this_host() -> str:
@@ -150,10 +148,10 @@ class Liveness:
 
     def worker_alive(self, name: str, record: dict | None = None) -> bool:
         """Whether worker `name` lives: its flock on its own host, its lease from any other."""
-        if registry.holds_lock(self.spool, name):
+        if holds_lock(self.spool, name):
             return True  # a lock seen held is held, from any host
         if record is None:
-            record = registry.read_record(self.spool, name)
+            record = read_record(self.spool, name)
         if (record is not None and record.get("host") == self.host) or (record is None and self.mode == "local"):
             return False  # on its own host a free lock proves it gone
         if self.observing:
@@ -193,7 +191,7 @@ class Liveness:
         """For recovery, which holds the flock of a file in processing/: is the job's owner dead?"""
         job = held.job
         if isinstance(job, dict) and job.get("state") == "processing" and isinstance(job.get("worker"), str):
-            record = registry.read_record(self.spool, job["worker"])
+            record = read_record(self.spool, job["worker"])
             if (record is not None and record.get("host") == self.host) or (record is None and self.mode == "local"):
                 # We hold the job file's flock, and on its owner's own host a flock
                 # is seen by everyone: the owner died, or gave the run up after an

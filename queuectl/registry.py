@@ -1,8 +1,9 @@
 """workers/: who is alive, what each worker runs, and stop or cancel requests.
 
-Each worker holds the flock of `workers/<name>.lock` for its whole life and
-keeps `workers/<name>.json` (pid, host, mode, start; written once) and
-`workers/<name>.lease` (beaten in place, lease.py) beside it. Whether a
+Each worker holds the flock of `workers/<name>.lock` for its whole life
+(locks.take_worker_lock) and keeps `workers/<name>.json` (pid, host, mode,
+start, lost_claims) and `workers/<name>.lease` (beaten in place, lease.py)
+beside it; workerfiles.py names them. Whether a
 worker lives is decided by lease.Liveness: on its own host a record whose
 lock can be taken belongs to a dead worker; on another host, where the
 lock may not be seen, its lease decides. The job a worker runs is read
@@ -14,7 +15,6 @@ made after it started, so a new worker is not stopped by an old request.
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import socket
@@ -22,18 +22,16 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from .errors import SpoolError
-from .fsops import close_quietly, lock_fd, open_nofollow, publish, retry_stale
+from .fsops import retry_stale
+from .lease import Liveness
+from .workerfiles import holds_lock, lock_path, read_record, record_path, remove_files, write_record
+
+# The per-worker files are workerfiles.py's; named here too for the callers that list workers.
+__all__ = ["STOP_FILE", "holds_lock", "lock_path", "read_record", "record_path", "write_record", "new_name",
+           "is_alive", "remove_record", "records", "dead_records", "wait_stopped", "request_stop", "stop_request",
+           "request_cancel", "cancel_requested", "clear_cancel"]
 
 STOP_FILE = "stop.json"
-
-
-def lock_path(spool, name: str) -> str:
-    return os.path.join(spool.dir("workers"), name + ".lock")
-
-
-def record_path(spool, name: str) -> str:
-    return os.path.join(spool.dir("workers"), name + ".json")
 
 
 def new_name() -> str:
@@ -43,59 +41,12 @@ def new_name() -> str:
 
 def is_alive(spool, name: str) -> bool:
     """Whether worker `name` lives; `lease.Liveness` decides (its flock on its own host, its lease elsewhere)."""
-    from .lease import Liveness
-
     return Liveness(spool).worker_alive(name)
-
-
-def take_lock(spool, name: str) -> int:
-    """Take worker `name`'s lock for this process's life; the fd that holds it (close it to let go)."""
-    fd = os.open(lock_path(spool, name), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    if not lock_fd(fd):
-        os.close(fd)
-        raise SpoolError(f"worker name {name} is taken by a live worker")
-    return fd
-
-
-def holds_lock(spool, name: str) -> bool:
-    """True while the worker `name` holds its lock (proof of life on its own host only)."""
-    probe = -1
-    try:
-        # Opened, never created: a live worker's lock file exists for its whole life.
-        probe = open_nofollow(lock_path(spool, name))
-        return not lock_fd(probe)
-    except OSError as exc:
-        if exc.errno in (errno.ESTALE, errno.ENOENT):
-            return False  # removed by its worker's exit meanwhile (seen late through a network client's cache)
-        raise
-    finally:
-        if probe >= 0:
-            close_quietly(probe)
-
-
-def write_record(spool, name: str, record: dict[str, Any]) -> None:
-    """A worker's record is written once, at its start; it needs no fsync (a power cut kills the worker too)."""
-    publish(spool.dir("tmp"), record_path(spool, name), json.dumps(record).encode(), durable=False, replace=True)
 
 
 def remove_record(spool, name: str) -> None:
     """A worker's record, lock and lease (a dead worker's, for doctor; a live one's lease is gone already)."""
-    from .lease import lease_path
-
-    for path in (record_path(spool, name), lock_path(spool, name), lease_path(spool, name)):
-        try:
-            os.unlink(path)
-        except FileNotFoundError:
-            pass
-
-
-def read_record(spool, name: str) -> dict[str, Any] | None:
-    try:
-        with open(record_path(spool, name), encoding="utf-8") as handle:
-            record = json.load(handle)
-    except (OSError, ValueError):
-        return None
-    return record if isinstance(record, dict) else None
+    remove_files(spool, name)
 
 
 def _running_jobs(spool) -> dict[str, str]:
@@ -124,8 +75,6 @@ def dead_records(spool, judge=None) -> list[dict[str, Any]]:
 
 def _all_records(spool, judge=None) -> Iterator[dict[str, Any]]:
     if judge is None:
-        from .lease import Liveness
-
         judge = Liveness(spool)  # one judge per listing: the file system's clock is probed once
     for entry in sorted(retry_stale(os.listdir, spool.dir("workers"))):
         if not entry.endswith(".json") or entry == STOP_FILE or entry.startswith("."):

@@ -27,7 +27,8 @@ import time
 from . import fstype
 from .events import EventLog
 from .spool import Spool
-from .worker import STOP_SIGNALS, Worker, stop_signals
+from .stopping import STOP_SIGNALS, stop_signals
+from .worker import Worker
 
 RESTART_DELAY = 1.0
 

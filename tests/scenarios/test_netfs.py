@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from queuectl import Spool, fsops, fstype, lease, lifecycle, registry
+from queuectl import Spool, fsops, fstype, lease, lifecycle, registry, workerfiles
 from queuectl.runner import Outcome
 from queuectl.watch import FolderWatch
 from queuectl.worker import Worker
@@ -306,7 +306,7 @@ def test_a_lock_file_gone_stale_is_not_held(spool, monkeypatch, step):
 
     def stale(*args, **kwargs):
         raise OSError(errno.ESTALE, "Stale file handle")
-    monkeypatch.setattr(registry, step, stale)
+    monkeypatch.setattr(workerfiles, step, stale)  # holds_lock's own module
     assert not registry.holds_lock(spool, "gone-1")
 
 
@@ -374,7 +374,7 @@ def test_config_replaced_by_another_client_mid_read_is_read_again_not_taken_as_a
 def test_a_settle_retried_after_estale_hands_back_the_job_it_locked_again(spool, monkeypatch, tmp_path):
     """On a shared spool a settle cut by ESTALE is retried from the path with a new lock; a job with a
     completion hook comes back locked for its hook, and that lock, not the first one, is the caller's."""
-    from queuectl import worker as worker_module
+    from queuectl import jobstep as worker_module
 
     spool.shared = True
     job_id = spool.enqueue({"command": "true", "on_success": f"touch {tmp_path / 'hooked'}"})["id"]
@@ -391,7 +391,7 @@ def test_a_settle_retried_after_estale_hands_back_the_job_it_locked_again(spool,
         return real_settle(*args, **kwargs)
     monkeypatch.setattr(worker_module.lifecycle, "settle", stale_once)
     now = time.time()
-    state, held = worker._settle(first, Outcome(started=now, finished=now, exit_code=0), None, durable=True)
+    state, held = worker.step._settle(first, Outcome(started=now, finished=now, exit_code=0), None, durable=True)
     try:
         assert state == "completed" and len(calls) == 2
         assert held is calls[1] and held is not first and held.fd >= 0  # locked, for the hook to run
@@ -401,7 +401,7 @@ def test_a_settle_retried_after_estale_hands_back_the_job_it_locked_again(spool,
 
 def test_a_claim_that_fails_gives_its_group_slot_back(spool, monkeypatch):
     """A passing network error in a claim on a shared spool must not keep the slot it was admitted with."""
-    from queuectl import worker as worker_module
+    from queuectl import jobstep as worker_module
 
     worker = Worker(spool, burst=True)
     released = []
@@ -415,5 +415,5 @@ def test_a_claim_that_fails_gives_its_group_slot_back(spool, monkeypatch):
         raise OSError(errno.ESTALE, "Stale file handle")
     monkeypatch.setattr(worker_module.lifecycle, "claim", stale_claim)
     with pytest.raises(OSError):
-        worker._process("pending", "some-job")
+        worker.step.process("pending", "some-job")
     assert released == [True]

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from queuectl import registry
+from queuectl import locks, registry
 from queuectl.dashboard.server import TOKEN_HEADER, DashboardServer, make_server
 from queuectl.job import build, dumps
 
@@ -58,7 +58,7 @@ def live_worker(spool, name: str, job: str | None) -> Iterator[None]:
     The job it runs is known the way workers tell it: the job file in
     processing/ names the worker.
     """
-    lock = registry.take_lock(spool, name)
+    lock = locks.take_worker_lock(spool, name)
     if job is not None:
         path = os.path.join(spool.dir("processing"), job + ".json")
         with open(path, "rb") as handle:
@@ -70,7 +70,7 @@ def live_worker(spool, name: str, job: str | None) -> Iterator[None]:
     try:
         yield
     finally:
-        os.close(lock)
+        lock.release()
         registry.remove_record(spool, name)
 
 

@@ -1,0 +1,140 @@
+"""A worker's view of what it may run: the due index, kept in line with pending/ and failed/.
+
+Changes come from the folder watch (watch.FolderWatch: files landing or
+leaving); a full listing (`scan`) at start-up and now and then as a safety
+net. A file that is not a canonical job yet is handed to adoption (a
+drop-in); one that may still be being written is looked at again after
+lifecycle.DROP_GRACE. The gate (workflow.Gate) holds back jobs waiting for
+a dependency or a group slot.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+from . import fsops, lifecycle, registry, workflow
+from .errors import InvalidJob
+from .job import MAX_JOB_BYTES, due_time, loads
+from .order import DueIndex
+from .spool import SUFFIX, Spool, id_of
+from .watch import RESCAN, FolderWatch
+
+
+class Intake:
+    """The index of due jobs, the drop-ins to look at again, and what the folder watch reports."""
+
+    def __init__(self, spool: Spool, gate: workflow.Gate, *, on_stop_file: Callable[[], None],
+                 on_schedules: Callable[[], None]):
+        self.spool = spool
+        self.gate = gate
+        self.index = DueIndex()
+        self.rechecks: dict[str, float] = {}  # dropped-in files that may still be being written
+        self.watch: FolderWatch | None = None  # set by the worker once it watches
+        self.on_stop_file = on_stop_file  # workers/stop.json was written
+        self.on_schedules = on_schedules  # a schedule was added, changed or removed
+
+    def readd(self, folder: str, job_id: str, priority: int, due: float) -> None:
+        """A job the gate held back may start now (its dependencies completed, its group has room)."""
+        self.index.add(folder, job_id, priority, due, time.time())
+
+    def apply_events(self) -> bool:
+        """Bring the index and the stop flags up to date with what changed; False if nothing did."""
+        assert self.watch is not None  # set by the worker before its loop
+        changes = self.watch.changes()
+        for kind, folder, name in changes:
+            if (kind, folder, name) == RESCAN:
+                self.scan()
+            elif folder == "schedules":
+                self.on_schedules()
+            elif folder == "workers":
+                if name == registry.STOP_FILE and kind != "gone":
+                    self.on_stop_file()
+            elif folder not in ("pending", "failed"):
+                self.gate.changed(kind, folder, name)
+            elif kind == "gone":
+                # A name can leave and come back (a stopped job returns to pending/)
+                # within one batch of changes: the folder decides. (A job this worker
+                # claimed has left the index already: no need to look.)
+                known = id_of(name) in self.index or name in self.rechecks or id_of(name) in self.gate
+                if known and not os.path.lexists(os.path.join(self.spool.dir(folder), name)):
+                    self.index.discard(id_of(name), folder)
+                    self.rechecks.pop(name, None)
+                    self.gate.forget(id_of(name))
+            else:
+                self.gate.changed(kind, folder, name)
+                self.consider(folder, name, complete=kind != "created")
+        return bool(changes)
+
+    def scan(self) -> None:
+        """Bring the index in line with the folders (start-up and the slow safety scan).
+
+        Only files the index does not know are read, so a rescan of a big
+        queue costs two directory listings.
+        """
+        listings = {folder: os.listdir(self.spool.dir(folder)) for folder in ("pending", "failed")}
+        # Forget vanished jobs first: a drop-in adopted below gets a name the listing does not have.
+        listed = {id_of(name) for names in listings.values() for name in names if name.endswith(SUFFIX)}
+        for job_id in self.index.ids() - listed:
+            self.index.discard(job_id)
+        for job_id in self.gate.names() - listed:
+            self.gate.forget(job_id)
+        for folder, names in listings.items():
+            for name in names:
+                if not name.endswith(SUFFIX) or (id_of(name) not in self.index and id_of(name) not in self.gate):
+                    self.consider(folder, name, complete=False)
+        self.gate.recheck()
+
+    def consider(self, folder: str, name: str, *, complete: bool) -> None:
+        """Index a job file, or hand a dropped-in file to adoption."""
+        if name.startswith(".") or name.endswith(".tmp"):
+            return
+        job = _peek(os.path.join(self.spool.dir(folder), name)) if name.endswith(SUFFIX) else None
+        if job is False:
+            self.index.discard(id_of(name), folder)
+            return
+        if isinstance(job, dict) and lifecycle.is_canonical(job, folder, name):
+            try:
+                priority = int(job.get("priority") or 0)
+            except (TypeError, ValueError):
+                priority = 0
+            self.rechecks.pop(name, None)
+            due = due_time(job)
+            if self.gate.hold(folder, job["id"], job, priority, due):
+                self.index.discard(job["id"])  # waits for a dependency, or went to dead/
+                return
+            self.index.add(folder, job["id"], priority, due, time.time())
+            return
+        if folder != "pending":
+            return  # only pending/ takes drop-ins; doctor reports strays elsewhere
+        target = lifecycle.adopt(self.spool, name, complete=complete)
+        if target is not None:
+            self.rechecks.pop(name, None)
+            self.consider("pending", target, complete=True)
+        elif os.path.lexists(os.path.join(self.spool.dir("pending"), name)):
+            self.rechecks[name] = time.time() + lifecycle.DROP_GRACE
+
+    def next_recheck(self) -> float | None:
+        return min(self.rechecks.values(), default=None)
+
+    def recheck_dropins(self, now: float) -> None:
+        for name, when in list(self.rechecks.items()):
+            if when <= now:
+                del self.rechecks[name]
+                self.consider("pending", name, complete=False)
+
+
+def _peek(path: str) -> Any:
+    """The JSON in a file; None if it is not a complete job object yet; False if it is gone."""
+    try:
+        data, why = fsops.read_file(path, MAX_JOB_BYTES)
+    except OSError:
+        return None
+    if data is None:
+        return None if why else False  # unreadable (a symlink or stranger: adoption decides), or gone
+    try:
+        return loads(data)
+    except InvalidJob:
+        return None
