@@ -12,6 +12,7 @@ import math
 from collections.abc import Callable
 from typing import Any
 
+from . import limits
 from .errors import ConfigError
 
 
@@ -119,6 +120,13 @@ SETTINGS: dict[str, Setting] = {
                              "cap of each job's log in bytes (10M, 512k), 0 = none; head and tail are kept"),
     "shared": Setting("auto", _parse_shared, lambda v: v in ("auto", "true", "false"),
                       "whether other hosts share the spool: auto (from the file system type), true or false"),
+    # Per-job limits (docs/guide/limits.md): the default of a job whose own field is null.
+    "memory": Setting(0, limits.parse_memory, limits.valid_memory,
+                      "default memory limit of a job (2G, 512M), 0 = none"),
+    "cpu_time": Setting(0, limits.parse_cpu_time, limits.valid_cpu_time,
+                        "default CPU time limit of a job (10m, 90s), 0 = none"),
+    "max_files": Setting(0, limits.parse_max_files, limits.valid_max_files,
+                         "default open files limit of a job (integer), 0 = none"),
     "lease_timeout": Setting(30, _parse_number, lambda v: _is_number(v) and v >= 1,
                              "seconds a worker of another host may go without renewing its lease "
                              "before its jobs are recovered (number >= 1)"),

@@ -22,6 +22,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from .errors import InvalidJob
+from .limits import check_fields as check_limits
 
 STATES = ("pending", "processing", "completed", "failed", "dead")
 FINISHED = ("completed", "dead")
@@ -200,6 +201,7 @@ def build(fields: Any, config: dict, *, stem: str | None = None,
         hook = job.get(name)
         if hook is not None and (not isinstance(hook, str) or "\0" in hook):
             raise InvalidJob(f"{name} must be a command string (\"\" for none) or null")
+    check_limits(job)  # memory, cpu_time, max_files (docs/guide/limits.md)
     history = job.setdefault("history", [])
     if not isinstance(history, list):
         raise InvalidJob("history must be a list")
