@@ -253,6 +253,8 @@ _OUT_OF_MEMORY = re.compile(rb"MemoryError|out of memory|memory exhausted|cannot
                             rb"|OutOfMemory|memory allocation of \d+ bytes failed", re.IGNORECASE)
 _TOO_MANY_FILES = b"Too many open files"  # strerror(EMFILE)
 _CPU_SIGNALS = (signal.SIGKILL, signal.SIGXCPU)
+# The CPU time wait4 reports of a process the limit killed can fall short of it by a few clock ticks.
+CPU_SLACK = 0.1
 
 
 def _limit_reached(limits: Limits, group: cgroups.JobGroup | None, outcome: Outcome, tail: bytes) -> str | None:
@@ -269,7 +271,7 @@ def _limit_reached(limits: Limits, group: cgroups.JobGroup | None, outcome: Outc
     if limits.memory and (group.oom_killed() if group is not None else _OUT_OF_MEMORY.search(tail)):
         return limits.memory_reason()
     seconds = limits.cpu_seconds
-    if seconds and outcome.cpu is not None and outcome.cpu >= seconds - 0.05 and (
+    if seconds and outcome.cpu is not None and outcome.cpu >= seconds - CPU_SLACK and (
             outcome.signal in _CPU_SIGNALS or (outcome.exit_code or 0) - 128 in _CPU_SIGNALS):
         return limits.cpu_reason()
     if limits.max_files and _TOO_MANY_FILES in tail:
