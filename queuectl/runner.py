@@ -45,7 +45,7 @@ class Outcome:
     started: float = 0.0
     finished: float = 0.0
     stderr_tail: list[str] = field(default_factory=list)
-    # CPU seconds the shell and the processes it waited for used (None: not known).
+    # CPU seconds the shell and the processes it waited for used: measured for a run with a CPU limit only.
     cpu: float | None = None
 
     @property
@@ -192,7 +192,8 @@ def run(job: dict, *, log_path: str, worker: str, spool_root: str, timeout: floa
                 return outcome
             try:
                 tail = _supervise(process, log_fd, outcome, timeout, kill_grace, interruption, tail_lines,
-                                  wait_step, owner=(job["id"], spool_root))
+                                  wait_step, owner=(job["id"], spool_root),
+                                  cpu=limits is not None and limits.cpu_time is not None)
             except BaseException:
                 # An error in the worker's periodic duties (interruption) leaves nobody to watch the
                 # command's time limit or read its stderr: it is ended, not left running unsupervised.
@@ -354,9 +355,10 @@ class Shell:
 
 def _supervise(process: subprocess.Popen | Shell, log_fd: int, outcome: Outcome, timeout: float | None,
                kill_grace: float, interruption: Callable[[], str | None], tail_lines: int,
-               wait_step: float, owner: tuple[str, str]) -> bytes:
+               wait_step: float, owner: tuple[str, str], cpu: bool = False) -> bytes:
     """Copy stderr to the log until the shell exits, enforcing the time limit and requests;
-    then end what the job left running (`_end_group`). Returns the last 8 KiB of stderr."""
+    then end what the job left running (`_end_group`). Returns the last 8 KiB of stderr.
+    With `cpu`, `outcome.cpu` is set too."""
     deadline = outcome.started + timeout if timeout else None
     kill_at = None
     # Every wait_step, not at each chunk of stderr, and not at once: the worker looked for
@@ -398,7 +400,7 @@ def _supervise(process: subprocess.Popen | Shell, log_fd: int, outcome: Outcome,
             if stderr is not None:
                 tail = _drain(stderr, log_fd, tail)
             break
-    code = _end_group(process, kill_at, kill_grace, owner, interruption, wait_step, outcome)
+    code = _end_group(process, kill_at, kill_grace, owner, interruption, wait_step, outcome if cpu else None)
     if code < 0:
         outcome.signal = -code
     else:
@@ -455,7 +457,7 @@ def _end_group(process: subprocess.Popen | Shell, kill_at: float | None, kill_gr
     zombie keeps a group alive until init reaps it. A process that left the
     job's process group (setsid) is not the job's any more: left alone.
     `tick` is called every `wait_step` meanwhile, its answer ignored (the
-    worker's periodic duties). The shell's CPU time goes to `outcome.cpu`.
+    worker's periodic duties). With an `outcome`, the shell's CPU time goes to its `cpu`.
     """
     if kill_at is None:
         _signal_group(process.pid, signal.SIGTERM)
@@ -464,7 +466,7 @@ def _end_group(process: subprocess.Popen | Shell, kill_at: float | None, kill_gr
         _signal_group(process.pid, signal.SIGKILL)  # the group was killed already: no more grace
         kill_at = time.time()
     pgid = process.pid
-    code = _reap(process, outcome)
+    code = process.wait() if outcome is None else _reap(process, outcome)
     if not _group_alive(pgid):
         return code
     tick_at = time.time() + wait_step
@@ -480,17 +482,16 @@ def _end_group(process: subprocess.Popen | Shell, kill_at: float | None, kill_gr
     return code
 
 
-def _reap(process: subprocess.Popen | Shell, outcome: Outcome | None) -> int:
-    """process.wait(), by wait4: the same system call cost, with the CPU time the shell and what it
-    waited for used (a CPU limit's reason, `_limit_reached`)."""
+def _reap(process: subprocess.Popen | Shell, outcome: Outcome) -> int:
+    """process.wait(), by wait4: with the CPU time the shell and what it waited for used (a CPU
+    limit's reason, `_limit_reached`); only for a run with one, as the usage costs a little."""
     if process.returncode is None:
         try:
             _, status, usage = os.wait4(process.pid, 0)
         except ChildProcessError:
             return process.wait()
         process.returncode = os.waitstatus_to_exitcode(status)
-        if outcome is not None:
-            outcome.cpu = usage.ru_utime + usage.ru_stime
+        outcome.cpu = usage.ru_utime + usage.ru_stime
     return process.returncode
 
 
