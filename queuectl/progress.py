@@ -29,6 +29,9 @@ FOLDER = "progress"
 ENV = "QUEUECTL_PROGRESS"
 TAIL_BYTES = 65536  # of the log, read for its last progress line
 _FILE_BYTES = 64
+# A file's time stamp comes from the kernel's coarse clock, up to a clock tick behind time.time():
+# a report written just after a run started may carry a time a few milliseconds before its start.
+CLOCK_SLACK = 0.02
 # A whole line (or the text before the first space after it) that is a percentage.
 _LINE = re.compile(rb"[ \t]*(\d{1,3}(?:\.\d+)?)[ \t]*%(?:[ \t].*)?")
 _FILE = re.compile(r"\s*(\d{1,3}(?:\.\d+)?)\s*%?\s*")
@@ -70,7 +73,7 @@ def read(spool_root: str, job_id: str, *, since: float | None = None) -> tuple[f
     found = _from_file(path(spool_root, job_id))
     if found is None:
         found = _from_log(os.path.join(spool_root, "logs", f"{job_id}.log"))
-    if found is None or (since is not None and found[1] < since):
+    if found is None or (since is not None and found[1] < since - CLOCK_SLACK):
         return None
     return found
 
