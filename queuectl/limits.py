@@ -12,6 +12,7 @@ runs (as `timeout` does); 0, in the job or in the config, means no limit.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -44,10 +45,9 @@ def parse_max_files(text: str | int) -> int:
     """A count of open files from `20` or 20; 0 = no limit."""
     if isinstance(text, bool) or not isinstance(text, int | str):
         raise ValueError(f"{text!r} is not a number of open files")
-    try:
-        count = int(text)
-    except ValueError:
-        raise ValueError(f"{text!r} is not a number of open files") from None
+    if isinstance(text, str) and not re.fullmatch(r"[0-9]+", text.strip()):  # int() takes "+20", "2_0" too
+        raise ValueError(f"{text!r} is not a number of open files")
+    count = int(text)
     if count < 0 or count > MAX_FILES:
         raise ValueError(f"{text!r} is not a number of open files between 0 and {MAX_FILES}")
     if 0 < count < MIN_FILES:
@@ -72,8 +72,7 @@ def check_fields(job: dict) -> None:
         value = job.get(name)
         if value is None:
             continue
-        if isinstance(value, float) and name != "cpu_time" and value.is_integer():
-            value = int(value)  # 2e9 from a JSON writer that prints every number as a float
+        # A float is refused where an integer is due, 2.0 too, as for every integer field (job.py).
         if isinstance(value, bool) or not isinstance(value, int | str | float) or (
                 isinstance(value, float) and name != "cpu_time"):
             raise InvalidJob(f"{name} must be {_KINDS[name]}, or null for the config default")

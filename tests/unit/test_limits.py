@@ -178,3 +178,68 @@ def test_a_worker_records_the_reason_and_retries_as_any_failure(spool, spool_pat
     dead = wait_for_state(spool_path, job_id, "dead")
     assert dead["last_error"] == "open files limit 20 reached"
     assert [entry["error"] for entry in dead["history"]] == ["open files limit 20 reached"] * 2
+
+
+# -- where a cgroup is made (cgroup v2 cannot be had here: its rules, on a fake tree) -----------
+
+class FakeCgroupFs:
+    """Plain folders with the few cgroup v2 rules `cgroups` relies on: writing a pid to cgroup.procs
+    moves it there, and "+memory" is taken by cgroup.subtree_control only while the cgroup holds no process."""
+
+    def __init__(self, root, pids):
+        self.root = str(root)
+        self.where = {pid: self.root for pid in pids}
+
+    def read(self, path):
+        folder, name = os.path.split(path)
+        if name == "cgroup.procs":
+            return "".join(f"{pid}\n" for pid, at in self.where.items() if at == folder)
+        with open(path) as handle:
+            return handle.read()
+
+    def write(self, path, text):
+        folder, name = os.path.split(path)
+        if name == "cgroup.procs":
+            self.where[int(text)] = folder
+        elif name == "cgroup.subtree_control":
+            if any(at == folder for at in self.where.values()):
+                return False  # EBUSY: "no internal processes"
+            with open(path, "w") as handle:
+                handle.write(text.lstrip("+"))
+        return True
+
+
+@pytest.mark.parametrize("delegated", [True, False])
+def test_v2_moves_the_delegated_cgroups_processes_to_a_leaf_before_enabling_memory(tmp_path, monkeypatch,
+                                                                                  delegated):
+    (tmp_path / "cgroup.controllers").write_text("cpu memory pids\n")
+    (tmp_path / "cgroup.subtree_control").write_text("")
+    fs = FakeCgroupFs(tmp_path, [101, 102, 103])
+    monkeypatch.setattr(cgroups, "_read", fs.read)
+    monkeypatch.setattr(cgroups, "_write", fs.write)
+    monkeypatch.setattr(cgroups, "_is_delegated", lambda path: delegated)
+    found = cgroups._delegated_v2(str(tmp_path))
+    if not delegated:
+        assert found is None and set(fs.where.values()) == {str(tmp_path)}  # nobody moved
+        return
+    leaf = str(tmp_path / cgroups.LEAF)
+    assert (found.version, found.parent, found.home) == (2, str(tmp_path), leaf)
+    assert set(fs.where.values()) == {leaf}
+    assert (tmp_path / "cgroup.subtree_control").read_text() == "memory"
+    # A worker already in the leaf finds the same place without moving anyone again.
+    assert cgroups._delegated_v2(leaf).parent == str(tmp_path)
+
+
+def test_the_cgroup_folder_comes_from_mountinfo_and_proc_self_cgroup(monkeypatch):
+    files = {
+        "/proc/self/cgroup": "4:memory:/process_api/abc\n1:cpu,cpuacct:/\n0::/system.slice/q.service/queuectl-workers\n",
+        "/proc/self/mountinfo": (
+            "41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw\n"
+            "35 31 0:32 /process_api /sys/fs/cgroup/mem\\040ory rw,relatime - cgroup cgroup rw,memory\n"),
+    }
+    monkeypatch.setattr(cgroups, "_read", lambda path: files.get(path, ""))
+    own, mounts = cgroups._own_cgroups(), cgroups._mounts()
+    assert own["memory"] == "/process_api/abc" and own["cpuacct"] == "/"
+    assert cgroups._path(mounts["cgroup2"], own[""]) == "/sys/fs/cgroup/unified/system.slice/q.service/queuectl-workers"
+    assert cgroups._path(mounts["memory"], own["memory"]) == "/sys/fs/cgroup/mem ory/abc"  # a bind of a sub-tree
+    assert cgroups._path(mounts["memory"], "/elsewhere") is None
