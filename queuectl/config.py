@@ -12,7 +12,6 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-from . import limits
 from .errors import ConfigError
 
 
@@ -64,6 +63,18 @@ def _is_keep(value: Any) -> bool:
     from .retention import valid_keep
 
     return valid_keep(value)
+
+
+def _limit(name: str, help: str) -> Setting:
+    """A per-job limit's default (docs/guide/limits.md): limits.py is loaded once one is set or read."""
+    def parse(text: str) -> Any:
+        from .limits import parse_field
+        return parse_field(name, text)
+
+    def check(value: Any) -> bool:
+        from .limits import valid_field
+        return valid_field(name, value)
+    return Setting(0, parse, check, help)
 
 
 def _parse_bytes(text: str) -> int:
@@ -121,12 +132,9 @@ SETTINGS: dict[str, Setting] = {
     "shared": Setting("auto", _parse_shared, lambda v: v in ("auto", "true", "false"),
                       "whether other hosts share the spool: auto (from the file system type), true or false"),
     # Per-job limits (docs/guide/limits.md): the default of a job whose own field is null.
-    "memory": Setting(0, limits.parse_memory, limits.valid_memory,
-                      "default memory limit of a job (2G, 512M), 0 = none"),
-    "cpu_time": Setting(0, limits.parse_cpu_time, limits.valid_cpu_time,
-                        "default CPU time limit of a job (10m, 90s), 0 = none"),
-    "max_files": Setting(0, limits.parse_max_files, limits.valid_max_files,
-                         "default open files limit of a job (integer), 0 = none"),
+    "memory": _limit("memory", "default memory limit of a job (2G, 512M), 0 = none"),
+    "cpu_time": _limit("cpu_time", "default CPU time limit of a job (10m, 90s), 0 = none"),
+    "max_files": _limit("max_files", "default open files limit of a job (integer), 0 = none"),
     "lease_timeout": Setting(30, _parse_number, lambda v: _is_number(v) and v >= 1,
                              "seconds a worker of another host may go without renewing its lease "
                              "before its jobs are recovered (number >= 1)"),
