@@ -56,6 +56,9 @@ def test_config_keys_take_sizes_and_durations_and_refuse_text_in_the_file():
         config.parse_value("memory", "big")
     with pytest.raises(ConfigError, match="memory"):
         config.validate({"memory": "2G"})  # config.json holds what `config set` stored: bytes
+    with pytest.raises(ConfigError, match="max_files"):
+        config.validate({"max_files": 2})  # what `config set` refuses, the file may not hold either
+    assert config.validate({"memory": 1 << 30, "cpu_time": 2.5})["cpu_time"] == 2.5
 
 
 def test_a_job_field_wins_over_the_config_and_0_means_none():
