@@ -82,7 +82,12 @@ def check_fields(job: dict) -> None:
             raise InvalidJob(f"{name}: {exc}") from None
 
 
-def _valid(name: str, value: Any) -> bool:
+def parse_field(name: str, text: str | float | int) -> float | int:
+    """The value of limit `name` (one of FIELDS) from a config or option text; ValueError if it is none."""
+    return _PARSERS[name](text)
+
+
+def valid_field(name: str, value: Any) -> bool:
     """Whether a config.json value is what `config set` would have stored (a number, not text)."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         return False
@@ -92,18 +97,6 @@ def _valid(name: str, value: Any) -> bool:
         return _PARSERS[name](value) == value
     except (ValueError, OverflowError):
         return False
-
-
-def valid_memory(value: Any) -> bool:
-    return _valid("memory", value)
-
-
-def valid_cpu_time(value: Any) -> bool:
-    return _valid("cpu_time", value)
-
-
-def valid_max_files(value: Any) -> bool:
-    return _valid("max_files", value)
 
 
 class Limits:
