@@ -65,6 +65,18 @@ def _is_keep(value: Any) -> bool:
     return valid_keep(value)
 
 
+def _limit(name: str, help: str) -> Setting:
+    """A per-job limit's default (docs/guide/limits.md): limits.py is loaded once one is set or read."""
+    def parse(text: str) -> Any:
+        from .limits import parse_field
+        return parse_field(name, text)
+
+    def check(value: Any) -> bool:
+        from .limits import valid_field
+        return valid_field(name, value)
+    return Setting(0, parse, check, help)
+
+
 def _parse_bytes(text: str) -> int:
     """`1048576`, `512k`, `10M`, `1G` as a number of bytes."""
     value = text.strip().lower().removesuffix("b")
@@ -119,6 +131,10 @@ SETTINGS: dict[str, Setting] = {
                              "cap of each job's log in bytes (10M, 512k), 0 = none; head and tail are kept"),
     "shared": Setting("auto", _parse_shared, lambda v: v in ("auto", "true", "false"),
                       "whether other hosts share the spool: auto (from the file system type), true or false"),
+    # Per-job limits (docs/guide/limits.md): the default of a job whose own field is null.
+    "memory": _limit("memory", "default memory limit of a job (2G, 512M), 0 = none"),
+    "cpu_time": _limit("cpu_time", "default CPU time limit of a job (10m, 90s), 0 = none"),
+    "max_files": _limit("max_files", "default open files limit of a job (integer), 0 = none"),
     "lease_timeout": Setting(30, _parse_number, lambda v: _is_number(v) and v >= 1,
                              "seconds a worker of another host may go without renewing its lease "
                              "before its jobs are recovered (number >= 1)"),

@@ -200,6 +200,9 @@ def build(fields: Any, config: dict, *, stem: str | None = None,
         hook = job.get(name)
         if hook is not None and (not isinstance(hook, str) or "\0" in hook):
             raise InvalidJob(f"{name} must be a command string (\"\" for none) or null")
+    if job.get("memory") is not None or job.get("cpu_time") is not None or job.get("max_files") is not None:
+        from .limits import check_fields as check_limits  # as workflow's below: loaded for jobs that use them
+        check_limits(job)  # memory, cpu_time, max_files (docs/guide/limits.md)
     history = job.setdefault("history", [])
     if not isinstance(history, list):
         raise InvalidJob("history must be a list")

@@ -78,7 +78,7 @@ class JobStep:
                 job, log_path=self.spool.log_path(job["id"]), worker=self.name, spool_root=self.spool.root,
                 timeout=timeout, kill_grace=settings["kill_grace"], pass_env=settings["pass_env"],
                 tail_lines=settings["log_tail_lines"], interruption=self._interruption(held),
-                base_env=self._base_environment(settings["pass_env"]))
+                base_env=self._base_environment(settings["pass_env"]), limits=runner.job_limits(job, settings))
             retention.cap_log(self.spool.log_path(job["id"]), settings["max_log_bytes"], self.spool.dir("tmp"))
         except BaseException:
             held.release()

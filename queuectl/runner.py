@@ -12,7 +12,10 @@ unless `pass_env` names them.
 from __future__ import annotations
 
 import errno
+import math
 import os
+import re
+import resource
 import select
 import signal
 import subprocess
@@ -20,7 +23,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from . import cgroups, progress
 from .job import iso
+from .limits import Limits
+from .limits import resolve as job_limits  # noqa: F401 - for the worker: runner.job_limits(job, settings)
 
 LEFTOVER_POLL = 0.05  # seconds between looks for a finished job's leftover processes
 # What a job inherits from the worker's environment without being asked.
@@ -39,6 +45,8 @@ class Outcome:
     started: float = 0.0
     finished: float = 0.0
     stderr_tail: list[str] = field(default_factory=list)
+    # CPU seconds the shell and the processes it waited for used: measured for a run with a CPU limit only.
+    cpu: float | None = None
 
     @property
     def succeeded(self) -> bool:
@@ -60,7 +68,8 @@ def job_environment(job: dict, attempt: int, spool_root: str, pass_env: list[str
     """The job's whole environment; `base` is base_environment(pass_env), when the caller keeps it."""
     env = dict(base) if base is not None else base_environment(pass_env)
     env.update(job.get("env") or {})
-    env.update(QUEUECTL_JOB_ID=job["id"], QUEUECTL_ATTEMPT=str(attempt), QUEUECTL_SPOOL=spool_root)
+    env.update(QUEUECTL_JOB_ID=job["id"], QUEUECTL_ATTEMPT=str(attempt), QUEUECTL_SPOOL=spool_root,
+               QUEUECTL_PROGRESS=progress.path(spool_root, job["id"]))
     return env
 
 
@@ -143,11 +152,13 @@ def _kill_job_processes(job_id: str, spool_root: str, pgid: int | None) -> int:
 def run(job: dict, *, log_path: str, worker: str, spool_root: str, timeout: float | None,
         kill_grace: float, pass_env: list[str], tail_lines: int,
         interruption: Callable[[], str | None], wait_step: float = 0.5, header: str | None = None,
-        base_env: dict[str, str] | None = None) -> Outcome:
+        base_env: dict[str, str] | None = None, limits: Limits | None = None) -> Outcome:
     """Run the job's command once and say how it ended.
 
     `header` starts the log line written before the run (a completion hook's, hooks.run).
     `base_env`: base_environment(pass_env), from a caller that runs many jobs.
+    `limits`: what the run is held to (limits.resolve, docs/guide/limits.md); a run that
+    fails on one of them ends with its reason as `error`.
 
     `interruption()` is asked every `wait_step` seconds for the whole run,
     the kill grace and the wait for leftover processes included (the worker
@@ -167,31 +178,113 @@ def run(job: dict, *, log_path: str, worker: str, spool_root: str, timeout: floa
     try:
         header = header or f"=== attempt {attempt} started"
         os.write(log_fd, f"{header} {iso(outcome.started)} by {worker} ===\n".encode())
+        progress.prepare(spool_root)
+        group = cgroups.make(job["id"], limits.memory) if limits is not None and limits.memory else None
         try:
-            process = start(job["command"], log_fd, job.get("cwd") or None,
-                            job_environment(job, attempt, spool_root, pass_env, base_env))
-        except OSError as exc:
-            outcome.error = f"cannot start: {exc.strerror}: {exc.filename or job.get('cwd')}"
-            os.write(log_fd, f"queuectl: {outcome.error}\n".encode())
-            outcome.finished = time.time()
-            return outcome
-        try:
-            _supervise(process, log_fd, outcome, timeout, kill_grace, interruption, tail_lines, wait_step,
-                       owner=(job["id"], spool_root))
-        except BaseException:
-            # An error in the worker's periodic duties (interruption) leaves nobody to watch the
-            # command's time limit or read its stderr: it is ended, not left running unsupervised.
-            _signal_group(process.pid, signal.SIGKILL)
-            process.wait()
-            raise
+            try:
+                process = start(job["command"], log_fd, job.get("cwd") or None,
+                                job_environment(job, attempt, spool_root, pass_env, base_env),
+                                None if limits is None else _limited(job["command"], limits, group))
+            except OSError as exc:
+                outcome.error = f"cannot start: {exc.strerror}: {exc.filename or job.get('cwd')}"
+                os.write(log_fd, f"queuectl: {outcome.error}\n".encode())
+                outcome.finished = time.time()
+                return outcome
+            try:
+                tail = _supervise(process, log_fd, outcome, timeout, kill_grace, interruption, tail_lines,
+                                  wait_step, owner=(job["id"], spool_root),
+                                  cpu=limits is not None and limits.cpu_time is not None)
+            except BaseException:
+                # An error in the worker's periodic duties (interruption) leaves nobody to watch the
+                # command's time limit or read its stderr: it is ended, not left running unsupervised.
+                _signal_group(process.pid, signal.SIGKILL)
+                process.wait()
+                raise
+            if limits is not None and not outcome.succeeded:
+                outcome.error = _limit_reached(limits, group, outcome, tail)
+        finally:
+            if group is not None:
+                group.remove()
+            progress.remove(spool_root, job["id"])
     finally:
         os.close(log_fd)
     outcome.finished = time.time()
     return outcome
 
 
-def start(command: str, log_fd: int, cwd: str | None, env: dict[str, str]) -> subprocess.Popen | Shell:
+def _limited(command: str, limits: Limits, group: cgroups.JobGroup | None) -> list[str]:
+    """The argv of a shell that puts itself in the job's cgroup, sets the job's rlimits, then
+    becomes `/bin/sh -c command` (so the job sees the same $0, pid and process group as without).
+
+    The shell's own ulimit sets them in the process that then execs the
+    command: no code of ours runs between fork and exec (docs/guide/limits.md,
+    "How they are enforced"), and a job without limits starts as before.
+    """
+    steps = []
+    if group is not None:
+        steps.append('echo $$ >"$2"')  # before any process of the job exists: all of them are counted
+    if limits.memory and group is None:
+        # RLIMIT_DATA, not RLIMIT_AS: see docs/guide/limits.md, "Memory". In KiB, rounded up.
+        steps.append(f"ulimit -d {_capped(resource.RLIMIT_DATA, math.ceil(limits.memory / 1024) * 1024) // 1024}")
+    if limits.cpu_seconds:
+        # Soft and hard at once: SIGKILL at the limit (SIGXCPU would dump core by default).
+        steps.append(f"ulimit -t {_capped(resource.RLIMIT_CPU, limits.cpu_seconds)}")
+    if limits.max_files:
+        steps.append(f"ulimit -n {_capped(resource.RLIMIT_NOFILE, limits.max_files)}")
+    steps.append('exec /bin/sh -c "$1"')
+    argv = ["/bin/sh", "-c", " && ".join(steps), "/bin/sh", command]
+    if group is not None:
+        argv.append(group.procs)
+    return argv
+
+
+def _capped(kind: int, value: int) -> int:
+    """`value`, or the worker's own hard limit where that is lower: the job cannot be allowed more anyway,
+    and asking for more would fail the shell's ulimit."""
+    try:
+        hard = resource.getrlimit(kind)[1]
+    except (OSError, ValueError):
+        return value
+    return value if hard == resource.RLIM_INFINITY or hard < 0 else min(value, hard)
+
+
+# What a program prints when an allocation fails: Python, coreutils' xalloc, strerror(ENOMEM), C++,
+# Java, Go, Node and Rust. Only read for a failed run with a memory rlimit and no cgroup to ask.
+_OUT_OF_MEMORY = re.compile(rb"MemoryError|out of memory|memory exhausted|cannot allocate memory|bad_alloc"
+                            rb"|OutOfMemory|memory allocation of \d+ bytes failed", re.IGNORECASE)
+_TOO_MANY_FILES = b"Too many open files"  # strerror(EMFILE)
+_CPU_SIGNALS = (signal.SIGKILL, signal.SIGXCPU)
+# The CPU time wait4 reports of a process the limit killed can fall short of it by a few clock ticks.
+CPU_SLACK = 0.1
+
+
+def _limit_reached(limits: Limits, group: cgroups.JobGroup | None, outcome: Outcome, tail: bytes) -> str | None:
+    """The reason a failed run with `limits` failed, when one of them made it fail; else its `error` as it was.
+
+    Memory: the cgroup's count of OOM kills where there is a cgroup, else
+    what the program said on stderr, since an rlimit makes an allocation
+    fail, not the process. CPU: killed by SIGKILL or SIGXCPU (or a shell
+    saying so in its exit code) after using the limit's CPU time. Open
+    files: "Too many open files" on stderr.
+    """
+    if outcome.timed_out or outcome.interrupted or outcome.error:
+        return outcome.error
+    if limits.memory and (group.oom_killed() if group is not None else _OUT_OF_MEMORY.search(tail)):
+        return limits.memory_reason()
+    seconds = limits.cpu_seconds
+    if seconds and outcome.cpu is not None and outcome.cpu >= seconds - CPU_SLACK and (
+            outcome.signal in _CPU_SIGNALS or (outcome.exit_code or 0) - 128 in _CPU_SIGNALS):
+        return limits.cpu_reason()
+    if limits.max_files and _TOO_MANY_FILES in tail:
+        return limits.files_reason()
+    return None
+
+
+def start(command: str, log_fd: int, cwd: str | None, env: dict[str, str],
+          argv: list[str] | None = None) -> subprocess.Popen | Shell:
     """`/bin/sh -c command` in a new session: stdin /dev/null, stdout to `log_fd`, stderr a pipe to us.
+
+    `argv` replaces `/bin/sh -c command` (a run with limits: `_limited`).
 
     The shell starts with no signal blocked or ignored, no handler, and no
     descriptor of ours but those three, however it is started. posix_spawn
@@ -200,26 +293,27 @@ def start(command: str, log_fd: int, cwd: str | None, env: dict[str, str]) -> su
     `cwd` (Python's posix_spawn cannot change directory) and where
     /proc/self/fd cannot be listed.
     """
+    argv = argv or ["/bin/sh", "-c", command]
     closing = None if cwd is not None else _descriptors_to_close()
     if closing is not None:
         try:
-            return _spawn(command, log_fd, env, closing)
+            return _spawn(argv, log_fd, env, closing)
         except OSError as exc:
             if exc.errno != errno.EBADF:
                 raise
             # A C library whose posix_spawn fails to close a descriptor another thread closed
             # since the listing: Popen closes what is open at the time.
-    return subprocess.Popen(["/bin/sh", "-c", command], stdin=subprocess.DEVNULL, stdout=log_fd,
+    return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log_fd,
                                 stderr=subprocess.PIPE, cwd=cwd, start_new_session=True, env=env)
 
 
-def _spawn(command: str, log_fd: int, env: dict[str, str], closing: list[int]) -> Shell:
+def _spawn(argv: list[str], log_fd: int, env: dict[str, str], closing: list[int]) -> Shell:
     read_end, write_end = os.pipe2(os.O_CLOEXEC)
     try:
         actions = [(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
                    (os.POSIX_SPAWN_DUP2, log_fd, 1), (os.POSIX_SPAWN_DUP2, write_end, 2)]
         actions += [(os.POSIX_SPAWN_CLOSE, fd) for fd in closing if fd not in (log_fd, write_end)]
-        pid = os.posix_spawn("/bin/sh", ["/bin/sh", "-c", command], env, file_actions=actions, setsid=True,
+        pid = os.posix_spawn("/bin/sh", argv, env, file_actions=actions, setsid=True,
                              setsigmask=(), setsigdef=_RESET_SIGNALS)
     except BaseException:
         os.close(read_end)
@@ -261,9 +355,10 @@ class Shell:
 
 def _supervise(process: subprocess.Popen | Shell, log_fd: int, outcome: Outcome, timeout: float | None,
                kill_grace: float, interruption: Callable[[], str | None], tail_lines: int,
-               wait_step: float, owner: tuple[str, str]) -> None:
+               wait_step: float, owner: tuple[str, str], cpu: bool = False) -> bytes:
     """Copy stderr to the log until the shell exits, enforcing the time limit and requests;
-    then end what the job left running (`_end_group`)."""
+    then end what the job left running (`_end_group`). Returns the last 8 KiB of stderr.
+    With `cpu`, `outcome.cpu` is set too."""
     deadline = outcome.started + timeout if timeout else None
     kill_at = None
     # Every wait_step, not at each chunk of stderr, and not at once: the worker looked for
@@ -305,13 +400,14 @@ def _supervise(process: subprocess.Popen | Shell, log_fd: int, outcome: Outcome,
             if stderr is not None:
                 tail = _drain(stderr, log_fd, tail)
             break
-    code = _end_group(process, kill_at, kill_grace, owner, interruption, wait_step)
+    code = _end_group(process, kill_at, kill_grace, owner, interruption, wait_step, outcome if cpu else None)
     if code < 0:
         outcome.signal = -code
     else:
         outcome.exit_code = code
     lines = tail.decode("utf-8", "replace").splitlines()
     outcome.stderr_tail = lines[-tail_lines:] if tail_lines else []
+    return tail
 
 
 def _wait_exit(process: subprocess.Popen | Shell, timeout: float) -> bool:
@@ -346,7 +442,8 @@ def _exited(process: subprocess.Popen | Shell) -> bool:
 
 
 def _end_group(process: subprocess.Popen | Shell, kill_at: float | None, kill_grace: float,
-               owner: tuple[str, str], tick: Callable[[], object] = lambda: None, wait_step: float = 0.5) -> int:
+               owner: tuple[str, str], tick: Callable[[], object] = lambda: None, wait_step: float = 0.5,
+               outcome: Outcome | None = None) -> int:
     """Reap the exited shell and end the processes the job left behind; returns the shell's status.
 
     A finished job leaves nothing running (README "What a job inherits"):
@@ -360,7 +457,7 @@ def _end_group(process: subprocess.Popen | Shell, kill_at: float | None, kill_gr
     zombie keeps a group alive until init reaps it. A process that left the
     job's process group (setsid) is not the job's any more: left alone.
     `tick` is called every `wait_step` meanwhile, its answer ignored (the
-    worker's periodic duties).
+    worker's periodic duties). With an `outcome`, the shell's CPU time goes to its `cpu`.
     """
     if kill_at is None:
         _signal_group(process.pid, signal.SIGTERM)
@@ -369,7 +466,7 @@ def _end_group(process: subprocess.Popen | Shell, kill_at: float | None, kill_gr
         _signal_group(process.pid, signal.SIGKILL)  # the group was killed already: no more grace
         kill_at = time.time()
     pgid = process.pid
-    code = process.wait()
+    code = process.wait() if outcome is None else _reap(process, outcome)
     if not _group_alive(pgid):
         return code
     tick_at = time.time() + wait_step
@@ -383,6 +480,19 @@ def _end_group(process: subprocess.Popen | Shell, kill_at: float | None, kill_gr
             tick_at = now + wait_step
         time.sleep(LEFTOVER_POLL)
     return code
+
+
+def _reap(process: subprocess.Popen | Shell, outcome: Outcome) -> int:
+    """process.wait(), by wait4: with the CPU time the shell and what it waited for used (a CPU
+    limit's reason, `_limit_reached`); only for a run with one, as the usage costs a little."""
+    if process.returncode is None:
+        try:
+            _, status, usage = os.wait4(process.pid, 0)
+        except ChildProcessError:
+            return process.wait()
+        process.returncode = os.waitstatus_to_exitcode(status)
+        outcome.cpu = usage.ru_utime + usage.ru_stime
+    return process.returncode
 
 
 def _group_alive(pgid: int) -> bool:

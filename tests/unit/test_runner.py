@@ -105,7 +105,8 @@ def test_the_environment_is_a_small_base_plus_what_is_asked_for(monkeypatch):
     everything = runner.job_environment({"id": "job-1"}, 1, "/spool", ["*"])
 
     assert plain == {"PATH": "/bin", "HOME": "/home/me", "LC_TIME": "C", "GREETING": "hi",
-                     "QUEUECTL_JOB_ID": "job-1", "QUEUECTL_ATTEMPT": "3", "QUEUECTL_SPOOL": "/spool"}
+                     "QUEUECTL_JOB_ID": "job-1", "QUEUECTL_ATTEMPT": "3", "QUEUECTL_SPOOL": "/spool",
+                     "QUEUECTL_PROGRESS": "/spool/progress/job-1"}
     assert passed == {**plain, "SECRET_TOKEN": "s3cret"}
     assert {"SECRET_TOKEN", "OTHER"} <= set(everything)
 
