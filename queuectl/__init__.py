@@ -6,10 +6,17 @@
     spool.get(job["id"])["state"]
 """
 
-__version__ = "0.1.0"
+from .errors import ConfigError, DuplicateJob, InvalidJob, JobNotFound, QueueError, SpoolError, WrongState
+from .spool import Spool
 
-from .errors import ConfigError, DuplicateJob, InvalidJob, JobNotFound, QueueError, SpoolError, WrongState  # noqa: E402
-from .spool import Spool  # noqa: E402
+
+def __getattr__(name: str) -> str:
+    """`queuectl.__version__`, read from the installed package's metadata (pyproject.toml has it once)."""
+    if name == "__version__":
+        from importlib.metadata import version  # not at import: every command would pay for it
+
+        return version("queuectl")
+    raise AttributeError(f"module 'queuectl' has no attribute {name!r}")
 
 __all__ = ["Spool", "QueueError", "InvalidJob", "DuplicateJob", "JobNotFound", "ConfigError",
            "SpoolError", "WrongState", "__version__"]
