@@ -1,6 +1,6 @@
 """Retention: workers delete old finished jobs in bounded batches, and cap each job's log.
 
-Promises (README "Retention"):
+Promises (docs/guide/retention.md):
 - `keep_completed` / `keep_dead` (config) say which jobs of completed/ and
   dead/ stay: an age ("7d": changed in the last 7 days), a count ("1000":
   the 1000 last changed), or both ("7d,1000": a job goes when it is older

@@ -349,7 +349,7 @@ def _end_group(process: subprocess.Popen | Shell, kill_at: float | None, kill_gr
                owner: tuple[str, str], tick: Callable[[], object] = lambda: None, wait_step: float = 0.5) -> int:
     """Reap the exited shell and end the processes the job left behind; returns the shell's status.
 
-    A finished job leaves nothing running (README "What a job inherits"):
+    A finished job leaves nothing running (docs/decisions/process-groups.md):
     its process group gets SIGTERM, and what is still there after
     `kill_grace` (counted from the first SIGTERM of a timeout or a stop) gets
     SIGKILL. The SIGTERM goes while the shell is still a zombie, so its pid,

@@ -16,7 +16,7 @@ On a spool other hosts share, inotify never hears of their writes: there
 `poll=` swaps inotify for `_PollSource`, which stats each folder every
 POLL_INTERVAL and lists it only when it changed, plus a full listing every
 FULL_LISTING seconds in case two changes fell within one tick of the
-folder's timestamp (README.md "Running on several hosts").
+folder's timestamp (docs/guide/several-hosts.md, "Local or shared mode").
 """
 
 from __future__ import annotations

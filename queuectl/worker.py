@@ -45,8 +45,8 @@ from .watch import RESCAN, FolderWatch
 # top (its `paused` file) bring limits and pauses (workflow.Gate).
 WATCHED = ("pending", "failed", "workers", "completed", "dead", "schedules")
 DRAIN_POLL = 0.2  # seconds between looks at processing/ while `--until-empty` waits for jobs there
-# Errors a network file system returns for a moment (README.md "Running on
-# several hosts"): the step is skipped and tried again, the worker stays.
+# Errors a network file system returns for a moment (docs/guide/several-hosts.md,
+# "Network file-system errors never stop a worker"): the step is skipped and tried again, the worker stays.
 TRANSIENT = (errno.ESTALE, errno.EINTR, errno.ENOENT, errno.EEXIST, errno.EAGAIN, errno.ETIMEDOUT)
 TRANSIENT_PAUSE = 0.2
 SETTLE_ATTEMPTS = 5
@@ -100,7 +100,7 @@ class Worker:
         self.spool = spool
         # burst: exit once no job is due now. until_empty: exit once pending/,
         # failed/ and processing/ hold no job (scheduled jobs and waiting retries
-        # keep it alive) - see README "Commands".
+        # keep it alive) - see docs/guide/commands.md.
         self.burst = burst or until_empty
         self.until_empty = until_empty
         self.name = name or registry.new_name()
@@ -530,7 +530,7 @@ class Worker:
 
         def ask() -> str | None:
             # The loop's duties that cannot wait for the run to end: recovery above all
-            # (README "Recovery": on schedule even while every worker is busy).
+            # (docs/decisions/crash-points.md, "Recovery runs on schedule": even while every worker is busy).
             self._check_supervisor()
             if self.commit is not None:
                 self.commit.advance()  # the settles of the jobs before this one

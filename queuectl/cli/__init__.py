@@ -1,6 +1,6 @@
 """The queuectl command line: parse, call the library, print.
 
-Promises: every command of README's command table, each with its help;
+Promises: every command of docs/guide/commands.md, each with its help;
 errors the library raises on purpose (QueueError) and OS errors become one
 line on stderr and exit code 1; click's usage errors exit 2; `--spool` and
 `--allow-shared-spool` work before or after any command.
