@@ -8,7 +8,8 @@ wake-ups from polling (watch.py). docs/guide/several-hosts.md, "Local or shared 
 
 The type is read from /proc/self/mountinfo (the mount holding the spool's
 real path), else from statfs(2)'s f_type. When neither answers, the spool
-is taken as local: that is what every earlier version assumed.
+is taken as local: an unknown file system is most often a local one, and
+the config key `shared` says otherwise where it is not.
 """
 
 from __future__ import annotations

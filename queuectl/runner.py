@@ -317,8 +317,8 @@ def _supervise(process: subprocess.Popen | Shell, log_fd: int, outcome: Outcome,
 def _wait_exit(process: subprocess.Popen | Shell, timeout: float) -> bool:
     """Wait up to `timeout` for the shell to exit, woken by the exit itself (a pidfd); never reaps it.
 
-    Popen.wait polls with sleeps of 1 ms and more: a shell that has closed
-    stderr a moment before exiting cost each trivial job about a millisecond.
+    Popen.wait polls with sleeps: a shell that closed stderr a moment before
+    exiting would keep its worker waiting for the next poll.
     """
     if timeout > 0 and not _exited(process):
         try:

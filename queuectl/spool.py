@@ -598,10 +598,10 @@ class Spool:
 def _present(path: str) -> bool:
     """Whether `path` names something, asked of the file system itself.
 
-    An open, not a stat: a GlusterFS client answered lstat from its cache
-    of names for 20 s and more after another client had moved the file
-    away, while open looks the name up (docs/guide/several-hosts.md,
-    "Network file-system errors never stop a worker"). Symlinks, FIFOs and unreadable files count as present.
+    An open, not a stat: a GlusterFS client may answer lstat from its cache
+    of names long after another client has moved the file away, while open
+    looks the name up (docs/guide/several-hosts.md, "Network file-system
+    errors never stop a worker"). Symlinks, FIFOs and unreadable files count as present.
     """
     try:
         fd = fsops.open_nofollow(path)

@@ -3,9 +3,9 @@
 On Linux the worker reads inotify itself, through watchdog's inotify
 bindings, whenever its loop comes round: no thread wakes up per change.
 watchdog's observer (kept for systems without inotify) hands each change
-through three threads, about 130 us of CPU per change, and every worker
-sees every other worker's claims: with two busy workers that cost a third
-of the throughput.
+through three threads, and every worker sees every other worker's claims:
+busy workers would spend much of their time on each other's changes
+(docs/decisions/wake-ups.md).
 
 A change is (kind, folder, name): "created" (the file may still be being
 written), "moved" (renamed in: complete), "closed" (written and closed),
