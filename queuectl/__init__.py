@@ -8,10 +8,18 @@
 The API is `queuectl.Spool` (queuectl/api.py, docs/api.md).
 """
 
-__version__ = "0.1.0"
+from .api import AmbiguousId, Spool, WaitTimeout
+from .errors import ConfigError, DuplicateJob, InvalidJob, JobNotFound, QueueError, SpoolError, WrongState
 
-from .api import AmbiguousId, Spool, WaitTimeout  # noqa: E402
-from .errors import ConfigError, DuplicateJob, InvalidJob, JobNotFound, QueueError, SpoolError, WrongState  # noqa: E402
+
+def __getattr__(name: str) -> str:
+    """`queuectl.__version__`, read from the installed package's metadata (pyproject.toml has it once)."""
+    if name == "__version__":
+        from importlib.metadata import version  # not at import: every command would pay for it
+
+        return version("queuectl")
+    raise AttributeError(f"module 'queuectl' has no attribute {name!r}")
+
 
 __all__ = ["Spool", "QueueError", "InvalidJob", "DuplicateJob", "JobNotFound", "AmbiguousId", "WaitTimeout",
            "ConfigError", "SpoolError", "WrongState", "__version__"]

@@ -114,7 +114,7 @@ SETTINGS: dict[str, Setting] = {
                         "names of the worker's environment variables jobs also get, comma-separated; * for all"),
     "log_tail_lines": Setting(20, int, lambda v: _is_int(v) and v >= 0,
                               "lines of stderr kept in each history entry"),
-    # Completion hooks and retention (README "Completion hooks", "Retention").
+    # Completion hooks and retention (docs/guide/hooks.md, docs/guide/retention.md).
     "on_success": Setting("", str, lambda v: _is_command(v),
                           "hook command run after a job completes (\"\" = none)"),
     "on_failure": Setting("", str, lambda v: _is_command(v),

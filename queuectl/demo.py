@@ -1,9 +1,13 @@
-"""`queuectl demo`: the example jobs of spool.example/, run end to end.
+"""`queuectl demo`: the example jobs of the example spool, run end to end.
 
 Each job found in the example spool (in any state) is enqueued afresh,
 as its command and settings only, under a new id, so the demo can run
 again and again on the same spool; then workers drain the queue in burst
 mode.
+
+The example spool ships inside the package (queuectl/examples/spool, the
+wheel's package data), so the demo runs from an installed wheel as from a
+clone; the repository's spool.example/ is a link to it.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ KEPT_FIELDS = ("command", "priority", "max_retries", "timeout", "cwd", "env")
 
 
 def example_folder() -> str:
-    return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "spool.example")
+    return os.path.join(os.path.dirname(os.path.abspath(__file__)), "examples", "spool")
 
 
 def example_jobs(folder: str) -> list[dict]:

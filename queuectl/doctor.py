@@ -86,7 +86,7 @@ class _Doctor:
     # -- permissions ---------------------------------------------------------
 
     def _permissions(self) -> None:
-        """README, Security: whoever can write the spool can run commands as its owner."""
+        """docs/guide/security.md: whoever can write the spool can run commands as its owner."""
         for relative in (".", *FOLDERS, "config.json"):
             path = os.path.normpath(os.path.join(self.spool.root, relative))
             try:
@@ -279,7 +279,7 @@ class _Doctor:
     def _orphaned_jobs(self) -> None:
         from .lease import Liveness
 
-        # On a shared spool a free flock is no proof (README.md "Running on several hosts").
+        # On a shared spool a free flock is no proof (docs/decisions/leases.md).
         judge = Liveness(self.spool)
         orphans = {}
         for name in self.spool.names("processing"):
@@ -310,7 +310,7 @@ class _Doctor:
                 orphans[job_id]["detail"] += f"; recovered to {state}/"
 
     def _workflows(self) -> None:
-        """Slots of dead workers and unique keys of finished jobs that a crash left (README, "Workflows")."""
+        """Slots of dead workers and unique keys of finished jobs that a crash left (docs/guide/workflows.md)."""
         for finding in workflow.free_orphan_slots(self.spool, repair=self.repair) + \
                 workflow.stale_keys(self.spool, repair=self.repair):
             self._add(finding["problem"], finding["path"], finding["detail"], bool(finding["repaired"]))

@@ -7,7 +7,7 @@ duties that are due, claims the best due job, and otherwise sleeps until
 the earliest duty time, the next due job, a descriptor or a watchdog
 event: no busy polling. Duties marked `during_run` are also run while a
 job runs, from the runner's interruption call (every 0.5 s), so recovery
-and the schedules keep their pace while every worker is busy (README
+and the schedules keep their pace while every worker is busy (docs/guide/workers.md,
 "Recovery").
 """
 

@@ -10,7 +10,7 @@ class QueueError(Exception):
 
 
 class InvalidJob(QueueError):
-    """A job (from the CLI, Python or a dropped-in file) breaks the job file's rules (README, The job file)."""
+    """A job (from the CLI, Python or a drop-in) breaks the job file's rules (docs/guide/jobs.md, "The job file")."""
 
 
 class DuplicateJob(QueueError):

@@ -69,8 +69,8 @@ def rename_noreplace(src: str, dst: str, *, fold_cut: bool = True) -> None:
     Unless `fold_cut` is False: on a shared spool, where flocks may not
     reach the other hosts, that second name may be another host's move in
     flight, and the move fails with FileNotFoundError (the file is not ours
-    to move) instead of claiming it twice (README.md "Running on several
-    hosts").
+    to move) instead of claiming it twice (docs/guide/several-hosts.md,
+    "What is guaranteed").
     """
     try:
         _rename_noreplace(src, dst)
@@ -106,7 +106,7 @@ def replace(src: str, dst: str) -> None:
     fsynced anyway, or replaced a moment later (a claim's), does not need
     that write. Exchanged, `dst` holds the new file at once, as after a
     replace, and the old one, now under `src`, is unlinked: it is never
-    written again (README "A file's bytes belong to one job for life").
+    written again (docs/decisions/file-bytes.md).
     A crash between the two steps leaves the old version under its tmp/
     name, which doctor removes. Where renameat2's flags are refused (NFS,
     FUSE) or `dst` is gone, os.replace.
@@ -222,7 +222,7 @@ def publish(tmp_dir: str, target: str, data: bytes, *, durable: bool, replace: b
 
 # A network file system answers ESTALE when a name this client cached now
 # leads to a file another client replaced; looking the path up again finds
-# the new one (README.md "Running on several hosts").
+# the new one (docs/guide/several-hosts.md, "Network file-system errors never stop a worker").
 STALE_ATTEMPTS = 5
 
 

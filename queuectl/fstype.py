@@ -4,11 +4,12 @@
 (auto/true/false) overrides what the file system type says. "local" means
 flocks prove who is alive and inotify sees every change; "shared" means
 other hosts may write here, so liveness comes from leases (lease.py) and
-wake-ups from polling (watch.py). README.md "Running on several hosts".
+wake-ups from polling (watch.py). docs/guide/several-hosts.md, "Local or shared mode".
 
 The type is read from /proc/self/mountinfo (the mount holding the spool's
 real path), else from statfs(2)'s f_type. When neither answers, the spool
-is taken as local: that is what every earlier version assumed.
+is taken as local: an unknown file system is most often a local one, and
+the config key `shared` says otherwise where it is not.
 """
 
 from __future__ import annotations

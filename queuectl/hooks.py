@@ -1,4 +1,4 @@
-"""Completion hooks: a command run after a job's outcome is recorded (README "Completion hooks").
+"""Completion hooks: a command run after a job's outcome is recorded (docs/guide/hooks.md).
 
 Promises:
 - which hook: `on_success` when the job completed, `on_failure` when a run

@@ -196,7 +196,7 @@ def build(fields: Any, config: dict, *, stem: str | None = None,
                             or not all(_env_name(k) and isinstance(v, str) and "\0" not in v
                                        for k, v in env.items())):
         raise InvalidJob("env must be an object of string values; names not empty, without '=' or NUL")
-    for name in HOOK_FIELDS:  # completion hooks (README "Completion hooks"); absent = the config default
+    for name in HOOK_FIELDS:  # completion hooks (docs/guide/hooks.md); absent = the config default
         hook = job.get(name)
         if hook is not None and (not isinstance(hook, str) or "\0" in hook):
             raise InvalidJob(f"{name} must be a command string (\"\" for none) or null")
@@ -208,7 +208,7 @@ def build(fields: Any, config: dict, *, stem: str | None = None,
         raise InvalidJob("history must be a list")
     if job.get("after") is not None or job.get("group") is not None or job.get("unique_key") is not None:
         # Imported only for jobs that use them: a plain enqueue starts faster without it.
-        from .workflow import check_fields  # `after`, `group`, `unique_key` (README.md, "Workflows")
+        from .workflow import check_fields  # `after`, `group`, `unique_key` (docs/guide/workflows.md)
         check_fields(job)
 
     stamp = iso(now)

@@ -5,7 +5,7 @@ runner.run, which asks `interruption` every half second whether to stop
 (and lets the worker do the duties that cannot wait meanwhile); the
 settle records the outcome and moves the file on (lifecycle.settle): at
 once, or through the group commit when this disk's flushes are slow
-(lifecycle.FlushPace, README "What `durable` promises").
+(lifecycle.FlushPace, docs/decisions/durable.md).
 
 A claim lost to another host's worker (a shared spool, where flocks may
 not reach across hosts) is no error: it is counted (`lost_claims`, in
@@ -175,7 +175,7 @@ class JobStep:
 
         def ask() -> str | None:
             # The duties that cannot wait for the run to end: recovery above all
-            # (README "Recovery": on schedule even while every worker is busy).
+            # (docs/guide/workers.md, "Recovery": on schedule even while every worker is busy).
             self.between()
             if self.stop.now:
                 return "stop"

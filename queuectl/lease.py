@@ -26,7 +26,7 @@ Promises:
 
 Fails: a lease that cannot be written is retried at the next beat; a worker
 that cannot beat for lease_timeout is judged dead by the other hosts and
-its job is run again (at-least-once). README.md "Running on several hosts".
+its job is run again (at-least-once). docs/decisions/leases.md.
 """
 
 from __future__ import annotations

@@ -142,7 +142,7 @@ def still_owned(spool: Spool, held: LockedJob) -> bool:
     its job to another host's recovery, which rewrites the file (a new
     inode) and moves it on; on a shared spool every settle checks, the rest
     only after a lapse. The check and the rewrite that follows are two
-    steps: README.md "Running on several hosts" says what that leaves.
+    steps: docs/guide/several-hosts.md, "A worker paused past its lease" says what that leaves.
     """
     lease = spool.lease
     if lease is None or not (spool.shared or lease.lapsed()):
@@ -202,7 +202,7 @@ def settle(spool: Spool, held: LockedJob, outcome: Outcome, timeout: float | Non
 def _move_on(spool: Spool, held: LockedJob, state: str, *, sync: bool = True, fold_cut: bool | None = None) -> str:
     """Move the job to `state`; if another job has its id there, that one stays and this one is dead-lettered.
 
-    "lost" when another host's recovery moved it first (a shared spool, README.md "Running on several hosts").
+    "lost" when another host's recovery moved it first (a shared spool, docs/guide/several-hosts.md).
     """
     if state in ("completed", "dead"):
         workflow.release_key(spool, held.job)  # still live and locked here: see workflow.release_key
@@ -241,7 +241,7 @@ class GroupCommit:
     other periodic duties) and whenever `wake_fd` turns readable. What this
     changes: an outcome reaches the disk one short group commit after the
     run ended, not before settle returns; a crash or power cut inside that
-    window runs the job again (README, "Delivery guarantee"). An error (a
+    window runs the job again (docs/decisions/delivery.md). An error (a
     full disk) stops the commit; the worker sees it at its next `submit`,
     `advance` or `close`, and the jobs not yet settled stay in processing/
     unlocked, for recovery.
@@ -399,8 +399,8 @@ class FlushPace:
     group mode every PROBE-th settle is made at once to measure the disk
     again, so a worker whose disk became quick switches back. Either way
     the outcome is on disk before the job's lock is given up: the choice
-    changes only the speed, never what `durable` promises (README.md
-    "What `durable` promises").
+    changes only the speed, never what `durable` promises (docs/decisions/durable.md,
+    "What was chosen").
     """
 
     QUICK_FLUSH = 100e-6  # seconds: about what handing a settle to another thread costs
@@ -506,7 +506,7 @@ def is_canonical(job: object, state: str, name: str) -> bool:
 
 
 def adopt(spool: Spool, name: str, *, complete: bool) -> str | None:
-    """Turn a file dropped into pending/ into a stored job (README, Dropping jobs in from any tool).
+    """Turn a file dropped into pending/ into a stored job (docs/guide/jobs.md, "Dropping jobs in from any tool").
 
     Returns the job's file name in pending/, None when the file went to dead/,
     is not ours to handle now, or may still be being written (`complete`
@@ -564,7 +564,7 @@ def adopt(spool: Spool, name: str, *, complete: bool) -> str | None:
 
 
 def _mark_waiting(spool: Spool, job: dict) -> None:
-    """Waiting markers for a job about to wait in pending/ (README "Retention"): its dependencies stay."""
+    """Markers for a job about to wait in pending/: its dependencies stay (docs/decisions/waiting-markers.md)."""
     after = job.get("after")
     if isinstance(after, list) and after and is_valid_id(job.get("id")):
         workflow.mark_waiting(spool, job["id"], after)
@@ -621,7 +621,7 @@ def recover(spool: Spool, judge=None) -> list[tuple[str, str]]:
     """Settle every job in processing/ whose owner is dead, and clear its leftovers; returns (id, new state) pairs.
 
     `judge` (lease.Liveness) decides who is dead: a free flock is proof only
-    on the owner's own host (README.md "Running on several hosts"). A
+    on the owner's own host (docs/decisions/leases.md). A
     worker passes its own judge, which remembers what it saw between sweeps.
     """
     from .lease import Liveness
@@ -785,7 +785,7 @@ def purge(spool: Spool, states: Iterable[str], older_than: float | None = None,
     """Delete finished jobs (and their logs) last changed more than `older_than` seconds ago.
 
     Completed jobs that a job in pending/ or failed/ waits for stay; their
-    ids are appended to `needed` (README "Retention").
+    ids are appended to `needed` (docs/guide/retention.md, "Dependencies are kept").
     """
     removed = 0
     for state in states:
@@ -803,9 +803,9 @@ def delete_finished(spool: Spool, state: str, job_id: str, *, older_than: float 
     It stays when it is gone or owned (a worker still running its completion
     hook holds the flock; so does a `dlq retry` under way), when its hook is
     marked started by a worker that is alive (a flock may not reach another
-    host: README "Completion hooks"), when it changed less than
+    host: docs/guide/hooks.md, "At most once per outcome"), when it changed less than
     `older_than` seconds ago, or, completed, while a job in pending/ or
-    failed/ waits for it (README "Workflows": its id is appended to `needed`).
+    failed/ waits for it (docs/guide/workflows.md, "Dependencies": its id is appended to `needed`).
     """
     if state not in ("completed", "dead"):
         raise WrongState(f"only completed or dead jobs are deleted, not {state}")

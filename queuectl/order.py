@@ -1,7 +1,7 @@
 """The order in which a worker claims jobs, kept in memory.
 
 Due jobs only; highest priority first; then earliest due time; then id
-(README, "Order without parsing every file per claim"). Each job file is parsed once when it appears (start-up scan
+(docs/decisions/order.md). Each job file is parsed once when it appears (start-up scan
 or inotify change), and its key is kept here, so a claim costs a heap pop,
 not a directory scan. Entries are removed lazily: a file that vanished or
 changed leaves a stale heap item that is skipped when popped.

@@ -1,6 +1,6 @@
 """Retention: workers delete old finished jobs in bounded batches, and cap each job's log.
 
-Promises (README "Retention"):
+Promises (docs/guide/retention.md):
 - `keep_completed` / `keep_dead` (config) say which jobs of completed/ and
   dead/ stay: an age ("7d": changed in the last 7 days), a count ("1000":
   the 1000 last changed), or both ("7d,1000": a job goes when it is older
@@ -12,8 +12,8 @@ Promises (README "Retention"):
   alive (a flock may not reach another host);
 - a sweep does a bounded amount of work (one listing of the folder when a
   new round starts, then at most BATCH units: a stat is 1, a deletion
-  DELETE_COST; and at most BUDGET seconds): a worker with 100,000 finished
-  jobs to prune still claims jobs between sweeps (bench/bench_retention.py);
+  DELETE_COST; and at most BUDGET seconds): a worker with a large backlog
+  to prune still claims jobs between sweeps (docs/guide/retention.md);
 - `cap_log` keeps a log over `max_log_bytes` as its head and its tail with
   one marker line between; the worker applies it after each attempt (and
   its hook), when it alone writes that log.

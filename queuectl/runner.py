@@ -413,8 +413,8 @@ def _supervise(process: subprocess.Popen | Shell, log_fd: int, outcome: Outcome,
 def _wait_exit(process: subprocess.Popen | Shell, timeout: float) -> bool:
     """Wait up to `timeout` for the shell to exit, woken by the exit itself (a pidfd); never reaps it.
 
-    Popen.wait polls with sleeps of 1 ms and more: a shell that has closed
-    stderr a moment before exiting cost each trivial job about a millisecond.
+    Popen.wait polls with sleeps: a shell that closed stderr a moment before
+    exiting would keep its worker waiting for the next poll.
     """
     if timeout > 0 and not _exited(process):
         try:
@@ -446,7 +446,7 @@ def _end_group(process: subprocess.Popen | Shell, kill_at: float | None, kill_gr
                outcome: Outcome | None = None) -> int:
     """Reap the exited shell and end the processes the job left behind; returns the shell's status.
 
-    A finished job leaves nothing running (README "What a job inherits"):
+    A finished job leaves nothing running (docs/decisions/process-groups.md):
     its process group gets SIGTERM, and what is still there after
     `kill_grace` (counted from the first SIGTERM of a timeout or a stop) gets
     SIGKILL. The SIGTERM goes while the shell is still a zombie, so its pid,

@@ -1,6 +1,6 @@
 """Recurring jobs: schedules/<name>.json, and the worker sweep that enqueues each due slot exactly once.
 
-Promises (README "Recurring jobs"):
+Promises (docs/guide/schedules.md):
 - a schedule is one JSON file, `schedules/<name>.json`, written like a job
   (temporary file, then rename; a drop-in follows the Maildir rule); a
   file that is not a valid schedule is set aside untouched as

@@ -189,8 +189,8 @@ class Spool:
                  allow_shared: bool = False):
         self.root = resolve_path(path)
         self.warnings: list[str] = []
-        # Set by a worker on a spool other hosts share (lease.py, README.md
-        # "Running on several hosts"): its lease, and moves that never take a
+        # Set by a worker on a spool other hosts share (lease.py,
+        # docs/guide/several-hosts.md, "What is guaranteed"): its lease, and moves that never take a
         # second name for their own.
         self.shared = False
         self.lease: Any = None  # lease.Lease (not imported here: commands that read never need it)
@@ -233,7 +233,7 @@ class Spool:
             self._check_private(path, folder_info, allow_shared)
 
     def _check_private(self, path: str, info: os.stat_result, allow_shared: bool) -> None:
-        """Whoever can write here can run commands as the worker's user (README, Security)."""
+        """Whoever can write here can run commands as the worker's user (docs/guide/security.md)."""
         mode = stat.S_IMODE(info.st_mode)
         if mode & 0o022 and not allow_shared:
             raise SpoolError(
@@ -381,7 +381,7 @@ class Spool:
         return published
 
     def _publish_unique(self, job: dict, data: bytes, durable: bool, if_absent: bool) -> dict | None:
-        """Take the job's key, then publish it (README.md, "Unique keys"); the holder's job when `if_absent`."""
+        """Take the key, then publish; the holder's job when `if_absent` (docs/guide/workflows.md, "Unique keys")."""
         from . import workflow
         # The key is a second name of the job's own temporary file, taken
         # before the job is visible: so it holds the job's JSON, and costs no inode.
@@ -598,10 +598,10 @@ class Spool:
 def _present(path: str) -> bool:
     """Whether `path` names something, asked of the file system itself.
 
-    An open, not a stat: a GlusterFS client answered lstat from its cache
-    of names for 20 s and more after another client had moved the file
-    away, while open looks the name up (README.md "Running on several
-    hosts"). Symlinks, FIFOs and unreadable files count as present.
+    An open, not a stat: a GlusterFS client may answer lstat from its cache
+    of names long after another client has moved the file away, while open
+    looks the name up (docs/guide/several-hosts.md, "Network file-system
+    errors never stop a worker"). Symlinks, FIFOs and unreadable files count as present.
     """
     try:
         fd = fsops.open_nofollow(path)

@@ -81,6 +81,6 @@ def summary(spool) -> dict[str, Any]:
 
 
 def _schedules(spool) -> list[dict[str, Any]]:
-    """The next run of each schedule (README "Recurring jobs"); the cron parser loads only for cron schedules."""
+    """The next run of each schedule (docs/guide/schedules.md); the cron parser loads only for cron schedules."""
     from .schedules import upcoming
     return upcoming(spool)

@@ -45,7 +45,7 @@ def run_workers(spool: Spool, *, count: int, burst: bool, until_empty: bool = Fa
         signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)  # the workers' handlers unblock them inside
     def announce() -> None:
         if log is not None:
-            # local (flock and inotify) or shared (leases and polling): README.md "Running on several hosts"
+            # local (flock, inotify) or shared (leases, polling): docs/guide/several-hosts.md, "Local or shared mode"
             log.banner(spool.root, mode=fstype.mode(spool), workers=count, pid=os.getpid())
     if count == 1:  # the banner once the worker is up: a spool it cannot use gets only the error
         return Worker(spool, burst=burst, until_empty=until_empty, log=log, announce=announce).run()

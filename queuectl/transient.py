@@ -1,4 +1,4 @@
-"""Errors a network file system returns for a moment (README.md "Running on several hosts"): the step is skipped and
+"""Errors a network file system returns for a moment (docs/guide/several-hosts.md): the step is skipped and
 tried again, and the worker stays."""
 
 from __future__ import annotations

@@ -3,9 +3,9 @@
 On Linux the worker reads inotify itself, through watchdog's inotify
 bindings, whenever its loop comes round: no thread wakes up per change.
 watchdog's observer (kept for systems without inotify) hands each change
-through three threads, about 130 us of CPU per change, and every worker
-sees every other worker's claims: with two busy workers that cost a third
-of the throughput.
+through three threads, and every worker sees every other worker's claims:
+busy workers would spend much of their time on each other's changes
+(docs/decisions/wake-ups.md).
 
 A change is (kind, folder, name): "created" (the file may still be being
 written), "moved" (renamed in: complete), "closed" (written and closed),
@@ -16,7 +16,7 @@ On a spool other hosts share, inotify never hears of their writes: there
 `poll=` swaps inotify for `_PollSource`, which stats each folder every
 POLL_INTERVAL and lists it only when it changed, plus a full listing every
 FULL_LISTING seconds in case two changes fell within one tick of the
-folder's timestamp (README.md "Running on several hosts").
+folder's timestamp (docs/guide/several-hosts.md, "Local or shared mode").
 """
 
 from __future__ import annotations

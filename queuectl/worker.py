@@ -51,7 +51,7 @@ class Worker:
         self.spool = spool
         # burst: exit once no job is due now. until_empty: exit once pending/,
         # failed/ and processing/ hold no job (scheduled jobs and waiting retries
-        # keep it alive) - see README "Commands".
+        # keep it alive) - see docs/guide/workers.md, "Starting workers".
         self.burst = burst or until_empty
         self.until_empty = until_empty
         self.name = name or registry.new_name()

@@ -13,7 +13,7 @@ Promises, across every process and every host that shares the spool:
 - a job whose `after` names a job that is not completed is not started; its
   dependency dying sends it to dead/ (lifecycle.dependency_died).
 Every state is a file that `ls` and `cat` show and a person may create or
-delete by hand (README.md, "The spool"). Only link(), symlink() (the
+delete by hand (docs/guide/jobs.md, "The spool"). Only link(), symlink() (the
 take-over lock), unlink and rename decide anything: no flock, no inotify
 and no renameat2 flag is needed for correctness, so it holds on network
 file systems; whether a slot's worker lives is asked of registry.is_alive
@@ -662,7 +662,7 @@ def check_dependencies_exist(spool, job_id: str, after: list[str], earlier: set[
 
     The job's waiting markers are made first, so a prune that starts after
     this check sees them, and one that started before is seen here by its
-    `.prune` file (README "Retention", dependencies kept).
+    `.prune` file (docs/guide/retention.md, "Dependencies are kept").
     """
     mark_waiting(spool, job_id, after)
     for dep in after:

@@ -1,6 +1,6 @@
 """The queuectl command line: parse, call the library, print.
 
-Promises: every command of README's command table, each with its help;
+Promises: every command of docs/guide/commands.md, each with its help;
 errors the library raises on purpose (QueueError) and OS errors become one
 line on stderr and exit code 1; click's usage errors exit 2; `--spool` and
 `--allow-shared-spool` work before or after any command.
@@ -21,7 +21,6 @@ from typing import Any
 
 import click
 
-from .. import __version__
 from ..errors import QueueError
 from ..spool import Spool
 
@@ -37,6 +36,7 @@ COMMANDS = {
     "schedule": "schedules:schedule",
     "dashboard": "tools:dashboard", "metrics": "tools:metrics", "doctor": "tools:doctor",
     "schema": "tools:schema", "demo": "tools:demo",
+    "completion": "completion:completion",
 }
 
 
@@ -48,7 +48,8 @@ def _show_help(ctx: click.Context, _param: click.Parameter, value: bool) -> None
 
 def _show_version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
     if value and not ctx.resilient_parsing:
-        click.echo(f"queuectl, version {__version__}", color=ctx.color)
+        from importlib.metadata import version  # read only when asked: an import every command would pay
+        click.echo(f"queuectl, version {version('queuectl')}", color=ctx.color)
         ctx.exit()
 
 

@@ -11,6 +11,7 @@ from ..errors import InvalidJob, QueueError
 from ..job import shorten
 from ..spool import id_of
 from . import Command, Duration, QueueGroup, fail, open_spool, print_json
+from .completion import complete_ids
 from .inspection import limit_options, listing, note
 
 
@@ -95,7 +96,7 @@ def dlq_list(ctx, limit, show_all, as_json):
 
 
 @dlq.command("retry")
-@click.argument("job_ids", nargs=-1)
+@click.argument("job_ids", nargs=-1, shell_complete=complete_ids("dead"))
 @click.option("--all", "retry_all", is_flag=True, help="Every job in the dead-letter queue.")
 @click.pass_context
 def dlq_retry(ctx, job_ids, retry_all):

@@ -1,4 +1,4 @@
-"""`queuectl schedule add | list | show | rm | pause | resume`: recurring jobs (README "Recurring jobs")."""
+"""`queuectl schedule add | list | show | rm | pause | resume`: recurring jobs (docs/guide/schedules.md)."""
 
 from __future__ import annotations
 

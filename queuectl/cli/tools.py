@@ -93,7 +93,7 @@ def schema():
 @click.command(cls=Command)
 @click.option("--count", "-n", type=click.IntRange(min=1), default=2, show_default=True)
 @click.option("--example", type=LazyPath(exists=True, file_okay=False), default=None,
-              help="Folder of example jobs [default: spool.example/ of the source tree].")
+              help="Folder of example jobs [default: the example spool shipped with queuectl].")
 @click.pass_context
 def demo(ctx, count, example):
     """Copy the example jobs into the spool, drain them with workers, print the status."""

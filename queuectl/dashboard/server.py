@@ -25,8 +25,9 @@ Promises:
   textContent; the one value rendered into HTML here (the token) is
   escaped; the Content-Security-Policy (default-src 'self') refuses inline
   and foreign scripts.
-- A call costs directory listings plus at most a page of file reads, so it
-  answers well under 200 ms on 100,000 jobs (bench/bench_dashboard.py).
+- A call costs directory listings plus at most a page of file reads: no
+  job file it does not return is parsed, so a deep spool stays quick to
+  browse (docs/guide/dashboard.md).
 """
 
 from __future__ import annotations

@@ -121,8 +121,8 @@ def test_the_unit_waits_longer_than_the_kill_grace_and_restarts_on_failure():
     assert service["KillMode"] == ["mixed"]
 
 
-def test_the_readme_shows_the_unit_as_it_is():
-    readme = (UNIT.parent.parent / "README.md").read_text(encoding="utf-8")
+def test_the_docs_show_the_unit_as_it_is():
+    readme = (UNIT.parent.parent / "docs" / "guide" / "service.md").read_text(encoding="utf-8")
     shown = readme.split("```ini\n", 1)[1].split("```", 1)[0]
     unit_lines = {line.strip() for line in UNIT.read_text(encoding="utf-8").splitlines()}
     assert [line for line in shown.splitlines() if line.strip() not in unit_lines] == []
