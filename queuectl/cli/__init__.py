@@ -143,14 +143,15 @@ class QueueGroup(Command, click.Group):
         return sorted(name for name in shown if name not in self.aliases or ":" in self.aliases[name])
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
-        rows = []
+        found = []
         for name in self.list_commands(ctx):
             command = self.get_command(ctx, name)
             if command is None or command.hidden:
                 continue
             others = [alias for alias, target in self.aliases.items() if target == name]
-            shown = f"{name} ({', '.join(others)})" if others else name
-            rows.append((shown, command.get_short_help_str(limit=formatter.width - 6 - len(shown))))
+            found.append((f"{name} ({', '.join(others)})" if others else name, command))
+        widest = max((len(shown) for shown, _ in found), default=0)
+        rows = [(shown, command.get_short_help_str(limit=formatter.width - 6 - widest)) for shown, command in found]
         if rows:
             with formatter.section("Commands"):
                 formatter.write_dl(rows)
