@@ -230,8 +230,20 @@ def resolve(spool: Spool, prefix: str) -> str:
 
 
 def no_worker_note(spool: Spool) -> None:
-    """One line on stderr when no worker serves the spool: a job enqueued or awaited would wait for ever."""
-    if not spool.workers():
+    """One line on stderr when no worker serves the spool: a job enqueued or awaited would wait for ever.
+
+    A spool with no worker record at all needs no more than a listing of
+    workers/ (so `enqueue` does not load the registry); records are judged
+    alive or gone by the registry, as `worker list` does.
+    """
+    try:
+        entries = os.listdir(os.path.join(spool.root, "workers"))
+    except OSError:
+        entries = []
+    # Worker records are workers/<name>.json; stop.json is the stop request (docs/spool-format.md).
+    recorded = any(entry.endswith(".json") and not entry.startswith(".") and entry != "stop.json"
+                   for entry in entries)
+    if not recorded or not spool.workers():
         warn("no worker is running on this spool; start one: queuectl worker start --detach")
 
 

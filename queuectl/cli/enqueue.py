@@ -52,7 +52,22 @@ class _Documents:
         self.stream, self.source = stream, source
         self.line: int | None = None
 
-    def __iter__(self):
+    def read(self) -> list[tuple[int, dict]]:
+        """Every job with the line its document starts on."""
+        found = []
+        for fields in self._documents():
+            assert self.line is not None
+            found.append((self.line, fields))
+        self.line = None
+        return found
+
+    def each(self, jobs: list[tuple[int, dict]]):
+        """The jobs in order, `line` telling where the one being handled came from."""
+        for self.line, fields in jobs:
+            yield fields
+        self.line = None
+
+    def _documents(self):
         text = self.stream.read()
         decoder = json.JSONDecoder()
         position = 0
@@ -70,7 +85,6 @@ class _Documents:
                 if not isinstance(fields, dict):
                     raise InvalidJob("a job is a JSON object (an array holds objects)")
                 yield fields
-        self.line = None
 
 
 class EnqueueCommand(Command):
@@ -78,6 +92,14 @@ class EnqueueCommand(Command):
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         ctx.meta["enqueue.literal"] = "--" in args
+        # The older form, one quoted command or JSON job (or `-`) with options after it, keeps working:
+        # options are read after the first word only when that word is a whole command by itself.
+        found, _, _ = self.make_parser(ctx).parse_args(args=list(args))
+        words = found.get("words")
+        words = words if isinstance(words, (list, tuple)) else ()
+        if "--" not in args and words and (words[0] == "-" or words[0].lstrip().startswith("{")
+                                            or any(char.isspace() for char in words[0])):
+            ctx.allow_interspersed_args = True
         return super().parse_args(ctx, args)
 
 
@@ -159,9 +181,9 @@ def enqueue(ctx, words, command, job_id, priority, max_retries, timeout, run_at,
             raise click.UsageError("--id applies to a single job")
         reader = _Documents(file, file.name) if file is not None else _Documents(sys.stdin, "stdin")
         try:
-            jobs = list(reader)
-            check_if_absent(jobs)
-            stored = spool.enqueue_many([prepare_fields(with_hooks(fields), **options) for fields in jobs],
+            jobs = reader.read()
+            check_if_absent([fields for _, fields in jobs])
+            stored = spool.enqueue_many((prepare_fields(with_hooks(fields), **options) for fields in reader.each(jobs)),
                                         if_absent=if_absent)
         except QueueError as exc:
             if reader.line is None:
