@@ -50,8 +50,10 @@ def dashboard(ctx, host, port):
 def metrics(ctx, output):
     """The Prometheus text of the dashboard's /metrics, without a server.
 
-    Counters count the settled jobs in the spool now (a dashboard adds the
-    arrivals it sees); the duration summary reads the latest settled jobs only.
+    Without the counters (queuectl_*_total): one run has no earlier scan to
+    count settles from, and a count of the files there now would fall after
+    a purge; `queuectl dashboard` serves them at /metrics. The duration
+    summary reads the latest settled jobs only.
     """
     from ..metrics import render, write_file
     text = render(open_spool(ctx))
