@@ -59,15 +59,20 @@ def clock(value: object, utc: bool = False, now: float | None = None) -> str:
     return time.strftime("%b %e %H:%M" if recent else "%b %e  %Y", moment)
 
 
+def countdown(seconds: float) -> str:
+    """`59m`, `12s`: a wait in whole seconds (a countdown in tenths would only flicker)."""
+    return format_duration(float(max(0, round(seconds))))
+
+
 def state_text(spool, job: dict, now: float) -> str:
     """`completed`, `running`, `scheduled in 59m`, `retry in 12s`, `waiting`."""
     state = shown_state(spool, job, now)
     if state == "scheduled":
         due = _seconds(job.get("run_at"))
-        return f"scheduled in {format_duration(max(0.0, due - now))}" if due else state
+        return f"scheduled in {countdown(due - now)}" if due else state
     if state == "failed":
         due = _seconds(job.get("next_run_at"))
-        return f"retry in {format_duration(max(0.0, due - now))}" if due and due > now else "retry due"
+        return f"retry in {countdown(due - now)}" if due and due > now else "retry due"
     if state == "processing":
         return "running"
     return state
@@ -299,7 +304,7 @@ def outcome_line(job: dict, now: float | None = None) -> str:
     if state == "failed":
         due = _seconds(job.get("next_run_at"))
         later = (now or time.time())
-        return f"{how} -> failed, retry in {format_duration(max(0.0, due - later))}" if due else f"{how} -> failed"
+        return f"{how} -> failed, retry in {countdown(due - later)}" if due else f"{how} -> failed"
     reason = "" if state == "completed" or not job.get("last_error") else f" ({shorten(job['last_error'], 80)})"
     return f"{how} -> {state}{reason}"
 

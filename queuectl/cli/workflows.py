@@ -55,8 +55,10 @@ def _check_known(spool, group: str) -> None:
     known = {entry["name"] for entry in spool.groups()}
     if group in known:
         return
-    jobs, _ = page(spool, ["pending", "processing", "failed"], limit=1, group=group)
-    if jobs:
+    # Every unfinished job is read: `pause` is rare, and a typo is worth finding.
+    jobs, _ = page(spool, ["pending", "processing", "failed"], limit=None)
+    known |= {job["group"] for job in jobs if isinstance(job.get("group"), str)}
+    if group in known:
         return
     close = difflib.get_close_matches(group, sorted(known), n=1)
     hint = f"; did you mean {close[0]!r}?" if close else f" (known: {', '.join(sorted(known)) or 'none'})"
