@@ -61,12 +61,10 @@ def wait_for(spool, job_ids: list[str] | None, *, timeout: float | None = None,
                     tracked[job_id] = state
         outcome = WaitOutcome()
         for job_id in tracked:
-            state = where.get(job_id)
-            if state is None:
-                if tracked[job_id] in FINISHED:
-                    state = tracked[job_id]  # finished, then purged or pruned: it still ended so
-                else:
-                    raise JobNotFound(f"job {job_id!r} disappeared (purged?)")
+            found = where.get(job_id)
+            if found is None and tracked[job_id] not in FINISHED:
+                raise JobNotFound(f"job {job_id!r} disappeared (purged?)")
+            state = found or tracked[job_id]  # finished, then purged or pruned: it still ended so
             tracked[job_id] = state
             if state == "completed":
                 outcome.completed += 1

@@ -134,8 +134,8 @@ def page(spool: Spool, states: list[str] | None, *, limit: int | None, group: st
     folders = sorted({state if state in STATES else "pending" for state in wanted}, key=STATES.index)
     entries = ordered(spool, folders, sort)
     needs_fields = group is not None or any(state in DERIVED for state in wanted)
+    jobs: list[dict] = []
     if not needs_fields:
-        jobs = []
         for state, name in entries:
             if limit is not None and len(jobs) >= limit:
                 break
@@ -144,7 +144,7 @@ def page(spool: Spool, states: list[str] | None, *, limit: int | None, group: st
                 jobs.append(job)
         return jobs, len(entries)
     now = time.time()
-    jobs, total = [], 0
+    total = 0
     for state, name in entries:
         job = spool.read(state, name)
         if job is None or (group is not None and job.get("group") != group):
