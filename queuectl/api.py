@@ -202,11 +202,19 @@ class Spool(layout.Spool):
             retried.append(job_id)
         return retried
 
-    def purge(self, states: str | Iterable[str], older_than: float | None = None) -> int:
+    def purge(self, states: str | Iterable[str], older_than: float | None = None,
+              needed: IdList | None = None) -> int:
         """Delete completed and/or dead jobs (and their logs) unchanged for `older_than` seconds;
-        returns how many. Completed jobs that a waiting job depends on stay."""
+        returns how many. Completed jobs that a waiting job depends on stay (their ids go to `needed`)."""
         from . import lifecycle
-        return lifecycle.purge(self, [states] if isinstance(states, str) else list(states), older_than)
+        return lifecycle.purge(self, [states] if isinstance(states, str) else list(states), older_than, needed)
+
+    def remove(self, job_id: str) -> bool:
+        """Delete one completed or dead job and its log; False when it stays (as purge keeps it).
+        Raises WrongState for a job that is not finished."""
+        from . import lifecycle
+        job_id = self.resolve(job_id)
+        return lifecycle.delete_finished(self, self.find(job_id) or "dead", job_id)
 
     # -- pauses and groups ---------------------------------------------------
 

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .errors import ConfigError
+from .units import parse_duration
 
 
 class Setting:
@@ -87,6 +88,12 @@ def _parse_bytes(text: str) -> int:
     return int(number)
 
 
+def _parse_seconds(text: str) -> float | int:
+    """A time setting: 90, 10m, 1h30m, 2d (queuectl/units.py), stored as a number of seconds."""
+    seconds = parse_duration(text)
+    return int(seconds) if seconds == int(seconds) else seconds
+
+
 def _parse_number(text: str) -> float | int:
     number = float(text)
     return int(number) if number.is_integer() else number
@@ -97,17 +104,17 @@ SETTINGS: dict[str, Setting] = {
                            "retries after the first failed run (integer >= 0)"),
     "backoff_base": Setting(2, _parse_number, lambda v: _is_number(v) and v >= 1,
                             "retry delay is backoff_base ** attempts seconds (number >= 1)"),
-    "backoff_max": Setting(3600, _parse_number, lambda v: _is_number(v) and v >= 0,
+    "backoff_max": Setting(3600, _parse_seconds, lambda v: _is_number(v) and v >= 0,
                            "upper bound of the retry delay in seconds (number >= 0)"),
-    "timeout": Setting(0, _parse_number, lambda v: _is_number(v) and v >= 0,
+    "timeout": Setting(0, _parse_seconds, lambda v: _is_number(v) and v >= 0,
                        "default per-job time limit in seconds, 0 = none"),
-    "kill_grace": Setting(5, _parse_number, lambda v: _is_number(v) and v >= 0,
+    "kill_grace": Setting(5, _parse_seconds, lambda v: _is_number(v) and v >= 0,
                           "seconds between SIGTERM and SIGKILL on timeout or stop"),
     "durable": Setting(True, _parse_bool, lambda v: isinstance(v, bool),
                        "fsync files and folders so an acknowledged change survives a power cut (true or false)"),
-    "recovery_interval": Setting(5, _parse_number, lambda v: _is_number(v) and v > 0,
+    "recovery_interval": Setting(5, _parse_seconds, lambda v: _is_number(v) and v > 0,
                                  "seconds between sweeps for jobs of dead workers"),
-    "scan_interval": Setting(30, _parse_number, lambda v: _is_number(v) and v > 0,
+    "scan_interval": Setting(30, _parse_seconds, lambda v: _is_number(v) and v > 0,
                              "seconds between safety rescans (for file systems without inotify)"),
     "pass_env": Setting([], lambda text: [n.strip() for n in text.split(",") if n.strip()],
                         lambda v: isinstance(v, list) and all(isinstance(n, str) for n in v),
@@ -121,7 +128,7 @@ SETTINGS: dict[str, Setting] = {
                           "hook command run after a failed run that will be retried (\"\" = none)"),
     "on_dead": Setting("", str, lambda v: _is_command(v),
                        "hook command run after a job goes to dead/ (\"\" = none)"),
-    "hook_timeout": Setting(60, _parse_number, lambda v: _is_number(v) and v > 0,
+    "hook_timeout": Setting(60, _parse_seconds, lambda v: _is_number(v) and v > 0,
                             "seconds a completion hook may run before it is killed (number > 0)"),
     "keep_completed": Setting("", str.strip, lambda v: _is_keep(v),
                               "completed jobs kept: an age (7d), a count (1000), both (7d,1000), \"\" = all"),
@@ -135,7 +142,7 @@ SETTINGS: dict[str, Setting] = {
     "memory": _limit("memory", "default memory limit of a job (2G, 512M), 0 = none"),
     "cpu_time": _limit("cpu_time", "default CPU time limit of a job (10m, 90s), 0 = none"),
     "max_files": _limit("max_files", "default open files limit of a job (integer), 0 = none"),
-    "lease_timeout": Setting(30, _parse_number, lambda v: _is_number(v) and v >= 1,
+    "lease_timeout": Setting(30, _parse_seconds, lambda v: _is_number(v) and v >= 1,
                              "seconds a worker of another host may go without renewing its lease "
                              "before its jobs are recovered (number >= 1)"),
 }

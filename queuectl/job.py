@@ -49,21 +49,44 @@ def check_id(value: Any) -> str:
 
 
 _id_lock = threading.Lock()
-_last_id_micros = 0
+_last_id = (0, 0)  # (milliseconds, random part) of this process's latest id
+# Crockford's base32 in lower case: no i, l, o, u to misread, and its order is ASCII order, so
+# fixed-width ids sort as their numbers do.
+ID_ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"
+ID_RANDOM_BITS = 20
+
+
+def _base32(number: int, width: int) -> str:
+    digits = []
+    for _ in range(width):
+        number, digit = divmod(number, 32)
+        digits.append(ID_ALPHABET[digit])
+    return "".join(reversed(digits))
 
 
 def new_id() -> str:
-    """`20261125T103000123456-4f2a`: sorts by creation time, unique across processes.
+    """`1kq3v-8x2a7f3k`: sorts by creation time, unique across processes and hosts.
 
-    The microsecond clock is forced to increase within a process; the pid
-    suffix separates processes that read the same microsecond.
+    Nine base32 digits of the millisecond clock (good until the year 3084),
+    then 20 random bits; the dash cuts the clock after 5 digits, so the part
+    after it (clock digits that turn over every 17 minutes, then the random
+    ones) is what a person types: 4 to 8 of its characters name one job of
+    any day (docs/guide/jobs.md "Ids"). Within a process the ids strictly
+    increase: an id of the same millisecond takes the next random number.
     """
-    global _last_id_micros
+    global _last_id
     with _id_lock:
-        micros = max(time.time_ns() // 1000, _last_id_micros + 1)
-        _last_id_micros = micros
-    stamp = datetime.fromtimestamp(micros // 1_000_000, timezone.utc).strftime("%Y%m%dT%H%M%S")
-    return f"{stamp}{micros % 1_000_000:06d}-{os.getpid() % 0x10000:04x}"
+        millis = time.time_ns() // 1_000_000
+        last_millis, last_random = _last_id
+        if millis <= last_millis:
+            millis, random_part = last_millis, last_random + 1
+            if random_part >> ID_RANDOM_BITS:
+                millis, random_part = last_millis + 1, int.from_bytes(os.urandom(3)) >> 4
+        else:
+            random_part = int.from_bytes(os.urandom(3)) >> 4
+        _last_id = (millis, random_part)
+    clock = _base32(millis, 9)
+    return f"{clock[:5]}-{clock[5:]}{_base32(random_part, 4)}"
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)

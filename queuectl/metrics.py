@@ -9,10 +9,12 @@ Promises:
   settled file the scanner has not seen before, and the duration summary
   reads only the latest settled job files (`recent_durations`, a bounded sample).
 
-The counters count what one process saw: a dashboard counts the settled
-jobs there at its first scan plus each arrival it saw since; the one-shot
-command (a fresh scanner) counts the settled jobs there now, so a purge
-makes its counters fall, which Prometheus reads as a counter reset.
+The counters count what one long-lived process saw: a dashboard counts the
+settled jobs there at its first scan plus each arrival it saw since, so
+they never fall while it runs (a purge or retention deletes files, not
+what was counted). The one-shot command has no earlier scan to count from:
+the settled files there now are a gauge (`queuectl_jobs`), not a counter,
+so it prints no counters rather than ones that fall after a purge.
 Failures: OSError from the spool's folders propagates (the CLI prints it
 as one line).
 """
@@ -29,12 +31,13 @@ DURATION_QUANTILES = (0.5, 0.9, 0.99)
 
 
 def render(spool, scanner: Scanner | None = None) -> str:
-    """The metrics of `spool` now; pass a long-lived `scanner` to count settles across calls."""
+    """The metrics of `spool` now; a long-lived `scanner` counts settles across calls (the counters)."""
     snapshot = (scanner or Scanner(spool)).scan()
-    return prometheus_text(snapshot, len(registry.records(spool)), recent_durations(spool, snapshot))
+    return prometheus_text(snapshot, len(registry.records(spool)), recent_durations(spool, snapshot),
+                           counters=scanner is not None)
 
 
-def prometheus_text(snapshot: Snapshot, workers: int, durations: list[float]) -> str:
+def prometheus_text(snapshot: Snapshot, workers: int, durations: list[float], counters: bool = True) -> str:
     lines: list[str] = []
 
     def metric(name: str, kind: str, help_text: str, samples: list[str]) -> None:
@@ -45,14 +48,15 @@ def prometheus_text(snapshot: Snapshot, workers: int, durations: list[float]) ->
     metric("queuectl_workers", "gauge", "Live workers (holding their lock).",
            [f"queuectl_workers {workers}"])
     seen = snapshot.settles_seen
-    metric("queuectl_completions_total", "counter",
-           "Jobs seen in completed/: those there at the first scan of the process that reports "
-           "(a dashboard, or one queuectl metrics run) plus each arrival it saw since.",
-           [f"queuectl_completions_total {seen['completed']}"])
-    metric("queuectl_failures_total", "counter",
-           "Failed runs seen in failed/ or dead/: those there at the first scan of the process that "
-           "reports plus each arrival it saw since.",
-           [f"queuectl_failures_total {sum(seen[state] for state in FAILURES)}"])
+    if counters:
+        metric("queuectl_completions_total", "counter",
+               "Jobs seen arriving in completed/ by this dashboard (those there at its first scan "
+               "included); a purge does not lower it.",
+               [f"queuectl_completions_total {seen['completed']}"])
+        metric("queuectl_failures_total", "counter",
+               "Failed runs seen arriving in failed/ or dead/ by this dashboard (those there at its "
+               "first scan included); a purge does not lower it.",
+               [f"queuectl_failures_total {sum(seen[state] for state in FAILURES)}"])
     ordered = sorted(durations)
     quantiles = [
         f'queuectl_job_duration_seconds{{quantile="{q}"}} '

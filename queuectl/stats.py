@@ -84,3 +84,8 @@ def _schedules(spool) -> list[dict[str, Any]]:
     """The next run of each schedule (docs/guide/schedules.md); the cron parser loads only for cron schedules."""
     from .schedules import upcoming
     return upcoming(spool)
+
+
+def paused(spool) -> tuple[bool, list[str]]:
+    """Whether the spool is paused, and the paused groups."""
+    return workflow.is_paused(spool), workflow.paused_groups(spool)

@@ -16,13 +16,18 @@ command too.
 
 from __future__ import annotations
 
+import difflib
+import errno
 import json
+import os
+import sys
 from typing import Any
 
 import click
 
-from ..errors import QueueError
-from ..spool import Spool
+from ..api import AmbiguousId, Spool
+from ..errors import JobNotFound, QueueError
+from ..units import parse_duration as parse_seconds
 
 # Each top-level command: the module of this package that defines it, and its function there.
 COMMANDS = {
@@ -37,7 +42,12 @@ COMMANDS = {
     "dashboard": "tools:dashboard", "metrics": "tools:metrics", "doctor": "tools:doctor",
     "schema": "tools:schema", "demo": "tools:demo",
     "completion": "completion:completion",
+    "restart": "changes:restart", "rm": "changes:rm", "clean": "changes:clean",
 }
+
+# Names pueue and task-spooler users type, each another name of one command (the same object), except
+# `follow` (logs -f) and `kill` (cancel, running jobs only), small commands of their own in the same modules.
+ALIASES = {"add": "enqueue", "ls": "list", "log": "logs", "follow": "inspection:follow", "kill": "changes:kill"}
 
 
 def _show_help(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
@@ -73,6 +83,10 @@ class Command(click.Command):
         return self._plain_help
 
 
+class ClosedPipe(Exception):
+    """stdout's reader went away (`| head`): QueueGroup.main ends the process quietly."""
+
+
 class QueueGroup(Command, click.Group):
     """Turns the library's deliberate errors and OS errors into one line and exit 1.
 
@@ -84,21 +98,38 @@ class QueueGroup(Command, click.Group):
     group_class = type  # a subgroup made with @group.group() is a QueueGroup too
     owns_process = False
 
-    def __init__(self, *args: Any, lazy_commands: dict[str, str] | None = None, **attrs: Any):
+    def __init__(self, *args: Any, lazy_commands: dict[str, str] | None = None,
+                 aliases: dict[str, str] | None = None, **attrs: Any):
         super().__init__(*args, **attrs)
         self.lazy_commands = lazy_commands or {}
+        self.aliases = aliases or {}
 
     def main(self, args: Any = None, *rest: Any, **options: Any) -> Any:
         # Arguments from sys.argv: this is the program, and the process ends with
         # the command (`worker start` relies on it). An in-process caller, such as
         # click's CliRunner, passes its arguments and keeps its process as it was.
         self.owns_process = args is None
-        return super().main(args, *rest, **options)
+        if not self.owns_process:
+            return super().main(args, *rest, **options)
+        try:
+            try:
+                return super().main(args, *rest, **options)  # ends in SystemExit
+            finally:
+                sys.stdout.flush()  # inside the guard: the last bytes may meet the closed pipe too
+        except (ClosedPipe, BrokenPipeError):
+            # `queuectl list | head -1`: the reader has what it wanted. Exit as a process killed by
+            # SIGPIPE would (128 + 13), with no message; stdout goes to /dev/null so that the
+            # interpreter's own flush at exit finds nothing to write to the closed pipe.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            raise SystemExit(141) from None
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         command = super().get_command(ctx, cmd_name)
-        if command is None and cmd_name in self.lazy_commands:
-            module, _, name = self.lazy_commands[cmd_name].partition(":")
+        target = self.aliases.get(cmd_name)
+        if command is None and target is not None and ":" not in target:
+            command = self.get_command(ctx, target)  # an alias: the same command object under another name
+        elif command is None and (cmd_name in self.lazy_commands or target is not None):
+            module, _, name = (target or self.lazy_commands[cmd_name]).partition(":")
             # The import statement's own machinery, which `python -X importtime` reports (importlib's is not).
             command = getattr(__import__(f"{__name__}.{module}", fromlist=[name]), name)
             self.add_command(command, cmd_name)
@@ -107,14 +138,47 @@ class QueueGroup(Command, click.Group):
         return command
 
     def list_commands(self, ctx: click.Context) -> list[str]:
-        return sorted({*self.commands, *self.lazy_commands})
+        # An alias of a listed command is shown on its command's line ("list (ls)"), not as a row of its own.
+        shown = {*self.commands, *self.lazy_commands, *(name for name, target in self.aliases.items()
+                                                        if ":" in target)}
+        return sorted(name for name in shown if name not in self.aliases or ":" in self.aliases[name])
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        found = []
+        for name in self.list_commands(ctx):
+            command = self.get_command(ctx, name)
+            if command is None or command.hidden:
+                continue
+            others = [alias for alias, target in self.aliases.items() if target == name]
+            found.append((f"{name} ({', '.join(others)})" if others else name, command))
+        widest = max((len(shown) for shown, _ in found), default=0)
+        rows = [(shown, command.get_short_help_str(limit=formatter.width - 6 - widest)) for shown, command in found]
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
+    def resolve_command(self, ctx: click.Context, args: list[str]) -> tuple:
+        name = args[0] if args else ""
+        if args and not name.startswith("-") and self.get_command(ctx, name) is None:
+            known = [*self.list_commands(ctx), *self.aliases]
+            close = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
+            hint = f" Did you mean {' or '.join(repr(match) for match in close)}?" if close else ""
+            ctx.fail(f"No such command {name!r}.{hint}")
+        return super().resolve_command(ctx, args)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except AmbiguousId as exc:
+            fail(f"{exc}; type more of the id")
+        except JobNotFound as exc:
+            fail(str(exc))
         except QueueError as exc:
             fail(str(exc))
         except OSError as exc:
+            if exc.errno == errno.EPIPE:
+                # Not an OSError any more: click would print nothing yet exit 1.
+                raise ClosedPipe() from None
             fail(f"{exc.strerror or exc}: {exc.filename}" if exc.filename else str(exc))
         except KeyboardInterrupt:
             raise SystemExit(130) from None
@@ -141,28 +205,51 @@ def print_json(document: Any) -> None:
 
 
 def parse_duration(text: str) -> float:
-    """`90`, `90s`, `15m`, `2h`, `7d` as seconds."""
-    units = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-    value = text.strip().lower()
-    scale = units.get(value[-1:], None)
-    number = value[:-1] if scale else value
+    """`90`, `90s`, `15m`, `1h30m`, `2d` as seconds (queuectl/units.py: the same spellings everywhere)."""
     try:
-        seconds = float(number) * (scale or 1)
-    except ValueError:
-        raise click.BadParameter(f"{text!r} is not a duration like 30s, 15m, 2h or 7d") from None
-    if seconds < 0:
-        raise click.BadParameter("a duration must not be negative")
-    return seconds
+        return parse_seconds(text)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
 
 
 class Duration(click.ParamType):
+    """Seconds, written as 90, 90s, 15m, 1h30m or 2d."""
+
     name = "DURATION"
 
     def convert(self, value: Any, param: Any, ctx: Any) -> float:
         return value if isinstance(value, float) else parse_duration(str(value))
 
 
-@click.group(cls=QueueGroup, lazy_commands=COMMANDS, context_settings={"help_option_names": ["-h", "--help"]})
+def warn(message: str) -> None:
+    click.echo(f"queuectl: warning: {message}", err=True)
+
+
+def resolve(spool: Spool, prefix: str) -> str:
+    """A job id from a unique prefix of it (or of its part after the last '-'): the API's resolve."""
+    return spool.resolve(prefix)
+
+
+def no_worker_note(spool: Spool) -> None:
+    """One line on stderr when no worker serves the spool: a job enqueued or awaited would wait for ever.
+
+    A spool with no worker record at all needs no more than a listing of
+    workers/ (so `enqueue` does not load the registry); records are judged
+    alive or gone by the registry, as `worker list` does.
+    """
+    try:
+        entries = os.listdir(os.path.join(spool.root, "workers"))
+    except OSError:
+        entries = []
+    # Worker records are workers/<name>.json; stop.json is the stop request (docs/spool-format.md).
+    recorded = any(entry.endswith(".json") and not entry.startswith(".") and entry != "stop.json"
+                   for entry in entries)
+    if not recorded or not spool.workers():
+        warn("no worker is running on this spool; start one: queuectl worker start --detach")
+
+
+@click.group(cls=QueueGroup, lazy_commands=COMMANDS, aliases=ALIASES,
+             context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--spool", "path", metavar="PATH", envvar="QUEUECTL_SPOOL",
               help="Spool folder [default: $QUEUECTL_SPOOL, else ~/.local/share/queuectl/spool].")
 @click.option("--allow-shared-spool", "allow_shared", is_flag=True,

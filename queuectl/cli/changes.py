@@ -1,38 +1,88 @@
-"""Changing jobs: `cancel`, `retry`, `purge` and the dead-letter queue (`dlq list`, `dlq retry`).
+"""Changing jobs: `cancel` (`kill`), `retry`, `restart`, `purge` (`clean`), `rm` and the dead-letter queue.
 
-Each move is lifecycle.py's; this module reports it, one line per job.
+Each move is the API's (queuectl.Spool); this module reports it, one line per job.
+Every command that takes ids takes unique prefixes of them too.
 """
 
 from __future__ import annotations
 
 import click
 
-from ..errors import InvalidJob, QueueError
+from ..errors import InvalidJob, QueueError, WrongState
 from ..job import shorten
 from ..spool import id_of
 from . import Command, Duration, QueueGroup, fail, open_spool, print_json
 from .completion import complete_ids
+from .ids import page
 from .inspection import limit_options, listing, note
+
+CANCELLABLE = ("pending", "failed", "processing")
+# Fields a restarted job does not take from the one it re-runs: its identity, the outcome of its
+# runs, and what a schedule or a dependency gave that one run.
+RUN_FIELDS = ("id", "state", "attempts", "created_at", "updated_at", "run_at", "next_run_at", "started_at",
+              "finished_at", "last_duration", "last_exit_code", "last_error", "worker", "history", "after",
+              "waiting_on", "schedule", "slot", "catch_up", "progress", "restarted_from", "hook")
+
+
+def _cancel_one(spool, job_id: str, *, running_only: bool = False) -> None:
+    job_id = spool.resolve(job_id)
+    if running_only:
+        state = spool.find(job_id)
+        if state != "processing":
+            raise WrongState(f"job {job_id} is {state}, not running; 'queuectl cancel {job_id}' cancels it")
+    previous = spool.cancel(job_id)
+    if previous != "processing":
+        click.echo(f"{job_id}: cancelled ({previous} -> dead)")
+        return
+    from ..follow import wait_settled
+    settled = wait_settled(spool, job_id)
+    if settled is None:
+        click.echo(f"{job_id}: stop requested; its worker moves it to dead/")
+    else:
+        click.echo(f"{job_id}: stopped and cancelled (running -> {settled})")
+
+
+@click.command(cls=Command)
+@click.argument("job_ids", nargs=-1)
+@click.option("--all", "cancel_all", is_flag=True, help="Every unfinished job (pending, failed, running).")
+@click.option("--state", "-s", "states", multiple=True, type=click.Choice(CANCELLABLE),
+              help="With --all: only jobs in this state (repeatable).")
+@click.option("--group", "-g", metavar="NAME", help="With --all: only the jobs of this group.")
+@click.pass_context
+def cancel(ctx, job_ids, cancel_all, states, group):
+    """Move pending or failed jobs to dead/ as cancelled; a running job is stopped first."""
+    if bool(job_ids) == cancel_all:
+        raise click.UsageError("give job ids or --all")
+    if not cancel_all and (states or group):
+        raise click.UsageError("--state and --group go with --all")
+    spool = open_spool(ctx)
+    if cancel_all:
+        jobs, _ = page(spool, list(states or CANCELLABLE), limit=None, group=group)
+        job_ids = tuple(str(job["id"]) for job in jobs)
+        if not job_ids:
+            click.echo("nothing to cancel")
+            return
+    failures = 0
+    for job_id in job_ids:
+        try:
+            _cancel_one(spool, job_id)
+        except QueueError as exc:
+            if not cancel_all:
+                raise
+            failures += 1  # it finished (or went) meanwhile
+            click.echo(f"queuectl: {exc}", err=True)
+    if failures:
+        raise SystemExit(1)
 
 
 @click.command(cls=Command)
 @click.argument("job_ids", nargs=-1, required=True)
 @click.pass_context
-def cancel(ctx, job_ids):
-    """Move pending or failed jobs to dead/ as cancelled; a running job is stopped first."""
-    from ..lifecycle import cancel as cancel_job
+def kill(ctx, job_ids):
+    """Stop running jobs and cancel them (pueue's kill); a job that is not running is refused."""
     spool = open_spool(ctx)
     for job_id in job_ids:
-        previous = cancel_job(spool, job_id)
-        if previous != "processing":
-            click.echo(f"{job_id}: cancelled ({previous} -> dead)")
-            continue
-        from ..follow import wait_settled
-        settled = wait_settled(spool, job_id)
-        if settled is None:
-            click.echo(f"{job_id}: stop requested; its worker moves it to dead/")
-        else:
-            click.echo(f"{job_id}: stopped and cancelled (running -> {settled})")
+        _cancel_one(spool, job_id, running_only=True)
 
 
 @click.command(cls=Command)
@@ -40,17 +90,54 @@ def cancel(ctx, job_ids):
 @click.pass_context
 def retry(ctx, job_ids):
     """Run failed jobs now, without waiting for their backoff."""
-    from .. import lifecycle
     spool = open_spool(ctx)
     for job_id in job_ids:
-        lifecycle.retry(spool, job_id)
-        click.echo(f"{job_id}: failed -> pending")
+        job = spool.retry(job_id)
+        click.echo(f"{job['id']}: failed -> pending")
+
+
+@click.command(cls=Command)
+@click.argument("job_ids", nargs=-1, required=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the new jobs as a JSON array instead of their ids.")
+@click.pass_context
+def restart(ctx, job_ids, as_json):
+    """Run finished (completed or dead) jobs again, each as a NEW job.
+
+    The new job has the same command and fields, a fresh id, no runs yet,
+    and `restarted_from` naming the job it re-runs, which stays as it is.
+    Prints "OLD -> NEW" per job.
+    """
+    spool = open_spool(ctx)
+    made = []
+    for job_id in job_ids:
+        old = spool.get(job_id)
+        if old.get("state") not in ("completed", "dead"):
+            raise WrongState(f"job {old['id']} is {old.get('state')}; restart re-runs completed or dead jobs")
+        fields = {key: value for key, value in old.items() if key not in RUN_FIELDS}
+        if not isinstance(fields.get("command"), str):
+            raise InvalidJob(f"job {old['id']} has no command to run again (a file that was never a valid job)")
+        new = spool.enqueue({**fields, "restarted_from": old["id"]})
+        made.append(new)
+        if not as_json:
+            click.echo(f"{old['id']} -> {new['id']}")
+    if as_json:
+        print_json(made)
+
+
+def _purge(ctx, completed: bool, dead: bool, older_than) -> None:
+    states = [state for state, chosen in (("completed", completed), ("dead", dead)) if chosen]
+    needed: list[str] = []
+    removed = open_spool(ctx).purge(states, older_than, needed)
+    click.echo(f"purged {removed} job(s)")
+    if needed:
+        click.echo(f"kept {len(needed)} completed job(s) that waiting jobs depend on: "
+                   f"{shorten(' '.join(needed), 200)}", err=True)
 
 
 @click.command(cls=Command)
 @click.option("--completed", is_flag=True, help="Delete completed jobs.")
 @click.option("--dead", is_flag=True, help="Delete dead jobs.")
-@click.option("--older-than", type=Duration(), help="Only jobs last changed this long ago (7d, 12h).")
+@click.option("--older-than", type=Duration(), help="Only jobs last changed this long ago (7d, 12h, 1h30m).")
 @click.pass_context
 def purge(ctx, completed, dead, older_than):
     """Delete finished jobs and their logs.
@@ -58,16 +145,40 @@ def purge(ctx, completed, dead, older_than):
     A completed job that a pending or failed job waits for (`after`) is kept:
     a line on stderr names those kept, and the exit code stays 0.
     """
-    states = [state for state, chosen in (("completed", completed), ("dead", dead)) if chosen]
-    if not states:
+    if not (completed or dead):
         raise click.UsageError("choose --completed, --dead or both")
-    from ..lifecycle import purge as purge_jobs
-    needed: list[str] = []
-    removed = purge_jobs(open_spool(ctx), states, older_than, needed)
-    click.echo(f"purged {removed} job(s)")
-    if needed:
-        click.echo(f"kept {len(needed)} completed job(s) that waiting jobs depend on: "
-                   f"{shorten(' '.join(needed), 200)}", err=True)
+    _purge(ctx, completed, dead, older_than)
+
+
+@click.command(cls=Command)
+@click.option("--completed", is_flag=True, help="Only completed jobs [default: completed and dead].")
+@click.option("--dead", is_flag=True, help="Only dead jobs [default: completed and dead].")
+@click.option("--older-than", type=Duration(), help="Only jobs last changed this long ago (7d, 12h, 1h30m).")
+@click.pass_context
+def clean(ctx, completed, dead, older_than):
+    """Delete every finished job and its log (pueue's clean): `purge --completed --dead`."""
+    both = not (completed or dead)
+    _purge(ctx, completed or both, dead or both, older_than)
+
+
+@click.command(cls=Command)
+@click.argument("job_ids", nargs=-1, required=True)
+@click.pass_context
+def rm(ctx, job_ids):
+    """Delete finished jobs (completed or dead) and their logs, one by one (purge for a few ids).
+
+    A pending, failed or running job is refused, not cancelled: `queuectl
+    cancel ID` first, which keeps it in dead/ for a look, then `rm`.
+    """
+    spool = open_spool(ctx)
+    for job_id in job_ids:
+        full = spool.resolve(job_id)
+        state = spool.find(full)
+        if state not in ("completed", "dead"):
+            raise WrongState(f"job {full} is {state}; cancel it first ('queuectl cancel {full}'), then rm")
+        if not spool.remove(full):
+            fail(f"job {full} stays: a worker is busy with it (a hook) or a waiting job depends on it")
+        click.echo(f"{full}: removed")
 
 
 @click.group(cls=QueueGroup)
@@ -81,7 +192,7 @@ def dlq():
 @click.pass_context
 def dlq_list(ctx, limit, show_all, as_json):
     """Dead jobs with the reason each one died (a line on stderr says when rows were cut)."""
-    jobs, cut = listing(ctx, "dead", limit, show_all, "dead jobs")
+    jobs, cut = listing(ctx, ["dead"], limit, show_all, "dead jobs")
     if as_json:
         print_json(jobs)
     elif not jobs:
@@ -110,14 +221,13 @@ def dlq_retry(ctx, job_ids, retry_all):
     """
     if bool(job_ids) == retry_all:
         raise click.UsageError("give job ids or --all")
-    from .. import lifecycle
     spool = open_spool(ctx)
     if retry_all:
         job_ids = sorted(id_of(name) for name in spool.names("dead"))
     retried = invalid = failures = 0
     for job_id in job_ids:
         try:
-            lifecycle.dlq_retry(spool, job_id)
+            job_id = spool.dlq_retry(job_id)["id"]
         except InvalidJob as exc:
             if not retry_all:
                 raise

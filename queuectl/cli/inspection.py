@@ -1,19 +1,27 @@
-"""Reading the spool: `status`, `list`, `show`, `logs`, and the tables they print.
+"""Reading the spool: `status`, `list`, `show`, `logs` (and `follow`), and the tables they print.
 
 Nothing here changes a job; a listing cut by --limit says so on stderr.
+Human tables show local time as `ls -l` does (--utc for UTC); --json keeps
+the job files' ISO-8601 UTC.
 """
 
 from __future__ import annotations
 
+import os
+import shutil
 import sys
 import time
 
 import click
 
-from ..job import STATES, iso, shorten
-from . import Command, open_spool, print_json
+from ..job import FINISHED, STATES, iso, parse_time, shorten
+from ..units import format_duration
+from . import Command, no_worker_note, open_spool, print_json
+from .ids import LIST_STATES, SORTS, page, shown_state, waiting_on
 
 DEFAULT_LIMIT = 50  # rows a listing shows unless told otherwise
+SIX_MONTHS = 182 * 86400  # ls -l shows the year instead of the time for files older than this
+MIN_COMMAND = 20  # a command column narrower than this is not worth cutting the others for
 
 
 def ago(timestamp: float | None) -> str:
@@ -31,21 +39,96 @@ def duration(seconds: float) -> str:
     return f"{seconds:.1f}s"
 
 
-def job_table(jobs: list[dict]) -> None:
+def _seconds(value: object) -> float | None:
+    """An ISO time of a job file as seconds since the epoch; None when absent or unreadable."""
+    if not isinstance(value, str):
+        return None
+    try:
+        return parse_time(value)
+    except Exception:
+        return None
+
+
+def clock(value: object, utc: bool = False, now: float | None = None) -> str:
+    """`Dec  4 22:19` as `ls -l` shows a time (the year instead of the time when over six months away)."""
+    stamp = value if isinstance(value, (int, float)) else _seconds(value)
+    if stamp is None:
+        return "-"
+    moment = time.gmtime(stamp) if utc else time.localtime(stamp)
+    recent = abs((now or time.time()) - stamp) < SIX_MONTHS
+    return time.strftime("%b %e %H:%M" if recent else "%b %e  %Y", moment)
+
+
+def countdown(seconds: float) -> str:
+    """`59m`, `12s`: a wait in whole seconds (a countdown in tenths would only flicker)."""
+    return format_duration(float(max(0, round(seconds))))
+
+
+def state_text(spool, job: dict, now: float) -> str:
+    """`completed`, `running`, `scheduled in 59m`, `retry in 12s`, `waiting`."""
+    state = shown_state(spool, job, now)
+    if state == "scheduled":
+        due = _seconds(job.get("run_at"))
+        return f"scheduled in {countdown(due - now)}" if due else state
+    if state == "failed":
+        due = _seconds(job.get("next_run_at"))
+        return f"retry in {countdown(due - now)}" if due and due > now else "retry due"
+    if state == "processing":
+        return "running"
+    return state
+
+
+def run_time(job: dict, now: float) -> str:
+    if job.get("state") == "processing":
+        started = _seconds(job.get("started_at"))
+        return format_duration(max(0.0, now - started)) if started else "-"
+    last = job.get("last_duration")
+    return format_duration(float(last)) if isinstance(last, (int, float)) and not isinstance(last, bool) else "-"
+
+
+def exit_text(job: dict) -> str:
+    code = job.get("last_exit_code")
+    if code is None:
+        return "-" if not job.get("history") else "sig" if any(h.get("signal") for h in job["history"][-1:]) else "-"
+    return str(code)
+
+
+def output_width() -> int | None:
+    """Columns a table may take: $COLUMNS, else the terminal's; None (no limit) when stdout is not a terminal."""
+    if os.environ.get("COLUMNS", "").isdigit() or sys.stdout.isatty():
+        return shutil.get_terminal_size().columns
+    return None
+
+
+def job_table(spool, jobs: list[dict], utc: bool = False) -> None:
+    """ID, STATE, GROUP, ATT, EXIT, RUN, CREATED, COMMAND; the command takes the width that is left."""
     if not jobs:
         click.echo("no jobs")
         return
-    width = max(10, *(len(str(job.get("id"))) for job in jobs))
-    click.echo(f"{'ID':<{width}}  {'STATE':<10}  {'ATT':>3}  {'PRI':>4}  {'UPDATED':<24}  COMMAND")
+    now = time.time()
+    rows = []
     for job in jobs:
-        state, command = job.get("state", "?"), shorten(job.get("command") or "-", 50)
-        if job.get("waiting_on"):  # a derived display: the file stays in pending/
-            state = "waiting"
-            command += "  (after " + ", ".join(f"{dep['id']}: {dep['state']}" for dep in job["waiting_on"]) + ")"
-        click.echo(f"{str(job.get('id')):<{width}}  {state:<10}  "
-                   f"{job.get('attempts', 0)!s:>3}  {job.get('priority', 0)!s:>4}  "
-                   f"{str(job.get('updated_at') or '-'):<24}  {command}")
+        command = " ".join(str(job.get("command") or "-").split())
+        waits = waiting_on(spool, job)
+        if waits and shown_state(spool, job, now) == "waiting":
+            command += "  (after " + ", ".join(f"{dep['id']}: {dep['state']}" for dep in waits) + ")"
+        rows.append([str(job.get("id")), state_text(spool, job, now), str(job.get("group") or "-"),
+                     str(job.get("attempts", 0)), exit_text(job), run_time(job, now),
+                     clock(job.get("created_at"), utc, now), command])
+    header = ["ID", "STATE", "GROUP", "ATT", "EXIT", "RUN", "CREATED (UTC)" if utc else "CREATED", "COMMAND"]
+    widths = [max(len(header[i]), *(len(row[i]) for row in rows)) for i in range(7)]
+    right = {3, 4, 5}
+    used = sum(widths) + 2 * 7
+    total = output_width()
+    room = None if total is None else max(MIN_COMMAND, total - used)
 
+    def line(cells: list[str]) -> str:
+        parts = [cell.rjust(widths[i]) if i in right else cell.ljust(widths[i]) for i, cell in enumerate(cells[:7])]
+        command = cells[7] if room is None else shorten(cells[7], room)
+        return "  ".join([*parts, command])
+    click.echo(line(header))
+    for row in rows:
+        click.echo(line(row))
 
 
 # -- inspection --------------------------------------------------------------
@@ -92,16 +175,17 @@ def limit_options(command):
     """--limit N (0 for all) and --all, shared by the listings."""
     command = click.option("--all", "show_all", is_flag=True, help="Every job (the same as --limit 0).")(command)
     return click.option("--limit", "-n", type=click.IntRange(min=0), default=DEFAULT_LIMIT, show_default=True,
-                        help="At most this many jobs, newest id first; 0 for all.")(command)
+                        help="At most this many jobs, newest first; 0 for all.")(command)
 
 
-def listing(ctx: click.Context, state: str | None, limit: int, show_all: bool, noun: str) -> tuple[list[dict], str]:
+def listing(ctx: click.Context, states: list[str] | None, limit: int, show_all: bool, noun: str,
+            group: str | None = None, sort: str = "created") -> tuple[list[dict], str]:
     """A page of jobs, and the line that says rows were cut ("" when none were).
 
     The line goes to stderr after the rows, so `--json` keeps stdout one JSON document.
     """
     cap = None if show_all or limit == 0 else limit
-    jobs, total = open_spool(ctx).newest(state, cap)
+    jobs, total = page(open_spool(ctx), states, limit=cap, group=group, sort=sort)
     if cap is None or total <= cap:
         return jobs, ""
     return jobs, f"queuectl: showing {len(jobs)} of {total} {noun}; --limit 0 for all"
@@ -112,49 +196,180 @@ def note(line: str) -> None:
         click.echo(line, err=True)
 
 
-@click.command("list", cls=Command)
-@click.option("--state", "-s", type=click.Choice(STATES), help="Only jobs in this state.")
-@limit_options
-@click.option("--json", "as_json", is_flag=True, help="A JSON array of job objects.")
-@click.pass_context
-def list_jobs(ctx, state, limit, show_all, as_json):
-    """Jobs: id, state, attempts, priority, last update, command.
+def annotate(spool, job: dict) -> dict:
+    """The job with `waiting_on` (the `after` jobs not completed yet) when it waits for any."""
+    waits = waiting_on(spool, job)
+    return {**job, "waiting_on": waits} if waits else job
 
-    When rows were cut by --limit, a line on stderr says how many jobs there are.
+
+@click.command("list", cls=Command)
+@click.option("--state", "-s", "states", multiple=True, type=click.Choice(LIST_STATES),
+              help="Only jobs in this state (repeatable). waiting, scheduled and held are pending jobs "
+                   "that wait for others, for their time, or for a release.")
+@click.option("--group", "-g", metavar="NAME", help="Only the jobs of this group.")
+@click.option("--sort", type=click.Choice(SORTS), default="created", show_default=True,
+              help="created: newest enqueued first; updated: latest changed first; id: by id; "
+                   "priority: highest first.")
+@limit_options
+@click.option("--utc", is_flag=True, help="Times in UTC instead of local time.")
+@click.option("--json", "as_json", is_flag=True, help="A JSON array of job objects (times in ISO-8601 UTC).")
+@click.pass_context
+def list_jobs(ctx, states, group, sort, limit, show_all, utc, as_json):
+    """Jobs, newest first: id, state, group, attempts, exit code, run time, created, command.
+
+    The command takes the terminal width the other columns leave ($COLUMNS
+    wins; in a pipe it is never cut). When rows were cut by --limit, a line
+    on stderr says how many jobs there are.
     """
-    from ..workflow import annotate
-    jobs, cut = listing(ctx, state, limit, show_all, f"{state} jobs" if state else "jobs")
-    jobs = [annotate(open_spool(ctx), job) for job in jobs]
-    print_json(jobs) if as_json else job_table(jobs)
+    noun = f"{'/'.join(states)} jobs" if states else "jobs"
+    jobs, cut = listing(ctx, list(states) or None, limit, show_all, noun, group=group, sort=sort)
+    spool = open_spool(ctx)
+    if as_json:
+        print_json([annotate(spool, job) for job in jobs])
+    else:
+        job_table(spool, jobs, utc)
     note(cut)
 
 
-@click.command(cls=Command)
-@click.argument("job_id")
-@click.option("--json", "as_json", is_flag=True, help="The job file as JSON (the default output).")
-@click.pass_context
-def show(ctx, job_id, as_json):
-    """The whole job, as stored (a waiting job also shows `waiting_on`: what it waits for)."""
-    from ..workflow import annotate
-    spool = open_spool(ctx)
-    print_json(annotate(spool, spool.get(job_id)))
+SHOWN_FIRST = ("id", "state", "command", "group", "priority", "attempts", "max_retries", "created_at",
+               "updated_at", "run_at", "next_run_at", "started_at", "finished_at", "last_duration",
+               "last_exit_code", "last_error", "worker")
+TIME_FIELDS = ("created_at", "updated_at", "run_at", "next_run_at", "started_at", "finished_at")
 
 
 @click.command(cls=Command)
 @click.argument("job_id")
-@click.option("--follow", "-f", is_flag=True, help="Keep printing until the job finishes.")
+@click.option("--json", "as_json", is_flag=True, help="The job file as one JSON object (with `waiting_on`).")
+@click.option("--utc", is_flag=True, help="Times in UTC instead of local time.")
 @click.pass_context
-def logs(ctx, job_id, follow):
-    """The job's stdout and stderr, every attempt."""
+def show(ctx, job_id, as_json, utc):
+    """One job: its fields, then its history (one row per attempt). JOB_ID may be a unique prefix."""
     spool = open_spool(ctx)
+    job = annotate(spool, spool.get(job_id))
+    if as_json:
+        print_json(job)
+        return
+    now = time.time()
+    fields = [key for key in SHOWN_FIRST if job.get(key) not in (None, "", [], {})]
+    fields += sorted(key for key in job if key not in SHOWN_FIRST and key != "history"
+                     and job[key] not in (None, "", [], {}))
+    width = max(len(key) for key in fields)
+    for key in fields:
+        value = job[key]
+        if key == "state":
+            text = state_text(spool, job, now)
+        elif key in TIME_FIELDS:
+            text = f"{clock_full(value, utc)}  ({value})"
+        elif key == "last_duration" and isinstance(value, (int, float)):
+            text = format_duration(float(value))
+        elif key == "waiting_on":
+            text = ", ".join(f"{dep['id']} ({dep['state']})" for dep in value)
+        elif isinstance(value, (dict, list)):
+            text = " ".join(f"{k}={v}" for k, v in value.items()) if isinstance(value, dict) else \
+                ", ".join(map(str, value))
+        else:
+            text = str(value)
+        click.echo(f"{key:<{width}}  {text}")
+    history = job.get("history") or []
+    if not history:
+        return
+    click.echo("")
+    click.echo(f"{'#':>3}  {'STARTED':<19}  {'RUN':>6}  {'EXIT':>4}  {'WORKER':<24}  ERROR")
+    for entry in history:
+        started, finished = _seconds(entry.get("started_at")), _seconds(entry.get("finished_at"))
+        took = format_duration(finished - started) if started and finished else "-"
+        code = entry.get("exit_code")
+        code_text = str(code) if code is not None else ("sig" + str(entry["signal"]) if entry.get("signal") else "-")
+        click.echo(f"{entry.get('attempt', '-')!s:>3}  {clock_full(entry.get('started_at'), utc):<19}  "
+                   f"{took:>6}  {code_text:>4}  {str(entry.get('worker') or '-'):<24}  "
+                   f"{shorten(entry.get('error') or '-', 60)}")
+
+
+def clock_full(value: object, utc: bool = False) -> str:
+    stamp = _seconds(value)
+    if stamp is None:
+        return "-"
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(stamp) if utc else time.localtime(stamp))
+
+
+def outcome_line(job: dict, now: float | None = None) -> str:
+    """`exit 3 -> failed, retry in 4s`, `exit 0 -> completed`: how the latest run ended; "" while none has."""
+    state = job.get("state")
+    if state in ("pending", "processing") or not job.get("history") and state != "dead":
+        return ""
+    code = job.get("last_exit_code")
+    history = job.get("history") or [{}]
+    signal = history[-1].get("signal")
+    how = f"exit {code}" if code is not None else f"signal {signal}" if signal else "no exit code"
+    if state == "failed":
+        due = _seconds(job.get("next_run_at"))
+        later = (now or time.time())
+        return f"{how} -> failed, retry in {countdown(due - later)}" if due else f"{how} -> failed"
+    reason = "" if state == "completed" or not job.get("last_error") else f" ({shorten(job['last_error'], 80)})"
+    return f"{how} -> {state}{reason}"
+
+
+def tail_lines(data: bytes, count: int) -> bytes:
+    if count <= 0:
+        return b""
+    lines = data.splitlines(keepends=True)
+    return b"".join(lines[-count:])
+
+
+TAIL_READ = 1 << 20  # bytes read from a log's end for --tail: its last lines are in there unless they are huge
+
+
+@click.command(cls=Command)
+@click.argument("job_id")
+@click.option("--follow", "-f", is_flag=True,
+              help="Keep printing until the job finishes; exit 0 if it completed, 1 if it went to dead/.")
+@click.option("--tail", "-n", "tail", type=click.IntRange(min=0), metavar="N", help="Only the last N lines.")
+@click.pass_context
+def logs(ctx, job_id, follow, tail):
+    """The job's stdout and stderr, every attempt, then its outcome on stderr.
+
+    The closing line (`queuectl: exit 3 -> failed, retry in 4s`) goes to
+    stderr so that stdout stays the job's own output. JOB_ID may be a unique
+    prefix.
+    """
+    spool = open_spool(ctx)
+    job_id = spool.resolve(job_id)
+    out = sys.stdout.buffer
     if not follow:
-        sys.stdout.buffer.write(spool.read_log(job_id))
+        data = spool.read_log(job_id, tail_bytes=TAIL_READ) if tail is not None else spool.read_log(job_id)
+        out.write(tail_lines(data, tail) if tail is not None else data)
+        out.flush()
+        _closing(spool.get(job_id))
         return
     from ..follow import follow_log
+    if spool.find(job_id) not in FINISHED:
+        no_worker_note(spool)
+    first = True
     for chunk in follow_log(spool, job_id):
-        sys.stdout.buffer.write(chunk)
-        sys.stdout.buffer.flush()
+        if first and tail is not None:
+            chunk = tail_lines(chunk, tail)
+        first = False
+        out.write(chunk)
+        out.flush()
+    job = spool.get(job_id)
+    _closing(job)
+    if job.get("state") != "completed":
+        raise SystemExit(1)
 
+
+def _closing(job: dict) -> None:
+    line = outcome_line(job)
+    if line:
+        click.echo(f"queuectl: {line}", err=True)
+
+
+@click.command(cls=Command)
+@click.argument("job_id")
+@click.option("--tail", "-n", "tail", type=click.IntRange(min=0), metavar="N", help="Start with the last N lines.")
+@click.pass_context
+def follow(ctx, job_id, tail):
+    """The same as `logs -f` (pueue's follow): print the log as it grows until the job finishes."""
+    ctx.invoke(logs, job_id=job_id, follow=True, tail=tail)
 
 
 def worker_hosts(records: list) -> str:

@@ -35,30 +35,37 @@ def _schedule_env(pairs: tuple[str, ...]) -> dict[str, str] | None:
 @click.option("--grace", type=Duration(), help="A slot later than this is missed, not late [default: 60s].")
 @click.option("--priority", "-p", type=int, help="Job priority [default: 0].")
 @click.option("--max-retries", type=click.IntRange(min=0), help="Retries of each run [default: config].")
-@click.option("--timeout", type=click.FloatRange(min=0), help="Seconds before a run is killed [default: config].")
+@click.option("--timeout", type=Duration(), help="Time before a run is killed: 90, 10m, 1h30m [default: config].")
 @click.option("--cwd", help="Working folder of each run.")
 @click.option("--env", "env", multiple=True, metavar="NAME=VALUE", help="Environment of each run (repeatable).")
 @click.option("--on-success", help="Completion hook after a run succeeds.")
 @click.option("--on-failure", help="Completion hook after a run fails (and will be retried).")
 @click.option("--on-dead", help="Completion hook after a run goes to dead/.")
+@click.option("--group", metavar="NAME", help="Each run joins this group (its limit and pause apply).")
+@click.option("--unique", metavar="KEY",
+              help="Each run carries this unique key: a slot is not enqueued while the previous run holds it.")
+@click.option("--after", "after", multiple=True, metavar="ID[,ID...]",
+              help="Each run starts only once these jobs have completed (repeatable).")
 @click.option("--paused", is_flag=True, help="Create it paused.")
 @click.pass_context
 def schedule_add(ctx, name, command, cron, every, tz, missed, grace, priority, max_retries, timeout, cwd, env,
-                 on_success, on_failure, on_dead, paused):
+                 on_success, on_failure, on_dead, group, unique, after, paused):
     """Add schedule NAME running COMMAND at every slot of --cron or --every."""
-    from .. import schedules
     if (cron is None) == (every is None):
         raise click.UsageError("give exactly one of --cron and --every")
+    spool = open_spool(ctx)
+    after_ids = [spool.resolve(part.strip()) for value in after for part in value.split(",") if part.strip()]
     template = {"command": command}
     for key, value in (("priority", priority), ("max_retries", max_retries), ("timeout", timeout),
                        ("cwd", cwd), ("env", _schedule_env(env)), ("on_success", on_success),
-                       ("on_failure", on_failure), ("on_dead", on_dead)):
+                       ("on_failure", on_failure), ("on_dead", on_dead), ("group", group),
+                       ("unique_key", unique), ("after", after_ids or None)):
         if value is not None:
             template[key] = value
     fields = {"cron": cron, "every": every, "tz": tz, "missed": missed, "paused": paused, "job": template}
     if grace is not None:
         fields["grace"] = grace
-    added = schedules.get(open_spool(ctx), schedules.add(open_spool(ctx), name, fields)["name"])
+    added = spool.add_schedule(name, fields)
     click.echo(f"{name}: next run {added['next_run'] or '-'}")
 
 
@@ -73,8 +80,7 @@ def _schedule_when(entry: dict) -> str:
 @click.pass_context
 def schedule_list(ctx, as_json):
     """Schedules with their next run; invalid files with the reason."""
-    from .. import schedules
-    entries = schedules.listing(open_spool(ctx))
+    entries = open_spool(ctx).list_schedules()
     if as_json:
         print_json(entries)
         return
@@ -97,8 +103,7 @@ def schedule_list(ctx, as_json):
 @click.pass_context
 def schedule_show(ctx, name):
     """The schedule as stored, with its last fired slot and next run."""
-    from .. import schedules
-    print_json(schedules.get(open_spool(ctx), name))
+    print_json(open_spool(ctx).get_schedule(name))
 
 
 @schedule.command("rm")
@@ -106,9 +111,8 @@ def schedule_show(ctx, name):
 @click.pass_context
 def schedule_rm(ctx, names):
     """Remove schedules (jobs already enqueued stay)."""
-    from .. import schedules
     for name in names:
-        schedules.remove(open_spool(ctx), name)
+        open_spool(ctx).remove_schedule(name)
         click.echo(f"{name}: removed")
 
 
@@ -117,9 +121,8 @@ def schedule_rm(ctx, names):
 @click.pass_context
 def schedule_pause(ctx, names):
     """Stop enqueuing; slots that pass while paused are skipped."""
-    from .. import schedules
     for name in names:
-        schedules.set_paused(open_spool(ctx), name, True)
+        open_spool(ctx).pause_schedule(name)
         click.echo(f"{name}: paused")
 
 
@@ -128,7 +131,6 @@ def schedule_pause(ctx, names):
 @click.pass_context
 def schedule_resume(ctx, names):
     """Enqueue again from the next slot on."""
-    from .. import schedules
     for name in names:
-        entry = schedules.set_paused(open_spool(ctx), name, False)
+        entry = open_spool(ctx).resume_schedule(name)
         click.echo(f"{name}: resumed, next run {entry['next_run'] or '-'}")

@@ -9,14 +9,14 @@ import click
 from . import QueueGroup, open_spool, print_json
 
 
-@click.group(cls=QueueGroup)
+@click.group(cls=QueueGroup, aliases={"show": "list"})
 def config():
     """Read and change config.json."""
 
 
 @config.command("get")
 @click.argument("key", required=False)
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="The value (or all settings) as one JSON document.")
 @click.pass_context
 def config_get(ctx, key, as_json):
     """One setting, or all of them."""
@@ -38,14 +38,11 @@ def _print_settings(settings: dict, as_json: bool) -> None:
 
 
 @config.command("list")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="The settings as one JSON object.")
 @click.pass_context
 def config_list(ctx, as_json):
     """Every setting with its current value."""
     _print_settings(open_spool(ctx).config, as_json)
-
-
-config.add_command(config_list, "show")
 
 
 # Negative numbers are values to check and refuse with the valid range, not unknown options.
@@ -54,6 +51,6 @@ config.add_command(config_list, "show")
 @click.argument("value")
 @click.pass_context
 def config_set(ctx, key, value):
-    """Change a setting; later jobs and retries use it."""
+    """Change a setting; later jobs and retries use it. Times take 90, 10m, 1h30m, 2d."""
     name, stored = open_spool(ctx).set_config(key, value)
     click.echo(f"{name} = {json.dumps(stored)}")

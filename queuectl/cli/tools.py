@@ -6,7 +6,7 @@ from typing import Any
 
 import click
 
-from ..spool import Spool
+from ..api import Spool
 from . import Command, open_spool, print_json
 from .inspection import status
 
@@ -31,8 +31,10 @@ class LazyPath(click.ParamType):
 
 
 @click.command(cls=Command)
-@click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", default=8080, show_default=True, type=click.IntRange(0, 65535))
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on (another than 127.0.0.1 shows the dashboard to the network).")
+@click.option("--port", default=8080, show_default=True, type=click.IntRange(0, 65535),
+              help="Port to listen on.")
 @click.pass_context
 def dashboard(ctx, host, port):
     """Serve the web dashboard (Ctrl-C stops it)."""
@@ -48,8 +50,10 @@ def dashboard(ctx, host, port):
 def metrics(ctx, output):
     """The Prometheus text of the dashboard's /metrics, without a server.
 
-    Counters count the settled jobs in the spool now (a dashboard adds the
-    arrivals it sees); the duration summary reads the latest settled jobs only.
+    Without the counters (queuectl_*_total): one run has no earlier scan to
+    count settles from, and a count of the files there now would fall after
+    a purge; `queuectl dashboard` serves them at /metrics. The duration
+    summary reads the latest settled jobs only.
     """
     from ..metrics import render, write_file
     text = render(open_spool(ctx))
@@ -61,7 +65,7 @@ def metrics(ctx, output):
 
 @click.command(cls=Command)
 @click.option("--repair", is_flag=True, help="Fix what is safe to fix.")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="The findings as a JSON array.")
 @click.pass_context
 def doctor(ctx, repair, as_json):
     """Check the spool for damage; exit 1 when something is wrong."""
@@ -76,8 +80,7 @@ def doctor(ctx, repair, as_json):
             click.echo(f"{finding['problem']}: {finding['path']} - {finding['detail']}{fixed}")
         if not findings:
             click.echo("spool is healthy")
-        from ..registry import records
-        for record in records(Spool(ctx.find_root().obj["path"], allow_shared=True)):
+        for record in Spool(ctx.find_root().obj["path"], allow_shared=True).workers():
             click.echo(f"worker {record['name']} on {record.get('host', '?')}: {record.get('mode', '?')} mode")
     if any(not finding.get("repaired") for finding in findings):
         raise SystemExit(1)
@@ -91,7 +94,8 @@ def schema():
 
 
 @click.command(cls=Command)
-@click.option("--count", "-n", type=click.IntRange(min=1), default=2, show_default=True)
+@click.option("--count", "-n", type=click.IntRange(min=1), default=2, show_default=True,
+              help="Worker processes that drain the example jobs.")
 @click.option("--example", type=LazyPath(exists=True, file_okay=False), default=None,
               help="Folder of example jobs [default: the example spool shipped with queuectl].")
 @click.pass_context

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import difflib
 import sys
 
 import click
 
-from . import Command, Duration, QueueGroup, fail, open_spool, print_json
+from ..errors import JobNotFound
+from . import Command, Duration, QueueGroup, no_worker_note, open_spool, print_json, warn
+from .ids import page
 
 
 @click.group("group", cls=QueueGroup)
@@ -21,8 +24,7 @@ def group_cmd():
 @click.pass_context
 def group_set(ctx, name, limit):
     """Set a group's limit (groups/NAME.json)."""
-    from ..workflow import check_group, set_limit
-    set_limit(open_spool(ctx), check_group(name), limit or None)
+    open_spool(ctx).set_group_limit(name, limit or None)
     click.echo(f"group {name}: limit {limit}" if limit else f"group {name}: no limit")
 
 
@@ -31,8 +33,7 @@ def group_set(ctx, name, limit):
 @click.pass_context
 def group_list(ctx, as_json):
     """Groups with a limit, a pause or running jobs: limit, running, slots held, paused."""
-    from ..workflow import groups
-    found = groups(open_spool(ctx))
+    found = open_spool(ctx).groups()
     if as_json:
         print_json(found)
         return
@@ -49,19 +50,32 @@ def group_list(ctx, as_json):
             click.echo(f"  {holder['slot']}: worker {holder['worker']}, job {holder['job'] or '-'}")
 
 
+def _check_known(spool, group: str) -> None:
+    """A warning for a group no job, limit or pause names: most likely a typo (pausing ahead is allowed)."""
+    known = {entry["name"] for entry in spool.groups()}
+    if group in known:
+        return
+    # Every unfinished job is read: `pause` is rare, and a typo is worth finding.
+    jobs, _ = page(spool, ["pending", "processing", "failed"], limit=None)
+    known |= {job["group"] for job in jobs if isinstance(job.get("group"), str)}
+    if group in known:
+        return
+    close = difflib.get_close_matches(group, sorted(known), n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else f" (known: {', '.join(sorted(known)) or 'none'})"
+    warn(f"no job, limit or pause names group {group!r} yet{hint}")
+
+
 @click.command(cls=Command)
-@click.option("--group", metavar="NAME", help="Pause only this group.")
+@click.option("--group", metavar="NAME", help="Pause only this group (a name no job uses yet gets a warning).")
 @click.pass_context
 def pause(ctx, group):
     """Workers start nothing new (from the spool, or the group); running jobs go on."""
-    from ..workflow import check_group, pause_path
-    from ..workflow import pause as pause_spool
     spool = open_spool(ctx)
     if group is not None:
-        check_group(group)
-    changed = pause_spool(spool, group)
+        _check_known(spool, group)
+    changed = spool.pause(group)
     what = f"group {group}" if group else "spool"
-    click.echo(f"{what} paused ({pause_path(spool, group)})" if changed else f"{what} was paused already")
+    click.echo(f"{what} paused" if changed else f"{what} was paused already")
 
 
 @click.command(cls=Command)
@@ -69,30 +83,46 @@ def pause(ctx, group):
 @click.pass_context
 def resume(ctx, group):
     """Workers start jobs again (from the spool, or the group)."""
-    from ..workflow import check_group
-    from ..workflow import resume as resume_spool
-    if group is not None:
-        check_group(group)
-    changed = resume_spool(open_spool(ctx), group)
+    spool = open_spool(ctx)
+    changed = spool.resume(group)
     what = f"group {group}" if group else "spool"
     click.echo(f"{what} resumed" if changed else f"{what} was not paused")
 
 
 @click.command(cls=Command)
 @click.argument("job_ids", nargs=-1)
-@click.option("--timeout", type=Duration(), help="Give up after this long (exit 1).")
+@click.option("--timeout", type=Duration(), help="Give up after this long (exit 124): 30s, 10m, 1h30m.")
+@click.option("--all", "every", is_flag=True,
+              help="Without ids: also jobs scheduled for later (run_at); otherwise only the jobs due now.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @click.pass_context
-def wait(ctx, job_ids, timeout, quiet):
-    """Block until these jobs (or the whole queue) are finished; exit 1 if any is dead."""
+def wait(ctx, job_ids, timeout, every, quiet):
+    """Block until these jobs (or the jobs due now) are finished. IDs may be unique prefixes.
+
+    \b
+    Without ids: the jobs running, failed (awaiting a retry) or pending and
+    due now, and those that arrive meanwhile; not jobs scheduled for later
+    (--all waits for them too), never jobs finished before.
+    Exit 0: every awaited job completed; 1: one ended in dead/; 124: --timeout
+    passed first; 2: an unknown id.
+    """
     from ..follow import wait_for
     spool = open_spool(ctx)
+    ids = []
+    for job_id in job_ids:
+        try:
+            ids.append(spool.resolve(job_id))
+        except JobNotFound as exc:
+            click.echo(f"queuectl: error: {exc}", err=True)
+            raise SystemExit(2) from None
     progress = None if quiet or not sys.stderr.isatty() else _progress_printer()
-    outcome = wait_for(spool, list(job_ids), timeout=timeout, progress=progress)
+    outcome = wait_for(spool, ids or None, timeout=timeout, progress=progress, scheduled=every,
+                       idle_note=lambda: no_worker_note(spool))
     if progress:
         click.echo("", err=True)
     if outcome.timed_out:
-        fail(f"timed out with {outcome.unfinished} job(s) unfinished")
+        click.echo(f"queuectl: timed out with {outcome.unfinished} job(s) unfinished", err=True)
+        raise SystemExit(124)
     click.echo(f"{outcome.completed} completed, {outcome.dead} dead")
     if outcome.dead:
         raise SystemExit(1)

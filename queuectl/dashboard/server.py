@@ -8,7 +8,9 @@ Routes (GET unless marked POST):
     /api/jobs?state=&q=&offset=&limit=   a page of jobs, newest id first; q matches part of the id
     /api/jobs/<id>                  the whole job
     /api/jobs/<id>/log?tail=BYTES   the end of its log
+    /jobs/<id>                      the page of one job (the same page, opened on that job)
     POST /api/jobs/<id>/retry       a dead job back to pending
+    POST /api/jobs/<id>/cancel      a pending or failed job to dead/; a running one is stopped first
     POST /api/dlq/retry-all?after=  dead jobs back to pending, one time-boxed batch per call
     POST /api/pause?group=          pause the spool (or one group): workers start nothing new
     POST /api/resume?group=         resume it
@@ -225,6 +227,8 @@ class DashboardHandler(BaseHTTPRequestHandler):
         match parts:
             case [""]:
                 return "GET", self._page, ()
+            case ["jobs", job_id] if is_valid_id(job_id):
+                return "GET", self._page, ()
             case ["static", name] if name in STATIC_TYPES:
                 return "GET", self._static, (name,)
             case ["metrics"]:
@@ -239,6 +243,8 @@ class DashboardHandler(BaseHTTPRequestHandler):
                 return "GET", self._log, (job_id,)
             case ["api", "jobs", job_id, "retry"]:
                 return "POST", self._retry, (job_id,)
+            case ["api", "jobs", job_id, "cancel"]:
+                return "POST", self._cancel, (job_id,)
             case ["api", "dlq", "retry-all"]:
                 return "POST", self._retry_all, ()
             case ["api", "pause"]:
@@ -323,6 +329,10 @@ class DashboardHandler(BaseHTTPRequestHandler):
     def _retry(self, query: dict, job_id: str) -> None:
         job = lifecycle.dlq_retry(self.server.spool, _checked_id(job_id))
         self._send_json(200, {"job": job_summary(job)})
+
+    def _cancel(self, query: dict, job_id: str) -> None:
+        previous = lifecycle.cancel(self.server.spool, _checked_id(job_id))
+        self._send_json(200, {"id": job_id, "was": previous})
 
     def _pause(self, query: dict, action: str) -> None:
         """Pause or resume (`action`) the spool, or the group named by `group`."""

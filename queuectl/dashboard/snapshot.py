@@ -27,16 +27,19 @@
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 import math
 import os
 import threading
+import time
 from dataclasses import dataclass
 
 from ..job import STATES
 from ..spool import job_name
 
 SETTLED = ("completed", "failed", "dead")
+DEPARTED_KEPT = 2 * 3600  # seconds a departed file's settle time stays for the chart (it shows one hour)
 FAILURES = ("failed", "dead")
 
 
@@ -47,6 +50,9 @@ class Snapshot:
     counts: dict[str, int]
     settle_times: dict[str, dict[str, tuple[int, float]]]  # state -> name -> (inode, mtime)
     settles_seen: dict[str, int]
+    # Settle times of files that left their folder since this scanner began (purged, pruned, retried):
+    # what settled still settled, so the chart keeps them for its hour.
+    departed: dict[str, tuple[float, ...]] = dataclasses.field(default_factory=dict)
 
 
 class Scanner:
@@ -59,6 +65,7 @@ class Scanner:
         self._lock = threading.Lock()
         self._settle_times: dict[str, dict[str, tuple[int, float]]] = {state: {} for state in SETTLED}
         self._settles_seen = dict.fromkeys(SETTLED, 0)
+        self._departed: dict[str, list[float]] = {state: [] for state in SETTLED}
         self._watch = _arrivals(spool) if watch else None
 
     def scan(self) -> Snapshot:
@@ -69,7 +76,8 @@ class Scanner:
                 self._settle_times[state] = self._scan_settled(state, arrived[state])
                 counts[state] = len(self._settle_times[state])
             return Snapshot({state: counts[state] for state in STATES},
-                            dict(self._settle_times), dict(self._settles_seen))
+                            dict(self._settle_times), dict(self._settles_seen),
+                            {state: tuple(times) for state, times in self._departed.items()})
 
     def close(self) -> None:
         if self._watch is not None:
@@ -112,6 +120,10 @@ class Scanner:
                 continue
             current[name] = (info.st_ino, info.st_mtime)
             self._settles_seen[state] += name not in known or known[name][1] != info.st_mtime
+        horizon = time.time() - DEPARTED_KEPT
+        departed = [seen[1] for name, seen in known.items()
+                    if (name not in current or current[name][1] != seen[1]) and seen[1] >= horizon]
+        self._departed[state] = [mtime for mtime in self._departed[state] if mtime >= horizon] + departed
         return current
 
 
@@ -133,7 +145,8 @@ def throughput(snapshot: Snapshot, now: float, minutes: int = 60) -> list[dict]:
     completed = [0] * minutes
     failed = [0] * minutes
     for state, series in (("completed", completed), *((state, failed) for state in FAILURES)):
-        for _, mtime in snapshot.settle_times[state].values():
+        times = [mtime for _, mtime in snapshot.settle_times[state].values()]
+        for mtime in [*times, *snapshot.departed.get(state, ())]:
             bucket = int((mtime - first) // 60)
             if 0 <= bucket < minutes:
                 series[bucket] += 1

@@ -108,7 +108,7 @@ def test_retry_all_after_confirming(page, queue):
 
 
 def test_job_detail_shows_the_log(page, tmp_path):
-    page.locator("#jobs tbody button", has_text="c1").click()
+    page.locator("#jobs tbody a.link", has_text="c1").click()  # ids are links to the job page now
     drawer = page.locator("#detail")
     expect(drawer).to_be_visible()
     expect(page.locator("#detail-title")).to_have_text("c1")

@@ -198,7 +198,7 @@ class WorkerProcesses:
 
 
 def show(spool_path: str, job_id: str) -> dict:
-    """`queuectl show ID` as a user runs it."""
-    result = run_queuectl(spool_path, "show", job_id)
+    """`queuectl show ID --json` as a script runs it (plain `show` is for people)."""
+    result = run_queuectl(spool_path, "show", job_id, "--json")
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)

@@ -362,12 +362,12 @@ def test_every_entry_a_busy_spool_holds_is_in_the_layout_of_the_spool_format_doc
         result = qc(*args)
         assert result.returncode == 0, (args, result.stderr)
         return result.stdout.strip()
-    first = ok("enqueue", "true", "--json")
+    first = ok("enqueue", "--json", "true")  # options before the command's words (pueue add)
     first_id = json.loads(first)["id"]
-    ok("enqueue", "true", "--after", first_id)
-    ok("enqueue", "true", "--unique", "nightly")
+    ok("enqueue", "--after", first_id, "true")
+    ok("enqueue", "--unique", "nightly", "true")
     ok("group", "set", "gpu", "--limit", "1")
-    ok("enqueue", "true", "--group", "gpu")
+    ok("enqueue", "--group", "gpu", "true")
     ok("enqueue", "exit 3", "--max-retries", "0")
     ok("schedule", "add", "tick", "--every", "1h", "true")
     Path(spool_path, "pending", "not-a-job.json").write_text('{"command": 5}')
@@ -377,7 +377,7 @@ def test_every_entry_a_busy_spool_holds_is_in_the_layout_of_the_spool_format_doc
     ok("worker", "stop")
     # Jobs no worker runs now: a unique key held, and a job waiting for another.
     waited_for = json.loads(ok("enqueue", "sleep 60", "--unique", "held", "--json"))["id"]
-    ok("enqueue", "true", "--after", waited_for)
+    ok("enqueue", "--after", waited_for, "true")
     patterns = _layout_patterns()
     undocumented = []
     root = Path(spool_path)

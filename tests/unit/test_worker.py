@@ -29,7 +29,7 @@ from support.workers import (
 from queuectl import Spool, doctor
 from queuectl.config import defaults
 from queuectl.demo import example_folder, example_jobs
-from queuectl.job import iso
+from queuectl.job import iso, parse_time
 
 
 def marker_then(marker, command: str) -> str:
@@ -442,7 +442,7 @@ def test_worker_list_shows_pid_host_uptime_and_current_job(spool_path, workers, 
     records = json.loads(as_json.stdout)
     assert [(record["pid"], record["host"], record["job"]) for record in records] == [
         (worker.pid, os.uname().nodename, job_id)]
-    assert 0 < time.time() - records[0]["started"] < 60
+    assert 0 < time.time() - parse_time(records[0]["started"]) < 60  # ISO-8601 UTC, as every time in JSON
 
 
 # -- the config, as workers apply it --------------------------------------------------------
@@ -543,12 +543,13 @@ def test_cancel_stops_a_running_job(spool_path, workers, tmp_path):
 def test_wait_for_jobs(spool_path, workers):
     ok = [enqueue(spool_path, "true") for _ in range(2)]
     timed_out = run_queuectl(spool_path, "wait", "--timeout", "0.2")
-    assert timed_out.returncode == 1 and "timed out with 2 job(s) unfinished" in timed_out.stderr
+    assert timed_out.returncode == 124 and "timed out with 2 job(s) unfinished" in timed_out.stderr
     failing = enqueue(spool_path, "false", max_retries=0)
     workers.start()
 
-    some = run_queuectl(spool_path, "wait", *ok, timeout=30)
+    # Without ids, wait awaits the jobs unfinished when it starts (and arrivals), so it runs first here.
     everything = run_queuectl(spool_path, "wait", timeout=30)
+    some = run_queuectl(spool_path, "wait", *ok, timeout=30)
 
     assert some.returncode == 0 and "2 completed, 0 dead" in some.stdout
     assert everything.returncode == 1 and "2 completed, 1 dead" in everything.stdout

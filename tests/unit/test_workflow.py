@@ -179,10 +179,10 @@ def test_waiting_jobs_show_what_they_wait_for(spool_path, qc):
     assert listing.returncode == 0
     row = next(line for line in listing.stdout.splitlines() if line.startswith("two "))
     assert "waiting" in row and "one: pending" in row
-    shown = json.loads(qc("show", "two").stdout)
+    shown = json.loads(qc("show", "two", "--json").stdout)
     assert shown["waiting_on"] == [{"id": "one", "state": "pending"}]
     assert "1 waiting" in qc("status").stdout
-    assert "waiting_on" not in json.loads(qc("show", "one").stdout)
+    assert "waiting_on" not in json.loads(qc("show", "one", "--json").stdout)
 
 
 def test_enqueue_refuses_an_unknown_dependency_and_bad_fields(spool_path, qc):

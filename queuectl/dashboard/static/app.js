@@ -101,9 +101,20 @@ function badge(state) {
   return h("span", { class: `badge state-${state}` }, state);
 }
 
+/* Every id links to the job's own page, /jobs/<id>: a plain click opens it in place, any other
+ * (a new tab, a copied link) loads the dashboard opened on that job. */
 function jobLink(id) {
-  return h("button", { type: "button", class: "link mono", title: "Show this job", onclick: () => openDetail(id) }, id);
+  return h("a", {
+    href: jobPage(id), class: "link mono", title: "Show this job",
+    onclick: (event) => {
+      if (event.button !== 0 || event.ctrlKey || event.metaKey || event.shiftKey) return;
+      event.preventDefault();
+      openDetail(id);
+    },
+  }, id);
 }
+
+const jobPage = (id) => `/jobs/${encodeURIComponent(id)}`;
 
 function allowedRuns(job) {
   return Number.isInteger(job.max_retries) ? 1 + job.max_retries : "?";
@@ -277,7 +288,8 @@ function axisTop(peak) {
 }
 
 function clock(seconds) {
-  return new Date(seconds * 1000).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
+  // 24-hour local time, as `queuectl list` shows it.
+  return new Date(seconds * 1000).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit", hourCycle: "h23" });
 }
 
 function drawChart() {
@@ -322,12 +334,24 @@ function drawChart() {
   });
   context.fillStyle = color("--muted");
   context.textBaseline = "alphabetic";
-  context.textAlign = "center";
-  for (let index = 0; index < buckets.length; index += 10) {
-    context.fillText(clock(buckets[index].minute), left + index * slot + slot / 2, height - 4);
-  }
+  // Labels every 5, 10, 15, 30 or 60 minutes: the first step whose labels fit side by side at this
+  // width (a narrow window gets fewer), and none where it would touch "now" at the right end.
+  const gap = 8;
+  const labelWidth = Math.ceil(context.measureText(clock(buckets[0].minute)).width);
+  const step = [5, 10, 15, 30, 60].find((minutes) => minutes * slot >= labelWidth + gap) ?? buckets.length;
+  const nowWidth = Math.ceil(context.measureText("now").width);
+  const boxes = [{ text: "now", left: width - right - nowWidth, right: width - right }];
   context.textAlign = "right";
   context.fillText("now", width - right, height - 4);
+  context.textAlign = "center";
+  for (let index = 0; index < buckets.length; index += step) {
+    const center = left + index * slot + slot / 2;
+    const box = { text: clock(buckets[index].minute), left: center - labelWidth / 2, right: center + labelWidth / 2 };
+    if (box.left < 0 || box.right + gap > boxes[0].left) continue;
+    context.fillText(box.text, center, height - 4);
+    boxes.push(box);
+  }
+  canvas.dataset.labels = JSON.stringify(boxes); // where the labels went: the browser tests check they never overlap
   showReadout(null);
 }
 
@@ -364,7 +388,8 @@ const DETAIL_FIELDS = [
   ["waiting_on", (job) => waitingText(job)],
 ];
 
-function openDetail(id) {
+function openDetail(id, push = true) {
+  if (push && location.pathname !== jobPage(id)) history.pushState({ job: id }, "", jobPage(id));
   view.selected = id;
   $("#detail").hidden = false;
   rendered.delete("detail");
@@ -372,7 +397,8 @@ function openDetail(id) {
   refresh();
 }
 
-function closeDetail() {
+function closeDetail(push = true) {
+  if (push && location.pathname !== "/") history.pushState({}, "", "/");
   view.selected = null;
   $("#detail").hidden = true;
   rendered.delete("jobs");
@@ -400,6 +426,9 @@ async function renderDetail(id) {
   const retryButton = $("#detail-retry");
   retryButton.hidden = !(job.state === "dead" && retryable(job));
   retryButton.disabled = false;
+  const cancelButton = $("#detail-cancel");
+  cancelButton.hidden = !["pending", "failed", "processing"].includes(job.state);
+  cancelButton.disabled = false;
   $("#detail-command").textContent = job.command ?? "(not a valid job)";
   $("#detail-fields").replaceChildren(...DETAIL_FIELDS.flatMap(([field, show]) => {
     const value = show ? show(job) : job[field];
@@ -423,6 +452,18 @@ async function renderDetail(id) {
 }
 
 // -- actions ------------------------------------------------------------------------
+
+async function cancelJob(id, button) {
+  if (button) button.disabled = true;
+  try {
+    await post(`${jobPath(id)}/cancel`);
+    toast(`Job ${id} is cancelled.`);
+  } catch (error) {
+    toast(`Could not cancel ${id}: ${error.message}`, true);
+  }
+  rendered.delete("detail");
+  refresh();
+}
 
 async function retry(id, button) {
   if (button) button.disabled = true;
@@ -527,6 +568,13 @@ async function refresh() {
   }
 }
 
+/* The job a /jobs/<id> address names, or null on the dashboard's own address. */
+function jobFromPath() {
+  const match = location.pathname.match(/^\/jobs\/([^/]+)$/);
+  if (!match) return null;
+  try { return decodeURIComponent(match[1]); } catch { return null; }
+}
+
 function start() {
   applyTheme(document.documentElement.dataset.theme);
   $("#theme-toggle").addEventListener("click", toggleTheme);
@@ -549,7 +597,14 @@ function start() {
   $("#older").addEventListener("click", () => { view.offset += view.limit; refresh(); });
   $("#retry-all").addEventListener("click", retryAll);
   $("#pause-toggle").addEventListener("click", (event) => togglePause(null, !event.currentTarget.dataset.paused, event.currentTarget));
-  $("#detail-close").addEventListener("click", closeDetail);
+  $("#detail-close").addEventListener("click", () => closeDetail());
+  $("#detail-cancel").addEventListener("click", (event) => cancelJob(view.selected, event.currentTarget));
+  window.addEventListener("popstate", () => {
+    const opened = jobFromPath();
+    if (opened) openDetail(opened, false); else if (view.selected) closeDetail(false);
+  });
+  const opened = jobFromPath();
+  if (opened) openDetail(opened, false);
   $("#detail-retry").addEventListener("click", (event) => retry(view.selected, event.currentTarget));
   document.addEventListener("keydown", (event) => { if (event.key === "Escape" && view.selected) closeDetail(); });
   const chart = $("#chart");
