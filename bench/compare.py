@@ -19,8 +19,8 @@ the baseline `seq N | xargs -P2 -I{} sh -c true` (no queue at all):
   sum of VmRSS beside it.
 
 Every table says which systems fsync: queuectl with `durable` on fsyncs each
-job file and its folder; with it off, and task-spooler and nq, never; RQ's
-Redis here keeps nothing on disk.
+job file and its folder; with it off, and task-spooler, never; nq fsyncs its
+queue folder once a job; RQ's Redis here keeps nothing on disk.
 
 Systems: queuectl with `durable` on and off (2 workers each); task-spooler (`tsp`, 2 slots, its own socket);
 nq (no worker pool: every job is its own waiting process and jobs run one at
@@ -215,7 +215,7 @@ class TaskSpooler(System):
 
 class Nq(System):
     name = "nq"
-    fsyncs = "never"
+    fsyncs = "its queue folder, once a job"  # strace: fsync of NQDIR after creating the job's file
     slots = 1  # nq runs one job at a time
     needs = ("nq",)
 
