@@ -338,6 +338,28 @@ def process_memory_kb(pid: int) -> tuple[int, int]:
     return fields.get("VmRSS", 0), fields.get("VmHWM", 0)
 
 
+def process_pss_kb(pid: int) -> int:
+    """Proportional set size in kB: each page shared by N processes counts 1/N here, so a sum over
+    forked processes counts a shared page once (a sum of VmRSS counts it N times)."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
+def shell_enqueue_script() -> str | None:
+    """`queuectl-enqueue` as installed beside this Python's queuectl, else the repository's copy."""
+    for candidate in (os.path.join(os.path.dirname(sys.executable), "queuectl-enqueue"),
+                      os.path.join(os.path.dirname(HERE), "bin", "queuectl-enqueue")):
+        if os.access(candidate, os.X_OK):
+            return candidate
+    return None
+
+
 def table(header: list[str], rows: list[list[str]]) -> list[str]:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     # A `|` inside a cell (`seq N | xargs`) would end the cell: escaped.

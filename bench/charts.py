@@ -116,7 +116,12 @@ def _compare_rate(data, kinds, systems, by, out_dir) -> str:
     ax.set_xticklabels([fs_tick(kind, data) for kind in kinds])
     ax.set_xlabel("file system holding the queue (spools, tsp output, nq queue, Redis folder)")
     ax.set_ylabel("throughput (jobs per second)")
-    ax.legend(title="system (2 workers; nq runs 1 at a time)", loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    fsyncs = {system: next((row.get("fsyncs") for row in by.values() if row["system"] == system), None)
+              for system in systems}
+    handles, names = ax.get_legend_handles_labels()
+    names = [f"{name}\n  fsync: {fsyncs[name]}" if fsyncs.get(name) else name for name in names]
+    ax.legend(handles, names, title="system (2 workers; nq runs 1 at a time)", loc="upper left",
+              bbox_to_anchor=(1.0, 1.0), fontsize=8)
     fig.suptitle("Trivial jobs (`true`) through each queue: jobs/s, higher is better; "
                  "% = share of `seq N | xargs -P2 sh -c true`", fontsize=11)
     ax.set_title(subtitle(data), fontsize=8, color="#555555")
@@ -124,7 +129,8 @@ def _compare_rate(data, kinds, systems, by, out_dir) -> str:
 
 
 def _compare_latency(data, kinds, systems, by, out_dir) -> str:
-    paths = [("spawn", "sh -c date spawned (baseline)")] + [("api", "in-process API"), ("shell", "shell client")]
+    paths = [("spawn", "sh -c date spawned (baseline)")] + [("api", "in-process API"), ("shell", "shell client"),
+                                                           ("script", "queuectl-enqueue")]
     categories = []  # (system, path key, tick label)
     for system in systems:
         for key, how in paths:

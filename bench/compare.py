@@ -6,14 +6,23 @@ the baseline `seq N | xargs -P2 -I{} sh -c true` (no queue at all):
 - throughput: 2 gate jobs hold both workers while N+K trivial jobs are
   enqueued; the time from opening the gate to the last job done gives jobs/s;
 - enqueue cost from a shell: K enqueues, one client process each (while the
-  gate holds the workers, so no job runs meanwhile);
+  gate holds the workers, so no job runs meanwhile), through each of the
+  system's shell clients (queuectl has two: `queuectl enqueue`, a Python
+  process, and `queuectl-enqueue`, the sh script that drops a file in);
 - pick-up latency of one job on idle workers, from the enqueue call to the
   job's own `date +%s%N` (p50, p95, max over --tries): through the system's
   in-process API where it has one, and through its shell client;
-- memory (VmRSS) of the idle workers and their server, found by a marker in
-  their environment.
+- memory of the idle workers and their server, found by a marker in their
+  environment: PSS summed over them (/proc/PID/smaps_rollup; each shared
+  page counted once, split between its users: forked workers share most of
+  their pages, which a sum of RSS would count once per process), with the
+  sum of VmRSS beside it.
 
-Systems: queuectl (2 workers); task-spooler (`tsp`, 2 slots, its own socket);
+Every table says which systems fsync: queuectl with `durable` on fsyncs each
+job file and its folder; with it off, and task-spooler, never; nq fsyncs its
+queue folder once a job; RQ's Redis here keeps nothing on disk.
+
+Systems: queuectl with `durable` on and off (2 workers each); task-spooler (`tsp`, 2 slots, its own socket);
 nq (no worker pool: every job is its own waiting process and jobs run one at
 a time, so it is measured as it is); RQ on a real Redis started here on
 127.0.0.1 (2 `rq worker` processes, jobs call subprocess.run(['true']) from a
@@ -29,7 +38,7 @@ All of it runs on every file system --fs names (default: tmpfs, a journaled
 ext4 loop image, and /tmp; see benchlib.file_system): the spools, tsp's
 output files, nq's queue and Redis's folder live there, and every row names
 its file system. The figures go to bench/out/compare.json (--json);
-`--chart` then draws bench/compare-jobs-per-s.png and
+`--systems queuectl` picks both queuectl rows. `--chart` then draws bench/compare-jobs-per-s.png and
 bench/compare-pickup-latency.png from them (matplotlib: `pip install
 -e '.[bench]'`; `bench/charts.py` redraws them from the JSON).
 """
@@ -46,6 +55,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 
 import benchlib as lib
 from bench_spool import publish_rates
@@ -62,13 +72,15 @@ class System:
     """One queue under test; subclasses say how to start it, enqueue into it and know it is done."""
 
     name = ""
+    key = ""  # what --systems calls it (the name by default)
+    fsyncs = "?"  # said beside every figure: like is compared with like
     slots = 2
     needs: tuple[str, ...] = ()
 
     def __init__(self, workdir: str):
-        self.workdir = os.path.join(workdir, self.name)
+        self.workdir = os.path.join(workdir, self.key or self.name)  # a name for shell commands: no spaces
         os.makedirs(self.workdir)
-        self.marker = f"{self.name}-{uuid.uuid4().hex[:8]}"
+        self.marker = f"{self.key or self.name}-{uuid.uuid4().hex[:8]}"
         self.env = {**os.environ, MARKER: self.marker}
         self.processes: list[subprocess.Popen] = []
 
@@ -101,6 +113,13 @@ class System:
         return process
 
     def shell_enqueue(self, command: str) -> list[str]: ...
+    def shell_clients(self) -> dict[str, Callable[[str], list[str]]]:
+        """Every shell client, by label: each is timed for the enqueue-from-a-shell table."""
+        return {self.client_label(): self.shell_enqueue}
+
+    def client_label(self) -> str:
+        return self.name
+
     def enqueue(self, command: str) -> None:
         """The in-process API where there is one, else the shell client."""
         subprocess.run(self.shell_enqueue(command), env=self.env, check=True, stdout=subprocess.DEVNULL)
@@ -115,8 +134,10 @@ class System:
         """Its workers, daemons and server: marked, or started here (redis-server rewrites its environ)."""
         return set(marked_pids(self.marker)) | {process.pid for process in self.processes if process.poll() is None}
 
-    def memory_kb(self) -> int:
-        return sum(lib.process_memory_kb(pid)[0] for pid in self.pids())
+    def memory_kb(self) -> tuple[int, int]:
+        """(PSS, VmRSS) summed over its processes, in kB."""
+        pids = self.pids()
+        return sum(lib.process_pss_kb(pid) for pid in pids), sum(lib.process_memory_kb(pid)[0] for pid in pids)
 
     def processes_named(self) -> str:
         names = sorted(process_name(pid) for pid in self.pids())
@@ -124,15 +145,26 @@ class System:
 
 
 class Queuectl(System):
-    name = "queuectl"
+    name = "queuectl, durable on"
+    key = "queuectl-durable-on"
+    durable = True
+    fsyncs = "yes (each job file and its folder)"
 
     def start(self) -> None:
-        self.spool = lib.new_spool(os.path.join(self.workdir, "spool"))
+        self.spool = lib.new_spool(os.path.join(self.workdir, "spool"), durable=self.durable)
         self.spawn(lib.queuectl_argv(self.spool.root) + ["worker", "start", "-n", "2"])
         lib.wait_for(lambda: len(lib.worker_pids(self.spool)) >= 2, 60, "queuectl workers")
 
     def shell_enqueue(self, command: str) -> list[str]:
         return lib.queuectl_argv(self.spool.root) + ["enqueue", command]
+
+    def shell_clients(self) -> dict[str, Callable[[str], list[str]]]:
+        clients = {f"{self.name}: `queuectl enqueue`": self.shell_enqueue}
+        script = lib.shell_enqueue_script()
+        if script:
+            clients[f"{self.name}: `queuectl-enqueue`"] = lambda command: [script, "--spool", self.spool.root,
+                                                                          command]
+        return clients
 
     def enqueue(self, command: str) -> None:
         self.spool.enqueue(command)
@@ -144,8 +176,16 @@ class Queuectl(System):
         lib.wait_for(lambda: lib.count_files(self.spool.dir("completed")) >= total, 600, "queuectl jobs")
 
 
+class QueuectlNoSync(Queuectl):
+    name = "queuectl, durable off"
+    key = "queuectl-durable-off"
+    durable = False
+    fsyncs = "no"
+
+
 class TaskSpooler(System):
     name = "task-spooler"
+    fsyncs = "never"
     needs = ("tsp",)
 
     def start(self) -> None:
@@ -175,6 +215,7 @@ class TaskSpooler(System):
 
 class Nq(System):
     name = "nq"
+    fsyncs = "its queue folder, once a job"  # strace: fsync of NQDIR after creating the job's file
     slots = 1  # nq runs one job at a time
     needs = ("nq",)
 
@@ -230,6 +271,7 @@ for line in sys.stdin:
 
 class Rq(System):
     name = "rq"
+    fsyncs = "no (Redis without persistence here)"
     needs = ("redis-server",)
     python = ""  # the Python that can import rq: set by main()
 
@@ -295,7 +337,7 @@ class Rq(System):
         super().stop()
 
 
-SYSTEMS = (Queuectl, TaskSpooler, Nq, Rq)
+SYSTEMS = (Queuectl, QueuectlNoSync, TaskSpooler, Nq, Rq)
 
 
 def marked_pids(marker: str) -> list[int]:
@@ -334,40 +376,49 @@ def measure(system: System, jobs: int, shell_jobs: int, tries: int) -> dict:
     system.start()
     try:
         time.sleep(1.0)  # idle: start-up work done
-        result["memory_kb"] = system.memory_kb()
+        result["pss_kb"], result["memory_kb"] = system.memory_kb()
         result["processes"] = system.processes_named()
         result["latency_api"] = pickup(system, stamps, tries, shell=False)
         result["latency_shell"] = pickup(system, stamps, tries, shell=True)
+        result["latency_script"] = pickup(system, stamps, tries, shell=True, script=True)
         gate = os.path.join(system.workdir, "gate")
         for slot in range(system.slots):
             system.enqueue(gate_command(gate, slot))
         lib.wait_for(lambda: os.path.exists(f"{gate}.running-0"), 60, f"{system.name} gate job")
-        before = time.perf_counter()
-        for _ in range(shell_jobs):
-            subprocess.run(system.shell_enqueue("true"), env=system.env, check=True, stdout=subprocess.DEVNULL)
-        result["enqueue_shell"] = (time.perf_counter() - before) / shell_jobs
+        clients = system.shell_clients()
+        result["enqueue_shell"] = {}
+        for label, client in clients.items():
+            before = time.perf_counter()
+            for _ in range(shell_jobs):
+                subprocess.run(client("true"), env=system.env, check=True, stdout=subprocess.DEVNULL)
+            result["enqueue_shell"][label] = (time.perf_counter() - before) / shell_jobs
+        shell_total = shell_jobs * len(clients)
         system.enqueue_many(jobs)
         opened = time.perf_counter()
         with open(gate, "w"):
             pass
-        latency_jobs = sum(len(result[kind] or []) for kind in ("latency_api", "latency_shell"))
-        system.wait_done(latency_jobs + system.slots + shell_jobs + jobs)
-        result["rate"] = (jobs + shell_jobs) / (time.perf_counter() - opened)
+        latency_jobs = sum(len(result[kind] or []) for kind in ("latency_api", "latency_shell", "latency_script"))
+        system.wait_done(latency_jobs + system.slots + shell_total + jobs)
+        result["rate"] = (jobs + shell_total) / (time.perf_counter() - opened)
     finally:
         system.stop()
     return result
 
 
-def pickup(system: System, stamps: str, tries: int, *, shell: bool) -> list[float] | None:
+def pickup(system: System, stamps: str, tries: int, *, shell: bool, script: bool = False) -> list[float] | None:
+    """`script`: through the second shell client, where there is one (queuectl-enqueue)."""
     if not shell and type(system).enqueue is System.enqueue:
         return None  # no in-process API: the shell row says it
+    clients = list(system.shell_clients().values())
+    if script and len(clients) < 2:
+        return None
+    client = clients[-1] if script else system.shell_enqueue
     latencies = []
     for attempt in range(tries):
-        stamp = os.path.join(stamps, f"{'shell' if shell else 'api'}-{attempt}")
+        stamp = os.path.join(stamps, f"{'script' if script else 'shell' if shell else 'api'}-{attempt}")
         before = time.time()
         if shell:
-            subprocess.run(system.shell_enqueue(lib.stamp_command(stamp)), env=system.env, check=True,
-                           stdout=subprocess.DEVNULL)
+            subprocess.run(client(lib.stamp_command(stamp)), env=system.env, check=True, stdout=subprocess.DEVNULL)
         else:
             system.enqueue(lib.stamp_command(stamp))
         lib.wait_for(lambda: os.path.exists(stamp), 30, f"{system.name} job", interval=0.0005)
@@ -384,11 +435,12 @@ def shell_process_cost(count: int) -> float:
     return (time.perf_counter() - before) / count
 
 
-def idle_xargs_kb() -> int:
+def idle_xargs_kb() -> tuple[int, int]:
+    """(PSS, VmRSS) of an idle xargs, in kB."""
     process = subprocess.Popen(["xargs", "-P2", "-I{}", "sh", "-c", "true"], stdin=subprocess.PIPE)
     try:
         time.sleep(0.2)
-        return lib.process_memory_kb(process.pid)[0]
+        return lib.process_pss_kb(process.pid), lib.process_memory_kb(process.pid)[0]
     finally:
         process.stdin.close()
         process.wait()
@@ -428,32 +480,55 @@ def comparison(fs: str, workdir: str, systems: list[type[System]], jobs: int, sh
         return None if not values else {"p50": lib.median(values), "p95": lib.quantile(values, 0.95),
                                         "max": max(values)}
 
-    throughput_rows = [[fs, "xargs -P2 (baseline)", f"{base_rate:.0f}", "100 %", f"{sh_cost * 1e3:.2f} ms", "1.0x",
-                        lib.mb(xargs_kb), "1.0x", "xargs"]]
+    pss_xargs, rss_xargs = xargs_kb
+    throughput_rows = [[fs, "xargs -P2 (baseline)", "n/a", f"{base_rate:.0f}", "100 %", "", lib.mb(pss_xargs),
+                        lib.mb(rss_xargs), "1.0x", "xargs"]]
+    shell_rows = [[fs, "`sh -c true` (the floor of any one-process client)", "n/a", f"{sh_cost * 1e3:.2f} ms",
+                   "1.0x", ""]]
     latency_rows = [[fs, "xargs (baseline): `sh -c date` spawned", "", *latency_cells(spawn)]]
     record.add(fs=fs, section="compare", system="xargs -P2", baseline=True, jobs_per_s=base_rate,
-               runs=rates["xargs"], enqueue_shell_s=sh_cost, memory_kb=xargs_kb,
+               runs=rates["xargs"], enqueue_shell_s=sh_cost, pss_kb=pss_xargs, memory_kb=rss_xargs, fsyncs="n/a",
                latency={"spawn": quantiles(spawn)})
+    fsyncs = {kind.name: kind.fsyncs for kind in systems}
+    tsp_rate = lib.median(rates["task-spooler"]) if "task-spooler" in rates else None
+    costs = {name: {label: lib.median([result["enqueue_shell"][label] for result in results])
+                    for label in results[0]["enqueue_shell"]} for name, results in measured.items()}
+    tsp_client = costs.get("task-spooler", {}).get("task-spooler")
     for name, results in measured.items():
         rate = lib.median(rates[name])
-        cost = lib.median([result["enqueue_shell"] for result in results])
+        pss = lib.median([result["pss_kb"] for result in results])
         memory = lib.median([result["memory_kb"] for result in results])
-        throughput_rows.append([fs, name, f"{rate:.0f}", f"{rate / base_rate:.0%}", f"{cost * 1e3:.2f} ms",
-                                f"{cost / sh_cost:.1f}x", lib.mb(memory), f"{memory / xargs_kb:.1f}x",
-                                results[0]["processes"]])
+        throughput_rows.append([fs, name, fsyncs[name], f"{rate:.0f}", f"{rate / base_rate:.0%}",
+                                f"{rate / tsp_rate:.2f}x" if tsp_rate else "", lib.mb(pss), lib.mb(memory),
+                                f"{pss / pss_xargs:.1f}x", results[0]["processes"]])
+        for label, cost in costs[name].items():
+            shell_rows.append([fs, label, fsyncs[name], f"{cost * 1e3:.2f} ms", f"{cost / sh_cost:.1f}x",
+                               f"{cost / tsp_client:.2f}x" if tsp_client else ""])
         latencies = {}
-        for kind, label in (("latency_api", "in-process API"), ("latency_shell", "shell client")):
+        for kind, label in (("latency_api", "in-process API"), ("latency_shell", "shell client"),
+                            ("latency_script", "`queuectl-enqueue`")):
             values = [value for result in results if result[kind] for value in result[kind]]
+            if kind == "latency_script" and not values:
+                continue
             latency_rows.append([fs, name, label, *latency_cells(values or None)])
             latencies[kind.removeprefix("latency_")] = quantiles(values)
         record.add(fs=fs, section="compare", system=name, baseline=False, jobs_per_s=rate,
-                   vs_xargs=rate / base_rate, runs=rates[name], enqueue_shell_s=cost, memory_kb=memory,
-                   latency=latencies)
-    lines = [f"### Comparison on {fs}: {jobs} + {shell_jobs} trivial jobs through 2 workers, median of {repeat} "
-             "runs", "",
+                   vs_xargs=rate / base_rate, vs_task_spooler=rate / tsp_rate if tsp_rate else None,
+                   runs=rates[name], enqueue_shell_s=costs[name], pss_kb=pss, memory_kb=memory,
+                   fsyncs=fsyncs[name], latency=latencies)
+    lines = [f"### Comparison on {fs}: {jobs} trivial jobs in bulk + {shell_jobs} per shell client through 2 "
+             f"workers, median of {repeat} runs", "",
              *notes, "" if notes else None,
-             *lib.table(["fs", "system", "jobs/s", "vs xargs", "enqueue from a shell (per job)", "vs `sh -c true`",
-                         "idle memory (VmRSS, sum)", "vs idle xargs", "idle processes"], throughput_rows), "",
+             "Idle memory: PSS (proportional set size, /proc/PID/smaps_rollup) summed over the system's "
+             "processes counts each shared page once, split between the processes that map it; the sum of "
+             "VmRSS beside it counts a page shared by forked workers once per worker.", "",
+             *lib.table(["fs", "system", "fsyncs", "jobs/s", "vs xargs", "vs task-spooler",
+                         "idle memory (PSS, sum)", "(VmRSS, sum)", "PSS vs idle xargs", "idle processes"],
+                        throughput_rows), "",
+             f"### Enqueue from a shell on {fs}: one client process per job, {shell_jobs} jobs, median of "
+             f"{repeat} runs", "",
+             *lib.table(["fs", "client", "fsyncs", "per job", "vs `sh -c true`", "vs task-spooler's client"],
+                        shell_rows), "",
              f"### Pick-up latency on {fs}, idle workers: enqueue call to the job's own start, {tries} tries "
              f"x {repeat} runs", "",
              *lib.table(["fs", "system", "enqueued through", "p50", "p95", "max", "p95 vs baseline"], latency_rows), ""]
@@ -545,8 +620,9 @@ def main() -> None:
     parser.add_argument("--shell-jobs", type=int, default=30, help="jobs enqueued one shell process each [30]")
     parser.add_argument("--tries", type=int, default=30, help="pick-up latency tries per run [30]")
     parser.add_argument("--repeat", type=int, default=1, help="runs of every system [1]")
-    parser.add_argument("--systems", default=",".join(kind.name for kind in SYSTEMS),
-                        help="comma-separated subset [all]")
+    parser.add_argument("--systems", default=",".join(kind.key or kind.name for kind in SYSTEMS),
+                        help="comma-separated subset: queuectl (both rows), queuectl-durable-on, "
+                             "queuectl-durable-off, task-spooler, nq, rq [all]")
     parser.add_argument("--scale", default="100,10000,100000", help="pending-queue sizes for queuectl ('' to skip)")
     parser.add_argument("--claims", type=int, default=100, help="jobs measured per scale run [100]")
     parser.add_argument("--enqueue-jobs", type=int, default=1000, help="jobs per enqueue-rate row [1000]")
@@ -559,7 +635,8 @@ def main() -> None:
     parser.add_argument("--out", help="also write the report (markdown) to this file")
     parser.add_argument("--json", help=f"where the figures go [{os.path.join(lib.OUT_DIR, 'compare.json')}]")
     args = parser.parse_args()
-    chosen = [kind for kind in SYSTEMS if kind.name in args.systems.split(",")]
+    wanted = args.systems.split(",")
+    chosen = [kind for kind in SYSTEMS if {kind.name, kind.key or kind.name, kind.key.split("-")[0]} & set(wanted)]
     kinds = lib.chosen_file_systems(args.fs)
     if args.chart:
         try:
