@@ -293,8 +293,10 @@ class Spool(layout.Spool):
     def set_config(self, key: str, text: str) -> tuple[str, Any]:
         """Set one key of config.json from its text form (as `config set`); returns (canonical key, value).
         Raises ConfigError naming the valid keys or values. `config` reads the settings."""
+        from .config import canonical_key, parse_value
+        parse_value(key, text)  # a bad key or value is refused before anything is written, the lock file too
         with self._edit_lock("config.json"):  # a read-modify-write: two at once would lose one
-            return super().set_config(key, text)
+            return super().set_config(canonical_key(key), text)
 
     def workers(self) -> JobList:
         """Live workers, on any host: name, pid, host, mode, started, and the `job` each runs."""

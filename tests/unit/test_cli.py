@@ -247,7 +247,10 @@ def test_a_full_disk_gets_one_line_and_loses_nothing(cli, spool_path, monkeypatc
     monkeypatch.setattr(os, "fsync", disk_full)
     assert_refused(cli(*args, input=input), 1, "No space left on device")
     monkeypatch.undo()
-    assert spool_files(spool_path) == before
+    after = spool_files(spool_path)
+    # `config set` leaves its named lock file (empty, kept for the next edit: docs/decisions/locks.md).
+    assert after.pop("config.json.lock", b"") == b""
+    assert after == before
 
 
 def test_a_spool_path_that_is_a_file(tmp_path):
