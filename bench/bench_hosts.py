@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import json
 import multiprocessing
 import os
 import shutil
@@ -76,26 +77,89 @@ def floor(pair: tuple[str, str], jobs: int, scratch: str) -> dict:
     return {"rate": jobs / elapsed, **_tally(record, [f"job{i:06d}.json" for i in range(jobs)])}
 
 
-def queue(pair: tuple[str, str], jobs: int, scratch: str) -> dict:
-    """queuectl 2 + 2 workers, durable off, on the same mounts."""
+class TracedHost(Host):
+    """A host whose queuectl runs under `strace -f -c -w` (counts and wall time per system call)."""
+
+    def __init__(self, name: str, spool_path: str, trace: str):
+        super().__init__(name, spool_path)
+        self.trace = trace
+
+    def command(self, *args: str) -> list[str]:
+        command = super().command(*args)
+        at = command.index(sys.executable)
+        return [*command[:at], "strace", "-f", "-c", "-w", "-o", self.trace, *command[at:]]
+
+
+def queue(pair: tuple[str, str], jobs: int, scratch: str, trace: str | None = None) -> dict:
+    """queuectl 2 + 2 workers, durable off, on the same mounts; `trace`: host A's workers under strace."""
     path_a, path_b = spool_pair(pair)
     spool = lib.new_spool(path_a, durable=False)
     record = os.path.join(scratch, "queue-record")
     open(record, "w").close()
     ids = lib.fill_pending(spool, jobs, command=f'echo "$QUEUECTL_JOB_ID" >> {record}')
     started = time.monotonic()
-    hosts = [Host("hostA", path_a), Host("hostB", path_b)]
+    hosts = [TracedHost("hostA", path_a, trace) if trace else Host("hostA", path_a), Host("hostB", path_b)]
     try:
         procs = [host.start("worker", "start", "--count", "2", "--quiet") for host in hosts]
-        lib.wait_for(lambda: lib.count_files(spool.dir("completed")) >= jobs, 900, "every job", interval=0.05)
+        seen: dict[str, int] = {}
+
+        def drained() -> bool:
+            _keep_lost_claims(spool, seen)
+            return lib.count_files(spool.dir("completed")) >= jobs
+
+        lib.wait_for(drained, 900, "every job", interval=0.05)
         elapsed = time.monotonic() - started
+        if trace:  # strace writes its table when the traced workers end: stop them, not kill them
+            hosts[0].run("worker", "stop", "--no-wait")
+            for proc in procs:
+                proc.wait(timeout=60)
         noise = [line for host, proc in zip(hosts, procs) for line in host.output(proc).splitlines()
                  if line.strip()]
     finally:
         for host in hosts:
             host.close()
     return {"rate": jobs / elapsed, **_tally(record, ids), "stderr_lines": len(noise),
-            "stderr_sample": noise[:3]}
+            "stderr_sample": noise[:3], "by_a": _done_by(spool, "hostA-"), "lost_claims": sum(seen.values())}
+
+
+def _done_by(spool, prefix: str) -> int:
+    """How many completed jobs a worker whose name starts with `prefix` ran (names start with the host)."""
+    count = 0
+    for entry in os.scandir(spool.dir("completed")):
+        if entry.name.endswith(".json"):
+            with open(entry.path, encoding="utf-8") as handle:
+                count += json.load(handle).get("worker", "").startswith(prefix)
+    return count
+
+
+def _keep_lost_claims(spool, seen: dict[str, int]) -> None:
+    """Each worker's latest `lost_claims` (its record, workers/NAME.json, rewritten at most once a second
+    and removed when it stops: the last second's losses may be missed)."""
+    for entry in os.scandir(spool.dir("workers")):
+        if entry.name.endswith(".json") and not entry.name.startswith("."):
+            try:
+                with open(entry.path, encoding="utf-8") as handle:
+                    record = json.load(handle)
+            except (OSError, ValueError):
+                continue
+            if isinstance(record, dict) and isinstance(record.get("lost_claims"), int):
+                seen[entry.name] = max(seen.get(entry.name, 0), record["lost_claims"])
+
+
+def _strace_table(trace: str, jobs: int) -> list[str]:
+    """strace -c's table as calls per job (those made at least 0.5 times per job) and their wall time."""
+    rows = []
+    with open(trace, encoding="utf-8") as handle:
+        for line in handle:
+            parts = line.split()
+            if len(parts) >= 5 and parts[0][0].isdigit() and parts[-1] != "total":
+                seconds, calls, name = float(parts[1]), int(parts[3]), parts[-1]
+                errors = int(parts[4]) if len(parts) == 6 else 0
+                if calls / jobs >= 0.5:
+                    rows.append((calls, f"| {name} | {calls / jobs:.1f} | {errors / jobs:.1f} "
+                                        f"| {seconds * 1e3 / jobs:.2f} |"))
+    return ["| system call | calls per job | errors per job | wall ms per job |", "|---|---|---|---|",
+            *(row for _, row in sorted(rows, reverse=True))]
 
 
 def _tally(record: str, expected: list[str]) -> dict:
@@ -111,11 +175,16 @@ def main() -> None:
     parser.add_argument("--pair", action="append", choices=("gluster", "bindfs"))
     parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("--out")
+    parser.add_argument("--strace", action="store_true",
+                        help="run host A's workers under strace -f -c -w and print its calls per job it ran")
     args = parser.parse_args()
+    if args.strace:
+        trace_mode(args)
+        return
     lines = ["### Machine", *lib.machine(), "",
              f"### Several hosts: {args.jobs} jobs, 2 + 2 workers against the rename-loop floor, same mounts, same run",
              "", "| pair | run | floor jobs/s | floor double claims | queuectl jobs/s | ratio | duplicates | lost "
-                 "| stderr lines |", "|---|---|---|---|---|---|---|---|---|"]
+                 "| stderr lines | lost claims |", "|---|---|---|---|---|---|---|---|---|---|"]
     scratch = tempfile.mkdtemp(prefix="qc-bench-hosts-")
     mounts = {"gluster": gluster_volume, "bindfs": bindfs_views}
     try:
@@ -126,9 +195,27 @@ def main() -> None:
                     ours = queue(pair, args.jobs, tempfile.mkdtemp(dir=scratch))
                     lines.append(f"| {kind} | {run} | {low['rate']:.0f} | {low['duplicates']} | {ours['rate']:.0f} "
                                  f"| {ours['rate'] / low['rate']:.2f}x | {ours['duplicates']} | {ours['lost']} "
-                                 f"| {ours['stderr_lines']} |")
+                                 f"| {ours['stderr_lines']} | {ours['lost_claims']} |")
                     for sample in ours["stderr_sample"]:
                         print("stderr:", sample, file=sys.stderr)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    lib.emit(lines, args.out)
+
+
+def trace_mode(args: argparse.Namespace) -> None:
+    """One queuectl run per pair with host A traced: its system calls per job it ran."""
+    scratch = tempfile.mkdtemp(prefix="qc-bench-hosts-")
+    mounts = {"gluster": gluster_volume, "bindfs": bindfs_views}
+    lines = ["### Machine", *lib.machine(), ""]
+    try:
+        for kind in args.pair or ["gluster"]:
+            with mounts[kind]() as pair:
+                trace = os.path.join(scratch, f"strace-{kind}")
+                ours = queue(pair, args.jobs, tempfile.mkdtemp(dir=scratch), trace)
+                lines += [f"### {kind}: host A under strace, {ours['by_a']} of {args.jobs} jobs run there "
+                          f"({ours['rate']:.0f} jobs/s traced, duplicates {ours['duplicates']}, "
+                          f"lost {ours['lost']})", "", *_strace_table(trace, max(1, ours["by_a"])), ""]
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     lib.emit(lines, args.out)

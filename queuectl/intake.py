@@ -22,6 +22,10 @@ from .order import DueIndex
 from .spool import SUFFIX, Spool, id_of
 from .watch import RESCAN, FolderWatch
 
+# Seconds before a job whose claim was lost is read again, unless the watch saw it leave (on a
+# shared spool it lists a changed folder every watch.POLL_INTERVAL, all folders every FULL_LISTING).
+LOST_RECHECK = 1.0
+
 
 class Intake:
     """The index of due jobs, the drop-ins to look at again, and what the folder watch reports."""
@@ -32,6 +36,9 @@ class Intake:
         self.gate = gate
         self.index = DueIndex()
         self.rechecks: dict[str, float] = {}  # dropped-in files that may still be being written
+        # Jobs whose claim came to nothing on a shared spool (another worker had it), looked at
+        # again after LOST_RECHECK unless the watch saw them go first: (folder, name) -> when.
+        self.lost: dict[tuple[str, str], float] = {}
         self.watch: FolderWatch | None = None  # set by the worker once it watches
         self.on_stop_file = on_stop_file  # workers/stop.json was written
         self.on_schedules = on_schedules  # a schedule was added, changed or removed
@@ -55,11 +62,14 @@ class Intake:
             elif folder not in ("pending", "failed"):
                 self.gate.changed(kind, folder, name)
             elif kind == "gone":
+                self.lost.pop((folder, name), None)  # gone indeed: nothing to look at again
                 # A name can leave and come back (a stopped job returns to pending/)
-                # within one batch of changes: the folder decides. (A job this worker
-                # claimed has left the index already: no need to look.)
+                # within one batch of inotify's changes: the folder decides. (A job this
+                # worker claimed has left the index already: no need to look.) A shared
+                # spool's changes come from a listing just made, which says it: a name
+                # back under a new inode follows as "created".
                 known = id_of(name) in self.index or name in self.rechecks or id_of(name) in self.gate
-                if known and not os.path.lexists(os.path.join(self.spool.dir(folder), name)):
+                if known and (self.spool.shared or not os.path.lexists(os.path.join(self.spool.dir(folder), name))):
                     self.index.discard(id_of(name), folder)
                     self.rechecks.pop(name, None)
                     self.gate.forget(id_of(name))
@@ -116,14 +126,29 @@ class Intake:
         elif os.path.lexists(os.path.join(self.spool.dir("pending"), name)):
             self.rechecks[name] = time.time() + lifecycle.DROP_GRACE
 
+    def look_again(self, folder: str, name: str) -> None:
+        """A claim of `folder/name` came to nothing on a shared spool: most likely another worker has it
+        and moves it on at once. Not read again now (the worker goes on to its next due job): the watch
+        reports it gone, or it is read again after LOST_RECHECK (back in the index if still due)."""
+        self.lost[(folder, name)] = time.time() + LOST_RECHECK
+
+    def waiting(self) -> bool:
+        """Whether files are to be looked at again (drop-ins being written, lost claims)."""
+        return bool(self.rechecks or self.lost)
+
     def next_recheck(self) -> float | None:
-        return min(self.rechecks.values(), default=None)
+        return min([*self.rechecks.values(), *self.lost.values()], default=None)
 
     def recheck_dropins(self, now: float) -> None:
         for name, when in list(self.rechecks.items()):
             if when <= now:
                 del self.rechecks[name]
                 self.consider("pending", name, complete=False)
+        for (folder, name), when in list(self.lost.items()):
+            if when <= now:
+                del self.lost[(folder, name)]
+                if id_of(name) not in self.index:
+                    self.consider(folder, name, complete=True)
 
 
 def _peek(path: str) -> Any:

@@ -15,8 +15,10 @@ the worker's record) and the worker moves on.
 from __future__ import annotations
 
 import copy
+import random
 import sys
 import time
+import zlib
 from collections.abc import Callable
 
 from . import fsops, hooks, lifecycle, registry, retention, runner
@@ -27,6 +29,10 @@ from .stopping import StopFlags, signals_blocked
 from .transient import LOST_RACE, TRANSIENT_PAUSE, is_transient, note
 
 SETTLE_ATTEMPTS = 5
+# Workers of a shared spool spread their claims over this many of the first due jobs of the
+# top priority (README.md "Running on several hosts": the order within a priority is approximate
+# across workers there), so that they do not all race for the same file.
+SPREAD = 8
 
 
 class JobStep:
@@ -44,7 +50,10 @@ class JobStep:
         self.commit: lifecycle.GroupCommit | None = None  # started by the first slow settle
         self.pace = lifecycle.FlushPace()
         self.base_env: tuple[tuple[str, ...], dict[str, str]] | None = None  # see _base_environment
-        self.lost_claims = 0  # claims another host's worker won (a shared spool)
+        self.lost_claims = 0  # claims another worker won (a shared spool)
+        # Which of the first SPREAD due jobs of the top priority this worker claims on a shared
+        # spool (order.DueIndex.pop_due): from its name at first, drawn again after a lost claim.
+        self.lane = zlib.crc32(name.encode()) % SPREAD
 
     def process(self, state: str, job_id: str) -> None:
         slot = self.gate.admit(state, job_id, self.name)
@@ -59,13 +68,21 @@ class JobStep:
                 slot.release()
                 raise
             held = None  # another host's worker moved it between this worker's steps: its job now
-            self.lost_claims += 1
         except BaseException:
             slot.release()  # a passing network error on a shared spool: the worker goes on, the slot must too
             raise
         if held is None:
             slot.release()
-            self.intake.consider(state, file_name(job_id), complete=True)  # not due after all, or gone
+            if self.spool.shared:
+                # Another worker had it (gone, or its lock taken), or now and then it was not due
+                # after all: the worker goes on to its next due job at once, with no pause and no
+                # listing, in another lane (order.DueIndex.pop_due) so as not to race that
+                # worker again; the file is looked at again later (Intake.look_again).
+                self.lost_claims += 1
+                self.lane = random.randrange(SPREAD)
+                self.intake.look_again(state, file_name(job_id))
+            else:
+                self.intake.consider(state, file_name(job_id), complete=True)  # not due after all, or gone
             return
         job = held.job
         timeout = job.get("timeout")

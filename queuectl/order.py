@@ -49,15 +49,39 @@ class DueIndex:
             if self._live(negative_priority, due, job_id, state):
                 heapq.heappush(self._ready, (negative_priority, due, job_id, state))
 
-    def pop_due(self, now: float) -> tuple[str, str] | None:
-        """The best due job as (state, job_id), removed from the index; None if none is due."""
+    def pop_due(self, now: float, lane: int = 0) -> tuple[str, str] | None:
+        """The best due job as (state, job_id), removed from the index; None if none is due.
+
+        `lane` > 0 takes the lane-th next job instead (0 is the best), counted
+        among the due jobs of the best job's priority only (modulo their
+        number when the band is shorter): workers of a shared spool each take
+        a different one of the first few, so they do not all race for the
+        same file (README.md "Running on several hosts"). A higher priority
+        is never passed over; within a band the order is kept only roughly.
+        """
         self._promote(now)
+        passed: list[tuple[int, float, str, str]] = []
+        found: tuple[str, str] | None = None
         while self._ready:
-            negative_priority, due, job_id, state = heapq.heappop(self._ready)
-            if self._live(negative_priority, due, job_id, state):
+            item = heapq.heappop(self._ready)
+            negative_priority, due, job_id, state = item
+            if not self._live(negative_priority, due, job_id, state):
+                continue
+            if passed and negative_priority != passed[0][0]:
+                heapq.heappush(self._ready, item)  # the band ended before the lane: take its best
+                break
+            if len(passed) == lane:
                 del self._current[job_id]
-                return state, job_id
-        return None
+                found = state, job_id
+                break
+            passed.append(item)
+        if found is None and passed:
+            taken = passed.pop(lane % len(passed))
+            del self._current[taken[2]]
+            found = taken[3], taken[2]
+        for item in passed:
+            heapq.heappush(self._ready, item)
+        return found
 
     def next_due(self) -> float | None:
         """When the earliest scheduled job becomes due (stale items may make it early, never late)."""

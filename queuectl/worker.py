@@ -162,7 +162,9 @@ class Worker:
                 watch.wait(TRANSIENT_PAUSE)
                 continue
             # A paused spool starts nothing: one stat, just before the claim.
-            due = None if self.gate.spool_paused() else index.pop_due(now)
+            # On a shared spool each worker takes its own lane of the first due jobs (JobStep.lane).
+            lane = self.step.lane if self.spool.shared else 0
+            due = None if self.gate.spool_paused() else index.pop_due(now, lane)
             if due is not None:
                 if self.spool.shared:
                     # The job left the index: a listing soon brings it back if it is still due.
@@ -187,7 +189,7 @@ class Worker:
         """For a burst worker with nothing due: "exit", "again" (look at once), "running" (jobs run
         elsewhere: look again soon) or "wait"."""
         index = self.intake.index
-        if self.intake.rechecks or self.intake.apply_events() or self.gate.may_unblock(now):
+        if self.intake.waiting() or self.intake.apply_events() or self.gate.may_unblock(now):
             return "wait"
         if self.spool.shared and step_ok(self.name, self.intake.scan):
             # Polling looks only every POLL_INTERVAL: list before deciding to exit.
