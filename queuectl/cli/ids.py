@@ -6,7 +6,7 @@ carries its creation time (job.new_id: base32 milliseconds; the older
 jobs costs one listing of each folder. An id a user chose carries no time:
 its enqueue time is the modification time of its `ids/<id>` marker where the
 spool has one, else of the job file itself, which every change rewrites, so
-such a job sorts by its latest change instead (docs/guide/cli.md "Listing").
+such a job sorts by its latest change instead (docs/guide/commands.md, "Listing jobs").
 Only those ids cost a stat each.
 
 Filters that need a job's fields (a group, the derived states `waiting` and
