@@ -8,8 +8,8 @@
 
 __version__ = "0.1.0"
 
+from .api import Spool  # noqa: E402
 from .errors import ConfigError, DuplicateJob, InvalidJob, JobNotFound, QueueError, SpoolError, WrongState  # noqa: E402
-from .spool import Spool  # noqa: E402
 
 __all__ = ["Spool", "QueueError", "InvalidJob", "DuplicateJob", "JobNotFound", "ConfigError",
            "SpoolError", "WrongState", "__version__"]

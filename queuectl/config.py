@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .errors import ConfigError
+from .job import valid_keep
 
 
 class Setting:
@@ -59,12 +60,6 @@ def _is_command(value: Any) -> bool:
     return isinstance(value, str) and "\0" not in value
 
 
-def _is_keep(value: Any) -> bool:
-    from .retention import valid_keep
-
-    return valid_keep(value)
-
-
 def _parse_bytes(text: str) -> int:
     """`1048576`, `512k`, `10M`, `1G` as a number of bytes."""
     value = text.strip().lower().removesuffix("b")
@@ -85,6 +80,9 @@ SETTINGS: dict[str, Setting] = {
                            "retries after the first failed run (integer >= 0)"),
     "backoff_base": Setting(2, _parse_number, lambda v: _is_number(v) and v >= 1,
                             "retry delay is backoff_base ** attempts seconds (number >= 1)"),
+    "backoff_jitter": Setting(0, _parse_number, lambda v: _is_number(v) and 0 <= v <= 1,
+                              "fraction of each retry delay taken off at random, so jobs that failed "
+                              "together do not retry together (number from 0 to 1, 0 = none)"),
     "backoff_max": Setting(3600, _parse_number, lambda v: _is_number(v) and v >= 0,
                            "upper bound of the retry delay in seconds (number >= 0)"),
     "timeout": Setting(0, _parse_number, lambda v: _is_number(v) and v >= 0,
@@ -111,9 +109,9 @@ SETTINGS: dict[str, Setting] = {
                        "hook command run after a job goes to dead/ (\"\" = none)"),
     "hook_timeout": Setting(60, _parse_number, lambda v: _is_number(v) and v > 0,
                             "seconds a completion hook may run before it is killed (number > 0)"),
-    "keep_completed": Setting("", str.strip, lambda v: _is_keep(v),
+    "keep_completed": Setting("", str.strip, valid_keep,
                               "completed jobs kept: an age (7d), a count (1000), both (7d,1000), \"\" = all"),
-    "keep_dead": Setting("", str.strip, lambda v: _is_keep(v),
+    "keep_dead": Setting("", str.strip, valid_keep,
                          "dead jobs kept: an age (30d), a count (1000), both (30d,1000), \"\" = all"),
     "max_log_bytes": Setting(0, _parse_bytes, lambda v: _is_int(v) and v >= 0,
                              "cap of each job's log in bytes (10M, 512k), 0 = none; head and tail are kept"),

@@ -266,11 +266,12 @@ class _Doctor:
                                 f"kept bytes without dead/{stem}{SUFFIX} to say why: {reason}")
             if not self.repair:
                 continue
-            job_id = stem
-            if not is_valid_id(stem) or self.spool.find(stem) is not None:
+            # A job put into a folder by hand has no marker: a look at the folders too (a new id is always safe).
+            job_id = stem if is_valid_id(stem) and self.spool.find(stem) is None else new_id()
+            while not lifecycle.write_dead_record(self.spool, job_id, reason, fields, name, os.path.join(dead, name)):
                 job_id = new_id()  # the id is someone else's now: the bytes take a new one
+            if job_id != stem:
                 fsops.rename_noreplace(os.path.join(dead, name), os.path.join(dead, job_id + INVALID))
-            lifecycle.write_dead_record(self.spool, job_id, reason, fields, name)
             finding["repaired"] = True
             finding["detail"] += f"; record dead/{job_id}{SUFFIX} written"
 

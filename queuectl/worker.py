@@ -33,6 +33,7 @@ import time
 from collections.abc import Callable, Iterator
 
 from . import fsops, fstype, hooks, lifecycle, registry, retention, runner, schedules, workflow
+from .commit import FlushPace, GroupCommit
 from .errors import InvalidJob, SpoolError
 from .events import EventLog
 from .job import MAX_JOB_BYTES, due_time, loads
@@ -111,8 +112,8 @@ class Worker:
         self.next_recovery = self.started
         self.index = DueIndex()
         self.watch: FolderWatch | None = None
-        self.commit: lifecycle.GroupCommit | None = None  # started by the first slow settle (_settle)
-        self.pace = lifecycle.FlushPace()
+        self.commit: GroupCommit | None = None  # started by the first slow settle (_settle)
+        self.pace = FlushPace()
         self.base_env: tuple[tuple[str, ...], dict[str, str]] | None = None  # see _base_environment
         self.stopping = False
         self.stop_now = False
@@ -179,13 +180,13 @@ class Worker:
                 os.close(lock)
         return 0
 
-    def _group_commit(self) -> lifecycle.GroupCommit:
+    def _group_commit(self) -> GroupCommit:
         if self.commit is None:
             # Its thread starts with the stop signals blocked and keeps them so: they reach
             # this thread, which runs the handler and wakes its select.
             mask = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
             try:
-                self.commit = lifecycle.GroupCommit(self.spool)
+                self.commit = GroupCommit(self.spool)
             finally:
                 signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         return self.commit

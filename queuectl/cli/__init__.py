@@ -22,8 +22,8 @@ from typing import Any
 import click
 
 from .. import __version__
+from ..api import Spool
 from ..errors import QueueError
-from ..spool import Spool
 
 # Each top-level command: the module of this package that defines it, and its function there.
 COMMANDS = {

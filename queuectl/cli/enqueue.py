@@ -13,8 +13,7 @@ import sys
 import click
 
 from ..errors import InvalidJob, QueueError
-from ..job import iso, parse_time
-from ..spool import prepare_fields
+from ..job import iso, parse_time, prepare_fields
 from . import Command, Duration, open_spool, print_json
 
 

@@ -6,7 +6,7 @@ from typing import Any
 
 import click
 
-from ..spool import Spool
+from ..api import Spool
 from . import Command, open_spool, print_json
 from .inspection import status
 
