@@ -293,6 +293,15 @@ class DependenciesPlugin(lifecycle.Plugin):
             mark_waiting(spool, held.job["id"], after)
         return contextlib.nullcontext()
 
+    def on_delete(self, spool: Spool, job: dict) -> None:
+        """Its own waiting markers go with it: a deleted job waits for nothing."""
+        after = job.get("after")
+        if not isinstance(after, list) or not is_valid_id(job.get("id")):
+            return
+        for dep in after:
+            if is_valid_id(dep):
+                _unlink(os.path.join(waiting_dir(spool), dep, job["id"]))
+
     def may_delete(self, spool: Spool, state: str, job_id: str, path: str) -> AbstractContextManager[bool | None]:
         if state != "completed":
             return contextlib.nullcontext(True)

@@ -31,7 +31,7 @@ from typing import Any
 from . import fsops, lifecycle, registry, workflow
 from .errors import ConfigError, InvalidJob
 from .job import STATES, build, is_valid_id, loads, new_id
-from .spool import FOLDERS, SUFFIX, Spool, id_of
+from .spool import FOLDERS, PURGING, SUFFIX, Spool, id_of
 
 TEMP_AGE = 60.0          # a write takes milliseconds; older temporary files were left by a crash
 ORPHAN_LOG_AGE = 86400.0  # a log younger than a day may belong to a job an operator is still looking for
@@ -72,6 +72,7 @@ class _Doctor:
         self._dead_without_record()
         self._orphaned_jobs()
         self._workflows()
+        self._cut_purges()
         self._stray_temp_files()
         self._orphan_logs()
         self._stale_workers(dead_workers)
@@ -311,10 +312,26 @@ class _Doctor:
                 orphans[job_id]["detail"] += f"; recovered to {state}/"
 
     def _workflows(self) -> None:
-        """Slots of dead workers and unique keys of finished jobs that a crash left (README, "Workflows")."""
+        """Slots of dead workers and unique keys of finished jobs that a crash left (README, "Workflows"),
+        rings of `after` that no job on them can ever leave."""
         for finding in workflow.free_orphan_slots(self.spool, repair=self.repair) + \
                 workflow.stale_keys(self.spool, repair=self.repair):
             self._add(finding["problem"], finding["path"], finding["detail"], bool(finding["repaired"]))
+        for ring in workflow.rings(self.spool):
+            finding = self._add("dependency-ring", f"pending/{ring[0]}{SUFFIX}",
+                                "dependency ring: " + " -> ".join([*ring, ring[0]]) + "; none of them can start")
+            if self.repair:
+                moved = workflow.end_ring(self.spool, ring)
+                finding["repaired"] = bool(moved)
+                finding["detail"] += f"; {len(moved)} moved to dead/"
+
+    def _cut_purges(self) -> None:
+        """Deletions cut short by a crash (purging/<id>): finished, or undone when the job is still there."""
+        for job_id in sorted(os.listdir(self.spool.dir(PURGING))):
+            finding = self._add("cut-purge", f"{PURGING}/{job_id}", "a deletion of this job was cut short")
+            if self.repair:
+                lifecycle.sweep_purges(self.spool)
+                finding["repaired"] = not os.path.lexists(os.path.join(self.spool.dir(PURGING), job_id))
 
     # -- leftovers ---------------------------------------------------------------
 
@@ -343,6 +360,14 @@ class _Doctor:
                                 f"left {age:.0f}s ago by an interrupted write; "
                                 "never a job's current file")
             if self.repair:
+                job_id = lifecycle.temp_id(name)
+                if job_id is not None and info.st_nlink > 1:
+                    # An enqueue cut between taking the id's marker and publishing: the marker goes first.
+                    try:
+                        if os.path.samestat(info, os.lstat(self.spool.marker(job_id))):
+                            os.unlink(self.spool.marker(job_id))
+                    except FileNotFoundError:
+                        pass
                 try:
                     os.unlink(path)
                 except FileNotFoundError:

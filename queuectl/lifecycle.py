@@ -154,6 +154,9 @@ class Plugin:
     def after_recover(self, spool: Spool) -> None:
         """At the end of a recovery sweep."""
 
+    def on_delete(self, spool: Spool, job: dict) -> None:
+        """A finished job (its fields as they were) has just been deleted with its log."""
+
     def may_delete(self, spool: Spool, state: str, job_id: str, path: str) -> AbstractContextManager[bool | None]:
         """Around the deletion of a finished job: yield True to allow it, False when it must stay
         (a job still needs it), None when it may not be judged now."""
@@ -973,6 +976,7 @@ def delete_finished(spool: Spool, state: str, job_id: str, *, older_than: float 
         return False
     with held:
         _undo_cut_purge(spool, job_id)
+        job = held.job if isinstance(held.job, dict) else {}
         info = held.at_name()
         if info is None:
             return False  # another host moved it on or replaced it meanwhile
@@ -997,6 +1001,8 @@ def delete_finished(spool: Spool, state: str, job_id: str, *, older_than: float 
             except FileNotFoundError:
                 return False
     _finish_purge(spool, state, job_id)
+    for plugin in plugins():
+        plugin.on_delete(spool, job)
     return True
 
 

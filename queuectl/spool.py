@@ -560,10 +560,11 @@ class Spool:
             if os.path.islink(path):
                 raise SpoolError(f"log {path} is a symlink, which queuectl never follows") from None
             raise SpoolError(f"cannot read log {path}: {exc.strerror}") from None
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            fsops.close_quietly(fd)
+            raise SpoolError(f"log {path} is not a regular file (a folder, FIFO or device)")
         with open(fd, "rb") as handle:
-            info = os.fstat(handle.fileno())
-            if not stat.S_ISREG(info.st_mode):
-                raise SpoolError(f"log {path} is not a regular file (a folder, FIFO or device)")
             if tail_bytes is not None:
                 offset = max(0, info.st_size - tail_bytes)
             handle.seek(offset)
