@@ -43,7 +43,136 @@ def check(spool: Spool, *, repair: bool = False) -> list[dict[str, Any]]:
     return _Doctor(spool, repair).run()
 
 
-class _Doctor:
+class _Leftovers:
+    """The checks of what crashes leave beside the jobs: a part of _Doctor, kept apart for its size."""
+
+    spool: Spool
+    repair: bool
+
+    def _add(self, problem: str, path: str, detail: str, repaired: bool = False) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def _workflows(self) -> None:
+        """Slots of dead workers and unique keys of finished jobs that a crash left (README, "Workflows"),
+        rings of `after` that no job on them can ever leave."""
+        for finding in workflow.free_orphan_slots(self.spool, repair=self.repair) + \
+                workflow.stale_keys(self.spool, repair=self.repair):
+            self._add(finding["problem"], finding["path"], finding["detail"], bool(finding["repaired"]))
+        for ring in workflow.rings(self.spool):
+            finding = self._add("dependency-ring", f"pending/{ring[0]}{SUFFIX}",
+                                "dependency ring: " + " -> ".join([*ring, ring[0]]) + "; none of them can start")
+            if self.repair:
+                moved = workflow.end_ring(self.spool, ring)
+                finding["repaired"] = bool(moved)
+                finding["detail"] += f"; {len(moved)} moved to dead/"
+
+    def _cut_purges(self) -> None:
+        """Deletions cut short by a crash (purging/<id>): finished, or undone when the job is still there."""
+        for job_id in sorted(os.listdir(self.spool.dir(PURGING))):
+            finding = self._add("cut-purge", f"{PURGING}/{job_id}", "a deletion of this job was cut short")
+            if self.repair:
+                lifecycle.sweep_purges(self.spool)
+                finding["repaired"] = not os.path.lexists(os.path.join(self.spool.dir(PURGING), job_id))
+
+    # -- leftovers ---------------------------------------------------------------
+
+    def _stray_temp_files(self) -> None:
+        """tmp/ holds files being written; one older than TEMP_AGE that no live process holds was left by a crash.
+
+        Removing it never loses a job: an enqueue cut before its link was
+        never acknowledged, one cut between its link and the unlink left this
+        as a second name of the published file, and a rewrite cut short left
+        the job's previous version in place.
+        """
+        now = time.time()
+        for name in sorted(os.listdir(self.spool.dir("tmp"))):
+            path = os.path.join(self.spool.dir("tmp"), name)
+            try:
+                info = os.lstat(path)
+            except FileNotFoundError:
+                continue
+            age = now - info.st_mtime
+            if age < TEMP_AGE or _in_use(path, info):
+                continue
+            if stat.S_ISDIR(info.st_mode):
+                self._add("stray-temp", f"tmp/{name}", "a folder queuectl did not make; remove it by hand")
+                continue
+            finding = self._add("stray-temp", f"tmp/{name}",
+                                f"left {age:.0f}s ago by an interrupted write; "
+                                "never a job's current file")
+            if self.repair:
+                job_id = lifecycle.temp_id(name)
+                if job_id is not None and info.st_nlink > 1:
+                    # An enqueue cut between taking the id's marker and publishing: the marker goes first.
+                    try:
+                        if os.path.samestat(info, os.lstat(self.spool.marker(job_id))):
+                            os.unlink(self.spool.marker(job_id))
+                    except FileNotFoundError:
+                        pass
+                try:
+                    os.unlink(path)
+                except FileNotFoundError:
+                    pass
+                finding["repaired"] = True
+
+    def _orphan_logs(self) -> None:
+        now = time.time()
+        # One listing of each folder instead of a lookup per log; only the few logs
+        # without a job in it are looked up again, one by one.
+        listed = {id_of(name) for state in STATES for name in self.spool.names(state)}
+        for name in sorted(os.listdir(self.spool.dir("logs"))):
+            stem = name[: -len(".log")]
+            if not name.endswith(".log") or name.startswith(".") or stem in listed or self._job_exists(stem):
+                continue
+            path = os.path.join(self.spool.dir("logs"), name)
+            try:
+                age = now - os.lstat(path).st_mtime
+            except FileNotFoundError:
+                continue
+            finding = self._add("orphan-log", f"logs/{name}", "no job has this id (purged or deleted by hand?)")
+            if not self.repair:
+                continue
+            if age < ORPHAN_LOG_AGE:
+                finding["detail"] += "; kept: written less than a day ago, delete it by hand if unwanted"
+                continue
+            os.unlink(path)
+            finding["repaired"] = True
+
+    def _job_exists(self, stem: str) -> bool:
+        """Asked twice: a job moving between folders can be missed by one look at each folder."""
+        if not is_valid_id(stem):
+            return False
+        return self.spool.find(stem) is not None or self.spool.find(stem) is not None
+
+    def _stale_workers(self, dead_workers: list[dict[str, Any]]) -> None:
+        """Records (and lock files) of workers that no longer hold their lock."""
+        for record in dead_workers:
+            finding = self._add("stale-worker", f"workers/{record['name']}.json",
+                                f"worker pid {record.get('pid')} on {record.get('host')} is gone")
+            if self.repair:
+                registry.remove_record(self.spool, record["name"])
+                finding["repaired"] = True
+        now = time.time()
+        entries = sorted(os.listdir(self.spool.dir("workers")))
+        recorded = {entry.removesuffix(SUFFIX) for entry in entries if entry.endswith(SUFFIX)}
+        for entry in entries:
+            name = entry[: -len(".lock")]
+            if not entry.endswith(".lock") or name in recorded:
+                continue
+            path = os.path.join(self.spool.dir("workers"), entry)
+            try:
+                # A starting worker takes its lock an instant before writing its record.
+                if now - os.lstat(path).st_mtime < TEMP_AGE or registry.is_alive(self.spool, name):
+                    continue
+            except FileNotFoundError:
+                continue
+            finding = self._add("stale-worker", f"workers/{entry}", "lock file of a worker that is gone")
+            if self.repair:
+                registry.remove_record(self.spool, name)
+                finding["repaired"] = True
+
+
+class _Doctor(_Leftovers):
     def __init__(self, spool: Spool, repair: bool):
         self.spool = spool
         self.repair = repair
@@ -310,125 +439,6 @@ class _Doctor:
             if job_id in orphans:
                 orphans[job_id]["repaired"] = True
                 orphans[job_id]["detail"] += f"; recovered to {state}/"
-
-    def _workflows(self) -> None:
-        """Slots of dead workers and unique keys of finished jobs that a crash left (README, "Workflows"),
-        rings of `after` that no job on them can ever leave."""
-        for finding in workflow.free_orphan_slots(self.spool, repair=self.repair) + \
-                workflow.stale_keys(self.spool, repair=self.repair):
-            self._add(finding["problem"], finding["path"], finding["detail"], bool(finding["repaired"]))
-        for ring in workflow.rings(self.spool):
-            finding = self._add("dependency-ring", f"pending/{ring[0]}{SUFFIX}",
-                                "dependency ring: " + " -> ".join([*ring, ring[0]]) + "; none of them can start")
-            if self.repair:
-                moved = workflow.end_ring(self.spool, ring)
-                finding["repaired"] = bool(moved)
-                finding["detail"] += f"; {len(moved)} moved to dead/"
-
-    def _cut_purges(self) -> None:
-        """Deletions cut short by a crash (purging/<id>): finished, or undone when the job is still there."""
-        for job_id in sorted(os.listdir(self.spool.dir(PURGING))):
-            finding = self._add("cut-purge", f"{PURGING}/{job_id}", "a deletion of this job was cut short")
-            if self.repair:
-                lifecycle.sweep_purges(self.spool)
-                finding["repaired"] = not os.path.lexists(os.path.join(self.spool.dir(PURGING), job_id))
-
-    # -- leftovers ---------------------------------------------------------------
-
-    def _stray_temp_files(self) -> None:
-        """tmp/ holds files being written; one older than TEMP_AGE that no live process holds was left by a crash.
-
-        Removing it never loses a job: an enqueue cut before its link was
-        never acknowledged, one cut between its link and the unlink left this
-        as a second name of the published file, and a rewrite cut short left
-        the job's previous version in place.
-        """
-        now = time.time()
-        for name in sorted(os.listdir(self.spool.dir("tmp"))):
-            path = os.path.join(self.spool.dir("tmp"), name)
-            try:
-                info = os.lstat(path)
-            except FileNotFoundError:
-                continue
-            age = now - info.st_mtime
-            if age < TEMP_AGE or _in_use(path, info):
-                continue
-            if stat.S_ISDIR(info.st_mode):
-                self._add("stray-temp", f"tmp/{name}", "a folder queuectl did not make; remove it by hand")
-                continue
-            finding = self._add("stray-temp", f"tmp/{name}",
-                                f"left {age:.0f}s ago by an interrupted write; "
-                                "never a job's current file")
-            if self.repair:
-                job_id = lifecycle.temp_id(name)
-                if job_id is not None and info.st_nlink > 1:
-                    # An enqueue cut between taking the id's marker and publishing: the marker goes first.
-                    try:
-                        if os.path.samestat(info, os.lstat(self.spool.marker(job_id))):
-                            os.unlink(self.spool.marker(job_id))
-                    except FileNotFoundError:
-                        pass
-                try:
-                    os.unlink(path)
-                except FileNotFoundError:
-                    pass
-                finding["repaired"] = True
-
-    def _orphan_logs(self) -> None:
-        now = time.time()
-        # One listing of each folder instead of a lookup per log; only the few logs
-        # without a job in it are looked up again, one by one.
-        listed = {id_of(name) for state in STATES for name in self.spool.names(state)}
-        for name in sorted(os.listdir(self.spool.dir("logs"))):
-            stem = name[: -len(".log")]
-            if not name.endswith(".log") or name.startswith(".") or stem in listed or self._job_exists(stem):
-                continue
-            path = os.path.join(self.spool.dir("logs"), name)
-            try:
-                age = now - os.lstat(path).st_mtime
-            except FileNotFoundError:
-                continue
-            finding = self._add("orphan-log", f"logs/{name}", "no job has this id (purged or deleted by hand?)")
-            if not self.repair:
-                continue
-            if age < ORPHAN_LOG_AGE:
-                finding["detail"] += "; kept: written less than a day ago, delete it by hand if unwanted"
-                continue
-            os.unlink(path)
-            finding["repaired"] = True
-
-    def _job_exists(self, stem: str) -> bool:
-        """Asked twice: a job moving between folders can be missed by one look at each folder."""
-        if not is_valid_id(stem):
-            return False
-        return self.spool.find(stem) is not None or self.spool.find(stem) is not None
-
-    def _stale_workers(self, dead_workers: list[dict[str, Any]]) -> None:
-        """Records (and lock files) of workers that no longer hold their lock."""
-        for record in dead_workers:
-            finding = self._add("stale-worker", f"workers/{record['name']}.json",
-                                f"worker pid {record.get('pid')} on {record.get('host')} is gone")
-            if self.repair:
-                registry.remove_record(self.spool, record["name"])
-                finding["repaired"] = True
-        now = time.time()
-        entries = sorted(os.listdir(self.spool.dir("workers")))
-        recorded = {entry.removesuffix(SUFFIX) for entry in entries if entry.endswith(SUFFIX)}
-        for entry in entries:
-            name = entry[: -len(".lock")]
-            if not entry.endswith(".lock") or name in recorded:
-                continue
-            path = os.path.join(self.spool.dir("workers"), entry)
-            try:
-                # A starting worker takes its lock an instant before writing its record.
-                if now - os.lstat(path).st_mtime < TEMP_AGE or registry.is_alive(self.spool, name):
-                    continue
-            except FileNotFoundError:
-                continue
-            finding = self._add("stale-worker", f"workers/{entry}", "lock file of a worker that is gone")
-            if self.repair:
-                registry.remove_record(self.spool, name)
-                finding["repaired"] = True
 
 
 def _in_use(path: str, info: os.stat_result) -> bool:

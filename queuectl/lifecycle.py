@@ -537,7 +537,9 @@ def dead_letter(spool: Spool, held: LockedJob | None, reason: str, *, state: str
             spool.relink_id(job_id, temp)
             taken = True
         else:
-            taken = spool.take_id(job_id, temp)
+            # A record of this entry cut short by a crash left the marker on its temporary file.
+            taken = spool.take_id(job_id, temp) or (_cut_publish(spool, job_id, keep=temp)
+                                                    and spool.take_id(job_id, temp))
         if (taken and not spool.id_being_deleted(job_id)
                 and not os.path.lexists(os.path.join(dead, job_id + INVALID))):
             break
@@ -597,7 +599,8 @@ def write_dead_record(spool: Spool, job_id: str, reason: str, raw: object, origi
             own = kept is not None and os.path.samestat(os.lstat(kept), os.lstat(spool.marker(job_id)))
         if own:
             spool.relink_id(job_id, temp)
-        elif not spool.take_id(job_id, temp):
+        elif not spool.take_id(job_id, temp) and not (_cut_publish(spool, job_id, keep=temp)
+                                                      and spool.take_id(job_id, temp)):
             return False
         try:
             fsops.rename_noreplace(temp, os.path.join(spool.dir("dead"), job_id + SUFFIX))
@@ -673,7 +676,12 @@ def _adopt_held(spool: Spool, held: LockedJob, *, complete: bool, mtime: float) 
     job_id = job["id"]
     target = job_id + SUFFIX
     marker = spool.id_inode(job_id)
-    if (marker is not None and marker != held.inode) or spool.id_being_deleted(job_id):
+    if marker is not None and marker != held.inode and target == name and _cut_publish(spool, job_id):
+        marker = None
+    # Files put into a folder by hand have no marker: a look at the folders refuses them too (a look
+    # that misses a job moving between folders costs nothing: that job has its marker).
+    if ((marker is not None and marker != held.inode) or spool.id_being_deleted(job_id)
+            or (marker is None and not _unseen(spool, job_id, "pending", name))):
         dead_letter(spool, held, f"duplicate id {job_id!r}: another job has this id")
         return None
     if target != name:
@@ -705,6 +713,43 @@ def _adopt_held(spool: Spool, held: LockedJob, *, complete: bool, mtime: float) 
     if spool.durable:
         fsops.fsync_dir(spool.dir("pending"))
     return target
+
+
+def _cut_publish(spool: Spool, job_id: str, *, keep: str | None = None) -> bool:
+    """Whether ids/<id> named only a temporary file, now removed with it (then the id is free).
+
+    Called while this process holds pending/<id>.json: an enqueue or an
+    adoption that took the marker with its temporary file can never publish
+    it under that name now (it is taken), so the marker is a leftover, from
+    a crash or from a publish about to fail. Decided by the marker's own
+    inode, found under a name in tmp/: no timing, no look at other folders.
+    """
+    marker = spool.marker(job_id)
+    try:
+        info = os.lstat(marker)
+    except FileNotFoundError:
+        return True
+    if info.st_nlink < 2:
+        return False
+    tmp = spool.dir("tmp")
+    prefix = f".{job_id}{SUFFIX}."
+    for name in _listdir(tmp):
+        if not (name.startswith(prefix) and name.endswith(".tmp")):
+            continue
+        path = os.path.join(tmp, name)
+        if path == keep:
+            continue
+        try:
+            if not os.path.samestat(info, os.lstat(path)):
+                continue
+        except FileNotFoundError:
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(marker)  # the marker first: never a marker of a file with no name
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        return True
+    return False
 
 
 def finish_cut_move(spool: Spool, held: LockedJob) -> bool:

@@ -190,76 +190,16 @@ class LockedJob:
         self.release()
 
 
-class Spool:
-    """A spool folder: `Spool(path).enqueue("echo hi")`, `.get(id)`, `.counts()`."""
+class _IdMarkers:
+    """ids/<id> and purging/<id> (docs/decisions/identity.md): a part of Spool, kept apart for its size."""
 
-    def __init__(self, path: str | os.PathLike | None = None, *, create: bool = True,
-                 allow_shared: bool = False):
-        self.root = resolve_path(path)
-        self.warnings: list[str] = []
-        # Set by a worker on a spool other hosts share (lease.py, README.md
-        # "Running on several hosts"): its lease, and moves that never take a
-        # second name for their own.
-        self.shared = False
-        self.lease: Any = None  # lease.Lease (not imported here: commands that read never need it)
-        self._config_cache: tuple[tuple, dict] | None = None
-        self._held_config: dict[str, Any] | None = None  # see held_config()
-        self._prepare(create, allow_shared)
-        if not os.path.lexists(os.path.join(self.root, IDS, IDS_COMPLETE)):
-            self._mark_every_id()
-
-    # -- layout and safety ---------------------------------------------------
-
-    def _prepare(self, create: bool, allow_shared: bool) -> None:
-        try:
-            info = os.stat(self.root)
-        except FileNotFoundError:
-            if not create:
-                raise SpoolError(f"no spool at {self.root}") from None
-            try:
-                os.makedirs(self.root, mode=0o700)
-            except OSError as exc:
-                raise SpoolError(f"cannot create spool {self.root}: {exc.strerror}") from None
-            info = os.stat(self.root)
-        except NotADirectoryError:
-            raise SpoolError(f"spool path {self.root} is inside a file, not a directory") from None
-        if not stat.S_ISDIR(info.st_mode):
-            raise SpoolError(f"spool path {self.root} is a file, not a directory")
-        self._check_private(self.root, info, allow_shared)
-        for folder in FOLDERS:
-            path = self.dir(folder)
-            try:
-                folder_info = os.lstat(path)
-            except FileNotFoundError:
-                try:
-                    os.mkdir(path, 0o700)
-                except FileExistsError:
-                    pass
-                except OSError as exc:
-                    raise SpoolError(f"cannot create {path}: {exc.strerror}") from None
-                continue
-            if not stat.S_ISDIR(folder_info.st_mode):
-                raise SpoolError(f"{path} must be a directory (symlinks are not followed)")
-            self._check_private(path, folder_info, allow_shared)
-
-    def _check_private(self, path: str, info: os.stat_result, allow_shared: bool) -> None:
-        """Whoever can write here can run commands as the worker's user (README, Security)."""
-        mode = stat.S_IMODE(info.st_mode)
-        if mode & 0o022 and not allow_shared:
-            raise SpoolError(
-                f"spool folder {path} is writable by group or others (mode {mode:04o}), so they could "
-                f"run commands as you; run 'chmod go-w {path}' or pass --allow-shared-spool")
-        if info.st_uid != os.getuid() and not allow_shared:
-            raise SpoolError(f"spool folder {path} belongs to another user (uid {info.st_uid}); "
-                             f"pass --allow-shared-spool to use it anyway")
-        if path == self.root and mode & 0o077:
-            self.warnings.append(f"spool {path} is readable by others (mode {mode:04o}); "
-                                 f"'chmod 700 {path}' keeps job commands and logs private")
+    root: str
 
     def dir(self, folder: str) -> str:
         return os.path.join(self.root, folder)
 
-    # -- id markers (docs/decisions/identity.md) --------------------------------
+    def names(self, state: str) -> list[str]:
+        raise NotImplementedError
 
     def marker(self, job_id: str) -> str:
         """ids/<id>: a hard link of the file queuectl last placed into pending/ under this id."""
@@ -364,13 +304,16 @@ class Spool:
         with contextlib.suppress(FileExistsError):
             fsops.publish(self.dir("tmp"), os.path.join(self.root, IDS, IDS_COMPLETE), b"", durable=True)
 
-    def path(self, state: str, job_id: str) -> str:
-        return os.path.join(self.root, state, check_id(job_id) + SUFFIX)
 
-    def log_path(self, job_id: str) -> str:
-        return os.path.join(self.root, "logs", check_id(job_id) + ".log")
+class _Settings:
+    """config.json as a spool reads and writes it: a part of Spool, kept apart for its size."""
 
-    # -- configuration -------------------------------------------------------
+    root: str
+    _config_cache: tuple[tuple, dict] | None
+    _held_config: dict[str, Any] | None
+
+    def dir(self, folder: str) -> str:
+        return os.path.join(self.root, folder)
 
     @property
     def config(self) -> dict[str, Any]:
@@ -450,6 +393,82 @@ class Spool:
         target = os.path.join(self.root, relative)
         fsops.retry_stale(lambda: fsops.publish(self.dir("tmp"), target, data, durable=True, replace=True))
         fsops.fsync_dir(os.path.dirname(target))
+
+
+class Spool(_IdMarkers, _Settings):
+    """A spool folder: `Spool(path).enqueue("echo hi")`, `.get(id)`, `.counts()`."""
+
+    def __init__(self, path: str | os.PathLike | None = None, *, create: bool = True,
+                 allow_shared: bool = False):
+        self.root = resolve_path(path)
+        self.warnings: list[str] = []
+        # Set by a worker on a spool other hosts share (lease.py, README.md
+        # "Running on several hosts"): its lease, and moves that never take a
+        # second name for their own.
+        self.shared = False
+        self.lease: Any = None  # lease.Lease (not imported here: commands that read never need it)
+        self._config_cache: tuple[tuple, dict] | None = None
+        self._held_config: dict[str, Any] | None = None  # see held_config()
+        self._prepare(create, allow_shared)
+        if not os.path.lexists(os.path.join(self.root, IDS, IDS_COMPLETE)):
+            self._mark_every_id()
+
+    # -- layout and safety ---------------------------------------------------
+
+    def _prepare(self, create: bool, allow_shared: bool) -> None:
+        try:
+            info = os.stat(self.root)
+        except FileNotFoundError:
+            if not create:
+                raise SpoolError(f"no spool at {self.root}") from None
+            try:
+                os.makedirs(self.root, mode=0o700)
+            except OSError as exc:
+                raise SpoolError(f"cannot create spool {self.root}: {exc.strerror}") from None
+            info = os.stat(self.root)
+        except NotADirectoryError:
+            raise SpoolError(f"spool path {self.root} is inside a file, not a directory") from None
+        if not stat.S_ISDIR(info.st_mode):
+            raise SpoolError(f"spool path {self.root} is a file, not a directory")
+        self._check_private(self.root, info, allow_shared)
+        for folder in FOLDERS:
+            path = self.dir(folder)
+            try:
+                folder_info = os.lstat(path)
+            except FileNotFoundError:
+                try:
+                    os.mkdir(path, 0o700)
+                except FileExistsError:
+                    pass
+                except OSError as exc:
+                    raise SpoolError(f"cannot create {path}: {exc.strerror}") from None
+                continue
+            if not stat.S_ISDIR(folder_info.st_mode):
+                raise SpoolError(f"{path} must be a directory (symlinks are not followed)")
+            self._check_private(path, folder_info, allow_shared)
+
+    def _check_private(self, path: str, info: os.stat_result, allow_shared: bool) -> None:
+        """Whoever can write here can run commands as the worker's user (README, Security)."""
+        mode = stat.S_IMODE(info.st_mode)
+        if mode & 0o022 and not allow_shared:
+            raise SpoolError(
+                f"spool folder {path} is writable by group or others (mode {mode:04o}), so they could "
+                f"run commands as you; run 'chmod go-w {path}' or pass --allow-shared-spool")
+        if info.st_uid != os.getuid() and not allow_shared:
+            raise SpoolError(f"spool folder {path} belongs to another user (uid {info.st_uid}); "
+                             f"pass --allow-shared-spool to use it anyway")
+        if path == self.root and mode & 0o077:
+            self.warnings.append(f"spool {path} is readable by others (mode {mode:04o}); "
+                                 f"'chmod 700 {path}' keeps job commands and logs private")
+
+    def dir(self, folder: str) -> str:
+        return os.path.join(self.root, folder)
+
+    def path(self, state: str, job_id: str) -> str:
+        return os.path.join(self.root, state, check_id(job_id) + SUFFIX)
+
+    def log_path(self, job_id: str) -> str:
+        return os.path.join(self.root, "logs", check_id(job_id) + ".log")
 
     # -- inspection ----------------------------------------------------------
 
