@@ -14,7 +14,6 @@ import functools
 import json
 import math
 import os
-import random
 import re
 import sys
 import threading
@@ -409,7 +408,12 @@ def due_time(job: dict) -> float:
     return 0.0
 
 
-def retry_delay(attempts: int, config: dict, draw: Callable[[], float] = random.random) -> float:
+def _uniform() -> float:
+    """U uniform in [0, 1), from os.urandom: the random module costs every command's start-up."""
+    return int.from_bytes(os.urandom(7), "big") / (1 << 56)
+
+
+def retry_delay(attempts: int, config: dict, draw: Callable[[], float] = _uniform) -> float:
     """Seconds before the next run after failed run number `attempts`.
 
     d = min(backoff_base ** attempts, backoff_max), then d * (1 - backoff_jitter * U)

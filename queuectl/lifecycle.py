@@ -71,7 +71,7 @@ import stat
 import time
 from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from . import fsops
 from .errors import DuplicateJob, InvalidJob, JobNotFound, KeyTaken, SpoolError, WrongState
@@ -105,8 +105,18 @@ DROP_GRACE = 5.0
 KEEP_ORDER = ("processing", "completed", "dead", "failed", "pending")
 
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # types only: building a Protocol class costs every command's start-up
+    from typing import Protocol
+
     from .runner import Outcome
+
+    class Committer(Protocol):
+        """What settle hands a staged outcome to (commit.GroupCommit)."""
+
+        def submit(self, held: LockedJob, state: str) -> None: ...
+
+        def owns(self, held: LockedJob) -> bool: ...
+
 
 # The worker-only modules (runner, lease, registry) are imported in the
 # functions that run jobs or judge workers, not here: `queuectl enqueue`
@@ -187,14 +197,6 @@ def plugins() -> list[Plugin]:
     if _installer:
         _installer.pop()()
     return PLUGINS
-
-
-class Committer(Protocol):
-    """What settle hands a staged outcome to (commit.GroupCommit)."""
-
-    def submit(self, held: LockedJob, state: str) -> None: ...
-
-    def owns(self, held: LockedJob) -> bool: ...
 
 
 # -- enqueue ------------------------------------------------------------------------
