@@ -175,5 +175,14 @@ def loads(text: str) -> dict[str, Any]:
     return {**defaults(), **stored(text)}
 
 
+def shared_choice(text: str | None) -> bool | None:
+    """The `shared` setting of config.json's text: True, False, or None for auto (or no readable file)."""
+    try:
+        value = stored(text).get("shared", "auto") if text is not None else "auto"
+    except ConfigError:
+        return None
+    return {"true": True, "false": False}.get(value)
+
+
 def defaults() -> dict[str, Any]:
     return {name: setting.default for name, setting in SETTINGS.items()}

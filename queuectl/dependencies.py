@@ -303,6 +303,6 @@ class DependenciesPlugin(lifecycle.Plugin):
                 _unlink(os.path.join(waiting_dir(spool), dep, job["id"]))
 
     def may_delete(self, spool: Spool, state: str, job_id: str, path: str) -> AbstractContextManager[bool | None]:
-        if state != "completed":
+        if state != "completed" or not os.path.isfile(path):  # a folder or FIFO by hand: no job waits for it
             return contextlib.nullcontext(True)
         return prune_guard(spool, job_id, path)

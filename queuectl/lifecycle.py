@@ -264,7 +264,7 @@ def _validate_batch(spool: Spool, jobs: Iterable[dict], settings: dict) -> list[
 
 
 def _refuse_taken(spool: Spool, job_id: str) -> None:
-    if spool.id_inode(job_id) is not None:
+    if spool.id_taken(job_id):
         raise _taken(spool, job_id)
     state = spool.find(job_id)  # a file put into a folder by hand has no marker
     if state is not None:
@@ -338,7 +338,7 @@ def claim(spool: Spool, state: str, job_id: str, worker: str, now: float) -> Loc
     # A file in pending/ that is not the one queuectl placed there under this id
     # (its marker names another inode, or none) is a drop-in: adopted first, or
     # refused when the id is taken (docs/decisions/identity.md).
-    if state == "pending" and spool.id_inode(job_id) != held.inode:
+    if state == "pending" and spool.id_holds(job_id, held.inode) is not True:
         try:
             adopted = _adopt_held(spool, held, complete=True, mtime=0.0)
         except BaseException:
@@ -484,7 +484,7 @@ def _evict(spool: Spool, name: str) -> bool:
     if other is None:
         return not os.path.lexists(os.path.join(spool.dir("pending"), name))
     with other:
-        if spool.id_inode(id_of(name)) == other.inode:
+        if spool.id_holds(id_of(name), other.inode):
             return False  # the id's own job (cannot be: the caller holds it); left alone
         dead_letter(spool, other, f"duplicate id {id_of(name)!r}: another job holds this id")
     return True
@@ -526,7 +526,7 @@ def dead_letter(spool: Spool, held: LockedJob | None, reason: str, *, state: str
     if name is None:
         raise ValueError("dead_letter needs the held job or the entry's name")
     stem = id_of(name)
-    own = held is not None and is_valid_id(stem) and spool.id_inode(stem) == held.inode
+    own = held is not None and is_valid_id(stem) and spool.id_holds(stem, held.inode) is True
     # The stem only when no folder shows a job of that id either: a job put into a folder by
     # hand has no marker. A look that misses a moving job costs nothing: its marker refuses.
     job_id = stem if is_valid_id(stem) and (own or _unseen(spool, stem, state, name)) else new_id()
@@ -677,13 +677,13 @@ def _adopt_held(spool: Spool, held: LockedJob, *, complete: bool, mtime: float) 
         return None
     job_id = job["id"]
     target = job_id + SUFFIX
-    marker = spool.id_inode(job_id)
-    if marker is not None and marker != held.inode and target == name and _cut_publish(spool, job_id):
-        marker = None
+    holds = spool.id_holds(job_id, held.inode)  # None: the id is free; False: another file has it
+    if holds is False and target == name and _cut_publish(spool, job_id):
+        holds = None
     # Files put into a folder by hand have no marker: a look at the folders refuses them too (a look
     # that misses a job moving between folders costs nothing: that job has its marker).
-    if ((marker is not None and marker != held.inode) or spool.id_being_deleted(job_id)
-            or (marker is None and not _unseen(spool, job_id, "pending", name))):
+    if (holds is False or spool.id_being_deleted(job_id)
+            or (holds is None and not _unseen(spool, job_id, "pending", name))):
         dead_letter(spool, held, f"duplicate id {job_id!r}: another job has this id")
         return None
     if target != name:
@@ -938,7 +938,10 @@ def cancel(spool: Spool, job_id: str) -> str:
             continue
         with held:
             previous = held.state
-            if move_on(spool, held, "dead") == "dead" and held.state == "dead" and held.name == file_name(job_id):
+            reached = move_on(spool, held, "dead")
+            if reached == "lost":
+                continue  # moved meanwhile (a claim seen late through a shared spool's cache): look again
+            if reached == "dead" and held.state == "dead" and held.name == file_name(job_id):
                 held.job.update(state="dead", last_error="cancelled", next_run_at=None)
                 held.save()
         return previous
@@ -1018,6 +1021,14 @@ def delete_finished(spool: Spool, state: str, job_id: str, *, older_than: float 
     """
     if state not in ("completed", "dead"):
         raise WrongState(f"only completed or dead jobs are deleted, not {state}")
+    path = os.path.join(spool.dir(state), file_name(job_id))
+    if os.path.islink(path):  # never opened nor followed: no job, no lock, only the name goes
+        if older_than is not None and time.time() - os.lstat(path).st_mtime < older_than:
+            return False
+        _set_marker_aside(spool, job_id, path)
+        remove_entry(path)
+        _finish_purge(spool, state, job_id)
+        return True
     held = spool.lock(state, file_name(job_id))
     if held is None:
         return False
@@ -1038,19 +1049,23 @@ def delete_finished(spool: Spool, state: str, job_id: str, *, older_than: float 
                     return False
             if held.at_name() is None:
                 return False
-            aside = os.path.join(spool.dir(PURGING), job_id)
-            try:
-                os.rename(spool.marker(job_id), aside)
-            except FileNotFoundError:
-                os.link(held.path, aside, follow_symlinks=False)  # no marker (a record made by hand)
-            try:
-                os.unlink(held.path)
-            except FileNotFoundError:
+            _set_marker_aside(spool, job_id, held.path)
+            if not remove_entry(held.path):  # a folder or FIFO made by hand is removed as it is, unfollowed
                 return False
     _finish_purge(spool, state, job_id)
     for plugin in plugins():
         plugin.on_delete(spool, job)
     return True
+
+
+def _set_marker_aside(spool: Spool, job_id: str, path: str) -> None:
+    """The id's marker to purging/<id>: from now on the id is being deleted (an enqueue of it is refused)."""
+    aside = os.path.join(spool.dir(PURGING), job_id)
+    try:
+        os.rename(spool.marker(job_id), aside)
+    except FileNotFoundError:  # no marker: a file put there by hand; an empty name says the same
+        with contextlib.suppress(FileExistsError):
+            os.close(os.open(aside, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
 
 
 def _finish_purge(spool: Spool, state: str, job_id: str) -> None:

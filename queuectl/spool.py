@@ -28,7 +28,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from . import config as config_mod
-from . import fsops
+from . import fsops, fstype
 from .errors import InvalidJob, JobNotFound, SpoolError, WrongState
 from .job import MAX_JOB_BYTES, STATES, check_id, dumps, is_valid_id, iso, loads
 
@@ -201,6 +201,9 @@ class _IdMarkers:
     def names(self, state: str) -> list[str]:
         raise NotImplementedError
 
+    def _config_text(self) -> str | None:
+        raise NotImplementedError
+
     def marker(self, job_id: str) -> str:
         """ids/<id>: a hard link of the file queuectl last placed into pending/ under this id."""
         return os.path.join(self.root, IDS, job_id)
@@ -214,6 +217,8 @@ class _IdMarkers:
         made with O_EXCL that holds the inode's numbers instead.
         """
         path = self.marker(job_id)
+        if self._text_markers():
+            return self._write_marker(path, source, exclusive=True)
         try:
             os.link(source, path, follow_symlinks=False)
             return True
@@ -224,7 +229,8 @@ class _IdMarkers:
                 raise
             return self._write_marker(path, source, exclusive=True)
         try:  # an NFS client may report EEXIST for its own retried link
-            return os.path.samestat(os.lstat(source), os.lstat(path)) or self.id_inode(job_id) == _inode_of(source)
+            same = os.path.samestat(os.lstat(source), os.lstat(path))
+            return same or self.id_holds(job_id, _inode_of(source)) is True
         except FileNotFoundError:
             return False
 
@@ -238,7 +244,7 @@ class _IdMarkers:
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         except FileExistsError:
-            return self.id_inode(os.path.basename(path)) == (dev, ino)
+            return self.id_holds(os.path.basename(path), (dev, ino)) is True
         with open(fd, "wb") as handle:
             handle.write(data)
         return True
@@ -246,6 +252,9 @@ class _IdMarkers:
     def relink_id(self, job_id: str, source: str) -> None:
         """Point ids/<id> at `source` in one rename (for a job about to be moved back into pending/)."""
         temp = fsops.temp_name(self.dir(IDS), job_id)  # '.'-names: never an id
+        if self._text_markers():
+            self._write_marker(self.marker(job_id), source, exclusive=False)
+            return
         try:
             os.link(source, temp, follow_symlinks=False)
         except OSError as exc:
@@ -260,27 +269,34 @@ class _IdMarkers:
                 os.unlink(temp)
             raise
 
-    def id_inode(self, job_id: str) -> tuple[int, int] | None:
-        """(st_dev, st_ino) of ids/<id>; None when the id is free."""
+    def id_holds(self, job_id: str, inode: tuple[int, int]) -> bool | None:
+        """Whether ids/<id> names the file of `inode` (st_dev, st_ino); None when the id is free.
+
+        A text marker (see take_id) is compared by st_ino alone: it may have
+        been written through another host's mount, whose st_dev differs.
+        """
         path = self.marker(job_id)
         try:
             info = os.lstat(path)
         except FileNotFoundError:
             return None
-        if info.st_size < MARKER_TEXT and stat.S_ISREG(info.st_mode):  # a text marker (no hard links here)
+        if info.st_size < MARKER_TEXT and stat.S_ISREG(info.st_mode):  # a text marker
             try:
                 with open(fsops.open_nofollow(path), "rb") as handle:
-                    dev, ino = handle.read(MARKER_TEXT).split()
-                return int(dev), int(ino)
+                    _, ino = handle.read(MARKER_TEXT).split()
+                return int(ino) == inode[1]
             except (OSError, ValueError):
-                pass  # a small job file: its own numbers
-        return info.st_dev, info.st_ino
+                pass  # a small file of another kind: its own numbers
+        return (info.st_dev, info.st_ino) == inode
+
+    def id_taken(self, job_id: str) -> bool:
+        return os.path.lexists(self.marker(job_id))
 
     def drop_id(self, job_id: str, source: str) -> None:
         """Remove ids/<id> if it is still a name of `source` (an enqueue that failed after taking it)."""
         path = self.marker(job_id)
         try:
-            if self.id_inode(job_id) == _inode_of(source):
+            if self.id_holds(job_id, _inode_of(source)) is True:
                 os.unlink(path)
         except FileNotFoundError:
             pass
@@ -288,8 +304,32 @@ class _IdMarkers:
     def id_being_deleted(self, job_id: str) -> bool:
         return os.path.lexists(os.path.join(self.root, PURGING, job_id))
 
+    _text: bool | None = None
+
+    def _text_markers(self) -> bool:
+        """Whether this spool's markers are text (ids/.complete says `text`), read once per Spool object.
+
+        On a file system other hosts share, a hard link would keep the enqueued
+        inode reachable after a worker of another host moved the job on, and a
+        client whose cache of names still leads to it would then act on a job
+        that is gone from there (GlusterFS does: its names lead to a file by its
+        gfid). Such file systems number files from random ids, so the numbers a
+        text marker holds are not reused as ext4's are.
+        """
+        if self._text is None:
+            try:
+                with open(os.path.join(self.root, IDS, IDS_COMPLETE), "rb") as handle:
+                    self._text = handle.read(16).strip() == b"text"
+            except FileNotFoundError:
+                self._text = False
+        return self._text
+
     def _mark_every_id(self) -> None:
         """Give every job of a spool made before id markers its marker, once (idempotent: a crash redoes it)."""
+        shared = config_mod.shared_choice(self._config_text())
+        if shared is None:
+            shared = fstype.is_shared_type(fstype.filesystem(self.root))
+        self._text = shared
         for state in STATES:
             for name in self.names(state):
                 job_id = id_of(name)
@@ -302,7 +342,8 @@ class _IdMarkers:
                 with contextlib.suppress(OSError):
                     self.take_id(name[: -len(".invalid")], os.path.join(dead, name))
         with contextlib.suppress(FileExistsError):
-            fsops.publish(self.dir("tmp"), os.path.join(self.root, IDS, IDS_COMPLETE), b"", durable=True)
+            fsops.publish(self.dir("tmp"), os.path.join(self.root, IDS, IDS_COMPLETE),
+                          b"text\n" if shared else b"links\n", durable=True)
 
 
 class _Settings:
@@ -395,7 +436,7 @@ class _Settings:
         fsops.fsync_dir(os.path.dirname(target))
 
 
-class Spool(_IdMarkers, _Settings):
+class Spool(_Settings, _IdMarkers):
     """A spool folder: `Spool(path).enqueue("echo hi")`, `.get(id)`, `.counts()`."""
 
     def __init__(self, path: str | os.PathLike | None = None, *, create: bool = True,

@@ -229,3 +229,19 @@ def test_backoff_jitter_spreads_retry_delays_over_the_documented_range():
     assert len({round(delay, 6) for delay in delays}) > 1900  # a spread, not a few values
     mean = sum(delays) / len(delays)
     assert 5.8 < mean < 6.2  # uniform: d * (1 - j / 2) = 6
+
+
+@pytest.mark.parametrize("kind", ["folder", "fifo", "symlink"])
+def test_odd_entries_in_finished_folders_are_purged_and_shown_without_error(spool, spool_path, kind, tmp_path):
+    for state in ("completed", "dead"):
+        path = os.path.join(spool_path, state, f"odd-{state}.json")
+        if kind == "folder":
+            os.mkdir(path)
+        elif kind == "fifo":
+            os.mkfifo(path)
+        else:
+            os.symlink(tmp_path / "elsewhere", path)
+        assert spool.get(f"odd-{state}")["state"] == state  # shown as a stub saying why
+    assert lifecycle.purge(spool, ["completed", "dead"]) == 2
+    assert not os.path.lexists(tmp_path / "elsewhere")
+    assert spool.counts()["completed"] == spool.counts()["dead"] == 0
