@@ -2,11 +2,12 @@
 
 Every edge a job file can take, and the function that takes it:
 
-    (enqueue in spool.py)  ----------------------------> pending
+    (a caller)             --enqueue, enqueue_many---->  pending (the id's marker taken first)
     pending (a drop-in)    --adopt--------------------->  pending/<id>.json
     pending (a drop-in)    --adopt: not a valid job---->  dead    (bytes kept as <id>.invalid)
-    pending (a drop-in)    --adopt: unique key taken-->  dead    (a live job holds its unique_key)
-    pending                --claim-------------------->  processing
+    pending (a drop-in)    --adopt: id or key taken--->  dead    (another job holds its id or unique_key)
+    pending                --claim-------------------->  processing (a file its id's marker does not
+                                                           name is adopted first)
     failed                 --claim: next_run_at due--->  processing
     processing             --settle: exit 0----------->  completed
     processing             --settle: retries left----->  failed
@@ -20,10 +21,13 @@ Every edge a job file can take, and the function that takes it:
     failed                 --retry-------------------->  pending
     dead                   --dlq_retry---------------->  pending
     pending                --dependency_died---------->  dead    (a job its `after` names is dead or gone)
-    completed, dead        --purge, retention--------->  (deleted with its log: delete_finished;
-                                                           a completed job that a pending or failed
-                                                           job waits for stays: workflow.prune_guard)
+    pending                --dependency_ring---------->  dead    (its `after` leads back to itself)
+    completed, dead        --purge, retention--------->  (deleted with its log: delete_finished)
     (schedules.sweep)      --a due slot--------------->  pending (claimed under schedules/<name>.fired/)
+
+An id names one job for life: `ids/<id>` (Spool.take_id) is taken before
+the job is visible and kept until it is deleted; every move back into
+pending/ points it at the file that moves, first (docs/decisions/identity.md).
 
 After settle has moved a job to completed/, failed/ or dead/, its worker
 still holds the file's flock while it runs the job's completion hook
@@ -35,29 +39,22 @@ rename per move (`LockedJob.move`), never a copy. It writes the job's new
 fields in one of two orders, and the order is what makes a crash at any
 point repairable:
 
-- "move, then record" (claim, cancel, retry, dlq_retry, adopt): the file
-  reaches its new folder first, with its old contents; a crash before the
-  rewrite leaves a job whose `state` field lags behind its folder. In
-  processing/ that is an interrupted claim, which `recover` undoes; in
-  other folders the folder is the truth and doctor rewrites the field.
-- "record, then move" (settle, recover): the outcome is written into the
-  file while it is still in processing/ and locked, then the file moves;
-  a crash between leaves processing/ID.json whose `state` names where it
-  was going, and `recover` finishes the move.
+- "move, then record" (claim, cancel, adopt): the file reaches its new
+  folder first, with its old contents; a crash before the rewrite leaves
+  a job whose `state` field lags behind its folder. In processing/ that is
+  an interrupted claim, which `recover` undoes; in other folders the
+  folder is the truth and doctor rewrites the field.
+- "record, then move" (settle, recover, retry, dlq_retry): the new fields
+  are written while the file is still in its old folder and locked, then
+  the file moves; a crash between leaves a file whose `state` names where
+  it was going: `recover` finishes the move from processing/, and from
+  failed/ or dead/ the folder is the truth (no pending file ever carries
+  a used-up `attempts`).
 
-`recover` handles every file in processing/ whose owner is dead: one whose
-`state` field is not "processing" is moved on to the folder it names; one
-that still says "processing" was running when its worker died, and counts
-as a failed attempt.
-
-Workflows (workflow.py) hook in here. A job of a group with a
-limit holds a slot from just before its claim until its run ends (the
-worker takes and frees it); `recover` frees a dead worker's slot before it
-moves the job on, once the command's processes are gone. A unique key is
-released while its job is still live and locked, just before the move to
-completed/ or dead/ (`_move_on`, `cancel`), so nobody can take the key over
-in between; `dlq_retry` takes it again under the take-over lock. A pending
-job whose dependency is dead goes to dead/ (`dependency_died`).
+Features (unique keys, dependencies, groups, completion hooks) are not
+imported here: they subclass `Plugin` and are installed by the layers
+above (features.install); each transition calls them at fixed points
+(docs/decisions/layers.md).
 
 Functions take job ids; only `adopt` takes a file name, because a
 dropped-in file is not named after an id yet.

@@ -341,9 +341,18 @@ class _IdMarkers:
             if name.endswith(".invalid") and is_valid_id(name[: -len(".invalid")]):
                 with contextlib.suppress(OSError):
                     self.take_id(name[: -len(".invalid")], os.path.join(dead, name))
-        with contextlib.suppress(FileExistsError):
-            fsops.publish(self.dir("tmp"), os.path.join(self.root, IDS, IDS_COMPLETE),
-                          b"text\n" if shared else b"links\n", durable=True)
+        temp = fsops.temp_name(self.dir("tmp"), IDS_COMPLETE)
+        with open(temp, "xb") as handle:
+            handle.write(b"text\n" if shared else b"links\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        try:
+            fsops.link_new(temp, os.path.join(self.root, IDS, IDS_COMPLETE))  # by rename where links are missing
+        except FileExistsError:
+            pass  # another process marked them at the same time
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(temp)
 
 
 class _Settings:
