@@ -52,6 +52,41 @@ class _Leftovers:
     def _add(self, problem: str, path: str, detail: str, repaired: bool = False) -> dict[str, Any]:
         raise NotImplementedError
 
+    # -- processing/ without a live owner --------------------------------------
+
+    def _orphaned_jobs(self) -> None:
+        from .lease import Liveness
+
+        # On a shared spool a free flock is no proof (README.md "Running on several hosts").
+        judge = Liveness(self.spool)
+        orphans = {}
+        for name in self.spool.names("processing"):
+            if os.path.islink(os.path.join(self.spool.dir("processing"), name)):
+                detail = "a symlink in processing/"
+            else:
+                held = self.spool.lock("processing", name)
+                if held is None:
+                    continue  # its worker is alive (or it just moved on)
+                with held:
+                    job = held.job
+                    if not judge.owner_dead(held):
+                        continue  # a live worker of another host owns it
+                written = job.get("state") if isinstance(job, dict) else None
+                if not isinstance(job, dict):
+                    detail = "not a readable job (recovery moves it to dead/)"
+                elif written in ("pending", "failed", "completed", "dead"):
+                    detail = f"a move to {written}/ was cut short by a crash"
+                else:
+                    detail = "its worker died during the run (the attempt counts)"
+            orphans[id_of(name)] = self._add("orphaned-job", f"processing/{name}",
+                                                      f"no live worker owns it: {detail}")
+        if not (self.repair and orphans):
+            return
+        for job_id, state in lifecycle.recover(self.spool):
+            if job_id in orphans:
+                orphans[job_id]["repaired"] = True
+                orphans[job_id]["detail"] += f"; recovered to {state}/"
+
     def _workflows(self) -> None:
         """Slots of dead workers and unique keys of finished jobs that a crash left (README, "Workflows"),
         rings of `after` that no job on them can ever leave."""
@@ -405,40 +440,6 @@ class _Doctor(_Leftovers):
             finding["repaired"] = True
             finding["detail"] += f"; record dead/{job_id}{SUFFIX} written"
 
-    # -- processing/ without a live owner --------------------------------------
-
-    def _orphaned_jobs(self) -> None:
-        from .lease import Liveness
-
-        # On a shared spool a free flock is no proof (README.md "Running on several hosts").
-        judge = Liveness(self.spool)
-        orphans = {}
-        for name in self.spool.names("processing"):
-            if os.path.islink(os.path.join(self.spool.dir("processing"), name)):
-                detail = "a symlink in processing/"
-            else:
-                held = self.spool.lock("processing", name)
-                if held is None:
-                    continue  # its worker is alive (or it just moved on)
-                with held:
-                    job = held.job
-                    if not judge.owner_dead(held):
-                        continue  # a live worker of another host owns it
-                written = job.get("state") if isinstance(job, dict) else None
-                if not isinstance(job, dict):
-                    detail = "not a readable job (recovery moves it to dead/)"
-                elif written in ("pending", "failed", "completed", "dead"):
-                    detail = f"a move to {written}/ was cut short by a crash"
-                else:
-                    detail = "its worker died during the run (the attempt counts)"
-            orphans[id_of(name)] = self._add("orphaned-job", f"processing/{name}",
-                                                      f"no live worker owns it: {detail}")
-        if not (self.repair and orphans):
-            return
-        for job_id, state in lifecycle.recover(self.spool):
-            if job_id in orphans:
-                orphans[job_id]["repaired"] = True
-                orphans[job_id]["detail"] += f"; recovered to {state}/"
 
 
 def _in_use(path: str, info: os.stat_result) -> bool:

@@ -342,7 +342,11 @@ class _IdMarkers:
                 with contextlib.suppress(OSError):
                     self.take_id(name[: -len(".invalid")], os.path.join(dead, name))
         temp = fsops.temp_name(self.dir("tmp"), IDS_COMPLETE)
-        with open(temp, "xb") as handle:
+        try:
+            handle = open(temp, "xb")
+        except OSError:
+            return  # a reader without write access: the next process that may write does it
+        with handle:
             handle.write(b"text\n" if shared else b"links\n")
             handle.flush()
             os.fsync(handle.fileno())
