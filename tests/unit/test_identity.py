@@ -245,3 +245,63 @@ def test_odd_entries_in_finished_folders_are_purged_and_shown_without_error(spoo
     assert lifecycle.purge(spool, ["completed", "dead"]) == 2
     assert not os.path.lexists(tmp_path / "elsewhere")
     assert spool.counts()["completed"] == spool.counts()["dead"] == 0
+
+
+def test_a_deletion_cut_before_the_job_file_went_is_undone(spool, spool_path, monkeypatch):
+    spool.enqueue("true", id="p")
+    assert settled(spool, claimed(spool, "p"), exit_code=0) == "completed"
+
+    def killed(path):
+        raise KeyboardInterrupt  # the process dies before the job file goes
+
+    monkeypatch.setattr(lifecycle, "remove_entry", killed)
+    with pytest.raises(KeyboardInterrupt):
+        lifecycle.purge(spool, ["completed"])
+    monkeypatch.undo()
+    with pytest.raises(DuplicateJob):
+        spool.enqueue("echo again", id="p")
+    assert lifecycle.sweep_purges(spool) == 1
+    assert where(spool_path, "p") == ["completed"] and os.path.lexists(spool.marker("p"))
+    with pytest.raises(DuplicateJob):
+        spool.enqueue("echo again", id="p")
+
+
+def test_a_deletion_cut_after_the_job_file_went_is_finished(spool, spool_path, monkeypatch):
+    spool.enqueue("echo out; true", id="q")
+    assert settled(spool, claimed(spool, "q"), exit_code=0) == "completed"
+    with open(spool.log_path("q"), "w") as handle:
+        handle.write("its output")
+
+    def killed(spool, state, job_id):
+        raise KeyboardInterrupt  # the process dies after the job file went, before its log
+
+    monkeypatch.setattr(lifecycle, "_finish_purge", killed)
+    with pytest.raises(KeyboardInterrupt):
+        lifecycle.purge(spool, ["completed"])
+    monkeypatch.undo()
+    assert where(spool_path, "q") == [] and os.path.exists(spool.log_path("q"))
+    lifecycle.recover(spool)  # every worker's sweep
+    assert not os.path.exists(spool.log_path("q")) and os.listdir(os.path.join(spool_path, "purging")) == []
+    assert spool.enqueue("true", id="q")["id"] == "q"  # the id is free again, with no old log
+    assert not os.path.exists(spool.log_path("q"))
+
+
+def test_an_enqueue_cut_between_its_marker_and_its_publish_frees_the_id_at_the_next_sweep(spool, spool_path,
+                                                                                         monkeypatch):
+    from queuectl import fsops
+
+    def killed(temp, target):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(fsops, "link_new", killed)
+    monkeypatch.setattr(os, "unlink", lambda path: None)  # the crash leaves the temporary file
+    with pytest.raises(KeyboardInterrupt):
+        spool.enqueue("true", id="c")
+    monkeypatch.undo()
+    assert os.path.lexists(spool.marker("c"))
+    [temp] = os.listdir(os.path.join(spool_path, "tmp"))
+    old = time.time() - 2 * lifecycle.TEMP_AGE
+    os.utime(os.path.join(spool_path, "tmp", temp), (old, old))
+    lifecycle.recover(spool)
+    assert os.listdir(os.path.join(spool_path, "tmp")) == [] and not os.path.lexists(spool.marker("c"))
+    assert spool.enqueue("true", id="c")["id"] == "c"
