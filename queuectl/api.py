@@ -23,6 +23,7 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
+from . import lifecycle
 from . import spool as layout
 from .errors import InvalidJob, JobNotFound, QueueError
 from .job import FINISHED, STATES, check_id
@@ -32,6 +33,20 @@ IdList = list[str]  # named here: inside the class, `list` is the method
 MAX_CANDIDATES = 10  # ids an AmbiguousId error lists
 WAIT_POLL = 0.1  # seconds between looks while `wait` blocks (a tool for people and scripts, not a worker)
 SORTS = ("created", "oldest", "priority")
+
+
+def install_features() -> None:
+    """Install queuectl's features (features.install) at the first transition that needs them.
+
+    Imported then, not with this module, so `queuectl enqueue` of a plain job
+    does not load them (docs/decisions/layers.md).
+    """
+    from . import features
+
+    features.install()
+
+
+lifecycle.install_later(install_features)
 
 
 class AmbiguousId(QueueError):
@@ -73,11 +88,11 @@ class Spool(layout.Spool):
         job whose unique key a live job holds is not enqueued, and that job
         is returned instead. Raises InvalidJob, DuplicateJob.
         """
-        return super().enqueue(job, if_absent=if_absent, **options)
+        return lifecycle.enqueue(self, job, if_absent=if_absent, **options)
 
     def enqueue_many(self, jobs: Iterable[dict], *, if_absent: bool = False) -> JobList:
         """Validate every job first (none is enqueued if one is invalid), then enqueue them in order."""
-        return super().enqueue_many(jobs, if_absent=if_absent)
+        return lifecycle.enqueue_many(self, jobs, if_absent=if_absent)
 
     # -- reading -------------------------------------------------------------
 
@@ -176,23 +191,19 @@ class Spool(layout.Spool):
         settles it in dead/: `wait([job_id])` to see it there. Raises
         WrongState for a completed or dead job.
         """
-        from . import lifecycle
         return lifecycle.cancel(self, self.resolve(job_id))
 
     def retry(self, job_id: str) -> dict:
         """A failed job due now, without waiting for its backoff; returns it. Raises WrongState otherwise."""
-        from . import lifecycle
         return lifecycle.retry(self, self.resolve(job_id))
 
     def dlq_retry(self, job_id: str) -> dict:
         """A dead job back to pending with its attempts reset (its own fields kept); returns it."""
-        from . import lifecycle
         return lifecycle.dlq_retry(self, self.resolve(job_id))
 
     def dlq_retry_all(self) -> IdList:
         """Every dead job back to pending; returns the ids retried (records of files that were
         never valid jobs are skipped: they cannot run)."""
-        from . import lifecycle
         retried = []
         for job_id in sorted(layout.id_of(name) for name in self.names("dead")):
             try:
@@ -206,13 +217,11 @@ class Spool(layout.Spool):
               needed: IdList | None = None) -> int:
         """Delete completed and/or dead jobs (and their logs) unchanged for `older_than` seconds;
         returns how many. Completed jobs that a waiting job depends on stay (their ids go to `needed`)."""
-        from . import lifecycle
         return lifecycle.purge(self, [states] if isinstance(states, str) else list(states), older_than, needed)
 
     def remove(self, job_id: str) -> bool:
         """Delete one completed or dead job and its log; False when it stays (as purge keeps it).
         Raises WrongState for a job that is not finished."""
-        from . import lifecycle
         job_id = self.resolve(job_id)
         return lifecycle.delete_finished(self, self.find(job_id) or "dead", job_id)
 

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .errors import ConfigError
+from .job import valid_keep
 from .units import parse_duration
 
 
@@ -60,12 +61,6 @@ def _is_command(value: Any) -> bool:
     return isinstance(value, str) and "\0" not in value
 
 
-def _is_keep(value: Any) -> bool:
-    from .retention import valid_keep
-
-    return valid_keep(value)
-
-
 def _limit(name: str, help: str) -> Setting:
     """A per-job limit's default (docs/guide/limits.md): limits.py is loaded once one is set or read."""
     def parse(text: str) -> Any:
@@ -104,6 +99,9 @@ SETTINGS: dict[str, Setting] = {
                            "retries after the first failed run (integer >= 0)"),
     "backoff_base": Setting(2, _parse_number, lambda v: _is_number(v) and v >= 1,
                             "retry delay is backoff_base ** attempts seconds (number >= 1)"),
+    "backoff_jitter": Setting(0, _parse_number, lambda v: _is_number(v) and 0 <= v <= 1,
+                              "fraction of each retry delay taken off at random, so jobs that failed "
+                              "together do not retry together (number from 0 to 1, 0 = none)"),
     "backoff_max": Setting(3600, _parse_seconds, lambda v: _is_number(v) and v >= 0,
                            "upper bound of the retry delay in seconds (number >= 0)"),
     "timeout": Setting(0, _parse_seconds, lambda v: _is_number(v) and v >= 0,
@@ -130,9 +128,9 @@ SETTINGS: dict[str, Setting] = {
                        "hook command run after a job goes to dead/ (\"\" = none)"),
     "hook_timeout": Setting(60, _parse_seconds, lambda v: _is_number(v) and v > 0,
                             "seconds a completion hook may run before it is killed (number > 0)"),
-    "keep_completed": Setting("", str.strip, lambda v: _is_keep(v),
+    "keep_completed": Setting("", str.strip, valid_keep,
                               "completed jobs kept: an age (7d), a count (1000), both (7d,1000), \"\" = all"),
-    "keep_dead": Setting("", str.strip, lambda v: _is_keep(v),
+    "keep_dead": Setting("", str.strip, valid_keep,
                          "dead jobs kept: an age (30d), a count (1000), both (30d,1000), \"\" = all"),
     "max_log_bytes": Setting(0, _parse_bytes, lambda v: _is_int(v) and v >= 0,
                              "cap of each job's log in bytes (10M, 512k), 0 = none; head and tail are kept"),
@@ -198,6 +196,15 @@ def stored(text: str) -> dict[str, Any]:
 
 def loads(text: str) -> dict[str, Any]:
     return {**defaults(), **stored(text)}
+
+
+def shared_choice(text: str | None) -> bool | None:
+    """The `shared` setting of config.json's text: True, False, or None for auto (or no readable file)."""
+    try:
+        value = stored(text).get("shared", "auto") if text is not None else "auto"
+    except ConfigError:
+        return None
+    return {"true": True, "false": False}.get(value)
 
 
 def defaults() -> dict[str, Any]:

@@ -31,7 +31,7 @@ from typing import Any
 from . import fsops, lifecycle, registry, workflow
 from .errors import ConfigError, InvalidJob
 from .job import STATES, build, is_valid_id, loads, new_id
-from .spool import FOLDERS, SUFFIX, Spool, id_of
+from .spool import FOLDERS, PURGING, SUFFIX, Spool, id_of
 
 TEMP_AGE = 60.0          # a write takes milliseconds; older temporary files were left by a crash
 ORPHAN_LOG_AGE = 86400.0  # a log younger than a day may belong to a job an operator is still looking for
@@ -43,7 +43,171 @@ def check(spool: Spool, *, repair: bool = False) -> list[dict[str, Any]]:
     return _Doctor(spool, repair).run()
 
 
-class _Doctor:
+class _Leftovers:
+    """The checks of what crashes leave beside the jobs: a part of _Doctor, kept apart for its size."""
+
+    spool: Spool
+    repair: bool
+
+    def _add(self, problem: str, path: str, detail: str, repaired: bool = False) -> dict[str, Any]:
+        raise NotImplementedError
+
+    # -- processing/ without a live owner --------------------------------------
+
+    def _orphaned_jobs(self) -> None:
+        from .lease import Liveness
+
+        # On a shared spool a free flock is no proof (docs/guide/several-hosts.md).
+        judge = Liveness(self.spool)
+        orphans = {}
+        for name in self.spool.names("processing"):
+            if os.path.islink(os.path.join(self.spool.dir("processing"), name)):
+                detail = "a symlink in processing/"
+            else:
+                held = self.spool.lock("processing", name)
+                if held is None:
+                    continue  # its worker is alive (or it just moved on)
+                with held:
+                    job = held.job
+                    if not judge.owner_dead(held):
+                        continue  # a live worker of another host owns it
+                written = job.get("state") if isinstance(job, dict) else None
+                if not isinstance(job, dict):
+                    detail = "not a readable job (recovery moves it to dead/)"
+                elif written in ("pending", "failed", "completed", "dead"):
+                    detail = f"a move to {written}/ was cut short by a crash"
+                else:
+                    detail = "its worker died during the run (the attempt counts)"
+            orphans[id_of(name)] = self._add("orphaned-job", f"processing/{name}",
+                                                      f"no live worker owns it: {detail}")
+        if not (self.repair and orphans):
+            return
+        for job_id, state in lifecycle.recover(self.spool):
+            if job_id in orphans:
+                orphans[job_id]["repaired"] = True
+                orphans[job_id]["detail"] += f"; recovered to {state}/"
+
+    def _workflows(self) -> None:
+        """Slots of dead workers and unique keys of finished jobs that a crash left (docs/guide/workflows.md),
+        rings of `after` that no job on them can ever leave."""
+        for finding in workflow.free_orphan_slots(self.spool, repair=self.repair) + \
+                workflow.stale_keys(self.spool, repair=self.repair):
+            self._add(finding["problem"], finding["path"], finding["detail"], bool(finding["repaired"]))
+        for ring in workflow.rings(self.spool):
+            finding = self._add("dependency-ring", f"pending/{ring[0]}{SUFFIX}",
+                                "dependency ring: " + " -> ".join([*ring, ring[0]]) + "; none of them can start")
+            if self.repair:
+                moved = workflow.end_ring(self.spool, ring)
+                finding["repaired"] = bool(moved)
+                finding["detail"] += f"; {len(moved)} moved to dead/"
+
+    def _cut_purges(self) -> None:
+        """Deletions cut short by a crash (purging/<id>): finished, or undone when the job is still there."""
+        for job_id in sorted(os.listdir(self.spool.dir(PURGING))):
+            finding = self._add("cut-purge", f"{PURGING}/{job_id}", "a deletion of this job was cut short")
+            if self.repair:
+                lifecycle.sweep_purges(self.spool)
+                finding["repaired"] = not os.path.lexists(os.path.join(self.spool.dir(PURGING), job_id))
+
+    # -- leftovers ---------------------------------------------------------------
+
+    def _stray_temp_files(self) -> None:
+        """tmp/ holds files being written; one older than TEMP_AGE that no live process holds was left by a crash.
+
+        Removing it never loses a job: an enqueue cut before its link was
+        never acknowledged, one cut between its link and the unlink left this
+        as a second name of the published file, and a rewrite cut short left
+        the job's previous version in place.
+        """
+        now = time.time()
+        for name in sorted(os.listdir(self.spool.dir("tmp"))):
+            path = os.path.join(self.spool.dir("tmp"), name)
+            try:
+                info = os.lstat(path)
+            except FileNotFoundError:
+                continue
+            age = now - info.st_mtime
+            if age < TEMP_AGE or _in_use(path, info):
+                continue
+            if stat.S_ISDIR(info.st_mode):
+                self._add("stray-temp", f"tmp/{name}", "a folder queuectl did not make; remove it by hand")
+                continue
+            finding = self._add("stray-temp", f"tmp/{name}",
+                                f"left {age:.0f}s ago by an interrupted write; "
+                                "never a job's current file")
+            if self.repair:
+                job_id = lifecycle.temp_id(name)
+                if job_id is not None and info.st_nlink > 1:
+                    # An enqueue cut between taking the id's marker and publishing: the marker goes first.
+                    try:
+                        if os.path.samestat(info, os.lstat(self.spool.marker(job_id))):
+                            os.unlink(self.spool.marker(job_id))
+                    except FileNotFoundError:
+                        pass
+                try:
+                    os.unlink(path)
+                except FileNotFoundError:
+                    pass
+                finding["repaired"] = True
+
+    def _orphan_logs(self) -> None:
+        now = time.time()
+        # One listing of each folder instead of a lookup per log; only the few logs
+        # without a job in it are looked up again, one by one.
+        listed = {id_of(name) for state in STATES for name in self.spool.names(state)}
+        for name in sorted(os.listdir(self.spool.dir("logs"))):
+            stem = name[: -len(".log")]
+            if not name.endswith(".log") or name.startswith(".") or stem in listed or self._job_exists(stem):
+                continue
+            path = os.path.join(self.spool.dir("logs"), name)
+            try:
+                age = now - os.lstat(path).st_mtime
+            except FileNotFoundError:
+                continue
+            finding = self._add("orphan-log", f"logs/{name}", "no job has this id (purged or deleted by hand?)")
+            if not self.repair:
+                continue
+            if age < ORPHAN_LOG_AGE:
+                finding["detail"] += "; kept: written less than a day ago, delete it by hand if unwanted"
+                continue
+            os.unlink(path)
+            finding["repaired"] = True
+
+    def _job_exists(self, stem: str) -> bool:
+        """Asked twice: a job moving between folders can be missed by one look at each folder."""
+        if not is_valid_id(stem):
+            return False
+        return self.spool.find(stem) is not None or self.spool.find(stem) is not None
+
+    def _stale_workers(self, dead_workers: list[dict[str, Any]]) -> None:
+        """Records (and lock files) of workers that no longer hold their lock."""
+        for record in dead_workers:
+            finding = self._add("stale-worker", f"workers/{record['name']}.json",
+                                f"worker pid {record.get('pid')} on {record.get('host')} is gone")
+            if self.repair:
+                registry.remove_record(self.spool, record["name"])
+                finding["repaired"] = True
+        now = time.time()
+        entries = sorted(os.listdir(self.spool.dir("workers")))
+        recorded = {entry.removesuffix(SUFFIX) for entry in entries if entry.endswith(SUFFIX)}
+        for entry in entries:
+            name = entry[: -len(".lock")]
+            if not entry.endswith(".lock") or name in recorded:
+                continue
+            path = os.path.join(self.spool.dir("workers"), entry)
+            try:
+                # A starting worker takes its lock an instant before writing its record.
+                if now - os.lstat(path).st_mtime < TEMP_AGE or registry.is_alive(self.spool, name):
+                    continue
+            except FileNotFoundError:
+                continue
+            finding = self._add("stale-worker", f"workers/{entry}", "lock file of a worker that is gone")
+            if self.repair:
+                registry.remove_record(self.spool, name)
+                finding["repaired"] = True
+
+
+class _Doctor(_Leftovers):
     def __init__(self, spool: Spool, repair: bool):
         self.spool = spool
         self.repair = repair
@@ -72,6 +236,7 @@ class _Doctor:
         self._dead_without_record()
         self._orphaned_jobs()
         self._workflows()
+        self._cut_purges()
         self._stray_temp_files()
         self._orphan_logs()
         self._stale_workers(dead_workers)
@@ -266,143 +431,15 @@ class _Doctor:
                                 f"kept bytes without dead/{stem}{SUFFIX} to say why: {reason}")
             if not self.repair:
                 continue
-            job_id = stem
-            if not is_valid_id(stem) or self.spool.find(stem) is not None:
+            # A job put into a folder by hand has no marker: a look at the folders too (a new id is always safe).
+            job_id = stem if is_valid_id(stem) and self.spool.find(stem) is None else new_id()
+            while not lifecycle.write_dead_record(self.spool, job_id, reason, fields, name, os.path.join(dead, name)):
                 job_id = new_id()  # the id is someone else's now: the bytes take a new one
+            if job_id != stem:
                 fsops.rename_noreplace(os.path.join(dead, name), os.path.join(dead, job_id + INVALID))
-            lifecycle.write_dead_record(self.spool, job_id, reason, fields, name)
             finding["repaired"] = True
             finding["detail"] += f"; record dead/{job_id}{SUFFIX} written"
 
-    # -- processing/ without a live owner --------------------------------------
-
-    def _orphaned_jobs(self) -> None:
-        from .lease import Liveness
-
-        # On a shared spool a free flock is no proof (docs/decisions/leases.md).
-        judge = Liveness(self.spool)
-        orphans = {}
-        for name in self.spool.names("processing"):
-            if os.path.islink(os.path.join(self.spool.dir("processing"), name)):
-                detail = "a symlink in processing/"
-            else:
-                held = self.spool.lock("processing", name)
-                if held is None:
-                    continue  # its worker is alive (or it just moved on)
-                with held:
-                    job = held.job
-                    if not judge.owner_dead(held):
-                        continue  # a live worker of another host owns it
-                written = job.get("state") if isinstance(job, dict) else None
-                if not isinstance(job, dict):
-                    detail = "not a readable job (recovery moves it to dead/)"
-                elif written in ("pending", "failed", "completed", "dead"):
-                    detail = f"a move to {written}/ was cut short by a crash"
-                else:
-                    detail = "its worker died during the run (the attempt counts)"
-            orphans[id_of(name)] = self._add("orphaned-job", f"processing/{name}",
-                                                      f"no live worker owns it: {detail}")
-        if not (self.repair and orphans):
-            return
-        for job_id, state in lifecycle.recover(self.spool):
-            if job_id in orphans:
-                orphans[job_id]["repaired"] = True
-                orphans[job_id]["detail"] += f"; recovered to {state}/"
-
-    def _workflows(self) -> None:
-        """Slots of dead workers and unique keys of finished jobs that a crash left (docs/guide/workflows.md)."""
-        for finding in workflow.free_orphan_slots(self.spool, repair=self.repair) + \
-                workflow.stale_keys(self.spool, repair=self.repair):
-            self._add(finding["problem"], finding["path"], finding["detail"], bool(finding["repaired"]))
-
-    # -- leftovers ---------------------------------------------------------------
-
-    def _stray_temp_files(self) -> None:
-        """tmp/ holds files being written; one older than TEMP_AGE that no live process holds was left by a crash.
-
-        Removing it never loses a job: an enqueue cut before its link was
-        never acknowledged, one cut between its link and the unlink left this
-        as a second name of the published file, and a rewrite cut short left
-        the job's previous version in place.
-        """
-        now = time.time()
-        for name in sorted(os.listdir(self.spool.dir("tmp"))):
-            path = os.path.join(self.spool.dir("tmp"), name)
-            try:
-                info = os.lstat(path)
-            except FileNotFoundError:
-                continue
-            age = now - info.st_mtime
-            if age < TEMP_AGE or _in_use(path, info):
-                continue
-            if stat.S_ISDIR(info.st_mode):
-                self._add("stray-temp", f"tmp/{name}", "a folder queuectl did not make; remove it by hand")
-                continue
-            finding = self._add("stray-temp", f"tmp/{name}",
-                                f"left {age:.0f}s ago by an interrupted write; "
-                                "never a job's current file")
-            if self.repair:
-                try:
-                    os.unlink(path)
-                except FileNotFoundError:
-                    pass
-                finding["repaired"] = True
-
-    def _orphan_logs(self) -> None:
-        now = time.time()
-        # One listing of each folder instead of a lookup per log; only the few logs
-        # without a job in it are looked up again, one by one.
-        listed = {id_of(name) for state in STATES for name in self.spool.names(state)}
-        for name in sorted(os.listdir(self.spool.dir("logs"))):
-            stem = name[: -len(".log")]
-            if not name.endswith(".log") or name.startswith(".") or stem in listed or self._job_exists(stem):
-                continue
-            path = os.path.join(self.spool.dir("logs"), name)
-            try:
-                age = now - os.lstat(path).st_mtime
-            except FileNotFoundError:
-                continue
-            finding = self._add("orphan-log", f"logs/{name}", "no job has this id (purged or deleted by hand?)")
-            if not self.repair:
-                continue
-            if age < ORPHAN_LOG_AGE:
-                finding["detail"] += "; kept: written less than a day ago, delete it by hand if unwanted"
-                continue
-            os.unlink(path)
-            finding["repaired"] = True
-
-    def _job_exists(self, stem: str) -> bool:
-        """Asked twice: a job moving between folders can be missed by one look at each folder."""
-        if not is_valid_id(stem):
-            return False
-        return self.spool.find(stem) is not None or self.spool.find(stem) is not None
-
-    def _stale_workers(self, dead_workers: list[dict[str, Any]]) -> None:
-        """Records (and lock files) of workers that no longer hold their lock."""
-        for record in dead_workers:
-            finding = self._add("stale-worker", f"workers/{record['name']}.json",
-                                f"worker pid {record.get('pid')} on {record.get('host')} is gone")
-            if self.repair:
-                registry.remove_record(self.spool, record["name"])
-                finding["repaired"] = True
-        now = time.time()
-        entries = sorted(os.listdir(self.spool.dir("workers")))
-        recorded = {entry.removesuffix(SUFFIX) for entry in entries if entry.endswith(SUFFIX)}
-        for entry in entries:
-            name = entry[: -len(".lock")]
-            if not entry.endswith(".lock") or name in recorded:
-                continue
-            path = os.path.join(self.spool.dir("workers"), entry)
-            try:
-                # A starting worker takes its lock an instant before writing its record.
-                if now - os.lstat(path).st_mtime < TEMP_AGE or registry.is_alive(self.spool, name):
-                    continue
-            except FileNotFoundError:
-                continue
-            finding = self._add("stale-worker", f"workers/{entry}", "lock file of a worker that is gone")
-            if self.repair:
-                registry.remove_record(self.spool, name)
-                finding["repaired"] = True
 
 
 def _in_use(path: str, info: os.stat_result) -> bool:

@@ -90,7 +90,7 @@ class SupervisorCheck(Duty):
 
 
 class CommitAdvance(Duty):
-    """Make the renames of the settles the group commit's thread has flushed (lifecycle.GroupCommit)."""
+    """Make the renames of the settles the group commit's thread has flushed (commit.GroupCommit)."""
 
     during_run = True
 

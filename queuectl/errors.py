@@ -31,3 +31,11 @@ class SpoolError(QueueError):
 
 class WrongState(QueueError):
     """The job exists but the requested action does not apply to its state."""
+
+
+class KeyTaken(DuplicateJob):
+    """The unique key is held by a live job: `holder` is its id."""
+
+    def __init__(self, message: str, holder: str):
+        super().__init__(message)
+        self.holder = holder

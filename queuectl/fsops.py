@@ -158,6 +158,9 @@ def flush_seconds() -> float:
     return getattr(_flush_clock, "seconds", 0.0)
 
 
+# What link() fails with where the file system has no hard links (or no more for this file).
+NO_LINKS = (errno.EPERM, errno.EOPNOTSUPP, errno.ENOSYS, errno.EMLINK)
+
 _temp_counter = 0
 
 
@@ -247,6 +250,11 @@ def close_quietly(fd: int) -> None:
         pass
 
 
+def link_new(temp: str, target: str) -> None:
+    """Give the fresh temporary file `temp` the name `target` (see _link_new); FileExistsError when taken."""
+    _link_new(temp, target)
+
+
 def _link_new(temp: str, target: str) -> None:
     """Give a fresh temporary file its final name; FileExistsError when the name is taken.
 
@@ -262,7 +270,7 @@ def _link_new(temp: str, target: str) -> None:
             raise
         # A link retried by an NFS client reports EEXIST after it succeeded.
     except OSError as exc:
-        if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOSYS, errno.EMLINK):
+        if exc.errno not in NO_LINKS:
             raise
         rename_noreplace(temp, target)  # a file system without hard links
         return

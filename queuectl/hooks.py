@@ -27,11 +27,14 @@ Promises:
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 
-from . import runner
+from . import lifecycle, registry, runner
 from .job import iso
+from .spool import Spool
 
 EVENTS = {"completed": "on_success", "failed": "on_failure", "dead": "on_dead"}
 
@@ -71,8 +74,6 @@ def running_elsewhere(spool, job: dict) -> bool:
     worker = job.get("worker")
     if not (isinstance(hook, dict) and hook.get("status") == "started" and isinstance(worker, str)):
         return False
-    from . import registry
-
     return registry.is_alive(spool, worker)
 
 
@@ -98,3 +99,15 @@ def run(spool, held, *, worker: str, timeout: float | None, kill_grace: float, p
     if error is not None:
         job["last_hook_error"] = f"{hook['event']} hook: {error}"
     held.save()
+
+
+class HooksPlugin(lifecycle.Plugin):
+    """Marks an outcome's hook started in the outcome's own write; keeps a job whose hook runs elsewhere."""
+
+    def on_settle(self, spool: Spool, job: dict, state: str) -> bool:
+        plan(job, state, spool.config)
+        return planned(job, state)
+
+    def may_delete(self, spool: Spool, state: str, job_id: str, path: str) -> AbstractContextManager[bool | None]:
+        job = spool.read(state, job_id + ".json") or {}
+        return contextlib.nullcontext(not running_elsewhere(spool, job))

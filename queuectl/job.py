@@ -18,6 +18,7 @@ import re
 import sys
 import threading
 import time
+from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -27,6 +28,12 @@ STATES = ("pending", "processing", "completed", "failed", "dead")
 FINISHED = ("completed", "dead")
 MAX_JOB_BYTES = 1024 * 1024
 ID_PATTERN = re.compile(r"[A-Za-z0-9_\-][A-Za-z0-9._\-]{0,127}")
+GROUP_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
+MAX_KEY = 256
+MAX_AFTER = 1000
+# The farthest a job may be scheduled: iso() writes the years 1 to 9999 only,
+# and a delay past that would overflow on the way (docs/spool-format.md "Times").
+MAX_DELAY = 100 * 365 * 86400.0
 
 HOOK_FIELDS = ("on_success", "on_failure", "on_dead")
 _OPTIONAL_FIELDS = ("run_at", "timeout", "cwd", "env", "next_run_at", "started_at",
@@ -224,14 +231,12 @@ def build(fields: Any, config: dict, *, stem: str | None = None,
         if hook is not None and (not isinstance(hook, str) or "\0" in hook):
             raise InvalidJob(f"{name} must be a command string (\"\" for none) or null")
     if job.get("memory") is not None or job.get("cpu_time") is not None or job.get("max_files") is not None:
-        from .limits import check_fields as check_limits  # as workflow's below: loaded for jobs that use them
+        from .limits import check_fields as check_limits  # loaded only for jobs that set a limit
         check_limits(job)  # memory, cpu_time, max_files (docs/guide/limits.md)
     history = job.setdefault("history", [])
     if not isinstance(history, list):
         raise InvalidJob("history must be a list")
     if job.get("after") is not None or job.get("group") is not None or job.get("unique_key") is not None:
-        # Imported only for jobs that use them: a plain enqueue starts faster without it.
-        from .workflow import check_fields  # `after`, `group`, `unique_key` (docs/guide/workflows.md)
         check_fields(job)
 
     stamp = iso(now)
@@ -252,15 +257,133 @@ def build(fields: Any, config: dict, *, stem: str | None = None,
     return job
 
 
+def check_group(name: Any) -> str:
+    if not isinstance(name, str) or not GROUP_PATTERN.fullmatch(name):
+        raise InvalidJob(f"invalid group {str(name)[:40]!r}: use 1-64 characters of A-Z a-z 0-9 _ -")
+    return name
+
+
+def check_fields(job: dict) -> None:
+    """`after`, `group` and `unique_key` of a job, as build() stores them (missing ones stay missing)."""
+    after = job.get("after")
+    if after is not None:
+        if isinstance(after, str):
+            after = job["after"] = [after]
+        if not isinstance(after, list) or not all(is_valid_id(dep) for dep in after):
+            raise InvalidJob("after must be a list of job ids")
+        if len(after) > MAX_AFTER:
+            raise InvalidJob(f"after names {len(after)} jobs, over the limit of {MAX_AFTER}")
+        if job.get("id") in after:
+            raise InvalidJob("a job cannot wait for itself (after names its own id)")
+        job["after"] = list(dict.fromkeys(after))
+    if job.get("group") is not None:
+        check_group(job["group"])
+    key = job.get("unique_key")
+    if key is not None:
+        if not isinstance(key, str) or not key or len(key) > MAX_KEY:
+            raise InvalidJob(f"unique_key must be a non-empty string of at most {MAX_KEY} characters")
+        if "\0" in key:
+            raise InvalidJob("unique_key must not contain NUL characters")
+
+
+_KEEP_AGE = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")
+_KEEP_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_keep(text: Any) -> tuple[float | None, int | None]:
+    """`7d`, `1000`, `7d,1000` or "" as (max age in seconds, max count); ValueError when malformed."""
+    if not isinstance(text, str):
+        raise ValueError(text)
+    age = count = None
+    for part in (p.strip().lower() for p in text.split(",")):
+        if not part:
+            continue
+        match = _KEEP_AGE.fullmatch(part)
+        if match and age is None:
+            age = float(match.group(1)) * _KEEP_UNITS[match.group(2)]
+        elif part.isdigit() and count is None:
+            count = int(part)
+        else:
+            raise ValueError(text)
+    return age, count
+
+
+def valid_keep(text: Any) -> bool:
+    """Whether `text` is a value of keep_completed / keep_dead (docs/spool-format.md, config.json)."""
+    try:
+        parse_keep(text)
+    except ValueError:
+        return False
+    return True
+
+
+def prepare_fields(job: dict | str, *, run_at: Any = None, delay: float | None = None,
+                   priority: int | None = None, timeout: float | None = None,
+                   max_retries: int | None = None, id: str | None = None,
+                   command: str | None = None, cwd: str | None = None,
+                   env: dict[str, str] | None = None, after: list[str] | None = None,
+                   group: str | None = None, unique: str | None = None) -> dict:
+    """Merge a job (dict or command string) with enqueue options; options win.
+
+    `env` adds to the job's own `env` object (a name in both takes the
+    option's value); a job `env` that is not an object is left for
+    validation to refuse. `delay` and a numeric `run_at` are checked like a
+    `run_at` text: a time queuectl cannot write is refused with one line.
+    """
+    if isinstance(job, str):
+        fields: dict = {"command": job}
+    elif isinstance(job, dict):
+        fields = dict(job)
+    else:
+        raise InvalidJob("a job is a JSON object or a command string")
+    options = {"command": command, "id": id, "priority": priority, "timeout": timeout,
+               "max_retries": max_retries, "cwd": cwd, "group": group, "unique_key": unique}
+    fields.update({name: value for name, value in options.items() if value is not None})
+    if env:
+        own = fields.get("env")
+        if own is None or isinstance(own, dict):
+            fields["env"] = {**(own or {}), **env}
+    if after:
+        fields["after"] = list(after)
+    if delay is not None:
+        fields["run_at"] = _time_after(delay)
+    if run_at is not None:
+        fields["run_at"] = run_at if isinstance(run_at, str) else _timestamp_text(run_at)
+    return fields
+
+
+def _time_after(delay: Any) -> str:
+    if isinstance(delay, bool) or not isinstance(delay, (int, float)):
+        raise InvalidJob("delay must be a number of seconds")
+    if delay < 0:
+        raise InvalidJob("delay must be >= 0 seconds")
+    if not delay <= MAX_DELAY:  # NaN fails the comparison too
+        raise InvalidJob(f"delay must be at most 100 years ({MAX_DELAY:.0f} seconds), not {delay!r}")
+    return iso(time.time() + delay)
+
+
+def _timestamp_text(moment: Any) -> str:
+    """A run_at given as seconds since the epoch, in queuectl's form; InvalidJob outside the years 1-9999."""
+    try:
+        return iso(parse_time(iso(float(moment))))
+    except (TypeError, ValueError, OverflowError, OSError, InvalidJob):
+        raise InvalidJob(f"run_at {moment!r} is not a time between the years 1 and 9999") from None
+
+
 def _env_name(name: Any) -> bool:
     """What execve() accepts as a variable name."""
     return isinstance(name, str) and name != "" and "=" not in name and "\0" not in name
 
 
-def loads(data: bytes) -> Any:
-    """Parse job bytes; InvalidJob (never a crash) for anything that is not JSON."""
+def loads(data: bytes, size: int | None = None) -> Any:
+    """Parse job bytes; InvalidJob (never a crash) for anything that is not JSON.
+
+    `size`: the file's whole size when known; readers stop a little past the
+    limit, so without it a file too big is said to be "at least" what was read.
+    """
     if len(data) > MAX_JOB_BYTES:
-        raise InvalidJob(f"job file is {len(data)} bytes, over the 1 MiB limit")
+        told = f"{max(size or 0, len(data))} bytes" if size is not None else f"at least {len(data)} bytes"
+        raise InvalidJob(f"job file is over the 1 MiB limit ({told})")
     try:
         return json.loads(data.decode("utf-8"))
     except UnicodeDecodeError:
@@ -311,14 +434,27 @@ def due_time(job: dict) -> float:
     return 0.0
 
 
-def retry_delay(attempts: int, config: dict) -> float:
-    """Seconds before the next run after failed run number `attempts`."""
+def _uniform() -> float:
+    """U uniform in [0, 1), from os.urandom: the random module costs every command's start-up."""
+    return int.from_bytes(os.urandom(7), "big") / (1 << 56)
+
+
+def retry_delay(attempts: int, config: dict, draw: Callable[[], float] = _uniform) -> float:
+    """Seconds before the next run after failed run number `attempts`.
+
+    d = min(backoff_base ** attempts, backoff_max), then d * (1 - backoff_jitter * U)
+    with U uniform in [0, 1) from `draw` (docs/spool-format.md "Retries"): with
+    jitter j, the delays of jobs that failed together spread over [d * (1 - j), d],
+    never past d, so the configured maximum stays a maximum.
+    """
     try:
         # In floats: an integer power of a huge `attempts` from a hand-made file would take hours.
         delay = float(config["backoff_base"]) ** attempts
     except OverflowError:
         delay = float("inf")
-    return min(delay, config["backoff_max"])
+    delay = min(delay, config["backoff_max"])
+    jitter = config.get("backoff_jitter", 0)
+    return delay * (1 - jitter * draw()) if jitter else delay
 
 
 def shorten(text: str, width: int) -> str:

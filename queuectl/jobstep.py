@@ -5,7 +5,7 @@ runner.run, which asks `interruption` every half second whether to stop
 (and lets the worker do the duties that cannot wait meanwhile); the
 settle records the outcome and moves the file on (lifecycle.settle): at
 once, or through the group commit when this disk's flushes are slow
-(lifecycle.FlushPace, docs/decisions/durable.md).
+(commit.FlushPace, docs/decisions/durable.md).
 
 A claim lost to another host's worker (a shared spool, where flocks may
 not reach across hosts) is no error: it is counted (`lost_claims`, in
@@ -21,7 +21,7 @@ import time
 import zlib
 from collections.abc import Callable
 
-from . import fsops, hooks, lifecycle, registry, retention, runner
+from . import commit, fsops, hooks, lifecycle, registry, retention, runner
 from .events import EventLog
 from .intake import Intake
 from .spool import LockedJob, Spool, file_name
@@ -30,7 +30,7 @@ from .transient import LOST_RACE, TRANSIENT_PAUSE, is_transient, note
 
 SETTLE_ATTEMPTS = 5
 # Workers of a shared spool spread their claims over this many of the first due jobs of the
-# top priority (README.md "Running on several hosts": the order within a priority is approximate
+# top priority (docs/guide/several-hosts.md: the order within a priority is approximate
 # across workers there), so that they do not all race for the same file.
 SPREAD = 8
 
@@ -47,8 +47,8 @@ class JobStep:
         self.gate = intake.gate
         self.stop = stop
         self.between = between  # the worker's duties that cannot wait for a run to end
-        self.commit: lifecycle.GroupCommit | None = None  # started by the first slow settle
-        self.pace = lifecycle.FlushPace()
+        self.commit: commit.GroupCommit | None = None  # started by the first slow settle
+        self.pace = commit.FlushPace()
         self.base_env: tuple[tuple[str, ...], dict[str, str]] | None = None  # see _base_environment
         self.lost_claims = 0  # claims another worker won (a shared spool)
         # Which of the first SPREAD due jobs of the top priority this worker claims on a shared
@@ -132,10 +132,10 @@ class JobStep:
             self.base_env = (tuple(pass_env), runner.base_environment(pass_env))
         return self.base_env[1]
 
-    def group_commit(self) -> lifecycle.GroupCommit:
+    def group_commit(self) -> commit.GroupCommit:
         if self.commit is None:
             with signals_blocked():  # its thread leaves them to the worker's thread
-                self.commit = lifecycle.GroupCommit(self.spool)
+                self.commit = commit.GroupCommit(self.spool)
         return self.commit
 
     def close_commit(self) -> None:
@@ -153,7 +153,7 @@ class JobStep:
         hook for the caller to run.
 
         On one host a settle is made at once while this disk's flushes are
-        quick, else through the group commit (lifecycle.FlushPace). On a
+        quick, else through the group commit (commit.FlushPace). On a
         shared spool each settle is made at once, and the retry starts again
         from the path: the file is locked anew and, if it is still this
         worker's run, settled from the job as claimed (so a try cut after its

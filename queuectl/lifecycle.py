@@ -2,11 +2,12 @@
 
 Every edge a job file can take, and the function that takes it:
 
-    (enqueue in spool.py)  ----------------------------> pending
+    (a caller)             --enqueue, enqueue_many---->  pending (the id's marker taken first)
     pending (a drop-in)    --adopt--------------------->  pending/<id>.json
     pending (a drop-in)    --adopt: not a valid job---->  dead    (bytes kept as <id>.invalid)
-    pending (a drop-in)    --adopt: unique key taken-->  dead    (a live job holds its unique_key)
-    pending                --claim-------------------->  processing
+    pending (a drop-in)    --adopt: id or key taken--->  dead    (another job holds its id or unique_key)
+    pending                --claim-------------------->  processing (a file its id's marker does not
+                                                           name is adopted first)
     failed                 --claim: next_run_at due--->  processing
     processing             --settle: exit 0----------->  completed
     processing             --settle: retries left----->  failed
@@ -20,10 +21,13 @@ Every edge a job file can take, and the function that takes it:
     failed                 --retry-------------------->  pending
     dead                   --dlq_retry---------------->  pending
     pending                --dependency_died---------->  dead    (a job its `after` names is dead or gone)
-    completed, dead        --purge, retention--------->  (deleted with its log: delete_finished;
-                                                           a completed job that a pending or failed
-                                                           job waits for stays: workflow.prune_guard)
+    pending                --dependency_ring---------->  dead    (its `after` leads back to itself)
+    completed, dead        --purge, retention--------->  (deleted with its log: delete_finished)
     (schedules.sweep)      --a due slot--------------->  pending (claimed under schedules/<name>.fired/)
+
+An id names one job for life: `ids/<id>` (Spool.take_id) is taken before
+the job is visible and kept until it is deleted; every move back into
+pending/ points it at the file that moves, first (docs/decisions/identity.md).
 
 After settle has moved a job to completed/, failed/ or dead/, its worker
 still holds the file's flock while it runs the job's completion hook
@@ -35,29 +39,22 @@ rename per move (`LockedJob.move`), never a copy. It writes the job's new
 fields in one of two orders, and the order is what makes a crash at any
 point repairable:
 
-- "move, then record" (claim, cancel, retry, dlq_retry, adopt): the file
-  reaches its new folder first, with its old contents; a crash before the
-  rewrite leaves a job whose `state` field lags behind its folder. In
-  processing/ that is an interrupted claim, which `recover` undoes; in
-  other folders the folder is the truth and doctor rewrites the field.
-- "record, then move" (settle, recover): the outcome is written into the
-  file while it is still in processing/ and locked, then the file moves;
-  a crash between leaves processing/ID.json whose `state` names where it
-  was going, and `recover` finishes the move.
+- "move, then record" (claim, cancel, adopt): the file reaches its new
+  folder first, with its old contents; a crash before the rewrite leaves
+  a job whose `state` field lags behind its folder. In processing/ that is
+  an interrupted claim, which `recover` undoes; in other folders the
+  folder is the truth and doctor rewrites the field.
+- "record, then move" (settle, recover, retry, dlq_retry): the new fields
+  are written while the file is still in its old folder and locked, then
+  the file moves; a crash between leaves a file whose `state` names where
+  it was going: `recover` finishes the move from processing/, and from
+  failed/ or dead/ the folder is the truth (no pending file ever carries
+  a used-up `attempts`).
 
-`recover` handles every file in processing/ whose owner is dead: one whose
-`state` field is not "processing" is moved on to the folder it names; one
-that still says "processing" was running when its worker died, and counts
-as a failed attempt.
-
-Workflows (workflow.py) hook in here. A job of a group with a
-limit holds a slot from just before its claim until its run ends (the
-worker takes and frees it); `recover` frees a dead worker's slot before it
-moves the job on, once the command's processes are gone. A unique key is
-released while its job is still live and locked, just before the move to
-completed/ or dead/ (`_move_on`, `cancel`), so nobody can take the key over
-in between; `dlq_retry` takes it again under the take-over lock. A pending
-job whose dependency is dead goes to dead/ (`dependency_died`).
+Features (unique keys, dependencies, groups, completion hooks) are not
+imported here: they subclass `Plugin` and are installed by the layers
+above (features.install); each transition calls them at fixed points
+(docs/decisions/layers.md).
 
 Functions take job ids; only `adopt` takes a file name, because a
 dropped-in file is not named after an id yet.
@@ -65,20 +62,30 @@ dropped-in file is not named after an id yet.
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import os
 import stat
-import threading
 import time
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager
+from typing import TYPE_CHECKING, Any
 
-from . import fsops, hooks, registry, workflow
-from .errors import InvalidJob, WrongState
-from .job import STATES, build, due_time, dumps, is_valid_id, iso, new_id, parse_time, retry_delay
-from .runner import Outcome, describe, kill_leftovers
-from .spool import SUFFIX, LockedJob, Spool, file_name, id_of
+from . import fsops
+from .errors import DuplicateJob, InvalidJob, JobNotFound, KeyTaken, SpoolError, WrongState
+from .job import (
+    MAX_JOB_BYTES,
+    STATES,
+    build,
+    due_time,
+    dumps,
+    is_valid_id,
+    iso,
+    new_id,
+    parse_time,
+    prepare_fields,
+    retry_delay,
+)
+from .spool import PURGING, SUFFIX, LockedJob, Spool, file_name, id_of
 
 HISTORY_LIMIT = 50
 # A dropped-in file that does not parse yet may still be being written;
@@ -95,6 +102,228 @@ DROP_GRACE = 5.0
 KEEP_ORDER = ("processing", "completed", "dead", "failed", "pending")
 
 
+if TYPE_CHECKING:  # types only: building a Protocol class costs every command's start-up
+    from typing import Protocol
+
+    from .runner import Outcome
+
+    class Committer(Protocol):
+        """What settle hands a staged outcome to (commit.GroupCommit)."""
+
+        def submit(self, held: LockedJob, state: str) -> None: ...
+
+        def owns(self, held: LockedJob) -> bool: ...
+
+
+# The worker-only modules (runner, lease, registry) are imported in the
+# functions that run jobs or judge workers, not here: `queuectl enqueue`
+# imports this module, and its start-up must not pay for them (subprocess,
+# socket, dataclasses). They sit below this module; nothing there imports it.
+
+
+# -- the features' interface ------------------------------------------------------
+
+class Plugin:
+    """A feature that joins in the transitions (docs/decisions/layers.md).
+
+    Lifecycle knows no feature: groups, unique keys, dependencies, completion
+    hooks and retention subclass this, and the layers above (the worker, the
+    CLI, the Python API) install them with `install` (features.install does
+    it for queuectl's own). Every method's default does nothing; each is
+    called under the job file's flock, at the point its name says.
+    """
+
+    def check_enqueue(self, spool: Spool, job: dict, earlier: set[str]) -> None:
+        """Before any job of an enqueue batch is published; raise a QueueError to refuse the batch.
+        `earlier`: the ids of the jobs before this one in the batch."""
+
+    def before_publish(self, spool: Spool, job: dict, source: str) -> None:
+        """Right before `job` appears in pending/ (enqueue, adoption): `source` is a file holding its JSON.
+        Raise KeyTaken (or another DuplicateJob) to refuse it."""
+
+    def undo_publish(self, spool: Spool, job: dict) -> None:
+        """An enqueue failed after before_publish: give back what it took."""
+
+    def before_return(self, spool: Spool, held: LockedJob) -> AbstractContextManager[None]:
+        """A dead job coming back to pending/ (`dlq retry`): the move happens inside the context."""
+        return contextlib.nullcontext()
+
+    def on_settle(self, spool: Spool, job: dict, state: str) -> bool:
+        """The outcome is recorded in `job` (not written yet); True: keep the job locked after its move."""
+        return False
+
+    def before_finish(self, spool: Spool, job: dict) -> None:
+        """A live job (pending, processing, failed) is about to move to completed/ or dead/."""
+
+    def on_recover(self, spool: Spool, job: dict, leftovers: bool) -> None:
+        """A dead worker's job is about to move on; `leftovers`: its command may still have processes."""
+
+    def after_recover(self, spool: Spool) -> None:
+        """At the end of a recovery sweep."""
+
+    def on_delete(self, spool: Spool, job: dict) -> None:
+        """A finished job (its fields as they were) has just been deleted with its log."""
+
+    def may_delete(self, spool: Spool, state: str, job_id: str, path: str) -> AbstractContextManager[bool | None]:
+        """Around the deletion of a finished job: yield True to allow it, False when it must stay
+        (a job still needs it), None when it may not be judged now."""
+        return contextlib.nullcontext(True)
+
+
+PLUGINS: list[Plugin] = []
+_installer: list[Callable[[], None]] = []
+
+
+def install(plugin: Plugin) -> None:
+    """Add a feature to every transition of this process (once per class)."""
+    if not any(type(installed) is type(plugin) for installed in PLUGINS):
+        PLUGINS.append(plugin)
+
+
+def install_later(installer: Callable[[], None]) -> None:
+    """Have `installer` install the features at the first transition that needs them.
+
+    The Python API and the CLI register one, so that a plain enqueue (which
+    no feature joins) starts without loading them (docs/decisions/layers.md).
+    """
+    _installer[:] = [installer]
+
+
+def plugins() -> list[Plugin]:
+    """The installed features, after running a pending `install_later` installer."""
+    if _installer:
+        _installer.pop()()
+    return PLUGINS
+
+
+# -- enqueue ------------------------------------------------------------------------
+
+def enqueue(spool: Spool, job: dict | str, *, if_absent: bool = False, **options: Any) -> dict:
+    """Enqueue one job from a dict of fields or a command string; returns the stored job.
+
+    With `if_absent`, a job whose unique key a live job holds is not
+    enqueued, and that job is returned instead.
+    """
+    return enqueue_many(spool, [prepare_fields(job, **options)], if_absent=if_absent)[0]
+
+
+def enqueue_many(spool: Spool, jobs: Iterable[dict], *, if_absent: bool = False) -> list[dict]:
+    """Validate every job, then publish them in order; the folder is fsynced once at the end.
+
+    An invalid job, an id already taken or an `after` naming no job stops
+    the batch before any job is published. Only a rival process taking an
+    id, or a live job holding a `unique_key`, stops it midway (the jobs
+    before that one are enqueued); with `if_absent` the holder of the key
+    takes the place of the job in the returned list instead.
+    """
+    settings = spool.config
+    durable = settings["durable"]
+    batch = _validate_batch(spool, jobs, settings)
+    published: list[dict] = []
+    try:
+        for job, data in batch:
+            published.append(_publish(spool, job, data, durable, if_absent) or job)
+    except DuplicateJob as exc:
+        raise DuplicateJob(f"{exc}{_enqueued_before(published)}") from None
+    except OSError as exc:
+        raise SpoolError(f"cannot enqueue into {spool.root}: {exc.strerror or exc}"
+                         f"{_enqueued_before(published)}") from None
+    finally:
+        if durable and published:
+            fsops.fsync_dir(spool.dir("pending"))
+    return published
+
+
+def _validate_batch(spool: Spool, jobs: Iterable[dict], settings: dict) -> list[tuple[dict, bytes]]:
+    """Each job built and serialized, or the error of the first one that cannot be enqueued."""
+    batch: list[tuple[dict, bytes]] = []
+    ids: set[str] = set()
+    for fields in jobs:
+        job = build(fields, settings)
+        job_id = job["id"]
+        if job_id in ids:
+            raise DuplicateJob(f"id {job_id!r} appears twice in the batch")
+        # A generated id embeds this process's own increasing clock and its pid,
+        # so only ids the caller chose can be taken. The marker decides at
+        # publish time (_publish); this look refuses the batch before any job
+        # is published, and also finds a file put into a folder by hand (which
+        # has no marker: `doctor --repair` gives it one).
+        if fields.get("id") is not None:
+            _refuse_taken(spool, job_id)
+        for plugin in _plugins_for(job):
+            plugin.check_enqueue(spool, job, ids)
+        data = dumps(job)
+        if len(data) > MAX_JOB_BYTES:
+            raise InvalidJob(f"job {job_id!r} is {len(data)} bytes as JSON, over the 1 MiB limit")
+        ids.add(job_id)
+        batch.append((job, data))
+    return batch
+
+
+def _refuse_taken(spool: Spool, job_id: str) -> None:
+    if spool.id_taken(job_id):
+        raise _taken(spool, job_id)
+    state = spool.find(job_id)  # a file put into a folder by hand has no marker
+    if state is not None:
+        raise DuplicateJob(f"a job with id {job_id!r} already exists ({state})")
+
+
+def _taken(spool: Spool, job_id: str) -> DuplicateJob:
+    state = spool.find(job_id)  # for the message only: the job may be between two folders
+    return DuplicateJob(f"a job with id {job_id!r} already exists" + (f" ({state})" if state else ""))
+
+
+def _publish(spool: Spool, job: dict, data: bytes, durable: bool, if_absent: bool) -> dict | None:
+    """Take the id's marker, then the features' names, then publish (docs/decisions/identity.md).
+
+    The marker is a second name of the job's own temporary file, taken
+    before the job is visible, so it costs no inode and the file that lands
+    in pending/ is the marker's. With `if_absent` the holder of a taken
+    unique key is returned instead.
+    """
+    job_id = job["id"]
+    temp, _ = fsops.write_new(spool.dir("tmp"), job_id + SUFFIX, data, durable=durable)
+    took = published = False
+    try:
+        if not spool.take_id(job_id, temp):
+            raise _taken(spool, job_id)
+        took = True
+        if spool.id_being_deleted(job_id):
+            raise DuplicateJob(f"job {job_id!r} is being deleted by purge or retention; try again")
+        for plugin in _plugins_for(job):
+            plugin.before_publish(spool, job, temp)
+        fsops.link_new(temp, os.path.join(spool.dir("pending"), job_id + SUFFIX))  # no ctypes at start-up
+        published = True
+    except KeyTaken as exc:
+        if not if_absent:
+            raise
+        try:
+            return spool.get(exc.holder)
+        except JobNotFound:
+            return {"id": exc.holder}
+    except FileExistsError:
+        raise DuplicateJob(f"a file pending/{job_id}{SUFFIX} is there already (a drop-in not adopted yet)") from None
+    finally:
+        if not published:
+            if took:
+                spool.drop_id(job_id, temp)
+                for plugin in _plugins_for(job):
+                    plugin.undo_publish(spool, job)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(temp)
+    return None
+
+
+def _plugins_for(job: dict) -> list[Plugin]:
+    """A job that uses no feature field at enqueue (`after`, `unique_key`) needs no feature loaded."""
+    return plugins() if job.get("after") or job.get("unique_key") is not None else PLUGINS
+
+
+def _enqueued_before(published: list[dict]) -> str:
+    """Said by an error midway through a batch, so a re-run does not enqueue those jobs twice."""
+    return f"; the first {len(published)} job(s) of the batch were enqueued" if published else ""
+
+
 def claim(spool: Spool, state: str, job_id: str, worker: str, now: float) -> LockedJob | None:
     """Own a due job of `state` and move it into processing/; None if another worker got there first."""
     held = spool.lock(state, file_name(job_id))
@@ -103,6 +332,18 @@ def claim(spool: Spool, state: str, job_id: str, worker: str, now: float) -> Loc
     if finish_cut_move(spool, held):
         held.release()
         return None
+    # A file in pending/ that is not the one queuectl placed there under this id
+    # (its marker names another inode, or none) is a drop-in: adopted first, or
+    # refused when the id is taken (docs/decisions/identity.md).
+    if state == "pending" and spool.id_holds(job_id, held.inode) is not True:
+        try:
+            adopted = _adopt_held(spool, held, complete=True, mtime=0.0)
+        except BaseException:
+            held.release()
+            raise
+        if adopted is None or adopted != file_name(job_id):
+            held.release()
+            return None
     try:
         job = build(held.job, spool.config, stem=job_id, state=state)
         if due_time(job) > now:
@@ -142,7 +383,7 @@ def still_owned(spool: Spool, held: LockedJob) -> bool:
     its job to another host's recovery, which rewrites the file (a new
     inode) and moves it on; on a shared spool every settle checks, the rest
     only after a lapse. The check and the rewrite that follows are two
-    steps: docs/guide/several-hosts.md, "A worker paused past its lease" says what that leaves.
+    steps: docs/guide/several-hosts.md says what that leaves.
     """
     lease = spool.lease
     if lease is None or not (spool.shared or lease.lapsed()):
@@ -151,15 +392,16 @@ def still_owned(spool: Spool, held: LockedJob) -> bool:
 
 
 def settle(spool: Spool, held: LockedJob, outcome: Outcome, timeout: float | None,
-           commit: GroupCommit | None = None) -> str:
+           commit: Committer | None = None) -> str:
     """Record the run's outcome in the job and move it on; returns the state it goes to.
 
     "Record, then move". Settle takes over `held`: it releases it, or hands
     it to `commit`, which makes the outcome durable together with other
     settles a moment later, while the worker goes on with its next job.
-    An outcome with a completion hook (hooks.plan) is settled at once, not
-    through `commit`, and `held` stays locked (`held.fd >= 0`) in its final
-    folder for the caller to run the hook (hooks.run) and release it.
+    An outcome a feature keeps locked (Plugin.on_settle: a completion hook)
+    is settled at once, not through `commit`, and `held` stays locked
+    (`held.fd >= 0`) in its final folder for the caller to run the hook
+    and release it.
     "lost" when the job is no longer this worker's (recovered by another
     host while this worker's lease had lapsed): nothing is written.
     """
@@ -167,6 +409,8 @@ def settle(spool: Spool, held: LockedJob, outcome: Outcome, timeout: float | Non
         if outcome.interrupted == "lost" or not still_owned(spool, held):
             held.release()
             return "lost"
+        from .runner import describe  # see the note on imports at the top
+
         job = held.job
         error = describe(outcome, timeout)
         _record_attempt(job, outcome, error)
@@ -181,15 +425,16 @@ def settle(spool: Spool, held: LockedJob, outcome: Outcome, timeout: float | Non
         else:
             state = _after_failure(spool, job, outcome.finished)
         job["state"] = state
-        # The hook counts as started in the same write as the outcome: at most once (hooks.py).
-        hooks.plan(job, state, spool.config)
-        hooked = hooks.planned(job, state)
+        # A hook counts as started in the same write as the outcome: at most once (hooks.py).
+        hooked = False
+        for plugin in plugins():
+            hooked = plugin.on_settle(spool, job, state) or hooked
         if commit is not None and not hooked:
             held.stage()
             commit.submit(held, state)
             return state
         held.save(moving_on=True)
-        final = _move_on(spool, held, state)
+        final = move_on(spool, held, state)
         if not hooked or final != state:
             held.release()
         return final
@@ -199,230 +444,47 @@ def settle(spool: Spool, held: LockedJob, outcome: Outcome, timeout: float | Non
         raise
 
 
-def _move_on(spool: Spool, held: LockedJob, state: str, *, sync: bool = True, fold_cut: bool | None = None) -> str:
-    """Move the job to `state`; if another job has its id there, that one stays and this one is dead-lettered.
+def move_on(spool: Spool, held: LockedJob, state: str, *, sync: bool = True, fold_cut: bool | None = None) -> str:
+    """Move the job to `state`; returns the state it reached.
 
-    "lost" when another host's recovery moved it first (a shared spool, docs/guide/several-hosts.md).
+    Into pending/, its id's marker is first pointed at the file that moves
+    ("record, then relink, then move": docs/decisions/identity.md), and a
+    file in the way there is a drop-in on a taken id: it goes to dead/ with
+    its bytes, never this job. Elsewhere, if another file has the name, that
+    one stays and this one is dead-lettered. "lost" when another host's
+    recovery moved it first (a shared spool, docs/guide/several-hosts.md).
     """
-    if state in ("completed", "dead"):
-        workflow.release_key(spool, held.job)  # still live and locked here: see workflow.release_key
-    try:
-        held.move(state, sync=sync, fold_cut=fold_cut)
-    except FileNotFoundError:
-        return "lost"
-    except FileExistsError:
-        dead_letter(spool, held, f"duplicate id {id_of(held.name)!r}: {state}/ already holds a job "
-                                 f"with this id (this file is kept beside it)")
-        return "dead"
-    return state
-
-
-Item = tuple[LockedJob, str]  # a staged settle and the state it moves to
-
-
-class GroupCommit:
-    """A worker's settles, made durable in groups: the flushes by a thread, the renames by the worker.
-
-    With `durable`, a settle alone costs three flushes to disk: the new
-    bytes, the destination folder and processing/. Here the worker stages
-    the outcome (a new file in tmp/, locked) and goes on with its next job.
-    A group then takes three steps, each for every settle staged meanwhile:
-    the thread fsyncs the new files; the worker, at its next `advance`,
-    renames each over its job's name and into its destination folder; the
-    thread fsyncs the destination folders and then processing/ (a power cut
-    between them leaves a job under both names, never under none), and only
-    then releases the jobs' locks. A job is locked until its outcome is on
-    disk, so no other worker recovers it meanwhile. The thread only waits
-    on the disk: the Python work stays on the worker's own thread, because
-    two busy threads of one process hand the interpreter's lock back and
-    forth at every system call.
-
-    The worker calls `advance` between jobs, while a job runs (with its
-    other periodic duties) and whenever `wake_fd` turns readable. What this
-    changes: an outcome reaches the disk one short group commit after the
-    run ended, not before settle returns; a crash or power cut inside that
-    window runs the job again (docs/decisions/delivery.md). An error (a
-    full disk) stops the commit; the worker sees it at its next `submit`,
-    `advance` or `close`, and the jobs not yet settled stay in processing/
-    unlocked, for recovery.
-    """
-
-    def __init__(self, spool: Spool):
-        self.spool = spool
-        self._changed = threading.Condition()
-        self._staged: list[Item] = []                # submitted: their new bytes are not flushed yet
-        self._flushing: list[Item] = []              # the thread flushes their new bytes now
-        self._flushed: list[list[Item]] = []         # new bytes on disk: the worker renames them (advance)
-        self._renamed: list[tuple[list[Item], set[str]]] = []  # the thread flushes their folders
-        self._closing = False
-        self._done = False
-        self.error: BaseException | None = None
-        self.wake_fd, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)  # readable: renames to make
-        self._thread = threading.Thread(target=self._run, name="queuectl-commit", daemon=True)
-        self._thread.start()
-
-    def submit(self, held: LockedJob, state: str) -> None:
-        """Take over `held` (staged, locked) and move it to `state` in the next group."""
-        with self._changed:
-            if self.error is not None:
-                raise self.error
-            self._staged.append((held, state))
-            self._changed.notify_all()
-
-    def owns(self, held: LockedJob) -> bool:
-        with self._changed:
-            return any(item[0] is held for item in self._items())
-
-    def _items(self) -> list[Item]:
-        return (self._staged + self._flushing + [item for group in self._flushed for item in group]
-                + [item for group, _ in self._renamed for item in group])
-
-    def advance(self) -> None:
-        """Rename what the thread has flushed; quick when there is nothing to do. Raises the commit's error."""
+    job_id = id_of(held.name)
+    if state in ("completed", "dead") and held.state in ("pending", "processing", "failed"):
+        for plugin in plugins():
+            plugin.before_finish(spool, held.job)  # still live and locked here
+    if state == "pending" and held.state != "pending" and is_valid_id(job_id):
+        spool.relink_id(job_id, held.path)
+    for _ in range(3):
         try:
-            # Emptied before the groups are taken: a group flushed after this read leaves
-            # the pipe readable, so a worker that sleeps on it now wakes for that group.
-            os.read(self.wake_fd, 4096)
-        except BlockingIOError:
-            pass
-        with self._changed:
-            if self.error is not None:
-                raise self.error
-            groups, self._flushed = self._flushed, []
-        for position, group in enumerate(groups):
-            touched: set[str] = set()
-            try:
-                for held, state in group:
-                    touched.add(held.state)
-                    held.publish_staged(durable=False)
-                    final = _move_on(self.spool, held, state, sync=False)
-                    if final != "lost":  # moved by another host: no folder of ours to flush
-                        touched.add(final)
-            except BaseException as exc:
-                with self._changed:
-                    self.error = exc
-                    self._flushed[:0] = groups[position:]  # released by close(), with the rest
-                    self._changed.notify_all()
-                raise
-            with self._changed:
-                self._renamed.append((group, touched))
-                self._changed.notify_all()
-
-    def close(self) -> None:
-        """Settle everything submitted, then stop the thread; raises the commit's error, if any."""
-        with self._changed:
-            self._closing = True
-            self._changed.notify_all()
-        try:
-            while True:
-                with self._changed:
-                    while not (self._flushed or self._done or self.error is not None):
-                        self._changed.wait()
-                    if self._done or self.error is not None:
-                        break
-                self.advance()
-        except BaseException:
-            pass  # kept in self.error, raised below once everything is let go
-        finally:
-            with self._changed:
-                self._closing = True
-                self._changed.notify_all()
-            self._thread.join()
-            for held, _ in self._items():  # settles cut short by an error: recovery's now
-                held.release()
-            self._staged, self._flushing, self._flushed, self._renamed = [], [], [], []
-            os.close(self.wake_fd)
-            os.close(self._wake_w)
-        if self.error is not None:
-            raise self.error
-
-    def _run(self) -> None:
-        while True:
-            with self._changed:
-                while not (self._staged or self._renamed or self.error is not None
-                           or (self._closing and not self._flushed)):
-                    self._changed.wait()
-                if self.error is not None or not (self._staged or self._renamed):
-                    self._done = True  # closing, and nothing is left to flush
-                    self._changed.notify_all()
-                    return
-                renamed, self._renamed = self._renamed, []
-                self._flushing, self._staged = self._staged, []
-            try:
-                self._flush_folders(renamed)
-                self._flush_bytes(self._flushing)
-            except BaseException as exc:  # noqa: BLE001 - handed to the worker's thread
-                with self._changed:
-                    self.error = exc
-                    self._renamed[:0] = renamed  # released by close(), with the rest
-                    self._changed.notify_all()
-                return
-            with self._changed:
-                if self._flushing:
-                    self._flushed.append(self._flushing)
-                    self._flushing = []
-                    try:
-                        os.write(self._wake_w, b"!")
-                    except BlockingIOError:
-                        pass  # the worker has a wake-up waiting already
-                self._changed.notify_all()
-
-    def _flush_bytes(self, group: list[Item]) -> None:
-        if self.spool.durable:
-            for held, _ in group:
-                assert held.staged is not None  # settle staged it before submitting
-                fsops.fsync(held.staged[1])
-
-    def _flush_folders(self, renamed: list[tuple[list[Item], set[str]]]) -> None:
-        if not renamed:
-            return
-        if self.spool.durable:
-            touched = set().union(*(folders for _, folders in renamed))
-            for folder in sorted(touched, key=lambda name: name == "processing"):  # processing/ last
-                fsops.fsync_dir(self.spool.dir(folder))
-        for group, _ in renamed:
-            for held, _ in group:
-                held.release()
+            held.move(state, sync=sync, fold_cut=fold_cut)
+            return state
+        except FileNotFoundError:
+            return "lost"
+        except FileExistsError:
+            if state == "pending" and _evict(spool, held.name):
+                continue
+            break
+    dead_letter(spool, held, f"duplicate id {job_id!r}: {state}/ already holds a job "
+                             f"with this id (this file is kept beside it)")
+    return "dead"
 
 
-class FlushPace:
-    """Whether the next settle's flushes are quick enough to make on the worker's own path.
-
-    The group commit hides slow flushes (a journaled disk: each waits for a
-    journal commit) behind the worker's next job, but every settle it takes
-    costs a hand-off between two threads, and on a disk whose flushes cost
-    next to nothing (tmpfs) that hand-off is the dearer part. So a worker
-    settles at once while its recent settles made at once spent less than
-    QUICK_FLUSH in fsync (their median), and through its GroupCommit
-    otherwise. Only settles made at once are measured, because only they
-    answer the question (a group's flushes are shared and batched); in
-    group mode every PROBE-th settle is made at once to measure the disk
-    again, so a worker whose disk became quick switches back. Either way
-    the outcome is on disk before the job's lock is given up: the choice
-    changes only the speed, never what `durable` promises (docs/decisions/durable.md,
-    "What was chosen").
-    """
-
-    QUICK_FLUSH = 100e-6  # seconds: about what handing a settle to another thread costs
-    RECENT = 9            # settles the choice looks at: their median, so one preempted flush does not flip it
-    PROBE = 256           # in group mode, one settle in this many is made at once, and measured (a cost there)
-
-    def __init__(self) -> None:
-        self.recent: collections.deque[float] = collections.deque(maxlen=self.RECENT)
-        self.grouped = 0  # settles sent to the group commit since the last one made at once
-
-    def observe(self, seconds: float) -> None:
-        """The fsync time of a settle made at once."""
-        self.recent.append(seconds)
-
-    def inline(self) -> bool:
-        """Whether to make the next settle at once (and measure it); True before anything is measured."""
-        recent = sorted(self.recent)
-        if not recent or recent[len(recent) // 2] < self.QUICK_FLUSH or self.grouped >= self.PROBE - 1:
-            self.grouped = 0
-            return True
-        self.grouped += 1
-        return False
+def _evict(spool: Spool, name: str) -> bool:
+    """Send to dead/ the file under `name` in pending/ that is not its id's job; False if it could not be."""
+    other = spool.lock("pending", name)
+    if other is None:
+        return not os.path.lexists(os.path.join(spool.dir("pending"), name))
+    with other:
+        if spool.id_holds(id_of(name), other.inode):
+            return False  # the id's own job (cannot be: the caller holds it); left alone
+        dead_letter(spool, other, f"duplicate id {id_of(name)!r}: another job holds this id")
+    return True
 
 
 def _record_attempt(job: dict, outcome: Outcome, error: str | None) -> None:
@@ -448,50 +510,106 @@ def _after_failure(spool: Spool, job: dict, now: float) -> str:
 
 def dead_letter(spool: Spool, held: LockedJob | None, reason: str, *, state: str = "pending",
                 name: str | None = None) -> str:
-    """Move an invalid file to dead/<id>.invalid untouched and describe it in dead/<id>.json.
+    """Move an invalid file to dead/<id>.invalid untouched and describe it in dead/<id>.json; returns <id>.
 
     `held` is None for entries that cannot be opened safely (symlinks, FIFOs,
-    folders): they are renamed as they are, never followed.
+    folders): they are renamed as they are, never followed. <id> is the
+    entry's stem when that id is free (or the entry is its id's own file,
+    whose marker then names the record), else a generated one: the record
+    takes the id's marker before anything moves (docs/decisions/identity.md).
     """
     if held is not None:
         name, state = held.name, held.state
     if name is None:
         raise ValueError("dead_letter needs the held job or the entry's name")
     stem = id_of(name)
-    job_id = stem if id_is_free(spool, stem, state) else new_id()
-    original = job_id + ".invalid"
-    if held is not None:
-        held.move("dead", original)
-    else:
-        fsops.rename_noreplace(os.path.join(spool.dir(state), name), os.path.join(spool.dir("dead"), original))
-    write_dead_record(spool, job_id, reason, held.job if held is not None else None, name)
+    own = held is not None and is_valid_id(stem) and spool.id_holds(stem, held.inode) is True
+    # The stem only when no folder shows a job of that id either: a job put into a folder by
+    # hand has no marker. A look that misses a moving job costs nothing: its marker refuses.
+    job_id = stem if is_valid_id(stem) and (own or _unseen(spool, stem, state, name)) else new_id()
+    raw = held.job if held is not None else None
+    dead = spool.dir("dead")
+    while True:
+        temp, _ = fsops.write_new(spool.dir("tmp"), job_id + SUFFIX, _dead_record(job_id, reason, raw, name),
+                                  durable=spool.durable)
+        if own and job_id == stem:
+            spool.relink_id(job_id, temp)
+            taken = True
+        else:
+            # A record of this entry cut short by a crash left the marker on its temporary file.
+            taken = spool.take_id(job_id, temp) or (_cut_publish(spool, job_id, keep=temp)
+                                                    and spool.take_id(job_id, temp))
+        if (taken and not spool.id_being_deleted(job_id)
+                and not os.path.lexists(os.path.join(dead, job_id + INVALID))):
+            break
+        if taken:
+            spool.drop_id(job_id, temp)
+        os.unlink(temp)
+        job_id = new_id()
+    try:
+        if held is not None:
+            held.move("dead", job_id + INVALID)
+        else:
+            fsops.rename_noreplace(os.path.join(spool.dir(state), name), os.path.join(dead, job_id + INVALID))
+        fsops.rename_noreplace(temp, os.path.join(dead, job_id + SUFFIX))
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            if not os.path.lexists(os.path.join(dead, job_id + INVALID)):
+                spool.drop_id(job_id, temp)
+            os.unlink(temp)
+        raise
+    if spool.durable:
+        fsops.fsync_dir(dead)
     return job_id
 
 
-def id_is_free(spool: Spool, stem: str, state: str) -> bool:
-    """Whether a file in `state` named after `stem` may keep that id in dead/: no other job has it.
+INVALID = ".invalid"
 
-    The kept bytes of an earlier invalid file count too, or the rename onto
-    dead/<id>.invalid would fail every time the file is looked at again.
-    """
-    if not is_valid_id(stem) or os.path.lexists(os.path.join(spool.dir("dead"), stem + ".invalid")):
-        return False
+
+def _unseen(spool: Spool, stem: str, state: str, name: str) -> bool:
+    """Whether no folder other than the entry's own shows a job file of id `stem`."""
     return not any(os.path.lexists(os.path.join(spool.dir(other), stem + SUFFIX))
-                   for other in STATES if other != state)
+                   for other in STATES if (other, stem + SUFFIX) != (state, name))
 
 
-def write_dead_record(spool: Spool, job_id: str, reason: str, raw: object, original_name: str) -> None:
-    """dead/<id>.json: why the bytes kept untouched in dead/<id>.invalid are not a job."""
+def _dead_record(job_id: str, reason: str, raw: object, original_name: str) -> bytes:
     command = raw.get("command") if isinstance(raw, dict) else None
     now = iso(time.time())
     record: dict[str, Any] = {
         "id": job_id, "command": printable(command) if isinstance(command, str) else None,
         "state": "dead", "invalid": True, "last_error": printable(f"invalid job: {reason}"),
-        "original_name": printable(original_name), "original_file": job_id + ".invalid", "attempts": 0,
+        "original_name": printable(original_name), "original_file": job_id + INVALID, "attempts": 0,
         "created_at": now, "updated_at": now, "history": [],
     }
-    fsops.publish(spool.dir("tmp"), os.path.join(spool.dir("dead"), job_id + SUFFIX), dumps(record),
-                  durable=spool.durable)
+    return dumps(record)
+
+
+def write_dead_record(spool: Spool, job_id: str, reason: str, raw: object, original_name: str,
+                      kept: str | None = None) -> bool:
+    """dead/<id>.json: why the bytes kept in dead/<id>.invalid are not a job; False when the id is taken.
+
+    `kept`: the path of those bytes; a marker that names them is the id's own and moves to the record.
+    """
+    temp, _ = fsops.write_new(spool.dir("tmp"), job_id + SUFFIX, _dead_record(job_id, reason, raw, original_name),
+                              durable=spool.durable)
+    try:
+        own = False
+        with contextlib.suppress(FileNotFoundError):
+            own = kept is not None and os.path.samestat(os.lstat(kept), os.lstat(spool.marker(job_id)))
+        if own:
+            spool.relink_id(job_id, temp)
+        elif not spool.take_id(job_id, temp) and not (_cut_publish(spool, job_id, keep=temp)
+                                                      and spool.take_id(job_id, temp)):
+            return False
+        try:
+            fsops.rename_noreplace(temp, os.path.join(spool.dir("dead"), job_id + SUFFIX))
+        except BaseException:
+            spool.drop_id(job_id, temp)
+            raise
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temp)
+    return True
 
 
 def printable(text: str) -> str:
@@ -530,60 +648,107 @@ def adopt(spool: Spool, name: str, *, complete: bool) -> str | None:
     with held:
         if finish_cut_move(spool, held):
             return None
-        stem = id_of(name)
-        try:
-            if held.unreadable is not None:
-                raise InvalidJob(held.unreadable)
-            job = build(held.job, spool.config, stem=stem)
-        except InvalidJob as exc:
-            # Only bytes that do not parse may still be being written: a whole
-            # JSON object cannot grow into another (nothing may follow its brace).
-            if (not complete and held.unreadable is not None
-                    and (time.time() - info.st_mtime < DROP_GRACE or fsops.open_for_writing(info))):
-                return None  # judged when its writer closes it, or later
-            dead_letter(spool, held, str(exc))
-            return None
-        target = job["id"] + SUFFIX
-        # A file named after its id has no rename to refuse it: its id may
-        # still belong to a job in another folder.
-        if not id_is_free(spool, job["id"], "pending"):
-            dead_letter(spool, held, f"duplicate id {job['id']!r}")
-            return None
-        if target != name:
-            try:
-                held.move("pending", target)
-            except FileExistsError:
-                dead_letter(spool, held, f"duplicate id {job['id']!r}")
-                return None
-        _mark_waiting(spool, job)  # before a worker may see it adopted (it still holds the lock)
-        held.job = job
-        held.save()
-        if job.get("unique_key") is not None and not _adopt_key(spool, held):
-            return None
-        return target
+        return _adopt_held(spool, held, complete=complete, mtime=info.st_mtime)
 
 
-def _mark_waiting(spool: Spool, job: dict) -> None:
-    """Markers for a job about to wait in pending/: its dependencies stay (docs/decisions/waiting-markers.md)."""
-    after = job.get("after")
-    if isinstance(after, list) and after and is_valid_id(job.get("id")):
-        workflow.mark_waiting(spool, job["id"], after)
+def _adopt_held(spool: Spool, held: LockedJob, *, complete: bool, mtime: float) -> str | None:
+    """Adopt the locked file `held` in pending/; its name in pending/, or None (dead, or judged later).
 
-
-def _adopt_key(spool: Spool, held: LockedJob) -> bool:
-    """A dropped-in job with a `unique_key` takes it like an enqueue; held by a live job, it goes to dead/.
-
-    Taken once the file holds the job's id (after the rewrite) and while it
-    is locked, so no worker claims it before it has its key.
+    The id's marker decides: taken by another file, the newcomer goes to
+    dead/ with its bytes as they are; free, it is taken with the dropped
+    file's own inode, then pointed at the rewritten file before that file
+    takes the name (docs/decisions/identity.md says what a crash between leaves).
     """
+    name = held.name
     try:
-        workflow.take_key(spool, held.job["unique_key"], held.job["id"], held.path)
-    except workflow.KeyTaken as exc:
-        held.job.update(state="dead", last_error=str(exc))
+        if held.unreadable is not None:
+            raise InvalidJob(held.unreadable)
+        job = build(held.job, spool.config, stem=id_of(name))
+    except InvalidJob as exc:
+        # Only bytes that do not parse may still be being written: a whole
+        # JSON object cannot grow into another (nothing may follow its brace).
+        if (not complete and held.unreadable is not None
+                and (time.time() - mtime < DROP_GRACE or fsops.open_for_writing(os.fstat(held.fd)))):
+            return None  # judged when its writer closes it, or later
+        dead_letter(spool, held, str(exc))
+        return None
+    job_id = job["id"]
+    target = job_id + SUFFIX
+    holds = spool.id_holds(job_id, held.inode)  # None: the id is free; False: another file has it
+    if holds is False and target == name and _cut_publish(spool, job_id):
+        holds = None
+    # Files put into a folder by hand have no marker: a look at the folders refuses them too (a look
+    # that misses a job moving between folders costs nothing: that job has its marker).
+    if (holds is False or spool.id_being_deleted(job_id)
+            or (holds is None and not _unseen(spool, job_id, "pending", name))):
+        dead_letter(spool, held, f"duplicate id {job_id!r}: another job has this id")
+        return None
+    if target != name:
+        try:
+            held.move("pending", target)
+        except FileExistsError:
+            dead_letter(spool, held, f"duplicate id {job_id!r}")
+            return None
+    if not spool.take_id(job_id, held.path):
+        dead_letter(spool, held, f"duplicate id {job_id!r}: another job has this id")
+        return None
+    held.job = job
+    held.stage()
+    assert held.staged is not None
+    staged, staged_fd = held.staged
+    try:
+        for plugin in plugins():
+            plugin.before_publish(spool, job, staged)  # the staged file holds the job's JSON, id included
+    except KeyTaken as exc:
+        held.staged = None
+        os.close(staged_fd)
+        os.unlink(staged)
+        job.update(state="dead", last_error=str(exc))
         held.save(moving_on=True)
-        _move_on(spool, held, "dead")
+        move_on(spool, held, "dead")
+        return None
+    spool.relink_id(job_id, staged)
+    held.publish_staged(durable=spool.durable)
+    if spool.durable:
+        fsops.fsync_dir(spool.dir("pending"))
+    return target
+
+
+def _cut_publish(spool: Spool, job_id: str, *, keep: str | None = None) -> bool:
+    """Whether ids/<id> named only a temporary file, now removed with it (then the id is free).
+
+    Called while this process holds pending/<id>.json: an enqueue or an
+    adoption that took the marker with its temporary file can never publish
+    it under that name now (it is taken), so the marker is a leftover, from
+    a crash or from a publish about to fail. Decided by the marker's own
+    inode, found under a name in tmp/: no timing, no look at other folders.
+    """
+    marker = spool.marker(job_id)
+    try:
+        info = os.lstat(marker)
+    except FileNotFoundError:
+        return True
+    if info.st_nlink < 2:
         return False
-    return True
+    tmp = spool.dir("tmp")
+    prefix = f".{job_id}{SUFFIX}."
+    for name in _listdir(tmp):
+        if not (name.startswith(prefix) and name.endswith(".tmp")):
+            continue
+        path = os.path.join(tmp, name)
+        if path == keep:
+            continue
+        try:
+            if not os.path.samestat(info, os.lstat(path)):
+                continue
+        except FileNotFoundError:
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(marker)  # the marker first: never a marker of a file with no name
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        return True
+    return False
 
 
 def finish_cut_move(spool: Spool, held: LockedJob) -> bool:
@@ -621,9 +786,10 @@ def recover(spool: Spool, judge=None) -> list[tuple[str, str]]:
     """Settle every job in processing/ whose owner is dead, and clear its leftovers; returns (id, new state) pairs.
 
     `judge` (lease.Liveness) decides who is dead: a free flock is proof only
-    on the owner's own host (docs/decisions/leases.md). A
+    on the owner's own host (docs/guide/several-hosts.md). A
     worker passes its own judge, which remembers what it saw between sweeps.
     """
+    from . import registry  # see the note on imports at the top
     from .lease import Liveness
 
     judge = judge or Liveness(spool)
@@ -645,9 +811,12 @@ def recover(spool: Spool, judge=None) -> list[tuple[str, str]]:
             state = _recover_one(spool, held)
             if state != "lost":
                 recovered.append((id_of(name), state))
-    workflow.free_orphan_slots(spool)  # e.g. a worker killed between taking a slot and claiming its job
+    for plugin in plugins():
+        plugin.after_recover(spool)  # e.g. a worker killed between taking a slot and claiming its job
     for record in dead_workers:
         registry.remove_record(spool, record["name"])
+    sweep_purges(spool)
+    sweep_temps(spool)
     return recovered
 
 
@@ -658,17 +827,21 @@ def _recover_one(spool: Spool, held: LockedJob) -> str:
         return "dead"
     target = job.get("state")
     if target in ("pending", "failed", "completed", "dead"):
-        workflow.free_job_slots(spool, job)  # no command runs: cut before the run, or after it
+        for plugin in plugins():
+            plugin.on_recover(spool, job, False)  # no command runs: cut before the run, or after it
         # An interrupted claim or settle, finished; its owner is proven dead,
         # so a second name of this file is its cut move, not one in flight.
-        return _move_on(spool, held, target, fold_cut=True)
+        return move_on(spool, held, target, fold_cut=True)
     try:
         job = build(job, spool.config, state="processing")
     except InvalidJob as exc:
         dead_letter(spool, held, str(exc))
         return "dead"
+    from .runner import Outcome, kill_leftovers  # see the note on imports at the top
+
     kill_leftovers(job["id"], spool.root)  # the dead worker's command may still run
-    workflow.free_job_slots(spool, job, leftovers=True)
+    for plugin in plugins():
+        plugin.on_recover(spool, job, True)
     now = time.time()
     started = job.get("started_at")
     outcome = Outcome(started=now, finished=now, error=f"worker {job.get('worker')} died during the run")
@@ -679,7 +852,7 @@ def _recover_one(spool: Spool, held: LockedJob) -> str:
     _record_attempt(job, outcome, outcome.error)
     job["state"] = _after_failure(spool, job, now)
     held.save(moving_on=True)
-    return _move_on(spool, held, job["state"], fold_cut=True)
+    return move_on(spool, held, job["state"], fold_cut=True)
 
 
 def dependency_died(spool: Spool, job_id: str, dep: str) -> bool:
@@ -703,7 +876,25 @@ def dependency_died(spool: Spool, job_id: str, dep: str) -> bool:
                   else f"dependency {dep} does not exist (never enqueued, or purged)")
         job.update(state="dead", last_error=reason, next_run_at=None)
         held.save(moving_on=True)
-        _move_on(spool, held, "dead")
+        move_on(spool, held, "dead")
+        return True
+
+
+def dependency_ring(spool: Spool, job_id: str, ring: list[str]) -> bool:
+    """A pending job on a ring of `after` (ring[0] is the job, each waits for the next) goes to dead/ naming it.
+
+    False when the job is not (or no longer) pending or no longer waits for ring[1].
+    """
+    held = spool.lock("pending", file_name(job_id))
+    if held is None:
+        return False
+    with held:
+        job = held.job
+        if not isinstance(job, dict) or len(ring) < 2 or ring[1] not in (job.get("after") or []):
+            return False
+        job.update(state="dead", last_error="dependency ring: " + " -> ".join([*ring, ring[0]]), next_run_at=None)
+        held.save(moving_on=True)
+        move_on(spool, held, "dead")
         return True
 
 
@@ -722,6 +913,8 @@ def cancel(spool: Spool, job_id: str) -> str:
     for attempt in range(CANCEL_TRIES):
         state = spool.find(job_id)
         if state == "processing":
+            from . import registry  # see the note on imports at the top
+
             registry.request_cancel(spool, job_id)
             return "processing"
         if state in ("completed", "dead"):
@@ -742,10 +935,12 @@ def cancel(spool: Spool, job_id: str) -> str:
             continue
         with held:
             previous = held.state
-            workflow.release_key(spool, held.job)  # while the job is still live: see workflow.release_key
-            held.move("dead")
-            held.job.update(state="dead", last_error="cancelled", next_run_at=None)
-            held.save()
+            reached = move_on(spool, held, "dead")
+            if reached == "lost":
+                continue  # moved meanwhile (a claim seen late through a shared spool's cache): look again
+            if reached == "dead" and held.state == "dead" and held.name == file_name(job_id):
+                held.job.update(state="dead", last_error="cancelled", next_run_at=None)
+                held.save()
         return previous
     raise WrongState(f"job {job_id!r} keeps changing state; try again")
 
@@ -753,9 +948,10 @@ def cancel(spool: Spool, job_id: str) -> str:
 def retry(spool: Spool, job_id: str) -> dict:
     """A failed job due now, skipping its backoff."""
     with spool.lock_job(job_id, ("failed",), "retry") as held:
-        held.move("pending")
+        # Record, then move: the file that lands in pending/ is the one its id's marker names.
         held.job.update(state="pending", next_run_at=None)
-        held.save()
+        held.save(moving_on=True)
+        move_on(spool, held, "pending")
         return held.job
 
 
@@ -767,16 +963,24 @@ RUN_FIELDS = ("next_run_at", "started_at", "finished_at", "last_duration", "last
 
 
 def dlq_retry(spool: Spool, job_id: str) -> dict:
-    """A dead job back to pending with `attempts` and the run fields reset; its own fields kept."""
+    """A dead job back to pending with `attempts` and the run fields reset; its own fields kept.
+
+    Record, then move (docs/decisions/identity.md): the reset is written
+    while the job is still in dead/, so a crash at any point leaves either
+    the dead job or the reset job in pending/, never a pending file that
+    still carries the used-up `attempts`.
+    """
     with spool.lock_job(job_id, ("dead",), "retry") as held:
+        _undo_cut_purge(spool, job_id)
         if not isinstance(held.job.get("command"), str) or held.job.get("invalid"):
             raise InvalidJob(f"job {job_id!r} was never a valid job ({held.job.get('last_error')}); "
                              f"fix the file and enqueue it again")
-        _mark_waiting(spool, held.job)
-        with workflow.key_held_for(spool, held):  # its unique key again, or KeyTaken
-            held.move("pending")
-        held.job.update(dict.fromkeys(RUN_FIELDS), state="pending", attempts=0)
-        held.save()
+        with contextlib.ExitStack() as features:
+            for plugin in plugins():
+                features.enter_context(plugin.before_return(spool, held))  # its unique key again, or KeyTaken
+            held.job.update(dict.fromkeys(RUN_FIELDS), state="pending", attempts=0)
+            held.save(moving_on=True)
+            move_on(spool, held, "pending")
         return held.job
 
 
@@ -785,7 +989,7 @@ def purge(spool: Spool, states: Iterable[str], older_than: float | None = None,
     """Delete finished jobs (and their logs) last changed more than `older_than` seconds ago.
 
     Completed jobs that a job in pending/ or failed/ waits for stay; their
-    ids are appended to `needed` (docs/guide/retention.md, "Dependencies are kept").
+    ids are appended to `needed` (docs/guide/retention.md).
     """
     removed = 0
     for state in states:
@@ -801,41 +1005,175 @@ def delete_finished(spool: Spool, state: str, job_id: str, *, older_than: float 
     """Delete a completed or dead job with its log (purge, and retention's prune); False if it stays.
 
     It stays when it is gone or owned (a worker still running its completion
-    hook holds the flock; so does a `dlq retry` under way), when its hook is
-    marked started by a worker that is alive (a flock may not reach another
-    host: docs/guide/hooks.md, "At most once per outcome"), when it changed less than
-    `older_than` seconds ago, or, completed, while a job in pending/ or
-    failed/ waits for it (docs/guide/workflows.md, "Dependencies": its id is appended to `needed`).
+    hook holds the flock; so does a `dlq retry` under way), when a feature
+    keeps it (Plugin.may_delete: a hook marked started by a live worker, or,
+    completed, a job in pending/ or failed/ that waits for it: its id is
+    appended to `needed`), or when it changed less than `older_than`
+    seconds ago.
+
+    The order, each step repairable (docs/decisions/identity.md): the id's
+    marker moves to purging/<id> (an enqueue of the id is refused while it
+    is there), the job file goes, then its log and kept bytes, then
+    purging/<id>. `sweep_purges` finishes or undoes a deletion cut short.
     """
     if state not in ("completed", "dead"):
         raise WrongState(f"only completed or dead jobs are deleted, not {state}")
+    path = os.path.join(spool.dir(state), file_name(job_id))
+    if os.path.islink(path):  # never opened nor followed: no job, no lock, only the name goes
+        if older_than is not None and time.time() - os.lstat(path).st_mtime < older_than:
+            return False
+        _set_marker_aside(spool, job_id, path)
+        remove_entry(path)
+        _finish_purge(spool, state, job_id)
+        return True
     held = spool.lock(state, file_name(job_id))
     if held is None:
         return False
     with held:
+        _undo_cut_purge(spool, job_id)
         job = held.job if isinstance(held.job, dict) else {}
-        if hooks.running_elsewhere(spool, job):
-            return False
         info = held.at_name()
         if info is None:
             return False  # another host moved it on or replaced it meanwhile
         if older_than is not None and time.time() - info.st_mtime < older_than:
             return False
-        guard = workflow.prune_guard(spool, job_id, held.path) if state == "completed" else None
-        with guard or contextlib.nullcontext(True) as free:
-            if not free:
-                if free is False and needed is not None:
-                    needed.append(job_id)
-                return False
+        with contextlib.ExitStack() as features:
+            for plugin in plugins():
+                free = features.enter_context(plugin.may_delete(spool, state, job_id, held.path))
+                if not free:
+                    if free is False and needed is not None and state == "completed":
+                        needed.append(job_id)
+                    return False
             if held.at_name() is None:
                 return False
-            try:
-                os.unlink(held.path)
-            except FileNotFoundError:
+            _set_marker_aside(spool, job_id, held.path)
+            if not remove_entry(held.path):  # a folder or FIFO made by hand is removed as it is, unfollowed
                 return False
-    for leftover in (spool.log_path(job_id), os.path.join(spool.dir(state), job_id + ".invalid")):
-        try:
-            os.unlink(leftover)
-        except FileNotFoundError:
-            pass
+    _finish_purge(spool, state, job_id)
+    for plugin in plugins():
+        plugin.on_delete(spool, job)
     return True
+
+
+def _set_marker_aside(spool: Spool, job_id: str, path: str) -> None:
+    """The id's marker to purging/<id>: from now on the id is being deleted (an enqueue of it is refused)."""
+    aside = os.path.join(spool.dir(PURGING), job_id)
+    try:
+        os.rename(spool.marker(job_id), aside)
+    except FileNotFoundError:  # no marker: a file put there by hand; an empty name says the same
+        with contextlib.suppress(FileExistsError):
+            os.close(os.open(aside, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
+
+
+def _finish_purge(spool: Spool, state: str, job_id: str) -> None:
+    """The steps of a deletion after the job file went: its log, its kept bytes, then purging/<id>."""
+    for leftover in (spool.log_path(job_id), os.path.join(spool.dir(state), job_id + INVALID)):
+        remove_entry(leftover)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(os.path.join(spool.dir(PURGING), job_id))
+
+
+def _undo_cut_purge(spool: Spool, job_id: str) -> None:
+    """Under the lock of the id's job file (still there): a deletion of it that was cut puts its marker back."""
+    aside = os.path.join(spool.dir(PURGING), job_id)
+    if not os.path.lexists(aside):
+        return
+    try:
+        fsops.rename_noreplace(aside, spool.marker(job_id))
+    except FileExistsError:
+        os.unlink(aside)  # the marker is there again (made by the deletion's own link fallback)
+
+
+def sweep_purges(spool: Spool) -> int:
+    """Finish or undo deletions cut short (purging/<id>); returns how many were settled.
+
+    The job file still there (and not owned: a live deletion holds it):
+    undone. Gone: finished. Nobody can enqueue the id while purging/<id>
+    exists, so neither step can touch another job's files.
+    """
+    settled = 0
+    for job_id in _listdir(spool.dir(PURGING)):
+        if not is_valid_id(job_id):
+            continue
+        present = [state for state in ("completed", "dead")
+                   if os.path.lexists(os.path.join(spool.dir(state), job_id + SUFFIX))]
+        if present:
+            held = spool.lock(present[0], file_name(job_id))
+            if held is None:
+                continue  # a deletion (or a dlq retry) holds it now
+            with held:
+                _undo_cut_purge(spool, job_id)
+        else:
+            _finish_purge(spool, "dead", job_id)
+            remove_entry(spool.log_path(job_id))
+        settled += 1
+    return settled
+
+
+TEMP_AGE = 60.0  # seconds: a temporary file this old was left by a crash (an enqueue takes milliseconds)
+
+
+def sweep_temps(spool: Spool, *, now: float | None = None) -> list[str]:
+    """Remove temporary files an enqueue left linked to their id's marker, with the marker; returns them.
+
+    A crash between taking the marker and publishing the job leaves both;
+    the id stays taken until this runs (recovery sweeps, `doctor --repair`).
+    """
+    now = time.time() if now is None else now
+    removed = []
+    tmp = spool.dir("tmp")
+    for name in _listdir(tmp):
+        job_id = temp_id(name)
+        if job_id is None:
+            continue
+        path = os.path.join(tmp, name)
+        try:
+            info = os.lstat(path)
+            if info.st_nlink < 2 or now - info.st_mtime < TEMP_AGE:
+                continue
+            if not os.path.samestat(info, os.lstat(spool.marker(job_id))):
+                continue
+        except FileNotFoundError:
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(spool.marker(job_id))  # the marker first: never a marker of a file with no name
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        removed.append(name)
+    return removed
+
+
+def temp_id(name: str) -> str | None:
+    """The id of a job file's temporary name (`.<id>.json.<pid>.<n>.<random>.tmp`), else None."""
+    if not (name.startswith(".") and name.endswith(".tmp")):
+        return None
+    parts = name[1:].rsplit(".", 4)
+    if len(parts) != 5 or not parts[0].endswith(SUFFIX):
+        return None
+    job_id = id_of(parts[0])
+    return job_id if is_valid_id(job_id) else None
+
+
+def remove_entry(path: str) -> bool:
+    """Remove whatever is at `path` (a file, a symlink unfollowed, a FIFO, a folder with its contents)."""
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        return False
+    try:
+        if stat.S_ISDIR(info.st_mode):
+            import shutil  # a folder where a file belongs is rare: enqueue's start-up does not load it
+
+            shutil.rmtree(path)  # never follows a symlink inside
+        else:
+            os.unlink(path)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def _listdir(path: str) -> list[str]:
+    try:
+        return os.listdir(path)
+    except FileNotFoundError:
+        return []

@@ -56,7 +56,7 @@ class DueIndex:
         among the due jobs of the best job's priority only (modulo their
         number when the band is shorter): workers of a shared spool each take
         a different one of the first few, so they do not all race for the
-        same file (README.md "Running on several hosts"). A higher priority
+        same file (docs/guide/several-hosts.md). A higher priority
         is never passed over; within a band the order is kept only roughly.
         """
         self._promote(now)

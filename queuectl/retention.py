@@ -23,46 +23,18 @@ Fails: an OSError stops the batch; the next sweep goes on from a fresh listing.
 from __future__ import annotations
 
 import os
-import re
 import time
 from typing import Any
 
 from . import fsops, lifecycle
 from .fsops import open_nofollow
+from .job import parse_keep
 from .spool import id_of
 
 BATCH = 10_000     # work units per sweep at most: a stat costs 1, a deletion DELETE_COST
 DELETE_COST = 10   # a deletion locks, reads and unlinks two files: about ten stats' worth
 BUDGET = 0.05      # seconds of one sweep spent on retention at most
 RESCAN_EVERY = 60  # seconds between listings once a folder is within its limits
-_AGE = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-
-
-def parse_keep(text: Any) -> tuple[float | None, int | None]:
-    """`7d`, `1000`, `7d,1000` or "" as (max age in seconds, max count); ValueError when malformed."""
-    if not isinstance(text, str):
-        raise ValueError(text)
-    age = count = None
-    for part in (p.strip().lower() for p in text.split(",")):
-        if not part:
-            continue
-        match = _AGE.fullmatch(part)
-        if match and age is None:
-            age = float(match.group(1)) * _UNITS[match.group(2)]
-        elif part.isdigit() and count is None:
-            count = int(part)
-        else:
-            raise ValueError(text)
-    return age, count
-
-
-def valid_keep(text: Any) -> bool:
-    try:
-        parse_keep(text)
-    except ValueError:
-        return False
-    return True
 
 
 def cap_log(path: str, max_bytes: int, tmp_dir: str) -> bool:

@@ -547,17 +547,25 @@ def publish_claimed(spool, name: str, slot_name: str) -> str:
             return "gone"
         return "discarded"
     the_id = f"{name}-{slot_name}"
-    if spool.find(the_id) is not None:
-        # A job someone enqueued by hand under this id; it is not replaced.
+    target = spool.path("pending", the_id)
+    try:
+        # The id's marker first, a name of the slot's job file (docs/decisions/identity.md):
+        # taken by another job, someone enqueued that id by hand, and it is not replaced.
+        taken = not spool.take_id(the_id, source) or spool.id_being_deleted(the_id)
+        if not taken:
+            try:
+                fsops.rename_noreplace(source, target)
+            except FileExistsError:
+                spool.drop_id(the_id, source)
+                taken = True
+    except FileNotFoundError:
+        return "gone"
+    if taken:
         try:
             os.rename(source, os.path.join(directory, slot_name, "duplicate.json"))
         except FileNotFoundError:
             return "gone"
         return "discarded"
-    try:
-        os.rename(source, spool.path("pending", the_id))
-    except FileNotFoundError:
-        return "gone"
     if spool.durable:
         fsops.fsync_dir(spool.dir("pending"))
         fsops.fsync_dir(os.path.join(directory, slot_name))

@@ -24,16 +24,24 @@ import json
 import os
 import stat
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 from . import config as config_mod
-from . import fsops
-from .errors import DuplicateJob, InvalidJob, JobNotFound, SpoolError, WrongState
-from .job import MAX_JOB_BYTES, STATES, build, check_id, dumps, iso, loads
+from . import fsops, fstype
+from .errors import InvalidJob, JobNotFound, SpoolError, WrongState
+from .job import MAX_JOB_BYTES, STATES, check_id, dumps, is_valid_id, iso, loads
 
-FOLDERS = ("tmp", *STATES, "logs", "workers", "schedules")
+# ids/<id>: the id's marker, held from enqueue until the job is deleted (docs/decisions/identity.md);
+# purging/<id>: the marker of an id whose job is being deleted.
+IDS = "ids"
+PURGING = "purging"
+FOLDERS = ("tmp", *STATES, "logs", "workers", "schedules", IDS, PURGING)
 SUFFIX = ".json"
+# In ids/: present once every job of the spool has its marker (spools made before markers get them once).
+IDS_COMPLETE = ".complete"
+# A marker smaller than this is text (see Spool.take_id); every job file queuectl writes is larger.
+MARKER_TEXT = 64
 
 
 def default_path() -> str:
@@ -182,80 +190,184 @@ class LockedJob:
         self.release()
 
 
-class Spool:
-    """A spool folder: `Spool(path).enqueue("echo hi")`, `.get(id)`, `.counts()`."""
+class _IdMarkers:
+    """ids/<id> and purging/<id> (docs/decisions/identity.md): a part of Spool, kept apart for its size."""
 
-    def __init__(self, path: str | os.PathLike | None = None, *, create: bool = True,
-                 allow_shared: bool = False):
-        self.root = resolve_path(path)
-        self.warnings: list[str] = []
-        # Set by a worker on a spool other hosts share (lease.py,
-        # docs/guide/several-hosts.md, "What is guaranteed"): its lease, and moves that never take a
-        # second name for their own.
-        self.shared = False
-        self.lease: Any = None  # lease.Lease (not imported here: commands that read never need it)
-        self._config_cache: tuple[tuple, dict] | None = None
-        self._held_config: dict[str, Any] | None = None  # see held_config()
-        self._prepare(create, allow_shared)
-
-    # -- layout and safety ---------------------------------------------------
-
-    def _prepare(self, create: bool, allow_shared: bool) -> None:
-        try:
-            info = os.stat(self.root)
-        except FileNotFoundError:
-            if not create:
-                raise SpoolError(f"no spool at {self.root}") from None
-            try:
-                os.makedirs(self.root, mode=0o700)
-            except OSError as exc:
-                raise SpoolError(f"cannot create spool {self.root}: {exc.strerror}") from None
-            info = os.stat(self.root)
-        except NotADirectoryError:
-            raise SpoolError(f"spool path {self.root} is inside a file, not a directory") from None
-        if not stat.S_ISDIR(info.st_mode):
-            raise SpoolError(f"spool path {self.root} is a file, not a directory")
-        self._check_private(self.root, info, allow_shared)
-        for folder in FOLDERS:
-            path = self.dir(folder)
-            try:
-                folder_info = os.lstat(path)
-            except FileNotFoundError:
-                try:
-                    os.mkdir(path, 0o700)
-                except FileExistsError:
-                    pass
-                except OSError as exc:
-                    raise SpoolError(f"cannot create {path}: {exc.strerror}") from None
-                continue
-            if not stat.S_ISDIR(folder_info.st_mode):
-                raise SpoolError(f"{path} must be a directory (symlinks are not followed)")
-            self._check_private(path, folder_info, allow_shared)
-
-    def _check_private(self, path: str, info: os.stat_result, allow_shared: bool) -> None:
-        """Whoever can write here can run commands as the worker's user (docs/guide/security.md)."""
-        mode = stat.S_IMODE(info.st_mode)
-        if mode & 0o022 and not allow_shared:
-            raise SpoolError(
-                f"spool folder {path} is writable by group or others (mode {mode:04o}), so they could "
-                f"run commands as you; run 'chmod go-w {path}' or pass --allow-shared-spool")
-        if info.st_uid != os.getuid() and not allow_shared:
-            raise SpoolError(f"spool folder {path} belongs to another user (uid {info.st_uid}); "
-                             f"pass --allow-shared-spool to use it anyway")
-        if path == self.root and mode & 0o077:
-            self.warnings.append(f"spool {path} is readable by others (mode {mode:04o}); "
-                                 f"'chmod 700 {path}' keeps job commands and logs private")
+    root: str
 
     def dir(self, folder: str) -> str:
         return os.path.join(self.root, folder)
 
-    def path(self, state: str, job_id: str) -> str:
-        return os.path.join(self.root, state, check_id(job_id) + SUFFIX)
+    def names(self, state: str) -> list[str]:
+        raise NotImplementedError
 
-    def log_path(self, job_id: str) -> str:
-        return os.path.join(self.root, "logs", check_id(job_id) + ".log")
+    def _config_text(self) -> str | None:
+        raise NotImplementedError
 
-    # -- configuration -------------------------------------------------------
+    def marker(self, job_id: str) -> str:
+        """ids/<id>: a hard link of the file queuectl last placed into pending/ under this id."""
+        return os.path.join(self.root, IDS, job_id)
+
+    def take_id(self, job_id: str, source: str) -> bool:
+        """Make ids/<id> a name of `source`; False when the id is taken (by another file).
+
+        link() decides: of processes taking one id at once, exactly one
+        succeeds, whatever folder the id's job is in or moving between.
+        On a file system without hard links the marker is a small file
+        made with O_EXCL that holds the inode's numbers instead.
+        """
+        path = self.marker(job_id)
+        if self._text_markers():
+            return self._write_marker(path, source, exclusive=True)
+        try:
+            os.link(source, path, follow_symlinks=False)
+            return True
+        except FileExistsError:
+            pass
+        except OSError as exc:
+            if exc.errno not in fsops.NO_LINKS:
+                raise
+            return self._write_marker(path, source, exclusive=True)
+        try:  # an NFS client may report EEXIST for its own retried link
+            same = os.path.samestat(os.lstat(source), os.lstat(path))
+            return same or self.id_holds(job_id, _inode_of(source)) is True
+        except FileNotFoundError:
+            return False
+
+    def _write_marker(self, path: str, source: str, *, exclusive: bool) -> bool:
+        """A marker as text, `<st_dev> <st_ino>` of `source` (file systems without hard links)."""
+        dev, ino = _inode_of(source)
+        data = f"{dev} {ino}\n".encode()
+        if not exclusive:
+            fsops.publish(self.dir("tmp"), path, data, durable=False, replace=True)
+            return True
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        except FileExistsError:
+            return self.id_holds(os.path.basename(path), (dev, ino)) is True
+        with open(fd, "wb") as handle:
+            handle.write(data)
+        return True
+
+    def relink_id(self, job_id: str, source: str) -> None:
+        """Point ids/<id> at `source` in one rename (for a job about to be moved back into pending/)."""
+        temp = fsops.temp_name(self.dir(IDS), job_id)  # '.'-names: never an id
+        if self._text_markers():
+            self._write_marker(self.marker(job_id), source, exclusive=False)
+            return
+        try:
+            os.link(source, temp, follow_symlinks=False)
+        except OSError as exc:
+            if exc.errno not in fsops.NO_LINKS:
+                raise
+            self._write_marker(self.marker(job_id), source, exclusive=False)
+            return
+        try:
+            os.replace(temp, self.marker(job_id))
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(temp)
+            raise
+
+    def id_holds(self, job_id: str, inode: tuple[int, int]) -> bool | None:
+        """Whether ids/<id> names the file of `inode` (st_dev, st_ino); None when the id is free.
+
+        A text marker (see take_id) is compared by st_ino alone: it may have
+        been written through another host's mount, whose st_dev differs.
+        """
+        path = self.marker(job_id)
+        try:
+            info = os.lstat(path)
+        except FileNotFoundError:
+            return None
+        if info.st_size < MARKER_TEXT and stat.S_ISREG(info.st_mode):  # a text marker
+            try:
+                with open(fsops.open_nofollow(path), "rb") as handle:
+                    _, ino = handle.read(MARKER_TEXT).split()
+                return int(ino) == inode[1]
+            except (OSError, ValueError):
+                pass  # a small file of another kind: its own numbers
+        return (info.st_dev, info.st_ino) == inode
+
+    def id_taken(self, job_id: str) -> bool:
+        return os.path.lexists(self.marker(job_id))
+
+    def drop_id(self, job_id: str, source: str) -> None:
+        """Remove ids/<id> if it is still a name of `source` (an enqueue that failed after taking it)."""
+        path = self.marker(job_id)
+        try:
+            if self.id_holds(job_id, _inode_of(source)) is True:
+                os.unlink(path)
+        except FileNotFoundError:
+            pass
+
+    def id_being_deleted(self, job_id: str) -> bool:
+        return os.path.lexists(os.path.join(self.root, PURGING, job_id))
+
+    _text: bool | None = None
+
+    def _text_markers(self) -> bool:
+        """Whether this spool's markers are text (ids/.complete says `text`), read once per Spool object.
+
+        On a file system other hosts share, a hard link would keep the enqueued
+        inode reachable after a worker of another host moved the job on, and a
+        client whose cache of names still leads to it would then act on a job
+        that is gone from there (GlusterFS does: its names lead to a file by its
+        gfid). Such file systems number files from random ids, so the numbers a
+        text marker holds are not reused as ext4's are.
+        """
+        if self._text is None:
+            try:
+                with open(os.path.join(self.root, IDS, IDS_COMPLETE), "rb") as handle:
+                    self._text = handle.read(16).strip() == b"text"
+            except FileNotFoundError:
+                self._text = False
+        return self._text
+
+    def _mark_every_id(self) -> None:
+        """Give every job of a spool made before id markers its marker, once (idempotent: a crash redoes it)."""
+        shared = config_mod.shared_choice(self._config_text())
+        if shared is None:
+            shared = fstype.is_shared_type(fstype.filesystem(self.root))
+        self._text = shared
+        for state in STATES:
+            for name in self.names(state):
+                job_id = id_of(name)
+                if is_valid_id(job_id):
+                    with contextlib.suppress(OSError):
+                        self.take_id(job_id, os.path.join(self.root, state, name))
+        dead = self.dir("dead")
+        for name in _listdir(dead):  # kept bytes of invalid files whose record is missing keep their id too
+            if name.endswith(".invalid") and is_valid_id(name[: -len(".invalid")]):
+                with contextlib.suppress(OSError):
+                    self.take_id(name[: -len(".invalid")], os.path.join(dead, name))
+        temp = fsops.temp_name(self.dir("tmp"), IDS_COMPLETE)
+        try:
+            handle = open(temp, "xb")
+        except OSError:
+            return  # a reader without write access: the next process that may write does it
+        with handle:
+            handle.write(b"text\n" if shared else b"links\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        try:
+            fsops.link_new(temp, os.path.join(self.root, IDS, IDS_COMPLETE))  # by rename where links are missing
+        except FileExistsError:
+            pass  # another process marked them at the same time
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(temp)
+
+
+class _Settings:
+    """config.json as a spool reads and writes it: a part of Spool, kept apart for its size."""
+
+    root: str
+    _config_cache: tuple[tuple, dict] | None
+    _held_config: dict[str, Any] | None
+
+    def dir(self, folder: str) -> str:
+        return os.path.join(self.root, folder)
 
     @property
     def config(self) -> dict[str, Any]:
@@ -336,102 +448,81 @@ class Spool:
         fsops.retry_stale(lambda: fsops.publish(self.dir("tmp"), target, data, durable=True, replace=True))
         fsops.fsync_dir(os.path.dirname(target))
 
-    # -- enqueue -------------------------------------------------------------
 
-    def enqueue(self, job: dict | str, *, if_absent: bool = False, **options: Any) -> dict:
-        """Enqueue one job from a dict of fields or a command string; returns the stored job.
+class Spool(_Settings, _IdMarkers):
+    """A spool folder: `Spool(path).enqueue("echo hi")`, `.get(id)`, `.counts()`."""
 
-        With `if_absent`, a job whose unique key a live job holds is not
-        enqueued, and that job is returned instead.
-        """
-        return self.enqueue_many([prepare_fields(job, **options)], if_absent=if_absent)[0]
+    def __init__(self, path: str | os.PathLike | None = None, *, create: bool = True,
+                 allow_shared: bool = False):
+        self.root = resolve_path(path)
+        self.warnings: list[str] = []
+        # Set by a worker on a spool other hosts share (lease.py, docs/guide/several-hosts.md):
+        # its lease, and moves that never take a
+        # second name for their own.
+        self.shared = False
+        self.lease: Any = None  # lease.Lease (not imported here: commands that read never need it)
+        self._config_cache: tuple[tuple, dict] | None = None
+        self._held_config: dict[str, Any] | None = None  # see held_config()
+        self._prepare(create, allow_shared)
+        if not os.path.lexists(os.path.join(self.root, IDS, IDS_COMPLETE)):
+            self._mark_every_id()
 
-    def enqueue_many(self, jobs: Iterable[dict], *, if_absent: bool = False) -> list[dict]:
-        """Validate every job, then publish them in order; the folder is fsynced once at the end.
+    # -- layout and safety ---------------------------------------------------
 
-        An invalid job, an id already taken or an `after` naming no job stops
-        the batch before any job is published. Only a rival process taking an
-        id, or a live job holding a `unique_key`, stops it midway (the jobs
-        before that one are enqueued); with `if_absent` the holder of the key
-        takes the place of the job in the returned list instead.
-        """
-        settings = self.config
-        durable = settings["durable"]
-        batch = self._validate_batch(jobs, settings)
-        published: list[dict] = []
-        pending_dir, tmp_dir = self.dir("pending"), self.dir("tmp")
+    def _prepare(self, create: bool, allow_shared: bool) -> None:
         try:
-            for job, data in batch:
-                if job.get("unique_key") is not None:
-                    existing = self._publish_unique(job, data, durable, if_absent)
-                    published.append(existing or job)
-                    continue
-                fsops.publish(tmp_dir, os.path.join(pending_dir, job["id"] + SUFFIX), data, durable=durable)
-                published.append(job)
-        except FileExistsError:
-            raise DuplicateJob(f"a job with id {job['id']!r} already exists{_enqueued_before(published)}") from None
-        except DuplicateJob as exc:  # a unique key held by a live job
-            raise DuplicateJob(f"{exc}{_enqueued_before(published)}") from None
-        except OSError as exc:
-            raise SpoolError(f"cannot enqueue into {self.root}: {exc.strerror or exc}"
-                             f"{_enqueued_before(published)}") from None
-        finally:
-            if durable and published:
-                fsops.fsync_dir(pending_dir)
-        return published
-
-    def _publish_unique(self, job: dict, data: bytes, durable: bool, if_absent: bool) -> dict | None:
-        """Take the key, then publish; the holder's job when `if_absent` (docs/guide/workflows.md, "Unique keys")."""
-        from . import workflow
-        # The key is a second name of the job's own temporary file, taken
-        # before the job is visible: so it holds the job's JSON, and costs no inode.
-        temp, _ = fsops.write_new(self.dir("tmp"), job["id"] + SUFFIX, data, durable=durable)
-        created = False
-        try:
-            created = workflow.take_key(self, job["unique_key"], job["id"], temp)
-            fsops.rename_noreplace(temp, os.path.join(self.dir("pending"), job["id"] + SUFFIX))
-        except workflow.KeyTaken as exc:
-            os.unlink(temp)
-            if not if_absent:
-                raise
+            info = os.stat(self.root)
+        except FileNotFoundError:
+            if not create:
+                raise SpoolError(f"no spool at {self.root}") from None
             try:
-                return self.get(exc.holder)
-            except JobNotFound:
-                return {"id": exc.holder}
-        except BaseException:
-            os.unlink(temp)
-            if created:
-                workflow.release_key(self, job)
-            raise
-        return None
+                os.makedirs(self.root, mode=0o700)
+            except OSError as exc:
+                raise SpoolError(f"cannot create spool {self.root}: {exc.strerror}") from None
+            info = os.stat(self.root)
+        except NotADirectoryError:
+            raise SpoolError(f"spool path {self.root} is inside a file, not a directory") from None
+        if not stat.S_ISDIR(info.st_mode):
+            raise SpoolError(f"spool path {self.root} is a file, not a directory")
+        self._check_private(self.root, info, allow_shared)
+        for folder in FOLDERS:
+            path = self.dir(folder)
+            try:
+                folder_info = os.lstat(path)
+            except FileNotFoundError:
+                try:
+                    os.mkdir(path, 0o700)
+                except FileExistsError:
+                    pass
+                except OSError as exc:
+                    raise SpoolError(f"cannot create {path}: {exc.strerror}") from None
+                continue
+            if not stat.S_ISDIR(folder_info.st_mode):
+                raise SpoolError(f"{path} must be a directory (symlinks are not followed)")
+            self._check_private(path, folder_info, allow_shared)
 
-    def _validate_batch(self, jobs: Iterable[dict], settings: dict) -> list[tuple[dict, bytes]]:
-        """Each job built and serialized, or the error of the first one that cannot be enqueued."""
-        batch: list[tuple[dict, bytes]] = []
-        ids: set[str] = set()
-        for fields in jobs:
-            job = build(fields, settings)
-            job_id = job["id"]
-            if job_id in ids:
-                raise DuplicateJob(f"id {job_id!r} appears twice in the batch")
-            # A generated id embeds this process's own increasing clock and its
-            # pid, so only ids the caller chose can already be taken.
-            if fields.get("id") is not None:
-                self._refuse_duplicate(job_id)
-            if job.get("after"):
-                from .workflow import check_dependencies_exist
-                check_dependencies_exist(self, job_id, job["after"], ids)
-            data = dumps(job)
-            if len(data) > MAX_JOB_BYTES:
-                raise InvalidJob(f"job {job_id!r} is {len(data)} bytes as JSON, over the 1 MiB limit")
-            ids.add(job_id)
-            batch.append((job, data))
-        return batch
+    def _check_private(self, path: str, info: os.stat_result, allow_shared: bool) -> None:
+        """Whoever can write here can run commands as the worker's user (docs/guide/security.md)."""
+        mode = stat.S_IMODE(info.st_mode)
+        if mode & 0o022 and not allow_shared:
+            raise SpoolError(
+                f"spool folder {path} is writable by group or others (mode {mode:04o}), so they could "
+                f"run commands as you; run 'chmod go-w {path}' or pass --allow-shared-spool")
+        if info.st_uid != os.getuid() and not allow_shared:
+            raise SpoolError(f"spool folder {path} belongs to another user (uid {info.st_uid}); "
+                             f"pass --allow-shared-spool to use it anyway")
+        if path == self.root and mode & 0o077:
+            self.warnings.append(f"spool {path} is readable by others (mode {mode:04o}); "
+                                 f"'chmod 700 {path}' keeps job commands and logs private")
 
-    def _refuse_duplicate(self, job_id: str) -> None:
-        state = self.find(job_id)
-        if state is not None:
-            raise DuplicateJob(f"a job with id {job_id!r} already exists ({state})")
+    def dir(self, folder: str) -> str:
+        return os.path.join(self.root, folder)
+
+    def path(self, state: str, job_id: str) -> str:
+        return os.path.join(self.root, state, check_id(job_id) + SUFFIX)
+
+    def log_path(self, job_id: str) -> str:
+        return os.path.join(self.root, "logs", check_id(job_id) + ".log")
 
     # -- inspection ----------------------------------------------------------
 
@@ -525,19 +616,32 @@ class Spool:
                 yield job
 
     def read_log(self, job_id: str, tail_bytes: int | None = None, offset: int = 0) -> bytes:
-        """The job's log from byte `offset`, or its last `tail_bytes`."""
+        """The job's log from byte `offset`, or its last `tail_bytes`.
+
+        SpoolError naming the path when the log is not a regular file (a
+        symlink is never followed; a folder, FIFO or device is not read).
+        """
         path = self.log_path(job_id)
         try:
             # Never through a symlink: a log is the spool's own file, or nothing.
-            with open(fsops.open_nofollow(path), "rb") as handle:
-                if tail_bytes is not None:
-                    offset = max(0, os.fstat(handle.fileno()).st_size - tail_bytes)
-                handle.seek(offset)
-                return handle.read()
+            fd = fsops.open_nofollow(path)
         except FileNotFoundError:
             if self.find(job_id) is None:
                 raise JobNotFound(f"no job with id {job_id!r}") from None
             return b""
+        except OSError as exc:
+            if os.path.islink(path):
+                raise SpoolError(f"log {path} is a symlink, which queuectl never follows") from None
+            raise SpoolError(f"cannot read log {path}: {exc.strerror}") from None
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            fsops.close_quietly(fd)
+            raise SpoolError(f"log {path} is not a regular file (a folder, FIFO or device)")
+        with open(fd, "rb") as handle:
+            if tail_bytes is not None:
+                offset = max(0, info.st_size - tail_bytes)
+            handle.seek(offset)
+            return handle.read()
 
     # -- changing jobs -------------------------------------------------------
 
@@ -574,7 +678,7 @@ class Spool:
             fsops.close_quietly(fd)
             raise
         try:
-            return LockedJob(self, state, name, fd, loads(raw), None, (info.st_dev, info.st_ino))
+            return LockedJob(self, state, name, fd, loads(raw, info.st_size), None, (info.st_dev, info.st_ino))
         except InvalidJob as exc:
             return LockedJob(self, state, name, fd, None, str(exc), (info.st_dev, info.st_ino))
 
@@ -599,9 +703,8 @@ def _present(path: str) -> bool:
     """Whether `path` names something, asked of the file system itself.
 
     An open, not a stat: a GlusterFS client may answer lstat from its cache
-    of names long after another client has moved the file away, while open
-    looks the name up (docs/guide/several-hosts.md, "Network file-system
-    errors never stop a worker"). Symlinks, FIFOs and unreadable files count as present.
+    of names long after another client moved the file away, while open
+    looks the name up (docs/guide/several-hosts.md). Symlinks, FIFOs and unreadable files count as present.
     """
     try:
         fd = fsops.open_nofollow(path)
@@ -613,9 +716,16 @@ def _present(path: str) -> bool:
     return True
 
 
-def _enqueued_before(published: list[dict]) -> str:
-    """Said by an error midway through a batch, so a re-run does not enqueue those jobs twice."""
-    return f"; the first {len(published)} job(s) of the batch were enqueued" if published else ""
+def _inode_of(path: str) -> tuple[int, int]:
+    info = os.lstat(path)
+    return info.st_dev, info.st_ino
+
+
+def _listdir(path: str) -> list[str]:
+    try:
+        return os.listdir(path)
+    except FileNotFoundError:
+        return []
 
 
 def _stub(name: str, state: str, reason: str) -> dict:
@@ -626,53 +736,3 @@ def check_state(state: str) -> str:
     if state not in STATES:
         raise InvalidJob(f"unknown state {state!r}; valid states: {', '.join(STATES)}")
     return state
-
-
-def prepare_fields(job: dict | str, *, run_at: Any = None, delay: float | None = None,
-                   priority: int | None = None, timeout: float | None = None,
-                   max_retries: int | None = None, id: str | None = None,
-                   command: str | None = None, cwd: str | None = None,
-                   env: dict[str, str] | None = None, after: list[str] | None = None,
-                   group: str | None = None, unique: str | None = None) -> dict:
-    """Merge a job (dict or command string) with enqueue options; options win.
-
-    `env` adds to the job's own `env` object (a name in both takes the
-    option's value); a job `env` that is not an object is left for
-    validation to refuse.
-    """
-    if isinstance(job, str):
-        fields: dict = {"command": job}
-    elif isinstance(job, dict):
-        fields = dict(job)
-    else:
-        raise InvalidJob("a job is a JSON object or a command string")
-    if command is not None:
-        fields["command"] = command
-    if id is not None:
-        fields["id"] = id
-    if priority is not None:
-        fields["priority"] = priority
-    if timeout is not None:
-        fields["timeout"] = timeout
-    if max_retries is not None:
-        fields["max_retries"] = max_retries
-    if cwd is not None:
-        fields["cwd"] = cwd
-    if env:
-        own = fields.get("env")
-        if own is None or isinstance(own, dict):
-            fields["env"] = {**(own or {}), **env}
-    if after:
-        fields["after"] = list(after)
-    if group is not None:
-        fields["group"] = group
-    if unique is not None:
-        fields["unique_key"] = unique
-    if delay is not None:
-        if delay < 0:
-            raise InvalidJob("delay must be >= 0 seconds")
-        fields["run_at"] = iso(time.time() + delay)
-    if run_at is not None:
-        fields["run_at"] = run_at if isinstance(run_at, str) else iso(float(run_at))
-    return fields
-

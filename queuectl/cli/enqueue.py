@@ -14,8 +14,7 @@ import sys
 import click
 
 from ..errors import InvalidJob, QueueError
-from ..job import iso, parse_time
-from ..spool import prepare_fields
+from ..job import iso, parse_time, prepare_fields
 from . import Command, Duration, no_worker_note, open_spool, print_json, warn
 
 JSON_HINT = ("to run it as a shell command instead, pass it with --command '...' or after --: "

@@ -26,6 +26,7 @@ from support import put_job
 from support.chaos import assert_intact, copy_spool, next_worker, sweep
 
 from queuectl import Spool, lifecycle
+from queuectl.commit import GroupCommit
 from queuectl.doctor import check
 from queuectl.job import iso
 from queuectl.runner import Outcome
@@ -62,7 +63,7 @@ def ran(spool: Spool, held, **outcome) -> str:
 
 def ran_in_a_group(spool: Spool, held, **outcome) -> None:
     """A worker's settle: staged, then published and made durable by the group commit's thread."""
-    commit = lifecycle.GroupCommit(spool)
+    commit = GroupCommit(spool)
     now = time.time()
     lifecycle.settle(spool, held, Outcome(started=now, finished=now, **outcome), None, commit)
     commit.close()
@@ -73,7 +74,7 @@ def two_claimed(spool: Spool):
 
 
 def ran_two_in_a_group(spool: Spool, helds) -> None:
-    commit = lifecycle.GroupCommit(spool)
+    commit = GroupCommit(spool)
     now = time.time()
     for held, code in zip(helds, (0, 1)):
         lifecycle.settle(spool, held, Outcome(started=now, finished=now, exit_code=code), None, commit)

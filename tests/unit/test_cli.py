@@ -562,7 +562,7 @@ def test_real_processes_racing_for_one_id_have_one_winner(spool_path):
 
 
 # Modules that only workers, the dashboard or `wait` need; the everyday commands must start without them.
-HEAVY_MODULES = ("watchdog", "queuectl.worker", "queuectl.supervisor", "queuectl.lifecycle", "queuectl.runner",
+HEAVY_MODULES = ("watchdog", "queuectl.worker", "queuectl.supervisor", "queuectl.commit", "queuectl.runner",
                  "queuectl.order", "queuectl.dashboard", "queuectl.follow", "http.server")
 
 

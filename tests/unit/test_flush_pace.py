@@ -1,6 +1,6 @@
 """A worker settles at once where flushes are quick, through its group commit where they are slow.
 
-lifecycle.FlushPace makes the choice from the flushes it has measured; the
+commit.FlushPace makes the choice from the flushes it has measured; the
 outcome is on disk before the job's lock is given up either way, which the
 crash-point tests check for both paths (tests/scenarios/test_crash_points.py). Here a
 real worker runs in this process with os.fsync made instant or slow, as on
@@ -15,13 +15,14 @@ import time
 import pytest
 from support import wait_until
 
-from queuectl import Spool, lifecycle
+from queuectl import Spool, commit
+from queuectl import worker as worker_module
 from queuectl.worker import Worker
 
 JOBS = 40
 
 
-class CountingCommit(lifecycle.GroupCommit):
+class CountingCommit(commit.GroupCommit):
     made: list[CountingCommit] = []
 
     def __init__(self, *args, **kwargs):
@@ -37,7 +38,7 @@ class CountingCommit(lifecycle.GroupCommit):
 @pytest.fixture
 def counted(monkeypatch):
     CountingCommit.made = []
-    monkeypatch.setattr(lifecycle, "GroupCommit", CountingCommit)
+    monkeypatch.setattr(worker_module, "GroupCommit", CountingCommit)
     return CountingCommit.made
 
 
@@ -75,7 +76,7 @@ def test_without_durable_nothing_is_flushed_and_no_group_commit_starts(spool_pat
 
 
 def test_the_pace_follows_the_recent_flushes():
-    pace = lifecycle.FlushPace()
+    pace = commit.FlushPace()
     assert pace.inline()  # nothing measured yet: the first settle is made at once, and measured
     pace.observe(0.005)
     assert not pace.inline()
@@ -89,7 +90,7 @@ def test_the_pace_follows_the_recent_flushes():
 def test_in_group_mode_one_settle_in_probe_is_made_at_once_to_measure_the_disk_again():
     """Only settles made at once are measured; without the probes a worker that once went to the
     group commit would never learn that its disk became quick."""
-    pace = lifecycle.FlushPace()
+    pace = commit.FlushPace()
     for _ in range(pace.RECENT):
         pace.observe(0.005)
     choices = [pace.inline() for _ in range(3 * pace.PROBE)]

@@ -12,7 +12,7 @@ import pytest
 from support import put_job, wait_until
 from support.workers import configure, enqueue, wait_for_state
 
-from queuectl import Spool, lifecycle, retention, workflow
+from queuectl import Spool, dependencies, lifecycle, retention, workflow
 from queuectl.errors import JobNotFound
 from queuectl.lifecycle import purge
 
@@ -201,8 +201,8 @@ def test_an_enqueue_naming_a_job_being_deleted_refuses(spool_path, monkeypatch):
     spool = Spool(spool_path)
     put_job(spool_path, "completed", "dep-a")
     os.makedirs(os.path.join(spool_path, "waiting"), exist_ok=True)
-    open(os.path.join(spool_path, "waiting", "dep-a.prune"), "w").close()
-    monkeypatch.setattr(workflow, "PRUNE_WAIT", 0.1)
+    open(os.path.join(spool_path, "waiting", ".prune-dep-a"), "w").close()
+    monkeypatch.setattr(dependencies, "PRUNE_WAIT", 0.1)
     with pytest.raises(JobNotFound, match="being deleted"):
         spool.enqueue({"id": "child", "command": "true", "after": ["dep-a"]})
     # The marker it made stays (stale, within its grace): a deleter that read the

@@ -1,0 +1,28 @@
+"""queuectl's own features, plugged into the transitions (docs/decisions/layers.md).
+
+`install()` puts every default feature into lifecycle's list once per
+process; the worker, the CLI and the Python API (`queuectl.Spool`) call it
+before they change a job. A program that uses lifecycle alone gets the
+bare state machine: no unique keys, no dependencies, no hooks, no groups.
+"""
+
+from __future__ import annotations
+
+from . import lifecycle
+from .dependencies import DependenciesPlugin
+from .groups import GroupsPlugin
+from .hooks import HooksPlugin
+from .unique import UniquePlugin
+
+
+def default_plugins() -> list[lifecycle.Plugin]:
+    """In the order they act: the key before the waiting markers, the hook last."""
+    return [UniquePlugin(), DependenciesPlugin(), GroupsPlugin(), HooksPlugin()]
+
+
+def install() -> None:
+    """Install the default features (idempotent)."""
+    for plugin in default_plugins():
+        lifecycle.install(plugin)
+
+

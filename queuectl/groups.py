@@ -1,0 +1,388 @@
+"""Groups: a concurrency limit per group, slots, and pause/resume of the spool or a group.
+
+Promises, across every process and every host that shares the spool:
+- a group with a limit of N never has more than N jobs holding a slot, and a
+  job of a group runs only while it holds one; a slot is one name
+  `groups/NAME/slot-K`, a hard link of its worker's badge file, made with
+  link(): EEXIST decides who gets it;
+- a paused spool (a file `paused` at its top) or group (`groups/NAME.paused`)
+  starts nothing new; a claim looks for the file right before it claims.
+Group names have no '.', so `NAME.json` and `NAME.paused` never meet a
+group's slot folder `NAME/` (docs/spool-format.md "Names").
+Only link(), unlink and rename decide anything: it holds on network file
+systems; whether a slot's worker lives is asked of registry.is_alive only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any
+
+from . import fsops, lifecycle, registry
+from .errors import InvalidJob
+from .fsops import open_nofollow
+from .job import GROUP_PATTERN, check_group, is_valid_id, iso
+from .spool import Spool
+
+PAUSE_FILE = "paused"
+GROUPS = "groups"
+
+
+def _folder(spool: Spool, name: str) -> str:
+    path = os.path.join(spool.root, name)
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        pass
+    return path
+
+
+def _unlink(path: str) -> bool:
+    try:
+        os.unlink(path)
+        return True
+    except FileNotFoundError:
+        return False
+
+
+def _listdir(path: str) -> list[str]:
+    try:
+        return os.listdir(path)
+    except FileNotFoundError:
+        return []
+
+
+# -- pause -----------------------------------------------------------------------
+
+def pause_path(spool, group: str | None = None) -> str:
+    if group is None:
+        return os.path.join(spool.root, PAUSE_FILE)
+    return os.path.join(spool.root, GROUPS, check_group(group) + ".paused")
+
+
+def is_paused(spool, group: str | None = None) -> bool:
+    """One stat: whether the spool (or the group) is paused."""
+    return os.path.lexists(pause_path(spool, group))
+
+
+def pause(spool, group: str | None = None) -> bool:
+    """Create the pause file; False when it was there already."""
+    if group is not None:
+        _folder(spool, GROUPS)
+    path = pause_path(spool, group)
+    if os.path.lexists(path):
+        return False
+    record = {"paused_at": iso(time.time()), "by": f"{os.environ.get('USER', '?')}@{os.uname().nodename}"}
+    try:
+        fsops.publish(spool.dir("tmp"), path, json.dumps(record).encode() + b"\n", durable=spool.durable)
+    except FileExistsError:
+        return False
+    return True
+
+
+def resume(spool, group: str | None = None) -> bool:
+    """Remove the pause file; False when it was not there."""
+    return _unlink(pause_path(spool, group))
+
+
+def paused_groups(spool) -> list[str]:
+    return sorted(name.removesuffix(".paused") for name in _listdir(os.path.join(spool.root, GROUPS))
+                  if name.endswith(".paused") and GROUP_PATTERN.fullmatch(name.removesuffix(".paused")))
+
+
+# -- groups ----------------------------------------------------------------------
+
+def limit_path(spool, group: str) -> str:
+    return os.path.join(spool.root, GROUPS, check_group(group) + ".json")
+
+
+def set_limit(spool, group: str, limit: int | None) -> None:
+    """Write groups/NAME.json ({"limit": N}); None removes it (no limit)."""
+    _folder(spool, GROUPS)
+    path = limit_path(spool, group)
+    if limit is None:
+        _unlink(path)
+        return
+    if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
+        raise InvalidJob("a group's limit is an integer >= 1")
+    fsops.publish(spool.dir("tmp"), path, json.dumps({"limit": limit}).encode() + b"\n",
+            durable=spool.durable, replace=True)
+
+
+def read_limit(spool, group: str) -> int | None:
+    """The group's limit; None when it has none (or its file is not valid: said by `group list`)."""
+    try:
+        with open(limit_path(spool, group), encoding="utf-8") as handle:
+            limit = json.load(handle).get("limit")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return limit if isinstance(limit, int) and not isinstance(limit, bool) and limit >= 1 else None
+
+
+def groups_dir(spool) -> str:
+    """groups/, created when first needed (a worker watches it)."""
+    return _folder(spool, GROUPS)
+
+
+def slot_dir(spool, group: str) -> str:
+    return os.path.join(spool.root, GROUPS, group)
+
+
+def slot_names(spool, group: str) -> list[str]:
+    return sorted(name for name in _listdir(slot_dir(spool, group)) if name.startswith("slot-"))
+
+
+BADGE_PREFIX = ".badge-"
+
+
+class Badge:
+    """A worker's one file under groups/, linked as each slot it takes (`groups/.badge-<worker>`).
+
+    Taking a slot is link(badge, slot-K): a name only, no new inode (a
+    file or a long symlink per claim costs an inode, and on an ext4 without
+    a journal each creation scans past every inode freed lately). The badge
+    is written once, when the worker takes its first slot, and names the
+    worker for life, so `cat groups/NAME/slot-K` says who holds the slot;
+    the job it runs is the one in processing/ whose `worker` is that name
+    (`slot_holders`).
+    """
+
+    def __init__(self, spool, worker: str):
+        self.worker = worker
+        self.path = os.path.join(groups_dir(spool), BADGE_PREFIX + worker)
+        record = {"worker": worker, "host": os.uname().nodename, "pid": os.getpid()}
+        try:
+            fsops.publish(spool.dir("tmp"), self.path, json.dumps(record).encode() + b"\n", durable=False)
+        except FileExistsError:
+            pass  # ours from a retried call (worker names are unique)
+        self.ino = os.lstat(self.path).st_ino
+
+    def close(self) -> None:
+        _unlink(self.path)
+
+
+def read_slot(path: str) -> dict | None:
+    """Who holds a slot ({"worker", "host", "pid"}), with `ino` (the holder's badge); None when it is free."""
+    try:
+        fd = open_nofollow(path)
+    except OSError:
+        return None
+    try:
+        ino = os.fstat(fd).st_ino
+        data = os.read(fd, 4096)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    try:
+        holder = json.loads(data)
+    except ValueError:
+        holder = None
+    if not isinstance(holder, dict):
+        holder = {"text": data.decode("utf-8", "replace")}  # being written, or made by hand
+    holder["ino"] = ino
+    return holder
+
+
+class Slot:
+    """One slot this process holds (or no slot, for a job without a limited group)."""
+
+    def __init__(self, path: str | None = None):
+        self.path = path
+
+    def release(self) -> None:
+        """Free the slot. Nobody else removes a live worker's slot (see `free_orphan_slots`)."""
+        if self.path is not None:
+            _unlink(self.path)
+            self.path = None
+
+
+NO_SLOT = Slot()
+
+
+def take_slot(spool, group: str, limit: int, badge: Badge) -> Slot | None:
+    """A free slot of the group for this job, or None when all `limit` are held.
+
+    link() decides: of workers taking slot-K at once, one succeeds. A small
+    limit is tried name by name (EEXIST is as cheap as a listing); a large
+    one lists the folder first.
+    """
+    folder = slot_dir(spool, group)
+    for _ in range(2):
+        try:
+            taken = set(os.listdir(folder)) if limit > 8 else set()
+            for number in range(limit):
+                name = f"slot-{number}"
+                if name in taken:
+                    continue
+                path = os.path.join(folder, name)
+                try:
+                    os.link(badge.path, path)
+                    return Slot(path)
+                except FileExistsError:
+                    try:
+                        if os.lstat(path).st_ino == badge.ino:  # a retried call that had succeeded (NFS)
+                            return Slot(path)
+                    except FileNotFoundError:
+                        pass
+            return None
+        except FileNotFoundError:  # the group's first slot: make its folder
+            _folder(spool, GROUPS)
+            _folder(spool, os.path.join(GROUPS, group))
+    return None
+
+
+def running_by_worker(spool) -> dict[str, dict]:
+    """Worker name -> the job it runs, read from processing/ (small: a job per live worker at most)."""
+    running = {}
+    for name in spool.names("processing"):
+        job = spool.read("processing", name)
+        if job and isinstance(job.get("worker"), str):
+            running[job["worker"]] = job
+    return running
+
+
+def slot_holders(spool, group: str, running: dict[str, dict] | None = None) -> list[dict[str, Any]]:
+    """Each slot of the group: its name, worker, whether that worker lives, and the job it runs."""
+    running = running_by_worker(spool) if running is None else running
+    holders = []
+    for name in slot_names(spool, group):
+        holder = read_slot(os.path.join(slot_dir(spool, group), name))
+        if holder is None:
+            continue
+        worker = holder.get("worker")
+        job = running.get(worker) if isinstance(worker, str) else None
+        holders.append({"slot": name, "worker": worker, "job": job.get("id") if job else None,
+                        "ino": holder["ino"]})
+    return holders
+
+
+def free_orphan_slots(spool, *, repair: bool = True) -> list[dict[str, Any]]:
+    """Free slots whose worker is dead and runs no job of the group in processing/.
+
+    A dead worker's job still in processing/ is recovery's: `free_job_slots`
+    frees its slot under the job's flock, before the job moves on. Here a
+    slot is renamed aside first and removed only if it is still the dead
+    worker's badge (the same inode), so a slot taken again meanwhile under
+    the same name is put back, not lost. Dead workers' badges that no slot
+    uses any more go too.
+    """
+    found = []
+    root = os.path.join(spool.root, GROUPS)
+    entries = _listdir(root)
+    running = None
+    for group in entries:
+        if not GROUP_PATTERN.fullmatch(group) or not os.path.isdir(os.path.join(root, group)):
+            continue
+        for name in slot_names(spool, group):
+            path = os.path.join(root, group, name)
+            holder = read_slot(path)
+            if holder is None or _alive(spool, holder.get("worker")):
+                continue
+            worker = holder.get("worker")
+            running = running_by_worker(spool) if running is None else running
+            job = running.get(worker) if isinstance(worker, str) else None
+            if job is not None and job.get("group") == group:
+                continue  # recovery frees it when it moves the job on
+            finding = {"problem": "orphan-slot", "path": os.path.relpath(path, spool.root),
+                       "detail": f"held by worker {worker}, which is gone", "repaired": False}
+            if repair:
+                finding["repaired"] = _remove_if(spool, path, holder["ino"])
+            found.append(finding)
+    if repair:
+        for entry in entries:
+            worker = entry[len(BADGE_PREFIX):]
+            if entry.startswith(BADGE_PREFIX) and is_valid_id(worker) and not _alive(spool, worker):
+                try:
+                    if os.lstat(os.path.join(root, entry)).st_nlink == 1:  # no slot links it
+                        _unlink(os.path.join(root, entry))
+                except FileNotFoundError:
+                    pass
+    return found
+
+
+def _remove_if(spool, path: str, ino: int) -> bool:
+    """Remove the slot at `path` if it is still inode `ino`; put back anything else taken aside."""
+    aside = os.path.join(spool.dir("tmp"), f".freeing.{os.getpid()}.{os.urandom(4).hex()}.tmp")
+    try:
+        os.rename(path, aside)
+    except FileNotFoundError:
+        return False
+    if os.lstat(aside).st_ino == ino:
+        _unlink(aside)
+        return True
+    try:
+        os.link(aside, path)  # not ours to free: put it back
+    except FileExistsError:
+        pass  # taken again in this instant: its holder frees nothing, its job ends anyway
+    _unlink(aside)
+    return False
+
+
+def free_job_slots(spool, job: dict, *, leftovers: bool = False) -> None:
+    """Free the slot the job's dead worker held in its group (called by recovery, under the job's flock).
+
+    A worker holds one slot at a time, for the job it runs: the slot of the
+    job's `worker` in the job's group is that job's.
+
+    With `leftovers` the dead worker's command was just sent SIGKILL: the
+    slot frees only once none of its processes is left (a signal is
+    delivered later than kill() returns), so the group never runs N + 1.
+    """
+    group = job.get("group")
+    if not isinstance(group, str) or not GROUP_PATTERN.fullmatch(group):
+        return
+    worker = job.get("worker")
+    mine = []
+    for name in slot_names(spool, group):
+        path = os.path.join(slot_dir(spool, group), name)
+        holder = read_slot(path)
+        if holder and isinstance(worker, str) and holder.get("worker") == worker and not _alive(spool, worker):
+            mine.append(path)
+    if mine and leftovers:
+        from .runner import kill_leftovers  # recovery only: `queuectl list` imports this module and not the runner
+
+        deadline = time.monotonic() + 10.0
+        while kill_leftovers(job["id"], spool.root) and time.monotonic() < deadline:
+            time.sleep(0.01)
+    for path in mine:
+        _unlink(path)
+
+
+def _alive(spool, worker: Any) -> bool:
+    """registry.is_alive, for a name read from a slot (checked first: it becomes a path)."""
+    return is_valid_id(worker) and registry.is_alive(spool, worker)
+
+
+def groups(spool) -> list[dict[str, Any]]:
+    """Every group with a limit, a pause or running jobs: name, limit, running (jobs in processing/),
+    slots (held), paused, and the holders of its slots (slot, worker, the job that worker runs)."""
+    root = os.path.join(spool.root, GROUPS)
+    names = set()
+    for entry in _listdir(root):
+        stem = entry.removesuffix(".json").removesuffix(".paused")
+        if GROUP_PATTERN.fullmatch(stem):
+            names.add(stem)
+    by_worker = running_by_worker(spool)
+    running: dict[str, int] = {}
+    for job in by_worker.values():
+        if isinstance(job.get("group"), str):
+            running[job["group"]] = running.get(job["group"], 0) + 1
+    names.update(running)
+    return [{"name": name, "limit": read_limit(spool, name), "running": running.get(name, 0),
+             "slots": len(slot_names(spool, name)), "paused": is_paused(spool, name),
+             "holders": [{key: holder[key] for key in ("slot", "worker", "job")}
+                         for holder in slot_holders(spool, name, by_worker)]}
+            for name in sorted(names)]
+
+
+class GroupsPlugin(lifecycle.Plugin):
+    """Frees a dead worker's slot when recovery moves its job on, and orphan slots after each sweep."""
+
+    def on_recover(self, spool: Spool, job: dict, leftovers: bool) -> None:
+        free_job_slots(spool, job, leftovers=leftovers)
+
+    def after_recover(self, spool: Spool) -> None:
+        free_orphan_slots(spool)
