@@ -24,7 +24,7 @@ from __future__ import annotations
 import os
 
 from . import fsops, registry
-from .dashboard.snapshot import FAILURES, Scanner, Snapshot, recent_durations
+from .snapshot import FAILURES, Scanner, Snapshot, recent_durations
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 DURATION_QUANTILES = (0.5, 0.9, 0.99)

@@ -57,8 +57,8 @@ from .. import lifecycle, metrics, registry, workflow
 from ..errors import InvalidJob, JobNotFound, QueueError, WrongState
 from ..job import STATES, is_valid_id
 from ..schedules import upcoming as upcoming_schedules
+from ..snapshot import Scanner, throughput
 from ..spool import id_of
-from .snapshot import Scanner, throughput
 
 TOKEN_HEADER = "X-Queuectl-Token"
 PAGE_SIZE, PAGE_SIZE_MAX = 25, 200

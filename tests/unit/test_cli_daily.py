@@ -396,8 +396,8 @@ def test_worker_list_json_times_are_iso(qc, spool_path, workers):
 
 
 def test_dashboard_counters_and_chart_do_not_fall_after_a_purge(spool_path):
-    from queuectl.dashboard.snapshot import Scanner, throughput
     from queuectl.metrics import render
+    from queuectl.snapshot import Scanner, throughput
     spool = Spool(spool_path)
     for number in range(3):
         put_job(spool_path, "completed", f"c{number}")

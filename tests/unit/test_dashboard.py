@@ -537,7 +537,7 @@ def test_a_job_back_under_its_name_on_the_same_inode_gets_its_new_settle_time(sp
     same file leaves and comes back with a new settle time, which is what that looks like."""
     from support import put_job
 
-    from queuectl.dashboard.snapshot import Scanner
+    from queuectl.snapshot import Scanner
     put_job(spool.root, "failed", "again", attempts=1)
     failed, pending = spool.path("failed", "again"), spool.path("pending", "again")
     before, after = time.time() - 600, time.time() - 5
@@ -564,7 +564,7 @@ def test_when_the_kernel_dropped_events_every_settled_file_is_looked_at_again(sp
     """An inotify queue overflow (RESCAN) leaves no name trusted; unchanged files do not count twice."""
     from support import put_job
 
-    from queuectl.dashboard.snapshot import Scanner
+    from queuectl.snapshot import Scanner
     from queuectl.watch import RESCAN
     for job_id in ("one", "two"):
         put_job(spool.root, "dead", job_id)

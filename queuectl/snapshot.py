@@ -1,4 +1,4 @@
-"""What the dashboard reads from the spool, at a cost that stays flat at 100,000 jobs.
+"""What the dashboard and `queuectl metrics` read from the spool, at a cost that stays flat at 100,000 jobs.
 
 - `Scanner.scan()` reads each state folder's entries once and returns a
   `Snapshot`: the number of jobs per state and, for the settled folders
@@ -35,8 +35,8 @@ import threading
 import time
 from dataclasses import dataclass
 
-from ..job import STATES
-from ..spool import job_name
+from .job import STATES
+from .spool import job_name
 
 SETTLED = ("completed", "failed", "dead")
 DEPARTED_KEPT = 2 * 3600  # seconds a departed file's settle time stays for the chart (it shows one hour)
@@ -89,7 +89,7 @@ class Scanner:
         arrived: dict[str, set[str] | None] = {state: set() for state in SETTLED}
         if self._watch is None:
             return arrived
-        from ..watch import RESCAN
+        from .watch import RESCAN
         for change in self._watch.changes():
             if change == RESCAN:
                 return dict.fromkeys(SETTLED)
@@ -129,8 +129,8 @@ class Scanner:
 
 def _arrivals(spool):
     """inotify on the settled folders of a spool this host alone writes; None elsewhere."""
-    from .. import fstype
-    from ..watch import FolderWatch
+    from . import fstype
+    from .watch import FolderWatch
     if fstype.mode(spool) != "local":
         return None  # inotify never sees another host's writes: name and inode alone
     try:
