@@ -343,7 +343,7 @@ class _IdMarkers:
                     self.take_id(name[: -len(".invalid")], os.path.join(dead, name))
         temp = fsops.temp_name(self.dir("tmp"), IDS_COMPLETE)
         try:
-            handle = open(temp, "xb")
+            handle = open(os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600), "wb")
         except OSError:
             return  # a reader without write access: the next process that may write does it
         with handle:
