@@ -16,7 +16,6 @@ import pytest
 from support import wait_until
 
 from queuectl import Spool, commit
-from queuectl import worker as worker_module
 from queuectl.worker import Worker
 
 JOBS = 40
@@ -38,7 +37,7 @@ class CountingCommit(commit.GroupCommit):
 @pytest.fixture
 def counted(monkeypatch):
     CountingCommit.made = []
-    monkeypatch.setattr(worker_module, "GroupCommit", CountingCommit)
+    monkeypatch.setattr(commit, "GroupCommit", CountingCommit)  # jobstep makes it as commit.GroupCommit
     return CountingCommit.made
 
 
