@@ -40,6 +40,8 @@ FOLDERS = ("tmp", *STATES, "logs", "workers", "schedules", IDS, PURGING)
 SUFFIX = ".json"
 # In ids/: present once every job of the spool has its marker (spools made before markers get them once).
 IDS_COMPLETE = ".complete"
+# Reads of a job file that fails to parse, before it is judged as it is (Spool.read).
+TORN_READS = 5
 # A marker smaller than this is text (see Spool.take_id); every job file queuectl writes is larger.
 MARKER_TEXT = 64
 
@@ -563,14 +565,24 @@ class Spool(_Settings, _IdMarkers):
         stub whose `last_error` says why, rather than hidden or crashed on.
         """
         data, unreadable = self.read_raw(state, name)
-        if unreadable is not None:
-            return _stub(name, state, unreadable)
-        if data is None:
-            return None
-        try:
-            job = loads(data)
-        except InvalidJob as exc:
-            return _stub(name, state, str(exc))
+        for _ in range(TORN_READS):
+            if unreadable is not None:
+                return _stub(name, state, unreadable)
+            if data is None:
+                return None
+            try:
+                job = loads(data)
+                break
+            except InvalidJob as exc:
+                # A FUSE file system that reads by path (bindfs) can hand an open file the bytes of
+                # whatever file has its name now, so a rewrite by another client mid-read tears the
+                # read: only bytes that read the same twice are judged (docs/guide/several-hosts.md).
+                again, unreadable = self.read_raw(state, name)
+                if again == data:
+                    return _stub(name, state, str(exc))
+                data = again
+        else:
+            return _stub(name, state, "the file kept changing while it was read")
         if not isinstance(job, dict):
             return _stub(name, state, "not a JSON object")
         job["state"] = state

@@ -412,3 +412,15 @@ def test_processes_enqueueing_the_same_ids_at_once_have_one_winner_each(spool_pa
     assert {job_id: job["command"] for job_id, job in jobs.items()} == {
         job_id: f"echo from {pid}" for job_id, pid in winners.items()}
     assert os.listdir(os.path.join(spool_path, "tmp")) == []
+
+
+def test_a_torn_read_is_read_again_and_a_stable_bad_file_is_judged(spool, monkeypatch):
+    """A FUSE file system reading by path (bindfs) can tear a read when another client replaces the file:
+    a job whose first read does not parse is read again; only bytes that read the same twice are judged."""
+    job_id = spool.enqueue({"command": "true"})["id"]
+    whole, _ = spool.read_raw("pending", job_id + ".json")
+    reads = iter([(whole[:40], None), (whole, None)])
+    monkeypatch.setattr(spool, "read_raw", lambda state, name: next(reads))
+    assert spool.read("pending", job_id + ".json")["id"] == job_id
+    monkeypatch.setattr(spool, "read_raw", lambda state, name: (b'{"command": ', None))
+    assert spool.read("pending", job_id + ".json")["last_error"].startswith("unreadable job file: invalid JSON")
