@@ -272,7 +272,7 @@ def test_a_deletion_cut_after_the_job_file_went_is_finished(spool, spool_path, m
     with open(spool.log_path("q"), "w") as handle:
         handle.write("its output")
 
-    def killed(spool, state, job_id):
+    def killed(spool, state, job_id, **_):
         raise KeyboardInterrupt  # the process dies after the job file went, before its log
 
     monkeypatch.setattr(lifecycle, "_finish_purge", killed)
