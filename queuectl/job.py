@@ -176,7 +176,13 @@ def _int_field(job: dict, name: str, minimum: int | None = None) -> None:
 
 def build(fields: Any, config: dict, *, stem: str | None = None,
           state: str = "pending", now: float | None = None) -> dict:
-    """A complete, validated job from user-supplied fields.
+    """A complete, validated job from user-supplied fields (see build_bytes)."""
+    return build_bytes(fields, config, stem=stem, state=state, now=now)[0]
+
+
+def build_bytes(fields: Any, config: dict, *, stem: str | None = None,
+                state: str = "pending", now: float | None = None) -> tuple[dict, bytes]:
+    """A complete, validated job from user-supplied fields, and its file's bytes (dumps).
 
     Missing fields take their defaults (`max_retries` from the config); a
     missing id becomes `stem` when that is a valid id, else a new one.
@@ -247,14 +253,14 @@ def build(fields: Any, config: dict, *, stem: str | None = None,
             _time_field(job, name)
     # Every writer stores the job with dumps(): what it cannot write is refused here, not in a worker.
     try:
-        dumps(job)
+        data = dumps(job)
     except UnicodeEncodeError:
         raise InvalidJob("job text must be valid Unicode (it holds a lone surrogate)") from None
     except RecursionError:
         raise InvalidJob("job JSON is nested too deeply") from None
     except (TypeError, ValueError) as exc:  # from Python callers: a set, a datetime, a cycle
         raise InvalidJob(f"job fields must be JSON values: {exc}") from None
-    return job
+    return job, data
 
 
 def check_group(name: Any) -> str:

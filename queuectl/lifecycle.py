@@ -76,6 +76,7 @@ from .job import (
     MAX_JOB_BYTES,
     STATES,
     build,
+    build_bytes,
     due_time,
     dumps,
     is_valid_id,
@@ -135,7 +136,8 @@ class Plugin:
 
     def check_enqueue(self, spool: Spool, job: dict, earlier: set[str]) -> None:
         """Before any job of an enqueue batch is published; raise a QueueError to refuse the batch.
-        `earlier`: the ids of the jobs before this one in the batch."""
+        `earlier`: the ids of the jobs before this one in the batch. `job` is serialized already:
+        it must not be changed here."""
 
     def before_publish(self, spool: Spool, job: dict, source: str) -> None:
         """Right before `job` appears in pending/ (enqueue, adoption): `source` is a file holding its JSON.
@@ -239,7 +241,7 @@ def _validate_batch(spool: Spool, jobs: Iterable[dict], settings: dict) -> list[
     batch: list[tuple[dict, bytes]] = []
     ids: set[str] = set()
     for fields in jobs:
-        job = build(fields, settings)
+        job, data = build_bytes(fields, settings)
         job_id = job["id"]
         if job_id in ids:
             raise DuplicateJob(f"id {job_id!r} appears twice in the batch")
@@ -252,7 +254,6 @@ def _validate_batch(spool: Spool, jobs: Iterable[dict], settings: dict) -> list[
             _refuse_taken(spool, job_id)
         for plugin in _plugins_for(job):
             plugin.check_enqueue(spool, job, ids)
-        data = dumps(job)
         if len(data) > MAX_JOB_BYTES:
             raise InvalidJob(f"job {job_id!r} is {len(data)} bytes as JSON, over the 1 MiB limit")
         ids.add(job_id)
@@ -288,11 +289,9 @@ def _publish(spool: Spool, job: dict, data: bytes, durable: bool, if_absent: boo
         if not spool.take_id(job_id, temp):
             raise _taken(spool, job_id)
         took = True
-        if spool.id_being_deleted(job_id):
-            raise DuplicateJob(f"job {job_id!r} is being deleted by purge or retention; try again")
         for plugin in _plugins_for(job):
             plugin.before_publish(spool, job, temp)
-        fsops.link_new(temp, os.path.join(spool.dir("pending"), job_id + SUFFIX))  # no ctypes at start-up
+        fsops.link_new(temp, f"{spool.root}/pending/{job_id}{SUFFIX}")  # no ctypes at start-up
         published = True
     except KeyTaken as exc:
         if not if_absent:
@@ -539,8 +538,7 @@ def dead_letter(spool: Spool, held: LockedJob | None, reason: str, *, state: str
             # A record of this entry cut short by a crash left the marker on its temporary file.
             taken = spool.take_id(job_id, temp) or (_cut_publish(spool, job_id, keep=temp)
                                                     and spool.take_id(job_id, temp))
-        if (taken and not spool.id_being_deleted(job_id)
-                and not os.path.lexists(os.path.join(dead, job_id + INVALID))):
+        if taken and not os.path.lexists(os.path.join(dead, job_id + INVALID)):
             break
         if taken:
             spool.drop_id(job_id, temp)
@@ -679,8 +677,7 @@ def _adopt_held(spool: Spool, held: LockedJob, *, complete: bool, mtime: float) 
         holds = None
     # Files put into a folder by hand have no marker: a look at the folders refuses them too (a look
     # that misses a job moving between folders costs nothing: that job has its marker).
-    if (holds is False or spool.id_being_deleted(job_id)
-            or (holds is None and not _unseen(spool, job_id, "pending", name))):
+    if holds is False or (holds is None and not _unseen(spool, job_id, "pending", name)):
         dead_letter(spool, held, f"duplicate id {job_id!r}: another job has this id")
         return None
     if target != name:
@@ -1011,10 +1008,11 @@ def delete_finished(spool: Spool, state: str, job_id: str, *, older_than: float 
     appended to `needed`), or when it changed less than `older_than`
     seconds ago.
 
-    The order, each step repairable (docs/decisions/identity.md): the id's
-    marker moves to purging/<id> (an enqueue of the id is refused while it
-    is there), the job file goes, then its log and kept bytes, then
-    purging/<id>. `sweep_purges` finishes or undoes a deletion cut short.
+    The order, each step repairable (docs/decisions/identity.md):
+    purging/<id> becomes a second name of the id's marker (the witness),
+    the job file goes, then its log and kept bytes, then the marker (only
+    now may the id be enqueued again), then the witness. `sweep_purges`
+    finishes or undoes a deletion cut short.
     """
     if state not in ("completed", "dead"):
         raise WrongState(f"only completed or dead jobs are deleted, not {state}")
@@ -1022,9 +1020,9 @@ def delete_finished(spool: Spool, state: str, job_id: str, *, older_than: float 
     if os.path.islink(path):  # never opened nor followed: no job, no lock, only the name goes
         if older_than is not None and time.time() - os.lstat(path).st_mtime < older_than:
             return False
-        _set_marker_aside(spool, job_id, path)
+        marked = _witness(spool, job_id)
         remove_entry(path)
-        _finish_purge(spool, state, job_id)
+        _finish_purge(spool, state, job_id, marked=marked)
         return True
     held = spool.lock(state, file_name(job_id))
     if held is None:
@@ -1046,54 +1044,84 @@ def delete_finished(spool: Spool, state: str, job_id: str, *, older_than: float 
                     return False
             if held.at_name() is None:
                 return False
-            _set_marker_aside(spool, job_id, held.path)
+            marked = _witness(spool, job_id)
             if not remove_entry(held.path):  # a folder or FIFO made by hand is removed as it is, unfollowed
                 return False
-    _finish_purge(spool, state, job_id)
+    _finish_purge(spool, state, job_id, marked=marked)
     for plugin in plugins():
         plugin.on_delete(spool, job)
     return True
 
 
-def _set_marker_aside(spool: Spool, job_id: str, path: str) -> None:
-    """The id's marker to purging/<id>: from now on the id is being deleted (an enqueue of it is refused)."""
-    aside = os.path.join(spool.dir(PURGING), job_id)
+def _witness(spool: Spool, job_id: str) -> bool:
+    """purging/<id>: a second name of the id's marker, present while the job is being deleted.
+
+    Where there is no marker (a file put there by hand) or no hard links,
+    no witness: a crash then leaves at worst the log, which doctor removes
+    once it is a day old (and, without hard links, the marker of an id
+    whose job is gone: the id stays taken).
+
+    Returns whether the id has a marker (which is then this job's to remove).
+    """
     try:
-        os.rename(spool.marker(job_id), aside)
-    except FileNotFoundError:  # no marker: a file put there by hand; an empty name says the same
-        with contextlib.suppress(FileExistsError):
-            os.close(os.open(aside, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
+        os.link(spool.marker(job_id), f"{spool.root}/{PURGING}/{job_id}", follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    except FileExistsError:
+        pass  # a witness of a cut deletion of this very job (undone above, or by a sweep)
+    except OSError as exc:
+        if exc.errno not in fsops.NO_LINKS:
+            raise
+    return True
 
 
-def _finish_purge(spool: Spool, state: str, job_id: str) -> None:
-    """The steps of a deletion after the job file went: its log, its kept bytes, then purging/<id>."""
+def _finish_purge(spool: Spool, state: str, job_id: str, *, marked: bool = False) -> None:
+    """The steps of a deletion after the job file went: its log, its kept bytes, the marker, the witness.
+
+    The marker goes when the witness still names it, or when the caller
+    deleted the job itself and it had one (`marked`): either way nobody
+    could take the id meanwhile.
+    """
     for leftover in (spool.log_path(job_id), os.path.join(spool.dir(state), job_id + INVALID)):
         remove_entry(leftover)
+    witness = f"{spool.root}/{PURGING}/{job_id}"
     with contextlib.suppress(FileNotFoundError):
-        os.unlink(os.path.join(spool.dir(PURGING), job_id))
+        if marked or os.path.samestat(os.lstat(witness), os.lstat(spool.marker(job_id))):
+            os.unlink(spool.marker(job_id))
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(witness)
 
 
 def _undo_cut_purge(spool: Spool, job_id: str) -> None:
-    """Under the lock of the id's job file (still there): a deletion of it that was cut puts its marker back."""
-    aside = os.path.join(spool.dir(PURGING), job_id)
-    if not os.path.lexists(aside):
-        return
-    try:
-        fsops.rename_noreplace(aside, spool.marker(job_id))
-    except FileExistsError:
-        os.unlink(aside)  # the marker is there again (made by the deletion's own link fallback)
+    """Under the lock of the id's job file (still there): the witness of a deletion of it that was cut goes."""
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(f"{spool.root}/{PURGING}/{job_id}")
 
 
 def sweep_purges(spool: Spool) -> int:
     """Finish or undo deletions cut short (purging/<id>); returns how many were settled.
 
-    The job file still there (and not owned: a live deletion holds it):
-    undone. Gone: finished. Nobody can enqueue the id while purging/<id>
-    exists, so neither step can touch another job's files.
+    The witness no longer names the id's marker: the deletion had removed
+    the marker (a new job may hold the id now), only the witness is left.
+    Else the job file still there (and not owned: a live deletion holds
+    it): undone. Gone: finished (log, kept bytes, marker, witness). While
+    the witness names the marker nobody can enqueue the id, and a finished
+    job moves only under its flock (`dlq retry`, which undoes first), so
+    the look at completed/ and dead/ cannot race.
     """
     settled = 0
     for job_id in _listdir(spool.dir(PURGING)):
         if not is_valid_id(job_id):
+            continue
+        witness = f"{spool.root}/{PURGING}/{job_id}"
+        try:
+            ours = os.path.samestat(os.lstat(witness), os.lstat(spool.marker(job_id)))
+        except FileNotFoundError:
+            ours = False
+        if not ours:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(witness)
+            settled += 1
             continue
         present = [state for state in ("completed", "dead")
                    if os.path.lexists(os.path.join(spool.dir(state), job_id + SUFFIX))]

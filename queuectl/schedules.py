@@ -551,7 +551,7 @@ def publish_claimed(spool, name: str, slot_name: str) -> str:
     try:
         # The id's marker first, a name of the slot's job file (docs/decisions/identity.md):
         # taken by another job, someone enqueued that id by hand, and it is not replaced.
-        taken = not spool.take_id(the_id, source) or spool.id_being_deleted(the_id)
+        taken = not spool.take_id(the_id, source)
         if not taken:
             try:
                 fsops.rename_noreplace(source, target)

@@ -208,7 +208,7 @@ class _IdMarkers:
 
     def marker(self, job_id: str) -> str:
         """ids/<id>: a hard link of the file queuectl last placed into pending/ under this id."""
-        return os.path.join(self.root, IDS, job_id)
+        return f"{self.root}/{IDS}/{job_id}"  # asked at every enqueue and claim: no os.path.join
 
     def take_id(self, job_id: str, source: str) -> bool:
         """Make ids/<id> a name of `source`; False when the id is taken (by another file).
@@ -302,9 +302,6 @@ class _IdMarkers:
                 os.unlink(path)
         except FileNotFoundError:
             pass
-
-    def id_being_deleted(self, job_id: str) -> bool:
-        return os.path.lexists(os.path.join(self.root, PURGING, job_id))
 
     _text: bool | None = None
 

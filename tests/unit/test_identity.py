@@ -272,7 +272,7 @@ def test_a_deletion_cut_after_the_job_file_went_is_finished(spool, spool_path, m
     with open(spool.log_path("q"), "w") as handle:
         handle.write("its output")
 
-    def killed(spool, state, job_id):
+    def killed(spool, state, job_id, **_):
         raise KeyboardInterrupt  # the process dies after the job file went, before its log
 
     monkeypatch.setattr(lifecycle, "_finish_purge", killed)
@@ -305,3 +305,19 @@ def test_an_enqueue_cut_between_its_marker_and_its_publish_frees_the_id_at_the_n
     lifecycle.recover(spool)
     assert os.listdir(os.path.join(spool_path, "tmp")) == [] and not os.path.lexists(spool.marker("c"))
     assert spool.enqueue("true", id="c")["id"] == "c"
+
+
+def test_retention_prunes_ids_shaped_like_the_spools_own_names(spool, spool_path):
+    from queuectl import retention
+
+    spool.enqueue("true", id="x")
+    for name in LAYOUT_NAMES:
+        spool.enqueue("true", id=name, after=["x"])
+    spool.enqueue("true", id="w", after=LAYOUT_NAMES)  # waiting/x.prune/w, waiting/x.lock/w, ...
+    for job_id in ["x", *LAYOUT_NAMES, "w"]:
+        assert settled(spool, claimed(spool, job_id), exit_code=0) == "completed"
+    spool.set_config("keep_completed", "0")
+    pruner = retention.Pruner(spool)
+    deleted = sum(pruner.sweep() for _ in range(5))
+    assert deleted == 2 + len(LAYOUT_NAMES) and spool.counts()["completed"] == 0
+    assert os.listdir(os.path.join(spool_path, "ids")) == [".complete"]
