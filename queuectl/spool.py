@@ -28,7 +28,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from . import config as config_mod
-from . import fsops, fstype
+from . import fsops
 from .errors import InvalidJob, JobNotFound, SpoolError, WrongState
 from .job import MAX_JOB_BYTES, STATES, check_id, dumps, is_valid_id, iso, loads
 
@@ -327,6 +327,8 @@ class _IdMarkers:
         """Give every job of a spool made before id markers its marker, once (idempotent: a crash redoes it)."""
         shared = config_mod.shared_choice(self._config_text())
         if shared is None:
+            from . import fstype  # once per spool's life (its first marker): enqueue's start-up does not load it
+
             shared = fstype.is_shared_type(fstype.filesystem(self.root))
         self._text = shared
         for state in STATES:

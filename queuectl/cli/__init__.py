@@ -16,7 +16,6 @@ command too.
 
 from __future__ import annotations
 
-import difflib
 import errno
 import json
 import os
@@ -161,6 +160,8 @@ class QueueGroup(Command, click.Group):
         name = args[0] if args else ""
         if args and not name.startswith("-") and self.get_command(ctx, name) is None:
             known = [*self.list_commands(ctx), *self.aliases]
+            import difflib  # only for a mistyped command: every other start-up goes without it
+
             close = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
             hint = f" Did you mean {' or '.join(repr(match) for match in close)}?" if close else ""
             ctx.fail(f"No such command {name!r}.{hint}")

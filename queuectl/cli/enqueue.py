@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import shlex
 import sys
 
 import click
@@ -149,7 +148,12 @@ def enqueue(ctx, words, command, job_id, priority, max_retries, timeout, run_at,
     """
     literal = ctx.meta.get("enqueue.literal", False)
     batch = file is not None or (words == ("-",) and not literal)
-    job = None if not words else words[0] if len(words) == 1 else shlex.join(words)
+    if len(words) > 1:
+        import shlex  # only for a command given as several words
+
+        job: str | None = shlex.join(words)
+    else:
+        job = words[0] if words else None
     if sum(x is not None for x in (job, command, file)) != 1:
         raise click.UsageError("give exactly one of a COMMAND, --command or --file")
     if run_at is not None and delay is not None:
