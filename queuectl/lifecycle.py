@@ -328,13 +328,14 @@ def claim(spool: Spool, state: str, job_id: str, worker: str, now: float) -> Loc
     held = spool.lock(state, file_name(job_id))
     if held is None:
         return None
-    if finish_cut_move(spool, held):
+    marked = state == "pending" and spool.id_holds(job_id, held.inode) is True
+    if finish_cut_move(spool, held, marked=marked):
         held.release()
         return None
     # A file in pending/ that is not the one queuectl placed there under this id
     # (its marker names another inode, or none) is a drop-in: adopted first, or
     # refused when the id is taken (docs/decisions/identity.md).
-    if state == "pending" and spool.id_holds(job_id, held.inode) is not True:
+    if state == "pending" and not marked:
         try:
             adopted = _adopt_held(spool, held, complete=True, mtime=0.0)
         except BaseException:
@@ -748,7 +749,7 @@ def _cut_publish(spool: Spool, job_id: str, *, keep: str | None = None) -> bool:
     return False
 
 
-def finish_cut_move(spool: Spool, held: LockedJob) -> bool:
+def finish_cut_move(spool: Spool, held: LockedJob, *, marked: bool = False) -> bool:
     """Finish a link + unlink move cut between its steps, which left this file under a second name.
 
     Of the two names, the one further along (KEEP_ORDER) stays, as if the
@@ -761,7 +762,7 @@ def finish_cut_move(spool: Spool, held: LockedJob) -> bool:
         # dead, doctor on request.
         return False
     mine = os.fstat(held.fd)
-    if mine.st_nlink < 2:
+    if mine.st_nlink < 2 + marked:  # `marked`: one of its names is its id's marker (ids/<id>)
         return False
     stem = id_of(held.name)
     names = [(other, os.path.join(spool.dir(other), held.name)) for other in STATES if other != held.state]
