@@ -73,12 +73,9 @@ class WaitTimeout(QueueError, TimeoutError):
 class Spool(layout.Spool):
     """A spool folder, with every operation on its jobs, schedules, groups and workers.
 
-    `Spool(path)` opens (and by default creates) the spool at `path`
-    (default: $QUEUECTL_SPOOL or ~/.queuectl). Errors are subclasses of
-    `queuectl.QueueError`, each with a one-line message.
+    `Spool(path)` opens (and creates) the spool at `path`, else $QUEUECTL_SPOOL, else
+    ~/.local/share/queuectl/spool. Errors are `queuectl.QueueError`s with a one-line message.
     """
-
-    # -- jobs in -------------------------------------------------------------
 
     def enqueue(self, job: dict | str, *, if_absent: bool = False, **options: Any) -> dict:
         """Enqueue one job from a dict of fields or a command string; returns the stored job.

@@ -24,7 +24,7 @@ import json
 import os
 import stat
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from . import config as config_mod
@@ -563,28 +563,11 @@ class Spool(_Settings, _IdMarkers):
         A file that is not a job object (a half-written drop-in) is shown as a
         stub whose `last_error` says why, rather than hidden or crashed on.
         """
-        data, unreadable = self.read_raw(state, name)
-        for _ in range(TORN_READS):
-            if unreadable is not None:
-                return _stub(name, state, unreadable)
-            if data is None:
-                return None
-            try:
-                job = loads(data)
-                break
-            except InvalidJob as exc:
-                # A FUSE file system that reads by path (bindfs) can hand an open file the bytes of
-                # whatever file has its name now, so a rewrite by another client mid-read tears the
-                # read: only bytes that read the same twice are judged (docs/guide/several-hosts.md).
-                again, unreadable = self.read_raw(state, name)
-                if again == data:
-                    return _stub(name, state, str(exc))
-                data = again
-        else:
-            return _stub(name, state, "the file kept changing while it was read")
-        if not isinstance(job, dict):
-            return _stub(name, state, "not a JSON object")
-        job["state"] = state
+        job = _parse_whole(lambda: self.read_raw(state, name))
+        if isinstance(job, str):
+            return _stub(name, state, job)
+        if job is not None:
+            job["state"] = state
         return job
 
     def read_raw(self, state: str, name: str) -> tuple[bytes | None, str | None]:
@@ -737,6 +720,30 @@ def _listdir(path: str) -> list[str]:
         return os.listdir(path)
     except FileNotFoundError:
         return []
+
+
+def _parse_whole(read: Callable[[], tuple[bytes | None, str | None]]) -> dict | str | None:
+    """A job file's object; why it is no job object (text); None when it is gone.
+
+    A FUSE file system that reads by path (bindfs) can hand an open file the
+    bytes of whatever file has its name now, so a rewrite by another client
+    mid-read tears the read: only bytes that read the same twice are judged
+    (docs/guide/several-hosts.md).
+    """
+    data, unreadable = read()
+    for _ in range(TORN_READS):
+        if unreadable is not None or data is None:
+            return unreadable
+        try:
+            job = loads(data)
+        except InvalidJob as exc:
+            again, unreadable = read()
+            if again == data:
+                return str(exc)
+            data = again
+            continue
+        return job if isinstance(job, dict) else "not a JSON object"
+    return "the file kept changing while it was read"
 
 
 def _stub(name: str, state: str, reason: str) -> dict:
