@@ -105,20 +105,21 @@ def stop_request(spool) -> dict[str, Any] | None:
     return request if isinstance(request, dict) else None
 
 
+# Requests to stop a running job, one empty file per id, in a folder of their own: in
+# workers/ a request's name could be a worker's file (docs/spool-format.md, "Names").
+CANCELS = "cancels"
+
+
 def request_cancel(spool, job_id: str) -> None:
-    spool._publish_file(os.path.join("workers", _cancel_name(job_id)), b"")
-
-
-def _cancel_name(job_id: str) -> str:
-    return f"cancel-{job_id}"
+    spool._publish_file(os.path.join(CANCELS, job_id), b"")
 
 
 def cancel_requested(spool, job_id: str) -> bool:
-    return os.path.exists(os.path.join(spool.dir("workers"), _cancel_name(job_id)))
+    return os.path.exists(os.path.join(spool.dir(CANCELS), job_id))
 
 
 def clear_cancel(spool, job_id: str) -> None:
     try:
-        os.unlink(os.path.join(spool.dir("workers"), _cancel_name(job_id)))
+        os.unlink(os.path.join(spool.dir(CANCELS), job_id))
     except FileNotFoundError:
         pass

@@ -387,7 +387,7 @@ def test_cancel_pending_and_failed_jobs(cli, busy_spool):
 def test_cancel_a_running_job_asks_its_worker(cli, busy_spool):
     result = cli("cancel", "running")
     assert result.exit_code == 0 and result.stdout == "running: stop requested; its worker moves it to dead/\n"
-    assert "cancel-running" in os.listdir(os.path.join(busy_spool, "workers"))
+    assert "running" in os.listdir(os.path.join(busy_spool, "cancels"))
     assert os.listdir(os.path.join(busy_spool, "processing")) == ["running.json"]
 
 

@@ -194,4 +194,4 @@ def test_cancel_of_a_job_claimed_while_cancelling_asks_its_worker(spool_path):
         return "pending" if len(looks) == 1 else real_find(job_id)
     spool.find = find
     assert lifecycle.cancel(spool, "raced") == "processing"
-    assert "cancel-raced" in os.listdir(os.path.join(spool_path, "workers"))
+    assert "raced" in os.listdir(os.path.join(spool_path, "cancels"))

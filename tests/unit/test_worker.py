@@ -536,7 +536,7 @@ def test_cancel_stops_a_running_job(spool_path, workers, tmp_path):
     assert job["last_error"] == "cancelled while running"
     assert job["attempts"] == 1
     assert not process_alive(pid)
-    assert not os.path.exists(os.path.join(spool_path, "workers", f"cancel-{job_id}"))
+    assert not os.path.exists(os.path.join(spool_path, "cancels", job_id))
     assert "cancelled" in run_queuectl(spool_path, "dlq", "list").stdout
 
 
