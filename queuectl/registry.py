@@ -106,7 +106,7 @@ def stop_request(spool) -> dict[str, Any] | None:
 
 
 # Requests to stop a running job, one empty file per id, in a folder of their own: in
-# workers/ a request's name could be a worker's file (docs/spool-format.md, "Names").
+# workers/ a request's name could be a worker's file (docs/spool-format.md, "The layout").
 CANCELS = "cancels"
 
 
