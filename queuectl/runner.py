@@ -380,7 +380,7 @@ def _supervise(process: subprocess.Popen | Shell, log_fd: int, outcome: Outcome,
                     _signal_group(process.pid, signal.SIGSTOP)
                     stopped_at = now
                 asked = None
-            elif stopped_at is not None:  # resumed, or to be ended: a stopped process acts on SIGTERM only after SIGCONT
+            elif stopped_at is not None:  # resumed, or ended: a stopped process acts on SIGTERM after SIGCONT
                 _signal_group(process.pid, signal.SIGCONT)
                 if deadline is not None:
                     deadline += now - stopped_at
