@@ -1125,7 +1125,7 @@ def edit(spool: Spool, job_id: str, change: Callable[[dict], dict]) -> dict:
                    if mine.get(key) != job.get(key)}
         if not changed:
             return {}
-        history = job.get("history") if isinstance(job.get("history"), list) else []
+        history = job["history"]  # build() made it a list
         job["history"] = [*history[-(HISTORY_LIMIT - 1):], {"edited_at": iso(time.time()), "changed": changed}]
         held.job = job
         rewrite(spool, held)
