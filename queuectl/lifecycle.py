@@ -1078,7 +1078,7 @@ def start_now(spool: Spool, job_id: str) -> dict:
         return held.job
 
 
-# What `edit` never changes: the job's identity and its runs (docs/guide/commands.md, "edit").
+# What `edit` never changes: the job's identity and its runs (docs/guide/commands.md).
 LOCKED_FIELDS = ("id", "state", "attempts", "history", "unique_key")
 EDITABLE_STATES = ("pending", "failed", "dead")
 # What queuectl and its features write into a job: kept by an edit, not shown to it.

@@ -125,7 +125,7 @@ def clear_cancel(spool, job_id: str) -> None:
         pass
 
 
-# Suspend requests (docs/guide/commands.md, "suspend"): `workers/suspend-<id>` exists while the
+# Suspend requests (docs/spool-format.md, "Suspended jobs"): `workers/suspend-<id>` exists while the
 # running job <id> is to be stopped (SIGSTOP); its worker polls it as it polls a cancel request.
 SUSPEND_PREFIX = "suspend-"
 
