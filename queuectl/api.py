@@ -20,12 +20,12 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from . import lifecycle
 from . import spool as layout
-from .errors import InvalidJob, JobNotFound, QueueError
+from .errors import InvalidJob, JobNotFound, QueueError, WrongState
 from .job import FINISHED, STATES, check_id
 
 JobList = list[dict[str, Any]]
@@ -197,6 +197,50 @@ class Spool(layout.Spool):
     def dlq_retry(self, job_id: str) -> dict:
         """A dead job back to pending with its attempts reset (its own fields kept); returns it."""
         return lifecycle.dlq_retry(self, self.resolve(job_id))
+
+    def restart_in_place(self, job_id: str) -> dict:
+        """A completed or dead job back to pending as the same job: attempts reset, history kept."""
+        return lifecycle.restart_in_place(self, self.resolve(job_id))
+
+    def hold(self, job_id: str) -> bool:
+        """A pending or failed job never starts until `release`; False if it was held already."""
+        return lifecycle.hold(self, self.resolve(job_id))
+
+    def release(self, job_id: str) -> bool:
+        """Undo `hold`; False if the job was not held."""
+        return lifecycle.release(self, self.resolve(job_id))
+
+    def start(self, job_id: str) -> dict:
+        """A pending or failed job due now: its run_at / next_run_at cleared and a hold released."""
+        return lifecycle.start_now(self, self.resolve(job_id))
+
+    def edit(self, job_id: str, change: Callable[[dict], dict]) -> dict:
+        """Replace a pending, failed or dead job's own fields with `change(fields)`; returns
+        {field: [old, new]} ({} when nothing changed). Raises WrongState for a running job."""
+        return lifecycle.edit(self, self.resolve(job_id), change)
+
+    def suspend(self, job_id: str) -> bool:
+        """Stop a running job's processes (SIGSTOP) until `resume_job`; False if asked already.
+        Raises WrongState when the job is not running."""
+        from . import registry
+        job_id = self.resolve(job_id)
+        state = self.find(job_id)
+        if state != "processing":
+            raise WrongState(f"cannot suspend job {job_id!r}: it is {state}, not running")
+        if registry.suspend_requested(self, job_id):
+            return False
+        registry.request_suspend(self, job_id)
+        return True
+
+    def resume_job(self, job_id: str) -> bool:
+        """Let a suspended job go on (SIGCONT); False if it was not suspended."""
+        from . import registry
+        return registry.clear_suspend(self, self.resolve(job_id))
+
+    def suspended(self) -> set[str]:
+        """The ids of the jobs asked to be suspended."""
+        from . import registry
+        return registry.suspended_ids(self)
 
     def dlq_retry_all(self) -> IdList:
         """Every dead job back to pending; returns the ids retried (records of files that were

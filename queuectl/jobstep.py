@@ -90,6 +90,8 @@ class JobStep:
         attempt = job["attempts"]
         if self.log is not None:
             self.log.job_started(self.name, job)
+        # A suspend request older than this claim was meant for an earlier run (its worker died): not this one.
+        registry.clear_suspend(self.spool, job["id"], before=now)
         try:
             outcome = runner.run(
                 job, log_path=self.spool.log_path(job["id"]), worker=self.name, spool_root=self.spool.root,
@@ -124,6 +126,7 @@ class JobStep:
             finally:
                 held.release()
         registry.clear_cancel(self.spool, job["id"])
+        registry.clear_suspend(self.spool, job["id"])
 
     def _base_environment(self, pass_env: list[str]) -> dict[str, str]:
         """What every job takes from the worker's environment, which is fixed when the worker
@@ -202,5 +205,7 @@ class JobStep:
                 return "cancel"
             if not lifecycle.still_owned(self.spool, held):
                 return "lost"  # this worker was paused past its lease and the job recovered elsewhere
+            if registry.suspend_requested(self.spool, job_id):
+                return "suspend"  # SIGSTOP until the request goes (`queuectl resume ID`)
             return None
         return ask

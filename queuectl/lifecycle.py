@@ -20,6 +20,10 @@ Every edge a job file can take, and the function that takes it:
     pending, failed        --cancel------------------->  dead
     failed                 --retry-------------------->  pending
     dead                   --dlq_retry---------------->  pending
+    completed, dead        --restart_in_place--------->  pending (attempts reset, history kept)
+    pending, failed        --hold, release------------>  the same folder (`held` set or cleared)
+    pending, failed        --start_now---------------->  pending (run_at, next_run_at, held cleared)
+    pending, failed, dead  --edit--------------------->  the same folder (its own fields, recorded in history)
     pending                --dependency_died---------->  dead    (a job its `after` names is dead or gone)
     pending                --dependency_ring---------->  dead    (its `after` leads back to itself)
     completed, dead        --purge, retention--------->  (deleted with its log: delete_finished)
@@ -346,7 +350,7 @@ def claim(spool: Spool, state: str, job_id: str, worker: str, now: float) -> Loc
             return None
     try:
         job = build(held.job, spool.config, stem=job_id, state=state)
-        if due_time(job) > now:
+        if due_time(job) > now or job.get("held") is True:  # a held job waits for `release` (hold)
             held.release()
             return None
         held.move("processing", sync=False)
@@ -982,6 +986,150 @@ def dlq_retry(spool: Spool, job_id: str) -> dict:
             held.save(moving_on=True)
             move_on(spool, held, "pending")
         return held.job
+
+
+def restart_in_place(spool: Spool, job_id: str) -> dict:
+    """A finished job (completed or dead) back to pending as the same job: `attempts` and the run
+    fields reset, its own fields and its `history` kept.
+
+    The same "record, then relink, then move" as dlq_retry (docs/decisions/identity.md),
+    with a history entry saying when it was restarted.
+    """
+    with spool.lock_job(job_id, ("completed", "dead"), "restart") as held:
+        _undo_cut_purge(spool, job_id)
+        if not isinstance(held.job.get("command"), str) or held.job.get("invalid"):
+            raise InvalidJob(f"job {job_id!r} was never a valid job ({held.job.get('last_error')}); "
+                             f"fix the file and enqueue it again")
+        with contextlib.ExitStack() as features:
+            for plugin in plugins():
+                features.enter_context(plugin.before_return(spool, held))  # its unique key again, or KeyTaken
+            history = held.job.get("history") if isinstance(held.job.get("history"), list) else []
+            entry = {"restarted_at": iso(time.time()), "from": held.state}
+            held.job.update(dict.fromkeys(RUN_FIELDS), state="pending", attempts=0,
+                            history=[*history[-(HISTORY_LIMIT - 1):], entry])
+            held.save(moving_on=True)
+            move_on(spool, held, "pending")
+        return held.job
+
+
+# -- changes in place: hold, release, start now, edit ---------------------------------
+
+WAITING = ("pending", "failed")  # the jobs a hold, a release or a start applies to
+
+
+def rewrite(spool: Spool, held: LockedJob) -> None:
+    """Replace a locked job's file with `held.job`, in the folder it is in.
+
+    In pending/ the id's marker is pointed at the new file before it takes
+    the name ("record, then relink, then replace"), as every path into
+    pending/ does (docs/decisions/identity.md): a claim takes a pending file
+    its marker does not name for a drop-in. A crash between the two leaves
+    the marker on a temp in tmp/ and the old file in place, which the next
+    look repairs as it repairs a cut adoption: the job keeps its old fields.
+    """
+    if held.state != "pending":
+        held.save()
+        return
+    held.stage()
+    assert held.staged is not None
+    spool.relink_id(id_of(held.name), held.staged[0])
+    held.publish_staged(durable=spool.durable)
+    if spool.durable:
+        fsops.fsync_dir(spool.dir("pending"))
+
+
+def hold(spool: Spool, job_id: str) -> bool:
+    """Keep a pending or failed job from starting until `release`; False when it was held already.
+
+    The worker's gate skips a held job, and a claim refuses one (it reads the file under its lock).
+    """
+    with spool.lock_job(job_id, WAITING, "hold") as held:
+        if held.job.get("held") is True:
+            return False
+        held.job["held"] = True
+        rewrite(spool, held)
+        return True
+
+
+def release(spool: Spool, job_id: str) -> bool:
+    """Undo `hold`: the job starts when it is due; False when it was not held."""
+    with spool.lock_job(job_id, WAITING, "release") as held:
+        if "held" not in held.job:
+            return False
+        del held.job["held"]
+        rewrite(spool, held)
+        return True
+
+
+def start_now(spool: Spool, job_id: str) -> dict:
+    """A waiting, delayed or held job due now: `run_at` and `next_run_at` cleared, a hold released.
+
+    A failed job goes to pending/ ("record, then relink, then move"); a pending one is rewritten in place.
+    """
+    with spool.lock_job(job_id, WAITING, "start") as held:
+        held.job.pop("held", None)
+        held.job.update(run_at=None, next_run_at=None)
+        if held.state == "failed":
+            held.job["state"] = "pending"
+            held.save(moving_on=True)
+            move_on(spool, held, "pending")
+        else:
+            rewrite(spool, held)
+        return held.job
+
+
+# What `edit` never changes: the job's identity and its runs (docs/guide/commands.md).
+LOCKED_FIELDS = ("id", "state", "attempts", "history", "unique_key")
+EDITABLE_STATES = ("pending", "failed", "dead")
+# What queuectl and its features write into a job: kept by an edit, not shown to it.
+KEPT_FIELDS = ("created_at", "updated_at", "hook", "last_hook_error", "progress", "restarted_from", "invalid",
+               "original_name", "original_file")
+
+
+def own_fields(job: dict) -> dict:
+    """The fields of a job a user wrote (what `edit` shows): not its runs' outcome nor what queuectl keeps."""
+    return {key: value for key, value in job.items() if key not in (*RUN_FIELDS, *LOCKED_FIELDS, *KEPT_FIELDS)}
+
+
+def edit(spool: Spool, job_id: str, change: Callable[[dict], dict]) -> dict:
+    """Replace a pending, failed or dead job's own fields with `change(own_fields(job))`;
+    returns {field: [old, new]} of what changed ({} when nothing did: nothing is written).
+
+    The result passes job.build like an enqueue; the change is recorded in
+    `history` ({"edited_at", "changed"}). A running or claimed job is refused.
+    """
+    state = spool.find(job_id)
+    if state is None:
+        raise JobNotFound(f"no job with id {job_id!r}")
+    if state not in EDITABLE_STATES:
+        what = "running (or being claimed)" if state == "processing" else state
+        raise WrongState(f"cannot edit job {job_id!r}: it is {what} (only pending, failed or dead jobs)")
+    with spool.lock_job(job_id, EDITABLE_STATES, "edit") as held:
+        old = held.job
+        if old.get("invalid") or not isinstance(old.get("command"), str):
+            raise InvalidJob(f"job {job_id!r} was never a valid job; fix the file by hand")
+        mine = own_fields(old)
+        new_own = change(dict(mine))
+        if not isinstance(new_own, dict):
+            raise InvalidJob("the edited job must be a JSON object")
+        for key in LOCKED_FIELDS:
+            if key in new_own and new_own[key] != old.get(key):
+                raise InvalidJob(f"{key} cannot be edited")
+        for key in (*RUN_FIELDS, *KEPT_FIELDS):
+            if key in new_own and new_own[key] != old.get(key):
+                raise InvalidJob(f"{key} is set by the worker, not edited")
+        kept = {key: value for key, value in old.items() if key not in mine}
+        merged = {**kept, **{k: v for k, v in new_own.items() if k not in kept}}
+        job = build(merged, spool.config, stem=job_id, state=held.state)
+        changed = {key: [mine.get(key), job.get(key)] for key in sorted({*mine, *own_fields(job)})
+                   if mine.get(key) != job.get(key)}
+        if not changed:
+            return {}
+        history = job["history"]  # build() made it a list
+        job["history"] = [*history[-(HISTORY_LIMIT - 1):], {"edited_at": iso(time.time()), "changed": changed}]
+        held.job = job
+        rewrite(spool, held)
+        return changed
 
 
 def purge(spool: Spool, states: Iterable[str], older_than: float | None = None,

@@ -1,4 +1,4 @@
-"""workers/: who is alive, what each worker runs, and stop or cancel requests.
+"""workers/: who is alive, what each worker runs, and stop, cancel or suspend requests.
 
 Each worker holds the flock of `workers/<name>.lock` for its whole life
 (locks.take_worker_lock) and keeps `workers/<name>.json` (pid, host, mode,
@@ -29,7 +29,8 @@ from .workerfiles import holds_lock, lock_path, read_record, record_path, remove
 # The per-worker files are workerfiles.py's; named here too for the callers that list workers.
 __all__ = ["STOP_FILE", "holds_lock", "lock_path", "read_record", "record_path", "write_record", "new_name",
            "is_alive", "remove_record", "records", "dead_records", "wait_stopped", "request_stop", "stop_request",
-           "request_cancel", "cancel_requested", "clear_cancel"]
+           "request_cancel", "cancel_requested", "clear_cancel", "request_suspend", "suspend_requested",
+           "suspended_ids", "clear_suspend"]
 
 STOP_FILE = "stop.json"
 
@@ -123,3 +124,37 @@ def clear_cancel(spool, job_id: str) -> None:
         os.unlink(os.path.join(spool.dir(CANCELS), job_id))
     except FileNotFoundError:
         pass
+
+
+# Suspend requests (docs/spool-format.md, "Suspended jobs"): `workers/suspend-<id>` exists while the
+# running job <id> is to be stopped (SIGSTOP); its worker polls it as it polls a cancel request.
+SUSPEND_PREFIX = "suspend-"
+
+
+def request_suspend(spool, job_id: str) -> None:
+    spool._publish_file(os.path.join("workers", SUSPEND_PREFIX + job_id), b"")
+
+
+def suspend_requested(spool, job_id: str) -> bool:
+    return os.path.exists(os.path.join(spool.dir("workers"), SUSPEND_PREFIX + job_id))
+
+
+def suspended_ids(spool) -> set[str]:
+    """The ids of every job a suspend request names."""
+    try:
+        names = os.listdir(spool.dir("workers"))
+    except FileNotFoundError:
+        return set()
+    return {name[len(SUSPEND_PREFIX):] for name in names if name.startswith(SUSPEND_PREFIX)}
+
+
+def clear_suspend(spool, job_id: str, *, before: float | None = None) -> bool:
+    """Remove the job's suspend request (only one made before `before`, when given); False if none went."""
+    path = os.path.join(spool.dir("workers"), SUSPEND_PREFIX + job_id)
+    try:
+        if before is not None and os.stat(path).st_mtime >= before:
+            return False
+        os.unlink(path)
+    except FileNotFoundError:
+        return False
+    return True

@@ -163,7 +163,9 @@ def run(job: dict, *, log_path: str, worker: str, spool_root: str, timeout: floa
     `interruption()` is asked every `wait_step` seconds for the whole run,
     the kill grace and the wait for leftover processes included (the worker
     does its periodic duties there, such as recovery); when it returns "stop" or "cancel" the process group
-    gets SIGTERM, then SIGKILL after `kill_grace`, like a timeout.
+    gets SIGTERM, then SIGKILL after `kill_grace`, like a timeout. "suspend": the group gets SIGSTOP
+    (once), and SIGCONT at the first answer that is not "suspend"; the time it spent stopped does not
+    count against `timeout`.
     """
     attempt = job["attempts"]
     outcome = Outcome(started=time.time())
@@ -361,6 +363,8 @@ def _supervise(process: subprocess.Popen | Shell, log_fd: int, outcome: Outcome,
     With `cpu`, `outcome.cpu` is set too."""
     deadline = outcome.started + timeout if timeout else None
     kill_at = None
+    stopped_at = None  # when the job's group got SIGSTOP ("suspend"); its stopped time does not count
+    # against its timeout: the deadline moves on by it at SIGCONT (docs/guide/limits.md)
     # Every wait_step, not at each chunk of stderr, and not at once: the worker looked for
     # requests just before the claim, and most jobs of a busy queue end before the first ask.
     ask_at = outcome.started + wait_step
@@ -371,10 +375,20 @@ def _supervise(process: subprocess.Popen | Shell, log_fd: int, outcome: Outcome,
         if now >= ask_at:
             asked = interruption()
             ask_at = now + wait_step
+            if asked == "suspend":
+                if stopped_at is None and kill_at is None:
+                    _signal_group(process.pid, signal.SIGSTOP)
+                    stopped_at = now
+                asked = None
+            elif stopped_at is not None:  # resumed, or ended: a stopped process acts on SIGTERM after SIGCONT
+                _signal_group(process.pid, signal.SIGCONT)
+                if deadline is not None:
+                    deadline += now - stopped_at
+                stopped_at = None
             if kill_at is None:
                 outcome.interrupted = asked
         if kill_at is None:
-            if not outcome.interrupted and deadline is not None and now >= deadline:
+            if not outcome.interrupted and deadline is not None and stopped_at is None and now >= deadline:
                 outcome.timed_out = True
             if outcome.interrupted or outcome.timed_out:
                 _signal_group(process.pid, signal.SIGTERM)
@@ -383,7 +397,8 @@ def _supervise(process: subprocess.Popen | Shell, log_fd: int, outcome: Outcome,
         elif now >= kill_at:
             _signal_group(process.pid, signal.SIGKILL)
             kill_at = float("inf")
-        wake = min(x for x in (ask_at, deadline if kill_at is None else kill_at) if x is not None)
+        limit = None if stopped_at is not None else deadline
+        wake = min(x for x in (ask_at, limit if kill_at is None else kill_at) if x is not None)
         if stderr is not None:
             ready, _, _ = select.select([stderr], [], [], max(0.0, wake - now))
             if ready:

@@ -42,6 +42,8 @@ COMMANDS = {
     "schema": "tools:schema", "demo": "tools:demo",
     "completion": "completion:completion",
     "restart": "changes:restart", "rm": "changes:rm", "clean": "changes:clean",
+    "hold": "control:hold", "release": "control:release", "start": "control:start", "suspend": "control:suspend",
+    "edit": "control:edit",
 }
 
 # Names pueue and task-spooler users type, each another name of one command (the same object), except

@@ -99,15 +99,29 @@ def retry(ctx, job_ids):
 @click.command(cls=Command)
 @click.argument("job_ids", nargs=-1, required=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the new jobs as a JSON array instead of their ids.")
+@click.option("--in-place", is_flag=True,
+              help="Put the same job back in pending/ instead (attempts reset, history kept).")
 @click.pass_context
-def restart(ctx, job_ids, as_json):
+def restart(ctx, job_ids, as_json, in_place):
     """Run finished (completed or dead) jobs again, each as a NEW job.
 
     The new job has the same command and fields, a fresh id, no runs yet,
     and `restarted_from` naming the job it re-runs, which stays as it is.
-    Prints "OLD -> NEW" per job.
+    Prints "OLD -> NEW" per job. With --in-place the job itself goes back
+    to pending/ under its id, its attempts reset and its history kept.
     """
     spool = open_spool(ctx)
+    if in_place:
+        again = []
+        for job_id in job_ids:
+            full = spool.resolve(job_id)
+            previous = spool.find(full)
+            again.append(spool.restart_in_place(full))
+            if not as_json:
+                click.echo(f"{full}: {previous} -> pending")
+        if as_json:
+            print_json(again)
+        return
     made = []
     for job_id in job_ids:
         old = spool.get(job_id)

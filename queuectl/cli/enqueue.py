@@ -41,6 +41,20 @@ def _env_pairs(ctx: click.Context, param: click.Parameter, values: tuple[str, ..
     return pairs
 
 
+def _limit_fields(**texts: str | None) -> dict:
+    """--memory, --cpu-time, --max-files as job fields (docs/guide/limits.md); a bad one is a usage error."""
+    fields = {}
+    for name, text in texts.items():
+        if text is None:
+            continue
+        from ..limits import parse_field  # only for a job that sets a limit: enqueue's start-up stays as it was
+        try:
+            fields[name] = parse_field(name, text)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--" + name.replace("_", "-")) from None
+    return fields
+
+
 class _Documents:
     """Jobs from a stream of JSON documents: JSON lines, pretty-printed objects (what `show --json`
     prints), or arrays of objects, in any mix. `line` is the line of the document being handled (None
@@ -128,11 +142,15 @@ class EnqueueCommand(Command):
 @click.option("--on-success", metavar="CMD", help="Hook command run after the job completes.")
 @click.option("--on-failure", metavar="CMD", help="Hook command run after a failed run that will be retried.")
 @click.option("--on-dead", metavar="CMD", help="Hook command run after the job goes to dead/.")
+@click.option("--hold", "held", is_flag=True, help="Do not start the job until 'queuectl release ID'.")
+@click.option("--memory", metavar="SIZE", help="Memory limit of the job: 512M, 2G [default: config].")
+@click.option("--cpu-time", metavar="TIME", help="CPU time limit of the job: 90, 10m [default: config].")
+@click.option("--max-files", metavar="N", help="Open files limit of the job [default: config].")
 @click.option("--json", "as_json", is_flag=True,
               help="Print the stored job as JSON instead of its id (a JSON array for - or --file).")
 @click.pass_context
 def enqueue(ctx, words, command, job_id, priority, max_retries, timeout, run_at, delay, cwd, env, file, after,
-            group, unique, if_absent, on_success, on_failure, on_dead, as_json):
+            group, unique, if_absent, on_success, on_failure, on_dead, held, memory, cpu_time, max_files, as_json):
     """Enqueue a job: a command (`make -j4 test`), JSON ('{"command": "make"}'), or '-' for many.
 
     \b
@@ -169,6 +187,9 @@ def enqueue(ctx, words, command, job_id, priority, max_retries, timeout, run_at,
                    after=[spool.resolve(dep) for dep in after_ids] or None, group=group, unique=unique)
     hooks = {name: value for name, value in (("on_success", on_success), ("on_failure", on_failure),
                                              ("on_dead", on_dead)) if value is not None}
+    hooks.update(_limit_fields(memory=memory, cpu_time=cpu_time, max_files=max_files))
+    if held:
+        hooks["held"] = True
 
     def with_hooks(fields: dict | str) -> dict | str:
         if not hooks:

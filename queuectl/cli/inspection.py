@@ -74,8 +74,35 @@ def state_text(spool, job: dict, now: float) -> str:
         due = _seconds(job.get("next_run_at"))
         return f"retry in {countdown(due - now)}" if due and due > now else "retry due"
     if state == "processing":
-        return "running"
+        if job.get("id") in suspended_ids(spool):
+            return "suspended"
+        report = job_progress(spool, job)
+        return f"running {report[0]:.0f}%" if report else "running"
     return state
+
+
+def suspended_ids(spool) -> set[str]:
+    """The running jobs asked to stop (`suspend`); read once per command."""
+    if spool.root not in _SUSPENDED:
+        _SUSPENDED[spool.root] = spool.suspended()
+    return _SUSPENDED[spool.root]
+
+
+_SUSPENDED: dict[str, set[str]] = {}
+
+
+def job_progress(spool, job: dict) -> tuple[float, float | None] | None:
+    """A running job's latest percent and the seconds left at its rate so far (docs/guide/limits.md,
+    "Progress"); None when it reports none."""
+    from .. import progress
+    started = _seconds(job.get("started_at"))
+    if job.get("state") != "processing" or started is None:
+        return None
+    found = progress.read(spool.root, str(job.get("id")), since=started)
+    if found is None:
+        return None
+    percent, when = found
+    return percent, progress.remaining(percent, when, first=(0.0, started))
 
 
 def run_time(job: dict, now: float) -> str:
@@ -151,6 +178,10 @@ def status(ctx, as_json):
             extra = f"  ({', '.join(parts)})"
         click.echo(f"{state:<11} {report['counts'][state]}{extra}")
     click.echo(f"workers     {len(report['workers'])} live{worker_hosts(report['workers'])}")
+    spool = open_spool(ctx)
+    if report["counts"]["processing"]:
+        for job in page(spool, ["processing"], limit=DEFAULT_LIMIT)[0]:
+            click.echo(f"running     {job.get('id')}: {state_text(spool, job, time.time())}")
     if report["paused"]:
         click.echo("paused      yes: workers start nothing new ('queuectl resume')")
     for group in report["groups"]:
@@ -258,6 +289,9 @@ def show(ctx, job_id, as_json, utc):
         value = job[key]
         if key == "state":
             text = state_text(spool, job, now)
+            report = job_progress(spool, job)
+            if report is not None and report[1] is not None:
+                text += f", about {countdown(report[1])} left"
         elif key in TIME_FIELDS:
             text = f"{clock_full(value, utc)}  ({value})"
         elif key == "last_duration" and isinstance(value, (int, float)):
@@ -276,6 +310,12 @@ def show(ctx, job_id, as_json, utc):
     click.echo("")
     click.echo(f"{'#':>3}  {'STARTED':<19}  {'RUN':>6}  {'EXIT':>4}  {'WORKER':<24}  ERROR")
     for entry in history:
+        if "edited_at" in entry or "restarted_at" in entry:
+            what = ("edited " + ", ".join(f"{key}" for key in entry.get("changed") or {})
+                    if "edited_at" in entry else f"restarted in place (was {entry.get('from')})")
+            when = entry.get("edited_at") or entry.get("restarted_at")
+            click.echo(f"{'-':>3}  {clock_full(when, utc):<19}  {what}")
+            continue
         started, finished = _seconds(entry.get("started_at")), _seconds(entry.get("finished_at"))
         took = format_duration(finished - started) if started and finished else "-"
         code = entry.get("exit_code")

@@ -67,10 +67,18 @@ def _check_known(spool, group: str) -> None:
 
 @click.command(cls=Command)
 @click.option("--group", metavar="NAME", help="Pause only this group (a name no job uses yet gets a warning).")
+@click.option("--running", is_flag=True,
+              help="Instead: suspend every running job (SIGSTOP) until 'resume --running'.")
 @click.pass_context
-def pause(ctx, group):
-    """Workers start nothing new (from the spool, or the group); running jobs go on."""
+def pause(ctx, group, running):
+    """Workers start nothing new (from the spool, or the group); running jobs go on (--running stops them)."""
     spool = open_spool(ctx)
+    if running:
+        if group is not None:
+            raise click.UsageError("--running and --group exclude each other")
+        from .control import suspend_running
+        suspend_running(spool)
+        return
     if group is not None:
         _check_known(spool, group)
     changed = spool.pause(group)
@@ -79,11 +87,19 @@ def pause(ctx, group):
 
 
 @click.command(cls=Command)
+@click.argument("job_ids", nargs=-1)
 @click.option("--group", metavar="NAME", help="Resume only this group.")
+@click.option("--running", is_flag=True, help="Instead: continue every suspended job (SIGCONT).")
 @click.pass_context
-def resume(ctx, group):
-    """Workers start jobs again (from the spool, or the group)."""
+def resume(ctx, job_ids, group, running):
+    """Workers start jobs again (from the spool, or the group); with ids or --running, suspended jobs go on."""
     spool = open_spool(ctx)
+    if job_ids or running:
+        if group is not None or (job_ids and running):
+            raise click.UsageError("give job ids, --running or --group")
+        from .control import resume_jobs
+        resume_jobs(spool, tuple(job_ids), running)
+        return
     changed = spool.resume(group)
     what = f"group {group}" if group else "spool"
     click.echo(f"{what} resumed" if changed else f"{what} was not paused")
