@@ -1,4 +1,4 @@
-"""workers/: who is alive, what each worker runs, and stop, cancel or suspend requests.
+"""workers/: who is alive, what each worker runs, and stop requests; cancels/ and suspends/: requests for one job.
 
 Each worker holds the flock of `workers/<name>.lock` for its whole life
 (locks.take_worker_lock) and keeps `workers/<name>.json` (pid, host, mode,
@@ -126,31 +126,30 @@ def clear_cancel(spool, job_id: str) -> None:
         pass
 
 
-# Suspend requests (docs/spool-format.md, "Suspended jobs"): `workers/suspend-<id>` exists while the
+# Suspend requests (docs/spool-format.md, "Suspended jobs"): `suspends/<id>` exists while the
 # running job <id> is to be stopped (SIGSTOP); its worker polls it as it polls a cancel request.
-SUSPEND_PREFIX = "suspend-"
+SUSPENDS = "suspends"
 
 
 def request_suspend(spool, job_id: str) -> None:
-    spool._publish_file(os.path.join("workers", SUSPEND_PREFIX + job_id), b"")
+    spool._publish_file(os.path.join(SUSPENDS, job_id), b"")
 
 
 def suspend_requested(spool, job_id: str) -> bool:
-    return os.path.exists(os.path.join(spool.dir("workers"), SUSPEND_PREFIX + job_id))
+    return os.path.exists(os.path.join(spool.dir(SUSPENDS), job_id))
 
 
 def suspended_ids(spool) -> set[str]:
     """The ids of every job a suspend request names."""
     try:
-        names = os.listdir(spool.dir("workers"))
+        return set(os.listdir(spool.dir(SUSPENDS)))
     except FileNotFoundError:
         return set()
-    return {name[len(SUSPEND_PREFIX):] for name in names if name.startswith(SUSPEND_PREFIX)}
 
 
 def clear_suspend(spool, job_id: str, *, before: float | None = None) -> bool:
     """Remove the job's suspend request (only one made before `before`, when given); False if none went."""
-    path = os.path.join(spool.dir("workers"), SUSPEND_PREFIX + job_id)
+    path = os.path.join(spool.dir(SUSPENDS), job_id)
     try:
         if before is not None and os.stat(path).st_mtime >= before:
             return False

@@ -36,7 +36,7 @@ from .job import MAX_JOB_BYTES, STATES, check_id, dumps, is_valid_id, iso, loads
 # purging/<id>: the marker of an id whose job is being deleted.
 IDS = "ids"
 PURGING = "purging"
-FOLDERS = ("tmp", *STATES, "logs", "workers", "schedules", IDS, PURGING, "cancels")
+FOLDERS = ("tmp", *STATES, "logs", "workers", "schedules", IDS, PURGING, "cancels", "suspends")
 SUFFIX = ".json"
 # In ids/: present once every job of the spool has its marker (spools made before markers get them once).
 IDS_COMPLETE = ".complete"
