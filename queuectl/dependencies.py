@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from typing import Any
 
-from . import lifecycle
+from . import fsops, lifecycle
 from .errors import JobNotFound, SpoolError
 from .job import is_valid_id
 from .spool import LockedJob, Spool
@@ -34,30 +34,6 @@ LOCK_GRACE = 60.0
 # How far a ring is followed through pending jobs: a chain longer than this is
 # judged again when one of its jobs moves (each hop reads one job file).
 RING_DEPTH = 1000
-
-
-def _folder(spool: Spool, name: str) -> str:
-    path = os.path.join(spool.root, name)
-    try:
-        os.mkdir(path, 0o700)
-    except FileExistsError:
-        pass
-    return path
-
-
-def _unlink(path: str) -> bool:
-    try:
-        os.unlink(path)
-        return True
-    except FileNotFoundError:
-        return False
-
-
-def _listdir(path: str) -> list[str]:
-    try:
-        return os.listdir(path)
-    except FileNotFoundError:
-        return []
 
 
 # -- dependencies ------------------------------------------------------------------
@@ -197,7 +173,7 @@ def _stale_flag(path: str) -> bool:
 
 def _live_waiters(spool, folder: str) -> list[str]:
     live = []
-    for name in _listdir(folder):
+    for name in fsops.listdir_if_there(folder):
         path = os.path.join(folder, name)
         state = spool.find(name) if is_valid_id(name) else "invalid"
         if state in ("pending", "failed"):
@@ -300,7 +276,7 @@ class DependenciesPlugin(lifecycle.Plugin):
             return
         for dep in after:
             if is_valid_id(dep):
-                _unlink(os.path.join(waiting_dir(spool), dep, job["id"]))
+                fsops.unlink_if_there(os.path.join(waiting_dir(spool), dep, job["id"]))
 
     def may_delete(self, spool: Spool, state: str, job_id: str, path: str) -> AbstractContextManager[bool | None]:
         if state != "completed" or not os.path.isfile(path):  # a folder or FIFO by hand: no job waits for it

@@ -358,3 +358,30 @@ def open_for_writing(info: os.stat_result) -> bool:
             if flags & (os.O_WRONLY | os.O_RDWR):
                 return True
     return False
+
+
+def make_folder(path: str) -> str:
+    """`path`, a private folder made if missing (a feature's own folder: groups/, unique/, waiting/)."""
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        pass
+    return path
+
+
+def unlink_if_there(path: str) -> bool:
+    """Remove `path`; False when it was already gone."""
+    try:
+        os.unlink(path)
+        return True
+    except FileNotFoundError:
+        return False
+
+
+def listdir_if_there(path: str) -> list[str]:
+    """The names in folder `path`; none when it does not exist (yet)."""
+    try:
+        return os.listdir(path)
+    except FileNotFoundError:
+        return []
+

@@ -30,30 +30,6 @@ PAUSE_FILE = "paused"
 GROUPS = "groups"
 
 
-def _folder(spool: Spool, name: str) -> str:
-    path = os.path.join(spool.root, name)
-    try:
-        os.mkdir(path, 0o700)
-    except FileExistsError:
-        pass
-    return path
-
-
-def _unlink(path: str) -> bool:
-    try:
-        os.unlink(path)
-        return True
-    except FileNotFoundError:
-        return False
-
-
-def _listdir(path: str) -> list[str]:
-    try:
-        return os.listdir(path)
-    except FileNotFoundError:
-        return []
-
-
 # -- pause -----------------------------------------------------------------------
 
 def pause_path(spool, group: str | None = None) -> str:
@@ -70,7 +46,7 @@ def is_paused(spool, group: str | None = None) -> bool:
 def pause(spool, group: str | None = None) -> bool:
     """Create the pause file; False when it was there already."""
     if group is not None:
-        _folder(spool, GROUPS)
+        fsops.make_folder(spool.dir(GROUPS))
     path = pause_path(spool, group)
     if os.path.lexists(path):
         return False
@@ -84,11 +60,11 @@ def pause(spool, group: str | None = None) -> bool:
 
 def resume(spool, group: str | None = None) -> bool:
     """Remove the pause file; False when it was not there."""
-    return _unlink(pause_path(spool, group))
+    return fsops.unlink_if_there(pause_path(spool, group))
 
 
 def paused_groups(spool) -> list[str]:
-    return sorted(name.removesuffix(".paused") for name in _listdir(os.path.join(spool.root, GROUPS))
+    return sorted(name.removesuffix(".paused") for name in fsops.listdir_if_there(os.path.join(spool.root, GROUPS))
                   if name.endswith(".paused") and GROUP_PATTERN.fullmatch(name.removesuffix(".paused")))
 
 
@@ -100,10 +76,10 @@ def limit_path(spool, group: str) -> str:
 
 def set_limit(spool, group: str, limit: int | None) -> None:
     """Write groups/NAME.json ({"limit": N}); None removes it (no limit)."""
-    _folder(spool, GROUPS)
+    fsops.make_folder(spool.dir(GROUPS))
     path = limit_path(spool, group)
     if limit is None:
-        _unlink(path)
+        fsops.unlink_if_there(path)
         return
     if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
         raise InvalidJob("a group's limit is an integer >= 1")
@@ -123,7 +99,7 @@ def read_limit(spool, group: str) -> int | None:
 
 def groups_dir(spool) -> str:
     """groups/, created when first needed (a worker watches it)."""
-    return _folder(spool, GROUPS)
+    return fsops.make_folder(spool.dir(GROUPS))
 
 
 def slot_dir(spool, group: str) -> str:
@@ -131,7 +107,7 @@ def slot_dir(spool, group: str) -> str:
 
 
 def slot_names(spool, group: str) -> list[str]:
-    return sorted(name for name in _listdir(slot_dir(spool, group)) if name.startswith("slot-"))
+    return sorted(name for name in fsops.listdir_if_there(slot_dir(spool, group)) if name.startswith("slot-"))
 
 
 BADGE_PREFIX = ".badge-"
@@ -160,7 +136,7 @@ class Badge:
         self.ino = os.lstat(self.path).st_ino
 
     def close(self) -> None:
-        _unlink(self.path)
+        fsops.unlink_if_there(self.path)
 
 
 def read_slot(path: str) -> dict | None:
@@ -195,7 +171,7 @@ class Slot:
     def release(self) -> None:
         """Free the slot. Nobody else removes a live worker's slot (see `free_orphan_slots`)."""
         if self.path is not None:
-            _unlink(self.path)
+            fsops.unlink_if_there(self.path)
             self.path = None
 
 
@@ -229,8 +205,8 @@ def take_slot(spool, group: str, limit: int, badge: Badge) -> Slot | None:
                         pass
             return None
         except FileNotFoundError:  # the group's first slot: make its folder
-            _folder(spool, GROUPS)
-            _folder(spool, os.path.join(GROUPS, group))
+            fsops.make_folder(spool.dir(GROUPS))
+            fsops.make_folder(spool.dir(os.path.join(GROUPS, group)))
     return None
 
 
@@ -271,7 +247,7 @@ def free_orphan_slots(spool, *, repair: bool = True) -> list[dict[str, Any]]:
     """
     found = []
     root = os.path.join(spool.root, GROUPS)
-    entries = _listdir(root)
+    entries = fsops.listdir_if_there(root)
     running = None
     for group in entries:
         if not GROUP_PATTERN.fullmatch(group) or not os.path.isdir(os.path.join(root, group)):
@@ -297,7 +273,7 @@ def free_orphan_slots(spool, *, repair: bool = True) -> list[dict[str, Any]]:
             if entry.startswith(BADGE_PREFIX) and is_valid_id(worker) and not _alive(spool, worker):
                 try:
                     if os.lstat(os.path.join(root, entry)).st_nlink == 1:  # no slot links it
-                        _unlink(os.path.join(root, entry))
+                        fsops.unlink_if_there(os.path.join(root, entry))
                 except FileNotFoundError:
                     pass
     return found
@@ -311,13 +287,13 @@ def _remove_if(spool, path: str, ino: int) -> bool:
     except FileNotFoundError:
         return False
     if os.lstat(aside).st_ino == ino:
-        _unlink(aside)
+        fsops.unlink_if_there(aside)
         return True
     try:
         os.link(aside, path)  # not ours to free: put it back
     except FileExistsError:
         pass  # taken again in this instant: its holder frees nothing, its job ends anyway
-    _unlink(aside)
+    fsops.unlink_if_there(aside)
     return False
 
 
@@ -348,7 +324,7 @@ def free_job_slots(spool, job: dict, *, leftovers: bool = False) -> None:
         while kill_leftovers(job["id"], spool.root) and time.monotonic() < deadline:
             time.sleep(0.01)
     for path in mine:
-        _unlink(path)
+        fsops.unlink_if_there(path)
 
 
 def _alive(spool, worker: Any) -> bool:
@@ -361,7 +337,7 @@ def groups(spool) -> list[dict[str, Any]]:
     slots (held), paused, and the holders of its slots (slot, worker, the job that worker runs)."""
     root = os.path.join(spool.root, GROUPS)
     names = set()
-    for entry in _listdir(root):
+    for entry in fsops.listdir_if_there(root):
         stem = entry.removesuffix(".json").removesuffix(".paused")
         if GROUP_PATTERN.fullmatch(stem):
             names.add(stem)

@@ -734,7 +734,7 @@ def _cut_publish(spool: Spool, job_id: str, *, keep: str | None = None) -> bool:
         return False
     tmp = spool.dir("tmp")
     prefix = f".{job_id}{SUFFIX}."
-    for name in _listdir(tmp):
+    for name in fsops.listdir_if_there(tmp):
         if not (name.startswith(prefix) and name.endswith(".tmp")):
             continue
         path = os.path.join(tmp, name)
@@ -1261,7 +1261,7 @@ def sweep_purges(spool: Spool) -> int:
     the look at completed/ and dead/ cannot race.
     """
     settled = 0
-    for job_id in _listdir(spool.dir(PURGING)):
+    for job_id in fsops.listdir_if_there(spool.dir(PURGING)):
         if not is_valid_id(job_id):
             continue
         witness = f"{spool.root}/{PURGING}/{job_id}"
@@ -1301,7 +1301,7 @@ def sweep_temps(spool: Spool, *, now: float | None = None) -> list[str]:
     now = time.time() if now is None else now
     removed = []
     tmp = spool.dir("tmp")
-    for name in _listdir(tmp):
+    for name in fsops.listdir_if_there(tmp):
         job_id = temp_id(name)
         if job_id is None:
             continue
@@ -1349,10 +1349,3 @@ def remove_entry(path: str) -> bool:
     except FileNotFoundError:
         return False
     return True
-
-
-def _listdir(path: str) -> list[str]:
-    try:
-        return os.listdir(path)
-    except FileNotFoundError:
-        return []

@@ -338,7 +338,8 @@ class _IdMarkers:
                     with contextlib.suppress(OSError):
                         self.take_id(job_id, os.path.join(self.root, state, name))
         dead = self.dir("dead")
-        for name in _listdir(dead):  # kept bytes of invalid files whose record is missing keep their id too
+        # Kept bytes of invalid files whose record is missing keep their id too.
+        for name in fsops.listdir_if_there(dead):
             if name.endswith(".invalid") and is_valid_id(name[: -len(".invalid")]):
                 with contextlib.suppress(OSError):
                     self.take_id(name[: -len(".invalid")], os.path.join(dead, name))
@@ -713,13 +714,6 @@ def _present(path: str) -> bool:
 def _inode_of(path: str) -> tuple[int, int]:
     info = os.lstat(path)
     return info.st_dev, info.st_ino
-
-
-def _listdir(path: str) -> list[str]:
-    try:
-        return os.listdir(path)
-    except FileNotFoundError:
-        return []
 
 
 def _parse_whole(read: Callable[[], tuple[bytes | None, str | None]]) -> dict | str | None:

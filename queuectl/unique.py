@@ -34,30 +34,6 @@ KEY_GRACE = 60.0
 LOCK_GRACE = 60.0
 
 
-def _folder(spool: Spool, name: str) -> str:
-    path = os.path.join(spool.root, name)
-    try:
-        os.mkdir(path, 0o700)
-    except FileExistsError:
-        pass
-    return path
-
-
-def _unlink(path: str) -> bool:
-    try:
-        os.unlink(path)
-        return True
-    except FileNotFoundError:
-        return False
-
-
-def _listdir(path: str) -> list[str]:
-    try:
-        return os.listdir(path)
-    except FileNotFoundError:
-        return []
-
-
 def _fsync_dir(spool: Spool, path: str) -> None:
     if spool.durable:
         fsops.fsync_dir(path)
@@ -134,11 +110,11 @@ def take_key(spool, key: str, job_id: str, source: str, *, locked: bool = False)
         if not _stale(spool, path, holder):
             raise KeyTaken(f"unique key {key!r} is held by job {holder} ({_holder_state(spool, holder)})", holder)
         if locked:
-            _unlink(path)  # judged under the lock: nobody else removes a stale key now
+            fsops.unlink_if_there(path)  # judged under the lock: nobody else removes a stale key now
             continue
         with _takeover_lock(path):
             if key_holder(path) == holder and _stale(spool, path, holder):
-                _unlink(path)
+                fsops.unlink_if_there(path)
         # Loop: the link decides, also against a plain enqueue that saw the key free.
     raise SpoolError(f"unique key {key!r} keeps changing hands; try again")
 
@@ -147,7 +123,7 @@ def _unique_folder(spool) -> str:
     """unique/, created once per Spool object (not a mkdir per enqueue)."""
     folder = getattr(spool, "_unique_folder", None)
     if folder is None:
-        folder = spool._unique_folder = _folder(spool, UNIQUE)
+        folder = spool._unique_folder = fsops.make_folder(spool.dir(UNIQUE))
     return folder
 
 
@@ -188,7 +164,7 @@ class _takeover_lock:
             time.sleep(0.01)
 
     def __exit__(self, *exc: Any) -> None:
-        _unlink(self.lock)
+        fsops.unlink_if_there(self.lock)
 
 
 def release_key(spool, job: Any) -> None:
@@ -202,7 +178,7 @@ def release_key(spool, job: Any) -> None:
         return
     path = key_path(spool, job["unique_key"])
     if key_holder(path) == job.get("id"):
-        _unlink(path)
+        fsops.unlink_if_there(path)
 
 
 def stale_keys(spool, *, repair: bool) -> list[dict[str, Any]]:
@@ -210,7 +186,7 @@ def stale_keys(spool, *, repair: bool) -> list[dict[str, Any]]:
     found = []
     folder = os.path.join(spool.root, UNIQUE)
     now = time.time()
-    for name in sorted(_listdir(folder)):
+    for name in sorted(fsops.listdir_if_there(folder)):
         path = os.path.join(folder, name)
         if name.endswith(".lock"):
             try:
@@ -220,7 +196,7 @@ def stale_keys(spool, *, repair: bool) -> list[dict[str, Any]]:
             if old:
                 found.append({"problem": "stale-key-lock", "path": os.path.relpath(path, spool.root),
                               "detail": "a take-over of a unique key was cut short",
-                              "repaired": repair and _unlink(path)})
+                              "repaired": repair and fsops.unlink_if_there(path)})
             continue
         holder = key_holder(path)
         if holder is None or not _stale(spool, path, holder):
@@ -231,7 +207,7 @@ def stale_keys(spool, *, repair: bool) -> list[dict[str, Any]]:
         if repair:
             with _takeover_lock(path):
                 if key_holder(path) == holder and _stale(spool, path, holder):
-                    finding["repaired"] = _unlink(path)
+                    finding["repaired"] = fsops.unlink_if_there(path)
         found.append(finding)
     return found
 
