@@ -974,7 +974,22 @@ def dlq_retry(spool: Spool, job_id: str) -> dict:
     the dead job or the reset job in pending/, never a pending file that
     still carries the used-up `attempts`.
     """
-    with spool.lock_job(job_id, ("dead",), "retry") as held:
+    return _reset_to_pending(spool, job_id, ("dead",), "retry", restarted=False)
+
+
+def restart_in_place(spool: Spool, job_id: str) -> dict:
+    """A finished job (completed or dead) back to pending as the same job: `attempts` and the run
+    fields reset, its own fields and its `history` kept, with an entry saying when it was restarted.
+
+    The same "record, then relink, then move" as dlq_retry (docs/decisions/identity.md).
+    """
+    return _reset_to_pending(spool, job_id, ("completed", "dead"), "restart", restarted=True)
+
+
+def _reset_to_pending(spool: Spool, job_id: str, allowed: tuple[str, ...], action: str, *,
+                      restarted: bool) -> dict:
+    """dlq_retry and restart_in_place: the reset written in the job's folder, then the move."""
+    with spool.lock_job(job_id, allowed, action) as held:
         _undo_cut_purge(spool, job_id)
         if not isinstance(held.job.get("command"), str) or held.job.get("invalid"):
             raise InvalidJob(f"job {job_id!r} was never a valid job ({held.job.get('last_error')}); "
@@ -983,30 +998,10 @@ def dlq_retry(spool: Spool, job_id: str) -> dict:
             for plugin in plugins():
                 features.enter_context(plugin.before_return(spool, held))  # its unique key again, or KeyTaken
             held.job.update(dict.fromkeys(RUN_FIELDS), state="pending", attempts=0)
-            held.save(moving_on=True)
-            move_on(spool, held, "pending")
-        return held.job
-
-
-def restart_in_place(spool: Spool, job_id: str) -> dict:
-    """A finished job (completed or dead) back to pending as the same job: `attempts` and the run
-    fields reset, its own fields and its `history` kept.
-
-    The same "record, then relink, then move" as dlq_retry (docs/decisions/identity.md),
-    with a history entry saying when it was restarted.
-    """
-    with spool.lock_job(job_id, ("completed", "dead"), "restart") as held:
-        _undo_cut_purge(spool, job_id)
-        if not isinstance(held.job.get("command"), str) or held.job.get("invalid"):
-            raise InvalidJob(f"job {job_id!r} was never a valid job ({held.job.get('last_error')}); "
-                             f"fix the file and enqueue it again")
-        with contextlib.ExitStack() as features:
-            for plugin in plugins():
-                features.enter_context(plugin.before_return(spool, held))  # its unique key again, or KeyTaken
-            history = held.job.get("history") if isinstance(held.job.get("history"), list) else []
-            entry = {"restarted_at": iso(time.time()), "from": held.state}
-            held.job.update(dict.fromkeys(RUN_FIELDS), state="pending", attempts=0,
-                            history=[*history[-(HISTORY_LIMIT - 1):], entry])
+            if restarted:
+                history = held.job.get("history") if isinstance(held.job.get("history"), list) else []
+                entry = {"restarted_at": iso(time.time()), "from": held.state}
+                held.job["history"] = [*history[-(HISTORY_LIMIT - 1):], entry]
             held.save(moving_on=True)
             move_on(spool, held, "pending")
         return held.job

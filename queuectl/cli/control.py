@@ -11,11 +11,20 @@ import os
 import shlex
 import subprocess
 import tempfile
+from collections.abc import Callable
 
 import click
 
 from ..errors import InvalidJob, QueueError
 from . import Command, open_spool
+
+
+def _each(spool, job_ids: tuple[str, ...], act: Callable[[str], bool], done: str, already: str, *,
+          resolve: bool = True) -> None:
+    """`act` on each job (ids resolved from their prefixes), one line each: `done`, or `already` when it did nothing."""
+    for job_id in job_ids:
+        full = spool.resolve(job_id) if resolve else job_id
+        click.echo(f"{full}: {done}" if act(full) else f"{full}: {already}")
 
 
 @click.command(cls=Command)
@@ -24,9 +33,7 @@ from . import Command, open_spool
 def hold(ctx, job_ids):
     """Keep pending or failed jobs from starting until `release` (list -s held shows them)."""
     spool = open_spool(ctx)
-    for job_id in job_ids:
-        full = spool.resolve(job_id)
-        click.echo(f"{full}: held" if spool.hold(full) else f"{full}: was held already")
+    _each(spool, job_ids, spool.hold, "held", "was held already")
 
 
 @click.command(cls=Command)
@@ -35,9 +42,7 @@ def hold(ctx, job_ids):
 def release(ctx, job_ids):
     """Let held jobs start when they are due."""
     spool = open_spool(ctx)
-    for job_id in job_ids:
-        full = spool.resolve(job_id)
-        click.echo(f"{full}: released" if spool.release(full) else f"{full}: was not held")
+    _each(spool, job_ids, spool.release, "released", "was not held")
 
 
 @click.command(cls=Command)
@@ -61,9 +66,7 @@ def suspend(ctx, job_ids):
     """Stop running jobs' processes (SIGSTOP) until `resume ID`; their stopped time does not count
     against their timeout."""
     spool = open_spool(ctx)
-    for job_id in job_ids:
-        full = spool.resolve(job_id)
-        click.echo(f"{full}: suspended" if spool.suspend(full) else f"{full}: was suspended already")
+    _each(spool, job_ids, spool.suspend, "suspended", "was suspended already")
 
 
 def suspend_running(spool) -> None:
@@ -87,9 +90,7 @@ def resume_jobs(spool, job_ids: tuple[str, ...], every: bool) -> None:
         job_ids = tuple(sorted(spool.suspended()))
         if not job_ids:
             click.echo("no suspended job")
-    for job_id in job_ids:
-        full = job_id if every else spool.resolve(job_id)
-        click.echo(f"{full}: resumed" if spool.resume_job(full) else f"{full}: was not suspended")
+    _each(spool, job_ids, spool.resume_job, "resumed", "was not suspended", resolve=not every)
 
 
 def _assignment(text: str) -> tuple[str, object]:
