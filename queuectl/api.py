@@ -290,8 +290,33 @@ class Spool(layout.Spool):
         with self._edit_lock("groups"):
             workflow.set_limit(self, workflow.check_group(group), limit or None)
 
+    def set_group_rate(self, group: str, rate: str | None) -> str | None:
+        """At most N starts of `group`'s jobs in any window of W (`rate` "N/W": "10/1m"), across every
+        worker and host; None or "0": no rate. Returns the rate as stored ("10/1m") or None."""
+        from . import rates, workflow
+        try:
+            parsed = rates.parse_rate(rate or "0")
+        except ValueError as exc:
+            raise InvalidJob(str(exc)) from None
+        with self._edit_lock("groups"):
+            workflow.set_rate(self, workflow.check_group(group), parsed)
+        return parsed.text() if parsed else None
+
+    def declare_resource(self, name: str, count: int, host: str | None = None) -> dict[str, int]:
+        """Declare that `host` (this one: $QUEUECTL_HOST or the node name) has `count` of resource
+        `name` (0 removes it); returns the host's whole declaration (docs/guide/resources.md)."""
+        from . import resources
+        with self._edit_lock("resources"):
+            return resources.declare(self, name, count, host)
+
+    def resources(self) -> JobList:
+        """Each host's resources: declared counts and who holds which index (worker, job)."""
+        from . import resources
+        return resources.overview(self)
+
     def groups(self) -> JobList:
-        """Groups with a limit, a pause or running jobs: name, limit, running, slots, holders, paused."""
+        """Groups with a limit, a rate, a pause or running jobs: name, limit, rate, starts_in_window,
+        running, slots, holders, paused."""
         from . import workflow
         return workflow.groups(self)
 

@@ -12,12 +12,13 @@ from . import lifecycle
 from .dependencies import DependenciesPlugin
 from .groups import GroupsPlugin
 from .hooks import HooksPlugin
+from .resources import ResourcesPlugin
 from .unique import UniquePlugin
 
 
 def default_plugins() -> list[lifecycle.Plugin]:
     """In the order they act: the key before the waiting markers, the hook last."""
-    return [UniquePlugin(), DependenciesPlugin(), GroupsPlugin(), HooksPlugin()]
+    return [UniquePlugin(), DependenciesPlugin(), GroupsPlugin(), ResourcesPlugin(), HooksPlugin()]
 
 
 def install() -> None:

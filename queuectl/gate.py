@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import heapq
 import os
+import time
 from collections.abc import Callable
 
-from . import lifecycle
+from . import lifecycle, rates, resources
 from .dependencies import dependency_states, end_ring, find_ring
 from .groups import (
     GROUP_PATTERN,
@@ -21,7 +22,7 @@ from .groups import (
     Slot,
     is_paused,
     limit_path,
-    read_limit,
+    read_settings,
     slot_names,
     take_slot,
 )
@@ -58,7 +59,11 @@ class Gate:
         self.waiters: dict[str, set[str]] = {}                          # id -> ids waiting for it
         self.parked: dict[str, list[tuple[int, float, str, str]]] = {}  # group -> heap of (-pri, due, id, folder)
         self.full: set[str] = set()
-        self.limits: dict[str, tuple[tuple, int | None]] = {}  # group -> (stat of NAME.json, limit)
+        self.limits: dict[str, tuple[tuple, int | None, rates.Window | None]] = {}  # group -> (stat, limit, rate)
+        self.needs_of: dict[str, dict[str, int]] = {}  # id -> the resources the job needs (resources.py)
+        self.have: tuple[tuple, dict[str, int]] | None = None  # this host's declaration, by its file's stat
+        self.unfit: dict[str, tuple[str, int, float]] = {}  # id -> (folder, priority, due): needs more than declared
+        self.rate_wake: float | None = None  # when a rate-limited group's next token frees
         self.poked = False
         self.next_poll = 0.0
 
@@ -70,6 +75,8 @@ class Gate:
 
     def forget(self, name: str) -> None:
         self.group_of.pop(name, None)
+        self.needs_of.pop(name, None)
+        self.unfit.pop(name, None)
         entry = self.waiting.pop(name, None)
         if entry is not None:
             for dep in entry[3]:
@@ -87,6 +94,10 @@ class Gate:
         self.forget(name)
         if job.get("held") is True:
             return True  # until `release` rewrites the file, which the watch reports (lifecycle.hold)
+        needs = job.get("needs")
+        if isinstance(needs, dict) and needs:
+            self.needs_of[name] = needs
+            self.group_of.setdefault(name, ("", priority, due))  # "": no group, parked under "" for resources
         group = job.get("group")
         if isinstance(group, str) and GROUP_PATTERN.fullmatch(group):
             self.group_of[name] = (group, priority, due)
@@ -152,55 +163,109 @@ class Gate:
     def spool_paused(self) -> bool:
         return os.path.lexists(os.path.join(self.spool.root, PAUSE_FILE))
 
-    def admit(self, state: str, job_id: str, worker: str) -> Slot | None:
-        """A slot for the job about to be claimed (NO_SLOT when its group has no limit); None: it was parked."""
+    def admit(self, state: str, job_id: str, worker: str, now: float = 0.0) -> Slot | None:
+        """What the job about to be claimed holds: its group's slot, its resource indexes and a start of
+        its group's rate (NO_SLOT when it needs none of them); None: it was parked (or does not fit here).
+        `now`: the start's time, the job's `started_at`."""
         entry = self.group_of.get(job_id)
         if entry is None:
             return NO_SLOT
         group, priority, due = entry
-        if group in self.full or is_paused(self.spool, group):
+        if group and (group in self.full or is_paused(self.spool, group)):
             self._park(group, priority, due, job_id, state)
             return None
-        limit = self._limit(group)
-        if limit is None:
-            return NO_SLOT
-        if self.badge is None:
-            self.badge = Badge(self.spool, worker)
-        slot = take_slot(self.spool, group, limit, self.badge)
-        if slot is None:
-            self.full.add(group)
-            self._park(group, priority, due, job_id, state)
-        else:
-            # Claimed next: forgotten now, so its own "gone" event costs no stat (a lost claim re-reads it).
-            self.group_of.pop(job_id, None)
+        limit, window = self._settings(group) if group else (None, None)
+        slot = NO_SLOT
+        if limit is not None:
+            if self.badge is None:
+                self.badge = Badge(self.spool, worker)
+            taken = take_slot(self.spool, group, limit, self.badge)
+            if taken is None:
+                self.full.add(group)
+                self._park(group, priority, due, job_id, state)
+                return None
+            slot = taken
+        needs = self.needs_of.get(job_id)
+        if needs:
+            have = self._declared()
+            if not resources.fits(needs, have):
+                slot.release()
+                self.unfit[job_id] = (state, priority, due)  # `show` says why; a new declaration puts it back
+                return None
+            if self.badge is None:
+                self.badge = Badge(self.spool, worker)
+            indexes = resources.take(self.spool, resources.host_name(), needs, have, self.badge)
+            if indexes is None:
+                slot.release()
+                self._park("", priority, due, job_id, state)
+                return None
+            slot = slot.join(indexes)
+        if window is not None:
+            started, frees_at = window.take(now or time.time(), worker, self.spool.dir("tmp"))
+            if not started:
+                slot.release()
+                self._park(group, priority, due, job_id, state)
+                self.rate_wake = frees_at if self.rate_wake is None else min(self.rate_wake, frees_at)
+                return None
+        # Claimed next: forgotten now, so its own "gone" event costs no stat (a lost claim re-reads it).
+        self.group_of.pop(job_id, None)
+        self.needs_of.pop(job_id, None)
         return slot
 
-    def _limit(self, group: str) -> int | None:
-        """The group's limit, read again only when groups/NAME.json changed (one stat per claim)."""
+    def _settings(self, group: str) -> tuple[int | None, rates.Window | None]:
+        """The group's limit and rate, read again only when groups/NAME.json changed (one stat per claim)."""
         try:
             info = os.stat(limit_path(self.spool, group))
         except FileNotFoundError:
             self.limits.pop(group, None)
-            return None
+            return None, None
         key = (info.st_ino, info.st_mtime_ns, info.st_size)
         cached = self.limits.get(group)
         if cached is None or cached[0] != key:
-            cached = self.limits[group] = (key, read_limit(self.spool, group))
-        return cached[1]
+            settings = read_settings(self.spool, group)
+            limit = settings.get("limit")
+            limit = limit if isinstance(limit, int) and not isinstance(limit, bool) and limit >= 1 else None
+            rate = rates.from_json(settings.get("rate"))
+            window = rates.Window(os.path.join(self.spool.root, "groups"), rate) if rate else None
+            cached = self.limits[group] = (key, limit, window)
+        return cached[1], cached[2]
+
+    def _limit(self, group: str) -> int | None:
+        return self._settings(group)[0]
+
+    def _declared(self) -> dict[str, int]:
+        """This host's declared resources, read again only when its file changed."""
+        path = resources.declaration_path(self.spool, resources.host_name())
+        try:
+            info = os.stat(path)
+            key: tuple = (info.st_ino, info.st_mtime_ns, info.st_size)
+        except FileNotFoundError:
+            key = ()
+        if self.have is None or self.have[0] != key:
+            self.have = (key, resources.declared(self.spool, resources.host_name()))
+        return self.have[1]
 
     def _park(self, group: str, priority: int, due: float, name: str, state: str) -> None:
         heapq.heappush(self.parked.setdefault(group, []), (-priority, due, name, state))
 
     def unpark(self, now: float) -> None:
         """Put back as many parked jobs per group as it has free slots (after a settle, a change or PARK_POLL)."""
-        if not self.parked or (not self.poked and now < self.next_poll):
+        if not (self.parked or self.unfit) or (not self.poked and now < self.next_poll
+                                               and (self.rate_wake is None or now < self.rate_wake)):
             return
         self.poked = False
         self.next_poll = now + PARK_POLL
+        self.rate_wake = None
+        if self.unfit:
+            have = self._declared()
+            for name, (state, priority, due) in list(self.unfit.items()):
+                if resources.fits(self.needs_of.get(name, {}), have):
+                    del self.unfit[name]
+                    self.add(state, name, priority, due)
         for group in list(self.parked):
-            if is_paused(self.spool, group):
+            if group and is_paused(self.spool, group):
                 continue
-            limit = self._limit(group)
+            limit = self._limit(group) if group else None
             free = len(self.parked[group]) if limit is None else limit - len(slot_names(self.spool, group))
             if free <= 0:
                 self.full.add(group)
@@ -209,7 +274,7 @@ class Gate:
             heap = self.parked[group]
             for _ in range(min(free, len(heap))):
                 negative_priority, due, name, state = heapq.heappop(heap)
-                if self.group_of.get(name, (None,))[0] == group:
+                if self.group_of.get(name, (None,))[0] == group or (group == "" and name in self.group_of):
                     self.add(state, name, -negative_priority, due)
             if not heap:
                 del self.parked[group]
@@ -231,6 +296,8 @@ class Gate:
         waiting job waits for one that is running (its outcome may not have
         landed yet, e.g. still in this worker's group commit).
         """
+        if any(self._settings(group)[1] is not None for group in self.parked if group):
+            return True  # a rate's token frees within its window
         if self.parked:
             self.poked = True
             before = len(self.parked), sum(len(heap) for heap in self.parked.values())
@@ -241,6 +308,7 @@ class Gate:
 
     def next_wake(self, now: float) -> float | None:
         """When to look again at parked jobs or a paused spool, if nothing wakes the worker before."""
-        if self.parked or self.spool_paused():
-            return max(now, self.next_poll) if self.parked else now + PARK_POLL
+        if self.parked or self.unfit or self.spool_paused():
+            wake = max(now, self.next_poll) if self.parked or self.unfit else now + PARK_POLL
+            return min(wake, self.rate_wake) if self.rate_wake is not None else wake
         return None

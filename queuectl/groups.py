@@ -20,7 +20,7 @@ import os
 import time
 from typing import Any
 
-from . import fsops, lifecycle, registry
+from . import fsops, lifecycle, rates, registry
 from .errors import InvalidJob
 from .fsops import open_nofollow
 from .job import GROUP_PATTERN, check_group, is_valid_id, iso
@@ -74,27 +74,67 @@ def limit_path(spool, group: str) -> str:
     return os.path.join(spool.root, GROUPS, check_group(group) + ".json")
 
 
-def set_limit(spool, group: str, limit: int | None) -> None:
-    """Write groups/NAME.json ({"limit": N}); None removes it (no limit)."""
-    fsops.make_folder(spool.dir(GROUPS))
+def read_settings(spool, group: str) -> dict:
+    """groups/NAME.json as an object ({} when absent or not valid: `group list` says so)."""
+    try:
+        with open(limit_path(spool, group), encoding="utf-8") as handle:
+            settings = json.load(handle)
+    except (OSError, ValueError):
+        return {}
+    return settings if isinstance(settings, dict) else {}
+
+
+def _write_settings(spool, group: str, settings: dict) -> None:
     path = limit_path(spool, group)
-    if limit is None:
+    if not settings:
         fsops.unlink_if_there(path)
         return
-    if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
+    fsops.publish(spool.dir("tmp"), path, json.dumps(settings).encode() + b"\n",
+                  durable=spool.durable, replace=True)
+
+
+def set_limit(spool, group: str, limit: int | None) -> None:
+    """Set `limit` in groups/NAME.json; None removes it (no limit). The caller holds the groups' edit lock."""
+    fsops.make_folder(spool.dir(GROUPS))
+    if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
         raise InvalidJob("a group's limit is an integer >= 1")
-    fsops.publish(spool.dir("tmp"), path, json.dumps({"limit": limit}).encode() + b"\n",
-            durable=spool.durable, replace=True)
+    settings = read_settings(spool, group)
+    settings.pop("limit", None)
+    if limit is not None:
+        settings["limit"] = limit
+    _write_settings(spool, group, settings)
+
+
+def _valid_limit(limit: Any) -> int | None:
+    return limit if isinstance(limit, int) and not isinstance(limit, bool) and limit >= 1 else None
 
 
 def read_limit(spool, group: str) -> int | None:
     """The group's limit; None when it has none (or its file is not valid: said by `group list`)."""
-    try:
-        with open(limit_path(spool, group), encoding="utf-8") as handle:
-            limit = json.load(handle).get("limit")
-    except (OSError, ValueError, AttributeError):
-        return None
-    return limit if isinstance(limit, int) and not isinstance(limit, bool) and limit >= 1 else None
+    return _valid_limit(read_settings(spool, group).get("limit"))
+
+
+def read_rate(spool, group: str) -> rates.Rate | None:
+    """The group's rate limit (rates.py); None when it has none."""
+    return rates.from_json(read_settings(spool, group).get("rate"))
+
+
+def set_rate(spool, group: str, rate: rates.Rate | None) -> None:
+    """Set the group's rate (None: no rate). The caller holds the groups' edit lock.
+
+    A new token folder is made and filled before the group's file names it,
+    carrying the newest starts of the old one (rates.make_tokens); the old
+    folder goes after.
+    """
+    root = fsops.make_folder(spool.dir(GROUPS))
+    settings = read_settings(spool, group)
+    old = rates.from_json(settings.pop("rate", None))
+    if rate is not None:
+        carried = rates.recent_starts(root, old) if old is not None else []
+        settings["rate"] = rates.make_tokens(root, group, rate, carried, spool.dir("tmp")).as_json()
+    _write_settings(spool, group, settings)
+    if old is not None:
+        rates.remove_tokens(root, old.tokens)
 
 
 def groups_dir(spool) -> str:
@@ -163,16 +203,27 @@ def read_slot(path: str) -> dict | None:
 
 
 class Slot:
-    """One slot this process holds (or no slot, for a job without a limited group)."""
+    """What this process holds for the job it starts: its group's slot and the resource indexes
+    it was given (resources.py), each one name linked to the worker's badge; or nothing.
 
-    def __init__(self, path: str | None = None):
-        self.path = path
+    `env`: what the job's environment gets from them (the indexes, QUEUECTL_GPU=0,2).
+    """
+
+    def __init__(self, path: str | None = None, env: dict[str, str] | None = None):
+        self.paths = [path] if path is not None else []
+        self.env = env or {}
+
+    def join(self, other: Slot) -> Slot:
+        """This slot and `other`'s names as one holding (released together)."""
+        joined = Slot(env={**self.env, **other.env})
+        joined.paths = self.paths + other.paths
+        return joined
 
     def release(self) -> None:
-        """Free the slot. Nobody else removes a live worker's slot (see `free_orphan_slots`)."""
-        if self.path is not None:
-            fsops.unlink_if_there(self.path)
-            self.path = None
+        """Free every name. Nobody else removes a live worker's slot (see `free_orphan_slots`)."""
+        paths, self.paths = self.paths, []
+        for path in paths:
+            fsops.unlink_if_there(path)
 
 
 NO_SLOT = Slot()
@@ -265,7 +316,7 @@ def free_orphan_slots(spool, *, repair: bool = True) -> list[dict[str, Any]]:
             finding = {"problem": "orphan-slot", "path": os.path.relpath(path, spool.root),
                        "detail": f"held by worker {worker}, which is gone", "repaired": False}
             if repair:
-                finding["repaired"] = _remove_if(spool, path, holder["ino"])
+                finding["repaired"] = remove_if(spool, path, holder["ino"])
             found.append(finding)
     if repair:
         for entry in entries:
@@ -279,7 +330,7 @@ def free_orphan_slots(spool, *, repair: bool = True) -> list[dict[str, Any]]:
     return found
 
 
-def _remove_if(spool, path: str, ino: int) -> bool:
+def remove_if(spool, path: str, ino: int) -> bool:
     """Remove the slot at `path` if it is still inode `ino`; put back anything else taken aside."""
     aside = os.path.join(spool.dir("tmp"), f".freeing.{os.getpid()}.{os.urandom(4).hex()}.tmp")
     try:
@@ -318,13 +369,24 @@ def free_job_slots(spool, job: dict, *, leftovers: bool = False) -> None:
         if holder and isinstance(worker, str) and holder.get("worker") == worker and not _alive(spool, worker):
             mine.append(path)
     if mine and leftovers:
-        from .runner import kill_leftovers  # recovery only: `queuectl list` imports this module and not the runner
-
-        deadline = time.monotonic() + 10.0
-        while kill_leftovers(job["id"], spool.root) and time.monotonic() < deadline:
-            time.sleep(0.01)
+        end_leftovers(spool, job)
     for path in mine:
         fsops.unlink_if_there(path)
+
+
+def end_leftovers(spool, job: dict) -> None:
+    """SIGKILL what is left of a dead worker's job and wait until none of it lives (at most 10 s),
+    so that what it held (a slot, resource indexes) is never held by two running jobs."""
+    from .runner import kill_leftovers  # recovery only: `queuectl list` imports this module and not the runner
+
+    deadline = time.monotonic() + 10.0
+    while kill_leftovers(job["id"], spool.root) and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
+def worker_alive(spool, worker: Any) -> bool:
+    """Whether a slot's or index's holder lives (registry.is_alive; the name is checked first: it becomes a path)."""
+    return _alive(spool, worker)
 
 
 def _alive(spool, worker: Any) -> bool:
@@ -333,8 +395,9 @@ def _alive(spool, worker: Any) -> bool:
 
 
 def groups(spool) -> list[dict[str, Any]]:
-    """Every group with a limit, a pause or running jobs: name, limit, running (jobs in processing/),
-    slots (held), paused, and the holders of its slots (slot, worker, the job that worker runs)."""
+    """Every group with a limit, a rate, a pause or running jobs: name, limit, running (jobs in
+    processing/), slots (held), paused, rate (`10/1m` or None), starts_in_window (starts within the
+    rate's window now), and the holders of its slots (slot, worker, the job that worker runs)."""
     root = os.path.join(spool.root, GROUPS)
     names = set()
     for entry in fsops.listdir_if_there(root):
@@ -347,11 +410,22 @@ def groups(spool) -> list[dict[str, Any]]:
         if isinstance(job.get("group"), str):
             running[job["group"]] = running.get(job["group"], 0) + 1
     names.update(running)
-    return [{"name": name, "limit": read_limit(spool, name), "running": running.get(name, 0),
-             "slots": len(slot_names(spool, name)), "paused": is_paused(spool, name),
-             "holders": [{key: holder[key] for key in ("slot", "worker", "job")}
-                         for holder in slot_holders(spool, name, by_worker)]}
-            for name in sorted(names)]
+    listed: list[dict[str, Any]] = []
+    now_ms = time.time() * 1000
+    for name in sorted(names):
+        settings = read_settings(spool, name)
+        rate = rates.from_json(settings.get("rate"))
+        row: dict[str, Any] = {"name": name, "limit": _valid_limit(settings.get("limit")),
+                               "running": running.get(name, 0),
+                 "slots": len(slot_names(spool, name)), "paused": is_paused(spool, name),
+                 "rate": rate.text() if rate else None, "starts_in_window": None,
+                 "holders": [{key: holder[key] for key in ("slot", "worker", "job")}
+                             for holder in slot_holders(spool, name, by_worker)]}
+        if rate is not None:
+            window = rate.seconds * 1000
+            row["starts_in_window"] = sum(1 for stamp in rates.recent_starts(root, rate) if now_ms - stamp < window)
+        listed.append(row)
+    return listed
 
 
 class GroupsPlugin(lifecycle.Plugin):

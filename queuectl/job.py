@@ -29,6 +29,14 @@ FINISHED = ("completed", "dead")
 MAX_JOB_BYTES = 1024 * 1024
 ID_PATTERN = re.compile(r"[A-Za-z0-9_\-][A-Za-z0-9._\-]{0,127}")
 GROUP_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
+# A resource's name becomes part of an environment variable (QUEUECTL_<NAME>, docs/guide/resources.md)
+# and of a file name `<name>-<index>`: letters, digits and _, no '-'.
+RESOURCE_PATTERN = re.compile(r"[a-z][a-z0-9_]{0,31}")
+# Names whose variable the runner sets already (QUEUECTL_JOB_ID, ...): a resource may not shadow one.
+RESERVED_RESOURCES = frozenset({"job_id", "attempt", "spool", "progress", "hook", "state", "exit_code",
+                                "error", "log", "complete", "cgroups", "host", "resources"})
+MAX_RESOURCE_COUNT = 1024
+MAX_NEEDS = 16
 MAX_KEY = 256
 MAX_AFTER = 1000
 # The farthest a job may be scheduled: iso() writes the years 1 to 9999 only,
@@ -244,6 +252,8 @@ def build_bytes(fields: Any, config: dict, *, stem: str | None = None,
         raise InvalidJob("history must be a list")
     if job.get("after") is not None or job.get("group") is not None or job.get("unique_key") is not None:
         check_fields(job)
+    if job.get("needs") is not None:
+        job["needs"] = check_needs(job["needs"])
 
     stamp = iso(now)
     for name in ("created_at", "updated_at"):
@@ -267,6 +277,50 @@ def check_group(name: Any) -> str:
     if not isinstance(name, str) or not GROUP_PATTERN.fullmatch(name):
         raise InvalidJob(f"invalid group {str(name)[:40]!r}: use 1-64 characters of A-Z a-z 0-9 _ -")
     return name
+
+
+def check_resource(name: Any) -> str:
+    """A resource's name (docs/guide/resources.md); InvalidJob with the rule when it is not one."""
+    if not isinstance(name, str) or not RESOURCE_PATTERN.fullmatch(name):
+        raise InvalidJob(f"invalid resource name {str(name)[:40]!r}: use 1-32 characters of a-z 0-9 _, "
+                         f"starting with a letter")
+    if name in RESERVED_RESOURCES:
+        raise InvalidJob(f"resource name {name!r} is taken by queuectl's own QUEUECTL_{name.upper()}")
+    return name
+
+
+def check_count(name: str, count: Any, minimum: int) -> int:
+    """How many of a resource (a job's need, minimum 1; a host's declaration, minimum 0)."""
+    if not isinstance(count, int) or isinstance(count, bool) or not minimum <= count <= MAX_RESOURCE_COUNT:
+        raise InvalidJob(f"{name}: the count must be a whole number from {minimum} to {MAX_RESOURCE_COUNT}, "
+                         f"not {json.dumps(count)[:40]}")
+    return count
+
+
+def check_needs(needs: Any) -> dict[str, int] | None:
+    """A job's `needs`: {"gpu": 2, ...}; {} is stored as null (needs nothing)."""
+    if not isinstance(needs, dict):
+        raise InvalidJob('needs must be an object of resource counts, e.g. {"gpu": 2}')
+    if len(needs) > MAX_NEEDS:
+        raise InvalidJob(f"needs names {len(needs)} resources, over the limit of {MAX_NEEDS}")
+    checked = {check_resource(name): check_count(name, count, 1) for name, count in needs.items()}
+    return dict(sorted(checked.items())) or None
+
+
+def parse_needs(texts: Any) -> dict[str, int]:
+    """`gpu=2`, `gpu=2,license=1` (several texts add up to one object); InvalidJob when malformed."""
+    needs: dict[str, int] = {}
+    for text in [texts] if isinstance(texts, str) else texts:
+        for part in text.split(","):
+            name, sep, count = part.strip().partition("=")
+            if not part.strip():
+                continue
+            if not sep:
+                count = "1"
+            if not re.fullmatch(r"[0-9]{1,5}", count.strip()):
+                raise InvalidJob(f"--needs {part.strip()!r}: use NAME=COUNT, e.g. gpu=2")
+            needs[check_resource(name.strip())] = check_count(name.strip(), int(count), 1)
+    return needs
 
 
 def check_fields(job: dict) -> None:
@@ -328,7 +382,8 @@ def prepare_fields(job: dict | str, *, run_at: Any = None, delay: float | None =
                    max_retries: int | None = None, id: str | None = None,
                    command: str | None = None, cwd: str | None = None,
                    env: dict[str, str] | None = None, after: list[str] | None = None,
-                   group: str | None = None, unique: str | None = None) -> dict:
+                   group: str | None = None, unique: str | None = None,
+                   needs: dict[str, int] | None = None) -> dict:
     """Merge a job (dict or command string) with enqueue options; options win.
 
     `env` adds to the job's own `env` object (a name in both takes the
@@ -351,6 +406,8 @@ def prepare_fields(job: dict | str, *, run_at: Any = None, delay: float | None =
             fields["env"] = {**(own or {}), **env}
     if after:
         fields["after"] = list(after)
+    if needs:
+        fields["needs"] = dict(needs)
     if delay is not None:
         fields["run_at"] = _time_after(delay)
     if run_at is not None:

@@ -56,10 +56,10 @@ class JobStep:
         self.lane = zlib.crc32(name.encode()) % SPREAD
 
     def process(self, state: str, job_id: str) -> None:
-        slot = self.gate.admit(state, job_id, self.name)
+        now = time.time()  # the start's time: a rate's token and the job's started_at are one time
+        slot = self.gate.admit(state, job_id, self.name, now)
         if slot is None:
-            return  # its group is full or paused: parked until a slot frees
-        now = time.time()
+            return  # its group is full or paused, or its resources are held: parked until they free
         try:
             with self.spool.held_config() as settings:  # one reading for the claim, one for the settle
                 held = lifecycle.claim(self.spool, state, job_id, self.name, now)
@@ -97,7 +97,8 @@ class JobStep:
                 job, log_path=self.spool.log_path(job["id"]), worker=self.name, spool_root=self.spool.root,
                 timeout=timeout, kill_grace=settings["kill_grace"], pass_env=settings["pass_env"],
                 tail_lines=settings["log_tail_lines"], interruption=self._interruption(held),
-                base_env=self._base_environment(settings["pass_env"]), limits=runner.job_limits(job, settings))
+                base_env=self._base_environment(settings["pass_env"], slot.env),
+                limits=runner.job_limits(job, settings))
             retention.cap_log(self.spool.log_path(job["id"]), settings["max_log_bytes"], self.spool.dir("tmp"))
         except BaseException:
             held.release()
@@ -128,12 +129,12 @@ class JobStep:
         registry.clear_cancel(self.spool, job["id"])
         registry.clear_suspend(self.spool, job["id"])
 
-    def _base_environment(self, pass_env: list[str]) -> dict[str, str]:
+    def _base_environment(self, pass_env: list[str], held: dict[str, str]) -> dict[str, str]:
         """What every job takes from the worker's environment, which is fixed when the worker
-        starts; made again only when `pass_env` changes."""
+        starts (made again only when `pass_env` changes), and the resource indexes this job holds."""
         if self.base_env is None or self.base_env[0] != tuple(pass_env):
             self.base_env = (tuple(pass_env), runner.base_environment(pass_env))
-        return self.base_env[1]
+        return {**self.base_env[1], **held} if held else self.base_env[1]
 
     def group_commit(self) -> commit.GroupCommit:
         if self.commit is None:

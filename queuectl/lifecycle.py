@@ -318,8 +318,8 @@ def _publish(spool: Spool, job: dict, data: bytes, durable: bool, if_absent: boo
 
 
 def _plugins_for(job: dict) -> list[Plugin]:
-    """A job that uses no feature field at enqueue (`after`, `unique_key`) needs no feature loaded."""
-    return plugins() if job.get("after") or job.get("unique_key") is not None else PLUGINS
+    """A job that uses no feature field at enqueue (`after`, `unique_key`, `needs`) needs no feature loaded."""
+    return plugins() if job.get("after") or job.get("unique_key") is not None or job.get("needs") else PLUGINS
 
 
 def _enqueued_before(published: list[dict]) -> str:

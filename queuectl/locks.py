@@ -48,7 +48,8 @@ def take_worker_lock(spool, name: str) -> FileLock:
 
 def spool_lock(spool, what: str, *, timeout: float | None = None) -> contextlib.AbstractContextManager[None]:
     """`named_lock` on `<spool>/<what>.lock`: "config.json" (config set), "schedules" (schedule
-    edits), "groups" (group limits and pauses), "doctor" (doctor --repair). At the spool's top,
+    edits), "groups" (group limits, rates and pauses), "resources" (a host's
+    declared resources), "doctor" (doctor --repair). At the spool's top,
     where no job id can reach, and never removed."""
     return named_lock(os.path.join(spool.root, what + ".lock"), timeout=EDIT_TIMEOUT if timeout is None else timeout,
                       what=what)

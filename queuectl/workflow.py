@@ -45,6 +45,7 @@ from .groups import (
     resume,
     running_by_worker,
     set_limit,
+    set_rate,
     slot_dir,
     slot_holders,
     slot_names,
@@ -74,6 +75,6 @@ __all__ = [
     "check_group", "dependency_states", "end_ring", "find_ring", "free_job_slots", "free_orphan_slots", "groups",
     "groups_dir", "is_paused", "key_held_for", "key_holder", "key_path", "limit_path", "mark_waiting", "pause",
     "pause_path", "paused_groups", "prune_guard", "read_limit", "read_slot", "release_key", "resume", "rings",
-    "running_by_worker", "set_limit", "slot_dir", "slot_holders", "slot_names", "stale_keys", "take_key",
+    "running_by_worker", "set_limit", "set_rate", "slot_dir", "slot_holders", "slot_names", "stale_keys", "take_key",
     "take_slot", "waiting_dir", "waiting_on",
 ]

@@ -37,6 +37,7 @@ COMMANDS = {
     "config": "settings:config",
     "worker": "workers:worker",
     "group": "workflows:group_cmd", "pause": "workflows:pause", "resume": "workflows:resume", "wait": "workflows:wait",
+    "resource": "workflows:resource_cmd",
     "schedule": "schedules:schedule",
     "dashboard": "tools:dashboard", "metrics": "tools:metrics", "doctor": "tools:doctor",
     "schema": "tools:schema", "demo": "tools:demo",

@@ -13,7 +13,7 @@ import sys
 import click
 
 from ..errors import InvalidJob, QueueError
-from ..job import iso, parse_time, prepare_fields
+from ..job import iso, parse_needs, parse_time, prepare_fields
 from . import Command, Duration, no_worker_note, open_spool, print_json, warn
 
 JSON_HINT = ("to run it as a shell command instead, pass it with --command '...' or after --: "
@@ -143,6 +143,8 @@ class EnqueueCommand(Command):
 @click.option("--on-failure", metavar="CMD", help="Hook command run after a failed run that will be retried.")
 @click.option("--on-dead", metavar="CMD", help="Hook command run after the job goes to dead/.")
 @click.option("--hold", "held", is_flag=True, help="Do not start the job until 'queuectl release ID'.")
+@click.option("--needs", "needs", multiple=True, metavar="NAME=N[,...]",
+              help="Resources the job needs on its host, e.g. gpu=2 (see 'resource set'); repeatable.")
 @click.option("--memory", metavar="SIZE", help="Memory limit of the job: 512M, 2G [default: config].")
 @click.option("--cpu-time", metavar="TIME", help="CPU time limit of the job: 90, 10m [default: config].")
 @click.option("--max-files", metavar="N", help="Open files limit of the job [default: config].")
@@ -150,7 +152,8 @@ class EnqueueCommand(Command):
               help="Print the stored job as JSON instead of its id (a JSON array for - or --file).")
 @click.pass_context
 def enqueue(ctx, words, command, job_id, priority, max_retries, timeout, run_at, delay, cwd, env, file, after,
-            group, unique, if_absent, on_success, on_failure, on_dead, held, memory, cpu_time, max_files, as_json):
+            group, unique, if_absent, on_success, on_failure, on_dead, held, needs, memory, cpu_time, max_files,
+            as_json):
     """Enqueue a job: a command (`make -j4 test`), JSON ('{"command": "make"}'), or '-' for many.
 
     \b
@@ -184,7 +187,8 @@ def enqueue(ctx, words, command, job_id, priority, max_retries, timeout, run_at,
             warn(f"--cwd {cwd}: no such folder here; the job fails where a worker has none either")
     options = dict(priority=priority, max_retries=max_retries, timeout=timeout, delay=delay,
                    run_at=iso(parse_time(run_at)) if run_at else None, env=env, cwd=cwd,
-                   after=[spool.resolve(dep) for dep in after_ids] or None, group=group, unique=unique)
+                   after=[spool.resolve(dep) for dep in after_ids] or None, group=group, unique=unique,
+                   needs=parse_needs(needs) if needs else None)
     hooks = {name: value for name, value in (("on_success", on_success), ("on_failure", on_failure),
                                              ("on_dead", on_dead)) if value is not None}
     hooks.update(_limit_fields(memory=memory, cpu_time=cpu_time, max_files=max_files))

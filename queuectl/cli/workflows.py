@@ -19,13 +19,22 @@ def group_cmd():
 
 @group_cmd.command("set")
 @click.argument("name")
-@click.option("--limit", type=click.IntRange(min=0), required=True,
+@click.option("--limit", type=click.IntRange(min=0),
               help="At most this many jobs of the group run at once, on every worker and host; 0 removes the limit.")
+@click.option("--rate", metavar="N/WINDOW",
+              help="At most N starts in any sliding window (10/1m, 5/2s), on every worker and host; 0 removes it.")
 @click.pass_context
-def group_set(ctx, name, limit):
-    """Set a group's limit (groups/NAME.json)."""
-    open_spool(ctx).set_group_limit(name, limit or None)
-    click.echo(f"group {name}: limit {limit}" if limit else f"group {name}: no limit")
+def group_set(ctx, name, limit, rate):
+    """Set a group's limit and/or rate (groups/NAME.json)."""
+    if limit is None and rate is None:
+        raise click.UsageError("give --limit N, --rate N/WINDOW, or both")
+    spool = open_spool(ctx)
+    if rate is not None:
+        stored = spool.set_group_rate(name, rate)
+        click.echo(f"group {name}: rate {stored}" if stored else f"group {name}: no rate")
+    if limit is not None:
+        spool.set_group_limit(name, limit or None)
+        click.echo(f"group {name}: limit {limit}" if limit else f"group {name}: no limit")
 
 
 @group_cmd.command("list")
@@ -41,11 +50,13 @@ def group_list(ctx, as_json):
         click.echo("no groups")
         return
     width = max(10, *(len(group["name"]) for group in found))
-    click.echo(f"{'GROUP':<{width}}  {'LIMIT':>5}  {'RUNNING':>7}  {'SLOTS':>5}  PAUSED")
+    click.echo(f"{'GROUP':<{width}}  {'LIMIT':>5}  {'RUNNING':>7}  {'SLOTS':>5}  {'RATE':>8}  "
+               f"{'IN WINDOW':>9}  PAUSED")
     for group in found:
         limit = group["limit"] if group["limit"] is not None else "-"
+        in_window = group["starts_in_window"] if group["rate"] else "-"
         click.echo(f"{group['name']:<{width}}  {limit!s:>5}  {group['running']:>7}  {group['slots']:>5}  "
-                   f"{'yes' if group['paused'] else 'no'}")
+                   f"{group['rate'] or '-':>8}  {in_window!s:>9}  {'yes' if group['paused'] else 'no'}")
         for holder in group["holders"]:
             click.echo(f"  {holder['slot']}: worker {holder['worker']}, job {holder['job'] or '-'}")
 
@@ -149,3 +160,39 @@ def _progress_printer():
         filled = int(30 * done / total) if total else 30
         click.echo(f"\r[{'#' * filled}{'.' * (30 - filled)}] {done}/{total} finished", nl=False, err=True)
     return show
+
+
+@click.group("resource", cls=QueueGroup)
+def resource_cmd():
+    """What each host has (GPUs, licences, ...) for jobs that need some (`enqueue --needs gpu=2`)."""
+
+
+@resource_cmd.command("set")
+@click.argument("name")
+@click.argument("count", type=click.IntRange(min=0))
+@click.option("--host", metavar="HOST", help="Declare for this host [default: this one: $QUEUECTL_HOST or its name].")
+@click.pass_context
+def resource_set(ctx, name, count, host):
+    """This host has COUNT of NAME (indexes 0 to COUNT-1); 0 removes it (resources/hosts/HOST.json)."""
+    have = open_spool(ctx).declare_resource(name, count, host)
+    click.echo(", ".join(f"{key} {value}" for key, value in have.items()) or "no resources declared")
+
+
+@resource_cmd.command("list")
+@click.option("--json", "as_json", is_flag=True, help="A JSON array of hosts.")
+@click.pass_context
+def resource_list(ctx, as_json):
+    """Each host's resources: declared, held, and which job holds which index."""
+    found = open_spool(ctx).resources()
+    if as_json:
+        print_json(found)
+        return
+    if not found:
+        click.echo("no resources (declare them with 'queuectl resource set NAME COUNT')")
+        return
+    for host in found:
+        for entry in host["resources"]:
+            click.echo(f"{host['host']}  {entry['name']}  {len(entry['held'])}/{entry['declared']} held")
+            for holder in entry["held"]:
+                click.echo(f"  {entry['name']} {holder['index']}: worker {holder['worker']}, "
+                           f"job {holder['job'] or '-'}")
