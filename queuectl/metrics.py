@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import os
 
-from . import fsops, registry
+from . import fsops, registry, resources
 from .snapshot import FAILURES, Scanner, Snapshot, recent_durations
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -34,7 +34,27 @@ def render(spool, scanner: Scanner | None = None) -> str:
     """The metrics of `spool` now; a long-lived `scanner` counts settles across calls (the counters)."""
     snapshot = (scanner or Scanner(spool)).scan()
     return prometheus_text(snapshot, len(registry.records(spool)), recent_durations(spool, snapshot),
-                           counters=scanner is not None)
+                           counters=scanner is not None) + resource_text(resources.overview(spool))
+
+
+def resource_text(hosts: list[dict]) -> str:
+    """Each host's declared and held resources (docs/guide/resources.md), when any host declared some."""
+    declared, held = [], []
+    for host in hosts:
+        for entry in host["resources"]:
+            labels = f'host="{_label(host["host"])}",resource="{entry["name"]}"'
+            declared.append(f"queuectl_resource_declared{{{labels}}} {entry['declared']}")
+            held.append(f"queuectl_resource_held{{{labels}}} {len(entry['held'])}")
+    if not declared:
+        return ""
+    return "\n".join(["# HELP queuectl_resource_declared How many of a resource a host declared.",
+                      "# TYPE queuectl_resource_declared gauge", *declared,
+                      "# HELP queuectl_resource_held How many of a resource's indexes running jobs hold.",
+                      "# TYPE queuectl_resource_held gauge", *held]) + "\n"
+
+
+def _label(text: str) -> str:
+    return text.replace("\\", "\\\\").replace('"', '\\"')
 
 
 def prometheus_text(snapshot: Snapshot, workers: int, durations: list[float], counters: bool = True) -> str:

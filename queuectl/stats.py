@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from . import registry, workflow
+from . import registry, resources, workflow
 from .errors import InvalidJob
 from .job import STATES, parse_time
 
@@ -69,6 +69,7 @@ def summary(spool) -> dict[str, Any]:
         "waiting": waiting,
         "paused": workflow.is_paused(spool),
         "groups": workflow.groups(spool),
+        "resources": resources.overview(spool),
         "sampled": len(pending_names) > SAMPLE,
         "workers": registry.records(spool),
         "oldest_pending": oldest_pending,

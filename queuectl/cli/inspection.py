@@ -186,8 +186,14 @@ def status(ctx, as_json):
         click.echo("paused      yes: workers start nothing new ('queuectl resume')")
     for group in report["groups"]:
         limit = group["limit"] if group["limit"] is not None else "no limit"
-        click.echo(f"group {group['name']:<15} {group['running']} running, limit {limit}"
+        rate = f", rate {group['rate']} ({group['starts_in_window']} in window)" if group.get("rate") else ""
+        click.echo(f"group {group['name']:<15} {group['running']} running, limit {limit}{rate}"
                    f"{', paused' if group['paused'] else ''}")
+    for host in report.get("resources", []):
+        for entry in host["resources"]:
+            holders = ", ".join(f"{held['index']}: {held['job'] or held['worker']}" for held in entry["held"])
+            click.echo(f"resource    {host['host']} {entry['name']}: {len(entry['held'])}/{entry['declared']} held"
+                       f"{' (' + holders + ')' if holders else ''}")
     click.echo(f"oldest pending  {ago(report['oldest_pending'])}")
     next_at = report["next_scheduled"]
     click.echo(f"next scheduled  {iso(next_at) + ' (' + duration(next_at - time.time()) + ')' if next_at else '-'}")

@@ -54,6 +54,7 @@ from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from .. import lifecycle, metrics, registry, workflow
+from .. import resources as host_resources
 from ..errors import InvalidJob, JobNotFound, QueueError, WrongState
 from ..job import STATES, is_valid_id
 from ..schedules import upcoming as upcoming_schedules
@@ -286,7 +287,8 @@ class DashboardHandler(BaseHTTPRequestHandler):
                               "workers": registry.records(spool),
                               "schedules": upcoming_schedules(spool),
                               "throughput": throughput(snapshot, now),
-                              "paused": workflow.is_paused(spool), "groups": workflow.groups(spool)})
+                              "paused": workflow.is_paused(spool), "groups": workflow.groups(spool),
+                              "resources": host_resources.overview(spool)})
 
     def _jobs(self, query: dict) -> None:
         state = _text_param(query, "state")

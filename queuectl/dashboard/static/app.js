@@ -172,6 +172,7 @@ function renderStatus(status) {
   $("#worker-count").textContent = status.workers.length;
   renderPause(Boolean(status.paused));
   renderGroups(status.groups || []);
+  renderResources(status.resources || []);
   $("#dlq-count").textContent = status.counts.dead.toLocaleString();
   renderWorkers(status.workers);
   renderSchedules(status.schedules || []);
@@ -222,11 +223,25 @@ function renderGroups(groups) {
     h("td", { class: "mono" }, group.name),
     h("td", { class: "num" }, group.running),
     h("td", { class: "num" }, group.limit ?? "none"),
+    h("td", { class: "num" }, group.rate ? `${group.rate} (${group.starts_in_window} now)` : "none"),
     h("td", {}, group.paused ? h("span", { class: "badge state-failed" }, "paused") : h("span", { class: "muted" }, "running")),
     h("td", { class: "actions" }, h("button", {
       type: "button", class: "small", "data-group": group.name,
       onclick: (event) => togglePause(group.name, !group.paused, event.currentTarget),
     }, group.paused ? "Resume" : "Pause")))));
+}
+
+/* Each host's resources: declared, held, and which job holds which index (textContent only: job text is escaped). */
+function renderResources(hosts) {
+  const rows = hosts.flatMap((host) => host.resources.map((entry) => ({ host: host.host, ...entry })));
+  $("#resources-empty").hidden = rows.length > 0;
+  $("#resources").hidden = rows.length === 0;
+  if (!changed("resources", rows)) return;
+  $("#resources tbody").replaceChildren(...rows.map((row) => h("tr", {},
+    h("td", { class: "mono" }, row.host),
+    h("td", { class: "mono" }, row.name),
+    h("td", { class: "num" }, `${row.held.length}/${row.declared}`),
+    h("td", { class: "mono" }, row.held.map((held) => `${held.index}: ${held.job || held.worker}`).join(", ") || "-"))));
 }
 
 /* A pending job that waits for others is shown as "waiting" (its file stays in pending/). */

@@ -1,0 +1,57 @@
+"""Group rates (docs/guide/groups.md, "Rate limits"): no sliding window holds more than N starts, with
+several workers; the starts are the jobs' `started_at`, the time their token was taken."""
+
+from __future__ import annotations
+
+import json
+import os
+
+from support.workers import enqueue
+
+
+def _starts(spool_path: str) -> list[float]:
+    from queuectl.job import parse_time
+
+    found = []
+    for name in os.listdir(os.path.join(spool_path, "completed")):
+        with open(os.path.join(spool_path, "completed", name), encoding="utf-8") as handle:
+            found.append(parse_time(json.load(handle)["started_at"]))
+    return sorted(found)
+
+
+def most_in_a_window(starts: list[float], window: float) -> int:
+    """The most starts any half-open window [t, t + window) holds (ms precision, as started_at)."""
+    most = 0
+    for first, start in enumerate(starts):
+        inside = sum(1 for later in starts[first:] if round((later - start) * 1000) < round(window * 1000))
+        most = max(most, inside)
+    return most
+
+
+def test_forty_jobs_under_five_per_two_seconds_with_four_workers(qc, workers, spool_path):
+    assert qc("group", "set", "api", "--rate", "5/2s").returncode == 0
+    for _ in range(40):
+        enqueue(spool_path, {"command": "true", "group": "api"})
+    workers.start("-n", "4", "--until-empty").wait(timeout=120)
+    starts = _starts(spool_path)
+    assert len(starts) == 40
+    assert most_in_a_window(starts, 2.0) <= 5
+    # Not slower than the rate needs either: 40 starts at 5 per 2 s is 8 windows (the test's own bound is loose).
+    assert most_in_a_window(starts, 2.0) == 5
+
+
+def test_the_window_counter_counts_a_burst():
+    assert most_in_a_window([0.0, 0.5, 1.0, 1.999, 2.0], 2.0) == 4
+
+
+def test_group_list_shows_the_rate(qc):
+    qc("group", "set", "api", "--rate", "10/1m")
+    listed = json.loads(qc("group", "list", "--json").stdout)
+    assert listed[0]["rate"] == "10/1m" and listed[0]["starts_in_window"] == 0
+
+
+def test_bad_rates_are_one_line_errors(qc):
+    for text in ("x", "5/0s", "0/1m5", "100000000/1s", "5/9999d", "-1/1s"):
+        result = qc("group", "set", "api", "--rate", text)
+        assert result.returncode != 0, text
+        assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1, text
