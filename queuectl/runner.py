@@ -327,10 +327,9 @@ def _spawn(argv: list[str], log_fd: int, env: dict[str, str], closing: list[int]
 
 # The signals set to SIG_DFL in the shell. The C library's posix_spawn resets every signal the
 # child may have a handler for anyway: a signal it is told to default costs one sigaction, any
-# other a look first, then a reset, two (about 120 calls a job where this names only Python's own).
-# So every signal is named but one ignored when this worker started (as under nohup), which the
-# shell inherits ignored as from any parent; SIGPIPE and SIGXFSZ, which Python itself ignores, are
-# named always (Popen's restore_signals).
+# other a look first, then a reset. So every signal is named but one ignored when this worker
+# started (as under nohup), which the shell inherits ignored as from any parent; SIGPIPE and
+# SIGXFSZ, which Python itself ignores, are named always (as Popen's restore_signals does).
 _PYTHONS_OWN = {getattr(signal, name) for name in ("SIGPIPE", "SIGXFZ", "SIGXFSZ") if hasattr(signal, name)}
 _DEFAULT_SIGNALS = frozenset(number for number in signal.valid_signals() - {signal.SIGKILL, signal.SIGSTOP}
                              if number in _PYTHONS_OWN or signal.getsignal(number) != signal.SIG_IGN)
