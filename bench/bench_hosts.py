@@ -14,6 +14,8 @@ in the same run and on the same mounts:
 Each job's command appends its name to a local file with one O_APPEND
 write, so duplicates (a name twice) and losses (a name missing) are counted
 for both. The ratio queuectl / floor is the figure; nothing is asserted.
+Beside each, the CPU the file system's own daemons (glusterfs, glusterfsd,
+bindfs) used per job: every request through FUSE costs them some.
 """
 
 from __future__ import annotations
@@ -35,6 +37,25 @@ sys.path.insert(0, os.path.join(HERE, "..", "tests"))
 
 import benchlib as lib  # noqa: E402
 from support.multihost import Host, bindfs_views, gluster_volume, spool_pair  # noqa: E402
+
+DAEMONS = ("gluster", "bindfs")  # process names (comm) of the file systems' own processes
+
+
+def daemons_cpu() -> float:
+    """CPU seconds the file systems' daemons have used so far (their threads included)."""
+    total = 0.0
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/stat", encoding="utf-8", errors="replace") as handle:
+                data = handle.read()
+        except OSError:
+            continue
+        if data[data.index("(") + 1:data.rindex(")")].startswith(DAEMONS):
+            fields = data[data.rindex(")") + 2:].split()
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
 
 
 def _record_command(record: str, name: str) -> str:
@@ -184,18 +205,23 @@ def main() -> None:
     lines = ["### Machine", *lib.machine(), "",
              f"### Several hosts: {args.jobs} jobs, 2 + 2 workers against the rename-loop floor, same mounts, same run",
              "", "| pair | run | floor jobs/s | floor double claims | queuectl jobs/s | ratio | duplicates | lost "
-                 "| stderr lines | lost claims |", "|---|---|---|---|---|---|---|---|---|---|"]
+                 "| stderr lines | lost claims | daemons' CPU a job: floor, queuectl |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     scratch = tempfile.mkdtemp(prefix="qc-bench-hosts-")
     mounts = {"gluster": gluster_volume, "bindfs": bindfs_views}
     try:
         for kind in args.pair or ["gluster"]:
             with mounts[kind]() as pair:
                 for run in range(1, args.repeat + 1):
+                    before = daemons_cpu()
                     low = floor(pair, args.jobs, tempfile.mkdtemp(dir=scratch))
+                    between = daemons_cpu()
                     ours = queue(pair, args.jobs, tempfile.mkdtemp(dir=scratch))
+                    after = daemons_cpu()
                     lines.append(f"| {kind} | {run} | {low['rate']:.0f} | {low['duplicates']} | {ours['rate']:.0f} "
                                  f"| {ours['rate'] / low['rate']:.2f}x | {ours['duplicates']} | {ours['lost']} "
-                                 f"| {ours['stderr_lines']} | {ours['lost_claims']} |")
+                                 f"| {ours['stderr_lines']} | {ours['lost_claims']} "
+                                 f"| {(between - before) * 1e3 / args.jobs:.1f}, {(after - between) * 1e3 / args.jobs:.1f} ms |")
                     for sample in ours["stderr_sample"]:
                         print("stderr:", sample, file=sys.stderr)
     finally:
