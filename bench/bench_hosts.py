@@ -14,6 +14,8 @@ in the same run and on the same mounts:
 Each job's command appends its name to a local file with one O_APPEND
 write, so duplicates (a name twice) and losses (a name missing) are counted
 for both. The ratio queuectl / floor is the figure; nothing is asserted.
+Beside each, the CPU the file system's own daemons (glusterfs, glusterfsd,
+bindfs) used per job: every request through FUSE costs them some.
 """
 
 from __future__ import annotations
@@ -35,6 +37,25 @@ sys.path.insert(0, os.path.join(HERE, "..", "tests"))
 
 import benchlib as lib  # noqa: E402
 from support.multihost import Host, bindfs_views, gluster_volume, spool_pair  # noqa: E402
+
+DAEMONS = ("gluster", "bindfs")  # process names (comm) of the file systems' own processes
+
+
+def daemons_cpu() -> float:
+    """CPU seconds the file systems' daemons have used so far (their threads included)."""
+    total = 0.0
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/stat", encoding="utf-8", errors="replace") as handle:
+                data = handle.read()
+        except OSError:
+            continue
+        if data[data.index("(") + 1:data.rindex(")")].startswith(DAEMONS):
+            fields = data[data.rindex(")") + 2:].split()
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
 
 
 def _record_command(record: str, name: str) -> str:
@@ -90,8 +111,10 @@ class TracedHost(Host):
         return [*command[:at], "strace", "-f", "-c", "-w", "-o", self.trace, *command[at:]]
 
 
-def queue(pair: tuple[str, str], jobs: int, scratch: str, trace: str | None = None) -> dict:
-    """queuectl 2 + 2 workers, durable off, on the same mounts; `trace`: host A's workers under strace."""
+def queue(pair: tuple[str, str], jobs: int, scratch: str, trace: str | None = None,
+          counts: tuple[int, int] = (2, 2)) -> dict:
+    """queuectl `counts` workers (host A, host B: 2 + 2), durable off, on the same mounts; `trace`: host A's
+    workers under strace."""
     path_a, path_b = spool_pair(pair)
     spool = lib.new_spool(path_a, durable=False)
     record = os.path.join(scratch, "queue-record")
@@ -99,8 +122,10 @@ def queue(pair: tuple[str, str], jobs: int, scratch: str, trace: str | None = No
     ids = lib.fill_pending(spool, jobs, command=f'echo "$QUEUECTL_JOB_ID" >> {record}')
     started = time.monotonic()
     hosts = [TracedHost("hostA", path_a, trace) if trace else Host("hostA", path_a), Host("hostB", path_b)]
+    hosts = [host for host, count in zip(hosts, counts) if count]
     try:
-        procs = [host.start("worker", "start", "--count", "2", "--quiet") for host in hosts]
+        procs = [host.start("worker", "start", "--count", str(count), "--quiet")
+                 for host, count in zip(hosts, [count for count in counts if count])]
         seen: dict[str, int] = {}
 
         def drained() -> bool:
@@ -175,27 +200,38 @@ def main() -> None:
     parser.add_argument("--pair", action="append", choices=("gluster", "bindfs"))
     parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("--out")
+    parser.add_argument("--workers", default="2+2", metavar="A+B",
+                        help="queuectl workers on host A and on host B [2+2]; 0 leaves a host out")
     parser.add_argument("--strace", action="store_true",
                         help="run host A's workers under strace -f -c -w and print its calls per job it ran")
     args = parser.parse_args()
     if args.strace:
         trace_mode(args)
         return
+    counts = tuple(int(count) for count in args.workers.split("+"))
+    if len(counts) != 2 or not any(counts):
+        parser.error("--workers takes A+B, such as 2+2 or 1+0")
     lines = ["### Machine", *lib.machine(), "",
-             f"### Several hosts: {args.jobs} jobs, 2 + 2 workers against the rename-loop floor, same mounts, same run",
+             f"### Several hosts: {args.jobs} jobs, {counts[0]} + {counts[1]} workers against the rename-loop floor, "
+             "same mounts, same run",
              "", "| pair | run | floor jobs/s | floor double claims | queuectl jobs/s | ratio | duplicates | lost "
-                 "| stderr lines | lost claims |", "|---|---|---|---|---|---|---|---|---|---|"]
+                 "| stderr lines | lost claims | daemons' CPU a job: floor, queuectl |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     scratch = tempfile.mkdtemp(prefix="qc-bench-hosts-")
     mounts = {"gluster": gluster_volume, "bindfs": bindfs_views}
     try:
         for kind in args.pair or ["gluster"]:
             with mounts[kind]() as pair:
                 for run in range(1, args.repeat + 1):
+                    before = daemons_cpu()
                     low = floor(pair, args.jobs, tempfile.mkdtemp(dir=scratch))
-                    ours = queue(pair, args.jobs, tempfile.mkdtemp(dir=scratch))
+                    between = daemons_cpu()
+                    ours = queue(pair, args.jobs, tempfile.mkdtemp(dir=scratch), counts=counts)
+                    after = daemons_cpu()
                     lines.append(f"| {kind} | {run} | {low['rate']:.0f} | {low['duplicates']} | {ours['rate']:.0f} "
                                  f"| {ours['rate'] / low['rate']:.2f}x | {ours['duplicates']} | {ours['lost']} "
-                                 f"| {ours['stderr_lines']} | {ours['lost_claims']} |")
+                                 f"| {ours['stderr_lines']} | {ours['lost_claims']} "
+                                 f"| {(between - before) * 1e3 / args.jobs:.1f}, {(after - between) * 1e3 / args.jobs:.1f} ms |")
                     for sample in ours["stderr_sample"]:
                         print("stderr:", sample, file=sys.stderr)
     finally:

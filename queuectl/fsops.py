@@ -121,14 +121,26 @@ def replace(src: str, dst: str) -> None:
     os.unlink(src)
 
 
+# Folders (the target's) where renameat2 refused `flags` (on NFS and FUSE it always does): asked
+# once per folder and flag, not at every move, since a refusal costs a call into libc and the kernel
+# (a round trip on some file systems) before the fallback every time. Only a spool's few folders land
+# here. A folder that could take the flags but is listed (another file system mounted on it since)
+# only moves by the fallback, which is correct everywhere.
+_refused: set[tuple[str, int]] = set()
+
+
 def _renameat2_flags(src: str, dst: str, flags: int) -> bool:
     """renameat2 with `flags`; False when the kernel or the file system does not support them."""
     if _renameat2 is None:  # tests set it so, to move files as where renameat2 is missing
+        return False
+    folder = (os.path.dirname(dst), flags)
+    if folder in _refused:
         return False
     code = _renameat2(os.fsencode(src), os.fsencode(dst), flags)
     if code == 0:
         return True
     if code in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+        _refused.add(folder)
         return False
     raise OSError(code, os.strerror(code), src, None, dst)
 

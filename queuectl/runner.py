@@ -316,7 +316,7 @@ def _spawn(argv: list[str], log_fd: int, env: dict[str, str], closing: list[int]
                    (os.POSIX_SPAWN_DUP2, log_fd, 1), (os.POSIX_SPAWN_DUP2, write_end, 2)]
         actions += [(os.POSIX_SPAWN_CLOSE, fd) for fd in closing if fd not in (log_fd, write_end)]
         pid = os.posix_spawn("/bin/sh", argv, env, file_actions=actions, setsid=True,
-                             setsigmask=(), setsigdef=_RESET_SIGNALS)
+                             setsigmask=(), setsigdef=_DEFAULT_SIGNALS)
     except BaseException:
         os.close(read_end)
         raise
@@ -325,19 +325,35 @@ def _spawn(argv: list[str], log_fd: int, env: dict[str, str], closing: list[int]
     return Shell(pid, open(read_end, "rb", buffering=0))
 
 
-# Signals Python ignores (SIGPIPE) or may ignore, which an exec would pass on ignored: Popen's list.
-_RESET_SIGNALS = tuple(getattr(signal, name) for name in ("SIGPIPE", "SIGXFZ", "SIGXFSZ") if hasattr(signal, name))
+# The signals set to SIG_DFL in the shell. The C library's posix_spawn resets every signal the
+# child may have a handler for anyway: a signal it is told to default costs one sigaction, any
+# other a look first, then a reset. So every signal is named but one ignored when this worker
+# started (as under nohup), which the shell inherits ignored as from any parent; SIGPIPE and
+# SIGXFSZ, which Python itself ignores, are named always (as Popen's restore_signals does).
+_PYTHONS_OWN = {getattr(signal, name) for name in ("SIGPIPE", "SIGXFZ", "SIGXFSZ") if hasattr(signal, name)}
+_DEFAULT_SIGNALS = frozenset(number for number in signal.valid_signals() - {signal.SIGKILL, signal.SIGSTOP}
+                             if number in _PYTHONS_OWN or signal.getsignal(number) != signal.SIG_IGN)
 
 
 def _descriptors_to_close() -> list[int] | None:
-    """Our descriptors from 3 up, for the shell to close: close-on-exec is not left to every
-    library that opened one (watchdog's inotify descriptor is not). None: no /proc/self/fd."""
+    """Our descriptors from 3 up that an exec would pass on, for the shell to close: close-on-exec
+    is not left to every library that opened one (watchdog's inotify descriptor is not). The rest
+    (Python opens every descriptor close-on-exec) need no close of their own, each of which costs
+    the C library a look at the descriptor limit and the child a close(2). None: no /proc/self/fd."""
     if not hasattr(os, "posix_spawn"):
         return None
     try:
-        return [fd for fd in map(int, os.listdir("/proc/self/fd")) if fd > 2]
+        listed = [fd for fd in map(int, os.listdir("/proc/self/fd")) if fd > 2]
     except OSError:
         return None
+    closing = []
+    for fd in listed:
+        try:
+            if os.get_inheritable(fd):
+                closing.append(fd)
+        except OSError:
+            continue  # closed since the listing (the listing's own descriptor among them)
+    return closing
 
 
 class Shell:

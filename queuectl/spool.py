@@ -278,6 +278,23 @@ class _IdMarkers:
         been written through another host's mount, whose st_dev differs.
         """
         path = self.marker(job_id)
+        if self._text_markers():  # read at once: a look first would be one more round trip to a server
+            try:
+                fd = fsops.open_nofollow(path)
+            except FileNotFoundError:
+                return None
+            except OSError:
+                fd = -1  # a symlink or stranger: judged below
+            if fd >= 0:
+                try:
+                    data = os.read(fd, MARKER_TEXT)
+                    if len(data) < MARKER_TEXT:  # as the size a look would have shown
+                        _, ino = data.split()
+                        return int(ino) == inode[1]
+                except (OSError, ValueError):
+                    pass  # not a text marker: judged below
+                finally:
+                    fsops.close_quietly(fd)
         try:
             info = os.lstat(path)
         except FileNotFoundError:

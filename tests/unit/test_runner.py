@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 
 import pytest
 from support import wait_until
@@ -93,6 +94,23 @@ def test_the_job_gets_no_descriptor_blocked_or_ignored_signal_of_the_worker(run,
     # The C library's own signals (32 and 33 on glibc, which Python cannot name) may show as
     # ignored after posix_spawn; the library installs its handlers for them when it uses them.
     assert not ignored & signal.valid_signals()
+
+
+def test_a_signal_ignored_when_the_worker_started_stays_ignored_in_the_job(tmp_path):
+    """As under nohup: the shell inherits SIGHUP ignored, as from any parent, while every other
+    signal (SIGPIPE included, which Python itself ignores) reaches it at its default."""
+    script = ("import signal, sys\n"
+              "signal.signal(signal.SIGHUP, signal.SIG_IGN)\n"  # before the worker's modules, as nohup does
+              "from queuectl import runner\n"
+              "job = {'id': 'job-1', 'attempts': 1, 'command': \"exec grep '^SigIgn:' /proc/self/status\"}\n"
+              "outcome = runner.run(job, log_path=sys.argv[1], worker='w', spool_root=sys.argv[2], timeout=None,\n"
+              "                     kill_grace=0.3, pass_env=[], tail_lines=5, interruption=lambda: None)\n"
+              "assert outcome.succeeded, outcome\n")
+    log = tmp_path / "job.log"
+    subprocess.run([sys.executable, "-c", script, str(log), str(tmp_path)], check=True, timeout=60)
+    mask = int(log.read_text().splitlines()[-1].split(":\t")[1], 16)
+    ignored = {bit + 1 for bit in range(64) if mask >> bit & 1} & signal.valid_signals()
+    assert ignored == {signal.SIGHUP}
 
 
 def test_the_environment_is_a_small_base_plus_what_is_asked_for(monkeypatch):

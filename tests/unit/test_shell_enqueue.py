@@ -248,6 +248,42 @@ def test_a_spool_others_can_write_to_is_refused(private_spool, folder):
     assert allowed.returncode == 0, allowed.stderr
 
 
+@pytest.mark.parametrize("writable", ["", "tmp", None])
+def test_a_find_without_printf_still_checks_the_modes_and_gives_an_id(private_spool, tmp_path, writable):
+    """A find that is not GNU's (no -printf; BSD, busybox): the modes are checked by -perm alone and
+    the clock comes from `date`, to the second."""
+    shim = tmp_path / "bin"
+    shim.mkdir()
+    real = shutil.which("find")
+    (shim / "find").write_text('#!/bin/sh\nfor arg; do [ "$arg" != -printf ] || '
+                               '{ echo "find: unknown primary -printf" >&2; exit 1; }; done\n'
+                               f'exec {shlex.quote(real)} "$@"\n')
+    (shim / "find").chmod(0o755)
+    env = {"PATH": f"{shim}:{os.environ['PATH']}"}
+    if writable is not None:
+        os.chmod(os.path.join(private_spool, writable), 0o770)
+        result = run(None, "true", spool=private_spool, env=env)
+        assert result.returncode == 1
+        assert result.stderr.decode().count("\n") == 1 and "writable by group or others" in result.stderr.decode()
+        nothing_left(private_spool)
+        return
+    before = time.time()
+    job_id, data = job_of(private_spool, run(None, "true", spool=private_spool, env=env))
+    assert json.loads(data)["command"] == "true"
+    later = run_queuectl(private_spool, "enqueue", "true").stdout.strip()
+    assert job_id < later
+    assert int(before) * 1000 <= id_clock(job_id) <= time.time() * 1000
+
+
+def id_clock(job_id: str) -> int:
+    """The millisecond clock in an id's first nine base32 digits (docs/guide/jobs.md "Ids")."""
+    digits = "0123456789abcdefghjkmnpqrstvwxyz"
+    value = 0
+    for char in job_id.replace("-", "")[:9]:
+        value = value * 32 + digits.index(char)
+    return value
+
+
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to give the spool to another user")
 def test_a_spool_of_another_user_is_refused(private_spool):
     os.chown(private_spool, 65534, -1)

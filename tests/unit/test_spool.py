@@ -424,3 +424,25 @@ def test_a_torn_read_is_read_again_and_a_stable_bad_file_is_judged(spool, monkey
     assert spool.read("pending", job_id + ".json")["command"] == "true"
     monkeypatch.setattr(spool, "read_raw", lambda state, name: (b'{"command": ', None))
     assert spool.read("pending", job_id + ".json")["last_error"].startswith("unreadable job file: invalid JSON")
+
+
+def test_a_text_marker_is_read_without_a_look_first(spool, monkeypatch):
+    """A shared spool's markers are text (`<st_dev> <st_ino>`): id_holds opens and reads one at once,
+    since every look is a round trip to the server there; its answers are those of a look."""
+    monkeypatch.setattr(spool, "_text", True)
+    job = spool.enqueue("true")
+    path = spool.path("pending", job["id"])
+    info = os.stat(path)
+    looked = []
+    real_lstat = os.lstat
+
+    def lstat(name, *args, **kwargs):
+        looked.append(name)
+        return real_lstat(name, *args, **kwargs)
+    monkeypatch.setattr(os, "lstat", lstat)
+    assert spool.id_holds(job["id"], (info.st_dev, info.st_ino)) is True
+    assert spool.id_holds(job["id"], (info.st_dev, info.st_ino + 1)) is False
+    assert spool.id_holds("never-enqueued", (info.st_dev, info.st_ino)) is None
+    assert looked == []
+    with open(spool.marker(job["id"]), "rb") as handle:
+        assert len(handle.read().split()) == 2  # a text marker indeed
