@@ -1,6 +1,6 @@
 """Rate limits: at most N starts of a group's jobs in any sliding window of W, across every worker and host.
 
-The contract (docs/guide/groups.md, "Rate limits"):
+The contract (docs/guide/workflows.md, "Rate limits"):
 - a group's rate lives in groups/NAME.json (`{"rate": {"starts": N, "seconds": W, "tokens": F}}`)
   and its N tokens in the folder groups/F (`NAME.rate-<random>`: group names have no '.', so the
   folder never meets a group's slot folder or its files);
