@@ -17,7 +17,7 @@ import sys
 import time
 
 import pytest
-from support import multihost, schedule_jobs, slot_times, wait_until
+from support import most_in_a_window, multihost, schedule_jobs, slot_times, wait_until
 from support.multihost import spool_pair
 from support.workers import read_lines
 
@@ -353,4 +353,38 @@ def test_both_hosts_enqueue_every_one_second_slot_of_a_schedule_exactly_once(two
     ran = [line.split() for line in _runs(runs)]
     in_window = [(job_id, host) for job_id, host in ran if job_id in jobs]
     assert sorted(job_id for job_id, _ in in_window) == sorted(jobs), (in_window, claimers)
+    _no_tracebacks(*workers)
+
+
+# -- rates and resources held across hosts (docs/guide/workflows.md "Rate limits", docs/guide/resources.md) --
+
+def test_a_group_rate_holds_across_hosts(two_hosts):
+    host_a, host_b, spool = two_hosts
+    assert host_a.run("group", "set", "api", "--rate", "5/2s").returncode == 0
+    ids = [job["id"] for job in spool.enqueue_many([{"command": "true", "group": "api"}] * 40)]
+    workers = [(host_a, host_a.start("worker", "start", "--count", "2")),
+               (host_b, host_b.start("worker", "start", "--count", "2"))]
+    wait_until(lambda: _all_finished(spool, ids), timeout=120, message="every job finished")
+    assert set(_states(spool, ids).values()) == {"completed"}
+    starts = sorted(parse_time(spool.get(job_id)["started_at"]) for job_id in ids)
+    assert most_in_a_window(starts, 2.0) <= 5
+    _no_tracebacks(*workers)
+
+
+def test_each_host_gives_out_only_its_own_indexes_and_never_one_twice(two_hosts, tmp_path):
+    host_a, host_b, spool = two_hosts
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    for host in (host_a, host_b):
+        assert host.run("resource", "set", "gpu", "1").returncode == 0
+    # mkdir fails while another job of the same host holds the same index: that job would fail.
+    command = (f'd="{marks}/$(uname -n)-gpu$CUDA_VISIBLE_DEVICES"; mkdir "$d" || exit 1; '
+               f'echo "$(uname -n)" >> "{marks}/hosts"; sleep 0.3; rmdir "$d"')
+    ids = [job["id"] for job in spool.enqueue_many([{"command": command, "needs": {"gpu": 1},
+                                                     "max_retries": 0}] * 8)]
+    workers = [(host_a, host_a.start("worker", "start", "--count", "2")),
+               (host_b, host_b.start("worker", "start", "--count", "2"))]
+    wait_until(lambda: _all_finished(spool, ids), timeout=120, message="every job finished")
+    assert set(_states(spool, ids).values()) == {"completed"}
+    assert set((marks / "hosts").read_text().split()) <= {"hostA", "hostB"}
     _no_tracebacks(*workers)

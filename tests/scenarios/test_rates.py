@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 
+from support import most_in_a_window
 from support.workers import enqueue
 
 
@@ -17,15 +18,6 @@ def _starts(spool_path: str) -> list[float]:
         with open(os.path.join(spool_path, "completed", name), encoding="utf-8") as handle:
             found.append(parse_time(json.load(handle)["started_at"]))
     return sorted(found)
-
-
-def most_in_a_window(starts: list[float], window: float) -> int:
-    """The most starts any half-open window [t, t + window) holds (ms precision, as started_at)."""
-    most = 0
-    for first, start in enumerate(starts):
-        inside = sum(1 for later in starts[first:] if round((later - start) * 1000) < round(window * 1000))
-        most = max(most, inside)
-    return most
 
 
 def test_forty_jobs_under_five_per_two_seconds_with_four_workers(qc, workers, spool_path):

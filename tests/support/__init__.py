@@ -72,3 +72,12 @@ def schedule_jobs(spool: Spool, name: str) -> dict[str, dict]:
 
 def slot_times(jobs: dict[str, dict]) -> list[int]:
     return sorted(int(parse_time(job["slot"])) for job in jobs.values())
+
+
+def most_in_a_window(starts: list[float], window: float) -> int:
+    """The most starts any half-open window [t, t + window) holds (ms precision, as started_at)."""
+    most = 0
+    for first, start in enumerate(starts):
+        inside = sum(1 for later in starts[first:] if round((later - start) * 1000) < round(window * 1000))
+        most = max(most, inside)
+    return most
