@@ -28,7 +28,7 @@ import stat
 import time
 from typing import Any
 
-from . import fsops, lifecycle, registry, workflow
+from . import fsops, lifecycle, locks, registry, resources, workflow
 from .errors import ConfigError, InvalidJob
 from .job import STATES, build, is_valid_id, loads, new_id
 from .spool import FOLDERS, PURGING, SUFFIX, Spool, id_of
@@ -39,8 +39,14 @@ INVALID = ".invalid"
 
 
 def check(spool: Spool, *, repair: bool = False) -> list[dict[str, Any]]:
-    """Every problem found in the spool, each marked `repaired` when `repair` fixed it."""
-    return _Doctor(spool, repair).run()
+    """Every problem found in the spool, each marked `repaired` when `repair` fixed it.
+
+    A repair holds `doctor.lock` (docs/decisions/locks.md), so two repairs never
+    run at once; a second waits, then fails with one line naming the lock."""
+    if not repair:
+        return _Doctor(spool, repair).run()
+    with locks.spool_lock(spool, "doctor"):
+        return _Doctor(spool, repair).run()
 
 
 class _Leftovers:
@@ -91,6 +97,7 @@ class _Leftovers:
         """Slots of dead workers and unique keys of finished jobs that a crash left (docs/guide/workflows.md),
         rings of `after` that no job on them can ever leave."""
         for finding in workflow.free_orphan_slots(self.spool, repair=self.repair) + \
+                resources.free_orphan_indexes(self.spool, repair=self.repair) + \
                 workflow.stale_keys(self.spool, repair=self.repair):
             self._add(finding["problem"], finding["path"], finding["detail"], bool(finding["repaired"]))
         for ring in workflow.rings(self.spool):

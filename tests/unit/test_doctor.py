@@ -329,3 +329,18 @@ def test_a_broken_config_is_reported_and_nothing_else_is_touched(spool_path, qc)
     [finding] = json.loads(result.stdout)
     assert finding["problem"] == "invalid-config" and finding["repaired"] is False
     assert "max_retries" in finding["detail"]
+
+
+def test_a_repair_waits_for_another_repair_and_says_which_lock(spool_path, qc):
+    """doctor --repair holds doctor.lock (docs/decisions/locks.md): while another holds it, a repair
+    gives up with one line naming the lock, and changes nothing."""
+    import filelock
+
+    assert qc("status").returncode == 0
+    lock = filelock.FileLock(os.path.join(spool_path, "doctor.lock"))
+    with lock:
+        result = qc("doctor", "--repair", timeout=60)  # waits the edit timeout (10 s), then gives up
+    assert result.returncode != 0
+    assert "doctor.lock" in result.stderr and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert qc("doctor", "--repair").returncode == 0
