@@ -85,6 +85,7 @@ from .job import (
     dumps,
     is_valid_id,
     iso,
+    loads,
     new_id,
     parse_time,
     prepare_fields,
@@ -683,7 +684,11 @@ def _adopt_held(spool: Spool, held: LockedJob, *, complete: bool, mtime: float) 
     # Files put into a folder by hand have no marker: a look at the folders refuses them too (a look
     # that misses a job moving between folders costs nothing: that job has its marker).
     if holds is False or (holds is None and not _unseen(spool, job_id, "pending", name)):
-        dead_letter(spool, held, f"duplicate id {job_id!r}: another job has this id")
+        orphaned = holds is False and target == name and _only_in_marker(spool, job_id)
+        dead_letter(spool, held, f"duplicate id {job_id!r}: another job has this id"
+                    + ("; that job's file, which this one had replaced, is back in pending/" if orphaned else ""))
+        if orphaned:
+            _restore_from_marker(spool, job_id)
         return None
     if target != name:
         try:
@@ -714,6 +719,43 @@ def _adopt_held(spool: Spool, held: LockedJob, *, complete: bool, mtime: float) 
     if spool.durable:
         fsops.fsync_dir(spool.dir("pending"))
     return target
+
+
+def _only_in_marker(spool: Spool, job_id: str) -> bool:
+    """Whether the id's job survives only as its marker: a file moved by hand onto its name in
+    pending/ (`mv x.json pending/<id>.json`) replaced it, and a hard-link marker is its last name.
+
+    The marker is a second name of the job's file from enqueue to deletion, and
+    a deletion keeps a third (purging/<id>) until the end (docs/decisions/identity.md):
+    one name left, holding this id's job, can only be a job whose file was replaced.
+    Text markers (shared spools) hold no job: there the replaced job is gone.
+    """
+    marker = spool.marker(job_id)
+    try:
+        if os.lstat(marker).st_nlink != 1:
+            return False
+        fd = fsops.open_nofollow(marker)
+    except OSError:
+        return False
+    try:
+        data = os.read(fd, MAX_JOB_BYTES + 1)
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+    try:
+        job = loads(data)
+    except ValueError:
+        return False
+    return isinstance(job, dict) and job.get("id") == job_id and job.get("state") == "pending"
+
+
+def _restore_from_marker(spool: Spool, job_id: str) -> None:
+    """Put the replaced job back under its name in pending/, from its marker (a name of its file)."""
+    with contextlib.suppress(FileExistsError, FileNotFoundError):  # the name was taken again, or the id deleted
+        os.link(spool.marker(job_id), os.path.join(spool.dir("pending"), file_name(job_id)))
+        if spool.durable:
+            fsops.fsync_dir(spool.dir("pending"))
 
 
 def _cut_publish(spool: Spool, job_id: str, *, keep: str | None = None) -> bool:

@@ -321,3 +321,23 @@ def test_retention_prunes_ids_shaped_like_the_spools_own_names(spool, spool_path
     deleted = sum(pruner.sweep() for _ in range(5))
     assert deleted == 2 + len(LAYOUT_NAMES) and spool.counts()["completed"] == 0
     assert os.listdir(os.path.join(spool_path, "ids")) == [".complete"]
+
+
+def test_a_file_moved_by_hand_onto_a_pending_jobs_name_does_not_lose_that_job(spool_path, qc, tmp_path):
+    """`mv x.json pending/<id>.json` replaces the established job's file; its marker (a hard link)
+    is its last name. The newcomer goes to dead/ with its bytes, the job comes back and runs
+    (docs/decisions/identity.md)."""
+    ran, intruder_ran = tmp_path / "ran", tmp_path / "intruder"
+    job_id = qc("enqueue", "--id", "nightly", "-c", f"touch {ran}").stdout.strip()
+    assert job_id == "nightly"
+    hand = tmp_path / "hand.json"
+    hand.write_text(json.dumps({"id": "nightly", "command": f"touch {intruder_ran}"}))
+    os.rename(hand, os.path.join(spool_path, "pending", "nightly.json"))
+    assert qc("worker", "start", "--until-empty", "--quiet", timeout=60).returncode == 0
+    assert ran.exists() and not intruder_ran.exists()
+    with open(os.path.join(spool_path, "completed", "nightly.json"), encoding="utf-8") as handle:
+        assert json.load(handle)["command"] == f"touch {ran}"
+    dead = [name for name in os.listdir(os.path.join(spool_path, "dead")) if name.endswith(".invalid")]
+    assert len(dead) == 1
+    with open(os.path.join(spool_path, "dead", dead[0]), encoding="utf-8") as handle:
+        assert json.load(handle)["command"] == f"touch {intruder_ran}"  # its bytes kept
