@@ -296,7 +296,8 @@ class Gate:
         waiting job waits for one that is running (its outcome may not have
         landed yet, e.g. still in this worker's group commit).
         """
-        if any(self._settings(group)[1] is not None for group in self.parked if group):
+        if any(self._settings(group)[1] is not None and not is_paused(self.spool, group)
+               for group in self.parked if group):
             return True  # a rate's token frees within its window
         if self.parked:
             self.poked = True
