@@ -728,7 +728,8 @@ def _only_in_marker(spool: Spool, job_id: str) -> bool:
     The marker is a second name of the job's file from enqueue to deletion, and
     a deletion keeps a third (purging/<id>) until the end (docs/decisions/identity.md):
     one name left, holding this id's job, can only be a job whose file was replaced.
-    Text markers (shared spools) hold no job: there the replaced job is gone.
+    Text markers (shared spools) hold no job: there the replaced job is gone. A marker can also
+    be the enqueued version of a job that lives on, rewritten, in another folder: looked for below.
     """
     marker = spool.marker(job_id)
     try:
@@ -747,7 +748,16 @@ def _only_in_marker(spool: Spool, job_id: str) -> bool:
         job = loads(data)
     except ValueError:
         return False
-    return isinstance(job, dict) and job.get("id") == job_id and job.get("state") == "pending"
+    if not (isinstance(job, dict) and job.get("id") == job_id and job.get("state") == "pending"):
+        return False
+    # A marker may still name the file as it was enqueued while the job lives on, rewritten, in
+    # another folder: then it is no orphan. The folders are looked at twice, in the order of the
+    # moves out of processing/ and failed/, so a job moving meanwhile is seen in one of them.
+    for _ in range(2):
+        for state in ("failed", "processing", "completed", "failed", "dead"):
+            if os.path.lexists(os.path.join(spool.dir(state), file_name(job_id))):
+                return False
+    return True
 
 
 def _restore_from_marker(spool: Spool, job_id: str) -> None:

@@ -317,8 +317,8 @@ def test_the_dashboard_shows_groups_pauses_and_waiting_jobs_and_pauses_with_the_
     with running_dashboard(spool) as server:
         status = get(server, "/api/status").json()
         assert status["paused"] is False
-        assert status["groups"] == [{"name": "build", "limit": 2, "running": 0, "slots": 0, "paused": False,
-                                     "holders": []}]
+        assert status["groups"] == [{"name": "build", "limit": 2, "running": 0, "slots": 0, "paused": False, "rate": None,
+                                     "starts_in_window": None, "holders": []}]
         rows = {job["id"]: job for job in get(server, "/api/jobs").json()["jobs"]}
         assert rows["second"]["waiting_on"] == [{"id": "first", "state": "pending"}]
         assert rows["first"]["group"] == "build" and rows["first"]["waiting_on"] is None
