@@ -31,7 +31,7 @@ from typing import Any
 from . import fsops, lifecycle, locks, registry, resources, workflow
 from .errors import ConfigError, InvalidJob
 from .job import STATES, build, is_valid_id, loads, new_id
-from .spool import FOLDERS, PURGING, SUFFIX, Spool, id_of
+from .spool import ADOPTING, FOLDERS, PURGING, SUFFIX, Spool, id_of
 
 TEMP_AGE = 60.0          # a write takes milliseconds; older temporary files were left by a crash
 ORPHAN_LOG_AGE = 86400.0  # a log younger than a day may belong to a job an operator is still looking for
@@ -115,6 +115,26 @@ class _Leftovers:
             if self.repair:
                 lifecycle.sweep_purges(self.spool)
                 finding["repaired"] = not os.path.lexists(os.path.join(self.spool.dir(PURGING), job_id))
+
+    def _cut_adoptions(self) -> None:
+        """Drop-ins left in adopting/ by an adopter that stopped (docs/decisions/identity.md,
+        "Drop-ins on a shared spool"): put back into pending/ once judged abandoned."""
+        from .lease import Liveness
+
+        judge = Liveness(self.spool)
+        for name in sorted(fsops.listdir_if_there(self.spool.dir(ADOPTING))):
+            held = self.spool.lock(ADOPTING, name)
+            if held is None:
+                continue  # being adopted right now
+            with held:
+                abandoned = judge.abandoned(held)
+            finding = self._add("cut-adoption", f"{ADOPTING}/{name}",
+                                "a dropped-in file whose adoption was cut short" + (
+                                    "" if abandoned else "; a worker's recovery puts it back into pending/ "
+                                                         "once it has not changed for a lease"))
+            if self.repair and abandoned:
+                lifecycle.sweep_adopting(self.spool, judge)
+                finding["repaired"] = not os.path.lexists(os.path.join(self.spool.dir(ADOPTING), name))
 
     # -- leftovers ---------------------------------------------------------------
 
@@ -244,6 +264,7 @@ class _Doctor(_Leftovers):
         self._orphaned_jobs()
         self._workflows()
         self._cut_purges()
+        self._cut_adoptions()
         self._stray_temp_files()
         self._orphan_logs()
         self._stale_workers(dead_workers)

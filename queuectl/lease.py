@@ -198,10 +198,17 @@ class Liveness:
                 # error and lives on (then its own next sweep takes the job back).
                 return True
             return not self.worker_alive(job["worker"], record)
-        # Unknown owner: a claim cut between its rename and its rewrite (the
-        # bytes are still the old state's), or a file that is not a job. Alone
-        # on this machine, the free flock says nobody holds it; on a shared
-        # spool a claimer on another host may be between its two steps.
+        return self.abandoned(held)
+
+    def abandoned(self, held) -> bool:
+        """For a file no worker is named in (held, flock taken): has whoever moved it there died?
+
+        A claim cut between its rename and its rewrite (the bytes are still
+        the old state's), a drop-in left in adopting/, or a file that is not
+        a job. Alone on this machine, the free flock says nobody holds it; on
+        a shared spool a process on another host may be between its two
+        steps: it is judged dead once the file has not changed for a lease.
+        """
         if self.mode == "local":
             return True
         if not self.observing:

@@ -91,7 +91,7 @@ from .job import (
     prepare_fields,
     retry_delay,
 )
-from .spool import PURGING, SUFFIX, LockedJob, Spool, file_name, id_of
+from .spool import ADOPTING, PURGING, SUFFIX, LockedJob, Spool, file_name, id_of
 
 HISTORY_LIMIT = 50
 # A dropped-in file that does not parse yet may still be being written;
@@ -674,7 +674,10 @@ def _adopt_held(spool: Spool, held: LockedJob, *, complete: bool, mtime: float) 
         if (not complete and held.unreadable is not None
                 and (time.time() - mtime < DROP_GRACE or fsops.open_for_writing(os.fstat(held.fd)))):
             return None  # judged when its writer closes it, or later
-        dead_letter(spool, held, str(exc))
+        if _take_drop_in(spool, held):
+            dead_letter(spool, held, str(exc))
+        return None
+    if not _take_drop_in(spool, held):
         return None
     job_id = job["id"]
     target = job_id + SUFFIX
@@ -690,7 +693,7 @@ def _adopt_held(spool: Spool, held: LockedJob, *, complete: bool, mtime: float) 
         if orphaned:
             _restore_from_marker(spool, job_id)
         return None
-    if target != name:
+    if target != name and held.state == "pending":
         try:
             held.move("pending", target)
         except FileExistsError:
@@ -715,10 +718,41 @@ def _adopt_held(spool: Spool, held: LockedJob, *, complete: bool, mtime: float) 
         move_on(spool, held, "dead")
         return None
     spool.relink_id(job_id, staged)
-    held.publish_staged(durable=spool.durable)
+    if held.state == "pending":
+        held.publish_staged(durable=spool.durable)
+    else:
+        try:  # from adopting/: under its name only now, never over a file that took the name meanwhile
+            held.publish_staged(durable=spool.durable, to=("pending", target))
+        except FileExistsError:
+            for plugin in plugins():
+                plugin.undo_publish(spool, job)
+            spool.relink_id(job_id, held.path)  # left in adopting/ as its id's own: recovery puts it back
+            return None
     if spool.durable:
         fsops.fsync_dir(spool.dir("pending"))
     return target
+
+
+def _take_drop_in(spool: Spool, held: LockedJob) -> bool:
+    """Make the drop-in `held` this process's alone to adopt; False when another process has it.
+
+    On one host the flock does that. On a shared spool another host's flock
+    is not seen (docs/guide/several-hosts.md): the drop-in is first moved
+    into adopting/ under its own name, a move of which exactly one process
+    succeeds (link() refuses a taken name; rename_noreplace without fold_cut
+    refuses a second name of the same file). Everything after acts on that
+    name, which nobody else uses; a crash leaves the file there, and
+    recovery puts it back into pending/ (sweep_adopting).
+    """
+    if not spool.shared or held.state != "pending":
+        return True
+    try:
+        held.move(ADOPTING, sync=False, fold_cut=False)
+    except FileNotFoundError:
+        return False  # another process took it first
+    except FileExistsError:
+        return False  # a file of this name is still being adopted (or left by a crash): later
+    return held.at_name() is not None
 
 
 def _only_in_marker(spool: Spool, job_id: str) -> bool:
@@ -746,7 +780,7 @@ def _only_in_marker(spool: Spool, job_id: str) -> bool:
         os.close(fd)
     try:
         job = loads(data)
-    except ValueError:
+    except (ValueError, InvalidJob):  # a text marker holds numbers, not a job
         return False
     if not (isinstance(job, dict) and job.get("id") == job_id and job.get("state") == "pending"):
         return False
@@ -867,6 +901,7 @@ def recover(spool: Spool, judge=None) -> list[tuple[str, str]]:
             state = _recover_one(spool, held)
             if state != "lost":
                 recovered.append((id_of(name), state))
+    sweep_adopting(spool, judge)
     for plugin in plugins():
         plugin.after_recover(spool)  # e.g. a worker killed between taking a slot and claiming its job
     for record in dead_workers:
@@ -874,6 +909,36 @@ def recover(spool: Spool, judge=None) -> list[tuple[str, str]]:
     sweep_purges(spool)
     sweep_temps(spool)
     return recovered
+
+
+def sweep_adopting(spool: Spool, judge: Any) -> int:
+    """Put back into pending/ the drop-ins whose adopter died in adopting/ (_take_drop_in); returns how many.
+
+    Back under its name, a drop-in is adopted again from the start; if a
+    file took that name meanwhile, this one goes to dead/ with its bytes.
+    """
+    returned = 0
+    for name in fsops.listdir_if_there(spool.dir(ADOPTING)):
+        if name.startswith("."):
+            continue
+        if os.path.islink(os.path.join(spool.dir(ADOPTING), name)):
+            with contextlib.suppress(FileNotFoundError, FileExistsError):
+                dead_letter(spool, None, "a symlink (not followed)", state=ADOPTING, name=name)
+            continue
+        held = spool.lock(ADOPTING, name)
+        if held is None:
+            continue
+        with held:
+            if not judge.abandoned(held):
+                continue
+            try:
+                held.move("pending", sync=True, fold_cut=False)
+                returned += 1
+            except FileNotFoundError:
+                pass  # another host's sweep put it back first
+            except FileExistsError:
+                dead_letter(spool, held, "a file of this name reached pending/ while this one was being adopted")
+    return returned
 
 
 def _recover_one(spool: Spool, held: LockedJob) -> str:

@@ -36,7 +36,10 @@ from .job import MAX_JOB_BYTES, STATES, check_id, dumps, is_valid_id, iso, loads
 # purging/<id>: the marker of an id whose job is being deleted.
 IDS = "ids"
 PURGING = "purging"
-FOLDERS = ("tmp", *STATES, "logs", "workers", "schedules", IDS, PURGING, "cancels", "suspends")
+# adopting/<name>: a drop-in one process took out of pending/ to adopt it, on a shared spool
+# (docs/decisions/identity.md, "Drop-ins on a shared spool").
+ADOPTING = "adopting"
+FOLDERS = ("tmp", *STATES, "logs", "workers", "schedules", IDS, PURGING, ADOPTING, "cancels", "suspends")
 SUFFIX = ".json"
 # In ids/: present once every job of the spool has its marker (spools made before markers get them once).
 IDS_COMPLETE = ".complete"
@@ -150,8 +153,12 @@ class LockedJob:
         assert fd is not None  # lock=True returns the fd holding the lock
         self.staged = (path, fd)
 
-    def publish_staged(self, *, durable: bool) -> None:
-        """Put the staged file under the job's name (fsynced first when `durable`); it owns the job now."""
+    def publish_staged(self, *, durable: bool, to: tuple[str, str] | None = None) -> None:
+        """Put the staged file under the job's name (fsynced first when `durable`); it owns the job now.
+
+        `to` (state, name): publish there instead, never over a file in the
+        way (FileExistsError), and then drop this file's own name.
+        """
         assert self.staged is not None, "stage() first"
         path, fd = self.staged
         self.staged = None
@@ -160,7 +167,13 @@ class LockedJob:
             inode = (info.st_dev, info.st_ino)
             if durable:
                 fsops.fsync(fd)
-            fsops.replace(path, self.path)
+            if to is None:
+                fsops.replace(path, self.path)
+            else:
+                fsops.rename_noreplace(path, os.path.join(self.spool.root, *to), fold_cut=False)
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self.path)
+                self.state, self.name = to
         except BaseException:
             os.close(fd)
             try:

@@ -205,6 +205,49 @@ def test_both_hosts_enqueue_and_run_every_job_exactly_once(two_hosts, tmp_path):
     _no_tracebacks(*workers)
 
 
+def test_files_dropped_in_through_both_hosts_each_run_once(two_hosts, tmp_path):
+    """Hand-made files in pending/ (no marker), adopted while the workers of both hosts look at them:
+    every one runs exactly once and ends completed, none is set aside as a duplicate of itself."""
+    host_a, host_b, spool = two_hosts
+    runs = tmp_path / "runs"
+    workers = [(host_a, host_a.start("worker", "start", "--count", "2")),
+               (host_b, host_b.start("worker", "start", "--count", "2"))]
+    wait_until(lambda: len(_workers_of(spool, "hostA")) == 2 and len(_workers_of(spool, "hostB")) == 2,
+               timeout=30, message="two workers on each host")
+    ids = []
+    for n in range(120):
+        job_id = f"dropped-{n}"
+        root = host_a.spool_path if n % 2 else host_b.spool_path
+        temp = os.path.join(root, "tmp", f"hand-{n}")
+        with open(temp, "w") as handle:
+            json.dump({"id": job_id, "command": f'echo "$QUEUECTL_JOB_ID" >> {runs}'}, handle)
+        os.rename(temp, os.path.join(root, "pending", f"{job_id}.json"))
+        ids.append(job_id)
+    wait_until(lambda: _all_finished(spool, ids), timeout=60,
+               message="every dropped-in job finished",
+               explain=lambda: {i: s for i, s in _states(spool, ids).items() if s != "completed"})
+    assert set(_states(spool, ids).values()) == {"completed"}, _states(spool, ids)
+    assert sorted(_runs(runs)) == sorted(ids)  # each exactly once
+    assert os.listdir(spool.dir("dead")) == []
+    _no_tracebacks(*workers)
+
+
+def test_a_drop_in_whose_adopter_died_in_adopting_comes_back_and_runs(two_hosts, tmp_path):
+    """A crash after a drop-in was taken into adopting/ leaves it there: once it has not changed
+    for a lease, recovery puts it back into pending/, and it runs."""
+    host_a, host_b, spool = two_hosts
+    runs = tmp_path / "runs"
+    left = os.path.join(spool.dir("adopting"), "left-behind.json")
+    with open(left, "w") as handle:
+        json.dump({"command": f'echo "$QUEUECTL_JOB_ID" >> {runs}'}, handle)
+    worker = host_b.start("worker", "start")
+    wait_until(lambda: spool.find("left-behind") == "completed", timeout=30,
+               message="the drop-in left in adopting/ to run")
+    assert _runs(runs) == ["left-behind"]
+    assert os.listdir(spool.dir("adopting")) == []
+    _no_tracebacks((host_b, worker))
+
+
 def test_a_job_enqueued_through_one_host_starts_on_the_other(two_hosts, tmp_path):
     host_a, host_b, spool = two_hosts
     spool.set_config("scan_interval", "300")  # only the wake-ups can find it in time

@@ -22,15 +22,19 @@ def run_queuectl(spool_path, *args, input=None, timeout=60, env=None):
                           env={**os.environ, **(env or {})})
 
 
-def wait_until(predicate, timeout=30.0, interval=0.02, message="condition"):
-    """Poll `predicate` until it returns a truthy value; fail the test at the deadline."""
+def wait_until(predicate, timeout=30.0, interval=0.02, message="condition", explain=None):
+    """Poll `predicate` until it returns a truthy value; fail the test at the deadline.
+
+    `explain`: called at the deadline, its value is shown with the failure.
+    """
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
         if value:
             return value
         if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {message}")
+            seen = f"; seen: {explain()}" if explain is not None else ""
+            pytest.fail(f"timed out after {timeout}s waiting for {message}{seen}")
         time.sleep(interval)
 
 

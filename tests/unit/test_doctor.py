@@ -237,6 +237,17 @@ def test_a_job_in_processing_without_a_live_owner_is_recovered(spool_path, spool
     assert job["state"] == "failed" and job["last_error"] == "worker gone-worker died during the run"
 
 
+def test_a_drop_in_left_in_adopting_goes_back_to_pending(spool_path, spool):
+    """An adoption cut short on a shared spool left the file in adopting/: put back under its name."""
+    data = b'{"command": "echo back"}'
+    write(os.path.join(spool_path, "adopting", "back.json"), data)
+
+    diagnose(spool_path, [("cut-adoption", "adopting/back.json")])
+
+    assert read(os.path.join(spool_path, "pending", "back.json")) == data
+    assert os.listdir(os.path.join(spool_path, "adopting")) == []
+
+
 def test_a_job_a_live_worker_owns_is_not_touched(spool_path, spool):
     put_job(spool_path, "pending", "running", command="true")
     spool = Spool(spool_path)
