@@ -54,6 +54,7 @@ class _Leftovers:
 
     spool: Spool
     repair: bool
+    jobs: list[tuple[str, str]]
 
     def _add(self, problem: str, path: str, detail: str, repaired: bool = False) -> dict[str, Any]:
         raise NotImplementedError
@@ -115,6 +116,21 @@ class _Leftovers:
             if self.repair:
                 lifecycle.sweep_purges(self.spool)
                 finding["repaired"] = not os.path.lexists(os.path.join(self.spool.dir(PURGING), job_id))
+
+    def _missing_markers(self) -> None:
+        """Jobs put into failed/, completed/ or dead/ by hand (a restore from a backup) have no marker:
+        only a look at the folders keeps their id from being enqueued again. Repaired by taking the
+        marker for the file, under its flock (docs/decisions/identity.md)."""
+        for state, name in self.jobs:
+            job_id = id_of(name)
+            if state != "pending" and is_valid_id(job_id) and not self.spool.id_taken(job_id) \
+                    and os.path.lexists(os.path.join(self.spool.dir(state), name)):
+                finding = self._add("missing-marker", f"{state}/{name}",
+                                    "a job put here by hand: its id has no marker in ids/")
+                held = self.spool.lock(state, name) if self.repair else None
+                if held is not None:  # None: moved on meanwhile, or a live process has it
+                    with held:
+                        finding["repaired"] = self.spool.take_id(job_id, held.path)
 
     def _cut_adoptions(self) -> None:
         """Drop-ins left in adopting/ by an adopter that stopped (docs/decisions/identity.md,
@@ -239,6 +255,7 @@ class _Doctor(_Leftovers):
         self.spool = spool
         self.repair = repair
         self.findings: list[dict[str, Any]] = []
+        self.jobs: list[tuple[str, str]] = []  # (state, name) of the valid jobs listed, for _missing_markers
 
     def run(self) -> list[dict[str, Any]]:
         self._permissions()
@@ -261,6 +278,7 @@ class _Doctor(_Leftovers):
             if os.path.lexists(os.path.join(self.spool.dir(state), name)):
                 self._state_mismatch(state, name, written)
         self._dead_without_record()
+        self._missing_markers()
         self._orphaned_jobs()
         self._workflows()
         self._cut_purges()
@@ -325,6 +343,7 @@ class _Doctor(_Leftovers):
         if reason is not None:
             self._invalid(state, name, reason)
             return None
+        self.jobs.append((state, name))
         written = fields.get("state")
         if written == state or state == "pending" and written is None:
             return None  # (in pending/, a drop-in that a worker fills in)

@@ -57,8 +57,11 @@ def spool_files(spool_path):
 def put_job(spool_path, state, job_id, **fields):
     """A complete job file written straight into a state folder, as a worker would leave it there."""
     job = build({"command": "echo hi", "id": job_id, **fields}, defaults(), state=state)
-    with open(os.path.join(Spool(spool_path).dir(state), job_id + ".json"), "wb") as handle:
+    spool = Spool(spool_path)
+    path = os.path.join(spool.dir(state), job_id + ".json")
+    with open(path, "wb") as handle:
         handle.write(dumps(job))
+    spool.take_id(job_id, path)  # with its id's marker, unless another file holds the id already
     return job
 
 

@@ -248,6 +248,20 @@ def test_a_drop_in_left_in_adopting_goes_back_to_pending(spool_path, spool):
     assert os.listdir(os.path.join(spool_path, "adopting")) == []
 
 
+@pytest.mark.parametrize("state", ["failed", "completed", "dead"])
+def test_a_job_restored_by_hand_into_a_finished_folder_gets_its_marker(spool_path, spool, qc, state):
+    """Without its marker only a look at the folders refuses its id; after the repair the marker does."""
+    put_job(spool_path, state, "restored", command="true")
+    os.unlink(spool.marker("restored"))  # as a file copied in from a backup has none
+
+    diagnose(spool_path, [("missing-marker", f"{state}/restored.json")])
+
+    assert os.path.samestat(os.lstat(spool.marker("restored")),
+                            os.lstat(os.path.join(spool_path, state, "restored.json")))
+    again = qc("enqueue", "--id", "restored", "true")
+    assert again.returncode != 0 and "restored" in again.stderr
+
+
 def test_a_job_a_live_worker_owns_is_not_touched(spool_path, spool):
     put_job(spool_path, "pending", "running", command="true")
     spool = Spool(spool_path)
