@@ -27,7 +27,7 @@ import os
 import stat
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -397,3 +397,17 @@ def listdir_if_there(path: str) -> list[str]:
     except FileNotFoundError:
         return []
 
+
+def wait_readable(fds: Iterable[int], timeout: float) -> set[int]:
+    """The descriptors of `fds` readable (or closed at the other end) within `timeout` seconds.
+
+    poll, not select: select cannot watch a descriptor numbered 1024 or more,
+    which a worker started with many open files gets for its pipes.
+    """
+    import select  # here, not at the top: an enqueue waits for nothing and need not load it
+
+    poller = select.poll()
+    for fd in fds:
+        poller.register(fd, select.POLLIN)
+    milliseconds = min(max(0.0, timeout) * 1000, 2**31 - 1)
+    return {fd for fd, _ in poller.poll(milliseconds)}

@@ -16,14 +16,13 @@ import math
 import os
 import re
 import resource
-import select
 import signal
 import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from . import cgroups, progress
+from . import cgroups, fsops, progress
 from .job import iso
 from .limits import Limits
 from .limits import resolve as job_limits  # noqa: F401 - for the worker: runner.job_limits(job, settings)
@@ -416,8 +415,7 @@ def _supervise(process: subprocess.Popen | Shell, log_fd: int, outcome: Outcome,
         limit = None if stopped_at is not None else deadline
         wake = min(x for x in (ask_at, limit if kill_at is None else kill_at) if x is not None)
         if stderr is not None:
-            ready, _, _ = select.select([stderr], [], [], max(0.0, wake - now))
-            if ready:
+            if fsops.wait_readable((stderr.fileno(),), wake - now):
                 chunk = os.read(stderr.fileno(), 65536)
                 if chunk:
                     os.write(log_fd, chunk)
@@ -456,7 +454,7 @@ def _wait_exit(process: subprocess.Popen | Shell, timeout: float) -> bool:
                 time.sleep(0.005)
             return _exited(process)
         try:
-            select.select([pidfd], [], [], timeout)
+            fsops.wait_readable((pidfd,), timeout)
         finally:
             os.close(pidfd)
     return _exited(process)

@@ -11,12 +11,11 @@ watches the read end of a pipe whose write end only the supervisor holds
 from __future__ import annotations
 
 import contextlib
-import select
 import signal
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from . import registry
+from . import fsops, registry
 from .events import EventLog
 from .spool import Spool
 
@@ -87,7 +86,7 @@ class StopFlags:
 
     def supervisor_gone(self) -> bool:
         """Whether the supervisor's pipe reads as end-of-file (only ever True once)."""
-        return self.supervisor_fd is not None and bool(select.select([self.supervisor_fd], [], [], 0)[0])
+        return self.supervisor_fd is not None and bool(fsops.wait_readable((self.supervisor_fd,), 0))
 
     def leave_with_supervisor(self) -> None:
         """Stop as for SIGTERM once the supervisor is gone."""

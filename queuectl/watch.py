@@ -27,7 +27,6 @@ import errno
 import importlib
 import logging
 import os
-import select
 import struct
 import time
 from collections.abc import Callable
@@ -35,6 +34,7 @@ from collections.abc import Callable
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
+from . import fsops
 from .errors import SpoolError
 
 RESCAN = ("rescan", "", "")
@@ -79,8 +79,7 @@ class FolderWatch:
         """Sleep until a change, a `wake`, the timeout, or one of the `also` descriptors is readable."""
         readable = [self._wake_r, *also] + ([self._source.fd] if self._source.fd is not None else [])
         timeout = min(timeout, self._source.next_check())
-        ready, _, _ = select.select(readable, [], [], max(0.0, timeout))
-        if self._wake_r in ready:
+        if self._wake_r in fsops.wait_readable(readable, timeout):
             try:
                 while os.read(self._wake_r, 512):
                     pass

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -111,6 +112,26 @@ def test_a_signal_ignored_when_the_worker_started_stays_ignored_in_the_job(tmp_p
     mask = int(log.read_text().splitlines()[-1].split(":\t")[1], 16)
     ignored = {bit + 1 for bit in range(64) if mask >> bit & 1} & signal.valid_signals()
     assert ignored == {signal.SIGHUP}
+
+
+def test_a_worker_with_over_a_thousand_open_files_still_runs_jobs(tmp_path):
+    """The job's stderr pipe then gets a descriptor numbered 1024 or more, which select() cannot watch."""
+    script = ("import os, resource, sys\n"
+              "soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)\n"
+              "resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 4096), hard))\n"
+              "held = [os.open(os.devnull, os.O_RDONLY) for _ in range(1100)]\n"
+              "from queuectl import runner\n"
+              "job = {'id': 'job-1', 'attempts': 1, 'command': 'echo to-stderr >&2; echo to-stdout'}\n"
+              "outcome = runner.run(job, log_path=sys.argv[1], worker='w', spool_root=sys.argv[2], timeout=None,\n"
+              "                     kill_grace=0.3, pass_env=[], tail_lines=5, interruption=lambda: None)\n"
+              "assert outcome.succeeded and outcome.stderr_tail == ['to-stderr'], outcome\n")
+    if resource.getrlimit(resource.RLIMIT_NOFILE)[1] < 1200:
+        pytest.skip("this machine allows fewer than 1200 open files per process")
+    log = tmp_path / "job.log"
+    done = subprocess.run([sys.executable, "-c", script, str(log), str(tmp_path)], capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "to-stderr" in log.read_text() and "to-stdout" in log.read_text()
 
 
 def test_the_environment_is_a_small_base_plus_what_is_asked_for(monkeypatch):
