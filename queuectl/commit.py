@@ -126,7 +126,7 @@ class GroupCommit:
                 self._changed.notify_all()
             self._thread.join()
             for held, _ in self._items():  # settles cut short by an error: recovery's now
-                held.release()
+                held.unlock()
             self._staged, self._flushing, self._flushed, self._renamed = [], [], [], []
             os.close(self.wake_fd)
             os.close(self._wake_w)
@@ -179,7 +179,7 @@ class GroupCommit:
                 fsops.fsync_dir(self.spool.dir(folder))
         for group, _ in renamed:
             for held, _ in group:
-                held.release()
+                held.unlock()
 
 
 class FlushPace:

@@ -131,7 +131,7 @@ def wait_settled(spool, job_id: str) -> str | None:
     while spool.find(job_id) == "processing":
         unowned = spool.lock("processing", job_id + ".json")
         if unowned is not None:
-            unowned.release()
+            unowned.unlock()
             return None
         if time.monotonic() >= deadline:
             return None

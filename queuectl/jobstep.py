@@ -101,7 +101,7 @@ class JobStep:
                 limits=runner.job_limits(job, settings))
             retention.cap_log(self.spool.log_path(job["id"]), settings["max_log_bytes"], self.spool.dir("tmp"))
         except BaseException:
-            held.release()
+            held.unlock()
             raise
         finally:
             slot.release()  # the command has ended: the group may start another
@@ -125,7 +125,7 @@ class JobStep:
                           interruption=self._interruption(held, hook=True))
                 retention.cap_log(self.spool.log_path(job["id"]), settings["max_log_bytes"], self.spool.dir("tmp"))
             finally:
-                held.release()
+                held.unlock()
         registry.clear_cancel(self.spool, job["id"])
         registry.clear_suspend(self.spool, job["id"])
 
@@ -183,7 +183,7 @@ class JobStep:
             again = self.spool.lock("processing", file_name(claimed["id"]))
             if again is None or not isinstance(again.job, dict) or again.job.get("worker") != self.name:
                 if again is not None:
-                    again.release()
+                    again.unlock()
                 # Settled after all (the error came after the move), or not ours any more.
                 return ("lost" if self.spool.find(claimed["id"]) in (None, "processing") else "settled"), held
             again.job = copy.deepcopy(claimed)

@@ -338,37 +338,37 @@ def claim(spool: Spool, state: str, job_id: str, worker: str, now: float) -> Loc
     # refused when the id is taken (docs/decisions/identity.md).
     own = state == "pending" and spool.id_holds(job_id, held.inode) is True
     if finish_cut_move(spool, held, links=2 if own else 1):  # the marker is one more name of its own file
-        held.release()
+        held.unlock()
         return None
     if state == "pending" and not own:
         try:
             adopted = _adopt_held(spool, held, complete=True, mtime=0.0)
         except BaseException:
-            held.release()
+            held.unlock()
             raise
         if adopted is None or adopted != file_name(job_id):
-            held.release()
+            held.unlock()
             return None
     try:
         job = build(held.job, spool.config, stem=job_id, state=state)
         if due_time(job) > now or job.get("held") is True:  # a held job waits for `release` (hold)
-            held.release()
+            held.unlock()
             return None
         held.move("processing", sync=False)
     except FileNotFoundError:
-        held.release()  # another host's worker moved it first (shared spool: its flock did not reach us)
+        held.unlock()  # another host's worker moved it first (shared spool: its flock did not reach us)
         return None
     except InvalidJob as exc:
         dead_letter(spool, held, str(exc))
-        held.release()
+        held.unlock()
         return None
     except FileExistsError:
         dead_letter(spool, held,
                     f"duplicate id {job_id!r}: a job with this id is already running")
-        held.release()
+        held.unlock()
         return None
     if not still_owned(spool, held):  # paused past its lease between the rename and now
-        held.release()
+        held.unlock()
         return None
     job.update(state="processing", attempts=job["attempts"] + 1, started_at=iso(now),
                finished_at=None, worker=worker)
@@ -376,7 +376,7 @@ def claim(spool: Spool, state: str, job_id: str, worker: str, now: float) -> Loc
     try:
         held.save(sync=False)
     except BaseException:
-        held.release()  # an unlocked claim cut before its rewrite: recovery puts it back
+        held.unlock()  # an unlocked claim cut before its rewrite: recovery puts it back
         raise
     return held
 
@@ -412,7 +412,7 @@ def settle(spool: Spool, held: LockedJob, outcome: Outcome, timeout: float | Non
     """
     try:
         if outcome.interrupted == "lost" or not still_owned(spool, held):
-            held.release()
+            held.unlock()
             return "lost"
         from .runner import describe  # see the note on imports at the top
 
@@ -441,11 +441,11 @@ def settle(spool: Spool, held: LockedJob, outcome: Outcome, timeout: float | Non
         held.save(moving_on=True)
         final = move_on(spool, held, state)
         if not hooked or final != state:
-            held.release()
+            held.unlock()
         return final
     except BaseException:
         if commit is None or not commit.owns(held):
-            held.release()
+            held.unlock()
         raise
 
 

@@ -185,7 +185,8 @@ class LockedJob:
         self.fd = fd
         self.inode = inode
 
-    def release(self) -> None:
+    def unlock(self) -> None:
+        """Let the file go: its flock and descriptor (and a staged version never published)."""
         if self.staged is not None:  # staged but never published: not a job's file, nobody else saw it
             path, fd = self.staged
             self.staged = None
@@ -202,7 +203,7 @@ class LockedJob:
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        self.release()
+        self.unlock()
 
 
 class _IdMarkers:
@@ -719,7 +720,7 @@ class Spool(_Settings, _IdMarkers):
         if held is None:
             raise WrongState(f"job {job_id!r} is busy (a worker is moving it); try again")
         if not isinstance(held.job, dict):
-            held.release()
+            held.unlock()
             raise InvalidJob(f"job file {state}/{job_id}{SUFFIX} is not valid JSON")
         return held
 

@@ -102,7 +102,7 @@ def test_a_job_the_other_host_replaced_under_its_name_is_no_longer_owned(uncache
     now = time.time()
     assert lifecycle.settle(spool, held, Outcome(exit_code=0, started=now, finished=now), None) == "lost"
     assert open(path, "rb").read() == before
-    held.release()
+    held.unlock()
 
 
 def test_hosts_have_their_own_names_and_pids(gluster_pair, hosts):

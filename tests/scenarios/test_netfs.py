@@ -194,7 +194,7 @@ def test_a_worker_whose_job_was_recovered_meanwhile_drops_its_outcome(spool):
     now = time.time()
     assert lifecycle.settle(spool, held, Outcome(exit_code=0, started=now, finished=now), None) == "lost"
     assert open(path, "rb").read() == before  # nothing written over the new owner's file
-    held.release()
+    held.unlock()
 
 
 def test_polling_sees_files_land_leave_and_be_replaced(tmp_path, monkeypatch):
@@ -260,7 +260,7 @@ def test_a_close_that_reports_estale_is_no_failure(spool, monkeypatch):
     assert spool.lock("pending", job_id + ".json") is None
     assert closes
     monkeypatch.setattr(os, "close", real_close)
-    blocker.release()
+    blocker.unlock()
 
 
 def test_a_judge_that_looks_often_sees_a_lease_expire_once(spool, monkeypatch):
@@ -386,7 +386,7 @@ def test_a_settle_retried_after_estale_hands_back_the_job_it_locked_again(spool,
     def stale_once(*args, **kwargs):
         calls.append(args[1])
         if len(calls) == 1:
-            args[1].release()  # what settle does with its job when it fails
+            args[1].unlock()  # what settle does with its job when it fails
             raise OSError(errno.ESTALE, "Stale file handle")
         return real_settle(*args, **kwargs)
     monkeypatch.setattr(worker_module.lifecycle, "settle", stale_once)
@@ -396,7 +396,7 @@ def test_a_settle_retried_after_estale_hands_back_the_job_it_locked_again(spool,
         assert state == "completed" and len(calls) == 2
         assert held is calls[1] and held is not first and held.fd >= 0  # locked, for the hook to run
     finally:
-        held.release()
+        held.unlock()
 
 
 def test_a_claim_that_fails_gives_its_group_slot_back(spool, monkeypatch):

@@ -61,7 +61,7 @@ def test_a_rewrite_is_a_new_complete_inode_that_stays_owned(spool, rewrites):
         assert json.loads(handle.read())["note"] == "rewritten"
     assert spool.lock("pending", job["id"] + ".json") is None  # nobody else can own it
     assert os.listdir(spool.dir("tmp")) == []  # nothing kept aside for reuse
-    held.release()
+    held.unlock()
     assert spool.lock("pending", job["id"] + ".json") is not None
 
 

@@ -273,7 +273,7 @@ def test_a_job_a_live_worker_owns_is_not_touched(spool_path, spool):
         after.pop("doctor.lock", None)  # the repair's own lock file (docs/decisions/locks.md)
         assert after == before
     finally:
-        held.release()
+        held.unlock()
 
 
 def test_folders_others_can_write_are_closed(spool_path, qc):

@@ -31,7 +31,7 @@ def claimed(spool: Spool, job_id: str, state: str = "pending"):
 def settled(spool: Spool, held, **outcome) -> str:
     now = time.time()
     state = lifecycle.settle(spool, held, Outcome(started=now, finished=now, **outcome), None)
-    held.release()
+    held.unlock()
     return state
 
 
@@ -113,7 +113,7 @@ def test_a_dlq_retry_cut_short_never_runs_a_job_past_its_retries(spool, spool_pa
         if state == "pending":
             held = claimed(spool, "r")
             assert held.job["attempts"] <= held.job["max_retries"] + 1
-            held.release()
+            held.unlock()
 
 
 def test_a_dropped_in_file_on_a_taken_id_goes_to_dead_with_its_bytes(spool, spool_path):

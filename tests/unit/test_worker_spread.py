@@ -80,7 +80,7 @@ def test_a_lost_claim_on_a_shared_spool_costs_no_pause_no_listing_and_no_read(sp
             # Another worker holds this job's lock (as on another GlusterFS client): this claim is lost.
             held.append(spool.lock(state, job_id + ".json"))
         elif held[0] is not None and held[0].fd >= 0:
-            held[0].release()  # that worker gave it back: a later look finds it due again
+            held[0].unlock()  # that worker gave it back: a later look finds it due again
         return real_claim(spool_, state, job_id, worker, now)
 
     def peek(path):
