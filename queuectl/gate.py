@@ -86,7 +86,7 @@ class Gate:
                     if not names:
                         del self.waiters[dep]
 
-    def hold(self, folder: str, name: str, job: dict, priority: int, due: float) -> bool:
+    def keeps_back(self, folder: str, name: str, job: dict, priority: int, due: float) -> bool:
         """Note the job's group; True when it must not enter the order now (it waits, or went to dead/).
 
         `name` is the job's id (as everywhere in the gate).

@@ -112,7 +112,7 @@ class Intake:
                 priority = 0
             self.rechecks.pop(name, None)
             due = due_time(job)
-            if self.gate.hold(folder, job["id"], job, priority, due):
+            if self.gate.keeps_back(folder, job["id"], job, priority, due):
                 self.index.discard(job["id"])  # waits for a dependency, or went to dead/
                 return
             self.index.add(folder, job["id"], priority, due, time.time())

@@ -333,52 +333,45 @@ def claim(spool: Spool, state: str, job_id: str, worker: str, now: float) -> Loc
     held = spool.lock(state, file_name(job_id))
     if held is None:
         return None
+    claimed = False
+    try:
+        claimed = _claim_held(spool, held, state, job_id, worker, now)
+    finally:
+        if not claimed:  # the one place a claim lets its file go, whatever the way out
+            held.unlock()
+    return held if claimed else None
+
+
+def _claim_held(spool: Spool, held: LockedJob, state: str, job_id: str, worker: str, now: float) -> bool:
+    """claim's steps on the locked file; False when it is not this worker's to run now."""
     # A file in pending/ that is not the one queuectl placed there under this id
     # (its marker names another inode, or none) is a drop-in: adopted first, or
     # refused when the id is taken (docs/decisions/identity.md).
     own = state == "pending" and spool.id_holds(job_id, held.inode) is True
     if finish_cut_move(spool, held, links=2 if own else 1):  # the marker is one more name of its own file
-        held.unlock()
-        return None
-    if state == "pending" and not own:
-        try:
-            adopted = _adopt_held(spool, held, complete=True, mtime=0.0)
-        except BaseException:
-            held.unlock()
-            raise
-        if adopted is None or adopted != file_name(job_id):
-            held.unlock()
-            return None
+        return False
+    if state == "pending" and not own and _adopt_held(spool, held, complete=True, mtime=0.0) != file_name(job_id):
+        return False
     try:
         job = build(held.job, spool.config, stem=job_id, state=state)
         if due_time(job) > now or job.get("held") is True:  # a held job waits for `release` (hold)
-            held.unlock()
-            return None
+            return False
         held.move("processing", sync=False)
     except FileNotFoundError:
-        held.unlock()  # another host's worker moved it first (shared spool: its flock did not reach us)
-        return None
+        return False  # another host's worker moved it first (shared spool: its flock did not reach us)
     except InvalidJob as exc:
         dead_letter(spool, held, str(exc))
-        held.unlock()
-        return None
+        return False
     except FileExistsError:
-        dead_letter(spool, held,
-                    f"duplicate id {job_id!r}: a job with this id is already running")
-        held.unlock()
-        return None
+        dead_letter(spool, held, f"duplicate id {job_id!r}: a job with this id is already running")
+        return False
     if not still_owned(spool, held):  # paused past its lease between the rename and now
-        held.unlock()
-        return None
+        return False
     job.update(state="processing", attempts=job["attempts"] + 1, started_at=iso(now),
                finished_at=None, worker=worker)
     held.job = job
-    try:
-        held.save(sync=False)
-    except BaseException:
-        held.unlock()  # an unlocked claim cut before its rewrite: recovery puts it back
-        raise
-    return held
+    held.save(sync=False)  # cut before this rewrite, the claim is recovery's to put back
+    return True
 
 
 def still_owned(spool: Spool, held: LockedJob) -> bool:
