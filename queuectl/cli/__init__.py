@@ -41,7 +41,7 @@ COMMANDS = {
     "schedule": "schedules:schedule",
     "dashboard": "tools:dashboard", "metrics": "tools:metrics", "doctor": "tools:doctor",
     "schema": "tools:schema", "demo": "tools:demo",
-    "completion": "completion:completion",
+    "completion": "completion:completion", "shell-init": "shell:shell_init",
     "restart": "changes:restart", "rm": "changes:rm", "clean": "changes:clean",
     "hold": "control:hold", "release": "control:release", "start": "control:start", "suspend": "control:suspend",
     "edit": "control:edit",

@@ -21,6 +21,7 @@ import zipfile
 import pytest
 from jsonschema import Draft202012Validator
 from support import put_job, run_queuectl, wait_until
+from support.shells import SHELLS, id_clock
 
 from queuectl import Spool
 from queuectl.config import defaults
@@ -28,7 +29,6 @@ from queuectl.job import build, loads, parse_time
 
 SCRIPT = str(pathlib.Path(__file__).resolve().parents[2] / "bin" / "queuectl-enqueue")
 ROOT = str(pathlib.Path(SCRIPT).parents[1])
-SHELLS = [shell for shell in ("dash", "bash", "busybox") if shutil.which(shell)]
 HOSTILE = [
     'say "hi" to \'them\'',
     "back\\slash \\\\ and \\n \\u0041 escapes that must stay text",
@@ -273,15 +273,6 @@ def test_a_find_without_printf_still_checks_the_modes_and_gives_an_id(private_sp
     later = run_queuectl(private_spool, "enqueue", "true").stdout.strip()
     assert job_id < later
     assert int(before) * 1000 <= id_clock(job_id) <= time.time() * 1000
-
-
-def id_clock(job_id: str) -> int:
-    """The millisecond clock in an id's first nine base32 digits (docs/guide/jobs.md "Ids")."""
-    digits = "0123456789abcdefghjkmnpqrstvwxyz"
-    value = 0
-    for char in job_id.replace("-", "")[:9]:
-        value = value * 32 + digits.index(char)
-    return value
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to give the spool to another user")
