@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -120,6 +121,10 @@ class System:
     def client_label(self) -> str:
         return self.name
 
+    def loop_clients(self) -> dict[str, tuple[str, str]]:
+        """Each shell client as (set-up, call) for a loop inside one shell: the client's own cost per job."""
+        return {label: ("", shlex.join(client("true"))) for label, client in self.shell_clients().items()}
+
     def enqueue(self, command: str) -> None:
         """The in-process API where there is one, else the shell client."""
         subprocess.run(self.shell_enqueue(command), env=self.env, check=True, stdout=subprocess.DEVNULL)
@@ -164,6 +169,13 @@ class Queuectl(System):
         if script:
             clients[f"{self.name}: `queuectl-enqueue`"] = lambda command: [script, "--spool", self.spool.root,
                                                                           command]
+        return clients
+
+    def loop_clients(self) -> dict[str, tuple[str, str]]:
+        clients = super().loop_clients()
+        if lib.shell_enqueue_script():
+            init = shlex.join(lib.queuectl_argv(self.spool.root) + ["shell-init"])
+            clients[f"{self.name}: `queuectl_enqueue` (shell-init)"] = (f'eval "$({init})"', "queuectl_enqueue true")
         return clients
 
     def enqueue(self, command: str) -> None:
@@ -393,6 +405,10 @@ def measure(system: System, jobs: int, shell_jobs: int, tries: int) -> dict:
                 subprocess.run(client("true"), env=system.env, check=True, stdout=subprocess.DEVNULL)
             result["enqueue_shell"][label] = (time.perf_counter() - before) / shell_jobs
         shell_total = shell_jobs * len(clients)
+        loops = system.loop_clients()
+        result["enqueue_loop"] = {label: loop_cost(setup, call, shell_jobs, system.env)
+                                  for label, (setup, call) in loops.items()}
+        shell_total += shell_jobs * len(loops)
         system.enqueue_many(jobs)
         opened = time.perf_counter()
         with open(gate, "w"):
@@ -435,6 +451,14 @@ def shell_process_cost(count: int) -> float:
     return (time.perf_counter() - before) / count
 
 
+def loop_cost(setup: str, call: str, count: int, env: dict) -> float:
+    """Seconds per `call` in a loop of `count` inside one sh, timed by the shell (its set-up not counted)."""
+    script = (f"{setup}\nstart=$(date +%s%N); i=0\nwhile [ $i -lt {count} ]; do {call} >/dev/null || exit 1; "
+              f"i=$((i + 1)); done\nend=$(date +%s%N); echo $((end - start))")
+    done = subprocess.run(["sh", "-c", script], env=env, capture_output=True, text=True, check=True)
+    return int(done.stdout.split()[-1]) / 1e9 / count
+
+
 def idle_xargs_kb() -> tuple[int, int]:
     """(PSS, VmRSS) of an idle xargs, in kB."""
     process = subprocess.Popen(["xargs", "-P2", "-I{}", "sh", "-c", "true"], stdin=subprocess.PIPE)
@@ -467,6 +491,7 @@ def comparison(fs: str, workdir: str, systems: list[type[System]], jobs: int, sh
     os.makedirs(stamps)
     spawn = lib.spawn_latency(stamps, tries)
     sh_cost = shell_process_cost(shell_jobs)
+    loop_floor = lib.median([loop_cost("", "/bin/true", shell_jobs, dict(os.environ)) for _ in range(repeat)])
     xargs_kb = idle_xargs_kb()
     base_rate = lib.median(rates["xargs"])
 
@@ -494,6 +519,10 @@ def comparison(fs: str, workdir: str, systems: list[type[System]], jobs: int, sh
     costs = {name: {label: lib.median([result["enqueue_shell"][label] for result in results])
                     for label in results[0]["enqueue_shell"]} for name, results in measured.items()}
     tsp_client = costs.get("task-spooler", {}).get("task-spooler")
+    loop_costs = {name: {label: lib.median([result["enqueue_loop"][label] for result in results])
+                         for label in results[0]["enqueue_loop"]} for name, results in measured.items()}
+    tsp_loop = loop_costs.get("task-spooler", {}).get("task-spooler")
+    loop_rows = [[fs, "`/bin/true` (the floor: one program per job)", "n/a", f"{loop_floor * 1e3:.2f} ms", "1.0x", ""]]
     for name, results in measured.items():
         rate = lib.median(rates[name])
         pss = lib.median([result["pss_kb"] for result in results])
@@ -504,6 +533,9 @@ def comparison(fs: str, workdir: str, systems: list[type[System]], jobs: int, sh
         for label, cost in costs[name].items():
             shell_rows.append([fs, label, fsyncs[name], f"{cost * 1e3:.2f} ms", f"{cost / sh_cost:.1f}x",
                                f"{cost / tsp_client:.2f}x" if tsp_client else ""])
+        for label, cost in loop_costs[name].items():
+            loop_rows.append([fs, label, fsyncs[name], f"{cost * 1e3:.2f} ms", f"{cost / loop_floor:.1f}x",
+                              f"{cost / tsp_loop:.2f}x" if tsp_loop else ""])
         latencies = {}
         for kind, label in (("latency_api", "in-process API"), ("latency_shell", "shell client"),
                             ("latency_script", "`queuectl-enqueue`")):
@@ -514,7 +546,8 @@ def comparison(fs: str, workdir: str, systems: list[type[System]], jobs: int, sh
             latencies[kind.removeprefix("latency_")] = quantiles(values)
         record.add(fs=fs, section="compare", system=name, baseline=False, jobs_per_s=rate,
                    vs_xargs=rate / base_rate, vs_task_spooler=rate / tsp_rate if tsp_rate else None,
-                   runs=rates[name], enqueue_shell_s=costs[name], pss_kb=pss, memory_kb=memory,
+                   runs=rates[name], enqueue_shell_s=costs[name], enqueue_loop_s=loop_costs[name],
+                   pss_kb=pss, memory_kb=memory,
                    fsyncs=fsyncs[name], latency=latencies)
     lines = [f"### Comparison on {fs}: {jobs} trivial jobs in bulk + {shell_jobs} per shell client through 2 "
              f"workers, median of {repeat} runs", "",
@@ -529,6 +562,12 @@ def comparison(fs: str, workdir: str, systems: list[type[System]], jobs: int, sh
              f"{repeat} runs", "",
              *lib.table(["fs", "client", "fsyncs", "per job", "vs `sh -c true`", "vs task-spooler's client"],
                         shell_rows), "",
+             f"### Enqueue from a shell loop on {fs}: {shell_jobs} calls inside one `sh`, timed by that shell, "
+             f"median of {repeat} runs", "",
+             "What a script that enqueues many jobs pays per job: the client, without the Python that starts "
+             "the loop. `queuectl_enqueue` is the function `eval \"$(queuectl shell-init)\"` defines.", "",
+             *lib.table(["fs", "client", "fsyncs", "per job", "vs `/bin/true`", "vs task-spooler's client"],
+                        loop_rows), "",
              f"### Pick-up latency on {fs}, idle workers: enqueue call to the job's own start, {tries} tries "
              f"x {repeat} runs", "",
              *lib.table(["fs", "system", "enqueued through", "p50", "p95", "max", "p95 vs baseline"], latency_rows), ""]
