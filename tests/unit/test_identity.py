@@ -18,6 +18,7 @@ from queuectl import Spool, lifecycle
 from queuectl.config import defaults, parse_value
 from queuectl.errors import ConfigError, DuplicateJob, InvalidJob, QueueError, SpoolError
 from queuectl.job import build, prepare_fields, retry_delay
+from queuectl.lease import Liveness
 from queuectl.runner import Outcome
 from queuectl.spool import LockedJob
 
@@ -169,6 +170,26 @@ def test_a_folder_dropped_into_pending_is_set_aside_once_and_purged_without_erro
     assert os.path.isdir(os.path.join(spool_path, "dead", "adir.invalid"))
     assert lifecycle.purge(spool, ["dead"]) == 1
     assert os.listdir(os.path.join(spool_path, "dead")) == []
+
+
+def test_odd_entries_left_in_adopting_go_back_or_aside_without_error(spool, spool_path, tmp_path):
+    """A folder, a FIFO, a symlink and a file whose name pending/ took meanwhile, in adopting/."""
+    adopting = os.path.join(spool_path, "adopting")
+    os.mkdir(os.path.join(adopting, "adir"))
+    os.mkfifo(os.path.join(adopting, "afifo.json"))
+    (tmp_path / "target").write_text("not yours")
+    os.symlink(tmp_path / "target", os.path.join(adopting, "alink.json"))
+    for folder in ("adopting", "pending"):
+        with open(os.path.join(spool_path, folder, "taken.json"), "w") as handle:
+            handle.write(json.dumps({"command": f"echo {folder}"}))
+    assert lifecycle.sweep_adopting(spool, Liveness(spool)) == 2  # the folder and the FIFO went back
+    assert os.listdir(adopting) == []
+    assert (tmp_path / "target").read_text() == "not yours"
+    for name in ("adir", "afifo.json"):
+        assert lifecycle.adopt(spool, name, complete=True) is None  # then set aside as not jobs
+    assert len(invalid_records(spool_path)) == 4
+    assert lifecycle.adopt(spool, "taken.json", complete=True) == "taken.json"
+    assert spool.get("taken")["command"] == "echo pending"
 
 
 def test_a_log_that_is_a_folder_or_a_symlink_is_reported_by_its_path(spool, spool_path, tmp_path):
