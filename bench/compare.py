@@ -4,11 +4,14 @@ The same work for every system, measured the same way, in one run, beside
 the baseline `seq N | xargs -P2 -I{} sh -c true` (no queue at all):
 
 - throughput: 2 gate jobs hold both workers while N+K trivial jobs are
-  enqueued; the time from opening the gate to the last job done gives jobs/s;
+  enqueued (each runs `sh -c true` in every system, as a queuectl job runs
+  its command through `sh -c` and as the baseline does); the time from opening the gate to the last job done gives jobs/s;
 - enqueue cost from a shell: K enqueues, one client process each (while the
   gate holds the workers, so no job runs meanwhile), through each of the
   system's shell clients (queuectl has two: `queuectl enqueue`, a Python
-  process, and `queuectl-enqueue`, the sh script that drops a file in);
+  process, and `queuectl-enqueue`, the sh script that drops a file in); and
+  K calls in a loop inside one `sh`, timed by that shell, where queuectl
+  also has the function `queuectl shell-init` defines;
 - pick-up latency of one job on idle workers, from the enqueue call to the
   job's own `date +%s%N` (p50, p95, max over --tries): through the system's
   in-process API where it has one, and through its shell client;
@@ -25,7 +28,7 @@ queue folder once a job; RQ's Redis here keeps nothing on disk.
 Systems: queuectl with `durable` on and off (2 workers each); task-spooler (`tsp`, 2 slots, its own socket);
 nq (no worker pool: every job is its own waiting process and jobs run one at
 a time, so it is measured as it is); RQ on a real Redis started here on
-127.0.0.1 (2 `rq worker` processes, jobs call subprocess.run(['true']) from a
+127.0.0.1 (2 `rq worker` processes, jobs call subprocess.run(['sh', '-c', 'true']) from a
 module on PYTHONPATH). A system that is not installed is skipped with a
 message; `--install` installs them (apt-get for tsp, nq and redis-server; rq
 and redis into a throwaway venv in the run's temporary folder).
@@ -210,7 +213,8 @@ class TaskSpooler(System):
 
     def enqueue_many(self, count: int) -> None:
         for _ in range(count):
-            subprocess.run(["tsp", "true"], env=self.env, check=True, stdout=subprocess.DEVNULL)
+            # `sh -c true`, the work of a queuectl job and of the xargs baseline: tsp alone would run `true` bare.
+            subprocess.run(["tsp", "sh", "-c", "true"], env=self.env, check=True, stdout=subprocess.DEVNULL)
 
     def wait_done(self, total: int) -> None:
         def finished() -> bool:
@@ -240,7 +244,7 @@ class Nq(System):
 
     def enqueue_many(self, count: int) -> None:
         for _ in range(count):
-            subprocess.run(["nq", "-q", "true"], env=self.env, check=True)
+            subprocess.run(["nq", "-q", "sh", "-c", "true"], env=self.env, check=True)  # as tsp's, above
 
     def wait_done(self, total: int) -> None:
         subprocess.run(["nq", "-w"], env=self.env, check=True, stdout=subprocess.DEVNULL)
@@ -249,7 +253,7 @@ class Nq(System):
 RQ_JOBS = """import subprocess
 
 def true():
-    subprocess.run(['true'])
+    subprocess.run(['sh', '-c', 'true'])
 
 def shell(command):
     subprocess.run(command, shell=True)
