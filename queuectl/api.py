@@ -70,7 +70,108 @@ class WaitTimeout(QueueError, TimeoutError):
         super().__init__(f"timed out with {len(unfinished)} job(s) unfinished: {shown}")
 
 
-class Spool(layout.Spool):
+class _Plans(layout.Spool):
+    """The part of the API that says when jobs may start: pauses, groups, resources, schedules."""
+
+    def _edit_lock(self, what: str) -> contextlib.AbstractContextManager[None]:
+        """The named lock (filelock) of an edit of config.json, the schedules or the groups
+        (docs/decisions/locks.md); loaded only by the commands that edit."""
+        from . import locks
+        return locks.spool_lock(self, what)
+
+    # -- pauses and groups ---------------------------------------------------
+
+    def pause(self, group: str | None = None) -> bool:
+        """Workers start nothing new from the spool (or the group); False if it was paused already."""
+        from . import workflow
+        if group is None:
+            return workflow.pause(self)  # one exclusive create: no lock needed
+        with self._edit_lock("groups"):
+            return workflow.pause(self, workflow.check_group(group))
+
+    def resume(self, group: str | None = None) -> bool:
+        """Undo `pause`; False if it was not paused."""
+        from . import workflow
+        if group is None:
+            return workflow.resume(self)  # one unlink: no lock needed
+        with self._edit_lock("groups"):
+            return workflow.resume(self, workflow.check_group(group))
+
+    def set_group_limit(self, group: str, limit: int | None) -> None:
+        """At most `limit` jobs of `group` run at once, across every worker and host; None: no limit."""
+        from . import workflow
+        with self._edit_lock("groups"):
+            workflow.set_limit(self, workflow.check_group(group), limit or None)
+
+    def set_group_rate(self, group: str, rate: str | None) -> str | None:
+        """At most N starts of `group`'s jobs in any window of W (`rate` "N/W": "10/1m"), across every
+        worker and host; None or "0": no rate. Returns the rate as stored ("10/1m") or None."""
+        from . import rates, workflow
+        try:
+            parsed = rates.parse_rate(rate or "0")
+        except ValueError as exc:
+            raise InvalidJob(str(exc)) from None
+        with self._edit_lock("groups"):
+            workflow.set_rate(self, workflow.check_group(group), parsed)
+        return parsed.text() if parsed else None
+
+    def declare_resource(self, name: str, count: int, host: str | None = None) -> dict[str, int]:
+        """Declare that `host` (this one: $QUEUECTL_HOST or the node name) has `count` of resource
+        `name` (0 removes it); returns the host's whole declaration (docs/guide/resources.md)."""
+        from . import resources
+        with self._edit_lock("resources"):
+            return resources.declare(self, name, count, host)
+
+    def resources(self) -> JobList:
+        """Each host's resources: declared counts and who holds which index (worker, job)."""
+        from . import resources
+        return resources.overview(self)
+
+    def groups(self) -> JobList:
+        """Groups with a limit, a rate, a pause or running jobs: name, limit, rate, starts_in_window,
+        running, slots, holders, paused."""
+        from . import workflow
+        return workflow.groups(self)
+
+    # -- schedules -----------------------------------------------------------
+
+    def add_schedule(self, name: str, fields: dict[str, Any]) -> dict:
+        """A recurring job: `fields` holds `cron` or `every`, `job` (the template) and optionally
+        `tz`, `missed`, `paused`. Returns the schedule with its next run. Raises DuplicateJob."""
+        from . import schedules
+        with self._edit_lock("schedules"):
+            return schedules.get(self, schedules.add(self, name, fields)["name"])
+
+    def list_schedules(self) -> JobList:
+        """Every schedule with its next run; an invalid file shows as {name, error}."""
+        from . import schedules
+        return schedules.listing(self)
+
+    def get_schedule(self, name: str) -> dict:
+        """One schedule with `next_run` and `last_slot`. Raises JobNotFound."""
+        from . import schedules
+        return schedules.get(self, name)
+
+    def remove_schedule(self, name: str) -> None:
+        """Delete a schedule (jobs it enqueued stay). Raises JobNotFound."""
+        from . import schedules
+        with self._edit_lock("schedules"):
+            schedules.remove(self, name)
+
+    def pause_schedule(self, name: str) -> dict:
+        """Stop enqueuing; slots that pass while paused are skipped."""
+        from . import schedules
+        with self._edit_lock("schedules"):
+            return schedules.set_paused(self, name, True)
+
+    def resume_schedule(self, name: str) -> dict:
+        """Enqueue again from the next slot; returns the schedule with its next run."""
+        from . import schedules
+        with self._edit_lock("schedules"):
+            return schedules.set_paused(self, name, False)
+
+
+class Spool(_Plans):
     """A spool folder, with every operation on its jobs, schedules, groups and workers.
 
     `Spool(path)` opens (and creates) the spool at `path`, else $QUEUECTL_SPOOL, else
@@ -266,104 +367,7 @@ class Spool(layout.Spool):
         job_id = self.resolve(job_id)
         return lifecycle.delete_finished(self, self.find(job_id) or "dead", job_id)
 
-    # -- pauses and groups ---------------------------------------------------
-
-    def pause(self, group: str | None = None) -> bool:
-        """Workers start nothing new from the spool (or the group); False if it was paused already."""
-        from . import workflow
-        if group is None:
-            return workflow.pause(self)  # one exclusive create: no lock needed
-        with self._edit_lock("groups"):
-            return workflow.pause(self, workflow.check_group(group))
-
-    def resume(self, group: str | None = None) -> bool:
-        """Undo `pause`; False if it was not paused."""
-        from . import workflow
-        if group is None:
-            return workflow.resume(self)  # one unlink: no lock needed
-        with self._edit_lock("groups"):
-            return workflow.resume(self, workflow.check_group(group))
-
-    def set_group_limit(self, group: str, limit: int | None) -> None:
-        """At most `limit` jobs of `group` run at once, across every worker and host; None: no limit."""
-        from . import workflow
-        with self._edit_lock("groups"):
-            workflow.set_limit(self, workflow.check_group(group), limit or None)
-
-    def set_group_rate(self, group: str, rate: str | None) -> str | None:
-        """At most N starts of `group`'s jobs in any window of W (`rate` "N/W": "10/1m"), across every
-        worker and host; None or "0": no rate. Returns the rate as stored ("10/1m") or None."""
-        from . import rates, workflow
-        try:
-            parsed = rates.parse_rate(rate or "0")
-        except ValueError as exc:
-            raise InvalidJob(str(exc)) from None
-        with self._edit_lock("groups"):
-            workflow.set_rate(self, workflow.check_group(group), parsed)
-        return parsed.text() if parsed else None
-
-    def declare_resource(self, name: str, count: int, host: str | None = None) -> dict[str, int]:
-        """Declare that `host` (this one: $QUEUECTL_HOST or the node name) has `count` of resource
-        `name` (0 removes it); returns the host's whole declaration (docs/guide/resources.md)."""
-        from . import resources
-        with self._edit_lock("resources"):
-            return resources.declare(self, name, count, host)
-
-    def resources(self) -> JobList:
-        """Each host's resources: declared counts and who holds which index (worker, job)."""
-        from . import resources
-        return resources.overview(self)
-
-    def groups(self) -> JobList:
-        """Groups with a limit, a rate, a pause or running jobs: name, limit, rate, starts_in_window,
-        running, slots, holders, paused."""
-        from . import workflow
-        return workflow.groups(self)
-
-    # -- schedules -----------------------------------------------------------
-
-    def add_schedule(self, name: str, fields: dict[str, Any]) -> dict:
-        """A recurring job: `fields` holds `cron` or `every`, `job` (the template) and optionally
-        `tz`, `missed`, `paused`. Returns the schedule with its next run. Raises DuplicateJob."""
-        from . import schedules
-        with self._edit_lock("schedules"):
-            return schedules.get(self, schedules.add(self, name, fields)["name"])
-
-    def list_schedules(self) -> JobList:
-        """Every schedule with its next run; an invalid file shows as {name, error}."""
-        from . import schedules
-        return schedules.listing(self)
-
-    def get_schedule(self, name: str) -> dict:
-        """One schedule with `next_run` and `last_slot`. Raises JobNotFound."""
-        from . import schedules
-        return schedules.get(self, name)
-
-    def remove_schedule(self, name: str) -> None:
-        """Delete a schedule (jobs it enqueued stay). Raises JobNotFound."""
-        from . import schedules
-        with self._edit_lock("schedules"):
-            schedules.remove(self, name)
-
-    def pause_schedule(self, name: str) -> dict:
-        """Stop enqueuing; slots that pass while paused are skipped."""
-        from . import schedules
-        with self._edit_lock("schedules"):
-            return schedules.set_paused(self, name, True)
-
-    def resume_schedule(self, name: str) -> dict:
-        """Enqueue again from the next slot; returns the schedule with its next run."""
-        from . import schedules
-        with self._edit_lock("schedules"):
-            return schedules.set_paused(self, name, False)
-
     # -- settings and workers ------------------------------------------------
-
-    def _edit_lock(self, what: str) -> contextlib.AbstractContextManager[None]:
-        """The named lock (filelock) of an edit of config.json, the schedules or the groups
-        (docs/decisions/locks.md); loaded only by the commands that edit."""
-        from . import locks
-        return locks.spool_lock(self, what)
 
     def set_config(self, key: str, text: str) -> tuple[str, Any]:
         """Set one key of config.json from its text form (as `config set`); returns (canonical key, value).

@@ -36,6 +36,49 @@ PARK_POLL = 1.0
 
 # -- a worker's view ---------------------------------------------------------------
 
+class Settings:
+    """A worker's cache of group limits and rates and of this host's declared resources, each read
+    again only when its file changed (one stat per claim, not a read)."""
+
+    def __init__(self, spool):
+        self.spool = spool
+        self.limits: dict[str, tuple[tuple, int | None, rates.Window | None]] = {}  # group -> (stat, limit, rate)
+        self.have: tuple[tuple, dict[str, int]] | None = None  # this host's declaration, by its file's stat
+
+    def of_group(self, group: str) -> tuple[int | None, rates.Window | None]:
+        """The group's limit and rate, read again only when groups/NAME.json changed (one stat per claim)."""
+        try:
+            info = os.stat(limit_path(self.spool, group))
+        except FileNotFoundError:
+            self.limits.pop(group, None)
+            return None, None
+        key = (info.st_ino, info.st_mtime_ns, info.st_size)
+        cached = self.limits.get(group)
+        if cached is None or cached[0] != key:
+            settings = read_settings(self.spool, group)
+            limit = settings.get("limit")
+            limit = limit if isinstance(limit, int) and not isinstance(limit, bool) and limit >= 1 else None
+            rate = rates.from_json(settings.get("rate"))
+            window = rates.Window(os.path.join(self.spool.root, "groups"), rate) if rate else None
+            cached = self.limits[group] = (key, limit, window)
+        return cached[1], cached[2]
+
+    def limit(self, group: str) -> int | None:
+        return self.of_group(group)[0]
+
+    def declared(self) -> dict[str, int]:
+        """This host's declared resources, read again only when its file changed."""
+        path = resources.declaration_path(self.spool, resources.host_name())
+        try:
+            info = os.stat(path)
+            key: tuple = (info.st_ino, info.st_mtime_ns, info.st_size)
+        except FileNotFoundError:
+            key = ()
+        if self.have is None or self.have[0] != key:
+            self.have = (key, resources.declared(self.spool, resources.host_name()))
+        return self.have[1]
+
+
 class Gate:
     """What a worker keeps in memory to start only what may start, without rescanning folders per claim.
 
@@ -59,9 +102,8 @@ class Gate:
         self.waiters: dict[str, set[str]] = {}                          # id -> ids waiting for it
         self.parked: dict[str, list[tuple[int, float, str, str]]] = {}  # group -> heap of (-pri, due, id, folder)
         self.full: set[str] = set()
-        self.limits: dict[str, tuple[tuple, int | None, rates.Window | None]] = {}  # group -> (stat, limit, rate)
+        self.settings = Settings(spool)
         self.needs_of: dict[str, dict[str, int]] = {}  # id -> the resources the job needs (resources.py)
-        self.have: tuple[tuple, dict[str, int]] | None = None  # this host's declaration, by its file's stat
         self.unfit: dict[str, tuple[str, int, float]] = {}  # id -> (folder, priority, due): needs more than declared
         self.rate_wake: float | None = None  # when a rate-limited group's next token frees
         self.poked = False
@@ -174,7 +216,7 @@ class Gate:
         if group and (group in self.full or is_paused(self.spool, group)):
             self._park(group, priority, due, job_id, state)
             return None
-        limit, window = self._settings(group) if group else (None, None)
+        limit, window = self.settings.of_group(group) if group else (None, None)
         slot = NO_SLOT
         if limit is not None:
             if self.badge is None:
@@ -187,7 +229,7 @@ class Gate:
             slot = taken
         needs = self.needs_of.get(job_id)
         if needs:
-            have = self._declared()
+            have = self.settings.declared()
             if not resources.fits(needs, have):
                 slot.release()
                 self.unfit[job_id] = (state, priority, due)  # `show` says why; a new declaration puts it back
@@ -212,39 +254,6 @@ class Gate:
         self.needs_of.pop(job_id, None)
         return slot
 
-    def _settings(self, group: str) -> tuple[int | None, rates.Window | None]:
-        """The group's limit and rate, read again only when groups/NAME.json changed (one stat per claim)."""
-        try:
-            info = os.stat(limit_path(self.spool, group))
-        except FileNotFoundError:
-            self.limits.pop(group, None)
-            return None, None
-        key = (info.st_ino, info.st_mtime_ns, info.st_size)
-        cached = self.limits.get(group)
-        if cached is None or cached[0] != key:
-            settings = read_settings(self.spool, group)
-            limit = settings.get("limit")
-            limit = limit if isinstance(limit, int) and not isinstance(limit, bool) and limit >= 1 else None
-            rate = rates.from_json(settings.get("rate"))
-            window = rates.Window(os.path.join(self.spool.root, "groups"), rate) if rate else None
-            cached = self.limits[group] = (key, limit, window)
-        return cached[1], cached[2]
-
-    def _limit(self, group: str) -> int | None:
-        return self._settings(group)[0]
-
-    def _declared(self) -> dict[str, int]:
-        """This host's declared resources, read again only when its file changed."""
-        path = resources.declaration_path(self.spool, resources.host_name())
-        try:
-            info = os.stat(path)
-            key: tuple = (info.st_ino, info.st_mtime_ns, info.st_size)
-        except FileNotFoundError:
-            key = ()
-        if self.have is None or self.have[0] != key:
-            self.have = (key, resources.declared(self.spool, resources.host_name()))
-        return self.have[1]
-
     def _park(self, group: str, priority: int, due: float, name: str, state: str) -> None:
         heapq.heappush(self.parked.setdefault(group, []), (-priority, due, name, state))
 
@@ -257,7 +266,7 @@ class Gate:
         self.next_poll = now + PARK_POLL
         self.rate_wake = None
         if self.unfit:
-            have = self._declared()
+            have = self.settings.declared()
             for name, (state, priority, due) in list(self.unfit.items()):
                 if resources.fits(self.needs_of.get(name, {}), have):
                     del self.unfit[name]
@@ -265,7 +274,7 @@ class Gate:
         for group in list(self.parked):
             if group and is_paused(self.spool, group):
                 continue
-            limit = self._limit(group) if group else None
+            limit = self.settings.limit(group) if group else None
             free = len(self.parked[group]) if limit is None else limit - len(slot_names(self.spool, group))
             if free <= 0:
                 self.full.add(group)
@@ -296,7 +305,7 @@ class Gate:
         waiting job waits for one that is running (its outcome may not have
         landed yet, e.g. still in this worker's group commit).
         """
-        if any(self._settings(group)[1] is not None and not is_paused(self.spool, group)
+        if any(self.settings.of_group(group)[1] is not None and not is_paused(self.spool, group)
                for group in self.parked if group):
             return True  # a rate's token frees within its window
         if self.parked:
