@@ -28,8 +28,8 @@ def test_forty_jobs_under_five_per_two_seconds_with_four_workers(qc, workers, sp
     starts = _starts(spool_path)
     assert len(starts) == 40
     assert most_in_a_window(starts, 2.0) <= 5
-    # Not slower than the rate needs either: 40 starts at 5 per 2 s is 8 windows (the test's own bound is loose).
-    assert most_in_a_window(starts, 2.0) == 5
+    # How close the starts come to the rate is a timing goal, not asserted here: a start taken for a
+    # claim another worker won is not given back (docs/guide/workflows.md, "Rate limits").
 
 
 def test_the_window_counter_counts_a_burst():

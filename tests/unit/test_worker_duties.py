@@ -61,7 +61,7 @@ def test_the_worker_lock_is_held_for_life_and_probed_from_other_processes(spool)
                                 "sys.exit(0 if registry.holds_lock(Spool(sys.argv[1]), 'w-1') else 1)", spool.root])
         assert probe.returncode == 0
     finally:
-        held.unlock()
+        held.release()
     assert not registry.holds_lock(spool, "w-1")
 
 
