@@ -335,15 +335,16 @@ def claim(spool: Spool, state: str, job_id: str, worker: str, now: float) -> Loc
         return None
     claimed = False
     try:
-        claimed = _claim_held(spool, held, state, job_id, worker, now)
+        claimed = _claim_held(spool, held, worker, now)
     finally:
         if not claimed:  # the one place a claim lets its file go, whatever the way out
             held.unlock()
     return held if claimed else None
 
 
-def _claim_held(spool: Spool, held: LockedJob, state: str, job_id: str, worker: str, now: float) -> bool:
+def _claim_held(spool: Spool, held: LockedJob, worker: str, now: float) -> bool:
     """claim's steps on the locked file; False when it is not this worker's to run now."""
+    state, job_id = held.state, id_of(held.name)
     # A file in pending/ that is not the one queuectl placed there under this id
     # (its marker names another inode, or none) is a drop-in: adopted first, or
     # refused when the id is taken (docs/decisions/identity.md).
