@@ -231,6 +231,8 @@ def build_bytes(fields: Any, config: dict, *, stem: str | None = None,
     if timeout is not None and (not isinstance(timeout, (int, float)) or isinstance(timeout, bool)
                                 or not 0 <= timeout <= sys.float_info.max):
         raise InvalidJob("timeout must be a number of seconds >= 0, or null for the config default")
+    if "held" in job and not isinstance(job["held"], bool):
+        raise InvalidJob("held must be true or false (queuectl hold and release write it)")
     if job["cwd"] is not None and not isinstance(job["cwd"], str):
         raise InvalidJob("cwd must be a string")
     env = job["env"]

@@ -126,6 +126,7 @@ MUTATED_FIELDS = {
     "cwd": either(any_value, inserted(env_values, ["\x00"])),
     "env": either(any_value, near_miss_envs()),
     "history": any_value,
+    "held": any_value,
     **{name: either(any_value, inserted(env_values, ["\x00"])) for name in ("on_success", "on_failure", "on_dead")},
     "after": either(any_value, near_miss_ids, st.lists(either(valid_ids, near_miss_ids, any_value), max_size=3)),
     "group": either(any_value, inserted(st.from_regex(r"[A-Za-z0-9_-]{1,64}", fullmatch=True)),
@@ -256,6 +257,7 @@ def test_what_is_not_an_object_is_refused_by_both(value):
     {"command": "true", "history": None},
     {"command": "true", "timeout": 10 ** 400},
     {"command": "true", "run_at": 1700000000},
+    {"command": "true", "held": "yes"},
     {"priority": 1},
     ["true"],
 ])
