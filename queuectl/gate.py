@@ -244,11 +244,12 @@ class Gate:
             slot = slot.join(indexes)
         if window is not None:
             started, frees_at = window.take(now or time.time(), worker, self.spool.dir("tmp"))
-            if not started:
+            if started is None:
                 slot.release()
                 self._park(group, priority, due, job_id, state)
                 self.rate_wake = frees_at if self.rate_wake is None else min(self.rate_wake, frees_at)
                 return None
+            slot = slot.join(Slot(start=started))  # a holding of its own: NO_SLOT is shared
         # Claimed next: forgotten now, so its own "gone" event costs no stat (a lost claim re-reads it).
         self.group_of.pop(job_id, None)
         self.needs_of.pop(job_id, None)

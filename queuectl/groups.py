@@ -209,13 +209,14 @@ class Slot:
     `env`: what the job's environment gets from them (the indexes, QUEUECTL_GPU=0,2).
     """
 
-    def __init__(self, path: str | None = None, env: dict[str, str] | None = None):
+    def __init__(self, path: str | None = None, env: dict[str, str] | None = None, start: str | None = None):
         self.paths = [path] if path is not None else []
         self.env = env or {}
+        self.start = start  # a start of the group's rate (rates.Window.take), kept once the job starts
 
     def join(self, other: Slot) -> Slot:
         """This slot and `other`'s names as one holding (released together)."""
-        joined = Slot(env={**self.env, **other.env})
+        joined = Slot(env={**self.env, **other.env}, start=self.start or other.start)
         joined.paths = self.paths + other.paths
         return joined
 
@@ -224,6 +225,13 @@ class Slot:
         paths, self.paths = self.paths, []
         for path in paths:
             fsops.unlink_if_there(path)
+
+    def give_back(self) -> None:
+        """For a claim that did not happen: free every name, and give the rate's start back."""
+        self.release()
+        start, self.start = self.start, None
+        if start is not None:
+            rates.give_back(start)
 
 
 NO_SLOT = Slot()

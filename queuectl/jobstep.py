@@ -65,14 +65,14 @@ class JobStep:
                 held = lifecycle.claim(self.spool, state, job_id, self.name, now)
         except OSError as exc:
             if not (self.spool.shared and exc.errno in LOST_RACE):
-                slot.release()
+                slot.give_back()
                 raise
             held = None  # another host's worker moved it between this worker's steps: its job now
         except BaseException:
-            slot.release()  # a passing network error on a shared spool: the worker goes on, the slot must too
+            slot.give_back()  # a passing network error on a shared spool: the worker goes on, the slot must too
             raise
         if held is None:
-            slot.release()
+            slot.give_back()  # no job started: a start of its group's rate is given back too
             if self.spool.shared:
                 # Another worker had it (gone, or its lock taken), or now and then it was not due
                 # after all: the worker goes on to its next due job at once, with no pause and no

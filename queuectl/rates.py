@@ -9,6 +9,13 @@ The contract (docs/guide/workflows.md, "Rate limits"):
 - a worker uses token K only when its last start `kK.(n-1)` is at least W old, so two
   starts on one token are W apart and any window of W holds at most N starts.
 
+A start taken for a claim that then did not happen (another worker won the
+job) is given back by the name `kK.n.void` beside it: the name `kK.n` stays
+as it was (a name once made keeps its bytes), and the token's last real
+start is its newest use without such a mark (`kK.(n-1)`, which a use keeps).
+When every use left is marked, the newest counts as a start: fewer starts,
+never more.
+
 Only link() decides, never rename: on a network file system two clients can both
 "win" a rename of one file (docs/guide/several-hosts.md), while link() of one new
 name gives EEXIST to all but one. A name once used is never made again: names
@@ -36,6 +43,8 @@ MAX_STARTS = 10000
 MAX_WINDOW = 7 * 86400.0
 _RATE = re.compile(r"\s*([0-9]{1,6})\s*/\s*(\S+)\s*")
 _TOKEN = re.compile(r"k([0-9]{1,5})\.([0-9]{1,12})")
+_VOID = re.compile(r"k([0-9]{1,5})\.([0-9]{1,12})\.void")
+VOID = ".void"
 
 
 @dataclass(frozen=True)
@@ -90,6 +99,36 @@ def _parse(name: str) -> tuple[int, int] | None:
     return (int(match.group(1)), int(match.group(2))) if match else None
 
 
+def _last_real_starts(names: list[str], starts: int, stamp_of) -> dict[int, tuple[int, int | None]]:
+    """Each token's newest use n and the time of its last real start (a use given back is no start)."""
+    uses: dict[int, list[int]] = {}
+    void: set[tuple[int, int]] = set()
+    for name in names:
+        parsed = _parse(name)
+        if parsed is not None:
+            if parsed[0] < starts:
+                uses.setdefault(parsed[0], []).append(parsed[1])
+            continue
+        match = _VOID.fullmatch(name)
+        if match:
+            void.add((int(match.group(1)), int(match.group(2))))
+    found = {}
+    for token, numbers in uses.items():
+        numbers.sort(reverse=True)
+        real = next((number for number in numbers if (token, number) not in void), numbers[0])
+        found[token] = (numbers[0], stamp_of(f"k{token}.{real}"))
+    return found
+
+
+def give_back(path: str) -> None:
+    """Mark the start `path` (a `kK.n` that take returned) as no start: its claim did not happen."""
+    try:
+        fsops.close_quietly(os.open(path + VOID, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+                                    | os.O_NOFOLLOW, 0o600))
+    except (FileExistsError, FileNotFoundError):
+        pass  # marked already (a retried call), or the folder went with a change of rate
+
+
 def _read_stamp(path: str) -> int | None:
     try:
         fd = fsops.open_nofollow(path)
@@ -122,14 +161,10 @@ def make_tokens(groups_dir: str, group: str, rate: Rate, carried: list[int], tmp
 
 def recent_starts(groups_dir: str, rate: Rate) -> list[int]:
     """Each token's last start (ms), newest first (0 for a token never used)."""
-    last: dict[int, tuple[int, str]] = {}
     folder = os.path.join(groups_dir, rate.tokens)
-    for name in fsops.listdir_if_there(folder):
-        parsed = _parse(name)
-        if parsed and parsed[1] >= last.get(parsed[0], (-1, ""))[0]:
-            last[parsed[0]] = (parsed[1], name)
-    stamps = [_read_stamp(os.path.join(folder, name)) or 0 for _, name in last.values()]
-    return sorted(stamps, reverse=True)
+    last = _last_real_starts(fsops.listdir_if_there(folder), MAX_STARTS,
+                             lambda name: _read_stamp(os.path.join(folder, name)))
+    return sorted((stamp or 0 for _, stamp in last.values()), reverse=True)
 
 
 def remove_tokens(groups_dir: str, name: str) -> None:
@@ -154,20 +189,15 @@ class Window:
         self.folder = os.path.join(groups_dir, rate.tokens)
         self.stamps: dict[str, int] = {}
 
-    def take(self, now: float, worker: str, tmp_dir: str) -> tuple[bool, float]:
-        """Use a token for a start at `now`; (True, now) when one was free, else (False, when one frees)."""
+    def take(self, now: float, worker: str, tmp_dir: str) -> tuple[str | None, float]:
+        """Use a token for a start at `now`: (the start's name, now) when one was free, else (None, when
+        one frees). `give_back` of that name undoes the start, for a claim that did not happen."""
         now_ms = _millis(now)
         window = _millis(self.rate.seconds)
         names = fsops.listdir_if_there(self.folder)
-        latest: dict[int, int] = {}
-        for name in names:
-            parsed = _parse(name)
-            if parsed and parsed[0] < self.rate.starts and parsed[1] >= latest.get(parsed[0], -1):
-                latest[parsed[0]] = parsed[1]
         self.stamps = {name: stamp for name, stamp in self.stamps.items() if name in names}
         free, frees_at = [], None
-        for token, used in latest.items():
-            stamp = self._stamp(f"k{token}.{used}")
+        for token, (used, stamp) in _last_real_starts(names, self.rate.starts, self._stamp).items():
             if stamp is None:
                 continue  # being made (or made by hand): not a free token
             if stamp + window <= now_ms:
@@ -180,10 +210,10 @@ class Window:
             try:
                 for token, used in free:
                     if self._use(temp, token, used + 1):
-                        return True, now
+                        return os.path.join(self.folder, f"k{token}.{used + 1}"), now
             finally:
                 fsops.unlink_if_there(temp)
-        return False, (frees_at / 1000 if frees_at is not None else now + self.rate.seconds)
+        return None, (frees_at / 1000 if frees_at is not None else now + self.rate.seconds)
 
     def _stamp(self, name: str) -> int | None:
         stamp = self.stamps.get(name)
@@ -206,13 +236,18 @@ class Window:
                 return False
         except FileNotFoundError:
             return False  # the folder went: the group's rate changed (the next claim reads it again)
-        newer = [parsed[1] for parsed in map(_parse, fsops.listdir_if_there(self.folder))
-                 if parsed and parsed[0] == token]
+        names = fsops.listdir_if_there(self.folder)
+        newer = [parsed[1] for parsed in map(_parse, names) if parsed and parsed[0] == token]
         if max(newer, default=number) > number:
             # Made again from a listing older than a later use of this token: not a use.
             fsops.unlink_if_there(path)
             return False
+        # The previous use stays (a late lister's link gets EEXIST), and so does the newest use
+        # not given back: the token's last real start if this one is given back too.
+        real = max((used for used in newer if used < number and f"k{token}.{used}{VOID}" not in names),
+                   default=-1)
         for used in newer:
-            if used < number - 1:  # the previous use stays: a late lister's link gets EEXIST
+            if used < number - 1 and used != real:
                 fsops.unlink_if_there(os.path.join(self.folder, f"k{token}.{used}"))
+                fsops.unlink_if_there(os.path.join(self.folder, f"k{token}.{used}{VOID}"))
         return True
