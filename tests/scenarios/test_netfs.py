@@ -407,7 +407,7 @@ def test_a_claim_that_fails_gives_its_group_slot_back(spool, monkeypatch):
     released = []
 
     class Slot:
-        def release(self):
+        def give_back(self):  # a claim that did not happen: its slot, and a start of its rate, go back
             released.append(True)
     monkeypatch.setattr(worker.gate, "admit", lambda *args: Slot())
 
