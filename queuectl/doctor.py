@@ -144,13 +144,12 @@ class _Leftovers:
                 continue  # being adopted right now
             with held:
                 abandoned = judge.abandoned(held)
-            finding = self._add("cut-adoption", f"{ADOPTING}/{name}",
-                                "a dropped-in file whose adoption was cut short" + (
-                                    "" if abandoned else "; a worker's recovery puts it back into pending/ "
-                                                         "once it has not changed for a lease"))
-            if self.repair and abandoned:
-                lifecycle.sweep_adopting(self.spool, judge)
-                finding["repaired"] = not os.path.lexists(os.path.join(self.spool.dir(ADOPTING), name))
+                finding = self._add("cut-adoption", f"{ADOPTING}/{name}",
+                                    "a dropped-in file whose adoption was cut short" + (
+                                        "" if abandoned else "; a worker's recovery puts it back into pending/ "
+                                                             "once it has not changed for a lease"))
+                if self.repair and abandoned:
+                    finding["repaired"] = lifecycle.put_back_drop_in(self.spool, held) is not None
 
     # -- leftovers ---------------------------------------------------------------
 

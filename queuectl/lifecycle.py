@@ -740,13 +740,17 @@ def _take_drop_in(spool: Spool, held: LockedJob) -> bool:
     """
     if not spool.shared or held.state != "pending":
         return True
-    try:
-        held.move(ADOPTING, sync=False, fold_cut=False)
-    except FileNotFoundError:
-        return False  # another process took it first
-    except FileExistsError:
-        return False  # a file of this name is still being adopted (or left by a crash): later
-    return held.at_name() is not None
+    for _ in range(2):
+        try:
+            held.move(ADOPTING, sync=False, fold_cut=False)
+            return held.at_name() is not None
+        except FileNotFoundError:
+            if os.path.isdir(spool.dir(ADOPTING)):
+                return False  # another process took it first
+            fsops.make_folder(spool.dir(ADOPTING))  # made on first use: no spool open pays a look for it
+        except FileExistsError:
+            return False  # a file of this name is still being adopted (or left by a crash): later
+    return False
 
 
 def _only_in_marker(spool: Spool, job_id: str) -> bool:
@@ -923,16 +927,23 @@ def sweep_adopting(spool: Spool, judge: Any) -> int:
         if held is None:
             continue
         with held:
-            if not judge.abandoned(held):
-                continue
-            try:
-                held.move("pending", sync=True, fold_cut=False)
+            if judge.abandoned(held) and put_back_drop_in(spool, held) == "pending":
                 returned += 1
-            except FileNotFoundError:
-                pass  # another host's sweep put it back first
-            except FileExistsError:
-                dead_letter(spool, held, "a file of this name reached pending/ while this one was being adopted")
     return returned
+
+
+def put_back_drop_in(spool: Spool, held: LockedJob) -> str | None:
+    """Move the abandoned drop-in `held` (locked, in adopting/) back under its name in pending/; the
+    folder it reached, None when another host's sweep moved it first. A file that took that name
+    meanwhile keeps it: this one goes to dead/ with its bytes."""
+    try:
+        held.move("pending", sync=True, fold_cut=False)
+        return "pending"
+    except FileNotFoundError:
+        return None
+    except FileExistsError:
+        dead_letter(spool, held, "a file of this name reached pending/ while this one was being adopted")
+        return "dead"
 
 
 def _recover_one(spool: Spool, held: LockedJob) -> str:

@@ -244,7 +244,8 @@ class Window:
             return False
         # The previous use stays (a late lister's link gets EEXIST), and so does the newest use
         # not given back: the token's last real start if this one is given back too.
-        real = max((used for used in newer if used < number and f"k{token}.{used}{VOID}" not in names),
+        present = set(names)
+        real = max((used for used in newer if used < number and f"k{token}.{used}{VOID}" not in present),
                    default=-1)
         for used in newer:
             if used < number - 1 and used != real:

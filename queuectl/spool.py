@@ -36,10 +36,10 @@ from .job import MAX_JOB_BYTES, STATES, check_id, dumps, is_valid_id, iso, loads
 # purging/<id>: the marker of an id whose job is being deleted.
 IDS = "ids"
 PURGING = "purging"
+FOLDERS = ("tmp", *STATES, "logs", "workers", "schedules", IDS, PURGING, "cancels", "suspends")
 # adopting/<name>: a drop-in one process took out of pending/ to adopt it, on a shared spool
-# (docs/decisions/identity.md, "Drop-ins on a shared spool").
+# (docs/decisions/identity.md, "Drop-ins on a shared spool"); made on first use, not by every open.
 ADOPTING = "adopting"
-FOLDERS = ("tmp", *STATES, "logs", "workers", "schedules", IDS, PURGING, ADOPTING, "cancels", "suspends")
 SUFFIX = ".json"
 # In ids/: present once every job of the spool has its marker (spools made before markers get them once).
 IDS_COMPLETE = ".complete"

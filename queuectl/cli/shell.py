@@ -64,7 +64,7 @@ def shell_init(ctx: click.Context, name: str) -> None:
                                  param_hint="--name")
     spool = open_spool(ctx)
     script = script_path()
-    root = os.path.realpath(spool.root) if os.path.isabs(spool.root) else os.path.abspath(spool.root)
+    root = os.path.abspath(spool.root)  # given to the script as --spool: it compares it as it is
     boot = boot_ms()
     checked = f"QUEUECTL_ENQUEUE_CHECKED={shlex.quote(root)}"
     clock = f" QUEUECTL_ENQUEUE_BOOT_MS={boot}" if boot is not None else ""

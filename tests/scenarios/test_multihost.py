@@ -237,6 +237,7 @@ def test_a_drop_in_whose_adopter_died_in_adopting_comes_back_and_runs(two_hosts,
     for a lease, recovery puts it back into pending/, and it runs."""
     host_a, host_b, spool = two_hosts
     runs = tmp_path / "runs"
+    os.makedirs(spool.dir("adopting"), exist_ok=True)  # made by the first adoption
     left = os.path.join(spool.dir("adopting"), "left-behind.json")
     with open(left, "w") as handle:
         json.dump({"command": f'echo "$QUEUECTL_JOB_ID" >> {runs}'}, handle)

@@ -240,6 +240,7 @@ def test_a_job_in_processing_without_a_live_owner_is_recovered(spool_path, spool
 def test_a_drop_in_left_in_adopting_goes_back_to_pending(spool_path, spool):
     """An adoption cut short on a shared spool left the file in adopting/: put back under its name."""
     data = b'{"command": "echo back"}'
+    os.mkdir(os.path.join(spool_path, "adopting"))  # made by the first adoption on a shared spool
     write(os.path.join(spool_path, "adopting", "back.json"), data)
 
     diagnose(spool_path, [("cut-adoption", "adopting/back.json")])

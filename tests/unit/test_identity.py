@@ -175,6 +175,7 @@ def test_a_folder_dropped_into_pending_is_set_aside_once_and_purged_without_erro
 def test_odd_entries_left_in_adopting_go_back_or_aside_without_error(spool, spool_path, tmp_path):
     """A folder, a FIFO, a symlink and a file whose name pending/ took meanwhile, in adopting/."""
     adopting = os.path.join(spool_path, "adopting")
+    os.mkdir(adopting)  # made by the first adoption on a shared spool
     os.mkdir(os.path.join(adopting, "adir"))
     os.mkfifo(os.path.join(adopting, "afifo.json"))
     (tmp_path / "target").write_text("not yours")
