@@ -232,6 +232,25 @@ def test_files_dropped_in_through_both_hosts_each_run_once(two_hosts, tmp_path):
     _no_tracebacks(*workers)
 
 
+def test_a_drop_in_is_renamed_after_its_id_or_its_stem_on_a_shared_spool(two_hosts, tmp_path):
+    """SPEC 3 through adopting/: no id takes the file's stem; an id names the file."""
+    host_a, host_b, spool = two_hosts
+    runs = tmp_path / "runs"
+    command = f'echo "$QUEUECTL_JOB_ID" >> {runs}'
+    for name, job in (("from-stem.json", {"command": command}), ("other-name.json", {"id": "by-id", "command": command})):
+        temp = os.path.join(host_b.spool_path, "tmp", name)
+        with open(temp, "w") as handle:
+            json.dump(job, handle)
+        os.rename(temp, os.path.join(host_b.spool_path, "pending", name))
+    workers = [(host_a, host_a.start("worker", "start")), (host_b, host_b.start("worker", "start"))]
+    wait_until(lambda: _all_finished(spool, ["from-stem", "by-id"]), timeout=30, message="both drop-ins to run",
+               explain=lambda: _states(spool, ["from-stem", "by-id"]))
+    assert _states(spool, ["from-stem", "by-id"]) == {"from-stem": "completed", "by-id": "completed"}
+    assert sorted(_runs(runs)) == ["by-id", "from-stem"]
+    assert not os.path.lexists(spool.path("pending", "other-name")) and os.listdir(spool.dir("dead")) == []
+    _no_tracebacks(*workers)
+
+
 def test_a_drop_in_whose_adopter_died_in_adopting_comes_back_and_runs(two_hosts, tmp_path):
     """A crash after a drop-in was taken into adopting/ leaves it there: once it has not changed
     for a lease, recovery puts it back into pending/, and it runs."""
