@@ -117,8 +117,16 @@ class Intake:
                 return
             self.index.add(folder, job["id"], priority, due, time.time())
             return
-        if folder != "pending":
-            return  # only pending/ takes drop-ins; doctor reports strays elsewhere
+        if folder == "pending":  # only pending/ takes drop-ins; doctor reports strays elsewhere
+            self.adopt(name, complete=complete)
+
+    def adopt(self, name: str, *, complete: bool = True) -> None:
+        """Adopt the file `name` dropped into pending/ (lifecycle.adopt), and index the job it makes.
+
+        Also the way for a file in queuectl's own form that a claim found is
+        not its id's stored job (lifecycle.DROP_IN): a copy, or a file put
+        over a stored job's name.
+        """
         target = lifecycle.adopt(self.spool, name, complete=complete)
         if target is not None:
             self.rechecks.pop(name, None)

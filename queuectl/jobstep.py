@@ -71,9 +71,11 @@ class JobStep:
         except BaseException:
             slot.give_back()  # a passing network error on a shared spool: the worker goes on, the slot must too
             raise
-        if held is None:
+        if not isinstance(held, LockedJob):
             slot.give_back()  # no job started: a start of its group's rate is given back too
-            if self.spool.shared:
+            if held == lifecycle.DROP_IN:
+                self.intake.adopt(file_name(job_id))  # a file dropped in under a stored job's name
+            elif self.spool.shared:
                 # Another worker had it (gone, or its lock taken), or now and then it was not due
                 # after all: the worker goes on to its next due job at once, with no pause and no
                 # listing, in another lane (order.DueIndex.pop_due) so as not to race that

@@ -7,7 +7,7 @@ Every edge a job file can take, and the function that takes it:
     pending (a drop-in)    --adopt: not a valid job---->  dead    (bytes kept as <id>.invalid)
     pending (a drop-in)    --adopt: id or key taken--->  dead    (another job holds its id or unique_key)
     pending                --claim-------------------->  processing (a file its id's marker does not
-                                                           name is adopted first)
+                                                           name is left as it is: DROP_IN, for adopt)
     failed                 --claim: next_run_at due--->  processing
     processing             --settle: exit 0----------->  completed
     processing             --settle: retries left----->  failed
@@ -328,31 +328,41 @@ def _enqueued_before(published: list[dict]) -> str:
     return f"; the first {len(published)} job(s) of the batch were enqueued" if published else ""
 
 
-def claim(spool: Spool, state: str, job_id: str, worker: str, now: float) -> LockedJob | None:
-    """Own a due job of `state` and move it into processing/; None if another worker got there first."""
+# What claim returns for a file in pending/ that is not its id's own job: a drop-in, for the
+# caller to hand to adoption (adopt) before anything of it runs (docs/decisions/identity.md).
+DROP_IN = "drop-in"
+
+
+def claim(spool: Spool, state: str, job_id: str, worker: str, now: float) -> LockedJob | str | None:
+    """Own a due job of `state` and move it into processing/.
+
+    None if it is not this worker's to run now (another worker got there
+    first, or it is not due); DROP_IN if the file under the id's name in
+    pending/ is not the job queuectl placed there (its marker names another
+    inode, or none): a claim never adopts, it leaves the file as it is.
+    """
     held = spool.lock(state, file_name(job_id))
     if held is None:
         return None
-    claimed = False
+    claimed: bool | str = False
     try:
         claimed = _claim_held(spool, held, worker, now)
     finally:
-        if not claimed:  # the one place a claim lets its file go, whatever the way out
+        if claimed is not True:  # the one place a claim lets its file go, whatever the way out
             held.unlock()
-    return held if claimed else None
+    if claimed is True:
+        return held
+    return DROP_IN if claimed == DROP_IN else None
 
 
-def _claim_held(spool: Spool, held: LockedJob, worker: str, now: float) -> bool:
-    """claim's steps on the locked file; False when it is not this worker's to run now."""
+def _claim_held(spool: Spool, held: LockedJob, worker: str, now: float) -> bool | str:
+    """claim's steps on the locked file; False when it is not this worker's to run now, DROP_IN for a drop-in."""
     state, job_id = held.state, id_of(held.name)
-    # A file in pending/ that is not the one queuectl placed there under this id
-    # (its marker names another inode, or none) is a drop-in: adopted first, or
-    # refused when the id is taken (docs/decisions/identity.md).
     own = state == "pending" and spool.id_holds(job_id, held.inode) is True
     if finish_cut_move(spool, held, links=2 if own else 1):  # the marker is one more name of its own file
         return False
-    if state == "pending" and not own and _adopt_held(spool, held, complete=True, mtime=0.0) != file_name(job_id):
-        return False
+    if state == "pending" and not own:
+        return DROP_IN
     try:
         job = build(held.job, spool.config, stem=job_id, state=state)
         if due_time(job) > now or job.get("held") is True:  # a held job waits for `release` (hold)
@@ -644,8 +654,11 @@ def adopt(spool: Spool, name: str, *, complete: bool) -> str | None:
     if held is None:
         return None
     with held:
-        if finish_cut_move(spool, held):
+        own = is_valid_id(id_of(name)) and spool.id_holds(id_of(name), held.inode) is True
+        if finish_cut_move(spool, held, links=2 if own else 1):
             return None
+        if own and is_canonical(held.job, "pending", name):
+            return name  # its id's stored job already (adopted meanwhile by another worker)
         return _adopt_held(spool, held, complete=complete, mtime=info.st_mtime)
 
 

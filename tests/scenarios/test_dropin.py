@@ -201,6 +201,25 @@ def test_a_drop_in_reusing_a_finished_jobs_id_is_a_duplicate(spool_path, watchin
     assert read_lines(ran) == ["done"]
 
 
+def test_a_copy_in_queuectls_own_form_on_a_finished_id_goes_to_dead_unrun(spool_path, watching, tmp_path):
+    """Stored form, edited back to pending: the worker indexes it, its claim finds the file is not the
+    id's stored job (lifecycle.DROP_IN), and adoption refuses the taken id; it never runs."""
+    ran = tmp_path / "ran.txt"
+    wait_for_state(spool_path, enqueue(spool_path, {"id": "kept", "command": "true"}), "completed")
+    original = Spool(spool_path).get("kept")
+    copy = dict(original, state="pending", command=append_id(ran), finished_at=None)
+    move_in(spool_path, "kept.json", json.dumps(copy).encode())
+
+    def dead_letter():
+        dead = [job for job in Spool(spool_path).iter_jobs("dead") if job.get("original_name") == "kept.json"]
+        return dead[0] if dead else None
+    record = wait_until(dead_letter, message="the copy to be dead-lettered")
+    assert "duplicate id 'kept'" in record["last_error"] and record["id"] != "kept"
+    run_marker_job(spool_path)
+    assert Spool(spool_path).get("kept") == original
+    assert not os.path.exists(pending(spool_path, "kept.json")) and not ran.exists()
+
+
 def test_a_quiet_file_still_open_for_writing_is_not_judged_by_its_age(spool):
     """A writer that pauses longer than the grace period keeps its file out of dead/."""
     from queuectl import lifecycle

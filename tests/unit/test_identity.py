@@ -90,7 +90,9 @@ def test_a_copy_of_a_dead_job_dropped_back_into_pending_does_not_run(spool, spoo
     copy.update(state="pending", command="echo copy")
     with open(os.path.join(spool_path, "pending", "d.json"), "w") as handle:
         json.dump(copy, handle)
-    assert lifecycle.claim(spool, "pending", "d", "test-worker", time.time() + 1) is None
+    # A claim never runs it, nor adopts it: it says what it is, and adoption refuses the taken id.
+    assert lifecycle.claim(spool, "pending", "d", "test-worker", time.time() + 1) == lifecycle.DROP_IN
+    assert lifecycle.adopt(spool, "d.json", complete=True) is None
     assert where(spool_path, "d") == ["dead"]
     assert read_job(spool_path, "dead", "d")["command"] == "echo original"
     records = invalid_records(spool_path)
