@@ -137,8 +137,16 @@ class _Plans(layout.Spool):
 
     def add_schedule(self, name: str, fields: dict[str, Any]) -> dict:
         """A recurring job: `fields` holds `cron` or `every`, `job` (the template) and optionally
-        `tz`, `missed`, `paused`. Returns the schedule with its next run. Raises DuplicateJob."""
-        from . import schedules
+        `tz`, `missed`, `paused`. Returns the schedule with its next run. Raises DuplicateJob, and
+        InvalidJob for a template whose `needs` no host has on a local spool (as enqueue would
+        refuse each run; a slot that fires after a declaration shrank enqueues a job that waits)."""
+        from . import resources, schedules
+        needs = fields.get("job", {}).get("needs") if isinstance(fields.get("job"), dict) else None
+        counts = isinstance(needs, dict) and all(type(count) is int for count in needs.values())
+        if counts and needs and not self.shared:  # a malformed `needs` is refused by schedules.add
+            reason = resources.refusal(needs, resources.declarations(self))
+            if reason is not None:
+                raise InvalidJob(f"schedule {name}: each run {reason}")
         with self._edit_lock("schedules"):
             return schedules.get(self, schedules.add(self, name, fields)["name"])
 

@@ -225,6 +225,20 @@ class Duration(click.ParamType):
         return value if isinstance(value, float) else parse_duration(str(value))
 
 
+def limit_fields(**texts: str | None) -> dict:
+    """--memory, --cpu-time, --max-files as job fields (docs/guide/limits.md); a bad one is a usage error."""
+    fields = {}
+    for name, text in texts.items():
+        if text is None:
+            continue
+        from ..limits import parse_field  # only for a job that sets a limit: enqueue's start-up stays as it was
+        try:
+            fields[name] = parse_field(name, text)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--" + name.replace("_", "-")) from None
+    return fields
+
+
 def warn(message: str) -> None:
     click.echo(f"queuectl: warning: {message}", err=True)
 

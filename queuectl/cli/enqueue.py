@@ -14,7 +14,7 @@ import click
 
 from ..errors import InvalidJob, QueueError
 from ..job import iso, parse_needs, parse_time, prepare_fields
-from . import Command, Duration, no_worker_note, open_spool, print_json, warn
+from . import Command, Duration, limit_fields, no_worker_note, open_spool, print_json, warn
 
 JSON_HINT = ("to run it as a shell command instead, pass it with --command '...' or after --: "
              "queuectl enqueue -- '{ echo a; } > f'")
@@ -39,20 +39,6 @@ def _env_pairs(ctx: click.Context, param: click.Parameter, values: tuple[str, ..
             raise click.BadParameter(f"{value!r} is not KEY=VALUE")
         pairs[name] = text
     return pairs
-
-
-def _limit_fields(**texts: str | None) -> dict:
-    """--memory, --cpu-time, --max-files as job fields (docs/guide/limits.md); a bad one is a usage error."""
-    fields = {}
-    for name, text in texts.items():
-        if text is None:
-            continue
-        from ..limits import parse_field  # only for a job that sets a limit: enqueue's start-up stays as it was
-        try:
-            fields[name] = parse_field(name, text)
-        except ValueError as exc:
-            raise click.BadParameter(str(exc), param_hint="--" + name.replace("_", "-")) from None
-    return fields
 
 
 class _Documents:
@@ -191,7 +177,7 @@ def enqueue(ctx, words, command, job_id, priority, max_retries, timeout, run_at,
                    needs=parse_needs(needs) if needs else None)
     hooks = {name: value for name, value in (("on_success", on_success), ("on_failure", on_failure),
                                              ("on_dead", on_dead)) if value is not None}
-    hooks.update(_limit_fields(memory=memory, cpu_time=cpu_time, max_files=max_files))
+    hooks.update(limit_fields(memory=memory, cpu_time=cpu_time, max_files=max_files))
     if held:
         hooks["held"] = True
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import click
 
-from ..job import shorten
-from . import Duration, QueueGroup, open_spool, print_json
+from ..job import parse_needs, shorten
+from . import Duration, QueueGroup, limit_fields, open_spool, print_json
 
 
 @click.group(cls=QueueGroup)
@@ -46,20 +46,26 @@ def _schedule_env(pairs: tuple[str, ...]) -> dict[str, str] | None:
               help="Each run carries this unique key: a slot is not enqueued while the previous run holds it.")
 @click.option("--after", "after", multiple=True, metavar="ID[,ID...]",
               help="Each run starts only once these jobs have completed (repeatable).")
+@click.option("--needs", "needs", multiple=True, metavar="NAME=N[,...]",
+              help="Resources each run needs on its host, e.g. gpu=2 (see 'resource set'); repeatable.")
+@click.option("--memory", metavar="SIZE", help="Memory limit of each run: 512M, 2G [default: config].")
+@click.option("--cpu-time", metavar="TIME", help="CPU time limit of each run: 90, 10m [default: config].")
+@click.option("--max-files", metavar="N", help="Open files limit of each run [default: config].")
 @click.option("--paused", is_flag=True, help="Create it paused.")
 @click.pass_context
 def schedule_add(ctx, name, command, cron, every, tz, missed, grace, priority, max_retries, timeout, cwd, env,
-                 on_success, on_failure, on_dead, group, unique, after, paused):
+                 on_success, on_failure, on_dead, group, unique, after, needs, memory, cpu_time, max_files, paused):
     """Add schedule NAME running COMMAND at every slot of --cron or --every."""
     if (cron is None) == (every is None):
         raise click.UsageError("give exactly one of --cron and --every")
     spool = open_spool(ctx)
     after_ids = [spool.resolve(part.strip()) for value in after for part in value.split(",") if part.strip()]
-    template = {"command": command}
+    needed = parse_needs(needs) if needs else None
+    template = {"command": command, **limit_fields(memory=memory, cpu_time=cpu_time, max_files=max_files)}
     for key, value in (("priority", priority), ("max_retries", max_retries), ("timeout", timeout),
                        ("cwd", cwd), ("env", _schedule_env(env)), ("on_success", on_success),
                        ("on_failure", on_failure), ("on_dead", on_dead), ("group", group),
-                       ("unique_key", unique), ("after", after_ids or None)):
+                       ("unique_key", unique), ("after", after_ids or None), ("needs", needed)):
         if value is not None:
             template[key] = value
     fields = {"cron": cron, "every": every, "tz": tz, "missed": missed, "paused": paused, "job": template}

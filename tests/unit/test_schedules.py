@@ -56,12 +56,37 @@ def test_add_list_show_pause_resume_rm(qc, spool_path):
     (["--cron", "* * * * *", "--tz", "Mars/Olympus"], "unknown time zone"),
     (["--every", "5s", "--tz", "Europe/Berlin"], "tz applies to cron schedules only"),
     (["--every", "5s", "--env", "NOEQUALS"], "is not NAME=VALUE"),
+    (["--every", "5s", "--needs", "gpu=x"], "use NAME=COUNT"),
+    (["--every", "5s", "--needs", "gpu=1"], "no host has declared any resource"),
+    (["--every", "5s", "--memory", "lots"], "not a size"),
+    (["--every", "5s", "--cpu-time", "-1"], "--cpu-time"),
+    (["--every", "5s", "--max-files", "99999999999999999999"], "number of open files"),
 ])
 def test_bad_schedules_are_refused_in_one_line(qc, spool_path, args, message):
     result = qc("schedule", "add", "s1", *args, "true")
     assert result.returncode in (1, 2)
     assert message in result.stderr and "Traceback" not in result.stderr
     assert not os.path.exists(os.path.join(spool_path, "schedules", "s1.json"))
+
+
+def test_each_run_carries_the_schedules_needs_and_limits(qc, spool_path):
+    """schedule add takes what enqueue takes for one job: --needs and the per-job limits
+    (docs/guide/schedules.md); every run it enqueues carries them."""
+    assert qc("resource", "set", "gpu", "2").returncode == 0
+    refused = qc("schedule", "add", "big", "--every", "1s", "--needs", "gpu=3", "true")
+    assert refused.returncode == 1 and "more than any host has" in refused.stderr
+    added = qc("schedule", "add", "train", "--every", "1s", "--needs", "gpu=1", "--memory", "512M",
+               "--cpu-time", "10m", "--max-files", "100", "true")
+    assert added.returncode == 0, added.stderr
+    assert json.loads(qc("schedule", "show", "train").stdout)["job"] == {
+        "command": "true", "needs": {"gpu": 1}, "memory": 512 * 1024 * 1024, "cpu_time": 600, "max_files": 100}
+    spool = Spool(spool_path)
+    schedules.sweep(spool, "tester", time.time() + 2)  # a worker's sweep, at a time a slot is due
+    jobs = list(schedule_jobs(spool, "train").values())
+    assert jobs
+    for job in jobs:
+        assert job["needs"] == {"gpu": 1} and job["memory"] == 512 * 1024 * 1024
+        assert job["cpu_time"] == 600 and job["max_files"] == 100
 
 
 def test_bad_names_and_duplicates(qc, spool):
