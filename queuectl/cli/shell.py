@@ -68,6 +68,10 @@ def shell_init(ctx: click.Context, name: str) -> None:
     boot = boot_ms()
     checked = f"QUEUECTL_ENQUEUE_CHECKED={shlex.quote(root)}"
     clock = f" QUEUECTL_ENQUEUE_BOOT_MS={boot}" if boot is not None else ""
+    if any(ord(char) < 32 or ord(char) == 127 for char in root):
+        # The script refuses such a path; printed here, a newline would end the comment line
+        # below and the rest of the path would run at `eval`.
+        raise QueueError(f"{SCRIPT} takes no spool path with a newline or control character: {root!r}")
     click.echo("\n".join([
         f"# {name}: enqueue into {root} from this shell (queuectl shell-init; see {SCRIPT} --help).",
         f"{name}() (",

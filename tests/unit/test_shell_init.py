@@ -110,3 +110,15 @@ def test_the_name_and_paths_are_quoted_for_the_shell(tmp_path):
     done = in_shell("sh", spool_path, "queuectl_enqueue 'echo quoted'")
     assert done.returncode == 0, done.stderr
     assert len(os.listdir(spool_path / "pending")) == 1
+
+
+def test_a_newline_in_the_spools_path_is_one_line_and_runs_nothing_at_eval(tmp_path):
+    """The function's comment shows the path: a newline there would end the comment and run the rest."""
+    witness = tmp_path / "injected"
+    spool_path = tmp_path / f"a\ntouch {witness}\nb"
+    Spool(str(spool_path))
+    done = run_queuectl(str(spool_path), "shell-init")
+    assert done.returncode == 1 and done.stdout == ""
+    assert len(done.stderr.strip().splitlines()) == 1 and "newline" in done.stderr
+    evaluated = in_shell("sh", spool_path, "echo evaluated")  # eval of nothing: status 0
+    assert evaluated.stdout == "evaluated\n" and "newline" in evaluated.stderr and not witness.exists()
