@@ -730,7 +730,9 @@ def _present(path: str) -> bool:
 
     An open, not a stat: a GlusterFS client may answer lstat from its cache
     of names long after another client moved the file away, while open
-    looks the name up (docs/guide/several-hosts.md). Symlinks, FIFOs and unreadable files count as present.
+    looks the name up, unless the file lives on elsewhere (a drop-in set
+    aside as .invalid: docs/guide/several-hosts.md, "A name another host set
+    aside"). Symlinks, FIFOs and unreadable files count as present.
     """
     try:
         fd = fsops.open_nofollow(path)

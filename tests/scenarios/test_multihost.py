@@ -251,6 +251,39 @@ def test_a_drop_in_is_renamed_after_its_id_or_its_stem_on_a_shared_spool(two_hos
     _no_tracebacks(*workers)
 
 
+def test_copies_of_a_finished_job_in_its_own_form_go_to_dead_unrun_through_both_hosts(two_hosts, tmp_path):
+    """A file in queuectl's stored form on a taken id: every worker's claim leaves it to adoption
+    (lifecycle.DROP_IN), and one adopter sets it aside; the finished job stays as it was."""
+    host_a, host_b, spool = two_hosts
+    runs = tmp_path / "runs"
+    workers = [(host_a, host_a.start("worker", "start", "--count", "2")),
+               (host_b, host_b.start("worker", "start", "--count", "2"))]
+    spool.enqueue({"id": "kept", "command": "true"})
+    wait_until(lambda: spool.find("kept") == "completed", timeout=30, message="the job to complete")
+    original = spool.get("kept")
+    for root in (host_a.spool_path, host_b.spool_path):
+        temp = os.path.join(root, "tmp", "copy")
+        with open(temp, "w") as handle:
+            json.dump(dict(original, state="pending", command=f'echo copy >> {runs}', finished_at=None), handle)
+        os.rename(temp, os.path.join(root, "pending", "kept.json"))
+        # A listing, not a look at the name: a GlusterFS client may keep a name it saw in its cache.
+        wait_until(lambda: "kept.json" not in os.listdir(spool.dir("pending")), timeout=30,
+                   message="the copy to leave pending/",
+                   explain=lambda: {folder: sorted(os.listdir(os.path.join(spool.root, folder)))
+                                    for folder in ("pending", "adopting", "dead", "ids")})
+
+    def dead():
+        return [job for job in spool.iter_jobs("dead") if job.get("original_name") == "kept.json"]
+    wait_until(lambda: len(dead()) == 2, timeout=30, message="both copies in dead/", explain=dead)
+    assert all("duplicate id 'kept'" in job["last_error"] for job in dead()), dead()
+    # Read from completed/, not by id: a GlusterFS client that wrote a copy may lead its old name
+    # in pending/ to the copy's file, now in dead/, for as long as it keeps the name
+    # (docs/guide/several-hosts.md, "A name another host set aside").
+    assert spool.read("completed", "kept.json") == original
+    assert sorted(os.listdir(spool.dir("pending"))) == [] and not runs.exists()
+    _no_tracebacks(*workers)
+
+
 def test_a_drop_in_whose_adopter_died_in_adopting_comes_back_and_runs(two_hosts, tmp_path):
     """A crash after a drop-in was taken into adopting/ leaves it there: once it has not changed
     for a lease, recovery puts it back into pending/, and it runs."""
