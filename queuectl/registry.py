@@ -33,6 +33,9 @@ __all__ = ["STOP_FILE", "holds_lock", "lock_path", "read_record", "record_path",
            "suspended_ids", "clear_suspend"]
 
 STOP_FILE = "stop.json"
+# The most workers one supervisor runs (`worker start --count`): each is a process of its own
+# (about 20 MB), so an absurd count is refused rather than forked until the machine gives out.
+MAX_WORKERS = 1024
 
 
 def new_name() -> str:

@@ -25,7 +25,9 @@ import sys
 import time
 
 from . import fstype
+from .errors import QueueError
 from .events import EventLog
+from .registry import MAX_WORKERS
 from .spool import Spool
 from .stopping import STOP_SIGNALS, stop_signals
 from .worker import Worker
@@ -41,6 +43,8 @@ def run_workers(spool: Spool, *, count: int, burst: bool, until_empty: bool = Fa
     stop signals are left blocked: one that arrives while the process exits
     is dropped instead of ending a clean exit with -15 or a KeyboardInterrupt.
     """
+    if not 1 <= count <= MAX_WORKERS:
+        raise QueueError(f"a supervisor runs 1 to {MAX_WORKERS} workers, not {count}")
     if then_exit:
         signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)  # the workers' handlers unblock them inside
     def announce() -> None:

@@ -7,6 +7,7 @@ from typing import Any
 import click
 
 from ..api import Spool
+from ..registry import MAX_WORKERS
 from . import Command, open_spool, print_json
 from .inspection import status
 
@@ -94,7 +95,7 @@ def schema():
 
 
 @click.command(cls=Command)
-@click.option("--count", "-n", type=click.IntRange(min=1), default=2, show_default=True,
+@click.option("--count", "-n", type=click.IntRange(min=1, max=MAX_WORKERS), default=2, show_default=True,
               help="Worker processes that drain the example jobs.")
 @click.option("--example", type=LazyPath(exists=True, file_okay=False), default=None,
               help="Folder of example jobs [default: the example spool shipped with queuectl].")

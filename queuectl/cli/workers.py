@@ -10,6 +10,7 @@ import time
 import click
 
 from ..job import iso
+from ..registry import MAX_WORKERS
 from . import QueueGroup, fail, open_spool, print_json
 from .inspection import ago
 
@@ -52,7 +53,7 @@ def worker():
 
 
 @worker.command("start")
-@click.option("--count", "-n", type=click.IntRange(min=1), default=1, show_default=True,
+@click.option("--count", "-n", type=click.IntRange(min=1, max=MAX_WORKERS), default=1, show_default=True,
               help="Worker processes to run.")
 @click.option("--burst", is_flag=True,
               help="Exit as soon as no job is due now: jobs scheduled for later and failed jobs waiting "

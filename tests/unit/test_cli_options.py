@@ -8,10 +8,12 @@ import os
 
 import pytest
 from click.testing import CliRunner
-from support import put_job, read_job, spool_files, wait_until
+from support import put_job, read_job, run_queuectl, spool_files, wait_until
 
 from queuectl import Spool
 from queuectl.cli import main
+from queuectl.errors import QueueError
+from queuectl.supervisor import run_workers
 
 # -- enqueue --cwd, --env, --json ---------------------------------------------------
 
@@ -195,3 +197,16 @@ def test_cancel_of_a_job_claimed_while_cancelling_asks_its_worker(spool_path):
     spool.find = find
     assert lifecycle.cancel(spool, "raced") == "processing"
     assert "raced" in os.listdir(os.path.join(spool_path, "cancels"))
+
+
+@pytest.mark.parametrize("command", [("worker", "start"), ("demo",)])
+def test_an_absurd_worker_count_is_one_line_and_starts_nothing(spool_path, command):
+    """Refused before a fork: forking 999999 workers runs the machine out of processes."""
+    done = run_queuectl(spool_path, *command, "--count", "999999")
+    assert done.returncode == 2 and "999999 is not in the range 1<=x<=1024" in done.stderr
+    assert Spool(spool_path).workers() == []
+
+
+def test_run_workers_refuses_an_absurd_count_too(spool):
+    with pytest.raises(QueueError, match="1 to 1024 workers, not 5000"):
+        run_workers(spool, count=5000, burst=True)
