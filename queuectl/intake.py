@@ -97,11 +97,16 @@ class Intake:
                     self.consider(folder, name, complete=False)
         self.gate.recheck()
 
-    def consider(self, folder: str, name: str, *, complete: bool) -> None:
-        """Index a job file, or hand a dropped-in file to adoption."""
+    def consider(self, folder: str, name: str, *, complete: bool, drop_in: bool = False) -> None:
+        """Index a job file, or hand a dropped-in file to adoption.
+
+        `drop_in`: a claim found that the file is not its id's stored job
+        (lifecycle.DROP_IN), whatever it holds (a copy in queuectl's own
+        form too): adopted, never indexed as it is.
+        """
         if name.startswith(".") or name.endswith(".tmp"):
             return
-        job = _peek(os.path.join(self.spool.dir(folder), name)) if name.endswith(SUFFIX) else None
+        job = _peek(os.path.join(self.spool.dir(folder), name)) if name.endswith(SUFFIX) and not drop_in else None
         if job is False:
             self.index.discard(id_of(name), folder)
             return
@@ -117,22 +122,23 @@ class Intake:
                 return
             self.index.add(folder, job["id"], priority, due, time.time())
             return
-        if folder == "pending":  # only pending/ takes drop-ins; doctor reports strays elsewhere
-            self.adopt(name, complete=complete)
-
-    def adopt(self, name: str, *, complete: bool = True) -> None:
-        """Adopt the file `name` dropped into pending/ (lifecycle.adopt), and index the job it makes.
-
-        Also the way for a file in queuectl's own form that a claim found is
-        not its id's stored job (lifecycle.DROP_IN): a copy, or a file put
-        over a stored job's name.
-        """
+        if folder != "pending":
+            return  # only pending/ takes drop-ins; doctor reports strays elsewhere
         target = lifecycle.adopt(self.spool, name, complete=complete)
         if target is not None:
             self.rechecks.pop(name, None)
             self.consider("pending", target, complete=True)
         elif os.path.lexists(os.path.join(self.spool.dir("pending"), name)):
             self.rechecks[name] = time.time() + lifecycle.DROP_GRACE
+
+    def unclaimed(self, folder: str, name: str, *, drop_in: bool) -> None:
+        """A claim of `folder/name` came to nothing: a drop-in goes to adoption (`consider`); on a
+        shared spool another worker most likely has the job (`look_again`); on one host it was
+        not due after all, or is gone, and is looked at again now."""
+        if self.spool.shared and not drop_in:
+            self.look_again(folder, name)
+        else:
+            self.consider(folder, name, complete=True, drop_in=drop_in)
 
     def look_again(self, folder: str, name: str) -> None:
         """A claim of `folder/name` came to nothing on a shared spool: most likely another worker has it

@@ -73,18 +73,15 @@ class JobStep:
             raise
         if not isinstance(held, LockedJob):
             slot.give_back()  # no job started: a start of its group's rate is given back too
-            if held == lifecycle.DROP_IN:
-                self.intake.adopt(file_name(job_id))  # a file dropped in under a stored job's name
-            elif self.spool.shared:
+            if held is None and self.spool.shared:
                 # Another worker had it (gone, or its lock taken), or now and then it was not due
                 # after all: the worker goes on to its next due job at once, with no pause and no
                 # listing, in another lane (order.DueIndex.pop_due) so as not to race that
                 # worker again; the file is looked at again later (Intake.look_again).
                 self.lost_claims += 1
                 self.lane = random.randrange(SPREAD)
-                self.intake.look_again(state, file_name(job_id))
-            else:
-                self.intake.consider(state, file_name(job_id), complete=True)  # not due after all, or gone
+            # A drop-in under a stored job's name (lifecycle.DROP_IN) goes to adoption.
+            self.intake.unclaimed(state, file_name(job_id), drop_in=held == lifecycle.DROP_IN)
             return
         job = held.job
         timeout = job.get("timeout")

@@ -657,7 +657,7 @@ def adopt(spool: Spool, name: str, *, complete: bool) -> str | None:
         own = is_valid_id(id_of(name)) and spool.id_holds(id_of(name), held.inode) is True
         if finish_cut_move(spool, held, links=2 if own else 1):
             return None
-        if own and is_canonical(held.job, "pending", name):
+        if own and is_canonical(held.job, "pending", held.name):
             return name  # its id's stored job already (adopted meanwhile by another worker)
         return _adopt_held(spool, held, complete=complete, mtime=info.st_mtime)
 
