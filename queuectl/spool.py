@@ -229,8 +229,9 @@ class _IdMarkers:
 
         link() decides: of processes taking one id at once, exactly one
         succeeds, whatever folder the id's job is in or moving between.
-        On a file system without hard links the marker is a small file
-        made with O_EXCL that holds the inode's numbers instead.
+        On a file system without hard links, and on a shared spool, the
+        marker is a small file that holds the inode's numbers instead,
+        written whole before it takes its name (_write_marker).
         """
         path = self.marker(job_id)
         if self._text_markers():
@@ -254,15 +255,14 @@ class _IdMarkers:
         """A marker as text, `<st_dev> <st_ino>` of `source` (file systems without hard links)."""
         dev, ino = _inode_of(source)
         data = f"{dev} {ino}\n".encode()
-        if not exclusive:
-            fsops.publish(self.dir("tmp"), path, data, durable=False, replace=True)
-            return True
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+            # Written whole in tmp/, then put in place: an O_EXCL create would be seen empty by
+            # another host until its write, and an empty marker names no inode, so that host
+            # would judge the id's own job a duplicate. Without `exclusive`, renamed over the
+            # old marker; with it, linked, which refuses a taken name.
+            fsops.publish(self.dir("tmp"), path, data, durable=False, replace=not exclusive)
         except FileExistsError:
             return self.id_holds(os.path.basename(path), (dev, ino)) is True
-        with open(fd, "wb") as handle:
-            handle.write(data)
         return True
 
     def relink_id(self, job_id: str, source: str) -> None:

@@ -446,3 +446,27 @@ def test_a_text_marker_is_read_without_a_look_first(spool, monkeypatch):
     assert looked == []
     with open(spool.marker(job["id"]), "rb") as handle:
         assert len(handle.read().split()) == 2  # a text marker indeed
+
+
+def test_a_text_marker_appears_whole(spool, monkeypatch):
+    """Another host reads a marker the moment its name appears: an empty one names no inode, and it
+    judged the id's own job a duplicate and set it aside (two bindfs views under load). Each call
+    that can make the marker's name is followed by a read of what the name holds then."""
+    monkeypatch.setattr(spool, "_text", True)
+    marker = spool.marker("whole")
+    seen: list[bytes] = []
+
+    def watched(real):
+        def call(*args, **kwargs):
+            result = real(*args, **kwargs)
+            if os.path.lexists(marker) and not seen:
+                with open(marker, "rb") as handle:
+                    seen.append(handle.read())
+            return result
+        return call
+    for name in ("open", "link", "rename", "replace"):
+        monkeypatch.setattr(os, name, watched(getattr(os, name)))
+    spool.enqueue({"id": "whole", "command": "true"})
+    monkeypatch.undo()
+    with open(marker, "rb") as handle:
+        assert seen == [handle.read()] and len(seen[0].split()) == 2
