@@ -60,7 +60,7 @@ def schedule_add(ctx, name, command, cron, every, tz, missed, grace, priority, m
         raise click.UsageError("give exactly one of --cron and --every")
     spool = open_spool(ctx)
     after_ids = [spool.resolve(part.strip()) for value in after for part in value.split(",") if part.strip()]
-    needed = parse_needs(needs) or None if needs else None
+    needed = parse_needs(needs) or None
     template = {"command": command, **limit_fields(memory=memory, cpu_time=cpu_time, max_files=max_files)}
     for key, value in (("priority", priority), ("max_retries", max_retries), ("timeout", timeout),
                        ("cwd", cwd), ("env", _schedule_env(env)), ("on_success", on_success),
