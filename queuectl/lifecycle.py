@@ -750,13 +750,22 @@ def _take_drop_in(spool: Spool, held: LockedJob) -> bool:
     refuses a second name of the same file). Everything after acts on that
     name, which nobody else uses; a crash leaves the file there, and
     recovery puts it back into pending/ (sweep_adopting).
+
+    The move takes whatever the name in pending/ leads to by then: when
+    another host adopted the drop-in after this process locked it, that is
+    the other host's result, the id's own job. What the move carried is not
+    this process's to adopt, and nobody else will take it from adopting/
+    before the sweep: it goes back under its name at once (_return_from_adopting).
     """
     if not spool.shared or held.state != "pending":
         return True
     for _ in range(2):
         try:
             held.move(ADOPTING, sync=False, fold_cut=False)
-            return held.at_name() is not None
+            if held.at_name() is not None:
+                return True
+            _return_from_adopting(spool, held.name)
+            return False
         except FileNotFoundError:
             if os.path.isdir(spool.dir(ADOPTING)):
                 return False  # another process took it first
@@ -946,17 +955,35 @@ def sweep_adopting(spool: Spool, judge: Any) -> int:
 
 
 def put_back_drop_in(spool: Spool, held: LockedJob) -> str | None:
-    """Move the abandoned drop-in `held` (locked, in adopting/) back under its name in pending/; the
-    folder it reached, None when another host's sweep moved it first. A file that took that name
-    meanwhile keeps it: this one goes to dead/ with its bytes."""
-    try:
-        held.move("pending", sync=True, fold_cut=False)
-        return "pending"
-    except FileNotFoundError:
-        return None
-    except FileExistsError:
-        dead_letter(spool, held, "a file of this name reached pending/ while this one was being adopted")
-        return "dead"
+    """Move `held` (locked, in adopting/) back under its name in pending/; the folder it reached,
+    None when another host's sweep moved it first.
+
+    A file that took that name meanwhile is a drop-in. It keeps the name
+    from another drop-in, which goes to dead/ with its bytes; it never does
+    from the id's own job (its marker names it), which takes the name back
+    and sends the newcomer to dead/ instead (docs/decisions/identity.md).
+    """
+    for _ in range(2):
+        try:
+            held.move("pending", sync=True, fold_cut=False)
+            return "pending"
+        except FileNotFoundError:
+            return None
+        except FileExistsError:
+            own = is_valid_id(id_of(held.name)) and spool.id_holds(id_of(held.name), held.inode) is True
+            if not (own and _evict(spool, held.name)):
+                break
+    dead_letter(spool, held, "a file of this name reached pending/ while this one was being adopted")
+    return "dead"
+
+
+def _return_from_adopting(spool: Spool, name: str) -> None:
+    """Put back into pending/ the file this process has just moved into adopting/ under `name` and
+    will not adopt (_take_drop_in): nobody else acts on that name before the sweep."""
+    other = spool.lock(ADOPTING, name)
+    if other is not None:
+        with other:
+            put_back_drop_in(spool, other)
 
 
 def _recover_one(spool: Spool, held: LockedJob) -> str:

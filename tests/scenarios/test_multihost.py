@@ -105,6 +105,37 @@ def test_a_job_the_other_host_replaced_under_its_name_is_no_longer_owned(uncache
     held.unlock()
 
 
+def test_a_drop_in_the_other_host_adopted_after_this_ones_lock_stays_queued(bindfs_pair, monkeypatch):
+    """The other host adopts a drop-in between this host's lock and its move into adopting/: the
+    move then carries that host's result (the id's own job) along. It goes back into pending/ at
+    once, not a lease later at the sweep, and the job stays its id's own, ready to run."""
+    path_a, path_b = spool_pair(bindfs_pair)
+    spool, other = Spool(path_a), Spool(path_b)
+    spool.shared = other.shared = True  # as a worker sets them on a FUSE spool (fstype.mode)
+    spool.enqueue({"id": "first", "command": "true"})  # makes the spool's folders and text markers
+    temp = os.path.join(path_b, "tmp", "hand")
+    with open(temp, "w") as handle:
+        json.dump({"command": "true"}, handle)
+    os.rename(temp, os.path.join(path_b, "pending", "dropped.json"))
+    locked = spool.lock
+
+    def locked_then_adopted_by_the_other_host(state, name):
+        held = locked(state, name)
+        if state == "pending":
+            assert lifecycle.adopt(other, name, complete=True) == name
+        return held
+
+    monkeypatch.setattr(spool, "lock", locked_then_adopted_by_the_other_host)
+    assert lifecycle.adopt(spool, "dropped.json", complete=True) is None
+    monkeypatch.setattr(spool, "lock", locked)
+    assert os.listdir(other.dir("adopting")) == []
+    assert sorted(os.listdir(other.dir("pending"))) == ["dropped.json", "first.json"]
+    assert other.get("dropped")["state"] == "pending"
+    held = lifecycle.claim(other, "pending", "dropped", "me-1", time.time())
+    assert held is not None and held != lifecycle.DROP_IN  # its id's own job, not a drop-in
+    held.unlock()
+
+
 def test_hosts_have_their_own_names_and_pids(gluster_pair, hosts):
     """What the pair stands for: each Host's worker records its own host name, and a pid of its own
     namespace (the two may be equal: pids are only unique per host)."""

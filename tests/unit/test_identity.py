@@ -195,6 +195,24 @@ def test_odd_entries_left_in_adopting_go_back_or_aside_without_error(spool, spoo
     assert spool.get("taken")["command"] == "echo pending"
 
 
+def test_an_ids_own_job_left_in_adopting_takes_its_name_back_from_a_drop_in(spool, spool_path):
+    """An adoption cut after its marker named the rewritten file, which is left in adopting/ as its
+    id's own job; a drop-in took the name in pending/ meanwhile: the job goes back, the drop-in aside."""
+    spool.enqueue("echo mine", id="own")
+    os.mkdir(os.path.join(spool_path, "adopting"))  # made by the first adoption on a shared spool
+    os.rename(os.path.join(spool_path, "pending", "own.json"), os.path.join(spool_path, "adopting", "own.json"))
+    with open(os.path.join(spool_path, "pending", "own.json"), "w") as handle:
+        handle.write(json.dumps({"command": "echo intruder"}))
+    held = spool.lock("adopting", "own.json")
+    assert held is not None
+    with held:
+        assert lifecycle.put_back_drop_in(spool, held) == "pending"
+    assert spool.get("own")["command"] == "echo mine"
+    assert claimed(spool, "own").job["command"] == "echo mine"  # its id's own: claimed, not left as a drop-in
+    assert [job["last_error"] for job in invalid_records(spool_path)] == [
+        "invalid job: duplicate id 'own': another job holds this id"]
+
+
 def test_a_log_that_is_a_folder_or_a_symlink_is_reported_by_its_path(spool, spool_path, tmp_path):
     spool.enqueue("true", id="f")
     spool.enqueue("true", id="s")
