@@ -93,7 +93,7 @@ def run(spool, held, *, worker: str, timeout: float | None, kill_grace: float, p
     outcome = runner.run(hook_job, log_path=log_path, worker=worker, spool_root=spool.root, timeout=timeout,
                          kill_grace=kill_grace, pass_env=pass_env, tail_lines=5, interruption=interruption,
                          header=f"=== {hook['event']} hook for attempt {hook_job['attempts']} started")
-    error = runner.describe(outcome, timeout)
+    error = outcome.describe(timeout)
     hook.update(finished_at=iso(outcome.finished), exit_code=outcome.exit_code,
                 status="succeeded" if error is None else "failed", error=error)
     if error is not None:

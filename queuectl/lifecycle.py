@@ -418,10 +418,8 @@ def settle(spool: Spool, held: LockedJob, outcome: Outcome, timeout: float | Non
         if outcome.interrupted == "lost" or not still_owned(spool, held):
             held.unlock()
             return "lost"
-        from .runner import describe  # see the note on imports at the top
-
         job = held.job
-        error = describe(outcome, timeout)
+        error = outcome.describe(timeout)
         _record_attempt(job, outcome, error)
         if outcome.succeeded:
             state = "completed"

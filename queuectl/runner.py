@@ -51,6 +51,30 @@ class Outcome:
     def succeeded(self) -> bool:
         return self.exit_code == 0 and not self.timed_out and self.interrupted is None
 
+    def describe(self, timeout: float | None) -> str | None:
+        """The `last_error` sentence for a run, None when it succeeded."""
+        if self.succeeded:
+            return None
+        if self.interrupted == "cancel":
+            return "cancelled while running"
+        if self.interrupted == "stop":
+            return "stopped by worker shutdown; retried later"
+        if self.interrupted == "lost":
+            return "abandoned: recovered by another host while this worker's lease had lapsed"
+        if self.timed_out:
+            return f"timed out after {timeout:g}s"
+        if self.error:
+            return self.error
+        if self.signal is not None:
+            try:
+                name = signal.Signals(self.signal).name
+            except ValueError:
+                name = str(self.signal)
+            return f"killed by signal {name}"
+        if self.exit_code == 127:
+            return "exit code 127 (command not found)"
+        return f"exit code {self.exit_code}"
+
 
 def base_environment(pass_env: list[str]) -> dict[str, str]:
     """What a job takes from this process's environment: BASE_ENV, LC_*, and what `pass_env` names."""
@@ -548,28 +572,3 @@ def _drain(stderr, log_fd: int, tail: bytes) -> bytes:
         pass
     stderr.close()
     return tail
-
-
-def describe(outcome: Outcome, timeout: float | None) -> str | None:
-    """The `last_error` sentence for a run, None when it succeeded."""
-    if outcome.succeeded:
-        return None
-    if outcome.interrupted == "cancel":
-        return "cancelled while running"
-    if outcome.interrupted == "stop":
-        return "stopped by worker shutdown; retried later"
-    if outcome.interrupted == "lost":
-        return "abandoned: recovered by another host while this worker's lease had lapsed"
-    if outcome.timed_out:
-        return f"timed out after {timeout:g}s"
-    if outcome.error:
-        return outcome.error
-    if outcome.signal is not None:
-        try:
-            name = signal.Signals(outcome.signal).name
-        except ValueError:
-            name = str(outcome.signal)
-        return f"killed by signal {name}"
-    if outcome.exit_code == 127:
-        return "exit code 127 (command not found)"
-    return f"exit code {outcome.exit_code}"

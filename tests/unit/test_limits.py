@@ -80,7 +80,7 @@ def run(tmp_path):
         outcome = runner.run(job, log_path=str(tmp_path / "job.log"), worker="w", spool_root=str(tmp_path),
                              timeout=30, kill_grace=0.3, pass_env=[], tail_lines=5, interruption=lambda: None,
                              wait_step=0.05, limits=limits.Limits(**fields))
-        return outcome, runner.describe(outcome, 30)
+        return outcome, outcome.describe(30)
     return run_command
 
 

@@ -40,14 +40,14 @@ def test_output_follows_a_header_and_stderr_is_kept(run):
     assert (outcome.exit_code, outcome.signal, outcome.stderr_tail) == (4, None, ["err"])
     assert not outcome.succeeded
     assert outcome.started <= outcome.finished
-    assert runner.describe(outcome, None) == "exit code 4"
+    assert outcome.describe(None) == "exit code 4"
 
 
 def test_each_attempt_appends_to_the_log(run):
     run("echo first")
     outcome, log = run("echo second")
 
-    assert outcome.succeeded and runner.describe(outcome, None) is None
+    assert outcome.succeeded and outcome.describe(None) is None
     lines = log.splitlines()
     assert [line.split()[:2] for line in lines[::2]] == [["===", "attempt"]] * 2
     assert lines[1::2] == ["first", "second"]
@@ -173,7 +173,7 @@ def test_a_missing_cwd_is_a_failure_to_start(run, tmp_path):
     assert outcome.exit_code is None and not outcome.succeeded
     assert outcome.error.startswith("cannot start: ")
     assert f"queuectl: {outcome.error}" in log
-    assert runner.describe(outcome, None) == outcome.error
+    assert outcome.describe(None) == outcome.error
 
 
 @pytest.mark.parametrize("command, description", [
@@ -184,7 +184,7 @@ def test_failures_are_described(run, command, description):
     outcome, _ = run(command)
 
     assert not outcome.succeeded
-    assert runner.describe(outcome, None) == description
+    assert outcome.describe(None) == description
 
 
 def test_a_timeout_kills_the_whole_group_after_the_grace(run, tmp_path):
@@ -194,7 +194,7 @@ def test_a_timeout_kills_the_whole_group_after_the_grace(run, tmp_path):
     outcome, _ = run(command, timeout=0.3)
 
     assert outcome.timed_out and outcome.signal == signal.SIGKILL
-    assert runner.describe(outcome, 0.3) == "timed out after 0.3s"
+    assert outcome.describe(0.3) == "timed out after 0.3s"
     grandchild = int(pid_file.read_text())
     wait_until(lambda: not process_alive(grandchild), timeout=5, message="the grandchild to die")
 
@@ -218,7 +218,7 @@ def test_an_interruption_stops_the_job(run, tmp_path, reason, description):
 
     assert outcome.interrupted == reason and not outcome.succeeded
     assert outcome.signal == signal.SIGTERM
-    assert runner.describe(outcome, None) == description
+    assert outcome.describe(None) == description
 
 
 def test_a_background_child_holding_stderr_does_not_hold_up_the_run_and_ends_with_it(run, tmp_path):
