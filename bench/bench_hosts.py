@@ -41,9 +41,9 @@ from support.multihost import Host, bindfs_views, gluster_volume, spool_pair  # 
 DAEMONS = ("gluster", "bindfs")  # process names (comm) of the file systems' own processes
 
 
-def daemons_cpu() -> float:
-    """CPU seconds the file systems' daemons have used so far (their threads included)."""
-    total = 0.0
+def daemons_cpu() -> dict[int, float]:
+    """CPU seconds each of the file systems' daemons has used so far (its threads included), by pid."""
+    used = {}
     for pid in os.listdir("/proc"):
         if not pid.isdigit():
             continue
@@ -54,8 +54,14 @@ def daemons_cpu() -> float:
             continue
         if data[data.index("(") + 1:data.rindex(")")].startswith(DAEMONS):
             fields = data[data.rindex(")") + 2:].split()
-            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    return total
+            used[int(pid)] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return used
+
+
+def cpu_between(before: dict[int, float], after: dict[int, float]) -> float:
+    """The daemons' CPU seconds from one sample to the next: only daemons alive at the second count,
+    so that another mount's daemon that ended meanwhile (an earlier run's) takes nothing off."""
+    return sum(seconds - before.get(pid, 0.0) for pid, seconds in after.items())
 
 
 def _record_command(record: str, name: str) -> str:
@@ -231,7 +237,8 @@ def main() -> None:
                     lines.append(f"| {kind} | {run} | {low['rate']:.0f} | {low['duplicates']} | {ours['rate']:.0f} "
                                  f"| {ours['rate'] / low['rate']:.2f}x | {ours['duplicates']} | {ours['lost']} "
                                  f"| {ours['stderr_lines']} | {ours['lost_claims']} "
-                                 f"| {(between - before) * 1e3 / args.jobs:.1f}, {(after - between) * 1e3 / args.jobs:.1f} ms |")
+                                 f"| {cpu_between(before, between) * 1e3 / args.jobs:.1f}, "
+                                 f"{cpu_between(between, after) * 1e3 / args.jobs:.1f} ms |")
                     for sample in ours["stderr_sample"]:
                         print("stderr:", sample, file=sys.stderr)
     finally:

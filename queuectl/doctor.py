@@ -149,7 +149,7 @@ class _Leftovers:
                                         "" if abandoned else "; a worker's recovery puts it back into pending/ "
                                                              "once it has not changed for a lease"))
                 if self.repair and abandoned:
-                    finding["repaired"] = lifecycle.put_back_drop_in(self.spool, held) is not None
+                    finding["repaired"] = lifecycle.put_back(self.spool, held) is not None
 
     # -- leftovers ---------------------------------------------------------------
 

@@ -376,7 +376,13 @@ def _claim_held(spool: Spool, held: LockedJob, worker: str, now: float) -> bool 
     except FileExistsError:
         dead_letter(spool, held, f"duplicate id {job_id!r}: a job with this id is already running")
         return False
-    if not still_owned(spool, held):  # paused past its lease between the rename and now
+    if not still_owned(spool, held):
+        # Paused past its lease between the rename and now (the job is another host's recovery's
+        # then), or, within the lease, the rename took another file: the name led to a file another
+        # host put there after this worker locked its own (a drop-in it adopted meanwhile). Within
+        # the lease nobody else acts on that name in processing/: the file goes back at once.
+        if spool.lease is not None and not spool.lease.lapsed():
+            _return_moved(spool, held.state, held.name, to=state)
         return False
     job.update(state="processing", attempts=job["attempts"] + 1, started_at=iso(now),
                finished_at=None, worker=worker)
@@ -753,7 +759,7 @@ def _take_drop_in(spool: Spool, held: LockedJob) -> bool:
     another host adopted the drop-in after this process locked it, that is
     the other host's result, the id's own job. What the move carried is not
     this process's to adopt, and nobody else will take it from adopting/
-    before the sweep: it goes back under its name at once (_return_from_adopting).
+    before the sweep: it goes back under its name at once (_return_moved).
     """
     if not spool.shared or held.state != "pending":
         return True
@@ -762,7 +768,7 @@ def _take_drop_in(spool: Spool, held: LockedJob) -> bool:
             held.move(ADOPTING, sync=False, fold_cut=False)
             if held.at_name() is not None:
                 return True
-            _return_from_adopting(spool, held.name)
+            _return_moved(spool, ADOPTING, held.name, to="pending")
             return False
         except FileNotFoundError:
             if os.path.isdir(spool.dir(ADOPTING)):
@@ -947,14 +953,15 @@ def sweep_adopting(spool: Spool, judge: Any) -> int:
         if held is None:
             continue
         with held:
-            if judge.abandoned(held) and put_back_drop_in(spool, held) == "pending":
+            if judge.abandoned(held) and put_back(spool, held) == "pending":
                 returned += 1
     return returned
 
 
-def put_back_drop_in(spool: Spool, held: LockedJob) -> str | None:
-    """Move `held` (locked, in adopting/) back under its name in pending/; the folder it reached,
-    None when another host's sweep moved it first.
+def put_back(spool: Spool, held: LockedJob, to: str = "pending") -> str | None:
+    """Move `held` (locked) back under its name in `to`: a drop-in whose adopter died in adopting/
+    (sweep_adopting), or a file a move took by mistake (_return_moved). Returns the folder it
+    reached, None when another process moved it first.
 
     A file that took that name meanwhile is a drop-in. It keeps the name
     from another drop-in, which goes to dead/ with its bytes; it never does
@@ -963,25 +970,27 @@ def put_back_drop_in(spool: Spool, held: LockedJob) -> str | None:
     """
     for _ in range(2):
         try:
-            held.move("pending", sync=True, fold_cut=False)
-            return "pending"
+            held.move(to, sync=True, fold_cut=False)
+            return to
         except FileNotFoundError:
             return None
         except FileExistsError:
             own = is_valid_id(id_of(held.name)) and spool.id_holds(id_of(held.name), held.inode) is True
             if not (own and _evict(spool, held.name)):
                 break
-    dead_letter(spool, held, "a file of this name reached pending/ while this one was being adopted")
+    dead_letter(spool, held, f"a file of this name reached {to}/ while this one was out of it")
     return "dead"
 
 
-def _return_from_adopting(spool: Spool, name: str) -> None:
-    """Put back into pending/ the file this process has just moved into adopting/ under `name` and
-    will not adopt (_take_drop_in): nobody else acts on that name before the sweep."""
-    other = spool.lock(ADOPTING, name)
+def _return_moved(spool: Spool, state: str, name: str, *, to: str) -> None:
+    """Put the file under `name` in `state` back into `to`: this process has just moved it there
+    from `to` and found it was not the file it had locked (a shared spool: the name had come to
+    lead to another host's file). Nobody else acts on that name meanwhile: in adopting/ before
+    the sweep, in processing/ before this worker's lease lapses."""
+    other = spool.lock(state, name)
     if other is not None:
         with other:
-            put_back_drop_in(spool, other)
+            put_back(spool, other, to)
 
 
 def _recover_one(spool: Spool, held: LockedJob) -> str:

@@ -24,6 +24,7 @@ from support.workers import read_lines
 from queuectl import Spool, fsops, lease, lifecycle, schedules
 from queuectl.job import parse_time
 from queuectl.runner import Outcome
+from queuectl.spool import LockedJob
 
 # The several-host fixtures (tests/multihost.py), used by the tests below by name.
 gluster_pair = multihost.gluster_pair
@@ -133,6 +134,48 @@ def test_a_drop_in_the_other_host_adopted_after_this_ones_lock_stays_queued(bind
     assert other.get("dropped")["state"] == "pending"
     held = lifecycle.claim(other, "pending", "dropped", "me-1", time.time())
     assert held is not None and held != lifecycle.DROP_IN  # its id's own job, not a drop-in
+    held.unlock()
+
+
+@pytest.mark.parametrize("lapsed", [False, True])
+def test_a_claim_whose_move_took_the_other_hosts_adopted_job_puts_it_back(bindfs_pair, monkeypatch, lapsed):
+    """A worker locks a drop-in while the other host adopts it, after the id's marker has named the
+    drop-in and before it names the rewrite: the worker takes the file for the id's own job and
+    claims it. Its move takes what the name leads to by then, the other host's rewrite. That job
+    is not the worker's: it goes back into pending/ at once (not a lease later at recovery) and runs.
+    A worker whose lease has lapsed cannot tell that file from another worker's claim: it leaves it."""
+    path_a, path_b = spool_pair(bindfs_pair)
+    spool, other = Spool(path_a), Spool(path_b)
+    spool.shared = other.shared = True  # as a worker sets them on a FUSE spool (fstype.mode)
+    spool.enqueue({"id": "first", "command": "true"})  # makes the spool's folders and text markers
+    spool.lease = lease.Lease(spool, "me-1", 30)
+    if not lapsed:
+        spool.lease.beat()  # a worker's lease, beaten a moment ago
+    temp = os.path.join(path_b, "tmp", "hand")
+    with open(temp, "w") as handle:
+        json.dump({"command": "true"}, handle)
+    os.rename(temp, os.path.join(path_b, "pending", "dropped.json"))
+    held_ids = spool.id_holds
+    adopted = []
+
+    def marker_read_mid_adoption(job_id, inode):
+        if job_id != "dropped" or adopted:
+            return held_ids(job_id, inode)
+        adopted.append(lifecycle.adopt(other, "dropped.json", complete=True))
+        return True  # what the marker said while the other host held the drop-in in adopting/
+
+    monkeypatch.setattr(spool, "id_holds", marker_read_mid_adoption)
+    assert lifecycle.claim(spool, "pending", "dropped", "me-1", time.time() + 60) is None
+    monkeypatch.setattr(spool, "id_holds", held_ids)
+    assert adopted == ["dropped.json"]
+    if lapsed:
+        assert os.listdir(other.dir("processing")) == ["dropped.json"]  # recovery's, a lease later
+        return
+    assert os.listdir(other.dir("processing")) == []
+    assert sorted(os.listdir(other.dir("pending"))) == ["dropped.json", "first.json"]
+    assert other.get("dropped")["state"] == "pending" and other.get("dropped")["attempts"] == 0
+    held = lifecycle.claim(other, "pending", "dropped", "me-2", time.time() + 60)
+    assert isinstance(held, LockedJob)  # its id's own job, claimed
     held.unlock()
 
 

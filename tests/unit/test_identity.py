@@ -206,7 +206,7 @@ def test_an_ids_own_job_left_in_adopting_takes_its_name_back_from_a_drop_in(spoo
     held = spool.lock("adopting", "own.json")
     assert held is not None
     with held:
-        assert lifecycle.put_back_drop_in(spool, held) == "pending"
+        assert lifecycle.put_back(spool, held) == "pending"
     assert spool.get("own")["command"] == "echo mine"
     assert claimed(spool, "own").job["command"] == "echo mine"  # its id's own: claimed, not left as a drop-in
     assert [job["last_error"] for job in invalid_records(spool_path)] == [
