@@ -26,6 +26,9 @@ import benchlib as lib
 
 from queuectl.job import parse_time
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
+from support import most_in_a_window  # noqa: E402  the tests' count, so bench and tests judge alike
+
 
 def starts_of(spool: str) -> list[float]:
     found = []
@@ -34,13 +37,6 @@ def starts_of(spool: str) -> list[float]:
             stamp = json.load(handle)["started_at"]
         found.append(parse_time(stamp))
     return sorted(found)
-
-
-def most_in_a_window(starts: list[float], window: float) -> int:
-    most = 0
-    for first, start in enumerate(starts):
-        most = max(most, sum(1 for later in starts[first:] if round((later - start) * 1000) < round(window * 1000)))
-    return most
 
 
 def run(python: str, folder: str, starts: int, window: float, jobs: int, workers: int) -> tuple[float, int]:

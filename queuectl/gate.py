@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import heapq
 import os
+import re
 import time
 from collections.abc import Callable
 
@@ -141,7 +142,7 @@ class Gate:
             self.needs_of[name] = needs
             self.group_of.setdefault(name, ("", priority, due))  # "": no group, parked under "" for resources
         group = job.get("group")
-        if isinstance(group, str) and GROUP_PATTERN.fullmatch(group):
+        if isinstance(group, str) and re.fullmatch(GROUP_PATTERN, group):
             self.group_of[name] = (group, priority, due)
         after = job.get("after")
         if folder != "pending" or not after or not isinstance(after, list):

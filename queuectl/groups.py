@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from typing import Any
 
@@ -65,7 +66,7 @@ def resume(spool, group: str | None = None) -> bool:
 
 def paused_groups(spool) -> list[str]:
     return sorted(name.removesuffix(".paused") for name in fsops.listdir_if_there(os.path.join(spool.root, GROUPS))
-                  if name.endswith(".paused") and GROUP_PATTERN.fullmatch(name.removesuffix(".paused")))
+                  if name.endswith(".paused") and re.fullmatch(GROUP_PATTERN, name.removesuffix(".paused")))
 
 
 # -- groups ----------------------------------------------------------------------
@@ -309,7 +310,7 @@ def free_orphan_slots(spool, *, repair: bool = True) -> list[dict[str, Any]]:
     entries = fsops.listdir_if_there(root)
     running = None
     for group in entries:
-        if not GROUP_PATTERN.fullmatch(group) or not os.path.isdir(os.path.join(root, group)):
+        if not re.fullmatch(GROUP_PATTERN, group) or not os.path.isdir(os.path.join(root, group)):
             continue
         for name in slot_names(spool, group):
             path = os.path.join(root, group, name)
@@ -367,7 +368,7 @@ def free_job_slots(spool, job: dict, *, leftovers: bool = False) -> None:
     delivered later than kill() returns), so the group never runs N + 1.
     """
     group = job.get("group")
-    if not isinstance(group, str) or not GROUP_PATTERN.fullmatch(group):
+    if not isinstance(group, str) or not re.fullmatch(GROUP_PATTERN, group):
         return
     worker = job.get("worker")
     mine = []
@@ -410,7 +411,7 @@ def groups(spool) -> list[dict[str, Any]]:
     names = set()
     for entry in fsops.listdir_if_there(root):
         stem = entry.removesuffix(".json").removesuffix(".paused")
-        if GROUP_PATTERN.fullmatch(stem):
+        if re.fullmatch(GROUP_PATTERN, stem):
             names.add(stem)
     by_worker = running_by_worker(spool)
     running: dict[str, int] = {}

@@ -28,10 +28,12 @@ STATES = ("pending", "processing", "completed", "failed", "dead")
 FINISHED = ("completed", "dead")
 MAX_JOB_BYTES = 1024 * 1024
 ID_PATTERN = re.compile(r"[A-Za-z0-9_\-][A-Za-z0-9._\-]{0,127}")
-GROUP_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
+# The patterns below are text, compiled at their first use (re keeps them): a compile at import
+# would cost every command's start-up, and most commands never check a group or a resource.
+GROUP_PATTERN = r"[A-Za-z0-9_-]{1,64}"
 # A resource's name becomes part of an environment variable (QUEUECTL_<NAME>, docs/guide/resources.md)
 # and of a file name `<name>-<index>`: letters, digits and _, no '-'.
-RESOURCE_PATTERN = re.compile(r"[a-z][a-z0-9_]{0,31}")
+RESOURCE_PATTERN = r"[a-z][a-z0-9_]{0,31}"
 # Names whose variable the runner sets already (QUEUECTL_JOB_ID, ...): a resource may not shadow one.
 RESERVED_RESOURCES = frozenset({"job_id", "attempt", "spool", "progress", "hook", "state", "exit_code",
                                 "error", "log", "complete", "cgroups", "host", "resources"})
@@ -276,14 +278,14 @@ def build_bytes(fields: Any, config: dict, *, stem: str | None = None,
 
 
 def check_group(name: Any) -> str:
-    if not isinstance(name, str) or not GROUP_PATTERN.fullmatch(name):
+    if not isinstance(name, str) or not re.fullmatch(GROUP_PATTERN, name):
         raise InvalidJob(f"invalid group {str(name)[:40]!r}: use 1-64 characters of A-Z a-z 0-9 _ -")
     return name
 
 
 def check_resource(name: Any) -> str:
     """A resource's name (docs/guide/resources.md); InvalidJob with the rule when it is not one."""
-    if not isinstance(name, str) or not RESOURCE_PATTERN.fullmatch(name):
+    if not isinstance(name, str) or not re.fullmatch(RESOURCE_PATTERN, name):
         raise InvalidJob(f"invalid resource name {str(name)[:40]!r}: use 1-32 characters of a-z 0-9 _, "
                          f"starting with a letter")
     if name in RESERVED_RESOURCES:
@@ -348,7 +350,7 @@ def check_fields(job: dict) -> None:
             raise InvalidJob("unique_key must not contain NUL characters")
 
 
-_KEEP_AGE = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")
+_KEEP_AGE = r"(\d+(?:\.\d+)?)([smhdw])"
 _KEEP_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
@@ -360,7 +362,7 @@ def parse_keep(text: Any) -> tuple[float | None, int | None]:
     for part in (p.strip().lower() for p in text.split(",")):
         if not part:
             continue
-        match = _KEEP_AGE.fullmatch(part)
+        match = re.fullmatch(_KEEP_AGE, part)
         if match and age is None:
             age = float(match.group(1)) * _KEEP_UNITS[match.group(2)]
         elif part.isdigit() and count is None:

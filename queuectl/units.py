@@ -22,7 +22,7 @@ SIZE_UNITS = {"": 1, "b": 1, "k": 1 << 10, "kb": 1 << 10, "kib": 1 << 10, "m": 1
 MAX_SECONDS = 100 * 365 * 86400.0
 MAX_BYTES = 1 << 60
 
-_PAIR = re.compile(r"(\d+(?:\.\d*)?|\.\d+)\s*(ms|[wdhms])")
+_PAIR = r"(\d+(?:\.\d*)?|\.\d+)\s*(ms|[wdhms])"
 
 
 def parse_duration(text: str | float | int, *, maximum: float = MAX_SECONDS) -> float:
@@ -46,7 +46,7 @@ def parse_duration(text: str | float | int, *, maximum: float = MAX_SECONDS) -> 
 
 def _pairs(value: str, text: str) -> float:
     position, total = 0, 0.0
-    for match in _PAIR.finditer(value):
+    for match in re.finditer(_PAIR, value):
         if match.start() != position and value[position:match.start()].strip():
             break
         total += float(match.group(1)) * DURATION_UNITS[match.group(2)]
