@@ -967,7 +967,18 @@ def put_back(spool: Spool, held: LockedJob, to: str = "pending") -> str | None:
     from another drop-in, which goes to dead/ with its bytes; it never does
     from the id's own job (its marker names it), which takes the name back
     and sends the newcomer to dead/ instead (docs/decisions/identity.md).
+    The id's own job as enqueued, while another folder shows the job, is a
+    stale copy that two moves at once left (a link + unlink move): it goes
+    to dead/ under a new id, never back, where it would run the job again.
     """
+    stem = id_of(held.name)
+    if is_valid_id(stem) and spool.id_holds(stem, held.inode) is True:
+        elsewhere = next((other for other in STATES if other not in (held.state, to)
+                          and os.path.lexists(os.path.join(spool.dir(other), stem + SUFFIX))), None)
+        if elsewhere is not None:
+            dead_letter(spool, None, f"a stale copy of job {stem!r}, which is in {elsewhere}/ "
+                                     f"(two moves of one file at once)", state=held.state, name=held.name)
+            return "dead"
     for _ in range(2):
         try:
             held.move(to, sync=True, fold_cut=False)
@@ -975,7 +986,7 @@ def put_back(spool: Spool, held: LockedJob, to: str = "pending") -> str | None:
         except FileNotFoundError:
             return None
         except FileExistsError:
-            own = is_valid_id(id_of(held.name)) and spool.id_holds(id_of(held.name), held.inode) is True
+            own = is_valid_id(stem) and spool.id_holds(stem, held.inode) is True
             if not (own and _evict(spool, held.name)):
                 break
     dead_letter(spool, held, f"a file of this name reached {to}/ while this one was out of it")

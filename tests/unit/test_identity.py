@@ -213,6 +213,26 @@ def test_an_ids_own_job_left_in_adopting_takes_its_name_back_from_a_drop_in(spoo
         "invalid job: duplicate id 'own': another job holds this id"]
 
 
+def test_a_stale_copy_of_a_running_job_is_never_put_back_into_pending(spool, spool_path):
+    """Two moves of one file at once (a claim's and an adopter's link, on a file system where a
+    move is a link and an unlink) leave the job as enqueued under a second name in adopting/ while
+    its claimed version runs. Put back, that copy would run the job again: it goes to dead/ instead,
+    under a new id, and the running job keeps its id and its marker."""
+    spool.enqueue("echo once", id="run")
+    held = claimed(spool, "run")  # rewritten in processing/: the marker still names the enqueued file
+    os.mkdir(os.path.join(spool_path, "adopting"))
+    os.link(os.path.join(spool_path, "ids", "run"), os.path.join(spool_path, "adopting", "run.json"))
+    copy = spool.lock("adopting", "run.json")
+    assert copy is not None
+    with copy:
+        assert lifecycle.put_back(spool, copy) == "dead"
+    assert not os.path.exists(os.path.join(spool_path, "pending", "run.json"))
+    assert [record["original_name"] for record in invalid_records(spool_path)] == ["run.json"]
+    assert "in processing/" in invalid_records(spool_path)[0]["last_error"]
+    assert settled(spool, held, exit_code=0) == "completed"
+    assert spool.get("run")["state"] == "completed"
+
+
 def test_a_log_that_is_a_folder_or_a_symlink_is_reported_by_its_path(spool, spool_path, tmp_path):
     spool.enqueue("true", id="f")
     spool.enqueue("true", id="s")
