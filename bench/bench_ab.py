@@ -2,7 +2,7 @@
 
 Each VENV is a virtual environment with queuectl installed from a checkout
 (`pip install .`, not editable: an editable install adds an import hook to
-every start). On each file system, interleaved A, B, A, B, ...:
+every start). On each file system, interleaved A, B, B, A, ...:
 
 - throughput: `--jobs` trivial jobs (`true`) enqueued in one call of that
   install's own `enqueue`, then `worker start -n 2 --burst` with `durable`
@@ -76,11 +76,12 @@ def main() -> None:
             for key, venv in (("a", args.a), ("b", args.b)):
                 spools[key] = os.path.join(folder, f"start-{key}")
                 start_up(venv, spools[key])  # a warm-up, which also makes the spool
-            for _ in range(args.runs):
-                for key, venv in (("a", args.a), ("b", args.b)):
+            pair = [("a", args.a), ("b", args.b)]
+            for turn in range(args.runs):
+                for key, venv in pair[::-1] if turn % 2 else pair:  # each goes first as often
                     rates[key].append(throughput(venv, folder, args.jobs, args.durable))
-            for _ in range(args.starts):
-                for key, venv in (("a", args.a), ("b", args.b)):
+            for turn in range(args.starts):
+                for key, venv in pair[::-1] if turn % 2 else pair:
                     starts[key].append(start_up(venv, spools[key]))
             rate = {key: lib.median(values) for key, values in rates.items()}
             start = {key: lib.median(values) * 1e3 for key, values in starts.items()}

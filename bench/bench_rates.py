@@ -9,6 +9,7 @@ ceil(JOBS/STARTS) bursts one WINDOW apart, so (JOBS - 1) starts after the
 first span (ceil(JOBS/STARTS) - 1) windows. Every run also checks the guarantee: the most starts in any
 window (never above STARTS). `--python` compares installs (each with queuectl
 installed, `pip install .` of a commit) interleaved in one run.
+Run it with the test extras installed: the window count is the tests' own (tests/support).
 """
 
 from __future__ import annotations

@@ -580,8 +580,13 @@ INVALID = ".invalid"
 
 def _unseen(spool: Spool, stem: str, state: str, name: str) -> bool:
     """Whether no folder other than the entry's own shows a job file of id `stem`."""
-    return not any(os.path.lexists(os.path.join(spool.dir(other), stem + SUFFIX))
-                   for other in STATES if (other, stem + SUFFIX) != (state, name))
+    return _shown_in(spool, stem, skip=(state,) if name == stem + SUFFIX else ()) is None
+
+
+def _shown_in(spool: Spool, stem: str, *, skip: tuple[str, ...]) -> str | None:
+    """The first state folder, other than those in `skip`, that shows a job file of id `stem`."""
+    return next((other for other in STATES if other not in skip
+                 and os.path.lexists(os.path.join(spool.dir(other), stem + SUFFIX))), None)
 
 
 def _dead_record(job_id: str, reason: str, raw: object, original_name: str) -> bytes:
@@ -972,13 +977,12 @@ def put_back(spool: Spool, held: LockedJob, to: str = "pending") -> str | None:
     to dead/ under a new id, never back, where it would run the job again.
     """
     stem = id_of(held.name)
-    if is_valid_id(stem) and spool.id_holds(stem, held.inode) is True:
-        elsewhere = next((other for other in STATES if other not in (held.state, to)
-                          and os.path.lexists(os.path.join(spool.dir(other), stem + SUFFIX))), None)
-        if elsewhere is not None:
-            dead_letter(spool, None, f"a stale copy of job {stem!r}, which is in {elsewhere}/ "
-                                     f"(two moves of one file at once)", state=held.state, name=held.name)
-            return "dead"
+    own = is_valid_id(stem) and spool.id_holds(stem, held.inode) is True  # under held's flock: read once
+    elsewhere = _shown_in(spool, stem, skip=(held.state, to)) if own else None
+    if elsewhere is not None:
+        dead_letter(spool, None, f"a stale copy of job {stem!r}, which is in {elsewhere}/ "
+                                 f"(two moves of one file at once)", state=held.state, name=held.name)
+        return "dead"
     for _ in range(2):
         try:
             held.move(to, sync=True, fold_cut=False)
@@ -986,7 +990,6 @@ def put_back(spool: Spool, held: LockedJob, to: str = "pending") -> str | None:
         except FileNotFoundError:
             return None
         except FileExistsError:
-            own = is_valid_id(stem) and spool.id_holds(stem, held.inode) is True
             if not (own and _evict(spool, held.name)):
                 break
     dead_letter(spool, held, f"a file of this name reached {to}/ while this one was out of it")

@@ -132,8 +132,8 @@ def test_a_drop_in_the_other_host_adopted_after_this_ones_lock_stays_queued(bind
     assert os.listdir(other.dir("adopting")) == []
     assert sorted(os.listdir(other.dir("pending"))) == ["dropped.json", "first.json"]
     assert other.get("dropped")["state"] == "pending"
-    held = lifecycle.claim(other, "pending", "dropped", "me-1", time.time())
-    assert held is not None and held != lifecycle.DROP_IN  # its id's own job, not a drop-in
+    held = lifecycle.claim(other, "pending", "dropped", "me-1", time.time() + 60)
+    assert isinstance(held, LockedJob)  # its id's own job, claimed: not left as a drop-in
     held.unlock()
 
 
