@@ -20,10 +20,11 @@ import tempfile
 import threading
 import time
 
-from queuectl import Spool, locks, registry
-from queuectl.config import defaults
+from queuectl import Spool
+from queuectl.core import locks, registry
+from queuectl.core.config import defaults
+from queuectl.core.job import build, dumps, new_id
 from queuectl.dashboard.server import TOKEN_HEADER, make_server
-from queuectl.job import build, dumps, new_id
 
 TARGET_SECONDS = 0.2
 SHARES = {"pending": 0.2, "processing": 0.0005, "completed": 0.6, "failed": 0.05, "dead": 0.1495}

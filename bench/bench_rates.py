@@ -25,7 +25,7 @@ import time
 
 import benchlib as lib
 
-from queuectl.job import parse_time
+from queuectl.core.job import parse_time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
 from support import most_in_a_window  # noqa: E402  the tests' count, so bench and tests judge alike

@@ -30,8 +30,8 @@ import time
 
 import benchlib as lib
 
-from queuectl.config import defaults
-from queuectl.job import build, dumps
+from queuectl.core.config import defaults
+from queuectl.core.job import build, dumps
 
 
 def fill_completed(spool, count: int) -> None:

@@ -35,13 +35,13 @@ import time
 import benchlib as lib
 
 from queuectl import Spool
-from queuectl.config import defaults
-from queuectl.job import build, dumps
+from queuectl.core.config import defaults
+from queuectl.core.job import build, dumps
 from queuectl.stats import summary
 
 # Modules an enqueue, list or status must never pay for at start-up.
 HEAVY_MODULES = ("watchdog", "queuectl.worker", "queuectl.supervisor", "queuectl.dashboard",
-                 "queuectl.runner", "http.server")
+                 "queuectl.run.runner", "http.server")
 
 
 def queuectl_command() -> list[str]:

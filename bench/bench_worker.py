@@ -229,8 +229,8 @@ def output_cost(fs: str, workdir: str, jobs: int, repeat: int, record: lib.Resul
 
 def _line_cost(path: str, jobs: int = 20_000) -> float:
     """Seconds of the two lines a job prints, written to a file as a worker's stderr would be."""
-    from queuectl.events import EventLog
-    from queuectl.runner import Outcome
+    from queuectl.core.events import EventLog
+    from queuectl.core.outcome import Outcome
 
     job = {"id": "20261201T101939112249-3883", "attempts": 1, "last_error": None}
     outcome = Outcome(exit_code=0, started=time.time(), finished=time.time() + 0.004)
@@ -255,8 +255,8 @@ def recovery_while_busy(fs: str, workdir: str, rounds: int, record: lib.Results)
     The bound is one recovery period plus the runner's 0.5 s between asks plus
     the sweep itself.
     """
-    from queuectl import registry
-    from queuectl.runner import kill_leftovers
+    from queuectl.core import registry
+    from queuectl.run.runner import kill_leftovers
 
     results = []
     for attempt in range(rounds):

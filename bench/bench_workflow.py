@@ -27,9 +27,9 @@ import time
 
 import benchlib as lib
 
-from queuectl import workflow
-from queuectl.config import defaults
-from queuectl.job import build, dumps
+from queuectl.core.config import defaults
+from queuectl.core.job import build, dumps
+from queuectl.features import workflow
 
 GROUPS = 10
 GROUP_LIMIT = 2

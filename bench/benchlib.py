@@ -35,8 +35,8 @@ import time
 from collections.abc import Iterator
 
 from queuectl import Spool
-from queuectl.config import defaults
-from queuectl.job import build, dumps
+from queuectl.core.config import defaults
+from queuectl.core.job import build, dumps
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 OUT_DIR = os.path.join(HERE, "out")
@@ -254,7 +254,7 @@ def count_files(folder: str) -> int:
 
 def job_times(spool: Spool, state: str, ids: list[str]) -> list[tuple[float, float]]:
     """(started, finished) of each job, from the job files (the worker's own timestamps)."""
-    from queuectl.job import parse_time
+    from queuectl.core.job import parse_time
     times = []
     for job_id in ids:
         with open(os.path.join(spool.dir(state), job_id + ".json"), encoding="utf-8") as handle:
@@ -410,7 +410,7 @@ def mb(kilobytes: float) -> str:
 
 
 def job_created(spool: Spool, job_id: str) -> float:
-    from queuectl.job import parse_time
+    from queuectl.core.job import parse_time
     return parse_time(spool.get(job_id)["created_at"])
 
 

@@ -23,7 +23,8 @@ import time
 
 import benchlib as lib
 
-from queuectl import lifecycle, runner
+from queuectl.core import lifecycle
+from queuectl.run import runner
 
 
 def _cpu(argv: list[str], **kwargs) -> float:

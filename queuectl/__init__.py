@@ -9,7 +9,7 @@ The API is `queuectl.Spool` (queuectl/api.py, docs/api.md).
 """
 
 from .api import AmbiguousId, Spool, WaitTimeout
-from .errors import ConfigError, DuplicateJob, InvalidJob, JobNotFound, QueueError, SpoolError, WrongState
+from .core.errors import ConfigError, DuplicateJob, InvalidJob, JobNotFound, QueueError, SpoolError, WrongState
 
 
 def __getattr__(name: str) -> str:

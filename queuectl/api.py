@@ -23,10 +23,10 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from . import lifecycle
-from . import spool as layout
-from .errors import InvalidJob, JobNotFound, QueueError, WrongState
-from .job import FINISHED, STATES, check_id
+from .core import lifecycle
+from .core import spool as layout
+from .core.errors import InvalidJob, JobNotFound, QueueError, WrongState
+from .core.job import FINISHED, STATES, check_id
 
 JobList = list[dict[str, Any]]
 IdList = list[str]  # named here: inside the class, `list` is the method
@@ -36,14 +36,14 @@ SORTS = ("created", "oldest", "priority")
 
 
 def install_features() -> None:
-    """Install queuectl's features (features.install) at the first transition that needs them.
+    """Install queuectl's features (features/plugins.py) at the first transition that needs them.
 
     Imported then, not with this module, so `queuectl enqueue` of a plain job
     does not load them (docs/decisions/layers.md).
     """
-    from . import features
+    from .features import plugins
 
-    features.install()
+    plugins.install()
 
 
 lifecycle.install_later(install_features)
@@ -76,14 +76,14 @@ class _Plans(layout.Spool):
     def _edit_lock(self, what: str) -> contextlib.AbstractContextManager[None]:
         """The named lock (filelock) of an edit of config.json, the schedules or the groups
         (docs/decisions/locks.md); loaded only by the commands that edit."""
-        from . import locks
+        from .core import locks
         return locks.spool_lock(self, what)
 
     # -- pauses and groups ---------------------------------------------------
 
     def pause(self, group: str | None = None) -> bool:
         """Workers start nothing new from the spool (or the group); False if it was paused already."""
-        from . import workflow
+        from .features import workflow
         if group is None:
             return workflow.pause(self)  # one exclusive create: no lock needed
         with self._edit_lock("groups"):
@@ -91,7 +91,7 @@ class _Plans(layout.Spool):
 
     def resume(self, group: str | None = None) -> bool:
         """Undo `pause`; False if it was not paused."""
-        from . import workflow
+        from .features import workflow
         if group is None:
             return workflow.resume(self)  # one unlink: no lock needed
         with self._edit_lock("groups"):
@@ -99,14 +99,14 @@ class _Plans(layout.Spool):
 
     def set_group_limit(self, group: str, limit: int | None) -> None:
         """At most `limit` jobs of `group` run at once, across every worker and host; None: no limit."""
-        from . import workflow
+        from .features import workflow
         with self._edit_lock("groups"):
             workflow.set_limit(self, workflow.check_group(group), limit or None)
 
     def set_group_rate(self, group: str, rate: str | None) -> str | None:
         """At most N starts of `group`'s jobs in any window of W (`rate` "N/W": "10/1m"), across every
         worker and host; None or "0": no rate. Returns the rate as stored ("10/1m") or None."""
-        from . import rates, workflow
+        from .features import rates, workflow
         try:
             parsed = rates.parse_rate(rate or "0")
         except ValueError as exc:
@@ -118,19 +118,19 @@ class _Plans(layout.Spool):
     def declare_resource(self, name: str, count: int, host: str | None = None) -> dict[str, int]:
         """Declare that `host` (this one: $QUEUECTL_HOST or the node name) has `count` of resource
         `name` (0 removes it); returns the host's whole declaration (docs/guide/resources.md)."""
-        from . import resources
+        from .features import resources
         with self._edit_lock("resources"):
             return resources.declare(self, name, count, host)
 
     def resources(self) -> JobList:
         """Each host's resources: declared counts and who holds which index (worker, job)."""
-        from . import resources
+        from .features import resources
         return resources.overview(self)
 
     def groups(self) -> JobList:
         """Groups with a limit, a rate, a pause or running jobs: name, limit, rate, starts_in_window,
         running, slots, holders, paused."""
-        from . import workflow
+        from .features import workflow
         return workflow.groups(self)
 
     # -- schedules -----------------------------------------------------------
@@ -140,7 +140,7 @@ class _Plans(layout.Spool):
         `tz`, `missed`, `paused`. Returns the schedule with its next run. Raises DuplicateJob, and
         InvalidJob for a template whose `needs` no host has on a local spool (as enqueue would
         refuse each run; a slot that fires after a declaration shrank enqueues a job that waits)."""
-        from . import resources, schedules
+        from .features import resources, schedules
         needs = fields.get("job", {}).get("needs") if isinstance(fields.get("job"), dict) else None
         counts = isinstance(needs, dict) and all(type(count) is int for count in needs.values())
         if counts and needs and not self.shared:  # a malformed `needs` is refused by schedules.add
@@ -152,29 +152,29 @@ class _Plans(layout.Spool):
 
     def list_schedules(self) -> JobList:
         """Every schedule with its next run; an invalid file shows as {name, error}."""
-        from . import schedules
+        from .features import schedules
         return schedules.listing(self)
 
     def get_schedule(self, name: str) -> dict:
         """One schedule with `next_run` and `last_slot`. Raises JobNotFound."""
-        from . import schedules
+        from .features import schedules
         return schedules.get(self, name)
 
     def remove_schedule(self, name: str) -> None:
         """Delete a schedule (jobs it enqueued stay). Raises JobNotFound."""
-        from . import schedules
+        from .features import schedules
         with self._edit_lock("schedules"):
             schedules.remove(self, name)
 
     def pause_schedule(self, name: str) -> dict:
         """Stop enqueuing; slots that pass while paused are skipped."""
-        from . import schedules
+        from .features import schedules
         with self._edit_lock("schedules"):
             return schedules.set_paused(self, name, True)
 
     def resume_schedule(self, name: str) -> dict:
         """Enqueue again from the next slot; returns the schedule with its next run."""
-        from . import schedules
+        from .features import schedules
         with self._edit_lock("schedules"):
             return schedules.set_paused(self, name, False)
 
@@ -331,7 +331,7 @@ class Spool(_Plans):
     def suspend(self, job_id: str) -> bool:
         """Stop a running job's processes (SIGSTOP) until `resume_job`; False if asked already.
         Raises WrongState when the job is not running."""
-        from . import registry
+        from .core import registry
         job_id = self.resolve(job_id)
         state = self.find(job_id)
         if state != "processing":
@@ -343,12 +343,12 @@ class Spool(_Plans):
 
     def resume_job(self, job_id: str) -> bool:
         """Let a suspended job go on (SIGCONT); False if it was not suspended."""
-        from . import registry
+        from .core import registry
         return registry.clear_suspend(self, self.resolve(job_id))
 
     def suspended(self) -> set[str]:
         """The ids of the jobs asked to be suspended."""
-        from . import registry
+        from .core import registry
         return registry.suspended_ids(self)
 
     def dlq_retry_all(self) -> IdList:
@@ -380,20 +380,20 @@ class Spool(_Plans):
     def set_config(self, key: str, text: str) -> tuple[str, Any]:
         """Set one key of config.json from its text form (as `config set`); returns (canonical key, value).
         Raises ConfigError naming the valid keys or values. `config` reads the settings."""
-        from .config import canonical_key, parse_value
+        from .core.config import canonical_key, parse_value
         parse_value(key, text)  # a bad key or value is refused before anything is written, the lock file too
         with self._edit_lock("config.json"):  # a read-modify-write: two at once would lose one
             return super().set_config(canonical_key(key), text)
 
     def workers(self) -> JobList:
         """Live workers, on any host: name, pid, host, mode, started, and the `job` each runs."""
-        from . import registry
+        from .core import registry
         return registry.records(self)
 
     def stop_workers(self, now: bool = False, wait: bool = False) -> IdList:
         """Ask every worker (any host) to exit after its current job, or with `now` to stop that job too
         (it is retried). Returns the names of the workers live when asked; `wait`: until they are gone."""
-        from . import registry
+        from .core import registry
         names = [record["name"] for record in registry.records(self)]
         registry.request_stop(self, now=now)
         if wait:

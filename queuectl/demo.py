@@ -17,9 +17,9 @@ import os
 import time
 from collections.abc import Iterator
 
-from .errors import QueueError
-from .job import STATES, due_time
-from .spool import job_name
+from .core.errors import QueueError
+from .core.job import STATES, due_time
+from .core.spool import job_name
 from .supervisor import run_workers
 
 KEPT_FIELDS = ("command", "priority", "max_retries", "timeout", "cwd", "env")

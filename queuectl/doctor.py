@@ -28,10 +28,11 @@ import stat
 import time
 from typing import Any
 
-from . import fsops, lifecycle, locks, registry, resources, workflow
-from .errors import ConfigError, InvalidJob
-from .job import STATES, build, is_valid_id, loads, new_id
-from .spool import ADOPTING, FOLDERS, PURGING, SUFFIX, Spool, id_of
+from .core import fsops, lifecycle, locks, registry
+from .core.errors import ConfigError, InvalidJob
+from .core.job import STATES, build, is_valid_id, loads, new_id
+from .core.spool import ADOPTING, FOLDERS, PURGING, SUFFIX, Spool, id_of
+from .features import resources, workflow
 
 TEMP_AGE = 60.0          # a write takes milliseconds; older temporary files were left by a crash
 ORPHAN_LOG_AGE = 86400.0  # a log younger than a day may belong to a job an operator is still looking for
@@ -62,7 +63,7 @@ class _Leftovers:
     # -- processing/ without a live owner --------------------------------------
 
     def _orphaned_jobs(self) -> None:
-        from .lease import Liveness
+        from .core.lease import Liveness
 
         # On a shared spool a free flock is no proof (docs/guide/several-hosts.md).
         judge = Liveness(self.spool)
@@ -135,7 +136,7 @@ class _Leftovers:
     def _cut_adoptions(self) -> None:
         """Drop-ins left in adopting/ by an adopter that stopped (docs/decisions/identity.md,
         "Drop-ins on a shared spool"): put back into pending/ once judged abandoned."""
-        from .lease import Liveness
+        from .core.lease import Liveness
 
         judge = Liveness(self.spool)
         for name in sorted(fsops.listdir_if_there(self.spool.dir(ADOPTING))):

@@ -16,13 +16,14 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable
 
-from . import lifecycle, registry, retention, schedules, workflow
+from .core import lifecycle, registry
+from .core.lease import Liveness
+from .core.spool import Spool
+from .core.transient import TRANSIENT_PAUSE, step_ok
+from .features import retention, schedules, workflow
 from .intake import Intake
 from .jobstep import JobStep
-from .lease import Liveness
-from .spool import Spool
 from .stopping import StopFlags
-from .transient import TRANSIENT_PAUSE, step_ok
 
 # Shared spools: other workers' leases are read every LEASE_LOOK seconds, so a
 # death is seen within that of lease_timeout; then QUICK_SWEEPS sweeps a second

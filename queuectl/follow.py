@@ -10,9 +10,9 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from .errors import InvalidJob, JobNotFound
-from .job import FINISHED, STATES, check_id, parse_time
-from .spool import id_of
+from .core.errors import InvalidJob, JobNotFound
+from .core.job import FINISHED, STATES, check_id, parse_time
+from .core.spool import id_of
 
 SETTLE_MARGIN = 5.0
 POLL = 0.1

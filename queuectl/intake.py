@@ -15,11 +15,12 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from . import fsops, lifecycle, registry, workflow
-from .errors import InvalidJob
-from .job import MAX_JOB_BYTES, due_time, loads
-from .order import DueIndex
-from .spool import SUFFIX, Spool, id_of
+from .core import fsops, lifecycle, registry
+from .core.errors import InvalidJob
+from .core.job import MAX_JOB_BYTES, due_time, loads
+from .core.order import DueIndex
+from .core.spool import SUFFIX, Spool, id_of
+from .features import workflow
 from .watch import RESCAN, FolderWatch
 
 # Seconds before a job whose claim was lost is read again, unless the watch saw it leave (on a

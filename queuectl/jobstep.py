@@ -21,12 +21,15 @@ import time
 import zlib
 from collections.abc import Callable
 
-from . import commit, fsops, hooks, lifecycle, registry, retention, runner
-from .events import EventLog
+from .core import commit, fsops, lifecycle, registry
+from .core.events import EventLog
+from .core.outcome import Outcome
+from .core.spool import LockedJob, Spool, file_name
+from .core.transient import LOST_RACE, TRANSIENT_PAUSE, is_transient, note
+from .features import hooks, retention
 from .intake import Intake
-from .spool import LockedJob, Spool, file_name
+from .run import runner
 from .stopping import StopFlags, signals_blocked
-from .transient import LOST_RACE, TRANSIENT_PAUSE, is_transient, note
 
 SETTLE_ATTEMPTS = 5
 # Workers of a shared spool spread their claims over this many of the first due jobs of the
@@ -147,7 +150,7 @@ class JobStep:
         if commit is not None:
             commit.close()
 
-    def _settle(self, held: LockedJob, outcome: runner.Outcome, timeout: float | None,
+    def _settle(self, held: LockedJob, outcome: Outcome, timeout: float | None,
                 durable: bool) -> tuple[str, LockedJob]:
         """lifecycle.settle (which owns `held`); on a shared spool a passing network error is retried.
 

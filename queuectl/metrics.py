@@ -23,7 +23,8 @@ from __future__ import annotations
 
 import os
 
-from . import fsops, registry, resources
+from .core import fsops, registry
+from .features import resources
 from .snapshot import FAILURES, Scanner, Snapshot, recent_durations
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"

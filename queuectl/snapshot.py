@@ -35,8 +35,8 @@ import threading
 import time
 from dataclasses import dataclass
 
-from .job import STATES
-from .spool import job_name
+from .core.job import STATES
+from .core.spool import job_name
 
 SETTLED = ("completed", "failed", "dead")
 DEPARTED_KEPT = 2 * 3600  # seconds a departed file's settle time stays for the chart (it shows one hour)
@@ -129,7 +129,7 @@ class Scanner:
 
 def _arrivals(spool):
     """inotify on the settled folders of a spool this host alone writes; None elsewhere."""
-    from . import fstype
+    from .core import fstype
     from .watch import FolderWatch
     if fstype.mode(spool) != "local":
         return None  # inotify never sees another host's writes: name and inode alone

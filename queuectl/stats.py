@@ -12,9 +12,10 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from . import registry, resources, workflow
-from .errors import InvalidJob
-from .job import STATES, parse_time
+from .core import registry
+from .core.errors import InvalidJob
+from .core.job import STATES, parse_time
+from .features import resources, workflow
 
 SAMPLE = 500
 
@@ -83,7 +84,7 @@ def summary(spool) -> dict[str, Any]:
 
 def _schedules(spool) -> list[dict[str, Any]]:
     """The next run of each schedule (docs/guide/schedules.md); the cron parser loads only for cron schedules."""
-    from .schedules import upcoming
+    from .features.schedules import upcoming
     return upcoming(spool)
 
 

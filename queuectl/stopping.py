@@ -15,9 +15,9 @@ import signal
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from . import fsops, registry
-from .events import EventLog
-from .spool import Spool
+from .core import fsops, registry
+from .core.events import EventLog
+from .core.spool import Spool
 
 # What a terminal or an init system sends to end a process: a graceful stop
 # (finish the running job), except SIGQUIT (Ctrl-\\), which stops it now.

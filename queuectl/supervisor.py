@@ -24,11 +24,11 @@ import signal
 import sys
 import time
 
-from . import fstype
-from .errors import QueueError
-from .events import EventLog
-from .registry import MAX_WORKERS
-from .spool import Spool
+from .core import fstype
+from .core.errors import QueueError
+from .core.events import EventLog
+from .core.registry import MAX_WORKERS
+from .core.spool import Spool
 from .stopping import STOP_SIGNALS, stop_signals
 from .worker import Worker
 

@@ -34,8 +34,8 @@ from collections.abc import Callable
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
-from . import fsops
-from .errors import SpoolError
+from .core import fsops
+from .core.errors import SpoolError
 
 RESCAN = ("rescan", "", "")
 # A job that lands through another host is seen within one interval, a

@@ -22,15 +22,17 @@ import os
 import time
 from collections.abc import Callable
 
-from . import duties, fstype, locks, registry, workflow
-from .errors import SpoolError
-from .events import EventLog
+from . import duties
+from .core import fstype, locks, registry
+from .core.errors import SpoolError
+from .core.events import EventLog
+from .core.lease import Lease, Liveness
+from .core.spool import Spool
+from .core.transient import TRANSIENT_PAUSE, is_transient, note, step_ok
+from .features import workflow
 from .intake import Intake
 from .jobstep import JobStep
-from .lease import Lease, Liveness
-from .spool import Spool
 from .stopping import STOP_SIGNALS, StopFlags, signals_blocked, stop_signals
-from .transient import TRANSIENT_PAUSE, is_transient, note, step_ok
 from .watch import FolderWatch
 
 __all__ = ["STOP_SIGNALS", "Worker", "stop_signals"]  # supervisor.py and the tests take them from here

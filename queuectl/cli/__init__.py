@@ -25,8 +25,8 @@ from typing import Any
 import click
 
 from ..api import AmbiguousId, Spool
-from ..errors import JobNotFound, QueueError
-from ..units import parse_duration as parse_seconds
+from ..core.errors import JobNotFound, QueueError
+from ..core.units import parse_duration as parse_seconds
 
 # Each top-level command: the module of this package that defines it, and its function there.
 COMMANDS = {
@@ -209,7 +209,7 @@ def print_json(document: Any) -> None:
 
 
 def parse_duration(text: str) -> float:
-    """`90`, `90s`, `15m`, `1h30m`, `2d` as seconds (queuectl/units.py: the same spellings everywhere)."""
+    """`90`, `90s`, `15m`, `1h30m`, `2d` as seconds (queuectl/core/units.py: the same spellings everywhere)."""
     try:
         return parse_seconds(text)
     except ValueError as exc:
@@ -231,7 +231,7 @@ def limit_fields(**texts: str | None) -> dict:
     for name, text in texts.items():
         if text is None:
             continue
-        from ..limits import parse_field  # only for a job that sets a limit: enqueue's start-up stays as it was
+        from ..core.limits import parse_field  # only for a job that sets a limit: enqueue's start-up stays as it was
         try:
             fields[name] = parse_field(name, text)
         except ValueError as exc:

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import click
 
-from ..errors import InvalidJob, QueueError, WrongState
-from ..job import shorten
-from ..spool import id_of
+from ..core.errors import InvalidJob, QueueError, WrongState
+from ..core.job import shorten
+from ..core.spool import id_of
 from . import Command, Duration, QueueGroup, fail, open_spool, print_json
 from .completion import complete_ids
 from .ids import page

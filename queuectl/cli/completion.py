@@ -17,8 +17,8 @@ from collections.abc import Callable
 
 import click
 
-from ..job import STATES
-from ..spool import id_of, job_name, resolve_path
+from ..core.job import STATES
+from ..core.spool import id_of, job_name, resolve_path
 from . import Command
 
 SHELLS = ("bash", "zsh", "fish")

@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 import click
 
-from ..errors import InvalidJob, QueueError
+from ..core.errors import InvalidJob, QueueError
 from . import Command, open_spool
 
 

@@ -12,8 +12,8 @@ import sys
 
 import click
 
-from ..errors import InvalidJob, QueueError
-from ..job import iso, parse_needs, parse_time, prepare_fields
+from ..core.errors import InvalidJob, QueueError
+from ..core.job import iso, parse_needs, parse_time, prepare_fields
 from . import Command, Duration, limit_fields, no_worker_note, open_spool, print_json, warn
 
 JSON_HINT = ("to run it as a shell command instead, pass it with --command '...' or after --: "

@@ -23,8 +23,8 @@ from collections.abc import Iterable
 from datetime import datetime, timezone
 from typing import Any
 
-from ..job import ID_ALPHABET, STATES, parse_time
-from ..spool import Spool, id_of
+from ..core.job import ID_ALPHABET, STATES, parse_time
+from ..core.spool import Spool, id_of
 
 SORTS = ("created", "updated", "id", "priority")
 DERIVED = ("waiting", "scheduled", "held")  # shown in a listing's STATE column; their files are in pending/

@@ -14,8 +14,8 @@ import time
 
 import click
 
-from ..job import FINISHED, STATES, iso, parse_time, shorten
-from ..units import format_duration
+from ..core.job import FINISHED, STATES, iso, parse_time, shorten
+from ..core.units import format_duration
 from . import Command, no_worker_note, open_spool, print_json
 from .ids import LIST_STATES, SORTS, page, shown_state, waiting_on
 
@@ -94,7 +94,7 @@ _SUSPENDED: dict[str, set[str]] = {}
 def job_progress(spool, job: dict) -> tuple[float, float | None] | None:
     """A running job's latest percent and the seconds left at its rate so far (docs/guide/limits.md,
     "Progress"); None when it reports none."""
-    from .. import progress
+    from ..run import progress
     started = _seconds(job.get("started_at"))
     if job.get("state") != "processing" or started is None:
         return None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from ..job import parse_needs, shorten
+from ..core.job import parse_needs, shorten
 from . import Duration, QueueGroup, limit_fields, open_spool, print_json
 
 

@@ -20,7 +20,7 @@ def config():
 @click.pass_context
 def config_get(ctx, key, as_json):
     """One setting, or all of them."""
-    from ..config import canonical_key
+    from ..core.config import canonical_key
     settings = open_spool(ctx).config
     if key is None:
         _print_settings(settings, as_json)

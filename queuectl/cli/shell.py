@@ -20,7 +20,7 @@ import time
 
 import click
 
-from ..errors import QueueError
+from ..core.errors import QueueError
 from . import Command, open_spool
 
 SCRIPT = "queuectl-enqueue"

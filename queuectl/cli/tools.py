@@ -7,7 +7,7 @@ from typing import Any
 import click
 
 from ..api import Spool
-from ..registry import MAX_WORKERS
+from ..core.registry import MAX_WORKERS
 from . import Command, open_spool, print_json
 from .inspection import status
 

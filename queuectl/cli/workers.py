@@ -9,8 +9,8 @@ import time
 
 import click
 
-from ..job import iso
-from ..registry import MAX_WORKERS
+from ..core.job import iso
+from ..core.registry import MAX_WORKERS
 from . import QueueGroup, fail, open_spool, print_json
 from .inspection import ago
 
@@ -80,7 +80,7 @@ def worker_start(ctx, count, burst, until_empty, quiet, log_format, detach):
     if detach:
         _detach(ctx, count, burst, until_empty, quiet, log_format)
         return
-    from ..events import EventLog
+    from ..core.events import EventLog
     from ..supervisor import run_workers
     log = EventLog(log_format, quiet=quiet)
     then_exit = getattr(ctx.find_root().command, "owns_process", False)

@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from ..errors import JobNotFound
+from ..core.errors import JobNotFound
 from . import Command, Duration, QueueGroup, no_worker_note, open_spool, print_json, warn
 from .ids import page
 

@@ -53,13 +53,15 @@ from importlib import resources
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from .. import lifecycle, metrics, registry, workflow
-from .. import resources as host_resources
-from ..errors import InvalidJob, JobNotFound, QueueError, WrongState
-from ..job import STATES, is_valid_id
-from ..schedules import upcoming as upcoming_schedules
+from .. import metrics
+from ..core import lifecycle, registry
+from ..core.errors import InvalidJob, JobNotFound, QueueError, WrongState
+from ..core.job import STATES, is_valid_id
+from ..core.spool import id_of
+from ..features import resources as host_resources
+from ..features import workflow
+from ..features.schedules import upcoming as upcoming_schedules
 from ..snapshot import Scanner, throughput
-from ..spool import id_of
 
 TOKEN_HEADER = "X-Queuectl-Token"
 PAGE_SIZE, PAGE_SIZE_MAX = 25, 200

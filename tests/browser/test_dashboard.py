@@ -60,7 +60,7 @@ def test_page_shows_counts_workers_and_escaped_jobs(page, tmp_path):
 
 
 def test_schedules_show_their_next_run_as_text(page, queue, tmp_path):
-    from queuectl import schedules
+    from queuectl.features import schedules
     expect(page.locator("#schedules-empty")).to_be_visible()
     schedules.add(queue, "xss", {"every": "1h", "job": {"command": XSS}})
     schedules.add(queue, "nightly", {"cron": "30 2 * * *", "tz": "Europe/Berlin", "paused": True,

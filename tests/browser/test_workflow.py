@@ -6,7 +6,7 @@ import pytest
 from support.browser import XSS, expect
 from support.dashboard import running_dashboard
 
-from queuectl import workflow
+from queuectl.features import workflow
 
 pytestmark = pytest.mark.browser
 

@@ -25,11 +25,12 @@ import pytest
 from support import put_job
 from support.chaos import assert_intact, copy_spool, next_worker, sweep
 
-from queuectl import Spool, lifecycle
-from queuectl.commit import GroupCommit
+from queuectl import Spool
+from queuectl.core import lifecycle
+from queuectl.core.commit import GroupCommit
+from queuectl.core.job import iso
+from queuectl.core.outcome import Outcome
 from queuectl.doctor import check
-from queuectl.job import iso
-from queuectl.runner import Outcome
 
 FINISHED = ("completed", "dead")
 

@@ -222,7 +222,7 @@ def test_a_copy_in_queuectls_own_form_on_a_finished_id_goes_to_dead_unrun(spool_
 
 def test_a_quiet_file_still_open_for_writing_is_not_judged_by_its_age(spool):
     """A writer that pauses longer than the grace period keeps its file out of dead/."""
-    from queuectl import lifecycle
+    from queuectl.core import lifecycle
     path = pending(spool.root, "slow.json")
     with open(path, "wb") as handle:
         handle.write(b'{"command": "echo sl')
@@ -240,7 +240,7 @@ def test_a_whole_json_object_that_is_no_valid_job_is_judged_at_once_not_after_th
     """docs/spool-format.md: only a file that does not parse yet waits out the grace period. A whole
     object cannot grow into a valid one (nothing may follow its closing brace), so waiting for it
     only held `worker start --burst` back by the grace, twice."""
-    from queuectl import lifecycle
+    from queuectl.core import lifecycle
     path = pending(spool.root, "wrong.json")
     with open(path, "w") as handle:
         handle.write('{"command": 5}')

@@ -22,11 +22,12 @@ from hypothesis import strategies as st
 from support import wait_until
 from support.chaos import assert_intact, census
 
-from queuectl import Spool, lifecycle
-from queuectl.config import defaults
+from queuectl import Spool
+from queuectl.core import lifecycle
+from queuectl.core.config import defaults
+from queuectl.core.errors import InvalidJob
+from queuectl.core.job import MAX_JOB_BYTES, build, dumps, iso, loads, parse_time
 from queuectl.doctor import check
-from queuectl.errors import InvalidJob
-from queuectl.job import MAX_JOB_BYTES, build, dumps, iso, loads, parse_time
 
 BOUNDED = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 FILES = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])

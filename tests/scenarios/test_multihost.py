@@ -21,10 +21,12 @@ from support import most_in_a_window, multihost, schedule_jobs, slot_times, wait
 from support.multihost import spool_pair
 from support.workers import read_lines
 
-from queuectl import Spool, fsops, lease, lifecycle, schedules
-from queuectl.job import parse_time
-from queuectl.runner import Outcome
-from queuectl.spool import LockedJob
+from queuectl import Spool
+from queuectl.core import fsops, lease, lifecycle
+from queuectl.core.job import parse_time
+from queuectl.core.outcome import Outcome
+from queuectl.core.spool import LockedJob
+from queuectl.features import schedules
 
 # The several-host fixtures (tests/multihost.py), used by the tests below by name.
 gluster_pair = multihost.gluster_pair

@@ -12,8 +12,9 @@ import time
 
 import pytest
 
-from queuectl import Spool, fsops, fstype, lease, lifecycle, registry, workerfiles
-from queuectl.runner import Outcome
+from queuectl import Spool
+from queuectl.core import fsops, fstype, lease, lifecycle, registry, workerfiles
+from queuectl.core.outcome import Outcome
 from queuectl.watch import FolderWatch
 from queuectl.worker import Worker
 
@@ -114,7 +115,7 @@ def test_a_worker_goes_on_after_estale(spool, monkeypatch):
 def test_a_run_given_up_after_an_error_is_taken_back_by_its_own_worker(spool, monkeypatch):
     """On a shared spool a worker lives on after ESTALE during a run: its next sweep recovers that job
     (nobody else would: its lease is alive) and it runs again."""
-    from queuectl import runner
+    from queuectl.run import runner
     job_id = spool.enqueue({"command": "true", "max_retries": 1})["id"]
     for key, value in {"shared": "true", "recovery_interval": "0.2", "backoff_base": "1", "backoff_max": "0"}.items():
         spool.set_config(key, value)
@@ -343,7 +344,7 @@ def test_config_replaced_by_another_client_mid_read_is_read_again_not_taken_as_a
     made `config set` start from an empty file and drop every other key."""
     import builtins
 
-    from queuectl import spool as spool_module
+    from queuectl.core import spool as spool_module
     spool.set_config("max_retries", "7")
     failures = []
 

@@ -10,11 +10,11 @@ import time
 from support import most_in_a_window
 from support.workers import enqueue
 
-from queuectl import rates
+from queuectl.features import rates
 
 
 def _starts(spool_path: str) -> list[float]:
-    from queuectl.job import parse_time
+    from queuectl.core.job import parse_time
 
     found = []
     for name in os.listdir(os.path.join(spool_path, "completed")):

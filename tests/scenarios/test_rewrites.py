@@ -14,8 +14,9 @@ import os
 import pytest
 from support import wait_until
 
-from queuectl import Spool, fsops
-from queuectl import spool as spool_module
+from queuectl import Spool
+from queuectl.core import fsops
+from queuectl.core import spool as spool_module
 
 
 def job_path(spool: Spool, job: dict, state: str = "pending") -> str:

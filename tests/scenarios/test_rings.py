@@ -39,7 +39,8 @@ def test_doctor_reports_a_ring_and_repair_ends_it(spool_path, qc):
     drop(spool_path, "b", ["c"])
     drop(spool_path, "c", ["a"])
     # Dropped-in files not adopted yet are left to the workers: adopt them first, as a worker would.
-    from queuectl import Spool, lifecycle
+    from queuectl import Spool
+    from queuectl.core import lifecycle
     spool = Spool(spool_path)
     for name in ("a.json", "b.json", "c.json"):
         assert lifecycle.adopt(spool, name, complete=True) == name

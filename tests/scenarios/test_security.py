@@ -15,8 +15,9 @@ from hypothesis import strategies as st
 from support import put_job, run_queuectl
 from support.workers import enqueue, read_lines
 
-from queuectl import InvalidJob, Spool, lifecycle
-from queuectl.job import is_valid_id
+from queuectl import InvalidJob, Spool
+from queuectl.core import lifecycle
+from queuectl.core.job import is_valid_id
 
 ESCAPES = ["../x", "../../etc/passwd", "/etc/passwd", "a/b", "a\0b", "", ".", "..", ".hidden", "x" * 129,
            "a b", "caf\u00e9", "x\n", "..%2f", "~root"]

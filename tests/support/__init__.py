@@ -11,8 +11,8 @@ import time
 import pytest
 
 from queuectl import Spool
-from queuectl.config import defaults
-from queuectl.job import build, dumps, parse_time
+from queuectl.core.config import defaults
+from queuectl.core.job import build, dumps, parse_time
 
 
 def run_queuectl(spool_path, *args, input=None, timeout=60, env=None):

@@ -26,11 +26,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from queuectl import Spool, fsops, lifecycle, registry
+from queuectl import Spool
 from queuectl import worker as worker_module
-from queuectl.errors import InvalidJob
-from queuectl.job import STATES, build, loads
-from queuectl.spool import SUFFIX
+from queuectl.core import fsops, lifecycle, registry
+from queuectl.core.errors import InvalidJob
+from queuectl.core.job import STATES, build, loads
+from queuectl.core.spool import SUFFIX
 from support.workers import WorkerProcesses, append_id, read_lines
 
 CRASHED = 77

@@ -11,9 +11,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from queuectl import locks, registry
+from queuectl.core import locks, registry
+from queuectl.core.job import build, dumps
 from queuectl.dashboard.server import TOKEN_HEADER, DashboardServer, make_server
-from queuectl.job import build, dumps
 
 
 @contextmanager

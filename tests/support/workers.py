@@ -19,8 +19,9 @@ import sys
 
 import pytest
 
-from queuectl import Spool, registry
-from queuectl.job import parse_time
+from queuectl import Spool
+from queuectl.core import registry
+from queuectl.core.job import parse_time
 from support import run_queuectl, wait_until
 
 # Short enough to keep the suite fast, long enough for a loaded 2-core machine.

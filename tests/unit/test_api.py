@@ -10,7 +10,7 @@ from support import put_job, wait_until
 
 import queuectl
 from queuectl import AmbiguousId, InvalidJob, JobNotFound, Spool, WaitTimeout, WrongState
-from queuectl import spool as layout
+from queuectl.core import spool as layout
 
 
 def test_the_package_exports_the_api_spool(spool_path):
@@ -163,7 +163,8 @@ def test_workers_and_stop_workers(spool_path, workers):
 
 
 def test_edits_of_config_schedules_and_groups_take_their_named_lock(spool, monkeypatch):
-    from queuectl import SpoolError, locks
+    from queuectl import SpoolError
+    from queuectl.core import locks
     monkeypatch.setattr(locks, "EDIT_TIMEOUT", 0.2)
     for what, edit in (("config.json", lambda: spool.set_config("max_retries", "4")),
                        ("schedules", lambda: spool.add_schedule("s", {"every": "1h", "job": {"command": "true"}})),

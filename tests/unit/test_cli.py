@@ -18,8 +18,8 @@ from support import put_job, read_job, run_queuectl, spool_files
 
 from queuectl import Spool, __version__
 from queuectl.cli import main
-from queuectl.config import SETTINGS, defaults, loads
-from queuectl.job import build, iso, parse_time
+from queuectl.core.config import SETTINGS, defaults, loads
+from queuectl.core.job import build, iso, parse_time
 
 EXAMPLE = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "spool.example")
 
@@ -562,8 +562,8 @@ def test_real_processes_racing_for_one_id_have_one_winner(spool_path):
 
 
 # Modules that only workers, the dashboard or `wait` need; the everyday commands must start without them.
-HEAVY_MODULES = ("watchdog", "queuectl.worker", "queuectl.supervisor", "queuectl.commit", "queuectl.runner",
-                 "queuectl.order", "queuectl.dashboard", "queuectl.follow", "http.server")
+HEAVY_MODULES = ("watchdog", "queuectl.worker", "queuectl.supervisor", "queuectl.core.commit", "queuectl.run.runner",
+                 "queuectl.core.order", "queuectl.dashboard", "queuectl.follow", "http.server")
 
 
 # Commands that only read or publish files move none, so they never load ctypes (renameat2); none
@@ -574,8 +574,8 @@ HEAVY_MODULES = ("watchdog", "queuectl.worker", "queuectl.supervisor", "queuectl
     # A plain job uses no workflow field, so enqueue needs neither workflow.py nor what it imports;
     # it locks no file, so not fcntl either.
     (["enqueue", "echo hi"], "enqueue",
-     ("filelock", "ctypes", "locale", "queuectl.workflow", "queuectl.registry", "socket", "hashlib",
-      "queuectl.schedules", "queuectl.hooks", "cronsim", "fcntl")),
+     ("filelock", "ctypes", "locale", "queuectl.features.workflow", "queuectl.core.registry", "socket", "hashlib",
+      "queuectl.features.schedules", "queuectl.features.hooks", "cronsim", "fcntl")),
     (["list"], "inspection", ("filelock", "ctypes", "locale")),
     (["show", "x"], "inspection", ("filelock", "ctypes", "locale")),
     (["config", "list"], "settings", ("filelock", "ctypes", "locale")),
@@ -588,7 +588,7 @@ def test_everyday_commands_do_not_import_workers_or_the_dashboard(spool_path, co
     assert result.returncode == 0, result.stderr
     modules = {line.rsplit("|", 1)[1].strip() for line in result.stderr.splitlines()
                if line.startswith("import time:")}
-    assert {"click", "queuectl.cli", "queuectl.spool"} <= modules
+    assert {"click", "queuectl.cli", "queuectl.core.spool"} <= modules
     # queuectl.cli.ids (which jobs a listing shows, and in which order) is a helper every listing shares.
     assert {name for name in modules if name.startswith("queuectl.cli.")} - {"queuectl.cli.ids"} == {
         f"queuectl.cli.{cli_module}"}

@@ -16,7 +16,7 @@ from support import put_job, read_job, wait_until
 from queuectl import Spool
 from queuectl.cli import main
 from queuectl.cli.ids import id_time, page
-from queuectl.job import iso, new_id
+from queuectl.core.job import iso, new_id
 
 NO_WORKER = "queuectl: warning: no worker is running"
 
@@ -36,7 +36,7 @@ def test_generated_ids_are_short_sortable_and_carry_their_time():
     assert all(len(job_id) <= 14 and re.fullmatch(r"[0-9a-z]{5}-[0-9a-z]{8}", job_id) for job_id in ids)
     assert before - 0.01 <= id_time(ids[0]) <= time.time()
     # Ids of other processes (another pid, another host) differ by 20 random bits, not by a pid.
-    child = subprocess.run([sys.executable, "-c", "from queuectl.job import new_id; print(new_id())"],
+    child = subprocess.run([sys.executable, "-c", "from queuectl.core.job import new_id; print(new_id())"],
                            capture_output=True, text=True, check=True).stdout.strip()
     assert ids[-1] < child < new_id()
 

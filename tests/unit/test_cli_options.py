@@ -12,7 +12,7 @@ from support import put_job, read_job, run_queuectl, spool_files, wait_until
 
 from queuectl import Spool
 from queuectl.cli import main
-from queuectl.errors import QueueError
+from queuectl.core.errors import QueueError
 from queuectl.supervisor import run_workers
 
 # -- enqueue --cwd, --env, --json ---------------------------------------------------
@@ -184,7 +184,7 @@ def test_cancel_of_a_finished_job_says_which_jobs_can_be_cancelled(cli, spool_pa
 
 def test_cancel_of_a_job_claimed_while_cancelling_asks_its_worker(spool_path):
     """The job was pending when cancel looked and in processing/ when it came to lock it."""
-    from queuectl import lifecycle
+    from queuectl.core import lifecycle
 
     put_job(spool_path, "processing", "raced", attempts=1)
     spool = Spool(spool_path)

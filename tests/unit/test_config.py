@@ -9,7 +9,7 @@ import threading
 import pytest
 
 from queuectl import ConfigError, Spool
-from queuectl.config import SETTINGS, canonical_key, defaults, loads, parse_value, validate
+from queuectl.core.config import SETTINGS, canonical_key, defaults, loads, parse_value, validate
 
 
 def config_file(spool) -> str:

@@ -12,9 +12,9 @@ import time
 import pytest
 from support.dashboard import exists, get, live_worker, place, post, request, running_dashboard
 
+from queuectl.core.errors import QueueError
 from queuectl.dashboard import server as server_module
 from queuectl.dashboard.server import make_server, serve
-from queuectl.errors import QueueError
 
 
 @pytest.fixture
@@ -105,7 +105,7 @@ def test_status_sees_changes_at_once(spool, dashboard):
 
 
 def test_status_lists_schedules_soonest_first(spool, dashboard):
-    from queuectl import schedules
+    from queuectl.features import schedules
     assert get(dashboard, "/api/status").json()["schedules"] == []
     schedules.add(spool, "yearly", {"cron": "0 0 1 1 *", "tz": "Europe/Berlin", "job": {"command": "<b>x</b>"}})
     schedules.add(spool, "often", {"every": "10s", "job": {"command": "true"}})

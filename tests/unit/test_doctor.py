@@ -19,9 +19,10 @@ from support import put_job
 from support.chaos import assert_intact
 from support.workers import enqueue, wait_for_state
 
-from queuectl import Spool, lifecycle, registry
+from queuectl import Spool
+from queuectl.core import lifecycle, registry
+from queuectl.core.job import iso
 from queuectl.doctor import check
-from queuectl.job import iso
 
 AN_HOUR_AGO = time.time() - 3600
 TWO_DAYS_AGO = time.time() - 2 * 86400

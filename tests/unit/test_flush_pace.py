@@ -15,7 +15,8 @@ import time
 import pytest
 from support import wait_until
 
-from queuectl import Spool, commit
+from queuectl import Spool
+from queuectl.core import commit
 from queuectl.worker import Worker
 
 JOBS = 40

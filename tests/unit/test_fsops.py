@@ -5,7 +5,7 @@ from __future__ import annotations
 import errno
 import os
 
-from queuectl import fsops
+from queuectl.core import fsops
 
 
 def test_a_folder_that_refuses_renameat2s_flags_is_asked_once_per_flag(tmp_path, monkeypatch):

@@ -12,8 +12,8 @@ from support import read_job, wait_until
 from support.workers import configure, enqueue, read_lines, wait_for_state
 
 from queuectl import Spool
-from queuectl.config import defaults
-from queuectl.job import build, dumps
+from queuectl.core.config import defaults
+from queuectl.core.job import build, dumps
 
 
 def _env_dump(path) -> str:
@@ -119,7 +119,7 @@ def test_a_worker_killed_between_recording_the_outcome_and_moving_on_runs_no_hoo
 
 def _kill_hook(spool_path: str, job_id: str) -> None:
     """The orphaned hook shell carries the job's id and spool in its environment."""
-    from queuectl.runner import kill_leftovers
+    from queuectl.run.runner import kill_leftovers
     kill_leftovers(job_id, Spool(spool_path).root)
 
 

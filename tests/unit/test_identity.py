@@ -14,13 +14,14 @@ import time
 import pytest
 from support import read_job
 
-from queuectl import Spool, lifecycle
-from queuectl.config import defaults, parse_value
-from queuectl.errors import ConfigError, DuplicateJob, InvalidJob, QueueError, SpoolError
-from queuectl.job import build, prepare_fields, retry_delay
-from queuectl.lease import Liveness
-from queuectl.runner import Outcome
-from queuectl.spool import LockedJob
+from queuectl import Spool
+from queuectl.core import lifecycle
+from queuectl.core.config import defaults, parse_value
+from queuectl.core.errors import ConfigError, DuplicateJob, InvalidJob, QueueError, SpoolError
+from queuectl.core.job import build, prepare_fields, retry_delay
+from queuectl.core.lease import Liveness
+from queuectl.core.outcome import Outcome
+from queuectl.core.spool import LockedJob
 
 
 def claimed(spool: Spool, job_id: str, state: str = "pending"):
@@ -350,7 +351,7 @@ def test_a_deletion_cut_after_the_job_file_went_is_finished(spool, spool_path, m
 
 def test_an_enqueue_cut_between_its_marker_and_its_publish_frees_the_id_at_the_next_sweep(spool, spool_path,
                                                                                          monkeypatch):
-    from queuectl import fsops
+    from queuectl.core import fsops
 
     def killed(temp, target):
         raise KeyboardInterrupt
@@ -370,7 +371,7 @@ def test_an_enqueue_cut_between_its_marker_and_its_publish_frees_the_id_at_the_n
 
 
 def test_retention_prunes_ids_shaped_like_the_spools_own_names(spool, spool_path):
-    from queuectl import retention
+    from queuectl.features import retention
 
     spool.enqueue("true", id="x")
     for name in LAYOUT_NAMES:

@@ -1,4 +1,4 @@
-"""queuectl.job: defaults, validation, ids, times and JSON in and out."""
+"""queuectl.core.job: defaults, validation, ids, times and JSON in and out."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from queuectl.config import defaults
-from queuectl.errors import InvalidJob
-from queuectl.job import (
+from queuectl.core.config import defaults
+from queuectl.core.errors import InvalidJob
+from queuectl.core.job import (
     ID_PATTERN,
     MAX_JOB_BYTES,
     build,
@@ -180,7 +180,7 @@ def test_generated_ids_are_unique_valid_and_sort_by_creation():
 
 def test_generated_ids_sort_by_creation_across_processes():
     before = new_id()
-    child = subprocess.run([sys.executable, "-c", "from queuectl.job import new_id; print(new_id())"],
+    child = subprocess.run([sys.executable, "-c", "from queuectl.core.job import new_id; print(new_id())"],
                            capture_output=True, text=True, check=True).stdout.strip()
     after = new_id()
     assert before < child < after

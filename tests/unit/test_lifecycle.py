@@ -8,8 +8,9 @@ import os
 import pytest
 from support import put_job, read_job
 
-from queuectl import InvalidJob, JobNotFound, WrongState, lifecycle
-from queuectl.job import iso
+from queuectl import InvalidJob, JobNotFound, WrongState
+from queuectl.core import lifecycle
+from queuectl.core.job import iso
 
 
 def folder(spool, state):

@@ -15,8 +15,9 @@ import sys
 import pytest
 from support.workers import wait_for_state
 
-from queuectl import cgroups, config, job, limits, runner
-from queuectl.errors import ConfigError, InvalidJob
+from queuectl.core import config, job, limits
+from queuectl.core.errors import ConfigError, InvalidJob
+from queuectl.run import cgroups, runner
 
 CONFIG = config.defaults()
 ALLOCATE_1G = f'{sys.executable} -c "b = bytearray(1 << 30)"'

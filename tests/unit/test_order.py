@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from queuectl.order import DueIndex
+from queuectl.core.order import DueIndex
 
 NOW = 1_000_000.0
 

@@ -9,7 +9,7 @@ import pytest
 from support import wait_until
 from support.workers import wait_for_state
 
-from queuectl import progress, runner
+from queuectl.run import progress, runner
 
 
 @pytest.mark.parametrize("text, percent", [

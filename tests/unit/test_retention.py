@@ -12,9 +12,11 @@ import pytest
 from support import put_job, wait_until
 from support.workers import configure, enqueue, wait_for_state
 
-from queuectl import Spool, dependencies, lifecycle, retention, workflow
-from queuectl.errors import JobNotFound
-from queuectl.lifecycle import purge
+from queuectl import Spool
+from queuectl.core import lifecycle
+from queuectl.core.errors import JobNotFound
+from queuectl.core.lifecycle import purge
+from queuectl.features import dependencies, retention, workflow
 
 
 def _age(spool_path, state, job_id, seconds):

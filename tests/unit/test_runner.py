@@ -12,7 +12,7 @@ import pytest
 from support import wait_until
 from support.workers import process_alive
 
-from queuectl import runner
+from queuectl.run import runner
 
 
 @pytest.fixture
@@ -102,7 +102,7 @@ def test_a_signal_ignored_when_the_worker_started_stays_ignored_in_the_job(tmp_p
     signal (SIGPIPE included, which Python itself ignores) reaches it at its default."""
     script = ("import signal, sys\n"
               "signal.signal(signal.SIGHUP, signal.SIG_IGN)\n"  # before the worker's modules, as nohup does
-              "from queuectl import runner\n"
+              "from queuectl.run import runner\n"
               "job = {'id': 'job-1', 'attempts': 1, 'command': \"exec grep '^SigIgn:' /proc/self/status\"}\n"
               "outcome = runner.run(job, log_path=sys.argv[1], worker='w', spool_root=sys.argv[2], timeout=None,\n"
               "                     kill_grace=0.3, pass_env=[], tail_lines=5, interruption=lambda: None)\n"
@@ -120,7 +120,7 @@ def test_a_worker_with_over_a_thousand_open_files_still_runs_jobs(tmp_path):
               "soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)\n"
               "resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 4096), hard))\n"
               "held = [os.open(os.devnull, os.O_RDONLY) for _ in range(1100)]\n"
-              "from queuectl import runner\n"
+              "from queuectl.run import runner\n"
               "job = {'id': 'job-1', 'attempts': 1, 'command': 'echo to-stderr >&2; echo to-stdout'}\n"
               "outcome = runner.run(job, log_path=sys.argv[1], worker='w', spool_root=sys.argv[2], timeout=None,\n"
               "                     kill_grace=0.3, pass_env=[], tail_lines=5, interruption=lambda: None)\n"

@@ -12,9 +12,10 @@ import pytest
 from support import schedule_jobs, slot_times, wait_until
 from support.workers import append_id, read_lines
 
-from queuectl import Spool, schedules
-from queuectl.errors import DuplicateJob, InvalidJob
-from queuectl.job import parse_time
+from queuectl import Spool
+from queuectl.core.errors import DuplicateJob, InvalidJob
+from queuectl.core.job import parse_time
+from queuectl.features import schedules
 
 # -- the CLI and the file ------------------------------------------------------
 

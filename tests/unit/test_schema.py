@@ -25,9 +25,9 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from jsonschema import Draft202012Validator
 
-from queuectl.config import defaults
-from queuectl.errors import InvalidJob
-from queuectl.job import STATES, build, parse_time
+from queuectl.core.config import defaults
+from queuectl.core.errors import InvalidJob
+from queuectl.core.job import STATES, build, parse_time
 from queuectl.schema import job_schema, schema_text
 
 CONFIG = defaults()

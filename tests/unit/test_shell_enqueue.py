@@ -24,8 +24,8 @@ from support import put_job, run_queuectl, wait_until
 from support.shells import SHELLS, id_clock
 
 from queuectl import Spool
-from queuectl.config import defaults
-from queuectl.job import build, loads, parse_time
+from queuectl.core.config import defaults
+from queuectl.core.job import build, loads, parse_time
 
 SCRIPT = str(pathlib.Path(__file__).resolve().parents[2] / "bin" / "queuectl-enqueue")
 ROOT = str(pathlib.Path(SCRIPT).parents[1])

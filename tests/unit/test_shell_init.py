@@ -22,8 +22,8 @@ from support import run_queuectl
 from support.shells import SHELLS, id_clock
 
 from queuectl import Spool
-from queuectl.config import defaults
-from queuectl.job import build, loads
+from queuectl.core.config import defaults
+from queuectl.core.job import build, loads
 
 QUEUECTL = f"{shlex.quote(sys.executable)} -m queuectl"
 

@@ -13,8 +13,9 @@ import threading
 import pytest
 from support import put_job, read_job, spool_files
 
-from queuectl import DuplicateJob, InvalidJob, JobNotFound, Spool, SpoolError, fsops
-from queuectl.job import STATES, iso, parse_time
+from queuectl import DuplicateJob, InvalidJob, JobNotFound, Spool, SpoolError
+from queuectl.core import fsops
+from queuectl.core.job import STATES, iso, parse_time
 
 STATE_FOLDERS = ("tmp", *STATES, "logs", "workers")
 

@@ -1,10 +1,10 @@
-"""queuectl/units.py: the spellings of durations and sizes every option and config key accepts."""
+"""queuectl/core/units.py: the spellings of durations and sizes every option and config key accepts."""
 
 from __future__ import annotations
 
 import pytest
 
-from queuectl.units import MAX_SECONDS, format_duration, format_size, parse_duration, parse_size
+from queuectl.core.units import MAX_SECONDS, format_duration, format_size, parse_duration, parse_size
 
 
 @pytest.mark.parametrize("text, seconds", [

@@ -12,7 +12,7 @@ import pytest
 from support import wait_until
 
 from queuectl import watch as watch_module
-from queuectl.errors import SpoolError
+from queuectl.core.errors import SpoolError
 from queuectl.watch import RESCAN, FolderWatch
 
 

@@ -27,9 +27,9 @@ from support.workers import (
 )
 
 from queuectl import Spool, doctor
-from queuectl.config import defaults
+from queuectl.core.config import defaults
+from queuectl.core.job import iso, parse_time
 from queuectl.demo import example_folder, example_jobs
-from queuectl.job import iso, parse_time
 
 
 def marker_then(marker, command: str) -> str:

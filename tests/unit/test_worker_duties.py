@@ -11,9 +11,10 @@ import time
 import pytest
 from support import wait_until
 
-from queuectl import jobstep, lifecycle, locks, registry, workerfiles
+from queuectl import jobstep
+from queuectl.core import lifecycle, locks, registry, workerfiles
+from queuectl.core.errors import SpoolError
 from queuectl.duties import Duty, DutyTable
-from queuectl.errors import SpoolError
 from queuectl.worker import Worker
 
 
@@ -57,7 +58,7 @@ def test_the_worker_lock_is_held_for_life_and_probed_from_other_processes(spool)
         assert registry.holds_lock(spool, "w-1")
         with pytest.raises(SpoolError, match="taken by a live worker"):
             locks.take_worker_lock(spool, "w-1")
-        probe = subprocess.run([sys.executable, "-c", "import sys; from queuectl import Spool, registry; "
+        probe = subprocess.run([sys.executable, "-c", "import sys; from queuectl import Spool; from queuectl.core import registry; "
                                 "sys.exit(0 if registry.holds_lock(Spool(sys.argv[1]), 'w-1') else 1)", spool.root])
         assert probe.returncode == 0
     finally:
@@ -66,7 +67,7 @@ def test_the_worker_lock_is_held_for_life_and_probed_from_other_processes(spool)
 
 
 def test_a_killed_workers_lock_is_free_and_a_probe_creates_no_lock_file(spool, tmp_path):
-    code = ("import sys, time; from queuectl import Spool, locks; held = locks.take_worker_lock(Spool(sys.argv[1]), 'w-2'); "
+    code = ("import sys, time; from queuectl import Spool; from queuectl.core import locks; held = locks.take_worker_lock(Spool(sys.argv[1]), 'w-2'); "
             "open(sys.argv[2], 'w').close(); time.sleep(60)")
     ready = tmp_path / "ready"
     process = subprocess.Popen([sys.executable, "-c", code, spool.root, str(ready)])
@@ -84,7 +85,7 @@ def test_a_killed_workers_lock_is_free_and_a_probe_creates_no_lock_file(spool, t
 
 def test_a_named_lock_held_elsewhere_fails_in_one_line_naming_it(spool, tmp_path):
     path = str(tmp_path / "config.json.lock")
-    code = ("import sys, time; from queuectl import locks\nwith locks.named_lock(sys.argv[1]):\n"
+    code = ("import sys, time; from queuectl.core import locks\nwith locks.named_lock(sys.argv[1]):\n"
             "    open(sys.argv[2], 'w').close(); time.sleep(60)")
     ready = tmp_path / "ready"
     process = subprocess.Popen([sys.executable, "-c", code, path, str(ready)])
@@ -105,7 +106,7 @@ def test_enqueue_does_not_load_filelock(spool_path):
     result = subprocess.run([sys.executable, "-X", "importtime", "-m", "queuectl", "--spool", spool_path,
                              "enqueue", "echo hi"], capture_output=True, text=True, check=True)
     imported = [line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines()]
-    assert "queuectl.spool" in imported and "filelock" not in imported
+    assert "queuectl.core.spool" in imported and "filelock" not in imported
 
 
 class Every(Duty):

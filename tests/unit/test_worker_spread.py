@@ -7,7 +7,8 @@ import zlib
 
 import pytest
 
-from queuectl import intake, jobstep, lifecycle
+from queuectl import intake, jobstep
+from queuectl.core import lifecycle
 from queuectl.intake import Intake
 from queuectl.watch import FolderWatch
 from queuectl.worker import Worker

@@ -13,8 +13,10 @@ import time
 from support import wait_until
 from support.workers import enqueue, read_lines, wait_for_state
 
-from queuectl import Spool, lifecycle, workflow
-from queuectl.errors import WrongState
+from queuectl import Spool
+from queuectl.core import lifecycle
+from queuectl.core.errors import WrongState
+from queuectl.features import workflow
 
 # Each run takes its own flock, then counts the runs whose flock is held (the
 # kernel drops a flock when its process dies, SIGKILL included), so a run
@@ -273,7 +275,7 @@ def test_pause_under_load_starts_nothing_new(spool_path, tmp_path, workers, qc):
 
 
 def workflow_seconds(text: str) -> float:
-    from queuectl.job import parse_time
+    from queuectl.core.job import parse_time
     return parse_time(text)
 
 
@@ -335,7 +337,7 @@ def test_the_dashboard_shows_groups_pauses_and_waiting_jobs_and_pauses_with_the_
         assert post(server, "/api/resume?group=build").json()["paused"] is False
         assert get(server, "/api/pause").status == 405
     assert not workflow.is_paused(spool) and not workflow.is_paused(spool, "build")
-    with open(os.path.join(os.path.dirname(workflow.__file__), "dashboard", "static", "app.js"),
+    with open(os.path.join(os.path.dirname(os.path.dirname(workflow.__file__)), "dashboard", "static", "app.js"),
               encoding="utf-8") as handle:
         assert "innerHTML" not in handle.read()  # job text (waiting_on included) goes through textContent only
 

@@ -18,10 +18,10 @@ from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from typing import Any
 
-from . import fsops, lifecycle
-from .errors import JobNotFound, SpoolError
-from .job import is_valid_id
-from .spool import LockedJob, Spool
+from ..core import fsops, lifecycle
+from ..core.errors import JobNotFound, SpoolError
+from ..core.job import is_valid_id
+from ..core.spool import LockedJob, Spool
 
 WAITING = "waiting"
 PRUNE_PREFIX = ".prune-"

@@ -35,9 +35,9 @@ from collections.abc import Iterator
 from datetime import datetime, timezone
 from typing import Any
 
-from . import fsops
-from .errors import DuplicateJob, InvalidJob, JobNotFound
-from .job import build, dumps, iso, loads, parse_time
+from ..core import fsops
+from ..core.errors import DuplicateJob, InvalidJob, JobNotFound
+from ..core.job import build, dumps, iso, loads, parse_time
 
 FOLDER = "schedules"
 SUFFIX = ".json"

@@ -22,11 +22,12 @@ import os
 import re
 from typing import Any
 
-from . import fsops, groups, lifecycle
-from .errors import InvalidJob
+from ..core import fsops, lifecycle
+from ..core.errors import InvalidJob
+from ..core.job import check_count, check_resource, is_valid_id
+from ..core.spool import Spool
+from . import groups
 from .groups import Badge, Slot, read_slot, running_by_worker
-from .job import check_count, check_resource, is_valid_id
-from .spool import Spool
 
 ROOT = "resources"
 HOSTS = os.path.join(ROOT, "hosts")

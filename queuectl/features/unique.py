@@ -17,10 +17,10 @@ from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from typing import Any
 
-from . import fsops, lifecycle
-from .errors import KeyTaken, SpoolError
-from .job import is_valid_id
-from .spool import LockedJob, Spool
+from ..core import fsops, lifecycle
+from ..core.errors import KeyTaken, SpoolError
+from ..core.job import is_valid_id
+from ..core.spool import LockedJob, Spool
 
 UNIQUE = "unique"
 MAX_KEY_FILE = 1024 * 1024 + 1  # a key file is a job file: at most 1 MiB

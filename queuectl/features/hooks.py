@@ -32,9 +32,10 @@ import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 
-from . import lifecycle, registry, runner
-from .job import iso
-from .spool import Spool
+from ..core import lifecycle, registry
+from ..core.job import iso
+from ..core.spool import Spool
+from ..run import runner
 
 EVENTS = {"completed": "on_success", "failed": "on_failure", "dead": "on_dead"}
 

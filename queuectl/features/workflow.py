@@ -8,7 +8,9 @@ installs the features when imported.
 
 from __future__ import annotations
 
-from . import lifecycle
+from ..core import lifecycle
+from ..core.errors import KeyTaken
+from ..core.job import GROUP_PATTERN, MAX_AFTER, MAX_KEY, check_fields, check_group
 from .dependencies import (
     MARK_GRACE,
     annotate,
@@ -22,7 +24,6 @@ from .dependencies import (
     waiting_dir,
     waiting_on,
 )
-from .errors import KeyTaken
 from .gate import PARK_POLL, Gate
 from .groups import (
     BADGE_PREFIX,
@@ -51,19 +52,18 @@ from .groups import (
     slot_names,
     take_slot,
 )
-from .job import GROUP_PATTERN, MAX_AFTER, MAX_KEY, check_fields, check_group
 from .unique import LOCK_GRACE, UNIQUE, key_held_for, key_holder, key_path, release_key, stale_keys, take_key
 
 
 def install_features() -> None:
-    """Install queuectl's features (features.install), when a transition first needs them.
+    """Install queuectl's features (plugins.install), when a transition first needs them.
 
     Imported then, not with this module: `queuectl list` and `status` read
     through this module and never load the completion hooks' runner.
     """
-    from . import features
+    from . import plugins
 
-    features.install()
+    plugins.install()
 
 
 lifecycle.install_later(install_features)

@@ -8,7 +8,8 @@ bare state machine: no unique keys, no dependencies, no hooks, no groups.
 
 from __future__ import annotations
 
-from . import lifecycle
+from ..core import lifecycle
+from ..run.runner import LeftoversPlugin
 from .dependencies import DependenciesPlugin
 from .groups import GroupsPlugin
 from .hooks import HooksPlugin
@@ -17,8 +18,9 @@ from .unique import UniquePlugin
 
 
 def default_plugins() -> list[lifecycle.Plugin]:
-    """In the order they act: the key before the waiting markers, the hook last."""
-    return [UniquePlugin(), DependenciesPlugin(), GroupsPlugin(), ResourcesPlugin(), HooksPlugin()]
+    """In the order they act: a dead worker's leftovers killed first (before a feature frees what the
+    job held), the key before the waiting markers, the hook last."""
+    return [LeftoversPlugin(), UniquePlugin(), DependenciesPlugin(), GroupsPlugin(), ResourcesPlugin(), HooksPlugin()]
 
 
 def install() -> None:

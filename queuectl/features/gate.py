@@ -13,7 +13,9 @@ import re
 import time
 from collections.abc import Callable
 
-from . import lifecycle, rates, resources
+from ..core import lifecycle
+from ..core.job import is_valid_id
+from . import rates, resources
 from .dependencies import dependency_states, end_ring, find_ring
 from .groups import (
     GROUP_PATTERN,
@@ -27,7 +29,6 @@ from .groups import (
     slot_names,
     take_slot,
 )
-from .job import is_valid_id
 
 # How often a worker looks again at jobs parked behind a full or paused group,
 # or at a paused spool, when no change in a watched folder woke it first

@@ -20,7 +20,7 @@ import signal
 import time
 
 from .job import iso
-from .runner import Outcome
+from .outcome import Outcome
 
 FORMATS = ("text", "json")
 

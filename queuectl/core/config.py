@@ -84,7 +84,7 @@ def _parse_bytes(text: str) -> int:
 
 
 def _parse_seconds(text: str) -> float | int:
-    """A time setting: 90, 10m, 1h30m, 2d (queuectl/units.py), stored as a number of seconds."""
+    """A time setting: 90, 10m, 1h30m, 2d (queuectl/core/units.py), stored as a number of seconds."""
     seconds = parse_duration(text)
     return int(seconds) if seconds == int(seconds) else seconds
 

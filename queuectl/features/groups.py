@@ -21,11 +21,12 @@ import re
 import time
 from typing import Any
 
-from . import fsops, lifecycle, rates, registry
-from .errors import InvalidJob
-from .fsops import open_nofollow
-from .job import GROUP_PATTERN, check_group, is_valid_id, iso
-from .spool import Spool
+from ..core import fsops, lifecycle, registry
+from ..core.errors import InvalidJob
+from ..core.fsops import open_nofollow
+from ..core.job import GROUP_PATTERN, check_group, is_valid_id, iso
+from ..core.spool import Spool
+from . import rates
 
 PAUSE_FILE = "paused"
 GROUPS = "groups"
@@ -386,7 +387,7 @@ def free_job_slots(spool, job: dict, *, leftovers: bool = False) -> None:
 def end_leftovers(spool, job: dict) -> None:
     """SIGKILL what is left of a dead worker's job and wait until none of it lives (at most 10 s),
     so that what it held (a slot, resource indexes) is never held by two running jobs."""
-    from .runner import kill_leftovers  # recovery only: `queuectl list` imports this module and not the runner
+    from ..run.runner import kill_leftovers  # recovery only: `queuectl list` imports this module and not the runner
 
     deadline = time.monotonic() + 10.0
     while kill_leftovers(job["id"], spool.root) and time.monotonic() < deadline:

@@ -57,7 +57,7 @@ point repairable:
 
 Features (unique keys, dependencies, groups, completion hooks) are not
 imported here: they subclass `Plugin` and are installed by the layers
-above (features.install); each transition calls them at fixed points
+above (features/plugins.py: install); each transition calls them at fixed points
 (docs/decisions/layers.md).
 
 Functions take job ids; only `adopt` takes a file name, because a
@@ -111,7 +111,7 @@ KEEP_ORDER = ("processing", "completed", "dead", "failed", "pending")
 if TYPE_CHECKING:  # types only: building a Protocol class costs every command's start-up
     from typing import Protocol
 
-    from .runner import Outcome
+    from .outcome import Outcome
 
     class Committer(Protocol):
         """What settle hands a staged outcome to (commit.GroupCommit)."""
@@ -134,7 +134,7 @@ class Plugin:
 
     Lifecycle knows no feature: groups, unique keys, dependencies, completion
     hooks and retention subclass this, and the layers above (the worker, the
-    CLI, the Python API) install them with `install` (features.install does
+    CLI, the Python API) install them with `install` (features/plugins.py does
     it for queuectl's own). Every method's default does nothing; each is
     called under the job file's flock, at the point its name says.
     """
@@ -1024,10 +1024,9 @@ def _recover_one(spool: Spool, held: LockedJob) -> str:
     except InvalidJob as exc:
         dead_letter(spool, held, str(exc))
         return "dead"
-    from .runner import Outcome, kill_leftovers  # see the note on imports at the top
+    from .outcome import Outcome  # see the note on imports at the top
 
-    kill_leftovers(job["id"], spool.root)  # the dead worker's command may still run
-    for plugin in plugins():
+    for plugin in plugins():  # the runner's own plugin first: the dead worker's command may still run
         plugin.on_recover(spool, job, True)
     now = time.time()
     started = job.get("started_at")

@@ -26,10 +26,10 @@ import os
 import time
 from typing import Any
 
-from . import fsops, lifecycle
-from .fsops import open_nofollow
-from .job import parse_keep
-from .spool import id_of
+from ..core import fsops, lifecycle
+from ..core.fsops import open_nofollow
+from ..core.job import parse_keep
+from ..core.spool import id_of
 
 BATCH = 10_000     # work units per sweep at most: a stat costs 1, a deletion DELETE_COST
 DELETE_COST = 10   # a deletion locks, reads and unlinks two files: about ten stats' worth

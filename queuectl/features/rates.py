@@ -35,8 +35,8 @@ import random
 import re
 from dataclasses import dataclass
 
-from . import fsops
-from .units import format_duration, parse_duration
+from ..core import fsops
+from ..core.units import format_duration, parse_duration
 
 MAX_STARTS = 10000
 # A window of a week at most: longer is no rate but a quota, and its tokens would pin files for that long.

@@ -20,60 +20,18 @@ import signal
 import subprocess
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
-from . import cgroups, fsops, progress
-from .job import iso
-from .limits import Limits
-from .limits import resolve as job_limits  # noqa: F401 - for the worker: runner.job_limits(job, settings)
+from ..core import fsops, lifecycle
+from ..core.job import iso
+from ..core.limits import Limits
+from ..core.limits import resolve as job_limits  # noqa: F401 - for the worker: runner.job_limits(job, settings)
+from ..core.outcome import Outcome
+from ..core.spool import Spool
+from . import cgroups, progress
 
 LEFTOVER_POLL = 0.05  # seconds between looks for a finished job's leftover processes
 # What a job inherits from the worker's environment without being asked.
 BASE_ENV = ("PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "LANGUAGE", "TZ", "TMPDIR", "TERM")
-
-
-@dataclass
-class Outcome:
-    exit_code: int | None = None
-    signal: int | None = None
-    error: str | None = None
-    timed_out: bool = False
-    # "stop" or "cancel": the worker ended the run on request; "lost": the job
-    # was recovered by another host while this worker's lease had lapsed.
-    interrupted: str | None = None
-    started: float = 0.0
-    finished: float = 0.0
-    stderr_tail: list[str] = field(default_factory=list)
-    # CPU seconds the shell and the processes it waited for used: measured for a run with a CPU limit only.
-    cpu: float | None = None
-
-    @property
-    def succeeded(self) -> bool:
-        return self.exit_code == 0 and not self.timed_out and self.interrupted is None
-
-    def describe(self, timeout: float | None) -> str | None:
-        """The `last_error` sentence for a run, None when it succeeded."""
-        if self.succeeded:
-            return None
-        if self.interrupted == "cancel":
-            return "cancelled while running"
-        if self.interrupted == "stop":
-            return "stopped by worker shutdown; retried later"
-        if self.interrupted == "lost":
-            return "abandoned: recovered by another host while this worker's lease had lapsed"
-        if self.timed_out:
-            return f"timed out after {timeout:g}s"
-        if self.error:
-            return self.error
-        if self.signal is not None:
-            try:
-                name = signal.Signals(self.signal).name
-            except ValueError:
-                name = str(self.signal)
-            return f"killed by signal {name}"
-        if self.exit_code == 127:
-            return "exit code 127 (command not found)"
-        return f"exit code {self.exit_code}"
 
 
 def base_environment(pass_env: list[str]) -> dict[str, str]:
@@ -112,6 +70,15 @@ def kill_leftovers(job_id: str, spool_root: str) -> int:
     to write nothing down per job.
     """
     return _kill_job_processes(job_id, spool_root, None)
+
+
+class LeftoversPlugin(lifecycle.Plugin):
+    """Recovery of a job whose worker died during its run: what its command left running is
+    killed before any feature frees what the job held (a group slot, resource indexes)."""
+
+    def on_recover(self, spool: Spool, job: dict, leftovers: bool) -> None:
+        if leftovers:
+            kill_leftovers(job["id"], spool.root)
 
 
 def _job_processes(job_id: str, spool_root: str, pgid: int | None) -> list[int]:
