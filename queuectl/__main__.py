@@ -7,7 +7,7 @@ nothing, since what an import makes lives until the process ends. So the
 collector is off while the CLI is imported; `gc.freeze()` then sets those
 objects aside for good (no later collection, and no collection at exit,
 walks them again), and the collector is back on before any command runs,
-a worker's loop included (bench/RESULTS.md, "Start-up").
+a worker's loop included (docs/decisions/startup.md).
 """
 
 import gc

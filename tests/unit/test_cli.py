@@ -561,6 +561,23 @@ def test_real_processes_racing_for_one_id_have_one_winner(spool_path):
     assert read_job(spool_path, "pending", "contested")["command"] == f"echo {winners[0]}"
 
 
+def test_the_program_imports_with_the_collector_off_then_turns_it_back_on():
+    """__main__.py: the imports' objects are frozen out of later collections, and the collector is
+    on again before a command runs (a worker must free its cycles)."""
+    code = "import gc, queuectl.__main__; print(gc.isenabled(), gc.get_freeze_count() > 1000)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["True", "True"]
+
+
+def test_import_queuectl_loads_nothing_until_a_name_is_asked_for():
+    code = ("import sys, queuectl; before = sorted(name for name in sys.modules if name.startswith('queuectl.')); "
+            "print(before, queuectl.Spool.__module__, queuectl.InvalidJob.__module__, 'Spool' in dir(queuectl))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["[]", "queuectl.api", "queuectl.core.errors", "True"]
+
+
 # Modules that only workers, the dashboard or `wait` need; the everyday commands must start without them.
 HEAVY_MODULES = ("watchdog", "queuectl.worker", "queuectl.supervisor", "queuectl.core.commit", "queuectl.run.runner",
                  "queuectl.core.order", "queuectl.dashboard", "queuectl.follow", "http.server")
