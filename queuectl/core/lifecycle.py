@@ -121,10 +121,12 @@ if TYPE_CHECKING:  # types only: building a Protocol class costs every command's
         def owns(self, held: LockedJob) -> bool: ...
 
 
-# The worker-only modules (runner, lease, registry) are imported in the
-# functions that run jobs or judge workers, not here: `queuectl enqueue`
-# imports this module, and its start-up must not pay for them (subprocess,
-# socket, dataclasses). They sit below this module; nothing there imports it.
+# The worker-only modules (lease, registry, outcome) are imported in the
+# functions that settle jobs or judge workers, not here: `queuectl enqueue`
+# imports this module, and its start-up must not pay for them (socket,
+# dataclasses). They sit below this module; nothing there imports it. The
+# runner is above core/ and never imported here: what a dead worker's
+# command left running is its plugin's to end (runner.LeftoversPlugin).
 
 
 # -- the features' interface ------------------------------------------------------
