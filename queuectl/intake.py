@@ -107,7 +107,7 @@ class Intake:
         """
         if name.startswith(".") or name.endswith(".tmp"):
             return
-        job = _peek(os.path.join(self.spool.dir(folder), name)) if name.endswith(SUFFIX) and not drop_in else None
+        job = _peek(f"{self.spool.dir(folder)}/{name}") if name.endswith(SUFFIX) and not drop_in else None
         if job is False:
             self.index.discard(id_of(name), folder)
             return

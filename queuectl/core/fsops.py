@@ -133,7 +133,7 @@ def _renameat2_flags(src: str, dst: str, flags: int) -> bool:
     """renameat2 with `flags`; False when the kernel or the file system does not support them."""
     if _renameat2 is None:  # tests set it so, to move files as where renameat2 is missing
         return False
-    folder = (os.path.dirname(dst), flags)
+    folder = (dst.rpartition("/")[0], flags)  # its folder (os.path.dirname, without the call)
     if folder in _refused:
         return False
     code = _renameat2(os.fsencode(src), os.fsencode(dst), flags)
@@ -180,7 +180,7 @@ def temp_name(directory: str, stem: str) -> str:
     """A name in `directory` that no other process or thread will pick."""
     global _temp_counter
     _temp_counter += 1
-    return os.path.join(directory, f".{stem}.{os.getpid()}.{_temp_counter}.{os.urandom(3).hex()}.tmp")
+    return f"{directory}/.{stem}.{os.getpid()}.{_temp_counter}.{os.urandom(3).hex()}.tmp"
 
 
 def write_new(directory: str, stem: str, data: bytes, *, durable: bool, lock: bool = False) -> tuple[str, int | None]:

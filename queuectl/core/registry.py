@@ -124,7 +124,7 @@ def cancel_requested(spool, job_id: str) -> bool:
 
 def clear_cancel(spool, job_id: str) -> None:
     try:
-        os.unlink(os.path.join(spool.dir(CANCELS), job_id))
+        os.unlink(f"{spool.dir(CANCELS)}/{job_id}")
     except FileNotFoundError:
         pass
 
@@ -152,7 +152,7 @@ def suspended_ids(spool) -> set[str]:
 
 def clear_suspend(spool, job_id: str, *, before: float | None = None) -> bool:
     """Remove the job's suspend request (only one made before `before`, when given); False if none went."""
-    path = os.path.join(spool.dir(SUSPENDS), job_id)
+    path = f"{spool.dir(SUSPENDS)}/{job_id}"
     try:
         if before is not None and os.stat(path).st_mtime >= before:
             return False

@@ -101,7 +101,7 @@ class LockedJob:
 
     @property
     def path(self) -> str:
-        return os.path.join(self.spool.root, self.state, self.name)
+        return f"{self.spool.root}/{self.state}/{self.name}"
 
     def at_name(self) -> os.stat_result | None:
         """The stat of the job's name when it still leads to the file owned here; None if not (moved or replaced)."""
@@ -121,9 +121,8 @@ class LockedJob:
         `fold_cut`: see fsops.rename_noreplace; by default not on a shared spool.
         """
         target = name or self.name
-        source_dir = os.path.join(self.spool.root, self.state)
-        target_dir = os.path.join(self.spool.root, state)
-        fsops.rename_noreplace(os.path.join(source_dir, self.name), os.path.join(target_dir, target),
+        source_dir, target_dir = self.spool.dir(self.state), self.spool.dir(state)
+        fsops.rename_noreplace(f"{source_dir}/{self.name}", f"{target_dir}/{target}",
                                fold_cut=not self.spool.shared if fold_cut is None else fold_cut)
         if sync and self.spool.durable:
             fsops.fsync_dir(target_dir)
@@ -422,7 +421,7 @@ class _Settings:
             self._held_config = None
 
     def _read_config(self) -> dict[str, Any]:
-        path = os.path.join(self.root, "config.json")
+        path = f"{self.root}/config.json"
         try:
             info = os.stat(path)
         except FileNotFoundError:
@@ -548,14 +547,16 @@ class Spool(_Settings, _IdMarkers):
             self.warnings.append(f"spool {path} is readable by others (mode {mode:04o}); "
                                  f"'chmod 700 {path}' keeps job commands and logs private")
 
+    # Paths are joined with "/" by hand: `root` is absolute and normalized (resolve_path) and a
+    # folder or job name never is, so os.path.join would only cost a worker a few calls a job.
     def dir(self, folder: str) -> str:
-        return os.path.join(self.root, folder)
+        return f"{self.root}/{folder}"
 
     def path(self, state: str, job_id: str) -> str:
-        return os.path.join(self.root, state, check_id(job_id) + SUFFIX)
+        return f"{self.root}/{state}/{check_id(job_id)}{SUFFIX}"
 
     def log_path(self, job_id: str) -> str:
-        return os.path.join(self.root, "logs", check_id(job_id) + ".log")
+        return f"{self.root}/logs/{check_id(job_id)}.log"
 
     # -- inspection ----------------------------------------------------------
 
@@ -673,7 +674,7 @@ class Spool(_Settings, _IdMarkers):
 
     def lock(self, state: str, name: str) -> LockedJob | None:
         """Own the file `state/name`; None when it is gone or another process owns it."""
-        path = os.path.join(self.root, state, name)
+        path = f"{self.root}/{state}/{name}"
         try:
             fd = fsops.open_nofollow(path)
         except FileNotFoundError:

@@ -205,7 +205,7 @@ class Gate:
     # -- groups and pause, at claim time --
 
     def spool_paused(self) -> bool:
-        return os.path.lexists(os.path.join(self.spool.root, PAUSE_FILE))
+        return os.path.lexists(f"{self.spool.root}/{PAUSE_FILE}")
 
     def admit(self, state: str, job_id: str, worker: str, now: float = 0.0) -> Slot | None:
         """What the job about to be claimed holds: its group's slot, its resource indexes and a start of

@@ -41,7 +41,7 @@ _made: set[str] = set()
 
 def path(spool_root: str, job_id: str) -> str:
     """The file a job writes its progress to (its $QUEUECTL_PROGRESS)."""
-    return os.path.join(spool_root, FOLDER, job_id)
+    return f"{spool_root}/{FOLDER}/{job_id}"
 
 
 def prepare(spool_root: str) -> None:
