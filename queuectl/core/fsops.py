@@ -237,8 +237,12 @@ def publish(tmp_dir: str, target: str, data: bytes, *, durable: bool, replace: b
 
 # A network file system answers ESTALE when a name this client cached now
 # leads to a file another client replaced; looking the path up again finds
-# the new one (docs/guide/several-hosts.md, "Network file-system errors never stop a worker").
-STALE_ATTEMPTS = 5
+# the new one (docs/guide/several-hosts.md, "Network file-system errors never stop a worker")
+# once the client's cache of that name has expired: a GlusterFS client keeps
+# it a second (its FUSE entry timeout), and until then an open of the path
+# hands out the old file again. The waits between attempts (0.05 s, doubled
+# each time: 1.55 s in all) outlast that second.
+STALE_ATTEMPTS = 6
 
 
 def retry_stale(operation: Callable[..., T], *args: Any) -> T:
@@ -249,7 +253,7 @@ def retry_stale(operation: Callable[..., T], *args: Any) -> T:
         except OSError as exc:
             if exc.errno != errno.ESTALE or attempt == STALE_ATTEMPTS - 1:
                 raise
-            time.sleep(0.05 * 2 ** attempt)  # the client's cache of names lasts about a second
+            time.sleep(0.05 * 2 ** attempt)
     raise AssertionError("unreachable")
 
 

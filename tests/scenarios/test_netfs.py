@@ -246,6 +246,24 @@ def test_a_stale_handle_is_looked_up_again(spool, monkeypatch):
     assert Spool(spool.root).config["max_retries"] == 7
 
 
+def test_a_read_looks_again_until_the_clients_cache_of_the_name_has_expired(spool, monkeypatch):
+    """Within a second of another client replacing a job file, a GlusterFS client opens the old file
+    again and again, and the fstat that follows fails with ESTALE; a read outlasts that second
+    (fsops.STALE_ATTEMPTS), here on a clock that only the read's own waits move."""
+    job_id = spool.enqueue("true")["id"]
+    clock = [0.0]
+    real_fstat = os.fstat
+
+    def stale_for_a_second(fd):
+        if clock[0] < 1.0:
+            raise OSError(errno.ESTALE, "Stale file handle")
+        return real_fstat(fd)
+    monkeypatch.setattr(fsops.time, "sleep", lambda seconds: clock.__setitem__(0, clock[0] + seconds))
+    monkeypatch.setattr(fsops.os, "fstat", stale_for_a_second)
+    assert spool.get(job_id)["id"] == job_id
+    assert clock[0] > 1.0
+
+
 def test_a_close_that_reports_estale_is_no_failure(spool, monkeypatch):
     """GlusterFS reports ESTALE when closing a file another client moved: the fd is freed all the same."""
     job_id = spool.enqueue("true")["id"]
