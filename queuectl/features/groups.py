@@ -358,15 +358,13 @@ def remove_if(spool, path: str, ino: int) -> bool:
     return False
 
 
-def free_job_slots(spool, job: dict, *, leftovers: bool = False) -> None:
+def free_job_slots(spool, job: dict) -> None:
     """Free the slot the job's dead worker held in its group (called by recovery, under the job's flock).
 
     A worker holds one slot at a time, for the job it runs: the slot of the
-    job's `worker` in the job's group is that job's.
-
-    With `leftovers` the dead worker's command was just sent SIGKILL: the
-    slot frees only once none of its processes is left (a signal is
-    delivered later than kill() returns), so the group never runs N + 1.
+    job's `worker` in the job's group is that job's. Recovery has ended the
+    dead worker's command before (runner.LeftoversPlugin acts first), so the
+    group never runs N + 1.
     """
     group = job.get("group")
     if not isinstance(group, str) or not re.fullmatch(GROUP_PATTERN, group):
@@ -378,20 +376,8 @@ def free_job_slots(spool, job: dict, *, leftovers: bool = False) -> None:
         holder = read_slot(path)
         if holder and isinstance(worker, str) and holder.get("worker") == worker and not _alive(spool, worker):
             mine.append(path)
-    if mine and leftovers:
-        end_leftovers(spool, job)
     for path in mine:
         fsops.unlink_if_there(path)
-
-
-def end_leftovers(spool, job: dict) -> None:
-    """SIGKILL what is left of a dead worker's job and wait until none of it lives (at most 10 s),
-    so that what it held (a slot, resource indexes) is never held by two running jobs."""
-    from ..run.runner import kill_leftovers  # recovery only: `queuectl list` imports this module and not the runner
-
-    deadline = time.monotonic() + 10.0
-    while kill_leftovers(job["id"], spool.root) and time.monotonic() < deadline:
-        time.sleep(0.01)
 
 
 def worker_alive(spool, worker: Any) -> bool:
@@ -442,7 +428,7 @@ class GroupsPlugin(lifecycle.Plugin):
     """Frees a dead worker's slot when recovery moves its job on, and orphan slots after each sweep."""
 
     def on_recover(self, spool: Spool, job: dict, leftovers: bool) -> None:
-        free_job_slots(spool, job, leftovers=leftovers)
+        free_job_slots(spool, job)
 
     def after_recover(self, spool: Spool) -> None:
         free_orphan_slots(spool)

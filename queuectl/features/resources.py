@@ -9,7 +9,7 @@ The contract (docs/guide/resources.md):
 - a worker takes every index a job needs, or none (what it took it gives back),
   before it claims the job, and frees them when the command ends; a dead
   worker's indexes are freed by recovery once no process of its job is left
-  (groups.end_leftovers), or after a sweep when the worker runs no job;
+  (runner.LeftoversPlugin ends them first), or after a sweep when the worker runs no job;
 - a job gets its indexes in its environment: QUEUECTL_<R>=0,2, and for `gpu`
   also CUDA_VISIBLE_DEVICES.
 Resource names have no '-', so `R-K` names one index of one resource.
@@ -203,17 +203,15 @@ def held_count(spool, host: str) -> dict[str, int]:
     return counts
 
 
-def free_job_indexes(spool, job: dict, *, leftovers: bool = False) -> None:
-    """Free the indexes the job's dead worker held (recovery, under the job's flock), once no process
-    of the job is left when `leftovers` (its command was just sent SIGKILL)."""
+def free_job_indexes(spool, job: dict) -> None:
+    """Free the indexes the job's dead worker held (recovery, under the job's flock); no process of
+    the job is left by then (runner.LeftoversPlugin acts first)."""
     if not isinstance(job.get("needs"), dict):
         return
     worker = job.get("worker")
     if not isinstance(worker, str) or groups.worker_alive(spool, worker):
         return
     mine = [path for _, _, _, path in _held(spool) if (read_slot(path) or {}).get("worker") == worker]
-    if mine and leftovers:
-        groups.end_leftovers(spool, job)
     for path in mine:
         fsops.unlink_if_there(path)
 
@@ -274,7 +272,7 @@ class ResourcesPlugin(lifecycle.Plugin):
             raise InvalidJob(f"job {job['id']} {reason}")
 
     def on_recover(self, spool: Spool, job: dict, leftovers: bool) -> None:
-        free_job_indexes(spool, job, leftovers=leftovers)
+        free_job_indexes(spool, job)
 
     def after_recover(self, spool: Spool) -> None:
         free_orphan_indexes(spool)

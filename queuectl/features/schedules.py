@@ -412,7 +412,7 @@ def sweep(spool, worker: str, now: float | None = None) -> float | None:
 def _sweep_one(spool, worker: str, file_name: str, name: str, schedule: dict, now: float) -> int | None:
     """One schedule's part of the sweep; returns its next slot."""
     directory = fired_dir(spool, name)
-    _ensure_dir(directory)
+    fsops.make_folder(directory)
     names = _slot_names(directory)
     _publish_leftovers(spool, name, directory, names)
     if schedule["paused"]:
@@ -482,7 +482,7 @@ def fire(spool, worker: str, name: str, schedule: dict, slot: int, *, catch_up: 
     durable = spool.durable
     token = f"{worker}.{os.getpid()}.{os.urandom(6).hex()}"
     claim = os.path.join(directory, f".claim-{token}")
-    _ensure_dir(directory)
+    fsops.make_folder(directory)
     os.mkdir(claim, 0o700)
     try:
         _write(os.path.join(claim, "owner"), json.dumps({"worker": worker, "token": token,
@@ -506,13 +506,6 @@ def fire(spool, worker: str, name: str, schedule: dict, slot: int, *, catch_up: 
         fsops.fsync_dir(directory)
     publish_claimed(spool, name, slot_name)
     return True
-
-
-def _ensure_dir(path: str) -> None:
-    try:
-        os.mkdir(path, 0o700)
-    except FileExistsError:
-        pass
 
 
 def _write(path: str, data: bytes, durable: bool) -> None:

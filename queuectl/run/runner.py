@@ -72,13 +72,26 @@ def kill_leftovers(job_id: str, spool_root: str) -> int:
     return _kill_job_processes(job_id, spool_root, None)
 
 
+LEFTOVER_WAIT = 10.0  # seconds recovery waits for a dead worker's command to be gone
+
+
+def end_leftovers(job_id: str, spool_root: str) -> None:
+    """SIGKILL what is left of a dead worker's job and wait until none of it lives (at most
+    LEFTOVER_WAIT): a signal is delivered later than kill() returns."""
+    deadline = time.monotonic() + LEFTOVER_WAIT
+    while kill_leftovers(job_id, spool_root) and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
 class LeftoversPlugin(lifecycle.Plugin):
     """Recovery of a job whose worker died during its run: what its command left running is
-    killed before any feature frees what the job held (a group slot, resource indexes)."""
+    ended (end_leftovers) before any feature frees what the job held, so a group slot or a
+    resource index is never held by two running jobs, and before the job can run again.
+    plugins.default_plugins() puts it first."""
 
     def on_recover(self, spool: Spool, job: dict, leftovers: bool) -> None:
         if leftovers:
-            kill_leftovers(job["id"], spool.root)
+            end_leftovers(job["id"], spool.root)
 
 
 def _job_processes(job_id: str, spool_root: str, pgid: int | None) -> list[int]:
