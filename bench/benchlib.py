@@ -230,19 +230,30 @@ def new_spool(path: str, **settings) -> Spool:
     return spool
 
 
-def fill_pending(spool: Spool, count: int, command: str = "true", prefix: str = "job") -> list[str]:
-    """Write `count` canonical job files straight into pending/ (no fsync): 100,000 in a few seconds.
+def fill_pending(spool: Spool, count: int, command: str = "true", prefix: str = "job",
+                 *, drop_ins: bool = False) -> list[str]:
+    """Write `count` canonical job files into pending/ (no fsync): 100,000 in a few seconds.
 
     The files are exactly what `enqueue` writes (built by job.build), named
-    so that they sort in creation order.
+    so that they sort in creation order, and each is published as enqueue
+    publishes one: written in tmp/, its id's marker taken, then renamed into
+    pending/ (docs/decisions/identity.md). With `drop_ins`, written straight
+    into pending/ without a marker instead: files another tool dropped in,
+    which a worker adopts before it claims them.
     """
     template = dumps(build({"id": "ID-PLACEHOLDER", "command": command}, defaults())).decode()
     head, tail = template.split("ID-PLACEHOLDER")
-    pending = spool.dir("pending")
+    pending, temp = spool.dir("pending"), spool.dir("tmp")
     ids = [f"{prefix}-{number:07d}" for number in range(count)]
     for job_id in ids:
-        with open(os.path.join(pending, job_id + ".json"), "w", encoding="utf-8") as handle:
+        name = job_id + ".json"
+        path = os.path.join(pending, name) if drop_ins else os.path.join(temp, f".{name}.fill.tmp")
+        with open(path, "w", encoding="utf-8") as handle:
             handle.write(head + job_id + tail)
+        if not drop_ins:
+            if not spool.take_id(job_id, path):
+                raise RuntimeError(f"id {job_id} is taken in {spool.root}")
+            os.rename(path, os.path.join(pending, name))
     os.sync()  # the write-back of the new files must not run during the measurement that follows
     return ids
 
