@@ -164,10 +164,12 @@ class LeaseLook(Duty):
 
     during_run = True
 
-    def __init__(self, worker: str, judge: Liveness, recovery: RecoverySweep, start: float | None):
+    def __init__(self, worker: str, judge: Liveness, recovery: RecoverySweep, start: float | None,
+                 step: JobStep):
         self.worker = worker
         self.judge = judge
         self.recovery = recovery
+        self.step = step  # told which workers beat, for its lane (JobStep.share_with)
         self.next = start  # None: local mode, where flocks tell who is dead
         self.expired = False
 
@@ -181,6 +183,7 @@ class LeaseLook(Duty):
 
     def _look(self) -> None:
         self.expired = self.judge.look_at_leases(skip=self.worker)
+        self.step.share_with(self.judge.beating)
 
 
 class Rescan(Duty):

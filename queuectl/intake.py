@@ -21,7 +21,7 @@ from .core.job import MAX_JOB_BYTES, due_time, loads
 from .core.order import DueIndex
 from .core.spool import SUFFIX, Spool, id_of
 from .features import workflow
-from .watch import RESCAN, FolderWatch
+from .watch import FULL_LISTING, POLL_INTERVAL, RESCAN, FolderWatch
 
 # Seconds before a job whose claim was lost is read again, unless the watch saw it leave (on a
 # shared spool it lists a changed folder every watch.POLL_INTERVAL, all folders every FULL_LISTING).
@@ -47,6 +47,25 @@ class Intake:
     def readd(self, folder: str, job_id: str, priority: int, due: float) -> None:
         """A job the gate held back may start now (its dependencies completed, its group has room)."""
         self.index.add(folder, job_id, priority, due, time.time())
+
+    def cadence(self, folder: str) -> float | None:
+        """How often a polling watch looks at `folder` (watch.FolderWatch.set_cadence; a shared spool).
+
+        pending/ and failed/ every tick while this worker has nothing due,
+        so that a job enqueued through another host starts within a tick;
+        while it has due jobs, once a FULL_LISTING: it claims from its index
+        meanwhile, and a job another worker took first is a lost claim, not
+        an error. completed/ and dead/ only matter to jobs held back (a
+        dependency's landing, a settle that frees a group's slot), and are
+        not looked at while none is: on a busy spool they change at every
+        settle and only grow (docs/guide/several-hosts.md, "Local or shared
+        mode").
+        """
+        if folder in ("pending", "failed"):
+            return FULL_LISTING if self.index.has_due(time.time()) else POLL_INTERVAL
+        if folder in ("completed", "dead"):
+            return FULL_LISTING if self.gate.holding() else None
+        return POLL_INTERVAL
 
     def apply_events(self) -> bool:
         """Bring the index and the stop flags up to date with what changed; False if nothing did."""

@@ -15,13 +15,11 @@ the worker's record) and the worker moves on.
 from __future__ import annotations
 
 import copy
-import random
 import sys
 import time
-import zlib
 from collections.abc import Callable
 
-from .core import commit, fsops, lifecycle, registry
+from .core import commit, fsops, lifecycle, order, registry
 from .core.events import EventLog
 from .core.outcome import Outcome
 from .core.spool import LockedJob, Spool, file_name
@@ -32,10 +30,6 @@ from .run import runner
 from .stopping import StopFlags, signals_blocked
 
 SETTLE_ATTEMPTS = 5
-# Workers of a shared spool spread their claims over this many of the first due jobs of the
-# top priority (docs/guide/several-hosts.md: the order within a priority is approximate
-# across workers there), so that they do not all race for the same file.
-SPREAD = 8
 
 
 class JobStep:
@@ -54,9 +48,31 @@ class JobStep:
         self.pace = commit.FlushPace()
         self.base_env: tuple[tuple[str, ...], dict[str, str]] | None = None  # see _base_environment
         self.lost_claims = 0  # claims another worker won (a shared spool)
-        # Which of the first SPREAD due jobs of the top priority this worker claims on a shared
-        # spool (order.DueIndex.pop_due): from its name at first, drawn again after a lost claim.
-        self.lane = zlib.crc32(name.encode()) % SPREAD
+        # This worker's share of the due jobs (order.DueIndex.pop_due): lane `lane` of `lanes`,
+        # looked for among the first `window` due jobs, on a shared spool (share_with); all of
+        # them (one lane) until it knows of others.
+        self.lane, self.lanes, self.window = 0, 1, 1
+
+    def share_with(self, beating: set[str]) -> None:
+        """The workers whose leases beat (a shared spool): this one claims first the jobs of its
+        own lane, its place among them all by name, so that workers that list the same queue
+        do not all race for the same file (docs/guide/several-hosts.md)."""
+        names = sorted(beating | {self.name})
+        lane, lanes = names.index(self.name), len(names)
+        if (lane, lanes) != (self.lane, self.lanes):
+            self.lane, self.lanes, self.window = lane, lanes, order.window_for(lanes)
+
+    def _learn_window(self, job_id: str, lost: bool) -> None:
+        """After a claim of another lane's job (none of this worker's own was in its window): lost,
+        that job's worker had it, and the jobs ahead of this worker's own are mostly ones the other
+        workers took since its last listing: look further for its own next time. Won, their worker
+        is busy or gone: keep helping, with a shorter look. So the window grows to what the
+        listings' pace needs and no further, and no lane waits for long behind a busy worker."""
+        if self.lanes > 1 and order.lane_of(job_id, self.lanes) != self.lane:
+            if lost:
+                self.window = min(order.MAX_WINDOW, self.window * 2)
+            else:
+                self.window = max(order.window_for(self.lanes), self.window // 2)
 
     def process(self, state: str, job_id: str) -> None:
         now = time.time()  # the start's time: a rate's token and the job's started_at are one time
@@ -79,13 +95,14 @@ class JobStep:
             if held is None and self.spool.shared:
                 # Another worker had it (gone, or its lock taken), or now and then it was not due
                 # after all: the worker goes on to its next due job at once, with no pause and no
-                # listing, in another lane (order.DueIndex.pop_due) so as not to race that
-                # worker again; the file is looked at again later (Intake.look_again).
+                # listing; the file is looked at again later (Intake.look_again).
                 self.lost_claims += 1
-                self.lane = random.randrange(SPREAD)
+                self._learn_window(job_id, lost=True)
             # A drop-in under a stored job's name (lifecycle.DROP_IN) goes to adoption.
             self.intake.unclaimed(state, file_name(job_id), drop_in=held == lifecycle.DROP_IN)
             return
+        if self.spool.shared:
+            self._learn_window(job_id, lost=False)
         job = held.job
         timeout = job.get("timeout")
         timeout = (timeout if timeout is not None else settings["timeout"]) or None

@@ -14,9 +14,14 @@ and the folders must be listed again.
 
 On a spool other hosts share, inotify never hears of their writes: there
 `poll=` swaps inotify for `_PollSource`, which stats each folder every
-POLL_INTERVAL and lists it only when it changed, plus a full listing every
-FULL_LISTING seconds in case two changes fell within one tick of the
-folder's timestamp (docs/guide/several-hosts.md, "Local or shared mode").
+POLL_INTERVAL and lists it only when it changed, and once more FULL_LISTING
+seconds after it last changed, in case a second change fell within the
+same tick of the folder's timestamp (docs/guide/several-hosts.md, "Local
+or shared mode").
+A listing there is a round trip per batch of names and a stat of each
+name on the servers, so the worker may say how often each folder is worth
+it (`FolderWatch.set_cadence`): a busy worker's queue changes at every
+claim, and a listing that soon only tells it what it does not need yet.
 """
 
 from __future__ import annotations
@@ -89,6 +94,15 @@ class FolderWatch:
     def changes(self) -> list[tuple[str, str, str]]:
         """Every change since the last call, at once; never blocks."""
         return self._source.changes()
+
+    def set_cadence(self, cadence: Callable[[str], float | None]) -> None:
+        """When polling: how often each folder is looked at, asked at every tick. POLL_INTERVAL: its
+        stat each tick, its listing when the stat moved (the default); more: listed that often,
+        and not stat'ed between; None: not looked at until the cadence says otherwise (the
+        changes meanwhile are reported by the next listing). inotify sees every change for free
+        and ignores it."""
+        if isinstance(self._source, _PollSource):
+            self._source.cadence = cadence
 
     def close(self) -> None:
         self._source.close()
@@ -216,7 +230,11 @@ class _PollSource:
         self._entries = {folder: self._list(path) or {} for folder, path in folders.items()}
         now = time.monotonic()
         self._next = now + POLL_INTERVAL
-        self._full_at = now + FULL_LISTING
+        # folder -> when to list it once more, its stamp unchanged: a second change within the tick
+        # of its timestamp (1 s on some servers) would not move the stamp, and the tick is over then.
+        self._confirm_at: dict[str, float] = dict.fromkeys(folders, now + FULL_LISTING)
+        self._slow_at: dict[str, float] = {}  # folder -> when a folder on a slower cadence is listed next
+        self.cadence: Callable[[str], float | None] = _every_tick
 
     def next_check(self) -> float:
         return max(0.0, self._next - time.monotonic())
@@ -234,22 +252,36 @@ class _PollSource:
         if now < self._next:
             return []
         self._next = now + POLL_INTERVAL
-        full = now >= self._full_at
-        if full:
-            self._full_at = now + FULL_LISTING
         found: list[tuple[str, str, str]] = []
         for folder, path in self._folders.items():
-            try:
-                info = os.stat(path)
-            except OSError:
+            every = self.cadence(folder)
+            if every is None:
                 continue
-            stamp = (info.st_mtime_ns, info.st_ctime_ns, info.st_size, info.st_nlink)
-            if stamp == self._stamps[folder] and not full:
-                continue
+            confirming = False
+            if every > POLL_INTERVAL:
+                if now < self._slow_at.get(folder, 0.0):
+                    continue
+                self._slow_at[folder] = now + every
+                stamp = None  # listed without a stat: back on every tick, the first stat lists it again
+            else:
+                self._slow_at.pop(folder, None)
+                try:
+                    info = os.stat(path)
+                except OSError:
+                    continue
+                stamp = (info.st_mtime_ns, info.st_ctime_ns, info.st_size, info.st_nlink)
+                if stamp != self._stamps[folder]:
+                    self._confirm_at[folder] = now + FULL_LISTING
+                elif now >= self._confirm_at.get(folder, float("inf")):
+                    confirming = True
+                else:
+                    continue
             entries = self._list(path)
             if entries is None:
-                continue
+                continue  # a passing error: looked at again next tick
             self._stamps[folder] = stamp
+            if confirming:
+                del self._confirm_at[folder]
             before = self._entries[folder]
             for name, inode in entries.items():
                 if before.get(name) != inode:
@@ -262,3 +294,7 @@ class _PollSource:
 
     def close(self) -> None:
         pass
+
+
+def _every_tick(folder: str) -> float:
+    return POLL_INTERVAL

@@ -82,6 +82,7 @@ class Worker:
                 folders = {folder: self.spool.dir(folder) for folder in WATCHED}
                 folders.update(groups=workflow.groups_dir(self.spool), spool=self.spool.root)
                 self.intake.watch = FolderWatch(folders, poll=self.spool.shared)
+                self.intake.watch.set_cadence(self.intake.cadence)
                 with signals_blocked():  # the lease's thread leaves them to this one
                     # Every worker beats a lease, also in local mode: a host that sees the
                     # spool as local (an NFS server's own disk) may still share it.
@@ -124,7 +125,7 @@ class Worker:
         return duties.DutyTable((
             duties.SupervisorCheck(self.stop),
             duties.CommitAdvance(self.step),
-            duties.LeaseLook(self.name, judge, recovery, now + duties.LEASE_LOOK if self.spool.shared else None),
+            duties.LeaseLook(self.name, judge, recovery, now if self.spool.shared else None, self.step),
             recovery,
             self.schedules,
             duties.StopRequestCheck(self.stop, self.rescan),
@@ -164,9 +165,9 @@ class Worker:
                 watch.wait(TRANSIENT_PAUSE)
                 continue
             # A paused spool starts nothing: one stat, just before the claim.
-            # On a shared spool each worker takes its own lane of the first due jobs (JobStep.lane).
-            lane = self.step.lane if self.spool.shared else 0
-            due = None if self.gate.spool_paused() else index.pop_due(now, lane)
+            # On a shared spool each worker takes the jobs of its own lane first (JobStep.share_with).
+            due = None if self.gate.spool_paused() else index.pop_due(now, self.step.lane, self.step.lanes,
+                                                                           self.step.window)
             if due is not None:
                 if self.spool.shared:
                     # The job left the index: a listing soon brings it back if it is still due.

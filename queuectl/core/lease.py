@@ -134,6 +134,7 @@ class Liveness:
         self._fs_now: float | None = None
         self._expired: set[str] = set()  # leases look_at_leases already reported
         self._dead: set[str] = set()  # workers of other hosts this judge found dead
+        self.beating: set[str] = set()  # the workers whose lease the last look_at_leases saw beat
 
     @property
     def mode(self) -> str:
@@ -175,6 +176,7 @@ class Liveness:
         """
         expired = False
         timeout = self.timeout
+        beating = set()
         for entry in os.listdir(self.spool.dir("workers")):
             if not entry.endswith(SUFFIX) or entry.startswith(".") or entry == skip + SUFFIX:
                 continue
@@ -185,6 +187,8 @@ class Liveness:
                 expired = True
             elif seen < timeout:
                 self._expired.discard(name)
+                beating.add(name)
+        self.beating = beating
         return expired
 
     def owner_dead(self, held) -> bool:

@@ -10,6 +10,21 @@ changed leaves a stale heap item that is skipped when popped.
 from __future__ import annotations
 
 import heapq
+import zlib
+
+# How many due jobs a worker of a shared spool looks through for one of its own lane (pop_due):
+# at first, per live worker; at most.
+WINDOW_PER_LANE = 4
+MAX_WINDOW = 512
+
+
+def lane_of(job_id: str, lanes: int) -> int:
+    """The lane of a job among `lanes` (crc32 of its id): the same on every host."""
+    return zlib.crc32(job_id.encode()) % lanes
+
+
+def window_for(lanes: int) -> int:
+    return 1 if lanes <= 1 else WINDOW_PER_LANE * lanes
 
 
 class DueIndex:
@@ -49,39 +64,48 @@ class DueIndex:
             if self._live(negative_priority, due, job_id, state):
                 heapq.heappush(self._ready, (negative_priority, due, job_id, state))
 
-    def pop_due(self, now: float, lane: int = 0) -> tuple[str, str] | None:
+    def pop_due(self, now: float, lane: int = 0, lanes: int = 1, window: int = 1) -> tuple[str, str] | None:
         """The best due job as (state, job_id), removed from the index; None if none is due.
 
-        `lane` > 0 takes the lane-th next job instead (0 is the best), counted
-        among the due jobs of the best job's priority only (modulo their
-        number when the band is shorter): workers of a shared spool each take
-        a different one of the first few, so they do not all race for the
-        same file (docs/guide/several-hosts.md). A higher priority
-        is never passed over; within a band the order is kept only roughly.
+        With `lanes` > 1 (the live workers of a shared spool, this one being
+        number `lane` of them): the first job of its lane (lane_of) among
+        the first `window` due jobs of the best job's priority; when none
+        there is, the (lane modulo their number)-th of them. Workers with one
+        view of the queue so each take their own jobs instead of all racing
+        for the same file (docs/guide/several-hosts.md). A higher priority
+        is never passed over; within a priority a job starts at most
+        `window` places before an older one.
         """
         self._promote(now)
+        window = 1 if lanes <= 1 else max(1, window)
         passed: list[tuple[int, float, str, str]] = []
-        found: tuple[str, str] | None = None
-        while self._ready:
+        found: tuple[int, float, str, str] | None = None
+        while self._ready and len(passed) < window:
             item = heapq.heappop(self._ready)
-            negative_priority, due, job_id, state = item
-            if not self._live(negative_priority, due, job_id, state):
+            if not self._live(*item):
                 continue
-            if passed and negative_priority != passed[0][0]:
-                heapq.heappush(self._ready, item)  # the band ended before the lane: take its best
+            if passed and item[0] != passed[0][0]:
+                heapq.heappush(self._ready, item)  # the band ended before a job of this lane
                 break
-            if len(passed) == lane:
-                del self._current[job_id]
-                found = state, job_id
+            if lanes <= 1 or lane_of(item[2], lanes) == lane:
+                found = item
                 break
             passed.append(item)
         if found is None and passed:
-            taken = passed.pop(lane % len(passed))
-            del self._current[taken[2]]
-            found = taken[3], taken[2]
+            found = passed.pop(lane % len(passed))
         for item in passed:
             heapq.heappush(self._ready, item)
-        return found
+        if found is None:
+            return None
+        del self._current[found[2]]
+        return found[3], found[2]
+
+    def has_due(self, now: float) -> bool:
+        """Whether a job is due now (stale heap items are dropped on the way)."""
+        self._promote(now)
+        while self._ready and not self._live(*self._ready[0]):
+            heapq.heappop(self._ready)
+        return bool(self._ready)
 
     def next_due(self) -> float | None:
         """When the earliest scheduled job becomes due (stale items may make it early, never late)."""

@@ -204,10 +204,10 @@ def test_polling_sees_files_land_leave_and_be_replaced(tmp_path, monkeypatch):
     watch = FolderWatch({"pending": str(folder)}, poll=True)
     clock = [0.0]
     monkeypatch.setattr("queuectl.watch.time.monotonic", lambda: clock[0])
-    watch._source._next = watch._source._full_at = 0.0
+    watch._source._next = 0.0
 
     def changes():
-        clock[0] += 5  # past the poll interval and the full listing
+        clock[0] += 5  # past the poll interval and the listing that confirms a change
         return sorted(watch.changes())
     (folder / "a.json").write_text("1")
     assert changes() == [("created", "pending", "a.json")]

@@ -127,3 +127,69 @@ def test_an_inotify_limit_is_one_clear_error(tmp_path, monkeypatch):
     monkeypatch.setattr(inotify, "inotify_add_watch", refuse)
     with pytest.raises(SpoolError, match="No space left on device.*fs.inotify.max_user_watches"):
         FolderWatch({"pending": str(tmp_path)})
+
+
+class Lister:
+    """A polling watch on a driven clock, with each folder's listings counted."""
+
+    def __init__(self, tmp_path, monkeypatch, names=("pending", "completed")):
+        self.paths = {name: tmp_path / name for name in names}
+        for path in self.paths.values():
+            path.mkdir()
+        self.clock = [0.0]
+        monkeypatch.setattr("queuectl.watch.time.monotonic", lambda: self.clock[0])
+        self.watch = FolderWatch({name: str(path) for name, path in self.paths.items()}, poll=True)
+        self.listed: list[str] = []
+        real_list = watch_module._PollSource._list
+        folders = {str(path): name for name, path in self.paths.items()}
+
+        def counted(path):
+            self.listed.append(folders[path])
+            return real_list(path)
+        monkeypatch.setattr(watch_module._PollSource, "_list", staticmethod(counted))
+
+    def tick(self, seconds: float = watch_module.POLL_INTERVAL) -> set:
+        self.clock[0] += seconds
+        self.listed.clear()
+        return set(self.watch.changes())
+
+
+def test_polling_lists_a_folder_when_it_changed_and_once_more_a_listing_period_later(tmp_path, monkeypatch):
+    lister = Lister(tmp_path, monkeypatch, names=("pending",))
+    lister.tick(5)
+    (lister.paths["pending"] / "a.json").write_text("1")
+    assert lister.tick() == {("created", "pending", "a.json")} and lister.listed == ["pending"]
+    assert lister.tick() == set() and lister.listed == []  # unchanged: a stat, no listing
+    lister.tick(watch_module.FULL_LISTING)
+    assert lister.listed == ["pending"]  # the change's tick is over: one more look
+    for _ in range(12):
+        assert lister.tick() == set() and lister.listed == []  # quiet: never listed again
+    lister.watch.close()
+
+
+def test_a_folders_cadence_decides_how_often_it_is_listed(tmp_path, monkeypatch):
+    lister = Lister(tmp_path, monkeypatch)
+    cadence = {"pending": watch_module.FULL_LISTING, "completed": None}
+    lister.watch.set_cadence(cadence.get)
+    lister.tick(5)
+    assert lister.listed == ["pending"]  # a slow folder is listed at its first tick, a skipped one never
+    first = lister.clock[0]
+    (lister.paths["pending"] / "a.json").write_text("1")
+    (lister.paths["completed"] / "done.json").write_text("1")
+    seen = set()
+    while lister.clock[0] + watch_module.POLL_INTERVAL < first + watch_module.FULL_LISTING:
+        seen |= lister.tick()
+        assert lister.listed == []  # changed, but not due: not even a stat
+    seen |= lister.tick()
+    assert lister.listed == ["pending"] and seen == {("created", "pending", "a.json")}
+    cadence["completed"] = watch_module.POLL_INTERVAL
+    # Looked at again: what landed while it was not looked at is reported.
+    assert lister.tick() == {("created", "completed", "done.json")}
+    lister.watch.close()
+
+
+def test_inotify_ignores_a_cadence(folders):
+    watch, paths = folders
+    watch.set_cadence(lambda folder: None)
+    (paths["pending"] / "a.json").write_text("1")
+    assert ("closed", "pending", "a.json") in collect(watch, {("closed", "pending", "a.json")})

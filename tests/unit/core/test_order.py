@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from queuectl.core.order import DueIndex
+from queuectl.core.order import DueIndex, lane_of, window_for
 
 NOW = 1_000_000.0
 
@@ -87,3 +87,45 @@ def test_matches_sorting_the_latest_key_of_each_job(ops, later):
     assert drain(index, now) == [name for _, _, name in expected]
     future = [key[1] for key in latest.values() if key[1] > now]
     assert index.next_due() == (min(future) if future else None)
+
+
+def band(count: int) -> DueIndex:
+    index = DueIndex()
+    for number in range(count):
+        index.add("pending", f"job-{number:03d}", 0, NOW - 100 + number, NOW)
+    return index
+
+
+def test_a_worker_of_several_takes_the_first_job_of_its_own_lane():
+    lanes = 4
+    picks = [band(40).pop_due(NOW, lane, lanes, window=16)[1] for lane in range(lanes)]
+    for lane, job_id in enumerate(picks):
+        assert lane_of(job_id, lanes) == lane
+        earlier = [f"job-{number:03d}" for number in range(int(job_id[-3:]))]
+        assert all(lane_of(other, lanes) != lane for other in earlier)  # the first one of its lane
+    assert len(set(picks)) == lanes
+
+
+def test_with_none_of_its_lane_in_the_window_a_worker_takes_one_of_the_others_spread_by_lane():
+    lanes = 3
+    foreign = [f"f{number}" for number in range(200) if lane_of(f"f{number}", lanes) == 1][:5]
+    index = DueIndex()
+    for position, job_id in enumerate(foreign):
+        index.add("pending", job_id, 0, NOW - 10 + position, NOW)
+    assert index.pop_due(NOW, 0, lanes, window=5) == ("pending", foreign[0])
+    assert index.pop_due(NOW, 2, lanes, window=4) == ("pending", foreign[1 + 2])  # its lane-th of the rest
+    assert index.pop_due(NOW, 1, lanes, window=4) == ("pending", foreign[1])  # lane 1's own
+
+
+def test_lanes_never_pass_over_a_higher_priority():
+    index = band(20)
+    index.add("pending", "urgent", 5, NOW, NOW)
+    lanes = 4
+    lane = next(lane for lane in range(lanes) if lane != lane_of("urgent", lanes))
+    assert index.pop_due(NOW, lane, lanes, window=16) == ("pending", "urgent")
+
+
+def test_one_lane_is_the_plain_order():
+    index = band(5)
+    assert index.pop_due(NOW, 0, 1, window=64) == ("pending", "job-000")
+    assert window_for(1) == 1 and window_for(4) == 16
