@@ -15,6 +15,7 @@ made after it started, so a new worker is not stopped by an old request.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -138,8 +139,19 @@ def request_suspend(spool, job_id: str) -> None:
     spool._publish_file(os.path.join(SUSPENDS, job_id), b"")
 
 
-def suspend_requested(spool, job_id: str) -> bool:
-    return os.path.exists(os.path.join(spool.dir(SUSPENDS), job_id))
+def suspend_requested(spool, job_id: str, *, since: float | None = None) -> bool:
+    """Whether the job is asked to be suspended; with `since` (the run's claim), a request made
+    before it was meant for an earlier run whose worker died: removed, and not this run's."""
+    path = f"{spool.dir(SUSPENDS)}/{job_id}"
+    try:
+        made = os.stat(path).st_mtime
+    except FileNotFoundError:
+        return False
+    if since is not None and made < since:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        return False
+    return True
 
 
 def suspended_ids(spool) -> set[str]:

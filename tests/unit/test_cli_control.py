@@ -74,6 +74,20 @@ def test_suspended_job_outlives_its_timeout_and_completes(qc, spool_path, worker
     assert job["state"] == "completed", job.get("last_error")
 
 
+def test_a_suspend_request_left_by_an_earlier_run_does_not_stop_the_next(qc, spool_path, workers):
+    """Its worker died while the job was suspended: the request is older than the next run's claim.
+    The run lasts past the worker's first look at requests; a run that obeyed it would stop for good."""
+    job_id = qc("enqueue", "--", "sleep 1.2; echo done").stdout.strip()
+    left = os.path.join(spool_path, "suspends", job_id)
+    with open(left, "w", encoding="ascii"):
+        pass
+    earlier = time.time() - 60
+    os.utime(left, (earlier, earlier))
+    assert workers.start("--burst").wait(timeout=60) == 0
+    assert Spool(spool_path).get(job_id)["state"] == "completed"
+    assert not os.path.exists(left)
+
+
 def test_edit_with_set_and_history(qc, spool_path):
     qc("enqueue", "--id", "e1", "--", "echo one")
     result = qc("edit", "e1", "--set", "priority=5", "--set", "note=hello world")
