@@ -336,9 +336,12 @@ class Spool(_Plans):
         state = self.find(job_id)
         if state != "processing":
             raise WrongState(f"cannot suspend job {job_id!r}: it is {state}, not running")
-        if registry.suspend_requested(self, job_id):
+        job = self.read("processing", job_id + ".json")
+        run = job.get("started_at") if isinstance(job, dict) else None
+        run = run if isinstance(run, str) else ""  # unreadable now: a request for the run there is
+        if registry.suspend_requested(self, job_id, run=run or None):
             return False
-        registry.request_suspend(self, job_id)
+        registry.request_suspend(self, job_id, run)
         return True
 
     def resume_job(self, job_id: str) -> bool:

@@ -113,7 +113,7 @@ class JobStep:
             outcome = runner.run(
                 job, log_path=self.spool.log_path(job["id"]), worker=self.name, spool_root=self.spool.root,
                 timeout=timeout, kill_grace=settings["kill_grace"], pass_env=settings["pass_env"],
-                tail_lines=settings["log_tail_lines"], interruption=self._interruption(held, since=now),
+                tail_lines=settings["log_tail_lines"], interruption=self._interruption(held),
                 base_env=self._base_environment(settings["pass_env"], slot.env),
                 limits=runner.job_limits(job, settings))
             retention.cap_log(self.spool.log_path(job["id"]), settings["max_log_bytes"], self.spool.dir("tmp"))
@@ -207,9 +207,9 @@ class JobStep:
             held = again
         return "lost", held
 
-    def _interruption(self, held: LockedJob, *, since: float = 0.0, hook: bool = False) -> Callable[[], str | None]:
+    def _interruption(self, held: LockedJob, *, hook: bool = False) -> Callable[[], str | None]:
         """What the runner asks every wait_step while a job (or, `hook`, its completion hook) runs."""
-        job_id = held.job["id"]
+        job_id, run = held.job["id"], held.job["started_at"]
 
         def ask() -> str | None:
             # The duties that cannot wait for the run to end: recovery above all
@@ -223,9 +223,9 @@ class JobStep:
                 return "cancel"
             if not lifecycle.still_owned(self.spool, held):
                 return "lost"  # this worker was paused past its lease and the job recovered elsewhere
-            # A request older than this run's claim was meant for an earlier run (its worker
-            # died): it goes, at the first look (a job shorter than that pays no look).
-            if registry.suspend_requested(self.spool, job_id, since=since):
+            # A request naming another run was meant for an earlier one (its worker died): it
+            # goes, at the first look (a job shorter than that pays no look).
+            if registry.suspend_requested(self.spool, job_id, run=run):
                 return "suspend"  # SIGSTOP until the request goes (`queuectl resume ID`)
             return None
         return ask

@@ -202,6 +202,30 @@ def write_new(directory: str, stem: str, data: bytes, *, durable: bool, lock: bo
     return path, None
 
 
+def write_new_locked(directory: str, stem: str, data: bytes) -> tuple[str, int, tuple[int, int]]:
+    """Write `data` to a fresh temporary file under its flock; returns its path, the fd holding the
+    lock, and the file's (st_dev, st_ino).
+
+    The inode is asked before the write: through FUSE (GlusterFS, bindfs)
+    the create's reply carries the new file's attributes, which the kernel
+    keeps, while a write makes them stale, so an fstat after it is one more
+    round trip to the servers. The name in tmp/ is this process's alone, so
+    the fstat is this file's even where FUSE answers it by path (bindfs).
+    """
+    path = temp_name(directory, stem)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+    try:
+        import fcntl  # see write_new
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        info = os.fstat(fd)
+        _write_all(fd, data, False)
+    except BaseException:
+        os.close(fd)
+        os.unlink(path)
+        raise
+    return path, fd, (info.st_dev, info.st_ino)
+
+
 def _write_all(fd: int, data: bytes, durable: bool) -> None:
     """Write `data` at fd's offset (a fresh fd: the start), fsynced when `durable`."""
     view = memoryview(data)

@@ -135,19 +135,28 @@ def clear_cancel(spool, job_id: str) -> None:
 SUSPENDS = "suspends"
 
 
-def request_suspend(spool, job_id: str) -> None:
-    spool._publish_file(os.path.join(SUSPENDS, job_id), b"")
+def request_suspend(spool, job_id: str, run: str = "") -> None:
+    """Ask for the running job to be suspended; `run`, its `started_at`, names the run meant."""
+    spool._publish_file(os.path.join(SUSPENDS, job_id), run.encode())
 
 
-def suspend_requested(spool, job_id: str, *, since: float | None = None) -> bool:
-    """Whether the job is asked to be suspended; with `since` (the run's claim), a request made
-    before it was meant for an earlier run whose worker died: removed, and not this run's."""
+def suspend_requested(spool, job_id: str, *, run: str | None = None) -> bool:
+    """Whether the job is asked to be suspended. With `run` (the `started_at` of the run that
+    asks), a request that names another run was meant for an earlier one whose worker died: it
+    is removed, and not obeyed. The run is named, not dated: a time set by another host's
+    clock cannot be compared with this one's. An empty request (made by hand) means the run
+    there is."""
     path = f"{spool.dir(SUSPENDS)}/{job_id}"
+    if run is None:
+        return os.path.exists(path)
     try:
-        made = os.stat(path).st_mtime
+        with open(path, "rb") as handle:
+            named = handle.read(256).decode("utf-8", "replace").strip()
     except FileNotFoundError:
         return False
-    if since is not None and made < since:
+    except OSError:
+        return True  # a request is there, though unreadable now: obeyed
+    if named and named != run:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
         return False

@@ -98,6 +98,7 @@ class LockedJob:
         self.job = job  # None when the file is not JSON: `unreadable` says why
         self.unreadable = unreadable
         self.staged: tuple[str, int] | None = None  # (path in tmp/, its locked fd): see stage()
+        self.staged_inode = (0, 0)  # that file's (st_dev, st_ino)
 
     @property
     def path(self) -> str:
@@ -148,8 +149,7 @@ class LockedJob:
     def stage(self) -> None:
         """Write the current `job` into a new file in tmp/, locked, not visible yet and not fsynced."""
         self.job["updated_at"] = iso(time.time())
-        path, fd = fsops.write_new(self.spool.dir("tmp"), self.name, dumps(self.job), durable=False, lock=True)
-        assert fd is not None  # lock=True returns the fd holding the lock
+        path, fd, self.staged_inode = fsops.write_new_locked(self.spool.dir("tmp"), self.name, dumps(self.job))
         self.staged = (path, fd)
 
     def publish_staged(self, *, durable: bool, to: tuple[str, str] | None = None) -> None:
@@ -161,9 +161,8 @@ class LockedJob:
         assert self.staged is not None, "stage() first"
         path, fd = self.staged
         self.staged = None
+        inode = self.staged_inode
         try:
-            info = os.fstat(fd)  # the name in tmp/ is this process's alone: fstat is this file's, even on bindfs
-            inode = (info.st_dev, info.st_ino)
             if durable:
                 fsops.fsync(fd)
             if to is None:

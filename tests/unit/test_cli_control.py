@@ -12,6 +12,7 @@ from support import wait_until
 from support.workers import wait_for_running, wait_for_state
 
 from queuectl.api import Spool
+from queuectl.core import registry
 
 
 def _proc_state(pid: int) -> str:
@@ -75,17 +76,28 @@ def test_suspended_job_outlives_its_timeout_and_completes(qc, spool_path, worker
 
 
 def test_a_suspend_request_left_by_an_earlier_run_does_not_stop_the_next(qc, spool_path, workers):
-    """Its worker died while the job was suspended: the request is older than the next run's claim.
-    The run lasts past the worker's first look at requests; a run that obeyed it would stop for good."""
+    """Its worker died while the job was suspended: the request names that run, not the next one
+    (its mtime is new: a request is told by the run it names, never by a time another host's clock
+    set). The run lasts past the worker's first look at requests; one that obeyed would stop for good."""
     job_id = qc("enqueue", "--", "sleep 1.2; echo done").stdout.strip()
     left = os.path.join(spool_path, "suspends", job_id)
-    with open(left, "w", encoding="ascii"):
-        pass
-    earlier = time.time() - 60
-    os.utime(left, (earlier, earlier))
+    with open(left, "w", encoding="ascii") as handle:
+        handle.write("2026-01-01T00:00:00.000Z")
+    later = time.time() + 3600
+    os.utime(left, (later, later))
     assert workers.start("--burst").wait(timeout=60) == 0
     assert Spool(spool_path).get(job_id)["state"] == "completed"
     assert not os.path.exists(left)
+
+
+def test_a_suspend_request_is_obeyed_when_it_names_the_run_or_no_run(spool):
+    job_id = spool.enqueue("true")["id"]
+    registry.request_suspend(spool, job_id, "2026-12-05T10:00:00.000Z")
+    assert registry.suspend_requested(spool, job_id, run="2026-12-05T10:00:00.000Z")
+    assert not registry.suspend_requested(spool, job_id, run="2026-12-05T11:00:00.000Z")
+    assert not os.path.exists(os.path.join(spool.root, "suspends", job_id))  # an earlier run's: removed
+    registry.request_suspend(spool, job_id)  # by hand: `touch suspends/<id>`
+    assert registry.suspend_requested(spool, job_id, run="2026-12-05T11:00:00.000Z")
 
 
 def test_edit_with_set_and_history(qc, spool_path):
