@@ -16,6 +16,10 @@ write, so duplicates (a name twice) and losses (a name missing) are counted
 for both. The ratio queuectl / floor is the figure; nothing is asserted.
 Beside each, the CPU the file system's own daemons (glusterfs, glusterfsd,
 bindfs) used per job: every request through FUSE costs them some.
+
+Where the time goes: `--strace` (host A's workers' system calls per job),
+`--profile` (GlusterFS: the requests the brick served per job, by kind,
+for the floor and for queuectl).
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "tests"))
@@ -83,8 +88,8 @@ def _racer(root: str, record: str, deadline: float) -> None:
             subprocess.run(["sh", "-c", _record_command(record, name)], check=False)
 
 
-def floor(pair: tuple[str, str], jobs: int, scratch: str) -> dict:
-    """The rename loop: 2 racers on each mount."""
+def floor(pair: tuple[str, str], jobs: int, scratch: str, filled: Callable[[], None] = lambda: None) -> dict:
+    """The rename loop: 2 racers on each mount; `filled` is called once the jobs are in pending/."""
     base_a, base_b = spool_pair(pair)
     for folder in ("pending", "processing"):
         os.makedirs(os.path.join(base_a, folder))
@@ -93,6 +98,7 @@ def floor(pair: tuple[str, str], jobs: int, scratch: str) -> dict:
             handle.write('{"command": "true"}')
     record = os.path.join(scratch, "floor-record")
     open(record, "w").close()
+    filled()
     started = time.monotonic()
     racers = [multiprocessing.Process(target=_racer, args=(root, record, started + 600))
               for root in (base_a, base_a, base_b, base_b)]
@@ -118,14 +124,15 @@ class TracedHost(Host):
 
 
 def queue(pair: tuple[str, str], jobs: int, scratch: str, trace: str | None = None,
-          counts: tuple[int, int] = (2, 2)) -> dict:
+          counts: tuple[int, int] = (2, 2), filled: Callable[[], None] = lambda: None) -> dict:
     """queuectl `counts` workers (host A, host B: 2 + 2), durable off, on the same mounts; `trace`: host A's
-    workers under strace."""
+    workers under strace; `filled` is called once the jobs are in pending/, before any worker starts."""
     path_a, path_b = spool_pair(pair)
     spool = lib.new_spool(path_a, durable=False)
     record = os.path.join(scratch, "queue-record")
     open(record, "w").close()
     ids = lib.fill_pending(spool, jobs, command=f'echo "$QUEUECTL_JOB_ID" >> {record}')
+    filled()
     started = time.monotonic()
     hosts = [TracedHost("hostA", path_a, trace) if trace else Host("hostA", path_a), Host("hostB", path_b)]
     hosts = [host for host, count in zip(hosts, counts) if count]
@@ -210,9 +217,14 @@ def main() -> None:
                         help="queuectl workers on host A and on host B [2+2]; 0 leaves a host out")
     parser.add_argument("--strace", action="store_true",
                         help="run host A's workers under strace -f -c -w and print its calls per job it ran")
+    parser.add_argument("--profile", action="store_true",
+                        help="GlusterFS: the requests the volume's brick served per job, by kind, and their time")
     args = parser.parse_args()
     if args.strace:
         trace_mode(args)
+        return
+    if args.profile:
+        profile_mode(args)
         return
     counts = tuple(int(count) for count in args.workers.split("+"))
     if len(counts) != 2 or not any(counts):
@@ -259,6 +271,47 @@ def trace_mode(args: argparse.Namespace) -> None:
                 lines += [f"### {kind}: host A under strace, {ours['by_a']} of {args.jobs} jobs run there "
                           f"({ours['rate']:.0f} jobs/s traced, duplicates {ours['duplicates']}, "
                           f"lost {ours['lost']})", "", *_strace_table(trace, max(1, ours["by_a"])), ""]
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    lib.emit(lines, args.out)
+
+
+def _brick_requests(volume: str) -> dict[str, tuple[int, float]]:
+    """`gluster volume profile VOLUME info cumulative`: each kind of request -> (count, average µs)."""
+    out = subprocess.run(["gluster", "volume", "profile", volume, "info", "cumulative"],
+                         capture_output=True, text=True, check=True).stdout
+    kinds = {}
+    for line in out.splitlines():
+        parts = line.split()  # %-latency, average, min, max (each "N ns"), calls, kind
+        if len(parts) >= 9 and parts[-1].isupper() and parts[-2].isdigit() and parts[2] == "ns":
+            kinds[parts[-1]] = (int(parts[-2]), float(parts[1]) / 1000)
+    return kinds
+
+
+def profile_mode(args: argparse.Namespace) -> None:
+    """One queuectl run (and one floor run) on a fresh GlusterFS volume with its brick profiled."""
+    scratch = tempfile.mkdtemp(prefix="qc-bench-hosts-")
+    lines = ["### Machine", *lib.machine(), ""]
+    volume = f"qctest{os.getpid()}"  # support.multihost's name for the volume this process makes
+
+    def clear() -> None:
+        subprocess.run(["gluster", "volume", "profile", volume, "info", "clear"], capture_output=True, check=True)
+    try:
+        with gluster_volume() as pair:
+            subprocess.run(["gluster", "volume", "profile", volume, "start"], capture_output=True, check=True)
+            for name, run in (("floor", lambda: floor(pair, args.jobs, tempfile.mkdtemp(dir=scratch), clear)),
+                              ("queuectl", lambda: queue(pair, args.jobs, tempfile.mkdtemp(dir=scratch),
+                                                         filled=clear))):
+                result = run()
+                kinds = _brick_requests(volume)
+                total = sum(count * micros for count, micros in kinds.values()) / args.jobs / 1000
+                lines += [f"### {name}: {result['rate']:.0f} jobs/s; the brick's requests per job "
+                          f"({sum(count for count, _ in kinds.values()) / args.jobs:.1f} in all, {total:.1f} ms)", "",
+                          "| request | per job | average µs | ms per job |", "|---|---|---|---|"]
+                lines += [f"| {kind} | {count / args.jobs:.2f} | {micros:.0f} | {count * micros / args.jobs / 1000:.2f} |"
+                          for kind, (count, micros) in sorted(kinds.items(), key=lambda kv: -kv[1][0] * kv[1][1])
+                          if count / args.jobs >= 0.05]
+                lines.append("")
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     lib.emit(lines, args.out)
