@@ -23,8 +23,8 @@ from .core.spool import SUFFIX, Spool, id_of
 from .features import workflow
 from .watch import FULL_LISTING, POLL_INTERVAL, RESCAN, FolderWatch
 
-# Seconds before a job whose claim was lost is read again, unless the watch saw it leave (on a
-# shared spool it lists a changed folder every watch.POLL_INTERVAL, all folders every FULL_LISTING).
+# Seconds before a job whose claim was lost is read again, unless the watch saw it leave first (on
+# a shared spool a busy worker lists pending/ every FULL_LISTING: Intake.cadence).
 LOST_RECHECK = 1.0
 
 

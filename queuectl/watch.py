@@ -278,7 +278,7 @@ class _PollSource:
                     continue
             entries = self._list(path)
             if entries is None:
-                continue  # a passing error: looked at again next tick
+                continue  # a passing error: looked at again at the folder's next look
             self._stamps[folder] = stamp
             if confirming:
                 del self._confirm_at[folder]
