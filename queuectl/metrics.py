@@ -103,7 +103,7 @@ def write_file(path: str, text: str) -> None:
     0600, because node_exporter usually runs as another user.
     """
     target = os.path.abspath(path)
-    temp, _ = fsops.write_new(os.path.dirname(target), os.path.basename(target), text.encode(), durable=False)
+    temp = fsops.write_new(os.path.dirname(target), os.path.basename(target), text.encode(), durable=False)
     try:
         umask = os.umask(0)
         os.umask(umask)

@@ -134,15 +134,9 @@ def page(spool: Spool, states: list[str] | None, *, limit: int | None, group: st
     folders = sorted({state if state in STATES else "pending" for state in wanted}, key=STATES.index)
     entries = ordered(spool, folders, sort)
     needs_fields = group is not None or any(state in DERIVED for state in wanted)
-    jobs: list[dict] = []
     if not needs_fields:
-        for state, name in entries:
-            if limit is not None and len(jobs) >= limit:
-                break
-            job = spool.read(state, name)
-            if job is not None:
-                jobs.append(job)
-        return jobs, len(entries)
+        return spool.read_listed(entries, limit), len(entries)
+    jobs: list[dict] = []
     now = time.time()
     total = 0
     for state, name in entries:

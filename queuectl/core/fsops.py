@@ -1,7 +1,8 @@
 """The few file-system operations every state change is made of.
 
 - `write_new` creates a file under a unique temporary name and fills it;
-  nobody else ever sees that name before it is complete.
+  nobody else ever sees that name before it is complete (`write_new_locked`
+  also takes its flock first, for a job file's next version).
 - `rename_noreplace` moves a file and fails with EEXIST instead of silently
   replacing a file already there, so no move can destroy another job
   (renameat2(RENAME_NOREPLACE); link + unlink where the kernel lacks it).
@@ -183,23 +184,18 @@ def temp_name(directory: str, stem: str) -> str:
     return f"{directory}/.{stem}.{os.getpid()}.{_temp_counter}.{os.urandom(3).hex()}.tmp"
 
 
-def write_new(directory: str, stem: str, data: bytes, *, durable: bool, lock: bool = False) -> tuple[str, int | None]:
-    """Write `data` to a fresh temporary file; returns its path and, with `lock`, an fd holding its flock."""
+def write_new(directory: str, stem: str, data: bytes, *, durable: bool) -> str:
+    """Write `data` to a fresh temporary file; returns its path."""
     path = temp_name(directory, stem)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
     try:
-        if lock:
-            import fcntl  # here, not at the top: an enqueue locks nothing and need not load it
-            fcntl.flock(fd, fcntl.LOCK_EX)
         _write_all(fd, data, durable)
     except BaseException:
         os.close(fd)
         os.unlink(path)
         raise
-    if lock:
-        return path, fd
     os.close(fd)
-    return path, None
+    return path
 
 
 def write_new_locked(directory: str, stem: str, data: bytes) -> tuple[str, int, tuple[int, int]]:
@@ -215,7 +211,7 @@ def write_new_locked(directory: str, stem: str, data: bytes) -> tuple[str, int, 
     path = temp_name(directory, stem)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
     try:
-        import fcntl  # see write_new
+        import fcntl  # here, not at the top: an enqueue locks nothing and need not load it
         fcntl.flock(fd, fcntl.LOCK_EX)
         info = os.fstat(fd)
         _write_all(fd, data, False)
@@ -235,28 +231,22 @@ def _write_all(fd: int, data: bytes, durable: bool) -> None:
         fsync(fd)
 
 
-def publish(tmp_dir: str, target: str, data: bytes, *, durable: bool, replace: bool = False,
-            lock: bool = False) -> int | None:
+def publish(tmp_dir: str, target: str, data: bytes, *, durable: bool, replace: bool = False) -> None:
     """Make `target` hold `data` in one step: written in tmp_dir, then put in place.
 
     With `replace` the new file is renamed over the old version. Without it,
     it is linked under the new name: an existing target raises
     FileExistsError and is left untouched. The temporary file never outlives
     a failure, so an error between the write and that step leaves nothing
-    behind in tmp/. With
-    `lock`, returns an fd holding the new file's flock, taken before the
-    file became visible.
+    behind in tmp/.
     """
-    temp, fd = write_new(tmp_dir, os.path.basename(target), data, durable=durable, lock=lock)
+    temp = write_new(tmp_dir, os.path.basename(target), data, durable=durable)
     try:
         (os.replace if replace else _link_new)(temp, target)
     except BaseException:
-        if fd is not None:
-            os.close(fd)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temp)
         raise
-    return fd
 
 
 # A network file system answers ESTALE when a name this client cached now

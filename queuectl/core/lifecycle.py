@@ -290,7 +290,7 @@ def _publish(spool: Spool, job: dict, data: bytes, durable: bool, if_absent: boo
     unique key is returned instead.
     """
     job_id = job["id"]
-    temp, _ = fsops.write_new(spool.dir("tmp"), job_id + SUFFIX, data, durable=durable)
+    temp = fsops.write_new(spool.dir("tmp"), job_id + SUFFIX, data, durable=durable)
     took = published = False
     try:
         if not spool.take_id(job_id, temp):
@@ -545,7 +545,7 @@ def dead_letter(spool: Spool, held: LockedJob | None, reason: str, *, state: str
     raw = held.job if held is not None else None
     dead = spool.dir("dead")
     while True:
-        temp, _ = fsops.write_new(spool.dir("tmp"), job_id + SUFFIX, _dead_record(job_id, reason, raw, name),
+        temp = fsops.write_new(spool.dir("tmp"), job_id + SUFFIX, _dead_record(job_id, reason, raw, name),
                                   durable=spool.durable)
         if own and job_id == stem:
             spool.relink_id(job_id, temp)
@@ -609,7 +609,7 @@ def write_dead_record(spool: Spool, job_id: str, reason: str, raw: object, origi
 
     `kept`: the path of those bytes; a marker that names them is the id's own and moves to the record.
     """
-    temp, _ = fsops.write_new(spool.dir("tmp"), job_id + SUFFIX, _dead_record(job_id, reason, raw, original_name),
+    temp = fsops.write_new(spool.dir("tmp"), job_id + SUFFIX, _dead_record(job_id, reason, raw, original_name),
                               durable=spool.durable)
     try:
         own = False

@@ -24,7 +24,7 @@ import json
 import os
 import stat
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from . import config as config_mod
@@ -626,14 +626,19 @@ class Spool(_Settings, _IdMarkers):
         """
         states = [check_state(state)] if state else list(STATES)
         entries = sorted(((name, st) for st in states for name in self.names(st)), reverse=True)
+        return self.read_listed(((st, name) for name, st in entries), limit), len(entries)
+
+    def read_listed(self, entries: Iterable[tuple[str, str]], limit: int | None = None) -> list[dict]:
+        """The jobs of listed (state, name) entries, in their order, up to `limit`; a file that moved
+        away since the listing is left out, and only as many files are read as the page needs."""
         found: list[dict] = []
-        for name, st in entries:
+        for state, name in entries:
             if limit is not None and len(found) >= limit:
                 break
-            job = self.read(st, name)
+            job = self.read(state, name)
             if job is not None:
                 found.append(job)
-        return found, len(entries)
+        return found
 
     def iter_jobs(self, state: str) -> Iterator[dict]:
         for name in self.names(state):

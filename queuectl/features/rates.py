@@ -206,7 +206,7 @@ class Window:
                 frees_at = stamp + window if frees_at is None else min(frees_at, stamp + window)
         random.shuffle(free)  # workers that list at once try different tokens first
         if free:
-            temp, _ = fsops.write_new(tmp_dir, "rate", f"{now_ms} {worker}\n".encode(), durable=False)
+            temp = fsops.write_new(tmp_dir, "rate", f"{now_ms} {worker}\n".encode(), durable=False)
             try:
                 for token, used in free:
                     if self._use(temp, token, used + 1):

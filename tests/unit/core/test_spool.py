@@ -303,7 +303,7 @@ def test_a_publish_never_replaces_a_file_and_cleans_up_after_itself(spool):
 
 def test_a_link_that_already_happened_is_a_success(spool):
     """An NFS client that retries a link whose reply was lost gets EEXIST for its own link."""
-    temp, _ = fsops.write_new(spool.dir("tmp"), "x", b"mine", durable=False)
+    temp = fsops.write_new(spool.dir("tmp"), "x", b"mine", durable=False)
     target = os.path.join(spool.dir("pending"), "x.json")
     os.link(temp, target)  # the first try, whose reply was lost
     fsops._link_new(temp, target)
