@@ -162,6 +162,7 @@ class Worker:
                 if not is_transient(exc):
                     raise
                 note(self.name, exc)
+                self.rescan.soon = True  # the changes after the failed one went with it: list soon
                 watch.wait(TRANSIENT_PAUSE)
                 continue
             # A paused spool starts nothing: one stat, just before the claim.
@@ -218,3 +219,5 @@ class Worker:
         except OSError as exc:
             if not is_transient(exc):
                 raise
+            if self.rescan is not None:
+                self.rescan.soon = True  # the changes after the failed one went with it: list soon

@@ -257,15 +257,19 @@ def publish(tmp_dir: str, target: str, data: bytes, *, durable: bool, replace: b
 # hands out the old file again. The waits between attempts (0.05 s, doubled
 # each time: 1.55 s in all) outlast that second.
 STALE_ATTEMPTS = 6
+# What a network file system answers when a name this client cached leads nowhere now: ESTALE,
+# and from a GlusterFS client, for the path of a file another client has just moved or removed,
+# EBADFD ("File descriptor in bad state"), an lstat included.
+STALE = (errno.ESTALE, errno.EBADFD)
 
 
 def retry_stale(operation: Callable[..., T], *args: Any) -> T:
-    """`operation(*args)`, done again from its paths after ESTALE; only for operations safe to repeat."""
+    """`operation(*args)`, done again from its paths after ESTALE (STALE); only for operations safe to repeat."""
     for attempt in range(STALE_ATTEMPTS):
         try:
             return operation(*args)
         except OSError as exc:
-            if exc.errno != errno.ESTALE or attempt == STALE_ATTEMPTS - 1:
+            if exc.errno not in STALE or attempt == STALE_ATTEMPTS - 1:
                 raise
             time.sleep(0.05 * 2 ** attempt)
     raise AssertionError("unreachable")
@@ -335,7 +339,7 @@ def read_file(path: str, limit: int) -> tuple[bytes | None, str | None]:
     except FileNotFoundError:
         return None, None
     except OSError as exc:
-        if exc.errno == errno.ESTALE:
+        if exc.errno in STALE:
             raise
         return None, "a symlink (never followed)" if os.path.islink(path) else f"cannot be read: {exc.strerror}"
     try:

@@ -19,7 +19,6 @@ parses every file to answer a question about many jobs.
 from __future__ import annotations
 
 import contextlib
-import errno
 import json
 import os
 import stat
@@ -31,6 +30,7 @@ from . import config as config_mod
 from . import fsops
 from .errors import InvalidJob, JobNotFound, SpoolError, WrongState
 from .job import MAX_JOB_BYTES, STATES, check_id, dumps, is_valid_id, iso, loads
+from .transient import LOST_RACE
 
 # ids/<id>: the id's marker, held from enqueue until the job is deleted (docs/decisions/identity.md);
 # purging/<id>: the marker of an id whose job is being deleted.
@@ -684,7 +684,7 @@ class Spool(_Settings, _IdMarkers):
         except FileNotFoundError:
             return None
         except OSError as exc:
-            if exc.errno == errno.ESTALE:
+            if exc.errno in LOST_RACE:
                 return None  # the name this client cached leads nowhere now: gone from here
             raise
         try:
@@ -700,7 +700,7 @@ class Spool(_Settings, _IdMarkers):
             raw = fsops.read_fd(fd, MAX_JOB_BYTES) if stat.S_ISREG(info.st_mode) else b""
         except OSError as exc:
             fsops.close_quietly(fd)
-            if exc.errno in (errno.ENOENT, errno.ESTALE):
+            if exc.errno in LOST_RACE:
                 # Moved away since the open: the stat finds no name; or, by another
                 # client, the fstat (bindfs answers it by path) or the read (GlusterFS).
                 return None
@@ -744,7 +744,7 @@ def _present(path: str) -> bool:
     except FileNotFoundError:
         return False
     except OSError as exc:
-        return exc.errno != errno.ESTALE  # ELOOP (a symlink), EACCES...: something is there
+        return exc.errno not in fsops.STALE  # ELOOP (a symlink), EACCES...: something is there
     fsops.close_quietly(fd)
     return True
 

@@ -8,10 +8,12 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-TRANSIENT = (errno.ESTALE, errno.EINTR, errno.ENOENT, errno.EEXIST, errno.EAGAIN, errno.ETIMEDOUT)
+from .fsops import STALE
+
+TRANSIENT = (*STALE, errno.EINTR, errno.ENOENT, errno.EEXIST, errno.EAGAIN, errno.ETIMEDOUT)
 TRANSIENT_PAUSE = 0.2  # seconds before a step that failed this way is tried again
 # Another host's worker got there first: the name is gone, or the cached name leads nowhere.
-LOST_RACE = (errno.ENOENT, errno.ESTALE)
+LOST_RACE = (errno.ENOENT, *STALE)
 
 
 def is_transient(exc: OSError) -> bool:

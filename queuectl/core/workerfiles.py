@@ -14,7 +14,7 @@ import json
 import os
 from typing import Any
 
-from .fsops import close_quietly, lock_fd, open_nofollow, publish
+from .fsops import STALE, close_quietly, lock_fd, open_nofollow, publish
 
 LEASE_SUFFIX = ".lease"
 
@@ -44,7 +44,7 @@ def holds_lock(spool, name: str) -> bool:
         probe = open_nofollow(lock_path(spool, name))
         return not lock_fd(probe)
     except OSError as exc:
-        if exc.errno in (errno.ESTALE, errno.ENOENT):
+        if exc.errno == errno.ENOENT or exc.errno in STALE:
             return False  # removed by its worker's exit meanwhile (seen late through a network client's cache)
         raise
     finally:

@@ -517,10 +517,14 @@ def test_both_hosts_enqueue_every_one_second_slot_of_a_schedule_exactly_once(two
     assert len(claimers) == window and all(claimers.values()), claimers
 
     def in_two_folders():
+        listed = {state: set(os.listdir(spool.dir(state)))
+                  for state in ("pending", "processing", "completed", "failed", "dead")}
         return {job_id: found for job_id in jobs if (found := [
-            state for state in ("pending", "processing", "completed", "failed", "dead")
-            if os.path.exists(spool.path(state, job_id))]) != ["completed"]}
-    # A move seen half done (a link, then an unlink) or through another client's cache settles.
+            state for state, names in listed.items() if job_id + ".json" in names]) != ["completed"]}
+    # A move seen half done (a link, then an unlink) settles. Asked of the folders' listings, which
+    # ask the servers: this client may go on leading processing/<id>.json, a name it looked up, to
+    # the settled file, which lives on in completed/ (docs/guide/several-hosts.md, "A name another
+    # host set aside").
     wait_until(lambda: not in_two_folders(), timeout=10, message="each job in completed/ alone")
     # Each ran exactly once. (Which host ran which is the workers' race, not a promise: not asserted.)
     ran = [line.split() for line in _runs(runs)]

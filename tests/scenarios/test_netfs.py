@@ -436,3 +436,24 @@ def test_a_claim_that_fails_gives_its_group_slot_back(spool, monkeypatch):
     with pytest.raises(OSError):
         worker.step.process("pending", "some-job")
     assert released == [True]
+
+
+def test_a_drop_in_whose_name_another_client_just_moved_is_adopted_on_a_later_look(spool, monkeypatch):
+    """A GlusterFS client answers a cached path another client has just moved with EBADFD, an lstat
+    too: the step is skipped, the worker stays, and the folder is listed again soon, so the
+    dropped-in file the failed step was about is still adopted and run."""
+    with open(os.path.join(spool.dir("pending"), "dropped.json"), "w", encoding="utf-8") as handle:
+        handle.write('{"command": "true"}')
+    real_lstat = os.lstat
+    faults = [1]
+
+    def bad_state_lstat(path, *args, **kwargs):
+        if str(path).endswith("pending/dropped.json") and faults[0]:
+            faults[0] -= 1
+            raise OSError(errno.EBADFD, "File descriptor in bad state", path)
+        return real_lstat(path, *args, **kwargs)
+    monkeypatch.setattr(lifecycle.os, "lstat", bad_state_lstat)
+    spool.set_config("shared", "true")
+    assert Worker(spool, until_empty=True).run() == 0  # one worker, never stopped by the error
+    assert faults == [0]
+    assert spool.find("dropped") == "completed"
